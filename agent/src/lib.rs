@@ -1,0 +1,32 @@
+//! Vantage agent library: everything a monitored node runs, behind a thin binary.
+//!
+//! Layout:
+//! - [`config`]: the TOML config file and its environment overrides.
+//! - [`enroll`]: key generation, CSR, the enrollment request, the stored identity.
+//! - [`tls`]: rustls client configs (ring only) for HTTPS enrollment and MQTT.
+//! - [`spool`]: the bounded, journaled queue of results and metrics awaiting `results/ack`.
+//! - [`metrics`]: host metrics from sysinfo.
+//! - [`probe`]: the check probes (HTTP, TCP) behind the [`probe::Probe`] trait, reusable by
+//!   the control plane's fallback executor.
+//! - [`session`]: the MQTT session, the local scheduler and the reporting loop.
+//!
+//! The agent never touches a database and never links an HTTP server or a broker.
+
+pub mod config;
+pub mod enroll;
+pub mod metrics;
+pub mod probe;
+pub mod session;
+pub mod spool;
+pub mod tls;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The agent's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,394 @@
+//! The agent's run loop: one MQTT session over mutual TLS, the local check scheduler, host
+//! metrics, heartbeats and the spool.
+//!
+//! The MQTT event loop runs in its own task and reports connects, disconnects and incoming
+//! messages over a channel; it reconnects with capped exponential backoff and jitter (rumqttc
+//! itself would retry at once). On every CONNACK the agent subscribes again, says hello,
+//! publishes `online` (retained; the last will says `offline`) and resends everything the
+//! spool still holds. Checks run on the agent's own clock with jitter, so a lost link stops
+//! nothing; their results and the metrics are spooled first and sent when connected.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, Incoming, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use vantage_mqtt::{
+    AgentAck, AgentTopic, CheckResult, CheckSpec, Command, CommandMessage, DesiredConfig,
+    Heartbeat, Hello, NodeState, ResultsAck, Status, decode, encode, topic,
+};
+
+use crate::config::AgentConfig;
+use crate::enroll::{EnrollError, Identity};
+use crate::metrics::Collector;
+use crate::probe::{self, Outcome};
+use crate::spool::{Kind, Spool};
+
+/// Largest batch payload the agent publishes, in bytes.
+const MAX_BATCH_BYTES: usize = 200 * 1024;
+/// Unacknowledged entries are sent again after this long.
+const RESEND_AFTER: Duration = Duration::from_secs(30);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+enum SessionEvent {
+    Connected,
+    Disconnected(String),
+    Message(String, bytes::Bytes),
+}
+
+/// Loads the identity, enrolling first when needed (retrying while the control plane is
+/// unreachable; a refusal is final).
+///
+/// # Errors
+/// A refused enrollment or a broken state dir.
+pub async fn identity(config: &AgentConfig) -> anyhow::Result<Identity> {
+    if let Some(identity) = Identity::load(&config.state_dir)? {
+        return Ok(identity);
+    }
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match crate::enroll::enroll(config).await {
+            Ok(identity) => {
+                tracing::info!(agent = %identity.agent_id, region = %identity.region, "Enrolled");
+                return Ok(identity);
+            }
+            Err(EnrollError::Unreachable { url, message }) => {
+                tracing::warn!(%url, %message, "Control plane unreachable; retrying enrollment");
+                tokio::time::sleep(jittered(delay)).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+fn jittered(delay: Duration) -> Duration {
+    let factor: f64 = rand::rng().random_range(0.5..1.0);
+    delay.mul_f64(factor)
+}
+
+fn config_path(config: &AgentConfig) -> std::path::PathBuf {
+    config.state_dir.join("config.json")
+}
+
+/// Runs the agent until the process is stopped.
+///
+/// # Errors
+/// Start-up failures (identity, TLS, spool).
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let identity = identity(&config).await?;
+    let mut spool = Spool::open(&config.state_dir, config.spool.max_entries, config.spool.max_bytes)?;
+    let tls = crate::tls::mutual_client(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
+        .context("cannot build the MQTT TLS configuration")?;
+    let (host, port) = identity
+        .mqtt_addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .with_context(|| format!("stored mqtt_addr {:?} is not host:port", identity.mqtt_addr))?;
+    let id = identity.agent_id.clone();
+    let mut options = MqttOptions::new(id.clone(), host, port);
+    options
+        .set_keep_alive(Duration::from_secs(10))
+        .set_clean_session(true)
+        .set_max_packet_size(1024 * 1024, 1024 * 1024)
+        .set_last_will(LastWill::new(
+            topic::agent(&id, AgentTopic::Status),
+            encode(&Status {
+                v: vantage_mqtt::PROTOCOL_VERSION,
+                state: NodeState::Offline,
+            }),
+            QoS::AtLeastOnce,
+            true,
+        ))
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    eventloop.network_options.set_connection_timeout(10);
+
+    let (events_tx, mut events) = mpsc::channel::<SessionEvent>(1024);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    backoff = Duration::from_millis(500);
+                    if events_tx.send(SessionEvent::Connected).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                    let message = SessionEvent::Message(publish.topic, publish.payload);
+                    if events_tx.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = events_tx.send(SessionEvent::Disconnected(error.to_string())).await;
+                    tokio::time::sleep(jittered(backoff)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    });
+
+    let boot_id = {
+        let mut bytes = [0u8; 8];
+        rand::fill(&mut bytes[..]);
+        hex::encode(bytes)
+    };
+    let started = std::time::Instant::now();
+    let (results_tx, mut results) = mpsc::channel::<(String, i64, Outcome)>(1024);
+    let mut scheduler = Scheduler::new(results_tx);
+    let mut desired: Option<DesiredConfig> = std::fs::read(config_path(&config))
+        .ok()
+        .and_then(|bytes| decode::<DesiredConfig>(&bytes).ok());
+    if let Some(desired) = &desired {
+        scheduler.apply(&desired.checks);
+    }
+    let mut collector = Collector::new(config.per_core);
+    let metrics_period = |desired: &Option<DesiredConfig>| {
+        let seconds = config
+            .metrics_interval_s
+            .or(desired.as_ref().map(|d| d.metrics_interval_s))
+            .unwrap_or(10)
+            .max(1);
+        Duration::from_secs(u64::from(seconds))
+    };
+    let heartbeat_period = |desired: &Option<DesiredConfig>| {
+        Duration::from_secs(u64::from(desired.as_ref().map(|d| d.heartbeat_interval_s).unwrap_or(10).max(1)))
+    };
+    let mut metrics_tick = tokio::time::interval(metrics_period(&desired));
+    let mut heartbeat_tick = tokio::time::interval(heartbeat_period(&desired));
+    let mut flush_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut resend_tick = tokio::time::interval(Duration::from_secs(5));
+    let mut connected = false;
+
+    loop {
+        tokio::select! {
+            Some(event) = events.recv() => match event {
+                SessionEvent::Connected => {
+                    tracing::info!(agent = %id, "Connected");
+                    connected = true;
+                    for kind in [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck] {
+                        let _ = client.try_subscribe(topic::agent(&id, kind), QoS::AtLeastOnce);
+                    }
+                    let hello = Hello {
+                        v: vantage_mqtt::PROTOCOL_VERSION,
+                        version: crate::VERSION.to_owned(),
+                        arch: std::env::consts::ARCH.to_owned(),
+                        os: std::env::consts::OS.to_owned(),
+                        hostname: crate::enroll::hostname(),
+                        labels: config.labels.clone(),
+                        capabilities: probe::CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+                        boot_id: boot_id.clone(),
+                        next_seq: spool.next_seq(),
+                        config_revision: desired.as_ref().map(|d| d.revision).unwrap_or(0),
+                    };
+                    let _ = client.try_publish(topic::agent(&id, AgentTopic::Hello), QoS::AtLeastOnce, false, encode(&hello));
+                    let online = Status { v: vantage_mqtt::PROTOCOL_VERSION, state: NodeState::Online };
+                    let _ = client.try_publish(topic::agent(&id, AgentTopic::Status), QoS::AtLeastOnce, true, encode(&online));
+                    spool.mark_all_unsent();
+                    flush(&client, &id, &mut spool);
+                }
+                SessionEvent::Disconnected(reason) => {
+                    if connected {
+                        tracing::warn!(agent = %id, %reason, "Disconnected");
+                    } else {
+                        tracing::debug!(agent = %id, %reason, "Connect failed");
+                    }
+                    connected = false;
+                }
+                SessionEvent::Message(name, payload) => {
+                    match topic::Topic::parse(&name) {
+                        Ok(topic::Topic::Agent { kind: AgentTopic::ResultsAck, .. }) => {
+                            if let Ok(ack) = decode::<ResultsAck>(&payload)
+                                && let Err(error) = spool.ack(ack.seq) {
+                                tracing::error!(%error, "Cannot record an ack");
+                            }
+                        }
+                        Ok(topic::Topic::Agent { kind: AgentTopic::Config, .. }) if !payload.is_empty() => {
+                            match decode::<DesiredConfig>(&payload) {
+                                Ok(config_update) => {
+                                    if desired.as_ref().map(|d| d.revision) != Some(config_update.revision) {
+                                        tracing::info!(revision = config_update.revision, n_checks = config_update.checks.len(), "Applying desired config");
+                                        scheduler.apply(&config_update.checks);
+                                        let _ = crate::enroll::write_private(&config_path(&config), &payload, 0o600);
+                                        let old_metrics = metrics_period(&desired);
+                                        let old_heartbeat = heartbeat_period(&desired);
+                                        desired = Some(config_update);
+                                        if metrics_period(&desired) != old_metrics {
+                                            metrics_tick = tokio::time::interval(metrics_period(&desired));
+                                        }
+                                        if heartbeat_period(&desired) != old_heartbeat {
+                                            heartbeat_tick = tokio::time::interval(heartbeat_period(&desired));
+                                        }
+                                        let ack = AgentAck { v: vantage_mqtt::PROTOCOL_VERSION, config_revision: desired.as_ref().map(|d| d.revision), request_id: None, result: None, error: None };
+                                        let _ = client.try_publish(topic::agent(&id, AgentTopic::Ack), QoS::AtLeastOnce, false, encode(&ack));
+                                    }
+                                }
+                                Err(error) => tracing::warn!(%error, "Ignoring an invalid desired config"),
+                            }
+                        }
+                        Ok(topic::Topic::Agent { kind: AgentTopic::Cmd, .. }) => {
+                            match decode::<CommandMessage>(&payload) {
+                                Ok(message) => match message.command {
+                                    Command::RunNow { check } => {
+                                        let client = client.clone();
+                                        let id = id.clone();
+                                        tokio::spawn(async move {
+                                            let measured_at_ms = crate::now_ms();
+                                            let outcome = probe::run_check(&check).await;
+                                            let ack = AgentAck {
+                                                v: vantage_mqtt::PROTOCOL_VERSION,
+                                                config_revision: None,
+                                                request_id: Some(message.request_id),
+                                                result: Some(to_result(0, &check.id, measured_at_ms, outcome)),
+                                                error: None,
+                                            };
+                                            let _ = client.try_publish(topic::agent(&id, AgentTopic::Ack), QoS::AtLeastOnce, false, encode(&ack));
+                                        });
+                                    }
+                                    Command::Restart => {
+                                        tracing::info!("Restart requested; exiting for the service manager to restart");
+                                        return Ok(());
+                                    }
+                                },
+                                Err(error) => tracing::warn!(%error, "Ignoring an invalid command"),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            },
+            Some((check_id, measured_at_ms, outcome)) = results.recv() => {
+                let pushed = spool.push(Kind::Result, |seq| {
+                    String::from_utf8(encode(&to_result(seq, &check_id, measured_at_ms, outcome))).unwrap_or_default()
+                });
+                if let Err(error) = pushed {
+                    tracing::error!(%error, "Cannot spool a result");
+                }
+                if connected {
+                    flush(&client, &id, &mut spool);
+                }
+            }
+            _ = metrics_tick.tick() => {
+                let measured_at_ms = crate::now_ms();
+                let pushed = spool.push(Kind::Metrics, |seq| {
+                    String::from_utf8(encode(&collector.sample(seq, measured_at_ms))).unwrap_or_default()
+                });
+                if let Err(error) = pushed {
+                    tracing::error!(%error, "Cannot spool metrics");
+                }
+                if connected {
+                    flush(&client, &id, &mut spool);
+                }
+            }
+            _ = heartbeat_tick.tick() => {
+                if connected {
+                    let heartbeat = Heartbeat {
+                        v: vantage_mqtt::PROTOCOL_VERSION,
+                        at_ms: crate::now_ms(),
+                        uptime_s: started.elapsed().as_secs(),
+                        spool_len: spool.len() as u64,
+                        spool_dropped_total: spool.dropped(),
+                        next_seq: spool.next_seq(),
+                        config_revision: desired.as_ref().map(|d| d.revision).unwrap_or(0),
+                    };
+                    let _ = client.try_publish(topic::agent(&id, AgentTopic::Heartbeat), QoS::AtMostOnce, false, encode(&heartbeat));
+                }
+            }
+            _ = flush_tick.tick() => {
+                if connected {
+                    flush(&client, &id, &mut spool);
+                }
+            }
+            _ = resend_tick.tick() => spool.expire_sent(RESEND_AFTER),
+        }
+    }
+}
+
+fn to_result(seq: u64, check_id: &str, measured_at_ms: i64, outcome: Outcome) -> CheckResult {
+    CheckResult {
+        seq,
+        measured_at_ms,
+        check_id: check_id.to_owned(),
+        ok: outcome.ok,
+        reason: outcome.reason,
+        timings: outcome.timings,
+        status_code: outcome.status_code,
+    }
+}
+
+/// Publishes what the spool has not sent yet, as batches per kind.
+fn flush(client: &AsyncClient, id: &str, spool: &mut Spool) {
+    while let Some((kind, payload)) = spool.next_batch(1000, MAX_BATCH_BYTES) {
+        let name = match kind {
+            Kind::Result => AgentTopic::Results,
+            Kind::Metrics => AgentTopic::Metrics,
+            Kind::Event => AgentTopic::Events,
+        };
+        if client
+            .try_publish(topic::agent(id, name), QoS::AtLeastOnce, false, payload)
+            .is_err()
+        {
+            // The request queue is full: try again on the next tick.
+            spool.mark_all_unsent();
+            return;
+        }
+    }
+}
+
+/// Runs each assigned check on its own timer, with a random initial offset.
+struct Scheduler {
+    running: HashMap<String, (CheckSpec, JoinHandle<()>)>,
+    results: mpsc::Sender<(String, i64, Outcome)>,
+}
+
+impl Scheduler {
+    fn new(results: mpsc::Sender<(String, i64, Outcome)>) -> Scheduler {
+        Scheduler {
+            running: HashMap::new(),
+            results,
+        }
+    }
+
+    /// Keeps unchanged checks running, stops removed or changed ones, starts new ones.
+    fn apply(&mut self, checks: &[CheckSpec]) {
+        let wanted: HashMap<&str, &CheckSpec> = checks.iter().map(|c| (c.id.as_str(), c)).collect();
+        self.running.retain(|id, (spec, handle)| {
+            let keep = wanted.get(id.as_str()).is_some_and(|w| *w == spec);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for check in checks {
+            if self.running.contains_key(&check.id) {
+                continue;
+            }
+            let spec = check.clone();
+            let results = self.results.clone();
+            let handle = tokio::spawn(async move {
+                let period = Duration::from_secs(u64::from(spec.interval_s.max(1)));
+                let offset = period.mul_f64(rand::rng().random_range(0.0..1.0));
+                tokio::time::sleep(offset).await;
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let measured_at_ms = crate::now_ms();
+                    let outcome = probe::run_check(&spec).await;
+                    if results.send((spec.id.clone(), measured_at_ms, outcome)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            self.running.insert(check.id.clone(), (check.clone(), handle));
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The spool: results, metrics and events wait here, numbered, until the control plane says
+//! it has committed them (`results/ack`).
+//!
+//! Every entry gets the next per-agent sequence number and is appended to a journal file in
+//! the state dir before it is sent, so neither a lost link nor a killed agent loses it, and
+//! the sequence continues after a restart. An ack (or a drop at a bound) appends a cut line;
+//! the journal is rewritten compactly once it holds mostly dead lines. The bounds are entries
+//! and bytes: when one is hit the oldest entries go first and the count of dropped entries is
+//! kept (and reported in heartbeats), never silent.
+//!
+//! Journal lines: `{"h":{"next_seq":N,"cut":C,"dropped":D}}` (header after compaction),
+//! `{"e":{"seq":N,"k":"r|m|e","d":<item JSON>}}`, `{"cut":N}` (with `"dropped":D` after a drop). A torn last line is skipped.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Kind of a spooled entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    #[serde(rename = "r")]
+    Result,
+    #[serde(rename = "m")]
+    Metrics,
+    #[serde(rename = "e")]
+    Event,
+}
+
+/// One spooled entry: its seq and the item's JSON (which carries the same seq).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: u64,
+    pub kind: Kind,
+    pub json: String,
+    sent_at: Option<Instant>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    next_seq: u64,
+    cut: u64,
+    dropped: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryLine<'a> {
+    seq: u64,
+    k: Kind,
+    #[serde(borrow)]
+    d: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct AnyLine<'a> {
+    #[serde(default)]
+    h: Option<Header>,
+    #[serde(default, borrow)]
+    e: Option<EntryLine<'a>>,
+    #[serde(default)]
+    cut: Option<u64>,
+    #[serde(default)]
+    dropped: Option<u64>,
+}
+
+/// Errors of the spool's journal.
+#[derive(Debug, thiserror::Error)]
+#[error("spool journal {path}: {source}")]
+pub struct SpoolError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// The spool.
+pub struct Spool {
+    path: PathBuf,
+    journal: BufWriter<File>,
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    next_seq: u64,
+    cut: u64,
+    dropped: u64,
+    journal_lines: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("path", &self.path)
+            .field("len", &self.entries.len())
+            .field("next_seq", &self.next_seq)
+            .field("dropped", &self.dropped)
+            .finish()
+    }
+}
+
+impl Spool {
+    /// Opens (or creates) the journal in `state_dir` and replays it.
+    ///
+    /// # Errors
+    /// The journal cannot be read or written.
+    pub fn open(state_dir: &Path, max_entries: usize, max_bytes: usize) -> Result<Spool, SpoolError> {
+        let path = state_dir.join("spool.jsonl");
+        let err = |source| SpoolError {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(state_dir).map_err(err)?;
+        let mut entries = VecDeque::new();
+        let (mut next_seq, mut cut, mut dropped) = (1u64, 0u64, 0u64);
+        let mut lines = 0usize;
+        if path.exists() {
+            let reader = BufReader::new(File::open(&path).map_err(err)?);
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                lines += 1;
+                let Ok(parsed) = serde_json::from_str::<AnyLine<'_>>(&line) else {
+                    continue;
+                };
+                if let Some(header) = parsed.h {
+                    next_seq = next_seq.max(header.next_seq);
+                    cut = cut.max(header.cut);
+                    dropped = header.dropped;
+                }
+                if let Some(entry) = parsed.e {
+                    next_seq = next_seq.max(entry.seq + 1);
+                    entries.push_back(Entry {
+                        seq: entry.seq,
+                        kind: entry.k,
+                        json: entry.d.get().to_owned(),
+                        sent_at: None,
+                    });
+                }
+                if let Some(c) = parsed.cut {
+                    cut = cut.max(c);
+                }
+                if let Some(d) = parsed.dropped {
+                    dropped = dropped.max(d);
+                }
+            }
+        }
+        entries.retain(|e| e.seq > cut);
+        let bytes = entries.iter().map(|e| e.json.len()).sum();
+        let journal = BufWriter::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(err)?,
+        );
+        let mut spool = Spool {
+            path,
+            journal,
+            entries,
+            bytes,
+            next_seq,
+            cut,
+            dropped,
+            journal_lines: lines,
+            max_entries,
+            max_bytes,
+        };
+        spool.enforce_bounds()?;
+        spool.compact()?;
+        Ok(spool)
+    }
+
+    fn err(&self) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+        move |source| SpoolError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The sequence number the next entry will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Entries waiting for an ack.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries dropped at a bound since the state began.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Allocates the next seq; `make` builds the item's JSON with it. The entry is journaled
+    /// before this returns.
+    ///
+    /// # Errors
+    /// The journal cannot be written.
+    pub fn push(&mut self, kind: Kind, make: impl FnOnce(u64) -> String) -> Result<u64, SpoolError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let json = make(seq);
+        let raw = RawValue::from_string(json.clone()).map_err(|e| SpoolError {
+            path: self.path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        let line = serde_json::json!({ "e": { "seq": seq, "k": kind, "d": raw } });
+        writeln!(self.journal, "{line}").map_err(self.err())?;
+        self.journal.flush().map_err(self.err())?;
+        self.journal_lines += 1;
+        self.bytes += json.len();
+        self.entries.push_back(Entry {
+            seq,
+            kind,
+            json,
+            sent_at: None,
+        });
+        self.enforce_bounds()?;
+        Ok(seq)
+    }
+
+    fn enforce_bounds(&mut self) -> Result<(), SpoolError> {
+        let mut cut_to = None;
+        while self.entries.len() > self.max_entries || (self.bytes > self.max_bytes && self.entries.len() > 1) {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= old.json.len();
+                self.dropped += 1;
+                cut_to = Some(old.seq);
+            }
+        }
+        if let Some(seq) = cut_to {
+            self.cut = self.cut.max(seq);
+            let line = format!("{{\"cut\":{seq},\"dropped\":{}}}", self.dropped);
+            writeln!(self.journal, "{line}").map_err(self.err())?;
+            self.journal.flush().map_err(self.err())?;
+            self.journal_lines += 1;
+        }
+        Ok(())
+    }
+
+    fn write_cut(&mut self, seq: u64) -> Result<(), SpoolError> {
+        self.cut = self.cut.max(seq);
+        writeln!(self.journal, "{{\"cut\":{seq}}}").map_err(self.err())?;
+        self.journal.flush().map_err(self.err())?;
+        self.journal_lines += 1;
+        if self.journal_lines > 2 * self.entries.len() + 1000 {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// The control plane committed everything up to `seq`: forget it.
+    ///
+    /// # Errors
+    /// The journal cannot be written.
+    pub fn ack(&mut self, seq: u64) -> Result<usize, SpoolError> {
+        if seq <= self.cut {
+            return Ok(0);
+        }
+        let mut n = 0;
+        while self.entries.front().is_some_and(|e| e.seq <= seq) {
+            if let Some(old) = self.entries.pop_front() {
+                self.bytes -= old.json.len();
+                n += 1;
+            }
+        }
+        self.write_cut(seq)?;
+        Ok(n)
+    }
+
+    /// Rewrites the journal with only the live entries.
+    fn compact(&mut self) -> Result<(), SpoolError> {
+        let tmp = self.path.with_extension("tmp");
+        {
+            let mut out = BufWriter::new(File::create(&tmp).map_err(self.err())?);
+            let header = Header {
+                next_seq: self.next_seq,
+                cut: self.cut,
+                dropped: self.dropped,
+            };
+            writeln!(out, "{}", serde_json::json!({ "h": header })).map_err(self.err())?;
+            for entry in &self.entries {
+                writeln!(
+                    out,
+                    "{{\"e\":{{\"seq\":{},\"k\":\"{}\",\"d\":{}}}}}",
+                    entry.seq,
+                    match entry.kind {
+                        Kind::Result => "r",
+                        Kind::Metrics => "m",
+                        Kind::Event => "e",
+                    },
+                    entry.json
+                )
+                .map_err(self.err())?;
+            }
+            out.flush().map_err(self.err())?;
+            out.get_ref().sync_all().map_err(self.err())?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(self.err())?;
+        self.journal = BufWriter::new(
+            OpenOptions::new()
+                .append(true)
+                .open(&self.path)
+                .map_err(self.err())?,
+        );
+        self.journal_lines = self.entries.len() + 1;
+        Ok(())
+    }
+
+    /// After a reconnect everything unacknowledged must go again.
+    pub fn mark_all_unsent(&mut self) {
+        for entry in &mut self.entries {
+            entry.sent_at = None;
+        }
+    }
+
+    /// Entries sent longer than `age` ago without an ack are sent again.
+    pub fn expire_sent(&mut self, age: Duration) {
+        let now = Instant::now();
+        for entry in &mut self.entries {
+            if entry.sent_at.is_some_and(|t| now.duration_since(t) > age) {
+                entry.sent_at = None;
+            }
+        }
+    }
+
+    /// Takes up to `max_items` unsent entries of one kind, in seq order, as a batch payload
+    /// `{"v":1,"items":[…]}` no larger than about `max_bytes`, marking them sent.
+    pub fn next_batch(&mut self, max_items: usize, max_bytes: usize) -> Option<(Kind, String)> {
+        let now = Instant::now();
+        let start = self.entries.iter().position(|e| e.sent_at.is_none())?;
+        let kind = self.entries[start].kind;
+        let mut payload = format!("{{\"v\":{},\"items\":[", vantage_mqtt::PROTOCOL_VERSION);
+        let mut n = 0;
+        for entry in self.entries.iter_mut().skip(start) {
+            if entry.sent_at.is_some() {
+                continue;
+            }
+            if entry.kind != kind || n >= max_items || (n > 0 && payload.len() + entry.json.len() > max_bytes) {
+                break;
+            }
+            if n > 0 {
+                payload.push(',');
+            }
+            payload.push_str(&entry.json);
+            entry.sent_at = Some(now);
+            n += 1;
+        }
+        payload.push_str("]}");
+        Some((kind, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: u64) -> String {
+        format!("{{\"seq\":{seq}}}")
+    }
+
+    #[test]
+    fn entries_survive_a_restart_and_seq_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        for _ in 0..5 {
+            spool.push(Kind::Result, item).unwrap();
+        }
+        assert_eq!(spool.ack(2).unwrap(), 2);
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        assert_eq!(spool.len(), 3);
+        assert_eq!(spool.next_seq(), 6);
+        let (kind, payload) = spool.next_batch(10, 1 << 20).unwrap();
+        assert_eq!(kind, Kind::Result);
+        assert_eq!(payload, "{\"v\":1,\"items\":[{\"seq\":3},{\"seq\":4},{\"seq\":5}]}");
+        assert!(spool.next_batch(10, 1 << 20).is_none(), "sent entries are not sent twice");
+        spool.mark_all_unsent();
+        assert!(spool.next_batch(10, 1 << 20).is_some());
+        spool.ack(5).unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        assert!(spool.is_empty());
+        assert_eq!(spool.next_seq(), 6, "seq continues even when nothing is left");
+    }
+
+    #[test]
+    fn bounds_drop_the_oldest_and_count_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 3, 1 << 20).unwrap();
+        for _ in 0..5 {
+            spool.push(Kind::Metrics, item).unwrap();
+        }
+        assert_eq!(spool.len(), 3);
+        assert_eq!(spool.dropped(), 2);
+        let (_, payload) = spool.next_batch(10, 1 << 20).unwrap();
+        assert!(payload.starts_with("{\"v\":1,\"items\":[{\"seq\":3}"));
+        drop(spool);
+        let spool = Spool::open(dir.path(), 3, 1 << 20).unwrap();
+        assert_eq!((spool.len(), spool.dropped()), (3, 2));
+    }
+
+    #[test]
+    fn batches_hold_one_kind_and_respect_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        spool.push(Kind::Result, item).unwrap();
+        spool.push(Kind::Result, item).unwrap();
+        spool.push(Kind::Metrics, item).unwrap();
+        spool.push(Kind::Result, item).unwrap();
+        assert_eq!(spool.next_batch(1, 1 << 20).unwrap().1, "{\"v\":1,\"items\":[{\"seq\":1}]}");
+        assert_eq!(spool.next_batch(10, 1 << 20).unwrap().1, "{\"v\":1,\"items\":[{\"seq\":2}]}");
+        assert_eq!(spool.next_batch(10, 1 << 20).unwrap().0, Kind::Metrics);
+        assert_eq!(spool.next_batch(10, 1 << 20).unwrap().1, "{\"v\":1,\"items\":[{\"seq\":4}]}");
+    }
+
+    #[test]
+    fn a_torn_journal_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        spool.push(Kind::Event, item).unwrap();
+        drop(spool);
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("spool.jsonl"))
+            .unwrap();
+        write!(file, "{{\"e\":{{\"seq\":2,\"k\"").unwrap();
+        drop(file);
+        let spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        assert_eq!((spool.len(), spool.next_seq()), (1, 2));
+    }
+}

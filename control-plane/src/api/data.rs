@@ -1,0 +1,80 @@
+//! Time-series queries: results and host metrics by agent, check, region and time range.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+
+use super::{ApiError, ApiQuery, Caller};
+use crate::AppState;
+use crate::store::{CheckStatusRow, MetricsRow, ResultRow, Role, SeriesFilter, now_ms};
+
+/// Most rows one query returns.
+pub const MAX_LIMIT: i64 = 10_000;
+
+/// Query string of `/results` and `/metrics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesQuery {
+    pub agent: Option<String>,
+    pub check: Option<String>,
+    pub region: Option<String>,
+    /// Start of the range, ms since the epoch (default: 24 h ago).
+    pub from_ms: Option<i64>,
+    /// End of the range, ms since the epoch (default: now + 1 min).
+    pub to_ms: Option<i64>,
+    /// Most rows (default 1000, at most 10000).
+    pub limit: Option<i64>,
+}
+
+impl SeriesQuery {
+    fn filter(self) -> Result<SeriesFilter, ApiError> {
+        let now = now_ms();
+        let filter = SeriesFilter {
+            from_ms: self.from_ms.unwrap_or(now - 86_400_000),
+            to_ms: self.to_ms.unwrap_or(now + 60_000),
+            limit: self.limit.unwrap_or(1000),
+            agent: self.agent,
+            check: self.check,
+            region: self.region,
+        };
+        if filter.from_ms > filter.to_ms {
+            return Err(ApiError::BadRequest("from_ms is after to_ms".into()));
+        }
+        if !(1..=MAX_LIMIT).contains(&filter.limit) {
+            return Err(ApiError::BadRequest(format!("limit must be 1..={MAX_LIMIT}")));
+        }
+        Ok(filter)
+    }
+}
+
+/// `GET /api/v1/results`.
+pub async fn results(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<SeriesQuery>,
+) -> Result<Json<Vec<ResultRow>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.store.query_results(&query.filter()?).await?))
+}
+
+/// `GET /api/v1/metrics`.
+pub async fn metrics(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<SeriesQuery>,
+) -> Result<Json<Vec<MetricsRow>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    if query.check.is_some() {
+        return Err(ApiError::BadRequest("metrics have no check filter".into()));
+    }
+    Ok(Json(state.store.query_metrics(&query.filter()?).await?))
+}
+
+/// `GET /api/v1/status/checks`: the latest result per check and region.
+pub async fn check_status(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<CheckStatusRow>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.store.list_check_status().await?))
+}

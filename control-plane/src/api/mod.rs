@@ -1,0 +1,305 @@
+//! The HTTP API under `/api/v1`, plus `/healthz` and `/metrics`, served over HTTPS.
+//!
+//! Every route but enrollment, health, metrics and the OpenAPI document needs a bearer API
+//! token (stored hashed); roles are ordered viewer < operator < admin and each route names the
+//! least role it needs. Errors are JSON `{"error": {"code", "message"}}` with the status that
+//! fits: invalid input is a 4xx and changes nothing, an unexpected failure is an opaque 500
+//! whose cause is logged. Every client address is rate limited.
+//!
+//! Files: [`agents`] (agents, regions, enrollment, tokens), [`checks`], [`data`] (results,
+//! metrics, status), [`live`] (WebSocket and SSE), [`openapi`], [`server`] (TLS serving).
+
+pub mod agents;
+pub mod checks;
+pub mod data;
+pub mod live;
+pub mod openapi;
+pub mod server;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::AppState;
+use crate::store::{Role, StoreError};
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    Refused(String),
+    #[error("this route needs the {0} role")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("too many requests")]
+    TooManyRequests,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict { what, id } => {
+                ApiError::Conflict(format!("{what} {id:?} already exists"))
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => ApiError::Unprocessable(e.body_text()),
+            other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Refused(_) => (StatusCode::UNAUTHORIZED, "refused"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "API request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// A JSON body whose rejections are [`ApiError`]s.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// A query string whose rejections are [`ApiError`]s.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// The caller, authenticated by a bearer token (or `?token=` for browsers' live feeds).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub role: Role,
+}
+
+impl Caller {
+    /// Refuses callers below `role`.
+    ///
+    /// # Errors
+    /// [`ApiError::Forbidden`].
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(role.as_str()))
+        }
+    }
+}
+
+fn token_from_parts(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let text = value.to_str().ok()?;
+        return text
+            .strip_prefix("Bearer ")
+            .map(|t| t.trim().to_owned());
+    }
+    parts.uri.query().and_then(|query| {
+        query.split('&').find_map(|pair| {
+            pair.strip_prefix("token=").map(str::to_owned)
+        })
+    })
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = token_from_parts(parts).ok_or(ApiError::Unauthorized)?;
+        if token.is_empty() || token.len() > 200 {
+            return Err(ApiError::Unauthorized);
+        }
+        let role = state
+            .store
+            .api_token_role(&token)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(Caller { role })
+    }
+}
+
+/// A token bucket per client address.
+#[derive(Debug)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    per_second: f64,
+    burst: f64,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: f64, burst: f64) -> RateLimiter {
+        RateLimiter {
+            buckets: Mutex::new(HashMap::new()),
+            per_second,
+            burst,
+        }
+    }
+
+    /// Takes one token for `ip`; false when its bucket is empty.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if buckets.len() > 100_000 {
+            buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs() < 60);
+        }
+        let (tokens, last) = buckets.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = ip
+        && !state.rate_limiter.allow(ip)
+    {
+        state.counters.api_rate_limited.fetch_add(1, Ordering::Relaxed);
+        return ApiError::TooManyRequests.into_response();
+    }
+    next.run(request).await
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "store": state.store.backend() }))
+}
+
+async fn prometheus(State(state): State<AppState>) -> Response {
+    let mut text = state.counters.render();
+    text.push_str(&format!(
+        "# HELP vantage_live_subscribers Live feed clients connected.\n# TYPE vantage_live_subscribers gauge\nvantage_live_subscribers {}\n",
+        state.hub.n_subscribers()
+    ));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route".into())
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/enroll", post(agents::enroll))
+        .route("/agents", get(agents::list))
+        .route("/agents/{id}", get(agents::get).delete(agents::revoke))
+        .route("/regions", get(agents::regions))
+        .route(
+            "/enrollment-tokens",
+            get(agents::list_tokens).post(agents::create_token),
+        )
+        .route(
+            "/enrollment-tokens/{id}",
+            axum::routing::delete(agents::delete_token),
+        )
+        .route("/api-tokens", post(agents::create_api_token))
+        .route("/checks", get(checks::list).post(checks::create))
+        .route(
+            "/checks/{id}",
+            get(checks::get).put(checks::update).delete(checks::delete),
+        )
+        .route("/results", get(data::results))
+        .route("/metrics", get(data::metrics))
+        .route("/status/checks", get(data::check_status))
+        .route("/live", get(live::live))
+        .route("/openapi.json", get(openapi::document));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit,
+        ))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_refuses_past_the_burst_and_refills() {
+        let limiter = RateLimiter::new(1000.0, 3.0);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(limiter.allow(ip) && limiter.allow(ip) && limiter.allow(ip));
+        assert!(!limiter.allow(ip));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(limiter.allow(ip));
+        assert!(limiter.allow("10.0.0.1".parse().unwrap()));
+    }
+}

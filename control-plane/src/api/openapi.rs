@@ -1,0 +1,80 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 description of the API.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+fn op(summary: &str, role: Option<&str>, responses: &[&str]) -> Value {
+    let mut responses_obj = serde_json::Map::new();
+    for code in responses {
+        responses_obj.insert((*code).to_owned(), json!({ "description": code_text(code) }));
+    }
+    let mut operation = json!({ "summary": summary, "responses": responses_obj });
+    if let Some(role) = role {
+        operation["security"] = json!([{ "bearer": [] }]);
+        operation["x-vantage-role"] = json!(role);
+    }
+    operation
+}
+
+fn code_text(code: &str) -> &'static str {
+    match code {
+        "200" => "OK",
+        "201" => "Created",
+        "204" => "No Content",
+        "101" => "Switching Protocols (WebSocket)",
+        "400" => "Invalid request",
+        "401" => "Missing or invalid credentials",
+        "403" => "Role too low",
+        "404" => "Not found",
+        "409" => "Conflict",
+        "422" => "Invalid field",
+        _ => "Other",
+    }
+}
+
+/// The document.
+pub async fn document() -> Json<Value> {
+    let read = ["200", "401", "403"];
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Vantage API", "version": env!("CARGO_PKG_VERSION") },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "properties": { "error": { "type": "object",
+                    "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } }
+            }
+        },
+        "paths": {
+            "/healthz": { "get": op("Liveness and store backend", None, &["200"]) },
+            "/metrics": { "get": op("Prometheus counters", None, &["200"]) },
+            "/api/v1/enroll": { "post": op("Enroll an agent: token + CSR → id, certificate, CA, broker address", None, &["201", "400", "401", "422"]) },
+            "/api/v1/agents": { "get": op("List agents (?region=)", Some("viewer"), &read) },
+            "/api/v1/agents/{id}": {
+                "get": op("One agent", Some("viewer"), &["200", "401", "403", "404"]),
+                "delete": op("Revoke an agent: disconnect it and refuse its certificate", Some("operator"), &["204", "401", "403", "404"])
+            },
+            "/api/v1/regions": { "get": op("Regions with agent counts", Some("viewer"), &read) },
+            "/api/v1/enrollment-tokens": {
+                "get": op("List enrollment tokens (no secrets)", Some("operator"), &read),
+                "post": op("Create an enrollment token {region, labels, uses, ttl_s}", Some("operator"), &["201", "400", "401", "403", "422"])
+            },
+            "/api/v1/enrollment-tokens/{id}": { "delete": op("Delete an enrollment token", Some("operator"), &["204", "401", "403", "404"]) },
+            "/api/v1/api-tokens": { "post": op("Create an API token {role, name}", Some("admin"), &["201", "400", "401", "403", "422"]) },
+            "/api/v1/checks": {
+                "get": op("List checks", Some("viewer"), &read),
+                "post": op("Create a check {id?, name, kind, interval_s, timeout_ms, regions, quorum, enabled}", Some("operator"), &["201", "400", "401", "403", "409", "422"])
+            },
+            "/api/v1/checks/{id}": {
+                "get": op("One check", Some("viewer"), &["200", "401", "403", "404"]),
+                "put": op("Replace a check", Some("operator"), &["200", "400", "401", "403", "404", "422"]),
+                "delete": op("Delete a check", Some("operator"), &["204", "401", "403", "404"])
+            },
+            "/api/v1/results": { "get": op("Results (?agent, check, region, from_ms, to_ms, limit)", Some("viewer"), &["200", "400", "401", "403"]) },
+            "/api/v1/metrics": { "get": op("Host metrics (?agent, region, from_ms, to_ms, limit)", Some("viewer"), &["200", "400", "401", "403"]) },
+            "/api/v1/status/checks": { "get": op("Latest result per check and region", Some("viewer"), &read) },
+            "/api/v1/live": { "get": op("Live feed: WebSocket on upgrade, else SSE (?region, agent, check, kind, token)", Some("viewer"), &["101", "200", "401", "403"]) },
+            "/api/v1/openapi.json": { "get": op("This document", None, &["200"]) }
+        }
+    }))
+}

@@ -1,0 +1,233 @@
+//! The application: build it from settings, read the bound ports, run it until stopped.
+//!
+//! Start order: store (migrations, everyone offline), PKI, broker (and its readiness probe),
+//! the public listeners (bound before anything is reported), retained state republished from
+//! the store, then the ingest, front door, HTTP and housekeeping tasks.
+
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use vantage_mqtt::{AgentTopic, CheckStatusView, NodeState, NodeStatusView, encode, topic};
+
+use crate::AppState;
+use crate::broker::Broker;
+use crate::counters::Counters;
+use crate::frontdoor::{FrontDoor, FrontDoorSettings, Registry};
+use crate::hub::Hub;
+use crate::pki::Pki;
+use crate::settings::Settings;
+use crate::store::{Role, Store};
+
+/// A built, listening control plane.
+pub struct Application {
+    http_port: u16,
+    mqtt_port: u16,
+    state: AppState,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// File in the data dir holding the first admin API token (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+impl Application {
+    /// Builds everything and binds the listeners; nothing is served until [`Self::run_until`].
+    ///
+    /// # Errors
+    /// Any start-up failure, with context.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+        let store = Store::connect(
+            settings.database_url.as_ref().map(|s| s.0.as_str()),
+            &settings.data_dir,
+        )
+        .await
+        .context("cannot open the store")?;
+        store.migrate().await.context("migrations failed")?;
+        store.mark_all_offline().await?;
+        bootstrap_admin_token(&store, &settings.data_dir).await?;
+
+        let pki = Arc::new(
+            Pki::load_or_create(&settings.data_dir, std::slice::from_ref(&settings.public_host))
+                .context("cannot load or create the CA")?,
+        );
+        let (broker, subscription) = Broker::start(
+            settings.max_connections,
+            crate::frontdoor::MAX_PACKET_BYTES,
+            &topic::all_agents_filter(),
+        )
+        .await?;
+        crate::frontdoor::probe_broker(broker.addr, &broker.credential)
+            .await
+            .map_err(|reason| anyhow::anyhow!("embedded broker is not serving: {reason}"))?;
+
+        let mqtt_listener = TcpListener::bind(settings.mqtt_addr)
+            .await
+            .with_context(|| format!("cannot bind MQTT listener {}", settings.mqtt_addr))?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot bind HTTP listener {}", settings.http_addr))?;
+        let mqtt_port = mqtt_listener.local_addr()?.port();
+        let http_port = http_listener.local_addr()?.port();
+
+        let registry = Arc::new(Registry::default());
+        registry.set_revoked(store.revoked_agent_ids().await?);
+        let counters = Arc::new(Counters::default());
+        let state = AppState {
+            store: store.clone(),
+            pki: pki.clone(),
+            hub: Hub::default(),
+            counters: counters.clone(),
+            publisher: broker.publisher.clone(),
+            registry: registry.clone(),
+            mqtt_public_addr: format!("{}:{mqtt_port}", settings.public_host),
+            settings: Arc::new(settings.clone()),
+            assign_lock: Arc::default(),
+            rate_limiter: Arc::new(crate::api::RateLimiter::new(200.0, 400.0)),
+        };
+        republish_retained(&state).await?;
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::ingest::run(state.clone(), subscription)));
+        let door = Arc::new(FrontDoor {
+            acceptor: tokio_rustls::TlsAcceptor::from(pki.mqtt_server_config()?),
+            broker_addr: broker.addr,
+            credential: broker.credential.clone(),
+            registry,
+            counters,
+            store,
+            settings: FrontDoorSettings {
+                handshake_timeout: settings.handshake_timeout(),
+                connect_timeout: Duration::from_secs(10),
+                max_connections: settings.max_connections,
+            },
+        });
+        tasks.push(tokio::spawn(door.serve(mqtt_listener)));
+        tasks.push(tokio::spawn(crate::api::server::serve(
+            http_listener,
+            pki.http_server_config()?,
+            crate::api::router(state.clone()),
+        )));
+        tasks.push(tokio::spawn(refresh_revoked(state.clone())));
+        tracing::info!(
+            http_port,
+            mqtt_port,
+            store = state.store.backend(),
+            data_dir = %settings.data_dir.display(),
+            "Control plane ready"
+        );
+        Ok(Application {
+            http_port,
+            mqtt_port,
+            state,
+            tasks,
+        })
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    pub fn mqtt_port(&self) -> u16 {
+        self.mqtt_port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops every task and closes the store.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        shutdown.await;
+        tracing::info!("Control plane stopping");
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.state.store.close().await;
+    }
+}
+
+/// Creates the first admin token when no API token exists and stores it in the data dir.
+async fn bootstrap_admin_token(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if store.count_api_tokens().await? > 0 {
+        return Ok(());
+    }
+    let (_, secret) = store.create_api_token(Role::Admin, "bootstrap admin").await?;
+    let path: PathBuf = data_dir.join(ADMIN_TOKEN_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    tracing::info!(path = %path.display(), "Created the first admin API token");
+    Ok(())
+}
+
+/// Publishes every retained desired config and status the store holds.
+async fn republish_retained(state: &AppState) -> anyhow::Result<()> {
+    for (agent, config) in state.store.desired_configs().await? {
+        state
+            .publisher
+            .publish(&topic::agent(&agent, AgentTopic::Config), config.into_bytes(), true)
+            .await?;
+    }
+    for agent in state.store.list_agents(None).await? {
+        if agent.revoked_at_ms.is_some() {
+            continue;
+        }
+        let view = NodeStatusView {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            agent_id: agent.id.clone(),
+            region: agent.region.clone(),
+            state: NodeState::Offline,
+            at_ms: crate::store::now_ms(),
+        };
+        state
+            .publisher
+            .publish(&topic::status_node(&agent.id), encode(&view), true)
+            .await?;
+    }
+    for status in state.store.list_check_status().await? {
+        let view = CheckStatusView {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            check_id: status.check_id.clone(),
+            region: status.region.clone(),
+            agent_id: status.agent_id,
+            ok: status.ok,
+            reason: status.reason,
+            total_ms: status.total_ms,
+            measured_at_ms: status.measured_at_ms,
+        };
+        state
+            .publisher
+            .publish(
+                &topic::status_check_region(&status.check_id, &status.region),
+                encode(&view),
+                true,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Picks up revocations made by other processes (the CLI, other replicas).
+async fn refresh_revoked(state: AppState) {
+    let mut interval = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        interval.tick().await;
+        match state.store.revoked_agent_ids().await {
+            Ok(ids) => state.registry.set_revoked(ids),
+            Err(error) => tracing::warn!(%error, "Cannot refresh the revoked set"),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Assignment: which agent runs which check, and each agent's retained desired config.
+//!
+//! A check with regions [..] is assigned to every online, unrevoked agent of those regions.
+//! Each online agent's desired config (its checks, intervals and a revision that increases
+//! with every change) is stored and published retained on `agents/{id}/config`; an agent
+//! that is offline keeps its last config until it is back. Runs are serialised by a lock so
+//! two concurrent changes cannot interleave their revisions.
+
+use std::collections::{BTreeMap, HashMap};
+
+use vantage_mqtt::{AgentTopic, CheckKind, CheckSpec, DesiredConfig, decode, encode, topic};
+
+use crate::AppState;
+use crate::store::{CheckRow, StoreError};
+
+/// The wire spec of a stored check, if its stored JSON is readable.
+pub fn check_spec(check: &CheckRow) -> Option<CheckSpec> {
+    let kind: CheckKind = serde_json::from_str(&check.spec).ok()?;
+    Some(CheckSpec {
+        id: check.id.clone(),
+        interval_s: u32::try_from(check.interval_s).ok()?,
+        timeout_ms: u32::try_from(check.timeout_ms).ok()?,
+        kind,
+    })
+}
+
+/// The regions of a stored check.
+pub fn check_regions(check: &CheckRow) -> Vec<String> {
+    serde_json::from_str(&check.regions).unwrap_or_default()
+}
+
+/// Recomputes every assignment and republishes the configs that changed.
+///
+/// # Errors
+/// Store errors; nothing is published for a run that failed.
+pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
+    let _guard = state.assign_lock.lock().await;
+    let agents = state.store.list_agents(None).await?;
+    let checks = state.store.list_checks().await?;
+    let stored: HashMap<String, String> = state.store.desired_configs().await?.into_iter().collect();
+
+    let mut per_agent: BTreeMap<String, Vec<CheckSpec>> = BTreeMap::new();
+    let mut assignments = Vec::new();
+    for agent in agents
+        .iter()
+        .filter(|a| a.revoked_at_ms.is_none() && a.state == "online")
+    {
+        per_agent.entry(agent.id.clone()).or_default();
+    }
+    for check in checks.iter().filter(|c| c.enabled) {
+        let Some(spec) = check_spec(check) else {
+            tracing::warn!(check = %check.id, "Stored check does not parse; not assigned");
+            continue;
+        };
+        let regions = check_regions(check);
+        for agent in agents.iter().filter(|a| {
+            a.revoked_at_ms.is_none() && a.state == "online" && regions.contains(&a.region)
+        }) {
+            assignments.push((check.id.clone(), agent.id.clone(), agent.region.clone()));
+            per_agent
+                .entry(agent.id.clone())
+                .or_default()
+                .push(spec.clone());
+        }
+    }
+    state.store.replace_assignments(&assignments).await?;
+
+    for agent in agents
+        .iter()
+        .filter(|a| a.revoked_at_ms.is_none() && a.state == "online")
+    {
+        let checks = per_agent.remove(&agent.id).unwrap_or_default();
+        let previous: Option<DesiredConfig> = stored
+            .get(&agent.id)
+            .and_then(|json| decode::<DesiredConfig>(json.as_bytes()).ok());
+        let unchanged = previous.as_ref().is_some_and(|p| {
+            p.checks == checks
+                && p.region == agent.region
+                && p.metrics_interval_s == state.settings.metrics_interval_s
+                && p.heartbeat_interval_s == state.settings.heartbeat_interval_s
+        });
+        let payload = if unchanged {
+            previous.map(|p| encode(&p)).unwrap_or_default()
+        } else {
+            let mut config = DesiredConfig {
+                v: vantage_mqtt::PROTOCOL_VERSION,
+                revision: 0,
+                region: agent.region.clone(),
+                metrics_interval_s: state.settings.metrics_interval_s,
+                heartbeat_interval_s: state.settings.heartbeat_interval_s,
+                checks,
+            };
+            let revision = state
+                .store
+                .bump_desired_config(&agent.id, |revision| {
+                    config.revision = revision as u64;
+                    String::from_utf8(encode(&config)).unwrap_or_default()
+                })
+                .await?;
+            tracing::info!(agent = %agent.id, revision, n_checks = config.checks.len(), "Desired config changed");
+            encode(&config)
+        };
+        // Published even when unchanged: after a broker restart the retained copy is gone.
+        let _ = state
+            .publisher
+            .publish(&topic::agent(&agent.id, AgentTopic::Config), payload, true)
+            .await;
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The `vantage` command line: `serve`, `migrate`, `demo`, and fleet management commands that
+//! work directly on the store (so they work with or without a running server; a running
+//! server picks up revocations within two seconds).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::settings::{Secret, Settings};
+use crate::store::{Role, Store};
+
+/// Vantage control plane.
+#[derive(Debug, Parser)]
+#[command(name = "vantage", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the store is, for the commands that only need the store.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    #[arg(long, env = "VANTAGE_DATA_DIR", default_value = "vantage-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "DATABASE_URL", value_parser = |s: &str| Ok::<_, String>(Secret(s.to_owned())), hide_env_values = true)]
+    pub database_url: Option<Secret>,
+}
+
+impl StoreArgs {
+    async fn open(&self) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        let store = Store::connect(self.database_url.as_ref().map(|s| s.0.as_str()), &self.data_dir)
+            .await
+            .context("cannot open the store")?;
+        store.migrate().await.context("migrations failed")?;
+        Ok(store)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: API, MQTT front door, embedded broker, ingest.
+    Serve(Settings),
+    /// Apply database migrations and exit.
+    Migrate(StoreArgs),
+    /// Start a local demo fleet: a control plane, three agents in three regions, targets.
+    Demo(crate::demo::DemoArgs),
+    /// Enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// API tokens.
+    #[command(subcommand, name = "api-token")]
+    ApiToken(ApiTokenCommand),
+    /// Agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an enrollment token; prints the secret once.
+    Create {
+        #[arg(long)]
+        region: String,
+        /// Labels as k=v, repeatable or comma separated.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: i64,
+        /// Lifetime, e.g. 3600, 90s, 30m, 12h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List enrollment tokens (no secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiTokenCommand {
+    /// Create an API token; prints the secret once.
+    Create {
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// List agents.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke an agent: its certificate is refused from now on.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Parses a duration like `3600`, `90s`, `30m`, `12h`, `7d` into seconds.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration_s(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(pos) => text.split_at(pos),
+        None => (text, "s"),
+    };
+    let value: i64 = number
+        .parse()
+        .map_err(|_| format!("duration {text:?} must look like 3600, 90s, 30m, 12h or 7d"))?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("duration {text:?} has an unknown unit {unit:?} (s, m, h, d)")),
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+/// Parses `k=v` labels.
+///
+/// # Errors
+/// A message naming the bad label.
+pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    items
+        .iter()
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("label {item:?} is not k=v"))
+        })
+        .collect()
+}
+
+/// Runs one command.
+///
+/// # Errors
+/// Whatever the command fails with.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(settings) => {
+            let app = crate::app::Application::build(settings).await?;
+            app.run_until(shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Migrate(store) => {
+            let store = store.open().await?;
+            println!("migrations applied ({})", store.backend());
+            Ok(())
+        }
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Token(TokenCommand::Create {
+            region,
+            labels,
+            uses,
+            ttl,
+            store,
+        }) => {
+            let labels = parse_labels(&labels).map_err(anyhow::Error::msg)?;
+            let request = crate::api::agents::CreateTokenRequest {
+                region,
+                labels,
+                uses,
+                ttl_s: parse_duration_s(&ttl).map_err(anyhow::Error::msg)?,
+            };
+            crate::api::agents::validate_token_request(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let store = store.open().await?;
+            let (row, secret) = store
+                .create_enrollment_token(&request.region, &request.labels, request.uses, request.ttl_s)
+                .await?;
+            eprintln!(
+                "enrollment token {} for region {} ({} uses, expires at {} ms)",
+                row.id, row.region, row.uses_left, row.expires_at_ms
+            );
+            println!("{secret}");
+            Ok(())
+        }
+        Command::Token(TokenCommand::List { store }) => {
+            let store = store.open().await?;
+            for token in store.list_enrollment_tokens().await? {
+                println!(
+                    "{}\t{}\tuses_left={}\texpires_at_ms={}",
+                    token.id, token.region, token.uses_left, token.expires_at_ms
+                );
+            }
+            Ok(())
+        }
+        Command::ApiToken(ApiTokenCommand::Create { role, name, store }) => {
+            let role = Role::parse(&role)
+                .ok_or_else(|| anyhow::anyhow!("role must be viewer, operator or admin"))?;
+            let store = store.open().await?;
+            let (row, secret) = store.create_api_token(role, &name).await?;
+            eprintln!("API token {} with role {}", row.id, row.role);
+            println!("{secret}");
+            Ok(())
+        }
+        Command::Agent(AgentCommand::List { store }) => {
+            let store = store.open().await?;
+            for agent in store.list_agents(None).await? {
+                println!(
+                    "{}\t{}\t{}\t{}{}",
+                    agent.id,
+                    agent.region,
+                    agent.state,
+                    agent.hostname,
+                    if agent.revoked_at_ms.is_some() { "\trevoked" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        Command::Agent(AgentCommand::Revoke { id, store }) => {
+            let store = store.open().await?;
+            if store.revoke_agent(&id).await? {
+                println!("agent {id} revoked");
+                Ok(())
+            } else {
+                anyhow::bail!("agent {id:?} does not exist or is already revoked")
+            }
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(term) => { term.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_labels_parse_or_explain() {
+        assert_eq!(parse_duration_s("3600"), Ok(3600));
+        assert_eq!(parse_duration_s("30m"), Ok(1800));
+        assert_eq!(parse_duration_s("7d"), Ok(604_800));
+        assert!(parse_duration_s("7w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration_s("h").is_err());
+        assert_eq!(
+            parse_labels(&["role=web".into(), "tier = 1".into()]).unwrap(),
+            BTreeMap::from([("role".into(), "web".into()), ("tier".into(), "1".into())])
+        );
+        assert!(parse_labels(&["novalue".into()]).is_err());
+    }
+}

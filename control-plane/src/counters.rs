@@ -1,0 +1,73 @@
+//! Process-wide counters, rendered in the Prometheus text format on `GET /metrics`.
+//!
+//! Plain atomics: every counter is a named field, so a typo is a compile error and rendering
+//! is one pass with no locks. Labels are fixed per field.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($field:ident => ($name:literal, $help:literal $(, $label:literal)?)),* $(,)?) => {
+        /// Every counter of the process.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $(pub $field: AtomicU64,)*
+        }
+
+        impl Counters {
+            /// Renders every counter in the Prometheus text exposition format.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                let mut seen = std::collections::BTreeSet::new();
+                $(
+                    if seen.insert($name) {
+                        let _ = writeln!(out, "# HELP {} {}", $name, $help);
+                        let _ = writeln!(out, "# TYPE {} counter", $name);
+                    }
+                    let labels: &str = counters!(@label $($label)?);
+                    let _ = writeln!(out, "{}{} {}", $name, labels, self.$field.load(Ordering::Relaxed));
+                )*
+                out
+            }
+        }
+    };
+    (@label $label:literal) => { $label };
+    (@label) => { "" };
+}
+
+counters! {
+    frontdoor_accepted => ("vantage_frontdoor_connections_total", "TCP connections accepted by the MQTT front door."),
+    frontdoor_over_limit => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"connection_limit\"}"),
+    frontdoor_handshake_failed => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"tls_handshake\"}"),
+    frontdoor_handshake_timeout => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"tls_timeout\"}"),
+    frontdoor_revoked => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"revoked\"}"),
+    frontdoor_bad_credentials => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"credentials\"}"),
+    frontdoor_identity_mismatch => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"identity\"}"),
+    frontdoor_protocol_errors => ("vantage_frontdoor_protocol_errors_total", "Connections closed for speaking something other than MQTT 3.1.1."),
+    frontdoor_acl_violations => ("vantage_frontdoor_acl_violations_total", "Connections closed for publishing or subscribing outside their topics."),
+    frontdoor_logins => ("vantage_frontdoor_logins_total", "MQTT logins forwarded to the broker."),
+    ingest_messages => ("vantage_ingest_messages_total", "Messages received from agents."),
+    ingest_malformed => ("vantage_ingest_rejected_total", "Agent messages dropped, by reason.", "{reason=\"malformed\"}"),
+    ingest_oversize => ("vantage_ingest_rejected_total", "Agent messages dropped, by reason.", "{reason=\"oversize\"}"),
+    ingest_bad_version => ("vantage_ingest_rejected_total", "Agent messages dropped, by reason.", "{reason=\"version\"}"),
+    ingest_unknown_agent => ("vantage_ingest_rejected_total", "Agent messages dropped, by reason.", "{reason=\"unknown_agent\"}"),
+    ingest_rows_committed => ("vantage_ingest_rows_committed_total", "Results, metrics and events rows committed (replays included)."),
+    ingest_batches => ("vantage_ingest_batches_total", "Ingest transactions committed."),
+    ingest_commit_errors => ("vantage_ingest_commit_errors_total", "Ingest transactions that failed (their rows are not acknowledged)."),
+    api_rate_limited => ("vantage_api_rate_limited_total", "API requests refused by the rate limiter."),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_help_once_per_name_and_labels_per_field() {
+        let counters = Counters::default();
+        counters.ingest_malformed.fetch_add(3, Ordering::Relaxed);
+        let text = counters.render();
+        assert_eq!(text.matches("# HELP vantage_ingest_rejected_total").count(), 1);
+        assert!(text.contains("vantage_ingest_rejected_total{reason=\"malformed\"} 3\n"));
+        assert!(text.contains("vantage_frontdoor_connections_total 0\n"));
+    }
+}

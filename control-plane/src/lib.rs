@@ -1,0 +1,46 @@
+//! Vantage control plane: enrolls agents, runs the MQTT front door and embedded broker,
+//! ingests what agents send into the store, assigns checks, serves the API and live feed.
+//!
+//! Layout:
+//! - [`app`]: [`app::Application`] — build from [`settings::Settings`], report the bound
+//!   ports, run until stopped.
+//! - [`broker`]: rumqttd on loopback and the in-process links; [`frontdoor`]: the public TLS
+//!   listener that polices identities and topics in front of it.
+//! - [`ingest`]: decodes agent messages, commits batches, acknowledges, fans out.
+//! - [`assign`]: turns checks and online agents into each agent's retained desired config.
+//! - [`store`]: PostgreSQL and SQLite; [`pki`]: the CA; [`api`]: HTTP routes.
+//! - [`hub`]: the live fan-out; [`counters`]: Prometheus counters; [`cli`]: subcommands.
+
+pub mod api;
+pub mod app;
+pub mod assign;
+pub mod broker;
+pub mod cli;
+pub mod counters;
+pub mod demo;
+pub mod frontdoor;
+pub mod hub;
+pub mod ingest;
+pub mod pki;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+/// State shared by every task and handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: store::Store,
+    pub pki: Arc<pki::Pki>,
+    pub hub: hub::Hub,
+    pub counters: Arc<counters::Counters>,
+    pub publisher: broker::Publisher,
+    pub registry: Arc<frontdoor::Registry>,
+    pub settings: Arc<settings::Settings>,
+    /// The MQTT address agents are told to connect to (`host:port`).
+    pub mqtt_public_addr: String,
+    /// Serialises reassignment runs.
+    pub assign_lock: Arc<tokio::sync::Mutex<()>>,
+    pub rate_limiter: Arc<api::RateLimiter>,
+}

@@ -1,0 +1,85 @@
+//! The control plane's typed settings, from command-line flags and `VANTAGE_*` variables.
+//!
+//! Every field has a default that runs a complete single-machine control plane: data in
+//! `./vantage-data`, SQLite, HTTPS API on 8443, MQTT over TLS on 8883. Port 0 picks a free
+//! port (tests and the demo use it). `DATABASE_URL` switches the store to PostgreSQL.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A value that must never be printed (it may hold a password).
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Settings of `vantage serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Directory for the SQLite file, the CA and the server certificate.
+    #[arg(long, env = "VANTAGE_DATA_DIR", default_value = "vantage-data")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (`postgres://…`); SQLite in the data dir when unset.
+    #[arg(long, env = "DATABASE_URL", value_parser = parse_secret, hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    /// Address of the HTTPS API and live feed.
+    #[arg(long, env = "VANTAGE_HTTP_ADDR", default_value = "0.0.0.0:8443")]
+    pub http_addr: SocketAddr,
+    /// Address of the public MQTT-over-TLS listener (the front door).
+    #[arg(long, env = "VANTAGE_MQTT_ADDR", default_value = "0.0.0.0:8883")]
+    pub mqtt_addr: SocketAddr,
+    /// Host name or address agents use to reach this control plane; it is put into the
+    /// server certificate and handed to agents at enrollment.
+    #[arg(long, env = "VANTAGE_PUBLIC_HOST", default_value = "127.0.0.1")]
+    pub public_host: String,
+    /// TLS handshake timeout on the MQTT listener, in milliseconds.
+    #[arg(long, env = "VANTAGE_HANDSHAKE_TIMEOUT_MS", default_value_t = 3000)]
+    pub handshake_timeout_ms: u64,
+    /// Most MQTT connections open at once.
+    #[arg(long, env = "VANTAGE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Host metrics interval handed to agents, in seconds.
+    #[arg(long, env = "VANTAGE_METRICS_INTERVAL_S", default_value_t = 10)]
+    pub metrics_interval_s: u32,
+    /// Heartbeat interval handed to agents, in seconds.
+    #[arg(long, env = "VANTAGE_HEARTBEAT_INTERVAL_S", default_value_t = 10)]
+    pub heartbeat_interval_s: u32,
+    /// Validity of agent client certificates, in days.
+    #[arg(long, env = "VANTAGE_CERT_VALIDITY_DAYS", default_value_t = 90)]
+    pub cert_validity_days: i64,
+    /// Most rows committed in one ingest transaction.
+    #[arg(long, env = "VANTAGE_INGEST_BATCH_ROWS", default_value_t = 5000)]
+    pub ingest_batch_rows: usize,
+}
+
+fn parse_secret(text: &str) -> Result<Secret, String> {
+    Ok(Secret(text.to_owned()))
+}
+
+impl Settings {
+    /// Defaults for a control plane in `data_dir` on free loopback ports.
+    pub fn ephemeral(data_dir: PathBuf) -> Settings {
+        Settings {
+            data_dir,
+            database_url: None,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_host: "127.0.0.1".into(),
+            handshake_timeout_ms: 3000,
+            max_connections: 10_000,
+            metrics_interval_s: 10,
+            heartbeat_interval_s: 10,
+            cert_validity_days: 90,
+            ingest_batch_rows: 5000,
+        }
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}

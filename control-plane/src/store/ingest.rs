@@ -1,0 +1,303 @@
+//! Bulk, idempotent writes of results, host metrics and events, one transaction per batch.
+//!
+//! PostgreSQL gets one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING` per table
+//! (one cached statement, one round trip, no bind limit). SQLite gets multi-row `VALUES`
+//! statements in chunks that stay under its bind-parameter limit, in the same transaction.
+//! Replays of rows already stored change nothing: the primary key is (agent, seq).
+
+use std::collections::BTreeMap;
+
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+use vantage_mqtt::{CheckResult, Event, HostMetrics};
+
+use super::{Store, StoreError};
+
+/// Rows from many agents, committed together.
+#[derive(Debug, Default)]
+pub struct IngestBatch {
+    pub results: Vec<(String, String, CheckResult)>,
+    pub metrics: Vec<(String, String, HostMetrics)>,
+    pub events: Vec<(String, Event)>,
+    pub received_at_ms: i64,
+}
+
+impl IngestBatch {
+    /// Number of rows in the batch.
+    pub fn len(&self) -> usize {
+        self.results.len() + self.metrics.len() + self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The highest sequence per agent in this batch: what may be acknowledged after commit.
+    pub fn max_seq_per_agent(&self) -> BTreeMap<String, u64> {
+        let mut max: BTreeMap<String, u64> = BTreeMap::new();
+        let seqs = self
+            .results
+            .iter()
+            .map(|(a, _, r)| (a, r.seq))
+            .chain(self.metrics.iter().map(|(a, _, m)| (a, m.seq)))
+            .chain(self.events.iter().map(|(a, e)| (a, e.seq)));
+        for (agent, seq) in seqs {
+            let entry = max.entry(agent.clone()).or_insert(seq);
+            *entry = (*entry).max(seq);
+        }
+        max
+    }
+}
+
+/// The newest result per (check, region) in the batch.
+fn latest_per_check_region(batch: &IngestBatch) -> Vec<&(String, String, CheckResult)> {
+    let mut latest: BTreeMap<(&str, &str), &(String, String, CheckResult)> = BTreeMap::new();
+    for row in &batch.results {
+        let key = (row.2.check_id.as_str(), row.1.as_str());
+        match latest.get(&key) {
+            Some(old) if old.2.measured_at_ms > row.2.measured_at_ms => {}
+            _ => {
+                latest.insert(key, row);
+            }
+        }
+    }
+    latest.into_values().collect()
+}
+
+const UPSERT_CHECK_STATUS: &str = "INSERT INTO check_status (check_id, region, agent_id, ok, reason, total_ms, measured_at_ms) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (check_id, region) DO UPDATE SET \
+    agent_id = excluded.agent_id, ok = excluded.ok, reason = excluded.reason, total_ms = excluded.total_ms, \
+    measured_at_ms = excluded.measured_at_ms WHERE excluded.measured_at_ms >= check_status.measured_at_ms";
+
+/// Binds one check-status row to [`UPSERT_CHECK_STATUS`] and runs it on `executor`.
+macro_rules! upsert_status {
+    ($executor:expr, $row:expr) => {{
+        let (agent, region, r) = $row;
+        sqlx::query(UPSERT_CHECK_STATUS)
+            .bind(r.check_id.as_str())
+            .bind(region.as_str())
+            .bind(agent.as_str())
+            .bind(r.ok)
+            .bind(r.reason.as_str())
+            .bind(r.timings.total_ms)
+            .bind(r.measured_at_ms)
+            .execute($executor)
+            .await?;
+    }};
+}
+
+fn timings_json(result: &CheckResult) -> String {
+    serde_json::to_string(&result.timings).unwrap_or_else(|_| "{}".into())
+}
+
+fn metrics_detail(m: &HostMetrics) -> String {
+    serde_json::json!({ "disks": m.disks, "nets": m.nets, "cores_pct": m.cores_pct }).to_string()
+}
+
+fn net_totals(m: &HostMetrics) -> (f64, f64) {
+    m.nets.iter().fold((0.0, 0.0), |(rx, tx), n| {
+        (rx + n.rx_bytes_per_s, tx + n.tx_bytes_per_s)
+    })
+}
+
+const SQLITE_CHUNK_ROWS: usize = 1000;
+
+impl Store {
+    /// Commits every row of `batch` in one transaction, ignoring rows already stored, and
+    /// raises each agent's committed high-water mark.
+    ///
+    /// # Errors
+    /// Database errors; nothing of the batch is committed then.
+    pub async fn commit_batch(&self, batch: &IngestBatch) -> Result<(), StoreError> {
+        let max_seqs = batch.max_seq_per_agent();
+        match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                commit_postgres(&mut tx, batch).await?;
+                for row in latest_per_check_region(batch) {
+                    upsert_status!(&mut *tx, row);
+                }
+                for (agent, seq) in &max_seqs {
+                    sqlx::query("UPDATE agents SET last_seq = GREATEST(last_seq, $2) WHERE id = $1")
+                        .bind(agent)
+                        .bind(*seq as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                commit_sqlite(&mut tx, batch).await?;
+                for row in latest_per_check_region(batch) {
+                    upsert_status!(&mut *tx, row);
+                }
+                for (agent, seq) in &max_seqs {
+                    sqlx::query("UPDATE agents SET last_seq = MAX(last_seq, $2) WHERE id = $1")
+                        .bind(agent)
+                        .bind(*seq as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn commit_postgres(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    batch: &IngestBatch,
+) -> Result<(), StoreError> {
+    let received = batch.received_at_ms;
+    if !batch.results.is_empty() {
+        let rows = &batch.results;
+        sqlx::query(
+            "INSERT INTO results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, \
+             total_ms, status_code, reason, timings) \
+             SELECT a, s, c, r, m, $6, o, t, sc, re, ti FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
+             $4::text[], $5::bigint[], $7::boolean[], $8::float8[], $9::bigint[], $10::text[], $11::text[]) \
+             AS u(a, s, c, r, m, o, t, sc, re, ti) ON CONFLICT DO NOTHING",
+        )
+        .bind(rows.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, r)| r.seq as i64).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, r)| r.check_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, g, _)| g.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, r)| r.measured_at_ms).collect::<Vec<_>>())
+        .bind(received)
+        .bind(rows.iter().map(|(_, _, r)| r.ok).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, r)| r.timings.total_ms).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, _, r)| r.status_code.map(i64::from))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|(_, _, r)| r.reason.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, r)| timings_json(r)).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !batch.metrics.is_empty() {
+        let rows = &batch.metrics;
+        let nets: Vec<(f64, f64)> = rows.iter().map(|(_, _, m)| net_totals(m)).collect();
+        sqlx::query(
+            "INSERT INTO host_metrics (agent_id, seq, region, measured_at_ms, received_at_ms, cpu_pct, \
+             mem_total_bytes, mem_used_bytes, swap_total_bytes, swap_used_bytes, load1, load5, load15, \
+             uptime_s, net_rx_bytes_per_s, net_tx_bytes_per_s, detail) \
+             SELECT a, s, r, m, $5, c, mt, mu, st, su, l1, l5, l15, up, rx, tx, d FROM UNNEST( \
+             $1::text[], $2::bigint[], $3::text[], $4::bigint[], $6::float8[], $7::bigint[], $8::bigint[], \
+             $9::bigint[], $10::bigint[], $11::float8[], $12::float8[], $13::float8[], $14::bigint[], \
+             $15::float8[], $16::float8[], $17::text[]) \
+             AS u(a, s, r, m, c, mt, mu, st, su, l1, l5, l15, up, rx, tx, d) ON CONFLICT DO NOTHING",
+        )
+        .bind(rows.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.seq as i64).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, g, _)| g.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.measured_at_ms).collect::<Vec<_>>())
+        .bind(received)
+        .bind(rows.iter().map(|(_, _, m)| f64::from(m.cpu_pct)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.mem_total_bytes as i64).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.mem_used_bytes as i64).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.swap_total_bytes as i64).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.swap_used_bytes as i64).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.load1).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.load5).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.load15).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.uptime_s as i64).collect::<Vec<_>>())
+        .bind(nets.iter().map(|n| n.0).collect::<Vec<_>>())
+        .bind(nets.iter().map(|n| n.1).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| metrics_detail(m)).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !batch.events.is_empty() {
+        let rows = &batch.events;
+        sqlx::query(
+            "INSERT INTO events (agent_id, seq, measured_at_ms, source, severity, message) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(rows.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, e)| e.seq as i64).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, e)| e.measured_at_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, e)| e.source.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, e)| e.severity.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, e)| e.message.as_str()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn commit_sqlite(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    batch: &IngestBatch,
+) -> Result<(), StoreError> {
+    let received = batch.received_at_ms;
+    for chunk in batch.results.chunks(SQLITE_CHUNK_ROWS) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, \
+             total_ms, status_code, reason, timings) ",
+        );
+        query.push_values(chunk, |mut row, (agent, region, r)| {
+            row.push_bind(agent.as_str())
+                .push_bind(r.seq as i64)
+                .push_bind(r.check_id.as_str())
+                .push_bind(region.as_str())
+                .push_bind(r.measured_at_ms)
+                .push_bind(received)
+                .push_bind(r.ok)
+                .push_bind(r.timings.total_ms)
+                .push_bind(r.status_code.map(i64::from))
+                .push_bind(r.reason.as_str())
+                .push_bind(timings_json(r));
+        });
+        query.push(" ON CONFLICT DO NOTHING");
+        query.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.metrics.chunks(SQLITE_CHUNK_ROWS) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO host_metrics (agent_id, seq, region, measured_at_ms, received_at_ms, cpu_pct, \
+             mem_total_bytes, mem_used_bytes, swap_total_bytes, swap_used_bytes, load1, load5, load15, \
+             uptime_s, net_rx_bytes_per_s, net_tx_bytes_per_s, detail) ",
+        );
+        query.push_values(chunk, |mut row, (agent, region, m)| {
+            let (rx, tx) = net_totals(m);
+            row.push_bind(agent.as_str())
+                .push_bind(m.seq as i64)
+                .push_bind(region.as_str())
+                .push_bind(m.measured_at_ms)
+                .push_bind(received)
+                .push_bind(f64::from(m.cpu_pct))
+                .push_bind(m.mem_total_bytes as i64)
+                .push_bind(m.mem_used_bytes as i64)
+                .push_bind(m.swap_total_bytes as i64)
+                .push_bind(m.swap_used_bytes as i64)
+                .push_bind(m.load1)
+                .push_bind(m.load5)
+                .push_bind(m.load15)
+                .push_bind(m.uptime_s as i64)
+                .push_bind(rx)
+                .push_bind(tx)
+                .push_bind(metrics_detail(m));
+        });
+        query.push(" ON CONFLICT DO NOTHING");
+        query.build().execute(&mut **tx).await?;
+    }
+    for chunk in batch.events.chunks(SQLITE_CHUNK_ROWS) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (agent_id, seq, measured_at_ms, source, severity, message) ",
+        );
+        query.push_values(chunk, |mut row, (agent, e)| {
+            row.push_bind(agent.as_str())
+                .push_bind(e.seq as i64)
+                .push_bind(e.measured_at_ms)
+                .push_bind(e.source.as_str())
+                .push_bind(e.severity.as_str())
+                .push_bind(e.message.as_str());
+        });
+        query.push(" ON CONFLICT DO NOTHING");
+        query.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}

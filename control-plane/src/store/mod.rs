@@ -1,0 +1,677 @@
+//! The store: every read and write of persistent state, on PostgreSQL or SQLite.
+//!
+//! [`Store`] wraps one pool of either backend. SQL is written once where the two dialects
+//! agree (`$N` placeholders work on both through sqlx) and the [`on_pool!`] macro expands a
+//! statement for each backend; bulk ingest differs per backend and lives in [`ingest`].
+//! The store is the source of truth: the broker's retained messages are rebuilt from it at
+//! start. It knows nothing of HTTP or MQTT.
+
+pub mod ingest;
+pub mod models;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use models::*;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{what} {id:?} already exists")]
+    Conflict { what: &'static str, id: String },
+    #[error("stored {what} is corrupt: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+/// A connection pool to one of the two backends.
+#[derive(Clone)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection URL may hold a password: never print it.
+        f.write_str(match self {
+            Store::Postgres(_) => "Store::Postgres",
+            Store::Sqlite(_) => "Store::Sqlite",
+        })
+    }
+}
+
+/// Runs the same expression against whichever pool the store holds.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Postgres($pool) => $body,
+            $crate::store::Store::Sqlite($pool) => $body,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_pool;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Lower-case hex SHA-256 of a secret; secrets are stored only in this form.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()))
+}
+
+/// A random identifier or secret: `prefix` followed by `n_bytes` random bytes in hex.
+pub fn random_id(prefix: &str, n_bytes: usize) -> String {
+    let mut bytes = vec![0u8; n_bytes];
+    rand::fill(&mut bytes[..]);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+impl Store {
+    /// Connects to `database_url` (`postgres://…`) or, when it is `None`, to the SQLite file
+    /// `vantage.db` in `data_dir`, creating it.
+    ///
+    /// # Errors
+    /// Fails when the database cannot be reached or opened.
+    pub async fn connect(database_url: Option<&str>, data_dir: &Path) -> Result<Store, StoreError> {
+        match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                Ok(Store::Postgres(pool))
+            }
+            Some(url) => {
+                let options = SqliteConnectOptions::from_str(url)?;
+                Self::open_sqlite(options).await
+            }
+            None => {
+                let options = SqliteConnectOptions::new().filename(data_dir.join("vantage.db"));
+                Self::open_sqlite(options).await
+            }
+        }
+    }
+
+    async fn open_sqlite(options: SqliteConnectOptions) -> Result<Store, StoreError> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("cache_size", "-65536");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        Ok(Store::Sqlite(pool))
+    }
+
+    /// The backend's name: `postgres` or `sqlite`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies the pending migrations of this backend.
+    ///
+    /// # Errors
+    /// Fails when a migration fails or the recorded history does not match the embedded one.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+            Store::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    // ---- regions -------------------------------------------------------------------------
+
+    /// Creates the region if it does not exist yet.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn ensure_region(&self, id: &str) -> Result<(), StoreError> {
+        let sql = "INSERT INTO regions (id, created_at_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING";
+        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(now_ms()).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Every region with its agent counts.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_regions(&self) -> Result<Vec<RegionRow>, StoreError> {
+        let sql = "SELECT r.id, r.created_at_ms, \
+              (SELECT COUNT(*) FROM agents a WHERE a.region = r.id AND a.revoked_at_ms IS NULL) AS n_agents, \
+              (SELECT COUNT(*) FROM agents a WHERE a.region = r.id AND a.revoked_at_ms IS NULL AND a.state = 'online') AS n_online \
+            FROM regions r ORDER BY r.id";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    // ---- enrollment tokens ---------------------------------------------------------------
+
+    /// Creates an enrollment token; returns its row and the secret, shown once.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn create_enrollment_token(
+        &self,
+        region: &str,
+        labels: &BTreeMap<String, String>,
+        uses: i64,
+        ttl_s: i64,
+    ) -> Result<(EnrollmentTokenRow, String), StoreError> {
+        self.ensure_region(region).await?;
+        let secret = random_id("vet_", 24);
+        let now = now_ms();
+        let row = EnrollmentTokenRow {
+            id: random_id("et-", 6),
+            region: region.to_owned(),
+            labels: serde_json::to_string(labels).unwrap_or_else(|_| "{}".into()),
+            uses_left: uses,
+            expires_at_ms: now + ttl_s * 1000,
+            created_at_ms: now,
+        };
+        let sql = "INSERT INTO enrollment_tokens (id, token_hash, region, labels, uses_left, expires_at_ms, created_at_ms) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(&row.id)
+            .bind(hash_secret(&secret))
+            .bind(&row.region)
+            .bind(&row.labels)
+            .bind(row.uses_left)
+            .bind(row.expires_at_ms)
+            .bind(row.created_at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok((row, secret))
+    }
+
+    /// Every enrollment token (without secrets).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenRow>, StoreError> {
+        let sql = "SELECT id, region, labels, uses_left, expires_at_ms, created_at_ms \
+                   FROM enrollment_tokens ORDER BY created_at_ms";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    /// Deletes an enrollment token; returns whether it existed.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn delete_enrollment_token(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM enrollment_tokens WHERE id = $1";
+        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Spends one use of the token with this secret, atomically.
+    ///
+    /// # Errors
+    /// Database errors only; an unusable token is an `Err` inside the `Ok`.
+    pub async fn consume_enrollment_token(
+        &self,
+        secret: &str,
+    ) -> Result<Result<EnrollmentGrant, TokenRefusal>, StoreError> {
+        let hash = hash_secret(secret);
+        let now = now_ms();
+        let sql = "UPDATE enrollment_tokens SET uses_left = uses_left - 1 \
+                   WHERE token_hash = $1 AND uses_left > 0 AND expires_at_ms > $2 \
+                   RETURNING region, labels";
+        let granted: Option<(String, String)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(&hash)
+            .bind(now)
+            .fetch_optional(pool)
+            .await?);
+        if let Some((region, labels)) = granted {
+            let labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
+                what: "enrollment token labels",
+                detail: e.to_string(),
+            })?;
+            return Ok(Ok(EnrollmentGrant { region, labels }));
+        }
+        let sql = "SELECT uses_left, expires_at_ms FROM enrollment_tokens WHERE token_hash = $1";
+        let found: Option<(i64, i64)> =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(&hash).fetch_optional(pool).await?);
+        Ok(Err(match found {
+            None => TokenRefusal::Unknown,
+            Some((_, expires)) if expires <= now => TokenRefusal::Expired,
+            Some(_) => TokenRefusal::UsedUp,
+        }))
+    }
+
+    // ---- API tokens ----------------------------------------------------------------------
+
+    /// Creates an API token; returns its row and the secret, shown once.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn create_api_token(
+        &self,
+        role: Role,
+        name: &str,
+    ) -> Result<(ApiTokenRow, String), StoreError> {
+        let secret = random_id("vat_", 24);
+        let row = ApiTokenRow {
+            id: random_id("at-", 6),
+            role: role.as_str().to_owned(),
+            name: name.to_owned(),
+            created_at_ms: now_ms(),
+            revoked_at_ms: None,
+        };
+        let sql = "INSERT INTO api_tokens (id, token_hash, role, name, created_at_ms) VALUES ($1, $2, $3, $4, $5)";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(&row.id)
+            .bind(hash_secret(&secret))
+            .bind(&row.role)
+            .bind(&row.name)
+            .bind(row.created_at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok((row, secret))
+    }
+
+    /// The role of the live API token with this secret, if any.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn api_token_role(&self, secret: &str) -> Result<Option<Role>, StoreError> {
+        let sql = "SELECT role FROM api_tokens WHERE token_hash = $1 AND revoked_at_ms IS NULL";
+        let role: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(hash_secret(secret))
+            .fetch_optional(pool)
+            .await?);
+        Ok(role.and_then(|(r,)| Role::parse(&r)))
+    }
+
+    /// How many API tokens exist (revoked ones included).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn count_api_tokens(&self) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM api_tokens";
+        let (n,): (i64,) = on_pool!(self, pool => sqlx::query_as(sql).fetch_one(pool).await?);
+        Ok(n)
+    }
+
+    // ---- agents --------------------------------------------------------------------------
+
+    /// Records a newly enrolled agent.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn insert_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
+        let sql = "INSERT INTO agents (id, region, labels, hostname, arch, os, version, cert_serial, \
+                   cert_not_after_ms, state, enrolled_at_ms) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'offline', $10)";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(&agent.id)
+            .bind(&agent.region)
+            .bind(&agent.labels)
+            .bind(&agent.hostname)
+            .bind(&agent.arch)
+            .bind(&agent.os)
+            .bind(&agent.version)
+            .bind(&agent.cert_serial)
+            .bind(agent.cert_not_after_ms)
+            .bind(agent.enrolled_at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// One agent by id.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn get_agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
+        let sql = format!("{AGENT_COLUMNS} WHERE id = $1");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Agents, optionally of one region, revoked ones included.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_agents(&self, region: Option<&str>) -> Result<Vec<AgentRow>, StoreError> {
+        let sql = format!("{AGENT_COLUMNS} WHERE ($1 IS NULL OR region = $1) ORDER BY id");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(region).fetch_all(pool).await?))
+    }
+
+    /// Marks an agent revoked; returns false when it does not exist or was revoked before.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn revoke_agent(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = "UPDATE agents SET revoked_at_ms = $2, state = 'offline' WHERE id = $1 AND revoked_at_ms IS NULL";
+        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).bind(now_ms()).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
+    /// The ids of every revoked agent.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn revoked_agent_ids(&self) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT id FROM agents WHERE revoked_at_ms IS NOT NULL";
+        let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Sets an agent's connection state; returns false for unknown or revoked agents.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn set_agent_state(&self, id: &str, state: &str) -> Result<bool, StoreError> {
+        let sql = "UPDATE agents SET state = $2, last_seen_ms = $3 WHERE id = $1 AND revoked_at_ms IS NULL";
+        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).bind(state).bind(now_ms()).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Records the facts of a hello.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn record_hello(&self, id: &str, hello: &vantage_mqtt::Hello) -> Result<(), StoreError> {
+        let sql = "UPDATE agents SET hostname = $2, arch = $3, os = $4, version = $5, boot_id = $6, \
+                   last_seen_ms = $7 WHERE id = $1";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(id)
+            .bind(&hello.hostname)
+            .bind(&hello.arch)
+            .bind(&hello.os)
+            .bind(&hello.version)
+            .bind(&hello.boot_id)
+            .bind(now_ms())
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Records a heartbeat's counters.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn record_heartbeat(
+        &self,
+        id: &str,
+        heartbeat: &vantage_mqtt::Heartbeat,
+    ) -> Result<(), StoreError> {
+        let sql = "UPDATE agents SET last_seen_ms = $2, spool_dropped_total = $3 WHERE id = $1";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(id)
+            .bind(now_ms())
+            .bind(heartbeat.spool_dropped_total as i64)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Stores an agent's desired config under a new revision and returns that revision.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn bump_desired_config(
+        &self,
+        id: &str,
+        make: impl FnOnce(i64) -> String,
+    ) -> Result<i64, StoreError> {
+        let sql = "SELECT config_revision FROM agents WHERE id = $1";
+        let (revision,): (i64,) =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_one(pool).await?);
+        let revision = revision + 1;
+        let config = make(revision);
+        let sql = "UPDATE agents SET config_revision = $2, desired_config = $3 WHERE id = $1";
+        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(revision).bind(config).execute(pool).await?.rows_affected());
+        Ok(revision)
+    }
+
+    /// Every live agent's stored desired config, to republish retained at start.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn desired_configs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = "SELECT id, desired_config FROM agents WHERE revoked_at_ms IS NULL AND desired_config IS NOT NULL";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    /// The highest sequence committed for each agent.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn last_seqs(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT id, last_seq FROM agents WHERE revoked_at_ms IS NULL";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    // ---- checks --------------------------------------------------------------------------
+
+    /// Inserts a check.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the id is taken.
+    pub async fn insert_check(&self, check: &CheckRow) -> Result<(), StoreError> {
+        let sql = "INSERT INTO checks (id, name, kind, spec, interval_s, timeout_ms, regions, quorum, enabled, \
+                   created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+        let outcome = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&check.id)
+            .bind(&check.name)
+            .bind(&check.kind)
+            .bind(&check.spec)
+            .bind(check.interval_s)
+            .bind(check.timeout_ms)
+            .bind(&check.regions)
+            .bind(check.quorum)
+            .bind(check.enabled)
+            .bind(check.created_at_ms)
+            .bind(check.updated_at_ms)
+            .execute(pool)
+            .await
+            .map(|_| ()));
+        match outcome {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict {
+                what: "check",
+                id: check.id.clone(),
+            }),
+            other => Ok(other?),
+        }
+    }
+
+    /// Replaces a check's definition; returns false when it does not exist.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn update_check(&self, check: &CheckRow) -> Result<bool, StoreError> {
+        let sql = "UPDATE checks SET name = $2, kind = $3, spec = $4, interval_s = $5, timeout_ms = $6, \
+                   regions = $7, quorum = $8, enabled = $9, updated_at_ms = $10 WHERE id = $1";
+        let n = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&check.id)
+            .bind(&check.name)
+            .bind(&check.kind)
+            .bind(&check.spec)
+            .bind(check.interval_s)
+            .bind(check.timeout_ms)
+            .bind(&check.regions)
+            .bind(check.quorum)
+            .bind(check.enabled)
+            .bind(check.updated_at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n > 0)
+    }
+
+    /// One check.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn get_check(&self, id: &str) -> Result<Option<CheckRow>, StoreError> {
+        let sql = format!("{CHECK_COLUMNS} WHERE id = $1");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Every check.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_checks(&self) -> Result<Vec<CheckRow>, StoreError> {
+        let sql = format!("{CHECK_COLUMNS} ORDER BY id");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?))
+    }
+
+    /// Deletes a check (its assignments go with it); returns whether it existed.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn delete_check(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM checks WHERE id = $1";
+        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Replaces every assignment with `assignments` (check id, agent id, region).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn replace_assignments(
+        &self,
+        assignments: &[(String, String, String)],
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM assignments").execute(&mut *tx).await?;
+            for (check, agent, region) in assignments {
+                sqlx::query("INSERT INTO assignments (check_id, agent_id, region) VALUES ($1, $2, $3)")
+                    .bind(check)
+                    .bind(agent)
+                    .bind(region)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Every assignment as (check id, agent id, region).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_assignments(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let sql = "SELECT check_id, agent_id, region FROM assignments ORDER BY check_id, agent_id";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    // ---- queries -------------------------------------------------------------------------
+
+    /// Results matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn query_results(&self, filter: &SeriesFilter) -> Result<Vec<ResultRow>, StoreError> {
+        let sql = "SELECT agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, total_ms, \
+                   status_code, reason, timings FROM results \
+                   WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR check_id = $2) \
+                   AND ($3 IS NULL OR region = $3) AND measured_at_ms >= $4 AND measured_at_ms <= $5 \
+                   ORDER BY measured_at_ms DESC, seq DESC LIMIT $6";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(&filter.agent)
+            .bind(&filter.check)
+            .bind(&filter.region)
+            .bind(filter.from_ms)
+            .bind(filter.to_ms)
+            .bind(filter.limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Host metrics matching `filter` (the check field is ignored), newest first.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn query_metrics(&self, filter: &SeriesFilter) -> Result<Vec<MetricsRow>, StoreError> {
+        let sql = "SELECT agent_id, seq, region, measured_at_ms, received_at_ms, cpu_pct, mem_total_bytes, \
+                   mem_used_bytes, swap_total_bytes, swap_used_bytes, load1, load5, load15, uptime_s, \
+                   net_rx_bytes_per_s, net_tx_bytes_per_s, detail FROM host_metrics \
+                   WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR region = $2) \
+                   AND measured_at_ms >= $3 AND measured_at_ms <= $4 \
+                   ORDER BY measured_at_ms DESC, seq DESC LIMIT $5";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(&filter.agent)
+            .bind(&filter.region)
+            .bind(filter.from_ms)
+            .bind(filter.to_ms)
+            .bind(filter.limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// The latest result per (check, region).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_check_status(&self) -> Result<Vec<CheckStatusRow>, StoreError> {
+        let sql = "SELECT check_id, region, agent_id, ok, reason, total_ms, measured_at_ms FROM check_status \
+                   ORDER BY check_id, region";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    /// Marks every agent offline: at start nobody is connected yet.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn mark_all_offline(&self) -> Result<(), StoreError> {
+        let sql = "UPDATE agents SET state = 'offline' WHERE state <> 'offline'";
+        on_pool!(self, pool => sqlx::query(sql).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Row counts of the time-series tables (results, metrics, events), for tests and stats.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn series_counts(&self) -> Result<(i64, i64, i64), StoreError> {
+        let sql = "SELECT (SELECT COUNT(*) FROM results), (SELECT COUNT(*) FROM host_metrics), (SELECT COUNT(*) FROM events)";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_one(pool).await?))
+    }
+}
+
+const AGENT_COLUMNS: &str = "SELECT id, region, labels, hostname, arch, os, version, cert_serial, \
+    cert_not_after_ms, state, last_seen_ms, enrolled_at_ms, revoked_at_ms, config_revision, last_seq, \
+    spool_dropped_total, boot_id FROM agents";
+
+const CHECK_COLUMNS: &str = "SELECT id, name, kind, spec, interval_s, timeout_ms, regions, quorum, enabled, \
+    created_at_ms, updated_at_ms FROM checks";

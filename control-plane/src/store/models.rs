@@ -1,0 +1,189 @@
+//! Row types of the store and the small enums stored as text.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// A region with its agent counts.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RegionRow {
+    pub id: String,
+    pub created_at_ms: i64,
+    pub n_agents: i64,
+    pub n_online: i64,
+}
+
+/// An enrollment token as stored (the secret is stored only hashed and never read back).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EnrollmentTokenRow {
+    pub id: String,
+    pub region: String,
+    /// JSON object of labels given to agents enrolled with this token.
+    pub labels: String,
+    pub uses_left: i64,
+    pub expires_at_ms: i64,
+    pub created_at_ms: i64,
+}
+
+/// What a spent enrollment token grants.
+#[derive(Debug, Clone)]
+pub struct EnrollmentGrant {
+    pub region: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why an enrollment token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("enrollment token is not known")]
+    Unknown,
+    #[error("enrollment token has expired")]
+    Expired,
+    #[error("enrollment token has no uses left")]
+    UsedUp,
+}
+
+/// The role of an API token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An API token as stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub role: String,
+    pub name: String,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// An enrolled agent.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AgentRow {
+    pub id: String,
+    pub region: String,
+    /// JSON object of labels.
+    pub labels: String,
+    pub hostname: String,
+    pub arch: String,
+    pub os: String,
+    pub version: String,
+    pub cert_serial: String,
+    pub cert_not_after_ms: i64,
+    /// `online` or `offline`.
+    pub state: String,
+    pub last_seen_ms: Option<i64>,
+    pub enrolled_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+    pub config_revision: i64,
+    /// Highest sequence committed to the store.
+    pub last_seq: i64,
+    pub spool_dropped_total: i64,
+    pub boot_id: String,
+}
+
+/// A check definition.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct CheckRow {
+    pub id: String,
+    pub name: String,
+    /// The check type (`http`, `tcp`, …).
+    pub kind: String,
+    /// JSON of the wire `CheckKind`.
+    pub spec: String,
+    pub interval_s: i64,
+    pub timeout_ms: i64,
+    /// JSON array of region ids.
+    pub regions: String,
+    pub quorum: i64,
+    pub enabled: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One stored check result.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ResultRow {
+    pub agent_id: String,
+    pub seq: i64,
+    pub check_id: String,
+    pub region: String,
+    pub measured_at_ms: i64,
+    pub received_at_ms: i64,
+    pub ok: bool,
+    pub total_ms: f64,
+    pub status_code: Option<i64>,
+    pub reason: String,
+    /// JSON of the wire `Timings`.
+    pub timings: String,
+}
+
+/// One stored host metrics sample.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MetricsRow {
+    pub agent_id: String,
+    pub seq: i64,
+    pub region: String,
+    pub measured_at_ms: i64,
+    pub received_at_ms: i64,
+    pub cpu_pct: f64,
+    pub mem_total_bytes: i64,
+    pub mem_used_bytes: i64,
+    pub swap_total_bytes: i64,
+    pub swap_used_bytes: i64,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub uptime_s: i64,
+    pub net_rx_bytes_per_s: f64,
+    pub net_tx_bytes_per_s: f64,
+    /// JSON with disks, interfaces and per-core usage.
+    pub detail: String,
+}
+
+/// A time-range query over results or metrics.
+#[derive(Debug, Clone)]
+pub struct SeriesFilter {
+    pub agent: Option<String>,
+    pub check: Option<String>,
+    pub region: Option<String>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub limit: i64,
+}
+
+/// The latest result of one check in one region.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct CheckStatusRow {
+    pub check_id: String,
+    pub region: String,
+    pub agent_id: String,
+    pub ok: bool,
+    pub reason: String,
+    pub total_ms: f64,
+    pub measured_at_ms: i64,
+}

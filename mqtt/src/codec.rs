@@ -1,0 +1,274 @@
+//! The payload codec: size limit, version check, strict JSON decoding, and encoding.
+//!
+//! Decoding never panics: an oversize payload, invalid JSON, a missing or unknown `v`, a wrong
+//! field type or an unknown field each come back as a [`DecodeError`] that names the cause.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{MAX_PAYLOAD_BYTES, PROTOCOL_VERSION};
+
+/// Why a payload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("payload has no numeric `v` field")]
+    MissingVersion,
+    #[error("payload version {found} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion { found: u64 },
+    #[error("payload is not valid: {source}")]
+    Invalid {
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(serde::Deserialize)]
+struct VersionPeek {
+    v: Option<serde_json::Value>,
+}
+
+/// Decodes a payload of type `T`, refusing anything over [`MAX_PAYLOAD_BYTES`].
+///
+/// # Errors
+/// See [`DecodeError`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_limited(bytes, MAX_PAYLOAD_BYTES)
+}
+
+/// Decodes a payload of type `T` with an explicit size limit in bytes.
+///
+/// # Errors
+/// See [`DecodeError`].
+pub fn decode_limited<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+    if bytes.len() > max {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    let peek: VersionPeek =
+        serde_json::from_slice(bytes).map_err(|source| DecodeError::Invalid { source })?;
+    match peek.v.as_ref().and_then(serde_json::Value::as_u64) {
+        None => return Err(DecodeError::MissingVersion),
+        Some(v) if v != u64::from(PROTOCOL_VERSION) => {
+            return Err(DecodeError::UnsupportedVersion { found: v });
+        }
+        Some(_) => {}
+    }
+    serde_json::from_slice(bytes).map_err(|source| DecodeError::Invalid { source })
+}
+
+/// Encodes a payload as JSON bytes.
+pub fn encode<T: Serialize>(payload: &T) -> Vec<u8> {
+    // Serializing these plain data types cannot fail: no maps with non-string keys, no
+    // fallible Serialize impls.
+    serde_json::to_vec(payload).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::payload::*;
+
+    fn sample_result(seq: u64) -> CheckResult {
+        CheckResult {
+            seq,
+            measured_at_ms: 1_700_000_000_000,
+            check_id: "web".into(),
+            ok: true,
+            reason: "200 OK".into(),
+            timings: Timings {
+                connect_ms: Some(1.5),
+                total_ms: 3.25,
+                ..Timings::default()
+            },
+            status_code: Some(200),
+        }
+    }
+
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: T) {
+        let bytes = encode(&value);
+        let back: T = decode(&bytes).unwrap();
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn every_payload_round_trips() {
+        round_trip(Hello {
+            v: 1,
+            version: "0.1.0".into(),
+            arch: "x86_64".into(),
+            os: "linux".into(),
+            hostname: "n1".into(),
+            labels: BTreeMap::from([("role".into(), "web".into())]),
+            capabilities: vec!["http".into(), "tcp".into()],
+            boot_id: "b".into(),
+            next_seq: 7,
+            config_revision: 2,
+        });
+        round_trip(Status {
+            v: 1,
+            state: NodeState::Offline,
+        });
+        round_trip(Heartbeat {
+            v: 1,
+            at_ms: 1,
+            uptime_s: 2,
+            spool_len: 3,
+            spool_dropped_total: 4,
+            next_seq: 5,
+            config_revision: 6,
+        });
+        round_trip(MetricsBatch {
+            v: 1,
+            items: vec![HostMetrics {
+                seq: 1,
+                measured_at_ms: 2,
+                cpu_pct: 12.5,
+                cores_pct: Some(vec![10.0, 15.0]),
+                mem_total_bytes: 100,
+                mem_used_bytes: 50,
+                swap_total_bytes: 0,
+                swap_used_bytes: 0,
+                load1: 0.1,
+                load5: 0.2,
+                load15: 0.3,
+                uptime_s: 9,
+                disks: vec![DiskUsage {
+                    mount: "/".into(),
+                    total_bytes: 10,
+                    used_bytes: 5,
+                }],
+                nets: vec![NetUsage {
+                    iface: "eth0".into(),
+                    rx_bytes: 1,
+                    tx_bytes: 2,
+                    rx_bytes_per_s: 0.5,
+                    tx_bytes_per_s: 0.25,
+                }],
+            }],
+        });
+        round_trip(ResultsBatch {
+            v: 1,
+            items: vec![sample_result(1), sample_result(2)],
+        });
+        round_trip(EventsBatch {
+            v: 1,
+            items: vec![Event {
+                seq: 3,
+                measured_at_ms: 4,
+                source: "zabbix".into(),
+                severity: "high".into(),
+                message: "disk full".into(),
+            }],
+        });
+        round_trip(DesiredConfig {
+            v: 1,
+            revision: 3,
+            region: "europe".into(),
+            metrics_interval_s: 10,
+            heartbeat_interval_s: 5,
+            checks: vec![
+                CheckSpec {
+                    id: "web".into(),
+                    interval_s: 30,
+                    timeout_ms: 5000,
+                    kind: CheckKind::Http {
+                        url: "http://127.0.0.1/".into(),
+                        method: "GET".into(),
+                        expect_status: vec![200],
+                    },
+                },
+                CheckSpec {
+                    id: "ssh".into(),
+                    interval_s: 30,
+                    timeout_ms: 5000,
+                    kind: CheckKind::Tcp {
+                        host: "127.0.0.1".into(),
+                        port: 22,
+                    },
+                },
+            ],
+        });
+        round_trip(CommandMessage {
+            v: 1,
+            request_id: "r1".into(),
+            command: Command::Restart,
+        });
+        round_trip(AgentAck {
+            v: 1,
+            config_revision: None,
+            request_id: Some("r1".into()),
+            result: Some(sample_result(9)),
+            error: None,
+        });
+        round_trip(ResultsAck { v: 1, seq: 42 });
+    }
+
+    #[test]
+    fn unknown_or_missing_version_is_a_typed_error() {
+        assert!(matches!(
+            decode::<ResultsAck>(br#"{"v":2,"seq":1}"#),
+            Err(DecodeError::UnsupportedVersion { found: 2 })
+        ));
+        assert!(matches!(
+            decode::<ResultsAck>(br#"{"seq":1}"#),
+            Err(DecodeError::MissingVersion)
+        ));
+        assert!(matches!(
+            decode::<ResultsAck>(br#"{"v":"1","seq":1}"#),
+            Err(DecodeError::MissingVersion)
+        ));
+    }
+
+    #[test]
+    fn wrong_types_unknown_fields_and_garbage_are_typed_errors() {
+        for bad in [
+            &br#"{"v":1,"seq":"one"}"#[..],
+            br#"{"v":1,"seq":-1}"#,
+            br#"{"v":1,"seq":1,"extra":true}"#,
+            br#"{"v":1}"#,
+            b"not json",
+            b"",
+            b"\xff\xfe",
+            br#"[1,2,3]"#,
+        ] {
+            assert!(
+                matches!(
+                    decode::<ResultsAck>(bad),
+                    Err(DecodeError::Invalid { .. } | DecodeError::MissingVersion)
+                ),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn oversize_payloads_are_refused_before_parsing() {
+        let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
+        assert!(matches!(
+            decode::<ResultsAck>(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn check_kinds_use_a_type_tag() {
+        let spec: CheckSpec = serde_json::from_str(
+            r#"{"id":"a","interval_s":5,"timeout_ms":100,"kind":{"type":"tcp","host":"h","port":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.kind.type_name(), "tcp");
+        assert!(
+            serde_json::from_str::<CheckSpec>(
+                r#"{"id":"a","interval_s":5,"timeout_ms":100,"kind":{"type":"gopher"}}"#
+            )
+            .is_err()
+        );
+    }
+}

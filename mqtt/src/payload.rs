@@ -1,0 +1,298 @@
+//! Payload types carried on the topic tree, one per message, plus the check specifications.
+//!
+//! Times are milliseconds since the Unix epoch (`*_ms`), durations carry their unit in the
+//! field name. Every top-level payload has a `v` field (see [`crate::PROTOCOL_VERSION`]) and
+//! refuses unknown fields, so a typo or a newer producer is an error, never silently ignored.
+//! Results, metrics and events carry a per-agent sequence number (`seq`) shared by all three
+//! kinds: the control plane acknowledges the highest committed `seq` on `results/ack`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `agents/{id}/hello`: sent on every (re)connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub v: u32,
+    /// Agent software version.
+    pub version: String,
+    /// CPU architecture (`x86_64`, `aarch64`, `arm`).
+    pub arch: String,
+    /// Operating system (`linux`).
+    pub os: String,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    /// Check types this agent can run.
+    pub capabilities: Vec<String>,
+    /// Random id chosen at process start: a new value means the agent restarted.
+    pub boot_id: String,
+    /// Next sequence number the agent will assign.
+    pub next_seq: u64,
+    /// Config revision the agent is running.
+    pub config_revision: u64,
+}
+
+/// Connection state published retained on `agents/{id}/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Online,
+    Offline,
+}
+
+/// `agents/{id}/status`: retained `online`; the last will carries `offline`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub v: u32,
+    pub state: NodeState,
+}
+
+/// `agents/{id}/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub v: u32,
+    pub at_ms: i64,
+    pub uptime_s: u64,
+    /// Entries waiting in the spool for an acknowledgement.
+    pub spool_len: u64,
+    /// Entries dropped from the spool because a bound was hit, since the agent's state began.
+    pub spool_dropped_total: u64,
+    pub next_seq: u64,
+    pub config_revision: u64,
+}
+
+/// Per-mount disk usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskUsage {
+    pub mount: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// Per-interface network counters and rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetUsage {
+    pub iface: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_bytes_per_s: f64,
+    pub tx_bytes_per_s: f64,
+}
+
+/// One host metrics sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostMetrics {
+    pub seq: u64,
+    pub measured_at_ms: i64,
+    pub cpu_pct: f32,
+    /// Per-core usage, when the agent is configured to report it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores_pct: Option<Vec<f32>>,
+    pub mem_total_bytes: u64,
+    pub mem_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub uptime_s: u64,
+    pub disks: Vec<DiskUsage>,
+    pub nets: Vec<NetUsage>,
+}
+
+/// `agents/{id}/metrics`: a batch of samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsBatch {
+    pub v: u32,
+    pub items: Vec<HostMetrics>,
+}
+
+/// Phase timings of a probe, in milliseconds; absent phases are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_ms: Option<f64>,
+    pub total_ms: f64,
+}
+
+/// One check execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckResult {
+    pub seq: u64,
+    pub measured_at_ms: i64,
+    pub check_id: String,
+    /// Whether every assertion of the check held.
+    pub ok: bool,
+    /// Why the check failed, or a short summary when it passed.
+    pub reason: String,
+    pub timings: Timings,
+    /// HTTP status code, for HTTP checks that got a response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+}
+
+/// `agents/{id}/results`: a batch of results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsBatch {
+    pub v: u32,
+    pub items: Vec<CheckResult>,
+}
+
+/// One relayed event (Zabbix, chain, agent-local).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub seq: u64,
+    pub measured_at_ms: i64,
+    pub source: String,
+    pub severity: String,
+    pub message: String,
+}
+
+/// `agents/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsBatch {
+    pub v: u32,
+    pub items: Vec<Event>,
+}
+
+/// What a check probes, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CheckKind {
+    /// An HTTP(S) request; passes when the status is in `expect_status` (default 200-399).
+    Http {
+        url: String,
+        #[serde(default = "default_method")]
+        method: String,
+        /// Accepted status codes; empty means 200-399.
+        #[serde(default)]
+        expect_status: Vec<u16>,
+    },
+    /// A TCP connect.
+    Tcp { host: String, port: u16 },
+}
+
+fn default_method() -> String {
+    "GET".to_owned()
+}
+
+impl CheckKind {
+    /// The type name used on the wire and in the API.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CheckKind::Http { .. } => "http",
+            CheckKind::Tcp { .. } => "tcp",
+        }
+    }
+}
+
+/// One assigned check in an agent's desired config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    pub id: String,
+    pub interval_s: u32,
+    pub timeout_ms: u32,
+    pub kind: CheckKind,
+}
+
+/// `agents/{id}/config` (retained): the desired state of one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredConfig {
+    pub v: u32,
+    /// Increases with every change; the agent applies a revision once.
+    pub revision: u64,
+    pub region: String,
+    pub metrics_interval_s: u32,
+    pub heartbeat_interval_s: u32,
+    pub checks: Vec<CheckSpec>,
+}
+
+/// A command on `agents/{id}/cmd`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Run one check now and publish its result (with the request id on `ack`).
+    RunNow { check: CheckSpec },
+    /// Exit so that the service manager restarts the agent.
+    Restart,
+}
+
+/// `agents/{id}/cmd`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandMessage {
+    pub v: u32,
+    pub request_id: String,
+    pub command: Command,
+}
+
+/// `agents/{id}/ack`: the agent applied a config revision or answered a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAck {
+    pub v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_revision: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The outcome of a `run_now` command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<CheckResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `agents/{id}/results/ack`: everything with `seq <= seq` is committed to the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsAck {
+    pub v: u32,
+    pub seq: u64,
+}
+
+/// The retained node status on `status/nodes/{id}`, for viewers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeStatusView {
+    pub v: u32,
+    pub agent_id: String,
+    pub region: String,
+    pub state: NodeState,
+    pub at_ms: i64,
+}
+
+/// The retained per-region check status on `status/checks/{check}/{region}`, for viewers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckStatusView {
+    pub v: u32,
+    pub check_id: String,
+    pub region: String,
+    pub agent_id: String,
+    pub ok: bool,
+    pub reason: String,
+    pub total_ms: f64,
+    pub measured_at_ms: i64,
+}
