@@ -124,10 +124,11 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: AgentConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut config: AgentConfig =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
         if let Ok(v) = std::env::var("VANTAGE_AGENT_SERVER_URL") {
             config.server_url = Some(v);
         }
@@ -193,12 +194,21 @@ mod tests {
         assert_eq!(config.labels["role"], "web");
         assert_eq!(config.spool.max_entries, 10);
         assert_eq!(config.ca_pem().unwrap(), "PEM");
-        assert!(!format!("{config:?}").contains("vet_x"), "token leaked into Debug");
+        assert!(
+            !format!("{config:?}").contains("vet_x"),
+            "token leaked into Debug"
+        );
 
         std::fs::write(&path, "server_urll = \"https://cp\"\n").unwrap();
-        assert!(matches!(AgentConfig::load(&path), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            AgentConfig::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
         std::fs::write(&path, "server_url = \"http://cp\"\n").unwrap();
-        assert!(matches!(AgentConfig::load(&path), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            AgentConfig::load(&path),
+            Err(ConfigError::Invalid { .. })
+        ));
         assert!(matches!(
             AgentConfig::load(&dir.path().join("missing.toml")),
             Err(ConfigError::Read { .. })

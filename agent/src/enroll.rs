@@ -123,9 +123,14 @@ impl Identity {
         std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(state_dir))?;
         write_private(&state_dir.join("agent.key"), self.key_pem.as_bytes(), 0o600)?;
-        write_private(&state_dir.join("agent.pem"), self.cert_pem.as_bytes(), 0o600)?;
+        write_private(
+            &state_dir.join("agent.pem"),
+            self.cert_pem.as_bytes(),
+            0o600,
+        )?;
         write_private(&state_dir.join("ca.pem"), self.ca_pem.as_bytes(), 0o600)?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
         // identity.json last: its presence means the rest is complete.
         write_private(&state_dir.join("identity.json"), &json, 0o600)
     }
@@ -164,7 +169,10 @@ pub fn hostname() -> String {
 /// # Errors
 /// See [`EnrollError`]; a refusal carries the control plane's message.
 pub async fn enroll(config: &AgentConfig) -> Result<Identity, EnrollError> {
-    let token = config.enrollment_token.as_deref().ok_or(EnrollError::NoToken)?;
+    let token = config
+        .enrollment_token
+        .as_deref()
+        .ok_or(EnrollError::NoToken)?;
     let server_url = config.server_url.as_deref().ok_or(EnrollError::NoServer)?;
     let ca_pem = config.ca_pem()?;
     let key = rcgen::KeyPair::generate()?;
@@ -222,7 +230,8 @@ pub async fn https_post(
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
             host.trim_start_matches('[').trim_end_matches(']'),
-            port.parse::<u16>().map_err(|_| EnrollError::BadUrl(base_url.to_owned()))?,
+            port.parse::<u16>()
+                .map_err(|_| EnrollError::BadUrl(base_url.to_owned()))?,
         ),
         _ => (authority, 443),
     };
@@ -253,10 +262,13 @@ pub async fn https_post(
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| EnrollError::BadUrl(e.to_string()))?;
-    let response = tokio::time::timeout(std::time::Duration::from_secs(30), sender.send_request(request))
-        .await
-        .map_err(|_| unreachable("no answer in 30 s".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let response = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        sender.send_request(request),
+    )
+    .await
+    .map_err(|_| unreachable("no answer in 30 s".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
     let status = response.status().as_u16();
     let body = Limited::new(response.into_body(), 1024 * 1024)
         .collect()

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, Incoming, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, Incoming, LastWill, MqttOptions, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use vantage_mqtt::{
@@ -82,7 +84,11 @@ fn config_path(config: &AgentConfig) -> std::path::PathBuf {
 /// Start-up failures (identity, TLS, spool).
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let identity = identity(&config).await?;
-    let mut spool = Spool::open(&config.state_dir, config.spool.max_entries, config.spool.max_bytes)?;
+    let mut spool = Spool::open(
+        &config.state_dir,
+        config.spool.max_entries,
+        config.spool.max_bytes,
+    )?;
     let tls = crate::tls::mutual_client(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
         .context("cannot build the MQTT TLS configuration")?;
     let (host, port) = identity
@@ -105,7 +111,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             QoS::AtLeastOnce,
             true,
         ))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls))));
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls),
+        )));
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     eventloop.network_options.set_connection_timeout(10);
 
@@ -128,7 +136,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    let _ = events_tx.send(SessionEvent::Disconnected(error.to_string())).await;
+                    let _ = events_tx
+                        .send(SessionEvent::Disconnected(error.to_string()))
+                        .await;
                     tokio::time::sleep(jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -160,7 +170,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Duration::from_secs(u64::from(seconds))
     };
     let heartbeat_period = |desired: &Option<DesiredConfig>| {
-        Duration::from_secs(u64::from(desired.as_ref().map(|d| d.heartbeat_interval_s).unwrap_or(10).max(1)))
+        Duration::from_secs(u64::from(
+            desired
+                .as_ref()
+                .map(|d| d.heartbeat_interval_s)
+                .unwrap_or(10)
+                .max(1),
+        ))
     };
     let mut metrics_tick = tokio::time::interval(metrics_period(&desired));
     let mut heartbeat_tick = tokio::time::interval(heartbeat_period(&desired));
@@ -383,12 +399,17 @@ impl Scheduler {
                     tick.tick().await;
                     let measured_at_ms = crate::now_ms();
                     let outcome = probe::run_check(&spec).await;
-                    if results.send((spec.id.clone(), measured_at_ms, outcome)).await.is_err() {
+                    if results
+                        .send((spec.id.clone(), measured_at_ms, outcome))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
             });
-            self.running.insert(check.id.clone(), (check.clone(), handle));
+            self.running
+                .insert(check.id.clone(), (check.clone(), handle));
         }
     }
 }

@@ -106,7 +106,11 @@ impl Spool {
     ///
     /// # Errors
     /// The journal cannot be read or written.
-    pub fn open(state_dir: &Path, max_entries: usize, max_bytes: usize) -> Result<Spool, SpoolError> {
+    pub fn open(
+        state_dir: &Path,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Spool, SpoolError> {
         let path = state_dir.join("spool.jsonl");
         let err = |source| SpoolError {
             path: path.clone(),
@@ -203,7 +207,11 @@ impl Spool {
     ///
     /// # Errors
     /// The journal cannot be written.
-    pub fn push(&mut self, kind: Kind, make: impl FnOnce(u64) -> String) -> Result<u64, SpoolError> {
+    pub fn push(
+        &mut self,
+        kind: Kind,
+        make: impl FnOnce(u64) -> String,
+    ) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let json = make(seq);
@@ -228,7 +236,9 @@ impl Spool {
 
     fn enforce_bounds(&mut self) -> Result<(), SpoolError> {
         let mut cut_to = None;
-        while self.entries.len() > self.max_entries || (self.bytes > self.max_bytes && self.entries.len() > 1) {
+        while self.entries.len() > self.max_entries
+            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
             if let Some(old) = self.entries.pop_front() {
                 self.bytes -= old.json.len();
                 self.dropped += 1;
@@ -343,7 +353,10 @@ impl Spool {
             if entry.sent_at.is_some() {
                 continue;
             }
-            if entry.kind != kind || n >= max_items || (n > 0 && payload.len() + entry.json.len() > max_bytes) {
+            if entry.kind != kind
+                || n >= max_items
+                || (n > 0 && payload.len() + entry.json.len() > max_bytes)
+            {
                 break;
             }
             if n > 0 {
@@ -380,15 +393,25 @@ mod tests {
         assert_eq!(spool.next_seq(), 6);
         let (kind, payload) = spool.next_batch(10, 1 << 20).unwrap();
         assert_eq!(kind, Kind::Result);
-        assert_eq!(payload, "{\"v\":1,\"items\":[{\"seq\":3},{\"seq\":4},{\"seq\":5}]}");
-        assert!(spool.next_batch(10, 1 << 20).is_none(), "sent entries are not sent twice");
+        assert_eq!(
+            payload,
+            "{\"v\":1,\"items\":[{\"seq\":3},{\"seq\":4},{\"seq\":5}]}"
+        );
+        assert!(
+            spool.next_batch(10, 1 << 20).is_none(),
+            "sent entries are not sent twice"
+        );
         spool.mark_all_unsent();
         assert!(spool.next_batch(10, 1 << 20).is_some());
         spool.ack(5).unwrap();
         drop(spool);
         let spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
         assert!(spool.is_empty());
-        assert_eq!(spool.next_seq(), 6, "seq continues even when nothing is left");
+        assert_eq!(
+            spool.next_seq(),
+            6,
+            "seq continues even when nothing is left"
+        );
     }
 
     #[test]
@@ -415,10 +438,19 @@ mod tests {
         spool.push(Kind::Result, item).unwrap();
         spool.push(Kind::Metrics, item).unwrap();
         spool.push(Kind::Result, item).unwrap();
-        assert_eq!(spool.next_batch(1, 1 << 20).unwrap().1, "{\"v\":1,\"items\":[{\"seq\":1}]}");
-        assert_eq!(spool.next_batch(10, 1 << 20).unwrap().1, "{\"v\":1,\"items\":[{\"seq\":2}]}");
+        assert_eq!(
+            spool.next_batch(1, 1 << 20).unwrap().1,
+            "{\"v\":1,\"items\":[{\"seq\":1}]}"
+        );
+        assert_eq!(
+            spool.next_batch(10, 1 << 20).unwrap().1,
+            "{\"v\":1,\"items\":[{\"seq\":2}]}"
+        );
         assert_eq!(spool.next_batch(10, 1 << 20).unwrap().0, Kind::Metrics);
-        assert_eq!(spool.next_batch(10, 1 << 20).unwrap().1, "{\"v\":1,\"items\":[{\"seq\":4}]}");
+        assert_eq!(
+            spool.next_batch(10, 1 << 20).unwrap().1,
+            "{\"v\":1,\"items\":[{\"seq\":4}]}"
+        );
     }
 
     #[test]

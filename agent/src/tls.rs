@@ -26,7 +26,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.map_err(|_| TlsError::BadCa)?).map_err(|_| TlsError::BadCa)?;
+        roots
+            .add(cert.map_err(|_| TlsError::BadCa)?)
+            .map_err(|_| TlsError::BadCa)?;
     }
     if roots.is_empty() {
         return Err(TlsError::BadCa);
@@ -57,7 +59,8 @@ pub fn mutual_client(
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| TlsError::BadIdentity)?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| TlsError::BadIdentity)?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| TlsError::BadIdentity)?;
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca_pem)?)

@@ -55,8 +55,11 @@ impl Application {
         bootstrap_admin_token(&store, &settings.data_dir).await?;
 
         let pki = Arc::new(
-            Pki::load_or_create(&settings.data_dir, std::slice::from_ref(&settings.public_host))
-                .context("cannot load or create the CA")?,
+            Pki::load_or_create(
+                &settings.data_dir,
+                std::slice::from_ref(&settings.public_host),
+            )
+            .context("cannot load or create the CA")?,
         );
         let (broker, subscription) = Broker::start(
             settings.max_connections,
@@ -95,7 +98,10 @@ impl Application {
         republish_retained(&state).await?;
 
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::ingest::run(state.clone(), subscription)));
+        tasks.push(tokio::spawn(crate::ingest::run(
+            state.clone(),
+            subscription,
+        )));
         let door = Arc::new(FrontDoor {
             acceptor: tokio_rustls::TlsAcceptor::from(pki.mqtt_server_config()?),
             broker_addr: broker.addr,
@@ -159,7 +165,9 @@ async fn bootstrap_admin_token(store: &Store, data_dir: &std::path::Path) -> any
     if store.count_api_tokens().await? > 0 {
         return Ok(());
     }
-    let (_, secret) = store.create_api_token(Role::Admin, "bootstrap admin").await?;
+    let (_, secret) = store
+        .create_api_token(Role::Admin, "bootstrap admin")
+        .await?;
     let path: PathBuf = data_dir.join(ADMIN_TOKEN_FILE);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -178,7 +186,11 @@ async fn republish_retained(state: &AppState) -> anyhow::Result<()> {
     for (agent, config) in state.store.desired_configs().await? {
         state
             .publisher
-            .publish(&topic::agent(&agent, AgentTopic::Config), config.into_bytes(), true)
+            .publish(
+                &topic::agent(&agent, AgentTopic::Config),
+                config.into_bytes(),
+                true,
+            )
             .await?;
     }
     for agent in state.store.list_agents(None).await? {

@@ -37,7 +37,8 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
     let _guard = state.assign_lock.lock().await;
     let agents = state.store.list_agents(None).await?;
     let checks = state.store.list_checks().await?;
-    let stored: HashMap<String, String> = state.store.desired_configs().await?.into_iter().collect();
+    let stored: HashMap<String, String> =
+        state.store.desired_configs().await?.into_iter().collect();
 
     let mut per_agent: BTreeMap<String, Vec<CheckSpec>> = BTreeMap::new();
     let mut assignments = Vec::new();

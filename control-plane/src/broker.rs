@@ -130,8 +130,7 @@ pub struct Broker {
 }
 
 fn reserve_loopback_port() -> Result<SocketAddr, BrokerError> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BrokerError::Port)?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BrokerError::Port)?;
     listener.local_addr().map_err(BrokerError::Port)
 }
 

@@ -31,9 +31,12 @@ pub struct StoreArgs {
 impl StoreArgs {
     async fn open(&self) -> anyhow::Result<Store> {
         std::fs::create_dir_all(&self.data_dir)?;
-        let store = Store::connect(self.database_url.as_ref().map(|s| s.0.as_str()), &self.data_dir)
-            .await
-            .context("cannot open the store")?;
+        let store = Store::connect(
+            self.database_url.as_ref().map(|s| s.0.as_str()),
+            &self.data_dir,
+        )
+        .await
+        .context("cannot open the store")?;
         store.migrate().await.context("migrations failed")?;
         Ok(store)
     }
@@ -129,7 +132,11 @@ pub fn parse_duration_s(text: &str) -> Result<i64, String> {
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("duration {text:?} has an unknown unit {unit:?} (s, m, h, d)")),
+        _ => {
+            return Err(format!(
+                "duration {text:?} has an unknown unit {unit:?} (s, m, h, d)"
+            ));
+        }
     };
     value
         .checked_mul(factor)
@@ -183,10 +190,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 uses,
                 ttl_s: parse_duration_s(&ttl).map_err(anyhow::Error::msg)?,
             };
-            crate::api::agents::validate_token_request(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::api::agents::validate_token_request(&request)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let store = store.open().await?;
             let (row, secret) = store
-                .create_enrollment_token(&request.region, &request.labels, request.uses, request.ttl_s)
+                .create_enrollment_token(
+                    &request.region,
+                    &request.labels,
+                    request.uses,
+                    request.ttl_s,
+                )
                 .await?;
             eprintln!(
                 "enrollment token {} for region {} ({} uses, expires at {} ms)",
@@ -223,7 +236,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     agent.region,
                     agent.state,
                     agent.hostname,
-                    if agent.revoked_at_ms.is_some() { "\trevoked" } else { "" }
+                    if agent.revoked_at_ms.is_some() {
+                        "\trevoked"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(())

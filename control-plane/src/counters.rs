@@ -66,7 +66,10 @@ mod tests {
         let counters = Counters::default();
         counters.ingest_malformed.fetch_add(3, Ordering::Relaxed);
         let text = counters.render();
-        assert_eq!(text.matches("# HELP vantage_ingest_rejected_total").count(), 1);
+        assert_eq!(
+            text.matches("# HELP vantage_ingest_rejected_total").count(),
+            1
+        );
         assert!(text.contains("vantage_ingest_rejected_total{reason=\"malformed\"} 3\n"));
         assert!(text.contains("vantage_frontdoor_connections_total 0\n"));
     }

@@ -129,9 +129,13 @@ impl FrontDoor {
                     continue;
                 }
             };
-            self.counters.frontdoor_accepted.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .frontdoor_accepted
+                .fetch_add(1, Ordering::Relaxed);
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                self.counters.frontdoor_over_limit.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .frontdoor_over_limit
+                    .fetch_add(1, Ordering::Relaxed);
                 drop(tcp);
                 continue;
             };
@@ -145,27 +149,25 @@ impl FrontDoor {
 
     async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
-        let tls = match tokio::time::timeout(
-            self.settings.handshake_timeout,
-            self.acceptor.accept(tcp),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                self.counters
-                    .frontdoor_handshake_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, %error, "TLS handshake refused");
-                return;
-            }
-            Err(_) => {
-                self.counters
-                    .frontdoor_handshake_timeout
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        };
+        let tls =
+            match tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    self.counters
+                        .frontdoor_handshake_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, %error, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    self.counters
+                        .frontdoor_handshake_timeout
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
         let identity = match tls.get_ref().1.peer_certificates() {
             Some([leaf, ..]) => match common_name(leaf) {
                 Some(cn) if topic::valid_id(&cn) => Identity::Agent(cn),
@@ -233,7 +235,9 @@ impl FrontDoor {
             .write_all(&out)
             .await
             .map_err(|e| format!("broker write failed: {e}"))?;
-        self.counters.frontdoor_logins.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .frontdoor_logins
+            .fetch_add(1, Ordering::Relaxed);
 
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let (mut broker_read, mut broker_write) = broker.into_split();
@@ -281,7 +285,9 @@ impl FrontDoor {
         match identity {
             Identity::Agent(id) => {
                 if self.registry.is_revoked(id) {
-                    self.counters.frontdoor_revoked.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .frontdoor_revoked
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err((ConnectReturnCode::NotAuthorized, "revoked agent".into()));
                 }
                 if connect.client_id != *id {
@@ -290,7 +296,10 @@ impl FrontDoor {
                         .fetch_add(1, Ordering::Relaxed);
                     return Err((
                         ConnectReturnCode::BadClientId,
-                        format!("client id {:?} is not the certificate's CN", connect.client_id),
+                        format!(
+                            "client id {:?} is not the certificate's CN",
+                            connect.client_id
+                        ),
                     ));
                 }
                 if let Some(will) = &connect.last_will
@@ -359,20 +368,30 @@ impl FrontDoor {
                     .fetch_add(1, Ordering::Relaxed);
                 Err("second CONNECT".into())
             }
-            (Packet::Publish(p), Identity::Agent(id)) if !topic::agent_may_publish(id, &p.topic) => {
+            (Packet::Publish(p), Identity::Agent(id))
+                if !topic::agent_may_publish(id, &p.topic) =>
+            {
                 violation(format!("publish on foreign topic {:?}", p.topic))
             }
             (Packet::Publish(p), Identity::Viewer) => {
                 violation(format!("viewer publish on {:?}", p.topic))
             }
             (Packet::Subscribe(s), Identity::Agent(id)) => {
-                match s.filters.iter().find(|f| !topic::agent_may_subscribe(id, &f.path)) {
+                match s
+                    .filters
+                    .iter()
+                    .find(|f| !topic::agent_may_subscribe(id, &f.path))
+                {
                     Some(f) => violation(format!("subscribe to foreign filter {:?}", f.path)),
                     None => Ok(()),
                 }
             }
             (Packet::Subscribe(s), Identity::Viewer) => {
-                match s.filters.iter().find(|f| !topic::viewer_may_subscribe(&f.path)) {
+                match s
+                    .filters
+                    .iter()
+                    .find(|f| !topic::viewer_may_subscribe(&f.path))
+                {
                     Some(f) => violation(format!("viewer subscribe to {:?}", f.path)),
                     None => Ok(()),
                 }
@@ -425,9 +444,12 @@ pub async fn probe_broker(addr: SocketAddr, credential: &InternalCredential) -> 
         .map_err(|e| e.to_string())?;
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
     let mut buffer = BytesMut::new();
-    let reply = tokio::time::timeout(Duration::from_secs(5), read_packet(&mut stream, &mut buffer))
-        .await
-        .map_err(|_| "no CONNACK".to_owned())?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_packet(&mut stream, &mut buffer),
+    )
+    .await
+    .map_err(|_| "no CONNACK".to_owned())?;
     match reply {
         Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
             out.clear();

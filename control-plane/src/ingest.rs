@@ -44,7 +44,10 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
             // Our own config and cmd publishes come back on the wildcard subscription.
             continue;
         }
-        state.counters.ingest_messages.fetch_add(1, Ordering::Relaxed);
+        state
+            .counters
+            .ingest_messages
+            .fetch_add(1, Ordering::Relaxed);
         if message.payload.is_empty() && kind == AgentTopic::Status {
             continue;
         }
@@ -60,8 +63,9 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
                 .map(|b| Some(Rows::Results(id.clone(), region.clone(), b))),
             AgentTopic::Metrics => decode::<MetricsBatch>(&message.payload)
                 .map(|b| Some(Rows::Metrics(id.clone(), region.clone(), b))),
-            AgentTopic::Events => decode::<EventsBatch>(&message.payload)
-                .map(|b| Some(Rows::Events(id.clone(), b))),
+            AgentTopic::Events => {
+                decode::<EventsBatch>(&message.payload).map(|b| Some(Rows::Events(id.clone(), b)))
+            }
             AgentTopic::Hello => match decode::<Hello>(&message.payload) {
                 Ok(hello) => {
                     on_hello(&state, &id, &region, hello).await;
@@ -95,7 +99,10 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
                 }
             }
             Ok(Some(_)) => {
-                state.counters.ingest_malformed.fetch_add(1, Ordering::Relaxed);
+                state
+                    .counters
+                    .ingest_malformed
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(agent = %id, ?kind, "Dropped rows with invalid identifiers");
             }
             Ok(None) => {}
@@ -230,12 +237,16 @@ async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
                 continue;
             }
             match rows {
-                Rows::Results(agent, region, b) => batch
-                    .results
-                    .extend(b.items.into_iter().map(|r| (agent.clone(), region.clone(), r))),
-                Rows::Metrics(agent, region, b) => batch
-                    .metrics
-                    .extend(b.items.into_iter().map(|m| (agent.clone(), region.clone(), m))),
+                Rows::Results(agent, region, b) => batch.results.extend(
+                    b.items
+                        .into_iter()
+                        .map(|r| (agent.clone(), region.clone(), r)),
+                ),
+                Rows::Metrics(agent, region, b) => batch.metrics.extend(
+                    b.items
+                        .into_iter()
+                        .map(|m| (agent.clone(), region.clone(), m)),
+                ),
                 Rows::Events(agent, b) => batch
                     .events
                     .extend(b.items.into_iter().map(|e| (agent.clone(), e))),
@@ -280,7 +291,10 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
         .counters
         .ingest_rows_committed
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    state.counters.ingest_batches.fetch_add(1, Ordering::Relaxed);
+    state
+        .counters
+        .ingest_batches
+        .fetch_add(1, Ordering::Relaxed);
     for (agent, seq) in batch.max_seq_per_agent() {
         let ack = ResultsAck {
             v: vantage_mqtt::PROTOCOL_VERSION,
@@ -288,7 +302,11 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
         };
         let _ = state
             .publisher
-            .publish(&topic::agent(&agent, AgentTopic::ResultsAck), encode(&ack), false)
+            .publish(
+                &topic::agent(&agent, AgentTopic::ResultsAck),
+                encode(&ack),
+                false,
+            )
             .await;
     }
     let now = now_ms();

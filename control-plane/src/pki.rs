@@ -13,8 +13,7 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use time::{Duration, OffsetDateTime};
@@ -142,11 +141,10 @@ impl Pki {
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|_| PkiError::BadPem {
             path: ca_cert_path.clone(),
         })?;
-        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|_| {
-            PkiError::BadPem {
+        let ca_der =
+            CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|_| PkiError::BadPem {
                 path: ca_cert_path.clone(),
-            }
-        })?;
+            })?;
 
         let server_cert_path = dir.join("server.pem");
         let server_key_path = dir.join("server.key");
@@ -172,7 +170,8 @@ impl Pki {
             write_file(&server_key_path, &key.serialize_pem(), 0o600)?;
             write_file(&server_cert_path, &cert.pem(), 0o644)?;
         }
-        let server_pem = fs::read_to_string(&server_cert_path).map_err(io_err(&server_cert_path))?;
+        let server_pem =
+            fs::read_to_string(&server_cert_path).map_err(io_err(&server_cert_path))?;
         let server_chain = CertificateDer::pem_slice_iter(server_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| PkiError::BadPem {

@@ -115,9 +115,9 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+        && id.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
 }
 
 /// The full name of a per-agent topic.
@@ -161,9 +161,11 @@ impl Topic {
     /// # Errors
     /// Returns a [`TopicError`] for names outside the tree or with invalid identifiers.
     pub fn parse(topic: &str) -> Result<Topic, TopicError> {
-        let rest = topic.strip_prefix(PREFIX).ok_or_else(|| TopicError::Prefix {
-            topic: topic.to_owned(),
-        })?;
+        let rest = topic
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| TopicError::Prefix {
+                topic: topic.to_owned(),
+            })?;
         let unknown = || TopicError::Unknown {
             topic: topic.to_owned(),
         };
@@ -240,8 +242,12 @@ pub fn viewer_may_subscribe(filter: &str) -> bool {
     let first = rest.split('/').next().unwrap_or("");
     matches!(first, "status" | "events" | "incidents")
         && (first != "incidents" || rest == "incidents")
-        && !rest.split('/').any(|level| level.contains('#') && level != "#")
-        && !rest.split('/').any(|level| level.contains('+') && level != "+")
+        && !rest
+            .split('/')
+            .any(|level| level.contains('#') && level != "#")
+        && !rest
+            .split('/')
+            .any(|level| level.contains('+') && level != "+")
         && rest.find('#').is_none_or(|pos| pos == rest.len() - 1)
 }
 
@@ -303,7 +309,16 @@ mod tests {
     fn identifier_rules() {
         assert!(valid_id("ag-0123abcd"));
         assert!(valid_id("us-east"));
-        for bad in ["", "a/b", "a+", "#", "$SYS", "UPPER", ".hidden", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "a/b",
+            "a+",
+            "#",
+            "$SYS",
+            "UPPER",
+            ".hidden",
+            &"x".repeat(65),
+        ] {
             assert!(!valid_id(bad), "{bad:?} accepted");
         }
     }
@@ -317,7 +332,10 @@ mod tests {
         assert!(!agent_may_publish("a", &agent("a", AgentTopic::ResultsAck)));
         assert!(!agent_may_publish("a", &status_node("a")));
         assert!(agent_may_subscribe("a", &agent("a", AgentTopic::Config)));
-        assert!(agent_may_subscribe("a", &agent("a", AgentTopic::ResultsAck)));
+        assert!(agent_may_subscribe(
+            "a",
+            &agent("a", AgentTopic::ResultsAck)
+        ));
         assert!(!agent_may_subscribe("a", &agent("b", AgentTopic::Config)));
         assert!(!agent_may_subscribe("a", "vantage/v1/agents/+/config"));
         assert!(!agent_may_subscribe("a", "#"));

@@ -1,1 +1,584 @@
-//! placeholder
+//! Test harness for the end-to-end suite: real control planes and agents as processes, real
+//! stores, real TLS and MQTT, on ports reserved at run time.
+//!
+//! - [`Backend`] and [`TestStore`]: SQLite in a temp dir, or a uniquely named PostgreSQL
+//!   database on the cluster named by `VANTAGE_TEST_PG_URL` (started by `scripts/test`).
+//! - [`ControlPlane`]: `vantage serve` as a child process, with an API client that trusts
+//!   its CA and holds its admin token.
+//! - [`Agent`]: `vantage-agent run` as a child process with its own config and state dir.
+//! - [`MqttIdentity`]: an enrolled identity for a hand-driven rumqttc client, to play a
+//!   misbehaving agent.
+//! - [`wait_for`]: polls a condition until a deadline.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A reserved free loopback port. The listener is dropped just before use.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/e2e-<hash> → target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
+}
+
+/// Path of a workspace binary; fails with a clear message when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
+///
+/// # Errors
+/// Names `what` when the deadline passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A store for one test.
+pub struct TestStore {
+    pub backend: Backend,
+    /// `DATABASE_URL` for the control plane (`None` = SQLite in its data dir).
+    pub url: Option<String>,
+}
+
+impl TestStore {
+    /// A fresh store; for PostgreSQL a new database named after the test.
+    ///
+    /// # Errors
+    /// `VANTAGE_TEST_PG_URL` unset or the cluster unreachable.
+    pub async fn create(backend: Backend) -> anyhow::Result<TestStore> {
+        match backend {
+            Backend::Sqlite => Ok(TestStore { backend, url: None }),
+            Backend::Postgres => {
+                let admin_url = std::env::var("VANTAGE_TEST_PG_URL").context(
+                    "VANTAGE_TEST_PG_URL is not set: run the suite with scripts/test, which starts PostgreSQL",
+                )?;
+                let mut suffix = [0u8; 6];
+                rand::fill(&mut suffix[..]);
+                let name = format!("vantage_test_{}", hex::encode(suffix));
+                let pool = sqlx::PgPool::connect(&admin_url).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await?;
+                pool.close().await;
+                let base = admin_url
+                    .rsplit_once('/')
+                    .map(|(base, _)| base.to_owned())
+                    .context("VANTAGE_TEST_PG_URL has no database part")?;
+                Ok(TestStore {
+                    backend,
+                    url: Some(format!("{base}/{name}")),
+                })
+            }
+        }
+    }
+}
+
+/// A `vantage serve` child process.
+pub struct ControlPlane {
+    pub data_dir: PathBuf,
+    pub http_port: u16,
+    pub mqtt_port: u16,
+    pub admin_token: String,
+    pub client: reqwest::Client,
+    pub ca_pem: String,
+    database_url: Option<String>,
+    extra_env: Vec<(String, String)>,
+    child: Option<Child>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Starts a control plane on `store` in a fresh data dir, on free ports.
+    ///
+    /// # Errors
+    /// The process does not become healthy.
+    pub async fn start(store: &TestStore) -> anyhow::Result<ControlPlane> {
+        Self::start_with(store, &[]).await
+    }
+
+    /// Like [`Self::start`] with extra `VANTAGE_*` variables.
+    ///
+    /// # Errors
+    /// The process does not become healthy.
+    pub async fn start_with(
+        store: &TestStore,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ControlPlane> {
+        let temp = tempfile::tempdir()?;
+        let mut cp = ControlPlane {
+            data_dir: temp.path().join("data"),
+            http_port: free_port(),
+            mqtt_port: free_port(),
+            admin_token: String::new(),
+            client: reqwest::Client::new(),
+            ca_pem: String::new(),
+            database_url: store.url.clone(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            child: None,
+            _temp: Some(temp),
+        };
+        cp.spawn().await?;
+        Ok(cp)
+    }
+
+    /// Starts the process (again) on the same data dir, store and ports.
+    ///
+    /// # Errors
+    /// The process does not become healthy.
+    pub async fn spawn(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("control-plane.log"))?;
+        let mut command = Command::new(bin("vantage"));
+        command
+            .arg("serve")
+            .env("VANTAGE_DATA_DIR", &self.data_dir)
+            .env("VANTAGE_HTTP_ADDR", format!("127.0.0.1:{}", self.http_port))
+            .env("VANTAGE_MQTT_ADDR", format!("127.0.0.1:{}", self.mqtt_port))
+            .env("VANTAGE_PUBLIC_HOST", "127.0.0.1")
+            .env("RUST_LOG", "info,vantage_control_plane=debug")
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(url) = &self.database_url {
+            command.env("DATABASE_URL", url);
+        }
+        for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().context("cannot start vantage serve")?);
+        let ca_path = self.data_dir.join("pki").join("ca.pem");
+        let token_path = self.data_dir.join("admin-token");
+        wait_for(
+            "the CA and admin token files",
+            Duration::from_secs(30),
+            || async { (ca_path.exists() && token_path.exists()).then_some(()) },
+        )
+        .await
+        .with_context(|| self.log_tail())?;
+        self.ca_pem = std::fs::read_to_string(&ca_path)?;
+        self.admin_token = std::fs::read_to_string(&token_path)?.trim().to_owned();
+        self.client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes())?)
+            .use_rustls_tls()
+            .build()?;
+        let url = self.url("/healthz");
+        let client = self.client.clone();
+        wait_for("/healthz", Duration::from_secs(30), || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
+        })
+        .await
+        .with_context(|| self.log_tail())?;
+        Ok(())
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The last lines of the control plane's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.data_dir.join("control-plane.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "control plane log tail:\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.http_port)
+    }
+
+    /// GET with the admin token; returns status and JSON (or `Null`).
+    ///
+    /// # Errors
+    /// Transport failures.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.request(reqwest::Method::GET, path, Some(&self.admin_token), None)
+            .await
+    }
+
+    /// POST JSON with the admin token.
+    ///
+    /// # Errors
+    /// Transport failures.
+    pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(&self.admin_token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Any request with an optional bearer token and body.
+    ///
+    /// # Errors
+    /// Transport failures.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// Creates an enrollment token for `region` with `uses`.
+    ///
+    /// # Errors
+    /// The API refuses.
+    pub async fn enrollment_token(&self, region: &str, uses: u32) -> anyhow::Result<String> {
+        let (status, body) = self
+            .post(
+                "/api/v1/enrollment-tokens",
+                json!({ "region": region, "uses": uses }),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "token creation failed: {status} {body}");
+        Ok(body["token"].as_str().context("no token")?.to_owned())
+    }
+
+    /// The Prometheus text of `/metrics`.
+    ///
+    /// # Errors
+    /// Transport failures.
+    pub async fn prometheus(&self) -> anyhow::Result<String> {
+        Ok(self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// The value of one counter line (`name{labels}`) in `/metrics`.
+    ///
+    /// # Errors
+    /// Transport failures or a missing line.
+    pub async fn counter(&self, line: &str) -> anyhow::Result<u64> {
+        let text = self.prometheus().await?;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(line)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .with_context(|| format!("no counter {line} in /metrics"))
+    }
+
+    /// One agent as the API shows it.
+    ///
+    /// # Errors
+    /// Transport failures or a non-200.
+    pub async fn agent(&self, id: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.get(&format!("/api/v1/agents/{id}")).await?;
+        anyhow::ensure!(status == 200, "GET agent {id}: {status} {body}");
+        Ok(body)
+    }
+
+    /// Connects to the store the control plane uses, for assertions on raw rows.
+    ///
+    /// # Errors
+    /// Connection failures.
+    pub async fn store_pool(&self) -> anyhow::Result<sqlx::AnyPool> {
+        sqlx::any::install_default_drivers();
+        let url = match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("vantage.db").display()),
+        };
+        Ok(sqlx::AnyPool::connect(&url).await?)
+    }
+}
+
+/// A `vantage-agent run` child process.
+pub struct Agent {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    _temp: tempfile::TempDir,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Agent {
+    /// Writes a config that enrolls with `token` at `cp` and starts the agent.
+    ///
+    /// # Errors
+    /// The process cannot start.
+    pub fn start(cp: &ControlPlane, token: &str, extra_config: &str) -> anyhow::Result<Agent> {
+        let temp = tempfile::tempdir()?;
+        let dir = temp.path().to_owned();
+        let config_path = dir.join("agent.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "server_url = \"{}\"\nenrollment_token = \"{token}\"\nca_file = \"{}\"\nstate_dir = \"{}\"\n{extra_config}\n",
+                cp.api_url(),
+                cp.data_dir.join("pki").join("ca.pem").display(),
+                dir.join("state").display(),
+            ),
+        )?;
+        let mut agent = Agent {
+            dir,
+            config_path,
+            child: None,
+            _temp: temp,
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// Starts the process (again) with the same config and state dir.
+    ///
+    /// # Errors
+    /// The process cannot start.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
+        let child = Command::new(bin("vantage-agent"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("run")
+            .env("RUST_LOG", "info,vantage_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start vantage-agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The agent id once enrolled.
+    pub fn id(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join("state").join("identity.json")).ok()?;
+        let value: Value = serde_json::from_str(&text).ok()?;
+        value["agent_id"].as_str().map(str::to_owned)
+    }
+
+    /// Waits until enrolled and returns the id.
+    ///
+    /// # Errors
+    /// Enrollment does not happen within 30 s.
+    pub async fn wait_enrolled(&self) -> anyhow::Result<String> {
+        wait_for("agent enrollment", Duration::from_secs(30), || async {
+            self.id()
+        })
+        .await
+        .with_context(|| self.log())
+    }
+
+    /// The agent's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+/// An enrolled identity for a hand-driven MQTT client.
+pub struct MqttIdentity {
+    pub agent_id: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    pub mqtt_port: u16,
+}
+
+impl MqttIdentity {
+    /// Enrolls a new identity in `region` through the API.
+    ///
+    /// # Errors
+    /// The API refuses.
+    pub async fn enroll(cp: &ControlPlane, region: &str) -> anyhow::Result<MqttIdentity> {
+        let token = cp.enrollment_token(region, 1).await?;
+        let key = rcgen::KeyPair::generate()?;
+        let csr = rcgen::CertificateParams::default()
+            .serialize_request(&key)?
+            .pem()?;
+        let (status, body) = cp
+            .request(
+                reqwest::Method::POST,
+                "/api/v1/enroll",
+                None,
+                Some(json!({ "token": token, "csr_pem": csr, "hostname": "test" })),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "enroll failed: {status} {body}");
+        Ok(MqttIdentity {
+            agent_id: body["agent_id"].as_str().context("agent_id")?.to_owned(),
+            cert_pem: body["cert_pem"].as_str().context("cert_pem")?.to_owned(),
+            key_pem: key.serialize_pem(),
+            ca_pem: body["ca_pem"].as_str().context("ca_pem")?.to_owned(),
+            mqtt_port: cp.mqtt_port,
+        })
+    }
+
+    /// rumqttc options for this identity with `client_id`.
+    ///
+    /// # Errors
+    /// TLS configuration failures.
+    pub fn options(&self, client_id: &str) -> anyhow::Result<rumqttc::MqttOptions> {
+        let tls = vantage_agent::tls::mutual_client(&self.ca_pem, &self.cert_pem, &self.key_pem)?;
+        Ok(tls_options(client_id, self.mqtt_port, tls))
+    }
+}
+
+/// rumqttc options over TLS with `tls`.
+pub fn tls_options(client_id: &str, port: u16, tls: rustls::ClientConfig) -> rumqttc::MqttOptions {
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(10))
+        .set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024)
+        .set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+        ));
+    options
+}
+
+/// Polls an event loop until the CONNACK or an error, within 10 s.
+///
+/// # Errors
+/// The connection error, or a timeout.
+pub async fn connect(eventloop: &mut rumqttc::EventLoop) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, eventloop.poll())
+            .await
+            .context("no CONNACK within 10 s")?;
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Incoming::ConnAck(_))) => return Ok(()),
+            Ok(_) => {}
+            Err(error) => bail!("connection failed: {error}"),
+        }
+    }
+}
+
+/// Polls an event loop until it errors (the server closed it) within `timeout`.
+///
+/// # Errors
+/// Returns `Err` when the connection stays open.
+pub async fn expect_closed(
+    eventloop: &mut rumqttc::EventLoop,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => bail!("connection still open after {timeout:?}"),
+            Ok(Err(error)) => return Ok(error.to_string()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}

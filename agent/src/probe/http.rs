@@ -27,14 +27,19 @@ fn public_tls() -> Option<Arc<rustls::ClientConfig>> {
 pub async fn probe(url: &str, method: &str, expect_status: &[u16], started: Instant) -> Outcome {
     let uri: Uri = match url.parse() {
         Ok(uri) => uri,
-        Err(error) => return Outcome::fail(format!("url {url:?} does not parse: {error}"), started),
+        Err(error) => {
+            return Outcome::fail(format!("url {url:?} does not parse: {error}"), started);
+        }
     };
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
         _ => return Outcome::fail(format!("url {url:?} is not http or https"), started),
     };
-    let Some(host) = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned()) else {
+    let Some(host) = uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+    else {
         return Outcome::fail(format!("url {url:?} has no host"), started);
     };
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -63,13 +68,23 @@ pub async fn probe(url: &str, method: &str, expect_status: &[u16], started: Inst
     };
     let _ = tcp.set_nodelay(true);
     timings.connect_ms = Some(ms(connect_started.elapsed()));
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
-    let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
     let request = match hyper::Request::builder()
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, authority)
-        .header(hyper::header::USER_AGENT, concat!("vantage-agent/", env!("CARGO_PKG_VERSION")))
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("vantage-agent/", env!("CARGO_PKG_VERSION")),
+        )
         .body(Empty::<Bytes>::new())
     {
         Ok(request) => request,
@@ -85,7 +100,10 @@ pub async fn probe(url: &str, method: &str, expect_status: &[u16], started: Inst
             Ok(name) => name,
             Err(error) => return Outcome::fail(format!("bad TLS name {host}: {error}"), started),
         };
-        let stream = match tokio_rustls::TlsConnector::from(config).connect(server_name, tcp).await {
+        let stream = match tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await
+        {
             Ok(stream) => stream,
             Err(error) => return Outcome::fail(format!("TLS handshake failed: {error}"), started),
         };
@@ -103,7 +121,9 @@ pub async fn probe(url: &str, method: &str, expect_status: &[u16], started: Inst
     timings.ttfb_ms = Some(ms(request_started.elapsed()));
     let status = response.status().as_u16();
     let transfer_started = Instant::now();
-    let body = Limited::new(response.into_body(), BODY_LIMIT_BYTES).collect().await;
+    let body = Limited::new(response.into_body(), BODY_LIMIT_BYTES)
+        .collect()
+        .await;
     timings.transfer_ms = Some(ms(transfer_started.elapsed()));
     timings.total_ms = ms(started.elapsed());
     if let Err(error) = body {
@@ -155,7 +175,9 @@ mod tests {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let mut buffer = [0u8; 2048];
                 let _ = stream.read(&mut buffer).await;
-                let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
                 let _ = stream.write_all(reply.as_bytes()).await;
             }
         });
@@ -165,16 +187,34 @@ mod tests {
     #[tokio::test]
     async fn status_decides_the_verdict() {
         let ok = server("200 OK").await;
-        let outcome = probe(&format!("http://127.0.0.1:{ok}/x"), "GET", &[], Instant::now()).await;
+        let outcome = probe(
+            &format!("http://127.0.0.1:{ok}/x"),
+            "GET",
+            &[],
+            Instant::now(),
+        )
+        .await;
         assert!(outcome.ok, "{outcome:?}");
         assert_eq!(outcome.status_code, Some(200));
         assert!(outcome.timings.ttfb_ms.is_some() && outcome.timings.connect_ms.is_some());
 
         let missing = server("404 Not Found").await;
-        let outcome = probe(&format!("http://127.0.0.1:{missing}/"), "GET", &[], Instant::now()).await;
+        let outcome = probe(
+            &format!("http://127.0.0.1:{missing}/"),
+            "GET",
+            &[],
+            Instant::now(),
+        )
+        .await;
         assert!(!outcome.ok);
         assert_eq!(outcome.reason, "unexpected status 404");
-        let outcome = probe(&format!("http://127.0.0.1:{missing}/"), "GET", &[404], Instant::now()).await;
+        let outcome = probe(
+            &format!("http://127.0.0.1:{missing}/"),
+            "GET",
+            &[404],
+            Instant::now(),
+        )
+        .await;
         assert!(outcome.ok, "404 expected explicitly");
     }
 
@@ -183,7 +223,13 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let outcome = probe(&format!("http://127.0.0.1:{port}/"), "GET", &[], Instant::now()).await;
+        let outcome = probe(
+            &format!("http://127.0.0.1:{port}/"),
+            "GET",
+            &[],
+            Instant::now(),
+        )
+        .await;
         assert!(!outcome.ok);
         assert!(outcome.reason.contains("refused"), "{}", outcome.reason);
     }

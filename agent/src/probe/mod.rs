@@ -46,7 +46,10 @@ pub fn ms(duration: Duration) -> f64 {
 /// Something that can run a check.
 pub trait Probe: Send + Sync {
     /// Runs `check` once.
-    fn run<'a>(&'a self, check: &'a CheckSpec) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+    fn run<'a>(
+        &'a self,
+        check: &'a CheckSpec,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 }
 
 /// The real probes.
@@ -54,7 +57,10 @@ pub trait Probe: Send + Sync {
 pub struct Probes;
 
 impl Probe for Probes {
-    fn run<'a>(&'a self, check: &'a CheckSpec) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+    fn run<'a>(
+        &'a self,
+        check: &'a CheckSpec,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
         Box::pin(run_check(check))
     }
 }

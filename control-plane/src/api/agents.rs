@@ -31,6 +31,8 @@ pub struct AgentView {
     pub config_revision: i64,
     pub last_seq: i64,
     pub spool_dropped_total: i64,
+    /// Changes whenever the agent process restarts.
+    pub boot_id: String,
 }
 
 impl From<AgentRow> for AgentView {
@@ -51,6 +53,7 @@ impl From<AgentRow> for AgentView {
             config_revision: row.config_revision,
             last_seq: row.last_seq,
             spool_dropped_total: row.spool_dropped_total,
+            boot_id: row.boot_id,
         }
     }
 }
@@ -105,7 +108,9 @@ pub async fn revoke(
 /// [`ApiError::NotFound`] for unknown or already revoked agents.
 pub async fn revoke_agent(state: &AppState, id: &str) -> Result<(), ApiError> {
     if !state.store.revoke_agent(id).await? {
-        return Err(ApiError::NotFound(format!("agent {id:?} (or it is already revoked)")));
+        return Err(ApiError::NotFound(format!(
+            "agent {id:?} (or it is already revoked)"
+        )));
     }
     state.registry.revoke(id);
     tracing::info!(agent = %id, "Agent revoked");
@@ -224,7 +229,11 @@ pub async fn enroll(
     let agent_id = random_id("ag-", 8);
     let issued = state
         .pki
-        .sign_agent_csr(&request.csr_pem, &agent_id, state.settings.cert_validity_days)
+        .sign_agent_csr(
+            &request.csr_pem,
+            &agent_id,
+            state.settings.cert_validity_days,
+        )
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     // Labels bound to the token win over labels the agent asks for.
     let mut labels = request.labels.clone();
@@ -319,7 +328,12 @@ pub async fn create_token(
     validate_token_request(&request)?;
     let (row, secret) = state
         .store
-        .create_enrollment_token(&request.region, &request.labels, request.uses, request.ttl_s)
+        .create_enrollment_token(
+            &request.region,
+            &request.labels,
+            request.uses,
+            request.ttl_s,
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -367,9 +381,8 @@ pub async fn create_api_token(
     ApiJson(request): ApiJson<CreateApiTokenRequest>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     caller.require(Role::Admin)?;
-    let role = Role::parse(&request.role).ok_or_else(|| {
-        ApiError::Unprocessable("role must be viewer, operator or admin".into())
-    })?;
+    let role = Role::parse(&request.role)
+        .ok_or_else(|| ApiError::Unprocessable("role must be viewer, operator or admin".into()))?;
     short_text("name", &request.name)?;
     let (row, secret) = state.store.create_api_token(role, &request.name).await?;
     Ok((

@@ -57,7 +57,10 @@ pub fn validate(body: &CheckBody) -> Result<(), ApiError> {
     {
         return invalid("id must be 1-64 of a-z 0-9 - _ .".into());
     }
-    if body.name.trim().is_empty() || body.name.len() > 255 || body.name.chars().any(char::is_control) {
+    if body.name.trim().is_empty()
+        || body.name.len() > 255
+        || body.name.chars().any(char::is_control)
+    {
         return invalid("name must be 1-255 printable characters".into());
     }
     if !(1..=86_400).contains(&body.interval_s) {
@@ -101,7 +104,10 @@ pub fn validate(body: &CheckBody) -> Result<(), ApiError> {
             }
         }
         CheckKind::Tcp { host, port } => {
-            if host.is_empty() || host.len() > 253 || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if host.is_empty()
+                || host.len() > 253
+                || host.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return invalid("host must be a host name or address".into());
             }
             if *port == 0 {
@@ -130,8 +136,9 @@ fn to_row(id: String, body: &CheckBody, created_at_ms: i64) -> CheckRow {
 
 /// A stored check in the API's shape.
 pub fn to_body(row: &CheckRow) -> Result<CheckBody, ApiError> {
-    let kind = serde_json::from_str(&row.spec)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored check {} is corrupt: {e}", row.id)))?;
+    let kind = serde_json::from_str(&row.spec).map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!("stored check {} is corrupt: {e}", row.id))
+    })?;
     Ok(CheckBody {
         id: Some(row.id.clone()),
         name: row.name.clone(),
@@ -202,7 +209,9 @@ pub async fn update(
     caller.require(Role::Operator)?;
     validate(&body)?;
     if body.id.as_deref().is_some_and(|b| b != id) {
-        return Err(ApiError::Unprocessable("the body's id differs from the path's".into()));
+        return Err(ApiError::Unprocessable(
+            "the body's id differs from the path's".into(),
+        ));
     }
     let existing = state
         .store
@@ -244,7 +253,8 @@ mod tests {
     #[test]
     fn valid_bodies_pass_and_each_bad_field_is_named() {
         validate(&http_body()).unwrap();
-        let cases: Vec<(fn(&mut CheckBody), &str)> = vec![
+        type Mutation = fn(&mut CheckBody);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|b| b.id = Some("Bad Id".into()), "id"),
             (|b| b.name = String::new(), "name"),
             (|b| b.interval_s = 0, "interval_s"),

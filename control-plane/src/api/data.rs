@@ -41,7 +41,9 @@ impl SeriesQuery {
             return Err(ApiError::BadRequest("from_ms is after to_ms".into()));
         }
         if !(1..=MAX_LIMIT).contains(&filter.limit) {
-            return Err(ApiError::BadRequest(format!("limit must be 1..={MAX_LIMIT}")));
+            return Err(ApiError::BadRequest(format!(
+                "limit must be 1..={MAX_LIMIT}"
+            )));
         }
         Ok(filter)
     }

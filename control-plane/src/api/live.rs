@@ -56,19 +56,20 @@ pub async fn live(
             .map_err(|e| ApiError::BadRequest(e.body_text()))?;
         return Ok(upgrade.on_upgrade(move |socket| websocket(socket, receiver, filter)));
     }
-    let stream = futures_util::stream::unfold((receiver, filter), |(mut receiver, filter)| async move {
-        let event = next_matching(&mut receiver, &filter).await?;
-        let sse = match event {
-            Ok(event) => Event::default()
-                .event(event.kind)
-                .json_data(&*event)
-                .unwrap_or_else(|_| Event::default().comment("unserializable")),
-            Err(missed) => Event::default()
-                .event("lagged")
-                .data(format!("{{\"missed\":{missed}}}")),
-        };
-        Some((Ok::<_, Infallible>(sse), (receiver, filter)))
-    });
+    let stream =
+        futures_util::stream::unfold((receiver, filter), |(mut receiver, filter)| async move {
+            let event = next_matching(&mut receiver, &filter).await?;
+            let sse = match event {
+                Ok(event) => Event::default()
+                    .event(event.kind)
+                    .json_data(&*event)
+                    .unwrap_or_else(|_| Event::default().comment("unserializable")),
+                Err(missed) => Event::default()
+                    .event("lagged")
+                    .data(format!("{{\"missed\":{missed}}}")),
+            };
+            Some((Ok::<_, Infallible>(sse), (receiver, filter)))
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

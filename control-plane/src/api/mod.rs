@@ -145,14 +145,12 @@ impl Caller {
 fn token_from_parts(parts: &Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
         let text = value.to_str().ok()?;
-        return text
-            .strip_prefix("Bearer ")
-            .map(|t| t.trim().to_owned());
+        return text.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
     parts.uri.query().and_then(|query| {
-        query.split('&').find_map(|pair| {
-            pair.strip_prefix("token=").map(str::to_owned)
-        })
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token=").map(str::to_owned))
     })
 }
 
@@ -200,8 +198,8 @@ impl RateLimiter {
             buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs() < 60);
         }
         let (tokens, last) = buckets.entry(ip).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second)
-            .min(self.burst);
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -220,7 +218,10 @@ async fn rate_limit(State(state): State<AppState>, request: Request, next: Next)
     if let Some(ip) = ip
         && !state.rate_limiter.allow(ip)
     {
-        state.counters.api_rate_limited.fetch_add(1, Ordering::Relaxed);
+        state
+            .counters
+            .api_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
         return ApiError::TooManyRequests.into_response();
     }
     next.run(request).await

@@ -6,7 +6,10 @@ use serde_json::{Value, json};
 fn op(summary: &str, role: Option<&str>, responses: &[&str]) -> Value {
     let mut responses_obj = serde_json::Map::new();
     for code in responses {
-        responses_obj.insert((*code).to_owned(), json!({ "description": code_text(code) }));
+        responses_obj.insert(
+            (*code).to_owned(),
+            json!({ "description": code_text(code) }),
+        );
     }
     let mut operation = json!({ "summary": summary, "responses": responses_obj });
     if let Some(role) = role {

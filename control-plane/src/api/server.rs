@@ -29,15 +29,20 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, router
         let router = router.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
             else {
                 return;
             };
             let service = TowerToHyperService::new(router);
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                hyper::service::Service::call(&service, request)
-            });
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(ConnectInfo::<SocketAddr>(peer));
+                    hyper::service::Service::call(&service, request)
+                },
+            );
             let builder = Builder::new(TokioExecutor::new());
             if let Err(error) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)

@@ -117,11 +117,13 @@ impl Store {
                     upsert_status!(&mut *tx, row);
                 }
                 for (agent, seq) in &max_seqs {
-                    sqlx::query("UPDATE agents SET last_seq = GREATEST(last_seq, $2) WHERE id = $1")
-                        .bind(agent)
-                        .bind(*seq as i64)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE agents SET last_seq = GREATEST(last_seq, $2) WHERE id = $1",
+                    )
+                    .bind(agent)
+                    .bind(*seq as i64)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 tx.commit().await?;
             }

@@ -73,7 +73,10 @@ pub fn now_ms() -> i64 {
 
 /// Lower-case hex SHA-256 of a secret; secrets are stored only in this form.
 pub fn hash_secret(secret: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()))
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        secret.as_bytes(),
+    ))
 }
 
 /// A random identifier or secret: `prefix` followed by `n_bytes` random bytes in hex.
@@ -230,7 +233,8 @@ impl Store {
     /// Database errors only.
     pub async fn delete_enrollment_token(&self, id: &str) -> Result<bool, StoreError> {
         let sql = "DELETE FROM enrollment_tokens WHERE id = $1";
-        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
+        let n =
+            on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
         Ok(n > 0)
     }
 
@@ -357,7 +361,9 @@ impl Store {
     /// Database errors only.
     pub async fn get_agent(&self, id: &str) -> Result<Option<AgentRow>, StoreError> {
         let sql = format!("{AGENT_COLUMNS} WHERE id = $1");
-        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?),
+        )
     }
 
     /// Agents, optionally of one region, revoked ones included.
@@ -366,7 +372,9 @@ impl Store {
     /// Database errors only.
     pub async fn list_agents(&self, region: Option<&str>) -> Result<Vec<AgentRow>, StoreError> {
         let sql = format!("{AGENT_COLUMNS} WHERE ($1 IS NULL OR region = $1) ORDER BY id");
-        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(region).fetch_all(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(region).fetch_all(pool).await?),
+        )
     }
 
     /// Marks an agent revoked; returns false when it does not exist or was revoked before.
@@ -385,7 +393,8 @@ impl Store {
     /// Database errors only.
     pub async fn revoked_agent_ids(&self) -> Result<Vec<String>, StoreError> {
         let sql = "SELECT id FROM agents WHERE revoked_at_ms IS NOT NULL";
-        let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        let rows: Vec<(String,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
@@ -403,7 +412,11 @@ impl Store {
     ///
     /// # Errors
     /// Database errors only.
-    pub async fn record_hello(&self, id: &str, hello: &vantage_mqtt::Hello) -> Result<(), StoreError> {
+    pub async fn record_hello(
+        &self,
+        id: &str,
+        hello: &vantage_mqtt::Hello,
+    ) -> Result<(), StoreError> {
         let sql = "UPDATE agents SET hostname = $2, arch = $3, os = $4, version = $5, boot_id = $6, \
                    last_seen_ms = $7 WHERE id = $1";
         on_pool!(self, pool => sqlx::query(sql)
@@ -540,7 +553,9 @@ impl Store {
     /// Database errors only.
     pub async fn get_check(&self, id: &str) -> Result<Option<CheckRow>, StoreError> {
         let sql = format!("{CHECK_COLUMNS} WHERE id = $1");
-        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?),
+        )
     }
 
     /// Every check.
@@ -558,7 +573,8 @@ impl Store {
     /// Database errors only.
     pub async fn delete_check(&self, id: &str) -> Result<bool, StoreError> {
         let sql = "DELETE FROM checks WHERE id = $1";
-        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
+        let n =
+            on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
         Ok(n > 0)
     }
 
@@ -622,7 +638,10 @@ impl Store {
     ///
     /// # Errors
     /// Database errors only.
-    pub async fn query_metrics(&self, filter: &SeriesFilter) -> Result<Vec<MetricsRow>, StoreError> {
+    pub async fn query_metrics(
+        &self,
+        filter: &SeriesFilter,
+    ) -> Result<Vec<MetricsRow>, StoreError> {
         let sql = "SELECT agent_id, seq, region, measured_at_ms, received_at_ms, cpu_pct, mem_total_bytes, \
                    mem_used_bytes, swap_total_bytes, swap_used_bytes, load1, load5, load15, uptime_s, \
                    net_rx_bytes_per_s, net_tx_bytes_per_s, detail FROM host_metrics \

@@ -1,0 +1,184 @@
+//! Agents and control planes dying: offline detection through the last will, sequence
+//! continuity across an agent restart, and nothing lost while the control plane is down.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+use sqlx::Row;
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore, wait_for};
+
+crate::both_backends!(
+    killed_agent_goes_offline_and_its_seq_continues,
+    killed_agent_goes_offline_and_its_seq_continues
+);
+
+async fn killed_agent_goes_offline_and_its_seq_continues(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let token = cp.enrollment_token("europe", 1).await?;
+    let mut agent = Agent::start(&cp, &token, "metrics_interval_s = 1")?;
+    let id = agent.wait_enrolled().await?;
+    let before = wait_for(
+        "a few committed samples",
+        Duration::from_secs(20),
+        || async {
+            let view = cp.agent(&id).await.ok()?;
+            (view["state"] == "online" && view["last_seq"].as_i64()? >= 3).then_some(view)
+        },
+    )
+    .await?;
+    let boot_before = before["boot_id"].clone();
+
+    agent.kill();
+    let killed_at = Instant::now();
+    wait_for("offline after kill -9", Duration::from_secs(15), || async {
+        (cp.agent(&id).await.ok()?["state"] == "offline").then_some(())
+    })
+    .await?;
+    let offline_after = killed_at.elapsed();
+    assert!(
+        offline_after < Duration::from_secs(15),
+        "offline after {offline_after:?}, keep-alive window is 10 s × 1.5"
+    );
+    let last_seq_before = cp.agent(&id).await?["last_seq"]
+        .as_i64()
+        .context("last_seq")?;
+
+    agent.spawn()?;
+    wait_for(
+        "online again with newer samples",
+        Duration::from_secs(20),
+        || async {
+            let view = cp.agent(&id).await.ok()?;
+            (view["state"] == "online" && view["last_seq"].as_i64()? >= last_seq_before + 3)
+                .then_some(())
+        },
+    )
+    .await?;
+    // No sequence number was reused: every stored seq of this agent is unique and the
+    // numbering went on from where it stopped.
+    let pool = cp.store_pool().await?;
+    let seqs = stored_seqs(&pool, &id).await?;
+    assert!(seqs.len() as i64 >= last_seq_before + 3);
+    assert!(seqs.iter().any(|s| *s > last_seq_before));
+    assert_eq!(
+        *seqs.iter().next().context("no rows")?,
+        1,
+        "numbering starts at 1"
+    );
+    let boot_after = cp.agent(&id).await?["boot_id"].clone();
+    assert_ne!(
+        boot_before, boot_after,
+        "the restarted agent has a new boot id"
+    );
+    Ok(())
+}
+
+/// Every seq stored for `agent` across results, metrics and events.
+async fn stored_seqs(pool: &sqlx::AnyPool, agent: &str) -> anyhow::Result<BTreeSet<i64>> {
+    let mut seqs = BTreeSet::new();
+    let mut total = 0usize;
+    for table in ["results", "host_metrics", "events"] {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT seq FROM {table} WHERE agent_id = $1"
+        )))
+        .bind(agent)
+        .fetch_all(pool)
+        .await?;
+        for row in rows {
+            total += 1;
+            seqs.insert(row.try_get::<i64, _>(0)?);
+        }
+    }
+    assert_eq!(total, seqs.len(), "a seq is stored twice");
+    Ok(seqs)
+}
+
+crate::both_backends!(
+    nothing_is_lost_while_the_control_plane_is_down,
+    nothing_is_lost_while_the_control_plane_is_down
+);
+
+async fn nothing_is_lost_while_the_control_plane_is_down(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let mut cp = ControlPlane::start(&store).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target_port = listener.local_addr()?.port();
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks",
+            json!({"id": "tcp-target", "name": "tcp", "interval_s": 1, "timeout_ms": 500,
+                   "kind": {"type": "tcp", "host": "127.0.0.1", "port": target_port}, "regions": ["asia"]}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {body}");
+    let token = cp.enrollment_token("asia", 1).await?;
+    let agent = Agent::start(&cp, &token, "metrics_interval_s = 1")?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("results flowing", Duration::from_secs(20), || async {
+        let (_, rows) = cp.get(&format!("/api/v1/results?agent={id}")).await.ok()?;
+        (rows.as_array()?.len() >= 2).then_some(())
+    })
+    .await?;
+
+    cp.kill();
+    let down_at = vantage_agent::now_ms();
+    tokio::time::sleep(Duration::from_secs(62)).await;
+    let up_at = vantage_agent::now_ms();
+    cp.spawn().await?;
+
+    // Everything measured during the outage arrives: wait until the committed high-water
+    // mark passes what was measured before the restart.
+    let pool = cp.store_pool().await?;
+    let outage_rows = wait_for("the outage backlog", Duration::from_secs(60), || async {
+        let rows = sqlx::query(
+            "SELECT measured_at_ms, received_at_ms FROM host_metrics WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3",
+        )
+        .bind(&id)
+        .bind(down_at + 1000)
+        .bind(up_at - 1000)
+        .fetch_all(&pool)
+        .await
+        .ok()?;
+        (rows.len() >= 55).then_some(rows)
+    })
+    .await
+    .with_context(|| format!("{}\n{}", cp.log_tail(), agent.log()))?;
+    // They keep their original measurement times: measured while down, received after.
+    for row in &outage_rows {
+        let measured: i64 = row.try_get(0)?;
+        let received: i64 = row.try_get(1)?;
+        assert!(
+            measured < up_at && received >= up_at,
+            "measured {measured} received {received}"
+        );
+    }
+    // And the checks kept running on the agent's own clock during the outage.
+    let (n_results,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM results WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3",
+    )
+    .bind(&id)
+    .bind(down_at + 1000)
+    .bind(up_at - 1000)
+    .fetch_one(&pool)
+    .await?;
+    assert!(
+        n_results >= 55,
+        "only {n_results} results measured during the outage"
+    );
+
+    // Exactly once: every seq from 1 to the highest stored one is there, once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seqs = stored_seqs(&pool, &id).await?;
+    let max = *seqs.iter().next_back().context("no rows")?;
+    let missing: Vec<i64> = (1..=max).filter(|s| !seqs.contains(s)).collect();
+    assert!(missing.is_empty(), "lost seqs: {missing:?}");
+    assert!(
+        max >= 120,
+        "only {max} entries in a 62 s outage at two per second"
+    );
+    Ok(())
+}
