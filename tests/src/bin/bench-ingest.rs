@@ -1,0 +1,199 @@
+//! Ingest benchmark: results per second committed end to end — simulated agents publishing
+//! result batches over mutual-TLS MQTT through the front door, the broker, ingest and the
+//! store, until each agent's last seq is acknowledged — beside PostgreSQL `COPY` of the same
+//! rows in the same run.
+//!
+//! Usage: `bench-ingest --backend sqlite|postgres [--agents N] [--rows-per-agent N]
+//! [--batch N]`. PostgreSQL comes from `VANTAGE_TEST_PG_URL` (`scripts/bench` starts one);
+//! the COPY baseline always runs there, with `psql \copy`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rumqttc::{AsyncClient, Event, Incoming, QoS};
+use serde_json::json;
+use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, connect};
+
+struct Args {
+    backend: Backend,
+    agents: usize,
+    rows_per_agent: u64,
+    batch: u64,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        backend: Backend::Sqlite,
+        agents: 50,
+        rows_per_agent: 4000,
+        batch: 100,
+    };
+    let mut iter = std::env::args().skip(1);
+    while let Some(flag) = iter.next() {
+        let value = iter
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--backend" => {
+                args.backend = match value.as_str() {
+                    "sqlite" => Backend::Sqlite,
+                    "postgres" => Backend::Postgres,
+                    other => anyhow::bail!("unknown backend {other}"),
+                }
+            }
+            "--agents" => args.agents = value.parse()?,
+            "--rows-per-agent" => args.rows_per_agent = value.parse()?,
+            "--batch" => args.batch = value.parse()?,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    Ok(args)
+}
+
+fn result_item(seq: u64) -> serde_json::Value {
+    json!({"seq": seq, "measured_at_ms": 1_790_000_000_000_i64 + seq as i64, "check_id": "bench-http",
+        "ok": !seq.is_multiple_of(17), "reason": "status 200", "status_code": 200,
+        "timings": {"dns_ms": 0.05, "connect_ms": 0.4, "ttfb_ms": 1.2, "transfer_ms": 0.1, "total_ms": 1.8}})
+}
+
+async fn run_agent(identity: MqttIdentity, rows: u64, batch: u64) -> anyhow::Result<()> {
+    let mut options = identity.options(&identity.agent_id)?;
+    options.set_inflight(200);
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    connect(&mut eventloop).await?;
+    let ack_topic = format!("vantage/v1/agents/{}/results/ack", identity.agent_id);
+    client.subscribe(&ack_topic, QoS::AtMostOnce).await?;
+    let topic = format!("vantage/v1/agents/{}/results", identity.agent_id);
+    let publisher = client.clone();
+    tokio::spawn(async move {
+        let mut seq = 1;
+        while seq <= rows {
+            let items: Vec<_> = (seq..(seq + batch).min(rows + 1))
+                .map(result_item)
+                .collect();
+            seq += items.len() as u64;
+            let payload = serde_json::to_vec(&json!({"v": 1, "items": items})).unwrap_or_default();
+            if publisher
+                .publish(&topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == ack_topic => {
+                let ack: serde_json::Value = serde_json::from_slice(&p.payload)?;
+                if ack["seq"].as_u64() == Some(rows) {
+                    return Ok(());
+                }
+            }
+            Ok(_) => {}
+            Err(error) => anyhow::bail!("agent {} lost its session: {error}", identity.agent_id),
+        }
+    }
+}
+
+/// Loads the same rows with `psql \copy` into a copy of the results table; rows/s.
+async fn copy_baseline(
+    pg_admin_url: &str,
+    agents: &[String],
+    rows_per_agent: u64,
+) -> anyhow::Result<f64> {
+    let store = TestStore::create(Backend::Postgres).await?;
+    let url = store.url.context("postgres url")?;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+    drop(pool);
+    let dir = tempfile::tempdir()?;
+    let csv_path = dir.path().join("rows.csv");
+    let mut csv = std::io::BufWriter::new(std::fs::File::create(&csv_path)?);
+    for agent in agents {
+        for seq in 1..=rows_per_agent {
+            let item = result_item(seq);
+            let timings = item["timings"].to_string().replace('"', "\"\"");
+            writeln!(
+                csv,
+                "{agent},{seq},bench-http,bench,{},{},{},1.8,200,status 200,\"{timings}\"",
+                item["measured_at_ms"], 1_790_000_000_000_i64, item["ok"]
+            )?;
+        }
+    }
+    csv.flush()?;
+    drop(csv);
+    let _ = pg_admin_url;
+    let started = Instant::now();
+    let output = std::process::Command::new("psql")
+        .arg(&url)
+        .arg("-v")
+        .arg("ON_ERROR_STOP=1")
+        .arg("-c")
+        .arg(format!(
+            "\\copy results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, total_ms, status_code, reason, timings) FROM '{}' WITH (FORMAT csv)",
+            csv_path.display()
+        ))
+        .output()
+        .context("psql not found")?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        output.status.success(),
+        "psql \\copy failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((agents.len() as u64 * rows_per_agent) as f64 / elapsed.as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let pg_admin_url = std::env::var("VANTAGE_TEST_PG_URL")
+        .context("VANTAGE_TEST_PG_URL is not set: run scripts/bench")?;
+    let store = TestStore::create(args.backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let mut identities = Vec::new();
+    for _ in 0..args.agents {
+        identities.push(MqttIdentity::enroll(&cp, "bench").await?);
+        // Enrollment is rate limited per address; stay under it.
+        tokio::time::sleep(Duration::from_millis(12)).await;
+    }
+    let agent_ids: Vec<String> = identities.iter().map(|i| i.agent_id.clone()).collect();
+    let total = args.agents as u64 * args.rows_per_agent;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for identity in identities {
+        tasks.push(tokio::spawn(run_agent(
+            identity,
+            args.rows_per_agent,
+            args.batch,
+        )));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = started.elapsed();
+    let pool = cp.store_pool().await?;
+    let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM results")
+        .fetch_one(&pool)
+        .await?;
+    anyhow::ensure!(stored as u64 == total, "stored {stored} of {total} rows");
+    let ingest_rate = total as f64 / elapsed.as_secs_f64();
+    let copy_rate = copy_baseline(&pg_admin_url, &agent_ids, args.rows_per_agent).await?;
+    let backend = match args.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    println!(
+        "ingest backend={backend} agents={} rows={total} batch={} elapsed_s={:.2} committed_rows_per_s={:.0} \
+         pg_copy_rows_per_s={:.0} ratio_to_copy={:.0}%",
+        args.agents,
+        args.batch,
+        elapsed.as_secs_f64(),
+        ingest_rate,
+        copy_rate,
+        100.0 * ingest_rate / copy_rate
+    );
+    Ok(())
+}
