@@ -122,6 +122,7 @@ impl Application {
             crate::api::router(state.clone()),
         )));
         tasks.push(tokio::spawn(refresh_revoked(state.clone())));
+        tasks.push(tokio::spawn(sweep_silent_agents(state.clone())));
         tracing::info!(
             http_port,
             mqtt_port,
@@ -240,6 +241,31 @@ async fn refresh_revoked(state: AppState) {
         match state.store.revoked_agent_ids().await {
             Ok(ids) => state.registry.set_revoked(ids),
             Err(error) => tracing::warn!(%error, "Cannot refresh the revoked set"),
+        }
+    }
+}
+
+/// Marks agents offline whose heartbeats stopped (a half-open connection that the last will
+/// did not report): silent for three heartbeat intervals.
+async fn sweep_silent_agents(state: AppState) {
+    let window_ms = i64::from(state.settings.heartbeat_interval_s.max(1)) * 3_000;
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        interval.tick().await;
+        let agents = match state.store.list_agents(None).await {
+            Ok(agents) => agents,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot list agents for the heartbeat sweep");
+                continue;
+            }
+        };
+        let now = crate::store::now_ms();
+        for agent in agents {
+            let silent = agent.last_seen_ms.is_none_or(|seen| now - seen > window_ms);
+            if agent.revoked_at_ms.is_none() && agent.state == "online" && silent {
+                tracing::warn!(agent = %agent.id, "No heartbeat for three intervals; marking offline");
+                crate::ingest::on_status(&state, &agent.id, &agent.region, NodeState::Offline).await;
+            }
         }
     }
 }

@@ -199,10 +199,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let exit_after = args.exit_after_s;
     app.run_until(async move {
-        if exit_after > 0 {
-            tokio::time::sleep(Duration::from_secs(exit_after)).await;
-        } else {
-            crate::cli::shutdown_signal().await;
+        let timer = async {
+            if exit_after > 0 {
+                tokio::time::sleep(Duration::from_secs(exit_after)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = timer => {}
+            () = crate::cli::shutdown_signal() => {}
         }
     })
     .await;

@@ -310,7 +310,8 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
             .await;
     }
     let now = now_ms();
-    for (agent, region, result) in &batch.results {
+    // Retained status: only the newest result per (check, region) of this batch.
+    for (agent, region, result) in crate::store::ingest::latest_per_check_region(&batch) {
         let view = CheckStatusView {
             v: vantage_mqtt::PROTOCOL_VERSION,
             check_id: result.check_id.clone(),
@@ -329,6 +330,12 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
                 true,
             )
             .await;
+    }
+    // Live events for every row, built only when someone listens.
+    if state.hub.n_subscribers() == 0 {
+        return;
+    }
+    for (agent, region, result) in &batch.results {
         state.hub.publish(LiveEvent {
             kind: "result",
             agent_id: agent.clone(),

@@ -6,6 +6,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::payload::Versioned;
 use crate::{MAX_PAYLOAD_BYTES, PROTOCOL_VERSION};
 
 /// Why a payload was refused.
@@ -33,7 +34,7 @@ struct VersionPeek {
 ///
 /// # Errors
 /// See [`DecodeError`].
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
     decode_limited(bytes, MAX_PAYLOAD_BYTES)
 }
 
@@ -41,23 +42,39 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 ///
 /// # Errors
 /// See [`DecodeError`].
-pub fn decode_limited<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+pub fn decode_limited<T: DeserializeOwned + Versioned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
     if bytes.len() > max {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
             max,
         });
     }
+    // Fast path: one parse. The version is checked on the decoded value, so a payload of a
+    // known shape but another version is still refused.
+    if let Ok(value) = serde_json::from_slice::<T>(bytes) {
+        let found = value.version();
+        if found != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                found: u64::from(found),
+            });
+        }
+        return Ok(value);
+    }
+    // Slow path: say why, version first.
     let peek: VersionPeek =
         serde_json::from_slice(bytes).map_err(|source| DecodeError::Invalid { source })?;
-    match peek.v.as_ref().and_then(serde_json::Value::as_u64) {
-        None => return Err(DecodeError::MissingVersion),
-        Some(v) if v != u64::from(PROTOCOL_VERSION) => {
-            return Err(DecodeError::UnsupportedVersion { found: v });
-        }
-        Some(_) => {}
-    }
+    check_version(&peek)?;
     serde_json::from_slice(bytes).map_err(|source| DecodeError::Invalid { source })
+}
+
+fn check_version(peek: &VersionPeek) -> Result<(), DecodeError> {
+    match peek.v.as_ref().and_then(serde_json::Value::as_u64) {
+        None => Err(DecodeError::MissingVersion),
+        Some(v) if v != u64::from(PROTOCOL_VERSION) => {
+            Err(DecodeError::UnsupportedVersion { found: v })
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// Encodes a payload as JSON bytes.
@@ -90,7 +107,9 @@ mod tests {
         }
     }
 
-    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: T) {
+    fn round_trip<T: Serialize + DeserializeOwned + Versioned + PartialEq + std::fmt::Debug>(
+        value: T,
+    ) {
         let bytes = encode(&value);
         let back: T = decode(&bytes).unwrap();
         assert_eq!(back, value);

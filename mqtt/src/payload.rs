@@ -10,6 +10,37 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// A top-level payload: it carries the protocol version in `v`.
+pub trait Versioned {
+    /// The payload's `v` field.
+    fn version(&self) -> u32;
+}
+
+macro_rules! versioned {
+    ($($ty:ty),* $(,)?) => {
+        $(impl Versioned for $ty {
+            fn version(&self) -> u32 {
+                self.v
+            }
+        })*
+    };
+}
+
+versioned!(
+    Hello,
+    Status,
+    Heartbeat,
+    MetricsBatch,
+    ResultsBatch,
+    EventsBatch,
+    DesiredConfig,
+    CommandMessage,
+    AgentAck,
+    ResultsAck,
+    NodeStatusView,
+    CheckStatusView,
+);
+
 /// `agents/{id}/hello`: sent on every (re)connect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

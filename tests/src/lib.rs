@@ -377,6 +377,29 @@ impl ControlPlane {
         Ok(body)
     }
 
+    /// Runs `vantage <args>` against this control plane's data dir and store; returns
+    /// (success, stdout, stderr).
+    ///
+    /// # Errors
+    /// The binary cannot run.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let mut command = Command::new(bin("vantage"));
+        command
+            .args(args)
+            .env("VANTAGE_DATA_DIR", &self.data_dir)
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL");
+        if let Some(url) = &self.database_url {
+            command.env("DATABASE_URL", url);
+        }
+        let output = command.output()?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
     /// Connects to the store the control plane uses, for assertions on raw rows.
     ///
     /// # Errors

@@ -49,7 +49,7 @@ impl IngestBatch {
 }
 
 /// The newest result per (check, region) in the batch.
-fn latest_per_check_region(batch: &IngestBatch) -> Vec<&(String, String, CheckResult)> {
+pub fn latest_per_check_region(batch: &IngestBatch) -> Vec<&(String, String, CheckResult)> {
     let mut latest: BTreeMap<(&str, &str), &(String, String, CheckResult)> = BTreeMap::new();
     for row in &batch.results {
         let key = (row.2.check_id.as_str(), row.1.as_str());
@@ -116,15 +116,14 @@ impl Store {
                 for row in latest_per_check_region(batch) {
                     upsert_status!(&mut *tx, row);
                 }
-                for (agent, seq) in &max_seqs {
-                    sqlx::query(
-                        "UPDATE agents SET last_seq = GREATEST(last_seq, $2) WHERE id = $1",
-                    )
-                    .bind(agent)
-                    .bind(*seq as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                sqlx::query(
+                    "UPDATE agents SET last_seq = GREATEST(agents.last_seq, u.s) \
+                     FROM UNNEST($1::text[], $2::bigint[]) AS u(a, s) WHERE agents.id = u.a",
+                )
+                .bind(max_seqs.keys().map(String::as_str).collect::<Vec<_>>())
+                .bind(max_seqs.values().map(|s| *s as i64).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
             }
             Store::Sqlite(pool) => {

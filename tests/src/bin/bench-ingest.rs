@@ -4,7 +4,7 @@
 //! rows in the same run.
 //!
 //! Usage: `bench-ingest --backend sqlite|postgres [--agents N] [--rows-per-agent N]
-//! [--batch N]`. PostgreSQL comes from `VANTAGE_TEST_PG_URL` (`scripts/bench` starts one);
+//! [--batch N] [--cp-batch-rows N]`. PostgreSQL comes from `VANTAGE_TEST_PG_URL` (`scripts/bench` starts one);
 //! the COPY baseline always runs there, with `psql \copy`.
 
 use std::io::Write;
@@ -20,6 +20,7 @@ struct Args {
     agents: usize,
     rows_per_agent: u64,
     batch: u64,
+    cp_batch_rows: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -28,6 +29,7 @@ fn parse_args() -> anyhow::Result<Args> {
         agents: 50,
         rows_per_agent: 4000,
         batch: 100,
+        cp_batch_rows: 5000,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
@@ -45,6 +47,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--agents" => args.agents = value.parse()?,
             "--rows-per-agent" => args.rows_per_agent = value.parse()?,
             "--batch" => args.batch = value.parse()?,
+            "--cp-batch-rows" => args.cp_batch_rows = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -57,28 +60,50 @@ fn result_item(seq: u64) -> serde_json::Value {
         "timings": {"dns_ms": 0.05, "connect_ms": 0.4, "ttfb_ms": 1.2, "transfer_ms": 0.1, "total_ms": 1.8}})
 }
 
-async fn run_agent(identity: MqttIdentity, rows: u64, batch: u64) -> anyhow::Result<()> {
+/// A connected simulated agent, subscribed to its acks.
+struct SimulatedAgent {
+    id: String,
+    client: AsyncClient,
+    eventloop: rumqttc::EventLoop,
+}
+
+async fn connect_agent(identity: MqttIdentity) -> anyhow::Result<SimulatedAgent> {
     let mut options = identity.options(&identity.agent_id)?;
     options.set_inflight(200);
     let (client, mut eventloop) = AsyncClient::new(options, 256);
     connect(&mut eventloop).await?;
-    let ack_topic = format!("vantage/v1/agents/{}/results/ack", identity.agent_id);
-    client.subscribe(&ack_topic, QoS::AtMostOnce).await?;
-    let topic = format!("vantage/v1/agents/{}/results", identity.agent_id);
-    let publisher = client.clone();
+    client
+        .subscribe(format!("vantage/v1/agents/{}/results/ack", identity.agent_id), QoS::AtMostOnce)
+        .await?;
+    // Wait for the SUBACK so no ack can be missed.
+    loop {
+        if let Event::Incoming(Incoming::SubAck(_)) = eventloop.poll().await? {
+            break;
+        }
+    }
+    Ok(SimulatedAgent {
+        id: identity.agent_id,
+        client,
+        eventloop,
+    })
+}
+
+/// Publishes every row of one agent and returns when its last seq is acknowledged.
+async fn run_agent(agent: SimulatedAgent, rows: u64, batch: u64) -> anyhow::Result<()> {
+    let SimulatedAgent {
+        id,
+        client,
+        mut eventloop,
+    } = agent;
+    let ack_topic = format!("vantage/v1/agents/{id}/results/ack");
+    let topic = format!("vantage/v1/agents/{id}/results");
     tokio::spawn(async move {
         let mut seq = 1;
         while seq <= rows {
-            let items: Vec<_> = (seq..(seq + batch).min(rows + 1))
-                .map(result_item)
-                .collect();
+            let items: Vec<_> = (seq..(seq + batch).min(rows + 1)).map(result_item).collect();
             seq += items.len() as u64;
             let payload = serde_json::to_vec(&json!({"v": 1, "items": items})).unwrap_or_default();
-            if publisher
-                .publish(&topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .is_err()
-            {
+            if client.publish(&topic, QoS::AtLeastOnce, false, payload).await.is_err() {
                 return;
             }
         }
@@ -92,7 +117,7 @@ async fn run_agent(identity: MqttIdentity, rows: u64, batch: u64) -> anyhow::Res
                 }
             }
             Ok(_) => {}
-            Err(error) => anyhow::bail!("agent {} lost its session: {error}", identity.agent_id),
+            Err(error) => anyhow::bail!("agent {id} lost its session: {error}"),
         }
     }
 }
@@ -152,7 +177,8 @@ async fn main() -> anyhow::Result<()> {
     let pg_admin_url = std::env::var("VANTAGE_TEST_PG_URL")
         .context("VANTAGE_TEST_PG_URL is not set: run scripts/bench")?;
     let store = TestStore::create(args.backend).await?;
-    let cp = ControlPlane::start(&store).await?;
+    let batch_rows = args.cp_batch_rows.to_string();
+    let cp = ControlPlane::start_with(&store, &[("VANTAGE_INGEST_BATCH_ROWS", &batch_rows)]).await?;
     let mut identities = Vec::new();
     for _ in 0..args.agents {
         identities.push(MqttIdentity::enroll(&cp, "bench").await?);
@@ -161,14 +187,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let agent_ids: Vec<String> = identities.iter().map(|i| i.agent_id.clone()).collect();
     let total = args.agents as u64 * args.rows_per_agent;
+    // Connect every agent first: the timed part is ingest, not TLS logins.
+    let mut agents = Vec::new();
+    for identity in identities {
+        agents.push(connect_agent(identity).await?);
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for identity in identities {
-        tasks.push(tokio::spawn(run_agent(
-            identity,
-            args.rows_per_agent,
-            args.batch,
-        )));
+    for agent in agents {
+        tasks.push(tokio::spawn(run_agent(agent, args.rows_per_agent, args.batch)));
     }
     for task in tasks {
         task.await??;
@@ -186,10 +213,11 @@ async fn main() -> anyhow::Result<()> {
         Backend::Postgres => "postgres",
     };
     println!(
-        "ingest backend={backend} agents={} rows={total} batch={} elapsed_s={:.2} committed_rows_per_s={:.0} \
+        "ingest backend={backend} agents={} rows={total} batch={} cp_batch_rows={} elapsed_s={:.2} committed_rows_per_s={:.0} \
          pg_copy_rows_per_s={:.0} ratio_to_copy={:.0}%",
         args.agents,
         args.batch,
+        args.cp_batch_rows,
         elapsed.as_secs_f64(),
         ingest_rate,
         copy_rate,
