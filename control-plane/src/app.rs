@@ -264,7 +264,8 @@ async fn sweep_silent_agents(state: AppState) {
             let silent = agent.last_seen_ms.is_none_or(|seen| now - seen > window_ms);
             if agent.revoked_at_ms.is_none() && agent.state == "online" && silent {
                 tracing::warn!(agent = %agent.id, "No heartbeat for three intervals; marking offline");
-                crate::ingest::on_status(&state, &agent.id, &agent.region, NodeState::Offline).await;
+                crate::ingest::on_status(&state, &agent.id, &agent.region, NodeState::Offline)
+                    .await;
             }
         }
     }

@@ -42,7 +42,10 @@ pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, Decode
 ///
 /// # Errors
 /// See [`DecodeError`].
-pub fn decode_limited<T: DeserializeOwned + Versioned>(bytes: &[u8], max: usize) -> Result<T, DecodeError> {
+pub fn decode_limited<T: DeserializeOwned + Versioned>(
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, DecodeError> {
     if bytes.len() > max {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),

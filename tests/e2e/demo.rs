@@ -42,37 +42,59 @@ async fn the_demo_fleet_comes_up_and_reports() -> anyhow::Result<()> {
     let get = |path: String| {
         let (client, token, api) = (client.clone(), token.clone(), api.clone());
         async move {
-            let response = client.get(format!("{api}{path}")).bearer_auth(&token).send().await.ok()?;
+            let response = client
+                .get(format!("{api}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?;
             response.json::<serde_json::Value>().await.ok()
         }
     };
-    wait_for("three agents online in three regions", Duration::from_secs(40), || async {
-        let agents = get("/api/v1/agents".into()).await?;
-        let mut regions: Vec<String> = agents
-            .as_array()?
-            .iter()
-            .filter(|a| a["state"] == "online")
-            .filter_map(|a| a["region"].as_str().map(str::to_owned))
-            .collect();
-        regions.sort();
-        (regions == ["asia", "europe", "us-east"]).then_some(())
-    })
+    wait_for(
+        "three agents online in three regions",
+        Duration::from_secs(40),
+        || async {
+            let agents = get("/api/v1/agents".into()).await?;
+            let mut regions: Vec<String> = agents
+                .as_array()?
+                .iter()
+                .filter(|a| a["state"] == "online")
+                .filter_map(|a| a["region"].as_str().map(str::to_owned))
+                .collect();
+            regions.sort();
+            (regions == ["asia", "europe", "us-east"]).then_some(())
+        },
+    )
     .await?;
     for check in ["demo-http", "demo-tcp"] {
         wait_for("demo results", Duration::from_secs(40), || async {
             let rows = get(format!("/api/v1/results?check={check}")).await?;
-            rows.as_array()?.iter().any(|r| r["ok"] == true).then_some(())
+            rows.as_array()?
+                .iter()
+                .any(|r| r["ok"] == true)
+                .then_some(())
         })
         .await
         .with_context(|| format!("no passing result for {check}"))?;
     }
     // SIGTERM: the demo stops its agents and exits cleanly.
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status()?;
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()?;
     assert!(status.success());
-    let exited = wait_for("the demo to exit", Duration::from_secs(20), || async {
-        child.try_wait().ok().flatten()
-    })
-    .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exited = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the demo did not exit on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(exited.success(), "demo exited with {exited}");
     Ok(())
 }

@@ -183,7 +183,10 @@ async fn nothing_is_lost_while_the_control_plane_is_down(backend: Backend) -> an
     Ok(())
 }
 
-crate::both_backends!(spool_overflow_is_counted_and_reported, spool_overflow_is_counted_and_reported);
+crate::both_backends!(
+    spool_overflow_is_counted_and_reported,
+    spool_overflow_is_counted_and_reported
+);
 
 /// With a tiny spool and the control plane down, the oldest entries go and the agent
 /// reports how many in its heartbeats.
@@ -191,7 +194,11 @@ async fn spool_overflow_is_counted_and_reported(backend: Backend) -> anyhow::Res
     let store = TestStore::create(backend).await?;
     let mut cp = ControlPlane::start_with(&store, &[("VANTAGE_HEARTBEAT_INTERVAL_S", "1")]).await?;
     let token = cp.enrollment_token("europe", 1).await?;
-    let agent = Agent::start(&cp, &token, "metrics_interval_s = 1\n[spool]\nmax_entries = 3")?;
+    let agent = Agent::start(
+        &cp,
+        &token,
+        "metrics_interval_s = 1\n[spool]\nmax_entries = 3",
+    )?;
     let id = agent.wait_enrolled().await?;
     wait_for("agent online", Duration::from_secs(20), || async {
         (cp.agent(&id).await.ok()?["state"] == "online").then_some(())
@@ -200,10 +207,14 @@ async fn spool_overflow_is_counted_and_reported(backend: Backend) -> anyhow::Res
     cp.kill();
     tokio::time::sleep(Duration::from_secs(8)).await;
     cp.spawn().await?;
-    let view = wait_for("the drop count in a heartbeat", Duration::from_secs(30), || async {
-        let view = cp.agent(&id).await.ok()?;
-        (view["spool_dropped_total"].as_i64()? >= 3).then_some(view)
-    })
+    let view = wait_for(
+        "the drop count in a heartbeat",
+        Duration::from_secs(30),
+        || async {
+            let view = cp.agent(&id).await.ok()?;
+            (view["spool_dropped_total"].as_i64()? >= 3).then_some(view)
+        },
+    )
     .await
     .with_context(|| agent.log())?;
     // The newest entries survived and were delivered.
@@ -212,6 +223,10 @@ async fn spool_overflow_is_counted_and_reported(backend: Backend) -> anyhow::Res
     let max = *seqs.iter().next_back().context("rows")?;
     assert!(max >= 8, "{view}");
     let dropped = view["spool_dropped_total"].as_i64().context("dropped")?;
-    assert!(seqs.len() as i64 + dropped >= max - 1, "unaccounted entries: {} stored, {dropped} dropped, max {max}", seqs.len());
+    assert!(
+        seqs.len() as i64 + dropped >= max - 1,
+        "unaccounted entries: {} stored, {dropped} dropped, max {max}",
+        seqs.len()
+    );
     Ok(())
 }

@@ -338,7 +338,10 @@ async fn a_revoked_agent_is_disconnected_and_refused(backend: Backend) -> anyhow
     Ok(())
 }
 
-crate::both_backends!(the_cli_manages_tokens_and_revokes_live_agents, the_cli_manages_tokens_and_revokes_live_agents);
+crate::both_backends!(
+    the_cli_manages_tokens_and_revokes_live_agents,
+    the_cli_manages_tokens_and_revokes_live_agents
+);
 
 async fn the_cli_manages_tokens_and_revokes_live_agents(backend: Backend) -> anyhow::Result<()> {
     let store = TestStore::create(backend).await?;
@@ -348,7 +351,18 @@ async fn the_cli_manages_tokens_and_revokes_live_agents(backend: Backend) -> any
     assert!(out.contains("migrations applied"));
 
     // A token made by the CLI enrolls an agent through the running control plane.
-    let (ok, token, err) = cp.cli(&["token", "create", "--region", "us-west", "--labels", "tier=edge", "--uses", "2", "--ttl", "1h"])?;
+    let (ok, token, err) = cp.cli(&[
+        "token",
+        "create",
+        "--region",
+        "us-west",
+        "--labels",
+        "tier=edge",
+        "--uses",
+        "2",
+        "--ttl",
+        "1h",
+    ])?;
     assert!(ok, "{err}");
     let agent = Agent::start(&cp, token.trim(), "")?;
     let id = agent.wait_enrolled().await?;
@@ -356,7 +370,10 @@ async fn the_cli_manages_tokens_and_revokes_live_agents(backend: Backend) -> any
     assert_eq!(view["region"], "us-west");
     assert_eq!(view["labels"]["tier"], "edge");
     let (ok, listing, _) = cp.cli(&["token", "list"])?;
-    assert!(ok && listing.contains("us-west") && listing.contains("uses_left=1"), "{listing}");
+    assert!(
+        ok && listing.contains("us-west") && listing.contains("uses_left=1"),
+        "{listing}"
+    );
     assert!(!listing.contains(token.trim()), "the CLI listed a secret");
 
     // Bad input is refused with a clear message and creates nothing.
@@ -375,13 +392,18 @@ async fn the_cli_manages_tokens_and_revokes_live_agents(backend: Backend) -> any
     let (ok, out, err) = cp.cli(&["agent", "revoke", &id])?;
     assert!(ok, "{err}");
     assert!(out.contains("revoked"));
-    wait_for("the revoked agent disconnected", Duration::from_secs(10), || async {
-        agent.log().contains("Disconnected").then_some(())
-    })
+    wait_for(
+        "the revoked agent disconnected",
+        Duration::from_secs(10),
+        || async { agent.log().contains("Disconnected").then_some(()) },
+    )
     .await?;
     let (ok, _, err) = cp.cli(&["agent", "revoke", &id])?;
     assert!(!ok && err.contains("already revoked"), "{err}");
     let (ok, listing, _) = cp.cli(&["agent", "list"])?;
-    assert!(ok && listing.contains(&id) && listing.contains("revoked"), "{listing}");
+    assert!(
+        ok && listing.contains(&id) && listing.contains("revoked"),
+        "{listing}"
+    );
     Ok(())
 }

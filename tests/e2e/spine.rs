@@ -174,7 +174,9 @@ async fn enroll_report_store_and_stream(backend: Backend) -> anyhow::Result<()> 
     assert!(chunk.contains(&id), "{chunk}");
 
     // A check added while the agent runs reaches it as a new config revision, no restart.
-    let revision = cp.agent(&id).await?["config_revision"].as_i64().unwrap_or(0);
+    let revision = cp.agent(&id).await?["config_revision"]
+        .as_i64()
+        .unwrap_or(0);
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let tcp_port = tcp.local_addr()?.port();
     tokio::spawn(async move { while tcp.accept().await.is_ok() {} });
@@ -186,14 +188,26 @@ async fn enroll_report_store_and_stream(backend: Backend) -> anyhow::Result<()> 
         )
         .await?;
     anyhow::ensure!(status == 201, "create check: {status} {body}");
-    wait_for("results of the new check", Duration::from_secs(20), || async {
-        let (_, rows) = cp.get(&format!("/api/v1/results?agent={id}&check=ssh-like")).await.ok()?;
-        let first = rows.as_array()?.first()?.clone();
-        (first["ok"] == true).then_some(())
-    })
+    wait_for(
+        "results of the new check",
+        Duration::from_secs(20),
+        || async {
+            let (_, rows) = cp
+                .get(&format!("/api/v1/results?agent={id}&check=ssh-like"))
+                .await
+                .ok()?;
+            let first = rows.as_array()?.first()?.clone();
+            (first["ok"] == true).then_some(())
+        },
+    )
     .await
     .with_context(|| agent.log())?;
-    assert!(cp.agent(&id).await?["config_revision"].as_i64().unwrap_or(0) > revision);
+    assert!(
+        cp.agent(&id).await?["config_revision"]
+            .as_i64()
+            .unwrap_or(0)
+            > revision
+    );
     assert!(agent.log().contains("Applying desired config"));
 
     // The desired config was applied and acknowledged revision is visible.

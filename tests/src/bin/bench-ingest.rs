@@ -73,7 +73,10 @@ async fn connect_agent(identity: MqttIdentity) -> anyhow::Result<SimulatedAgent>
     let (client, mut eventloop) = AsyncClient::new(options, 256);
     connect(&mut eventloop).await?;
     client
-        .subscribe(format!("vantage/v1/agents/{}/results/ack", identity.agent_id), QoS::AtMostOnce)
+        .subscribe(
+            format!("vantage/v1/agents/{}/results/ack", identity.agent_id),
+            QoS::AtMostOnce,
+        )
         .await?;
     // Wait for the SUBACK so no ack can be missed.
     loop {
@@ -100,10 +103,16 @@ async fn run_agent(agent: SimulatedAgent, rows: u64, batch: u64) -> anyhow::Resu
     tokio::spawn(async move {
         let mut seq = 1;
         while seq <= rows {
-            let items: Vec<_> = (seq..(seq + batch).min(rows + 1)).map(result_item).collect();
+            let items: Vec<_> = (seq..(seq + batch).min(rows + 1))
+                .map(result_item)
+                .collect();
             seq += items.len() as u64;
             let payload = serde_json::to_vec(&json!({"v": 1, "items": items})).unwrap_or_default();
-            if client.publish(&topic, QoS::AtLeastOnce, false, payload).await.is_err() {
+            if client
+                .publish(&topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -178,7 +187,8 @@ async fn main() -> anyhow::Result<()> {
         .context("VANTAGE_TEST_PG_URL is not set: run scripts/bench")?;
     let store = TestStore::create(args.backend).await?;
     let batch_rows = args.cp_batch_rows.to_string();
-    let cp = ControlPlane::start_with(&store, &[("VANTAGE_INGEST_BATCH_ROWS", &batch_rows)]).await?;
+    let cp =
+        ControlPlane::start_with(&store, &[("VANTAGE_INGEST_BATCH_ROWS", &batch_rows)]).await?;
     let mut identities = Vec::new();
     for _ in 0..args.agents {
         identities.push(MqttIdentity::enroll(&cp, "bench").await?);
@@ -195,7 +205,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for agent in agents {
-        tasks.push(tokio::spawn(run_agent(agent, args.rows_per_agent, args.batch)));
+        tasks.push(tokio::spawn(run_agent(
+            agent,
+            args.rows_per_agent,
+            args.batch,
+        )));
     }
     for task in tasks {
         task.await??;
