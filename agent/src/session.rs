@@ -223,7 +223,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     match topic::Topic::parse(&name) {
                         Ok(topic::Topic::Agent { kind: AgentTopic::ResultsAck, .. }) => {
                             if let Ok(ack) = decode::<ResultsAck>(&payload)
-                                && let Err(error) = spool.ack(ack.seq) {
+                                && let Err(error) = spool.ack(&ack.ranges) {
                                 tracing::error!(%error, "Cannot record an ack");
                             }
                         }
@@ -391,7 +391,10 @@ impl Scheduler {
             let results = self.results.clone();
             let handle = tokio::spawn(async move {
                 let period = Duration::from_secs(u64::from(spec.interval_s.max(1)));
-                let offset = period.mul_f64(rand::rng().random_range(0.0..1.0));
+                // First run soon (a new check shows a result quickly), spread over up to 5 s
+                // so agents do not fire together; then every interval.
+                let spread = period.min(Duration::from_secs(5));
+                let offset = spread.mul_f64(rand::rng().random_range(0.0..1.0));
                 tokio::time::sleep(offset).await;
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

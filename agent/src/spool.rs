@@ -3,13 +3,15 @@
 //!
 //! Every entry gets the next per-agent sequence number and is appended to a journal file in
 //! the state dir before it is sent, so neither a lost link nor a killed agent loses it, and
-//! the sequence continues after a restart. An ack (or a drop at a bound) appends a cut line;
-//! the journal is rewritten compactly once it holds mostly dead lines. The bounds are entries
+//! the sequence continues after a restart. An ack names exact seq ranges and appends an ack
+//! line; a drop at a bound appends a cut line; the journal is rewritten compactly once it
+//! holds mostly dead lines. The bounds are entries
 //! and bytes: when one is hit the oldest entries go first and the count of dropped entries is
 //! kept (and reported in heartbeats), never silent.
 //!
 //! Journal lines: `{"h":{"next_seq":N,"cut":C,"dropped":D}}` (header after compaction),
-//! `{"e":{"seq":N,"k":"r|m|e","d":<item JSON>}}`, `{"cut":N}` (with `"dropped":D` after a drop). A torn last line is skipped.
+//! `{"e":{"seq":N,"k":"r|m|e","d":<item JSON>}}`, `{"ack":[[from,to],…]}`,
+//! `{"cut":N,"dropped":D}` (everything up to N dropped). A torn last line is skipped.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -65,6 +67,8 @@ struct AnyLine<'a> {
     cut: Option<u64>,
     #[serde(default)]
     dropped: Option<u64>,
+    #[serde(default)]
+    ack: Option<Vec<(u64, u64)>>,
 }
 
 /// Errors of the spool's journal.
@@ -120,6 +124,7 @@ impl Spool {
         let mut entries = VecDeque::new();
         let (mut next_seq, mut cut, mut dropped) = (1u64, 0u64, 0u64);
         let mut lines = 0usize;
+        let mut acked: Vec<(u64, u64)> = Vec::new();
         if path.exists() {
             let reader = BufReader::new(File::open(&path).map_err(err)?);
             for line in reader.lines() {
@@ -148,9 +153,12 @@ impl Spool {
                 if let Some(d) = parsed.dropped {
                     dropped = dropped.max(d);
                 }
+                if let Some(ranges) = parsed.ack {
+                    acked.extend(ranges);
+                }
             }
         }
-        entries.retain(|e| e.seq > cut);
+        entries.retain(|e| e.seq > cut && !acked.iter().any(|(a, b)| (*a..=*b).contains(&e.seq)));
         let bytes = entries.iter().map(|e| e.json.len()).sum();
         let journal = BufWriter::new(
             OpenOptions::new()
@@ -213,7 +221,6 @@ impl Spool {
         make: impl FnOnce(u64) -> String,
     ) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
-        self.next_seq += 1;
         let json = make(seq);
         let raw = RawValue::from_string(json.clone()).map_err(|e| SpoolError {
             path: self.path.clone(),
@@ -222,6 +229,8 @@ impl Spool {
         let line = serde_json::json!({ "e": { "seq": seq, "k": kind, "d": raw } });
         writeln!(self.journal, "{line}").map_err(self.err())?;
         self.journal.flush().map_err(self.err())?;
+        // The seq is spent only once the entry is on disk: a failed write leaves no gap.
+        self.next_seq += 1;
         self.journal_lines += 1;
         self.bytes += json.len();
         self.entries.push_back(Entry {
@@ -251,37 +260,40 @@ impl Spool {
             writeln!(self.journal, "{line}").map_err(self.err())?;
             self.journal.flush().map_err(self.err())?;
             self.journal_lines += 1;
+            if self.journal_lines > 2 * self.entries.len() + 1000 {
+                self.compact()?;
+            }
         }
         Ok(())
     }
 
-    fn write_cut(&mut self, seq: u64) -> Result<(), SpoolError> {
-        self.cut = self.cut.max(seq);
-        writeln!(self.journal, "{{\"cut\":{seq}}}").map_err(self.err())?;
+    /// The control plane committed (or refused for good) exactly the seqs in `ranges`:
+    /// forget those entries. Returns how many were forgotten.
+    ///
+    /// # Errors
+    /// The journal cannot be written.
+    pub fn ack(&mut self, ranges: &[(u64, u64)]) -> Result<usize, SpoolError> {
+        let before = self.entries.len();
+        let mut freed = 0;
+        self.entries.retain(|e| {
+            let acked = ranges.iter().any(|(a, b)| (*a..=*b).contains(&e.seq));
+            if acked {
+                freed += e.json.len();
+            }
+            !acked
+        });
+        let n = before - self.entries.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        self.bytes -= freed;
+        let line = serde_json::json!({ "ack": ranges });
+        writeln!(self.journal, "{line}").map_err(self.err())?;
         self.journal.flush().map_err(self.err())?;
         self.journal_lines += 1;
         if self.journal_lines > 2 * self.entries.len() + 1000 {
             self.compact()?;
         }
-        Ok(())
-    }
-
-    /// The control plane committed everything up to `seq`: forget it.
-    ///
-    /// # Errors
-    /// The journal cannot be written.
-    pub fn ack(&mut self, seq: u64) -> Result<usize, SpoolError> {
-        if seq <= self.cut {
-            return Ok(0);
-        }
-        let mut n = 0;
-        while self.entries.front().is_some_and(|e| e.seq <= seq) {
-            if let Some(old) = self.entries.pop_front() {
-                self.bytes -= old.json.len();
-                n += 1;
-            }
-        }
-        self.write_cut(seq)?;
         Ok(n)
     }
 
@@ -386,7 +398,7 @@ mod tests {
         for _ in 0..5 {
             spool.push(Kind::Result, item).unwrap();
         }
-        assert_eq!(spool.ack(2).unwrap(), 2);
+        assert_eq!(spool.ack(&[(1, 2)]).unwrap(), 2);
         drop(spool);
         let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
         assert_eq!(spool.len(), 3);
@@ -403,7 +415,15 @@ mod tests {
         );
         spool.mark_all_unsent();
         assert!(spool.next_batch(10, 1 << 20).is_some());
-        spool.ack(5).unwrap();
+        assert_eq!(spool.ack(&[(3, 3), (5, 5)]).unwrap(), 2);
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        assert_eq!(spool.len(), 1, "only seq 4 is left after exact acks");
+        assert_eq!(
+            spool.next_batch(10, 1 << 20).unwrap().1,
+            "{\"v\":1,\"items\":[{\"seq\":4}]}"
+        );
+        spool.ack(&[(4, 4)]).unwrap();
         drop(spool);
         let spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
         assert!(spool.is_empty());

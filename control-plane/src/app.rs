@@ -93,6 +93,7 @@ impl Application {
             mqtt_public_addr: format!("{}:{mqtt_port}", settings.public_host),
             settings: Arc::new(settings.clone()),
             assign_lock: Arc::default(),
+            reassign: Arc::default(),
             rate_limiter: Arc::new(crate::api::RateLimiter::new(200.0, 400.0)),
         };
         republish_retained(&state).await?;
@@ -102,19 +103,20 @@ impl Application {
             state.clone(),
             subscription,
         )));
-        let door = Arc::new(FrontDoor {
-            acceptor: tokio_rustls::TlsAcceptor::from(pki.mqtt_server_config()?),
-            broker_addr: broker.addr,
-            credential: broker.credential.clone(),
+        let door = Arc::new(FrontDoor::new(
+            tokio_rustls::TlsAcceptor::from(pki.mqtt_server_config()?),
+            broker.addr,
+            broker.credential.clone(),
             registry,
             counters,
             store,
-            settings: FrontDoorSettings {
+            FrontDoorSettings {
                 handshake_timeout: settings.handshake_timeout(),
                 connect_timeout: Duration::from_secs(10),
                 max_connections: settings.max_connections,
+                max_pending_per_address: settings.max_pending_handshakes_per_address,
             },
-        });
+        ));
         tasks.push(tokio::spawn(door.serve(mqtt_listener)));
         tasks.push(tokio::spawn(crate::api::server::serve(
             http_listener,
@@ -123,6 +125,7 @@ impl Application {
         )));
         tasks.push(tokio::spawn(refresh_revoked(state.clone())));
         tasks.push(tokio::spawn(sweep_silent_agents(state.clone())));
+        tasks.push(tokio::spawn(crate::assign::worker(state.clone())));
         tracing::info!(
             http_port,
             mqtt_port,
@@ -259,13 +262,26 @@ async fn sweep_silent_agents(state: AppState) {
                 continue;
             }
         };
-        let now = crate::store::now_ms();
+        let cutoff = crate::store::now_ms() - window_ms;
         for agent in agents {
-            let silent = agent.last_seen_ms.is_none_or(|seen| now - seen > window_ms);
-            if agent.revoked_at_ms.is_none() && agent.state == "online" && silent {
-                tracing::warn!(agent = %agent.id, "No heartbeat for three intervals; marking offline");
-                crate::ingest::on_status(&state, &agent.id, &agent.region, NodeState::Offline)
+            let silent = agent.last_seen_ms.is_none_or(|seen| seen < cutoff);
+            if agent.revoked_at_ms.is_some() || agent.state != "online" || !silent {
+                continue;
+            }
+            // Conditional on the row as it is now, not on this snapshot.
+            match state.store.mark_offline_if_silent(&agent.id, cutoff).await {
+                Ok(true) => {
+                    tracing::warn!(agent = %agent.id, "No heartbeat for three intervals; marked offline");
+                    crate::ingest::publish_status(
+                        &state,
+                        &agent.id,
+                        &agent.region,
+                        NodeState::Offline,
+                    )
                     .await;
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "Heartbeat sweep failed"),
             }
         }
     }

@@ -109,3 +109,17 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// Runs [`reconcile`] whenever agents come and go; changes arriving within 50 ms of each
+/// other share one run, so a thousand agents reconnecting do not cause a thousand runs.
+pub async fn worker(state: AppState) {
+    loop {
+        state.reassign.notified().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if let Err(error) = reconcile(&state).await {
+            tracing::warn!(%error, "Reassignment failed; retrying in 1 s");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            state.reassign.notify_one();
+        }
+    }
+}

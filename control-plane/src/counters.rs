@@ -40,6 +40,8 @@ counters! {
     frontdoor_over_limit => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"connection_limit\"}"),
     frontdoor_handshake_failed => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"tls_handshake\"}"),
     frontdoor_handshake_timeout => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"tls_timeout\"}"),
+    frontdoor_address_limit => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"address_limit\"}"),
+    frontdoor_connect_timeout => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"connect_timeout\"}"),
     frontdoor_revoked => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"revoked\"}"),
     frontdoor_bad_credentials => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"credentials\"}"),
     frontdoor_identity_mismatch => ("vantage_frontdoor_refused_total", "Front-door connections refused, by reason.", "{reason=\"identity\"}"),

@@ -72,6 +72,21 @@ fn agent_binary(args: &DemoArgs) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Writes a file only its owner can read: it holds a token.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
 /// A tiny HTTP/1.1 target that answers 200 to everything.
 async fn http_target() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -166,7 +181,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             data_dir.join("pki").join("ca.pem").display(),
             agent_dir.join("state").display(),
         );
-        std::fs::write(&config_path, config)?;
+        write_private(&config_path, &config)?;
         let log = std::fs::File::create(agent_dir.join("agent.log"))?;
         let child = Command::new(&agent_bin)
             .arg("--config")
@@ -188,7 +203,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir.join("pki").join("ca.pem").display(),
         data_dir.display()
     );
-    std::fs::write(data_dir.join("demo.env"), &env_text)?;
+    write_private(&data_dir.join("demo.env"), &env_text)?;
     println!("Vantage demo fleet is starting: 3 agents (us-east, europe, asia), 2 checks.\n");
     print!("{env_text}");
     println!(

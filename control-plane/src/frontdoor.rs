@@ -1,8 +1,8 @@
 //! The public MQTT listener: TLS, identity and topic rules in front of the loopback broker.
 //!
 //! Every accepted TCP connection gets its own task, so a client that never finishes its TLS
-//! handshake delays nobody; the handshake runs under a timeout and the number of open
-//! connections is capped. After TLS the first packet must be an MQTT 3.1.1 CONNECT:
+//! handshake delays nobody; the handshake runs under a timeout, the number of open
+//! connections is capped, and so is the number of handshakes in progress from one address. After TLS the first packet must be an MQTT 3.1.1 CONNECT:
 //! - with a client certificate from our CA, the identity is the certificate's CN (an agent
 //!   id); the client id must equal it, the agent must not be revoked, and a last will may
 //!   only target the agent's own `status` topic;
@@ -44,6 +44,48 @@ pub struct FrontDoorSettings {
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_connections: usize,
+    /// Most TLS handshakes in progress from one client address.
+    pub max_pending_per_address: usize,
+}
+
+/// Handshakes in progress per client address.
+#[derive(Debug, Default)]
+struct Pending {
+    counts: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Releases one pending-handshake slot of an address when dropped.
+struct PendingSlot {
+    pending: Arc<Pending>,
+    ip: std::net::IpAddr,
+}
+
+impl Pending {
+    fn try_take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PendingSlot> {
+        let mut counts = self.counts.lock().ok()?;
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PendingSlot {
+            pending: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.pending.counts.lock()
+            && let Some(count) = counts.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Who is on the other end of a connection.
@@ -114,9 +156,32 @@ pub struct FrontDoor {
     pub counters: Arc<Counters>,
     pub store: Store,
     pub settings: FrontDoorSettings,
+    pending: Arc<Pending>,
 }
 
 impl FrontDoor {
+    /// A front door; see the fields of [`FrontDoor`].
+    pub fn new(
+        acceptor: TlsAcceptor,
+        broker_addr: SocketAddr,
+        credential: InternalCredential,
+        registry: Arc<Registry>,
+        counters: Arc<Counters>,
+        store: Store,
+        settings: FrontDoorSettings,
+    ) -> FrontDoor {
+        FrontDoor {
+            acceptor,
+            broker_addr,
+            credential,
+            registry,
+            counters,
+            store,
+            settings,
+            pending: Arc::default(),
+        }
+    }
+
     /// Accepts connections on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
@@ -133,8 +198,17 @@ impl FrontDoor {
                 .frontdoor_accepted
                 .fetch_add(1, Ordering::Relaxed);
             let Ok(slot) = slots.clone().try_acquire_owned() else {
+                self.counters.frontdoor_over_limit.fetch_add(1, Ordering::Relaxed);
+                drop(tcp);
+                continue;
+            };
+            // Taken here, in accept order, so the limit is exact.
+            let Some(pending_slot) = self
+                .pending
+                .try_take(peer.ip(), self.settings.max_pending_per_address)
+            else {
                 self.counters
-                    .frontdoor_over_limit
+                    .frontdoor_address_limit
                     .fetch_add(1, Ordering::Relaxed);
                 drop(tcp);
                 continue;
@@ -142,12 +216,12 @@ impl FrontDoor {
             let door = self.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                door.handle(tcp, peer).await;
+                door.handle(tcp, peer, pending_slot).await;
             });
         }
     }
 
-    async fn handle(&self, tcp: TcpStream, peer: SocketAddr) {
+    async fn handle(&self, tcp: TcpStream, peer: SocketAddr, pending_slot: PendingSlot) {
         let _ = tcp.set_nodelay(true);
         let tls =
             match tokio::time::timeout(self.settings.handshake_timeout, self.acceptor.accept(tcp))
@@ -180,6 +254,7 @@ impl FrontDoor {
             },
             _ => Identity::Viewer,
         };
+        drop(pending_slot);
         if let Err(reason) = self.session(tls, identity.clone()).await {
             tracing::debug!(%peer, ?identity, %reason, "Front door closed a connection");
         }
@@ -195,7 +270,12 @@ impl FrontDoor {
             read_packet(&mut client, &mut buffer),
         )
         .await
-        .map_err(|_| "no CONNECT in time".to_owned())?;
+        .map_err(|_| {
+            self.counters
+                .frontdoor_connect_timeout
+                .fetch_add(1, Ordering::Relaxed);
+            "no CONNECT in time".to_owned()
+        })?;
         let connect = match first {
             Ok(Packet::Connect(connect)) if connect.protocol == Protocol::V4 => connect,
             Ok(_) | Err(_) => {

@@ -28,7 +28,7 @@ use crate::store::now_ms;
 enum Rows {
     Results(String, String, ResultsBatch),
     Metrics(String, String, MetricsBatch),
-    Events(String, EventsBatch),
+    Events(String, String, EventsBatch),
 }
 
 /// Runs ingest until the broker link closes.
@@ -63,9 +63,8 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
                 .map(|b| Some(Rows::Results(id.clone(), region.clone(), b))),
             AgentTopic::Metrics => decode::<MetricsBatch>(&message.payload)
                 .map(|b| Some(Rows::Metrics(id.clone(), region.clone(), b))),
-            AgentTopic::Events => {
-                decode::<EventsBatch>(&message.payload).map(|b| Some(Rows::Events(id.clone(), b)))
-            }
+            AgentTopic::Events => decode::<EventsBatch>(&message.payload)
+                .map(|b| Some(Rows::Events(id.clone(), region.clone(), b))),
             AgentTopic::Hello => match decode::<Hello>(&message.payload) {
                 Ok(hello) => {
                     on_hello(&state, &id, &region, hello).await;
@@ -82,8 +81,12 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
             },
             AgentTopic::Heartbeat => match decode::<Heartbeat>(&message.payload) {
                 Ok(heartbeat) => {
-                    if let Err(error) = state.store.record_heartbeat(&id, &heartbeat).await {
-                        tracing::warn!(agent = %id, %error, "Cannot record heartbeat");
+                    match state.store.record_heartbeat(&id, &heartbeat).await {
+                        Ok(true) => publish_status(&state, &id, &region, NodeState::Online).await,
+                        Ok(false) => {}
+                        Err(error) => {
+                            tracing::warn!(agent = %id, %error, "Cannot record heartbeat")
+                        }
                     }
                     Ok(None)
                 }
@@ -98,12 +101,23 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
                     break;
                 }
             }
-            Ok(Some(_)) => {
+            Ok(Some(rows)) => {
+                // Decodable but unstorable (bad identifiers, NUL characters): refused for
+                // good. Acknowledge the seqs so the agent stops resending them.
                 state
                     .counters
                     .ingest_malformed
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(agent = %id, ?kind, "Dropped rows with invalid identifiers");
+                tracing::warn!(agent = %id, ?kind, "Refused rows with invalid strings");
+                let ack = ResultsAck::from_seqs(row_seqs(&rows));
+                let _ = state
+                    .publisher
+                    .publish(
+                        &topic::agent(&id, AgentTopic::ResultsAck),
+                        encode(&ack),
+                        false,
+                    )
+                    .await;
             }
             Ok(None) => {}
             Err(error) => {
@@ -123,11 +137,32 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
     let _ = committer.await;
 }
 
+/// Whether a text can be stored on both backends (PostgreSQL refuses NUL in text).
+fn storable(text: &str) -> bool {
+    !text.contains('\0') && text.len() <= 4096
+}
+
 fn valid_rows(rows: &Rows) -> bool {
     match rows {
-        Rows::Results(_, _, batch) => batch.items.iter().all(|r| topic::valid_id(&r.check_id)),
-        Rows::Metrics(..) => true,
-        Rows::Events(_, batch) => batch.items.iter().all(|e| topic::valid_id(&e.source)),
+        Rows::Results(_, _, batch) => batch
+            .items
+            .iter()
+            .all(|r| topic::valid_id(&r.check_id) && storable(&r.reason)),
+        Rows::Metrics(_, _, batch) => batch.items.iter().all(|m| {
+            m.disks.iter().all(|d| storable(&d.mount)) && m.nets.iter().all(|n| storable(&n.iface))
+        }),
+        Rows::Events(_, _, batch) => batch
+            .items
+            .iter()
+            .all(|e| topic::valid_id(&e.source) && storable(&e.severity) && storable(&e.message)),
+    }
+}
+
+fn row_seqs(rows: &Rows) -> Vec<u64> {
+    match rows {
+        Rows::Results(_, _, b) => b.items.iter().map(|r| r.seq).collect(),
+        Rows::Metrics(_, _, b) => b.items.iter().map(|m| m.seq).collect(),
+        Rows::Events(_, _, b) => b.items.iter().map(|e| e.seq).collect(),
     }
 }
 
@@ -182,6 +217,16 @@ pub async fn on_status(state: &AppState, id: &str, region: &str, node_state: Nod
             return;
         }
     }
+    publish_status(state, id, region, node_state).await;
+}
+
+/// Publishes a connection state the store already holds: retained topic, live feed, and a
+/// reassignment.
+pub async fn publish_status(state: &AppState, id: &str, region: &str, node_state: NodeState) {
+    let text = match node_state {
+        NodeState::Online => "online",
+        NodeState::Offline => "offline",
+    };
     tracing::info!(agent = %id, state = text, "Agent state changed");
     let view = NodeStatusView {
         v: vantage_mqtt::PROTOCOL_VERSION,
@@ -202,12 +247,7 @@ pub async fn on_status(state: &AppState, id: &str, region: &str, node_state: Nod
         at_ms: view.at_ms,
         data: serde_json::to_value(&view).unwrap_or_default(),
     });
-    let state = state.clone();
-    tokio::spawn(async move {
-        if let Err(error) = crate::assign::reconcile(&state).await {
-            tracing::warn!(%error, "Reassignment failed");
-        }
-    });
+    state.reassign.notify_one();
 }
 
 async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
@@ -247,9 +287,11 @@ async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
                         .into_iter()
                         .map(|m| (agent.clone(), region.clone(), m)),
                 ),
-                Rows::Events(agent, b) => batch
-                    .events
-                    .extend(b.items.into_iter().map(|e| (agent.clone(), e))),
+                Rows::Events(agent, region, b) => batch.events.extend(
+                    b.items
+                        .into_iter()
+                        .map(|e| (agent.clone(), region.clone(), e)),
+                ),
             }
         }
         pending = rest;
@@ -280,6 +322,8 @@ async fn commit_with_retry(state: &AppState, batch: IngestBatch) {
             }
         }
     }
+    // Nothing of this batch is acknowledged (acks are exact), so the agents keep these rows
+    // and send them again.
     tracing::error!(
         rows = batch.len(),
         "Ingest batch not committed; agents keep the rows and resend"
@@ -295,11 +339,8 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
         .counters
         .ingest_batches
         .fetch_add(1, Ordering::Relaxed);
-    for (agent, seq) in batch.max_seq_per_agent() {
-        let ack = ResultsAck {
-            v: vantage_mqtt::PROTOCOL_VERSION,
-            seq,
-        };
+    for (agent, seqs) in batch.seqs_per_agent() {
+        let ack = ResultsAck::from_seqs(seqs);
         let _ = state
             .publisher
             .publish(
@@ -355,11 +396,11 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
             data: serde_json::to_value(metrics).unwrap_or_default(),
         });
     }
-    for (agent, event) in &batch.events {
+    for (agent, region, event) in &batch.events {
         state.hub.publish(LiveEvent {
             kind: "event",
             agent_id: agent.clone(),
-            region: String::new(),
+            region: region.clone(),
             check_id: None,
             at_ms: now,
             data: serde_json::to_value(event).unwrap_or_default(),

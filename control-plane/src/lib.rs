@@ -42,5 +42,7 @@ pub struct AppState {
     pub mqtt_public_addr: String,
     /// Serialises reassignment runs.
     pub assign_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the reassignment worker; bursts of state changes coalesce into one run.
+    pub reassign: Arc<tokio::sync::Notify>,
     pub rate_limiter: Arc<api::RateLimiter>,
 }

@@ -43,6 +43,13 @@ pub struct Settings {
     /// Most MQTT connections open at once.
     #[arg(long, env = "VANTAGE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Most TLS handshakes in progress from one client address on the MQTT listener.
+    #[arg(
+        long,
+        env = "VANTAGE_MAX_PENDING_HANDSHAKES_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_pending_handshakes_per_address: usize,
     /// Host metrics interval handed to agents, in seconds.
     #[arg(long, env = "VANTAGE_METRICS_INTERVAL_S", default_value_t = 10)]
     pub metrics_interval_s: u32,
@@ -72,6 +79,7 @@ impl Settings {
             public_host: "127.0.0.1".into(),
             handshake_timeout_ms: 3000,
             max_connections: 10_000,
+            max_pending_handshakes_per_address: 256,
             metrics_interval_s: 10,
             heartbeat_interval_s: 10,
             cert_validity_days: 90,

@@ -21,6 +21,7 @@ CREATE TABLE agents (
     config_revision BIGINT NOT NULL DEFAULT 0,
     desired_config TEXT,
     last_seq BIGINT NOT NULL DEFAULT 0,
+    next_seq BIGINT NOT NULL DEFAULT 0,
     spool_dropped_total BIGINT NOT NULL DEFAULT 0,
     boot_id TEXT NOT NULL DEFAULT ''
 );

@@ -228,21 +228,28 @@ mod tests {
             result: Some(sample_result(9)),
             error: None,
         });
-        round_trip(ResultsAck { v: 1, seq: 42 });
+        round_trip(ResultsAck::from_seqs(vec![42, 7, 8, 9, 44, 43]));
+        let ack = ResultsAck::from_seqs(vec![5, 3, 4, 9, 4]);
+        assert_eq!(ack.ranges, vec![(3, 5), (9, 9)]);
+        assert!(ack.covers(4) && ack.covers(9) && !ack.covers(6));
+        assert_eq!(
+            String::from_utf8(encode(&ack)).unwrap(),
+            r#"{"v":1,"ranges":[[3,5],[9,9]]}"#
+        );
     }
 
     #[test]
     fn unknown_or_missing_version_is_a_typed_error() {
         assert!(matches!(
-            decode::<ResultsAck>(br#"{"v":2,"seq":1}"#),
+            decode::<ResultsAck>(br#"{"v":2,"ranges":[]}"#),
             Err(DecodeError::UnsupportedVersion { found: 2 })
         ));
         assert!(matches!(
-            decode::<ResultsAck>(br#"{"seq":1}"#),
+            decode::<ResultsAck>(br#"{"ranges":[]}"#),
             Err(DecodeError::MissingVersion)
         ));
         assert!(matches!(
-            decode::<ResultsAck>(br#"{"v":"1","seq":1}"#),
+            decode::<ResultsAck>(br#"{"v":"1","ranges":[]}"#),
             Err(DecodeError::MissingVersion)
         ));
     }
@@ -250,9 +257,9 @@ mod tests {
     #[test]
     fn wrong_types_unknown_fields_and_garbage_are_typed_errors() {
         for bad in [
-            &br#"{"v":1,"seq":"one"}"#[..],
-            br#"{"v":1,"seq":-1}"#,
-            br#"{"v":1,"seq":1,"extra":true}"#,
+            &br#"{"v":1,"ranges":"one"}"#[..],
+            br#"{"v":1,"ranges":[[-1,2]]}"#,
+            br#"{"v":1,"ranges":[],"extra":true}"#,
             br#"{"v":1}"#,
             b"not json",
             b"",

@@ -295,12 +295,41 @@ pub struct AgentAck {
     pub error: Option<String>,
 }
 
-/// `agents/{id}/results/ack`: everything with `seq <= seq` is committed to the store.
+/// `agents/{id}/results/ack`: the entries whose seqs fall in `ranges` (inclusive `[from,
+/// to]` pairs) are committed to the store, or were refused for good; the agent may forget
+/// exactly those. Acks are exact, not cumulative, so a message lost on the way is never
+/// covered by a later ack: it stays in the spool and is sent again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsAck {
     pub v: u32,
-    pub seq: u64,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl ResultsAck {
+    /// Merges `seqs` (any order, duplicates allowed) into the fewest inclusive ranges.
+    pub fn from_seqs(mut seqs: Vec<u64>) -> ResultsAck {
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for seq in seqs {
+            match ranges.last_mut() {
+                Some((_, to)) if *to + 1 == seq => *to = seq,
+                _ => ranges.push((seq, seq)),
+            }
+        }
+        ResultsAck {
+            v: crate::PROTOCOL_VERSION,
+            ranges,
+        }
+    }
+
+    /// Whether `seq` is acknowledged.
+    pub fn covers(&self, seq: u64) -> bool {
+        self.ranges
+            .iter()
+            .any(|(from, to)| (*from..=*to).contains(&seq))
+    }
 }
 
 /// The retained node status on `status/nodes/{id}`, for viewers.

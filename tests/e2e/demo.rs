@@ -96,5 +96,20 @@ async fn the_demo_fleet_comes_up_and_reports() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(exited.success(), "demo exited with {exited}");
+    // Its agents went with it.
+    let agents_dir = data_dir.join("agents").display().to_string();
+    wait_for(
+        "the demo's agents to exit",
+        Duration::from_secs(10),
+        || async {
+            let output = Command::new("pgrep")
+                .arg("-f")
+                .arg(&agents_dir)
+                .output()
+                .ok()?;
+            output.stdout.is_empty().then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }

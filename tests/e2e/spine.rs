@@ -77,7 +77,7 @@ async fn enroll_report_store_and_stream(backend: Backend) -> anyhow::Result<()> 
 
     let online = wait_for("agent online", Duration::from_secs(20), || async {
         let agent = cp.agent(&id).await.ok()?;
-        (agent["state"] == "online" && agent["hostname"] != "").then_some(agent)
+        (agent["state"] == "online" && agent["boot_id"] != "").then_some(agent)
     })
     .await
     .with_context(|| agent.log())?;
@@ -223,15 +223,30 @@ crate::both_backends!(
 );
 
 /// A viewer (no client certificate, an API token as password) reads the retained status
-/// topics with a standard MQTT client; it may not read agent topics.
+/// topics with a standard MQTT client, also right after a control-plane restart (they are
+/// rebuilt from the store); it may not read agent topics.
 async fn retained_status_topics_for_viewers(backend: Backend) -> anyhow::Result<()> {
     let store = TestStore::create(backend).await?;
-    let cp = ControlPlane::start(&store).await?;
+    let mut cp = ControlPlane::start(&store).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    // A long interval: after the first result the next one is a minute away, so what a viewer
+    // reads right after the restart can only come from the store.
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks",
+            json!({"id": "slow-tcp", "name": "tcp", "interval_s": 60, "timeout_ms": 1000,
+                   "kind": {"type": "tcp", "host": "127.0.0.1", "port": port}, "regions": ["asia"]}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {body}");
     let token = cp.enrollment_token("asia", 1).await?;
     let agent = Agent::start(&cp, &token, "")?;
     let id = agent.wait_enrolled().await?;
-    wait_for("agent online", Duration::from_secs(20), || async {
-        (cp.agent(&id).await.ok()?["state"] == "online").then_some(())
+    let first = wait_for("the first result", Duration::from_secs(90), || async {
+        let (_, rows) = cp.get(&format!("/api/v1/results?agent={id}")).await.ok()?;
+        rows.as_array()?.first().cloned()
     })
     .await?;
     let (status, viewer) = cp
@@ -241,7 +256,10 @@ async fn retained_status_topics_for_viewers(backend: Backend) -> anyhow::Result<
         )
         .await?;
     anyhow::ensure!(status == 201, "{status} {viewer}");
-    let viewer_token = viewer["token"].as_str().context("token")?;
+    let viewer_token = viewer["token"].as_str().context("token")?.to_owned();
+
+    cp.kill();
+    cp.spawn().await?;
 
     let tls = vantage_agent::tls::pinned_client(&cp.ca_pem)?;
     let mut options = vantage_tests::tls_options("dashboard", cp.mqtt_port, tls);
@@ -250,27 +268,46 @@ async fn retained_status_topics_for_viewers(backend: Backend) -> anyhow::Result<
     vantage_tests::connect(&mut eventloop).await?;
     client
         .subscribe(
+            "vantage/v1/status/checks/slow-tcp/asia",
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await?;
+    client
+        .subscribe(
             format!("vantage/v1/status/nodes/{id}"),
             rumqttc::QoS::AtLeastOnce,
         )
         .await?;
-    let payload = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
+    let mut check_view = None;
+    let mut node_view = None;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while check_view.is_none() || node_view.is_none() {
             if let Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) =
                 eventloop.poll().await
             {
-                return p;
+                let value: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                if p.topic.contains("/status/checks/") {
+                    assert!(
+                        p.retain,
+                        "a new subscriber gets the retained status at once"
+                    );
+                    check_view = Some(value);
+                } else {
+                    node_view = Some(value);
+                }
             }
         }
     })
-    .await?;
-    assert!(
-        payload.retain,
-        "a new subscriber gets the retained status at once"
-    );
-    let view: Value = serde_json::from_slice(&payload.payload)?;
-    assert_eq!(view["state"], "online");
-    assert_eq!(view["region"], "asia");
+    .await
+    .context("retained status topics did not arrive")?;
+    let check_view = check_view.context("check status")?;
+    assert_eq!(check_view["check_id"], "slow-tcp");
+    assert_eq!(check_view["region"], "asia");
+    assert_eq!(check_view["ok"], true);
+    assert_eq!(check_view["measured_at_ms"], first["measured_at_ms"]);
+    let node_view = node_view.context("node status")?;
+    assert_eq!(node_view["region"], "asia");
+    assert!(node_view["state"] == "online" || node_view["state"] == "offline");
 
     // Reading an agent's config is refused: the connection is closed.
     client

@@ -30,6 +30,7 @@ pub struct AgentView {
     pub cert_not_after_ms: i64,
     pub config_revision: i64,
     pub last_seq: i64,
+    pub next_seq: i64,
     pub spool_dropped_total: i64,
     /// Changes whenever the agent process restarts.
     pub boot_id: String,
@@ -52,6 +53,7 @@ impl From<AgentRow> for AgentView {
             cert_not_after_ms: row.cert_not_after_ms,
             config_revision: row.config_revision,
             last_seq: row.last_seq,
+            next_seq: row.next_seq,
             spool_dropped_total: row.spool_dropped_total,
             boot_id: row.boot_id,
         }
@@ -254,6 +256,7 @@ pub async fn enroll(
         revoked_at_ms: None,
         config_revision: 0,
         last_seq: 0,
+        next_seq: 0,
         spool_dropped_total: 0,
         boot_id: String::new(),
     };

@@ -93,6 +93,12 @@ pub fn validate(body: &CheckBody) -> Result<(), ApiError> {
             if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
                 return invalid("url must be http:// or https:// with a host".into());
             }
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return invalid(
+                    "url must not carry credentials (user:password@): they would be shown to every viewer"
+                        .into(),
+                );
+            }
             if !matches!(
                 method.as_str(),
                 "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH"
@@ -234,6 +240,20 @@ pub async fn delete(
     if !state.store.delete_check(&id).await? {
         return Err(ApiError::NotFound(format!("check {id:?}")));
     }
+    // Its retained status topics go too.
+    for status in state.store.list_check_status().await? {
+        if status.check_id == id {
+            let _ = state
+                .publisher
+                .publish(
+                    &vantage_mqtt::topic::status_check_region(&id, &status.region),
+                    Vec::new(),
+                    true,
+                )
+                .await;
+        }
+    }
+    state.store.delete_check_status(&id).await?;
     crate::assign::reconcile(&state).await?;
     Ok(StatusCode::NO_CONTENT)
 }

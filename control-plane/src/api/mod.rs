@@ -147,6 +147,11 @@ fn token_from_parts(parts: &Parts) -> Option<String> {
         let text = value.to_str().ok()?;
         return text.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
+    // Browsers cannot set headers on WebSocket or EventSource requests: the live feed alone
+    // also takes `?token=`. Everywhere else a token in a URL would end up in proxy logs.
+    if !parts.uri.path().ends_with("/live") {
+        return None;
+    }
     parts.uri.query().and_then(|query| {
         query
             .split('&')

@@ -17,7 +17,7 @@ use super::{Store, StoreError};
 pub struct IngestBatch {
     pub results: Vec<(String, String, CheckResult)>,
     pub metrics: Vec<(String, String, HostMetrics)>,
-    pub events: Vec<(String, Event)>,
+    pub events: Vec<(String, String, Event)>,
     pub received_at_ms: i64,
 }
 
@@ -31,20 +31,27 @@ impl IngestBatch {
         self.len() == 0
     }
 
-    /// The highest sequence per agent in this batch: what may be acknowledged after commit.
-    pub fn max_seq_per_agent(&self) -> BTreeMap<String, u64> {
-        let mut max: BTreeMap<String, u64> = BTreeMap::new();
-        let seqs = self
+    /// Every seq per agent in this batch: exactly what may be acknowledged after commit.
+    pub fn seqs_per_agent(&self) -> BTreeMap<String, Vec<u64>> {
+        let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let all = self
             .results
             .iter()
             .map(|(a, _, r)| (a, r.seq))
             .chain(self.metrics.iter().map(|(a, _, m)| (a, m.seq)))
-            .chain(self.events.iter().map(|(a, e)| (a, e.seq)));
-        for (agent, seq) in seqs {
-            let entry = max.entry(agent.clone()).or_insert(seq);
-            *entry = (*entry).max(seq);
+            .chain(self.events.iter().map(|(a, _, e)| (a, e.seq)));
+        for (agent, seq) in all {
+            seqs.entry(agent.clone()).or_default().push(seq);
         }
-        max
+        seqs
+    }
+
+    /// The highest seq per agent in this batch.
+    pub fn max_seq_per_agent(&self) -> BTreeMap<String, u64> {
+        self.seqs_per_agent()
+            .into_iter()
+            .map(|(agent, seqs)| (agent, seqs.into_iter().max().unwrap_or(0)))
+            .collect()
     }
 }
 
@@ -218,12 +225,12 @@ async fn commit_postgres(
              SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
              ON CONFLICT DO NOTHING",
         )
-        .bind(rows.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.seq as i64).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.measured_at_ms).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.source.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.severity.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.message.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, e)| e.seq as i64).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, e)| e.measured_at_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, e)| e.source.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, e)| e.severity.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, e)| e.message.as_str()).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
@@ -289,7 +296,7 @@ async fn commit_sqlite(
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO events (agent_id, seq, measured_at_ms, source, severity, message) ",
         );
-        query.push_values(chunk, |mut row, (agent, e)| {
+        query.push_values(chunk, |mut row, (agent, _, e)| {
             row.push_bind(agent.as_str())
                 .push_bind(e.seq as i64)
                 .push_bind(e.measured_at_ms)

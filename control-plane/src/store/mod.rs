@@ -418,7 +418,7 @@ impl Store {
         hello: &vantage_mqtt::Hello,
     ) -> Result<(), StoreError> {
         let sql = "UPDATE agents SET hostname = $2, arch = $3, os = $4, version = $5, boot_id = $6, \
-                   last_seen_ms = $7 WHERE id = $1";
+                   last_seen_ms = $7, next_seq = $8 WHERE id = $1";
         on_pool!(self, pool => sqlx::query(sql)
             .bind(id)
             .bind(&hello.hostname)
@@ -427,13 +427,15 @@ impl Store {
             .bind(&hello.version)
             .bind(&hello.boot_id)
             .bind(now_ms())
+            .bind(hello.next_seq as i64)
             .execute(pool)
             .await?
             .rows_affected());
         Ok(())
     }
 
-    /// Records a heartbeat's counters.
+    /// Records a heartbeat's counters; returns true when this heartbeat brought an agent
+    /// marked offline back online.
     ///
     /// # Errors
     /// Database errors only.
@@ -441,7 +443,7 @@ impl Store {
         &self,
         id: &str,
         heartbeat: &vantage_mqtt::Heartbeat,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let sql = "UPDATE agents SET last_seen_ms = $2, spool_dropped_total = $3 WHERE id = $1";
         on_pool!(self, pool => sqlx::query(sql)
             .bind(id)
@@ -450,7 +452,26 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected());
-        Ok(())
+        let sql = "UPDATE agents SET state = 'online' WHERE id = $1 AND state = 'offline' AND revoked_at_ms IS NULL";
+        let n =
+            on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Marks an agent offline only if it is online and silent since `cutoff_ms`; returns
+    /// whether it did (a heartbeat that arrived meanwhile wins).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn mark_offline_if_silent(
+        &self,
+        id: &str,
+        cutoff_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = "UPDATE agents SET state = 'offline' WHERE id = $1 AND state = 'online' \
+                   AND (last_seen_ms IS NULL OR last_seen_ms < $2)";
+        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).bind(cutoff_ms).execute(pool).await?.rows_affected());
+        Ok(n > 0)
     }
 
     /// Stores an agent's desired config under a new revision and returns that revision.
@@ -578,6 +599,16 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Forgets the latest-status rows of a deleted check.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn delete_check_status(&self, id: &str) -> Result<(), StoreError> {
+        let sql = "DELETE FROM check_status WHERE check_id = $1";
+        on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
     /// Replaces every assignment with `assignments` (check id, agent id, region).
     ///
     /// # Errors
@@ -690,7 +721,7 @@ impl Store {
 
 const AGENT_COLUMNS: &str = "SELECT id, region, labels, hostname, arch, os, version, cert_serial, \
     cert_not_after_ms, state, last_seen_ms, enrolled_at_ms, revoked_at_ms, config_revision, last_seq, \
-    spool_dropped_total, boot_id FROM agents";
+    next_seq, spool_dropped_total, boot_id FROM agents";
 
 const CHECK_COLUMNS: &str = "SELECT id, name, kind, spec, interval_s, timeout_ms, regions, quorum, enabled, \
     created_at_ms, updated_at_ms FROM checks";

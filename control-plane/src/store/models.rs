@@ -102,6 +102,8 @@ pub struct AgentRow {
     pub config_revision: i64,
     /// Highest sequence committed to the store.
     pub last_seq: i64,
+    /// The next sequence the agent said (in its last hello) it will assign.
+    pub next_seq: i64,
     pub spool_dropped_total: i64,
     pub boot_id: String,
 }

@@ -117,11 +117,25 @@ async fn run_agent(agent: SimulatedAgent, rows: u64, batch: u64) -> anyhow::Resu
             }
         }
     });
+    // Acks are exact seq ranges; done when every seq was acknowledged.
+    let mut acked = vec![false; rows as usize + 1];
+    let mut n_acked = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
-        match eventloop.poll().await {
+        let event = tokio::time::timeout_at(deadline, eventloop.poll())
+            .await
+            .with_context(|| format!("agent {id}: {n_acked} of {rows} acknowledged after 300 s"))?;
+        match event {
             Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == ack_topic => {
-                let ack: serde_json::Value = serde_json::from_slice(&p.payload)?;
-                if ack["seq"].as_u64() == Some(rows) {
+                let ack: vantage_mqtt::ResultsAck = vantage_mqtt::decode(&p.payload)?;
+                for (from, to) in ack.ranges {
+                    for seq in from..=to.min(rows) {
+                        if !std::mem::replace(&mut acked[seq as usize], true) {
+                            n_acked += 1;
+                        }
+                    }
+                }
+                if n_acked == rows {
                     return Ok(());
                 }
             }
