@@ -94,6 +94,7 @@ impl Application {
             settings: Arc::new(settings.clone()),
             assign_lock: Arc::default(),
             reassign: Arc::default(),
+            pending: Arc::default(),
             rate_limiter: Arc::new(crate::api::RateLimiter::new(200.0, 400.0)),
         };
         republish_retained(&state).await?;

@@ -198,7 +198,9 @@ impl FrontDoor {
                 .frontdoor_accepted
                 .fetch_add(1, Ordering::Relaxed);
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                self.counters.frontdoor_over_limit.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .frontdoor_over_limit
+                    .fetch_add(1, Ordering::Relaxed);
                 drop(tcp);
                 continue;
             };

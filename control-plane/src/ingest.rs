@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use vantage_mqtt::{
-    AgentTopic, CheckStatusView, DecodeError, EventsBatch, Heartbeat, Hello, MetricsBatch,
-    NodeState, NodeStatusView, ResultsAck, ResultsBatch, Status, Topic, decode, encode, topic,
+    AgentAck, AgentTopic, CheckStatusView, DecodeError, EventsBatch, Heartbeat, Hello,
+    MetricsBatch, NodeState, NodeStatusView, ResultsAck, ResultsBatch, Status, Topic, decode,
+    encode, topic,
 };
 
 use crate::AppState;
@@ -92,7 +93,15 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
                 }
                 Err(e) => Err(e),
             },
-            AgentTopic::Ack => Ok(None),
+            AgentTopic::Ack => match decode::<AgentAck>(&message.payload) {
+                Ok(ack) => {
+                    if ack.request_id.is_some() && !state.pending.complete(ack) {
+                        tracing::debug!(agent = %id, "Answer to a request nobody waits for");
+                    }
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
             AgentTopic::Config | AgentTopic::Cmd | AgentTopic::ResultsAck => Ok(None),
         };
         match outcome {

@@ -45,4 +45,6 @@ pub struct AppState {
     /// Wakes the reassignment worker; bursts of state changes coalesce into one run.
     pub reassign: Arc<tokio::sync::Notify>,
     pub rate_limiter: Arc<api::RateLimiter>,
+    /// Run-now requests waiting for agents' answers.
+    pub pending: Arc<api::run::Pending>,
 }

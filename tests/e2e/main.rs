@@ -5,6 +5,7 @@ mod api;
 mod bad_input;
 mod demo;
 mod resilience;
+mod run_now;
 mod security;
 mod spine;
 

@@ -487,6 +487,11 @@ impl Agent {
         }
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The agent id once enrolled.
     pub fn id(&self) -> Option<String> {
         let text = std::fs::read_to_string(self.dir.join("state").join("identity.json")).ok()?;

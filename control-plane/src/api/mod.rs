@@ -14,6 +14,7 @@ pub mod checks;
 pub mod data;
 pub mod live;
 pub mod openapi;
+pub mod run;
 pub mod server;
 
 use std::collections::HashMap;
@@ -277,6 +278,8 @@ pub fn router(state: AppState) -> Router {
             "/checks/{id}",
             get(checks::get).put(checks::update).delete(checks::delete),
         )
+        .route("/checks/{id}/run", post(run::run_check))
+        .route("/probe", post(run::probe))
         .route("/results", get(data::results))
         .route("/metrics", get(data::metrics))
         .route("/status/checks", get(data::check_status))

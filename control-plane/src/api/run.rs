@@ -1,0 +1,262 @@
+//! Run-now: `POST /api/v1/checks/{id}/run` and the ad-hoc `POST /api/v1/probe`.
+//!
+//! The check goes to one online agent of each asked region over that agent's `cmd` topic,
+//! with a request id per (request, region). The agent runs it at once and answers on its
+//! `ack` topic; ingest hands the answer to the waiting request ([`Pending`]). Every region
+//! gets an entry in the response: a result, or why there is none (no online agent, or no
+//! answer within the timeout).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use vantage_mqtt::{
+    AgentAck, AgentTopic, CheckKind, CheckResult, CheckSpec, Command, CommandMessage, encode, topic,
+};
+
+use super::{ApiError, ApiJson, Caller};
+use crate::AppState;
+use crate::assign::{check_regions, check_spec};
+use crate::store::{Role, random_id};
+
+/// Requests waiting for an agent's answer, by request id.
+#[derive(Debug, Default)]
+pub struct Pending {
+    waiting: Mutex<HashMap<String, oneshot::Sender<AgentAck>>>,
+}
+
+impl Pending {
+    fn register(&self, request_id: &str) -> oneshot::Receiver<AgentAck> {
+        let (sender, receiver) = oneshot::channel();
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.insert(request_id.to_owned(), sender);
+        }
+        receiver
+    }
+
+    fn forget(&self, request_id: &str) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.remove(request_id);
+        }
+    }
+
+    /// Hands an agent's answer to the request waiting for it; false when none waits.
+    pub fn complete(&self, ack: AgentAck) -> bool {
+        let Some(request_id) = ack.request_id.clone() else {
+            return false;
+        };
+        let sender = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut waiting| waiting.remove(&request_id));
+        sender.is_some_and(|sender| sender.send(ack).is_ok())
+    }
+}
+
+/// Body of `POST /api/v1/checks/{id}/run` (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Regions to run in (default: the check's regions).
+    #[serde(default)]
+    pub regions: Option<Vec<String>>,
+    /// How long to wait for each region, in milliseconds (default: the check's timeout
+    /// plus 5 s).
+    #[serde(default)]
+    pub wait_ms: Option<u32>,
+}
+
+/// Body of `POST /api/v1/probe`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeRequest {
+    pub kind: CheckKind,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub wait_ms: Option<u32>,
+}
+
+fn default_timeout_ms() -> u32 {
+    10_000
+}
+
+/// One region's outcome.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RegionOutcome {
+    pub region: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<CheckResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Answer of both routes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunResponse {
+    pub request_id: String,
+    pub check_id: String,
+    pub regions: Vec<RegionOutcome>,
+}
+
+/// `POST /api/v1/checks/{id}/run`.
+pub async fn run_check(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<RunResponse>, ApiError> {
+    caller.require(Role::Operator)?;
+    // The body is optional: empty means the check's own regions and timeout.
+    let request: RunRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RunRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
+            _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
+        })?
+    };
+    let row = state
+        .store
+        .get_check(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("check {id:?}")))?;
+    let spec = check_spec(&row)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored check {id} is corrupt")))?;
+    let regions = request.regions.unwrap_or_else(|| check_regions(&row));
+    Ok(Json(
+        dispatch(&state, spec, regions, request.wait_ms).await?,
+    ))
+}
+
+/// `POST /api/v1/probe`: an ad-hoc check, validated like a stored one, never stored.
+pub async fn probe(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<ProbeRequest>,
+) -> Result<Json<RunResponse>, ApiError> {
+    caller.require(Role::Operator)?;
+    let body = super::checks::CheckBody {
+        id: None,
+        name: "ad-hoc probe".into(),
+        kind: request.kind,
+        interval_s: 86_400,
+        timeout_ms: request.timeout_ms,
+        regions: request.regions,
+        quorum: 1,
+        enabled: true,
+    };
+    super::checks::validate(&body)?;
+    let spec = CheckSpec {
+        id: "adhoc".into(),
+        interval_s: body.interval_s,
+        timeout_ms: body.timeout_ms,
+        kind: body.kind,
+    };
+    Ok(Json(
+        dispatch(&state, spec, body.regions, request.wait_ms).await?,
+    ))
+}
+
+async fn dispatch(
+    state: &AppState,
+    spec: CheckSpec,
+    regions: Vec<String>,
+    wait_ms: Option<u32>,
+) -> Result<RunResponse, ApiError> {
+    if regions.is_empty() || regions.len() > 64 || regions.iter().any(|r| !topic::valid_id(r)) {
+        return Err(ApiError::Unprocessable(
+            "regions must name 1 to 64 valid regions".into(),
+        ));
+    }
+    let wait = Duration::from_millis(u64::from(
+        wait_ms
+            .unwrap_or(spec.timeout_ms.saturating_add(5_000))
+            .clamp(100, 130_000),
+    ));
+    let request_id = random_id("rq-", 8);
+    let agents = state.store.list_agents(None).await?;
+    let mut waits = Vec::new();
+    let mut outcomes = Vec::new();
+    for region in regions {
+        let agent = agents
+            .iter()
+            .filter(|a| a.region == region && a.state == "online" && a.revoked_at_ms.is_none())
+            .min_by_key(|a| a.id.clone());
+        let Some(agent) = agent else {
+            outcomes.push(RegionOutcome {
+                region,
+                agent_id: None,
+                result: None,
+                error: Some("no online agent in this region".into()),
+            });
+            continue;
+        };
+        let region_request = format!("{request_id}-{region}");
+        let receiver = state.pending.register(&region_request);
+        let message = CommandMessage {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            request_id: region_request.clone(),
+            command: Command::RunNow {
+                check: spec.clone(),
+            },
+        };
+        if let Err(error) = state
+            .publisher
+            .publish(
+                &topic::agent(&agent.id, AgentTopic::Cmd),
+                encode(&message),
+                false,
+            )
+            .await
+        {
+            state.pending.forget(&region_request);
+            return Err(ApiError::Internal(error.into()));
+        }
+        waits.push((region, agent.id.clone(), region_request, receiver));
+    }
+    let answers = futures_util::future::join_all(waits.into_iter().map(
+        |(region, agent_id, region_request, receiver)| async move {
+            let answer = tokio::time::timeout(wait, receiver).await;
+            (region, agent_id, region_request, answer)
+        },
+    ))
+    .await;
+    for (region, agent_id, region_request, answer) in answers {
+        let outcome = match answer {
+            Ok(Ok(ack)) => RegionOutcome {
+                region,
+                agent_id: Some(agent_id),
+                error: ack.error.clone().or_else(|| {
+                    ack.result
+                        .is_none()
+                        .then(|| "the agent answered without a result".to_owned())
+                }),
+                result: ack.result,
+            },
+            Ok(Err(_)) | Err(_) => {
+                state.pending.forget(&region_request);
+                RegionOutcome {
+                    region,
+                    agent_id: Some(agent_id),
+                    result: None,
+                    error: Some(format!("no answer within {} ms", wait.as_millis())),
+                }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok(RunResponse {
+        request_id,
+        check_id: spec.id,
+        regions: outcomes,
+    })
+}
