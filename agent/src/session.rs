@@ -337,6 +337,7 @@ fn to_result(seq: u64, check_id: &str, measured_at_ms: i64, outcome: Outcome) ->
         reason: outcome.reason,
         timings: outcome.timings,
         status_code: outcome.status_code,
+        values: outcome.values,
     }
 }
 

@@ -92,6 +92,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::check::*;
     use crate::payload::*;
 
     fn sample_result(seq: u64) -> CheckResult {
@@ -107,6 +108,7 @@ mod tests {
                 ..Timings::default()
             },
             status_code: Some(200),
+            values: BTreeMap::from([("rtt_avg_ms".to_owned(), 1.5)]),
         }
     }
 
@@ -199,20 +201,13 @@ mod tests {
                     id: "web".into(),
                     interval_s: 30,
                     timeout_ms: 5000,
-                    kind: CheckKind::Http {
-                        url: "http://127.0.0.1/".into(),
-                        method: "GET".into(),
-                        expect_status: vec![200],
-                    },
+                    kind: CheckKind::Http(HttpCheck::get("http://127.0.0.1/")),
                 },
                 CheckSpec {
                     id: "ssh".into(),
                     interval_s: 30,
                     timeout_ms: 5000,
-                    kind: CheckKind::Tcp {
-                        host: "127.0.0.1".into(),
-                        port: 22,
-                    },
+                    kind: CheckKind::Tcp(TcpCheck::connect("127.0.0.1", 22)),
                 },
             ],
         });

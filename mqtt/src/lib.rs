@@ -7,14 +7,17 @@
 //!
 //! Layout:
 //! - [`topic`]: building and parsing topic names, agent-id rules, the allowed-topic rules.
+//! - [`check`]: the check specifications of every check type.
 //! - [`payload`]: the message types (hello, status, heartbeat, metrics, results, events,
 //!   desired config, commands, acknowledgements) and the check specifications inside them.
 //! - [`codec`]: size-limited, version-checked decoding and encoding.
 
+pub mod check;
 pub mod codec;
 pub mod payload;
 pub mod topic;
 
+pub use check::*;
 pub use codec::{DecodeError, decode, encode};
 pub use payload::*;
 pub use topic::{AgentTopic, Topic, TopicError};

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::check::CheckKind;
+
 /// A top-level payload: it carries the protocol version in `v`.
 pub trait Versioned {
     /// The payload's `v` field.
@@ -177,6 +179,10 @@ pub struct CheckResult {
     /// HTTP status code, for HTTP checks that got a response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
+    /// Numeric facts of the probe, unit in the name: `loss_pct`, `rtt_avg_ms`,
+    /// `cert_days_left`, `slot_lag`, `process_count`, …
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub values: BTreeMap<String, f64>,
 }
 
 /// `agents/{id}/results`: a batch of results.
@@ -204,37 +210,6 @@ pub struct Event {
 pub struct EventsBatch {
     pub v: u32,
     pub items: Vec<Event>,
-}
-
-/// What a check probes, tagged by `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum CheckKind {
-    /// An HTTP(S) request; passes when the status is in `expect_status` (default 200-399).
-    Http {
-        url: String,
-        #[serde(default = "default_method")]
-        method: String,
-        /// Accepted status codes; empty means 200-399.
-        #[serde(default)]
-        expect_status: Vec<u16>,
-    },
-    /// A TCP connect.
-    Tcp { host: String, port: u16 },
-}
-
-fn default_method() -> String {
-    "GET".to_owned()
-}
-
-impl CheckKind {
-    /// The type name used on the wire and in the API.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            CheckKind::Http { .. } => "http",
-            CheckKind::Tcp { .. } => "tcp",
-        }
-    }
 }
 
 /// One assigned check in an agent's desired config.
@@ -265,7 +240,7 @@ pub struct DesiredConfig {
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Run one check now and publish its result (with the request id on `ack`).
-    RunNow { check: CheckSpec },
+    RunNow { check: Box<CheckSpec> },
     /// Exit so that the service manager restarts the agent.
     Restart,
 }

@@ -1,18 +1,34 @@
-//! Probes: one per check type, behind [`Probe`], so the control plane's fallback executor
-//! and tests can run them without an MQTT session.
+//! Probes: one module per check type, behind [`Probe`], so the control plane's fallback
+//! executor and tests can run them without an MQTT session.
 //!
 //! A probe never fails as a function: every outcome, including timeouts and refusals, is an
-//! [`Outcome`] with a verdict, a reason and timings. The whole probe runs under the check's
-//! timeout.
+//! [`Outcome`] with a verdict, a reason, phase timings and numeric values. The whole probe
+//! runs under the check's timeout. [`validate`] checks a specification before it is stored
+//! (the control plane calls it) so that a bad regex or port is refused at creation time.
+//!
+//! Modules: [`http`], [`tcp`], [`dns`] (also the pure-Rust name resolution every probe
+//! uses), [`tls`] (certificate checks and the TLS client settings probes share), [`smtp`],
+//! [`icmp`], [`chain`], [`process`].
 
+pub mod chain;
+pub mod dns;
 pub mod http;
+pub mod icmp;
+pub mod process;
+pub mod smtp;
 pub mod tcp;
+#[cfg(test)]
+pub mod testutil;
+pub mod tls;
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use vantage_mqtt::{CheckKind, CheckSpec, Timings};
+use tokio::net::TcpStream;
+use vantage_mqtt::{CheckKind, CheckSpec, IpVersion, Timings};
 
 /// What one probe run found.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +37,8 @@ pub struct Outcome {
     pub reason: String,
     pub timings: Timings,
     pub status_code: Option<u16>,
+    /// Numeric facts, unit in the name (`loss_pct`, `cert_days_left`, …).
+    pub values: BTreeMap<String, f64>,
 }
 
 impl Outcome {
@@ -34,6 +52,24 @@ impl Outcome {
                 ..Timings::default()
             },
             status_code: None,
+            values: BTreeMap::new(),
+        }
+    }
+
+    /// A verdict with `reason`, the total time measured from `started`.
+    pub fn verdict(
+        ok: bool,
+        reason: impl Into<String>,
+        mut timings: Timings,
+        started: Instant,
+    ) -> Outcome {
+        timings.total_ms = ms(started.elapsed());
+        Outcome {
+            ok,
+            reason: reason.into(),
+            timings,
+            status_code: None,
+            values: BTreeMap::new(),
         }
     }
 }
@@ -71,12 +107,14 @@ pub async fn run_check(check: &CheckSpec) -> Outcome {
     let timeout = Duration::from_millis(u64::from(check.timeout_ms.max(1)));
     let run = async {
         match &check.kind {
-            CheckKind::Http {
-                url,
-                method,
-                expect_status,
-            } => http::probe(url, method, expect_status, started).await,
-            CheckKind::Tcp { host, port } => tcp::probe(host, *port, started).await,
+            CheckKind::Http(http) => http::probe(http, started).await,
+            CheckKind::Tcp(tcp) => tcp::probe(tcp, started).await,
+            CheckKind::Dns(dns) => dns::probe(dns, started).await,
+            CheckKind::Smtp(smtp) => smtp::probe(smtp, started).await,
+            CheckKind::Icmp(icmp) => icmp::probe(icmp, started).await,
+            CheckKind::Tls(tls) => tls::probe(tls, started).await,
+            CheckKind::Chain(chain) => chain::probe(chain, started).await,
+            CheckKind::Process(process) => process::probe(process, started).await,
         }
     };
     match tokio::time::timeout(timeout, run).await {
@@ -85,5 +123,129 @@ pub async fn run_check(check: &CheckSpec) -> Outcome {
     }
 }
 
+/// Checks a specification's fields; the message names the field.
+///
+/// # Errors
+/// The first invalid field.
+pub fn validate(kind: &CheckKind) -> Result<(), String> {
+    match kind {
+        CheckKind::Http(http) => http::validate(http),
+        CheckKind::Tcp(tcp) => tcp::validate(tcp),
+        CheckKind::Dns(dns) => dns::validate(dns),
+        CheckKind::Smtp(smtp) => smtp::validate(smtp),
+        CheckKind::Icmp(icmp) => icmp::validate(icmp),
+        CheckKind::Tls(tls) => tls::validate(tls),
+        CheckKind::Chain(chain) => chain::validate(chain),
+        CheckKind::Process(process) => process::validate(process),
+    }
+}
+
 /// Check types this agent can run.
-pub const CAPABILITIES: [&str; 2] = ["http", "tcp"];
+pub const CAPABILITIES: [&str; 8] = CheckKind::TYPE_NAMES;
+
+/// Whether `host` is a usable host name or address.
+pub fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && !host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == '@')
+}
+
+/// Compiles a regular expression, naming the field on error.
+///
+/// # Errors
+/// The field and the parse error.
+pub fn regex(field: &str, pattern: &str) -> Result<regex_lite::Regex, String> {
+    regex_lite::Regex::new(pattern)
+        .map_err(|e| format!("{field} is not a valid regular expression: {e}"))
+}
+
+/// Resolves `host` and connects to the first address that answers, trying each in turn.
+/// Returns the stream, the address, and the dns and connect times.
+///
+/// # Errors
+/// The last failure, naming the address.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    ip_version: IpVersion,
+) -> Result<(TcpStream, SocketAddr, f64, f64), String> {
+    let resolve_started = Instant::now();
+    let addresses = dns::resolve(host, port, ip_version).await?;
+    let dns_ms = ms(resolve_started.elapsed());
+    let connect_started = Instant::now();
+    let mut last_error = format!("{host} resolved to no address");
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, address, dns_ms, ms(connect_started.elapsed())));
+            }
+            Err(error) => last_error = format!("connect to {address} failed: {error}"),
+        }
+    }
+    Err(last_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad: Vec<(&str, &str)> = vec![
+            (r#"{"type":"http","url":"ftp://x/"}"#, "url"),
+            (
+                r#"{"type":"http","url":"http://x/","assertions":[{"body_matches":"("}]}"#,
+                "body_matches",
+            ),
+            (r#"{"type":"tcp","host":"h","port":0}"#, "port"),
+            (
+                r#"{"type":"tcp","host":"h","port":1,"steps":[{"expect":"[z-a]"}]}"#,
+                "expect",
+            ),
+            (r#"{"type":"icmp","host":"h","count":0}"#, "count"),
+            (r#"{"type":"tls","host":"","port":443}"#, "host"),
+            (r#"{"type":"chain","chain":"evm","url":"nope"}"#, "url"),
+            (r#"{"type":"process"}"#, "name or pattern"),
+            (r#"{"type":"smtp","host":"mx","port":0}"#, "port"),
+        ];
+        for (json, field) in bad {
+            let kind: CheckKind = serde_json::from_str(json).unwrap();
+            let error = validate(&kind).unwrap_err();
+            assert!(
+                error.contains(field),
+                "{json}: {error:?} does not name {field}"
+            );
+        }
+        let good: CheckKind =
+            serde_json::from_str(r#"{"type":"http","url":"https://example.com/"}"#).unwrap();
+        validate(&good).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_timeout_is_honoured() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let check = CheckSpec {
+            id: "slow".into(),
+            interval_s: 60,
+            timeout_ms: 300,
+            kind: serde_json::from_value(serde_json::json!({
+                "type": "tcp", "host": "127.0.0.1", "port": port, "steps": [{"expect": "never"}]
+            }))
+            .unwrap(),
+        };
+        let started = Instant::now();
+        let outcome = run_check(&check).await;
+        let elapsed = started.elapsed();
+        assert!(!outcome.ok);
+        assert_eq!(outcome.reason, "timed out after 300 ms");
+        assert!(
+            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(330),
+            "took {elapsed:?} for a 300 ms timeout"
+        );
+        drop(listener);
+    }
+}

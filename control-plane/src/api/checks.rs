@@ -5,6 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use vantage_mqtt::{CheckKind, topic};
+#[cfg(test)]
+use vantage_mqtt::{HttpCheck, TcpCheck};
 
 use super::{ApiError, ApiJson, Caller};
 use crate::AppState;
@@ -81,46 +83,7 @@ pub fn validate(body: &CheckBody) -> Result<(), ApiError> {
     if body.quorum == 0 || body.quorum as usize > body.regions.len() {
         return invalid("quorum must be between 1 and the number of regions".into());
     }
-    match &body.kind {
-        CheckKind::Http {
-            url,
-            method,
-            expect_status,
-        } => {
-            let uri: axum::http::Uri = url
-                .parse()
-                .map_err(|_| ApiError::Unprocessable(format!("url {url:?} does not parse")))?;
-            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-                return invalid("url must be http:// or https:// with a host".into());
-            }
-            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-                return invalid(
-                    "url must not carry credentials (user:password@): they would be shown to every viewer"
-                        .into(),
-                );
-            }
-            if !matches!(
-                method.as_str(),
-                "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH"
-            ) {
-                return invalid(format!("method {method:?} is not supported"));
-            }
-            if let Some(bad) = expect_status.iter().find(|s| !(100..=599).contains(*s)) {
-                return invalid(format!("expect_status {bad} is not an HTTP status"));
-            }
-        }
-        CheckKind::Tcp { host, port } => {
-            if host.is_empty()
-                || host.len() > 253
-                || host.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return invalid("host must be a host name or address".into());
-            }
-            if *port == 0 {
-                return invalid("port must be 1..=65535".into());
-            }
-        }
-    }
+    vantage_agent::probe::validate(&body.kind).map_err(ApiError::Unprocessable)?;
     Ok(())
 }
 
@@ -283,32 +246,20 @@ mod tests {
             (|b| b.regions.push("a/b".into()), "region"),
             (|b| b.quorum = 3, "quorum"),
             (
-                |b| {
-                    b.kind = CheckKind::Http {
-                        url: "ftp://x/".into(),
-                        method: "GET".into(),
-                        expect_status: vec![],
-                    }
-                },
+                |b| b.kind = CheckKind::Http(HttpCheck::get("ftp://x/")),
                 "url",
             ),
             (
                 |b| {
-                    b.kind = CheckKind::Http {
-                        url: "http://x/".into(),
+                    b.kind = CheckKind::Http(HttpCheck {
                         method: "BREW".into(),
-                        expect_status: vec![],
-                    }
+                        ..HttpCheck::get("http://x/")
+                    })
                 },
                 "method",
             ),
             (
-                |b| {
-                    b.kind = CheckKind::Tcp {
-                        host: "h".into(),
-                        port: 0,
-                    }
-                },
+                |b| b.kind = CheckKind::Tcp(TcpCheck::connect("h", 0)),
                 "port",
             ),
         ];

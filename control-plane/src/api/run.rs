@@ -206,7 +206,7 @@ async fn dispatch(
             v: vantage_mqtt::PROTOCOL_VERSION,
             request_id: region_request.clone(),
             command: Command::RunNow {
-                check: spec.clone(),
+                check: Box::new(spec.clone()),
             },
         };
         if let Err(error) = state

@@ -1,0 +1,200 @@
+//! SMTP probe: banner 220, EHLO, optionally STARTTLS with a certificate check, QUIT; the
+//! time of each stage is reported (`banner_ms`, `ehlo_ms`, `starttls_ms`, `tls_ms`).
+
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use vantage_mqtt::{IpVersion, SmtpCheck, Timings};
+
+use super::tls::ProbeTls;
+use super::{Outcome, connect, ms, valid_host};
+
+/// Most bytes of one SMTP reply.
+const MAX_REPLY_BYTES: usize = 16 * 1024;
+
+/// Reads one (possibly multi-line) SMTP reply: its code and text.
+///
+/// # Errors
+/// A closed connection, an oversize or malformed reply.
+pub async fn read_reply<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(u16, String), String> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read failed: {e}"))?;
+        if n == 0 {
+            return Err("the server closed the connection".into());
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        if buffer.len() > MAX_REPLY_BYTES {
+            return Err("reply too long".into());
+        }
+        let text = String::from_utf8_lossy(&buffer);
+        if !text.ends_with("\r\n") && !text.ends_with('\n') {
+            continue;
+        }
+        let Some(last) = text.lines().last() else {
+            continue;
+        };
+        // The last line of a reply is "NNN text" (a space, not a dash, after the code).
+        if last.len() >= 3 && last.as_bytes().get(3) != Some(&b'-') {
+            let code = last[..3].parse::<u16>().map_err(|_| {
+                format!(
+                    "not an SMTP reply: {:?}",
+                    last.chars().take(80).collect::<String>()
+                )
+            })?;
+            return Ok((code, text.trim_end().to_owned()));
+        }
+    }
+}
+
+async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    line: &str,
+    expect: u16,
+) -> Result<String, String> {
+    stream
+        .write_all(format!("{line}\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("write failed: {e}"))?;
+    let (code, text) = read_reply(stream).await?;
+    if code != expect {
+        return Err(format!(
+            "{line}: expected {expect}, got {code} {}",
+            first_line(&text)
+        ));
+    }
+    Ok(text)
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}
+
+/// Banner, EHLO and STARTTLS on a fresh connection, leaving it ready for the handshake.
+///
+/// # Errors
+/// The stage that failed.
+pub async fn starttls_preamble<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    ehlo_name: &str,
+) -> Result<(), String> {
+    let (code, text) = read_reply(stream).await?;
+    if code != 220 {
+        return Err(format!(
+            "banner: expected 220, got {code} {}",
+            first_line(&text)
+        ));
+    }
+    let ehlo = command(stream, &format!("EHLO {ehlo_name}"), 250).await?;
+    if !ehlo.to_ascii_uppercase().contains("STARTTLS") {
+        return Err("the server does not offer STARTTLS".into());
+    }
+    command(stream, "STARTTLS", 220).await?;
+    Ok(())
+}
+
+/// Runs an SMTP check.
+pub async fn probe(check: &SmtpCheck, started: Instant) -> Outcome {
+    let (mut stream, _address, dns_ms, connect_ms) =
+        match connect(&check.host, check.port, IpVersion::Any).await {
+            Ok(connected) => connected,
+            Err(error) => return Outcome::fail(error, started),
+        };
+    let mut timings = Timings {
+        dns_ms: Some(dns_ms),
+        connect_ms: Some(connect_ms),
+        ..Timings::default()
+    };
+    let mut values = std::collections::BTreeMap::new();
+    let ehlo_name = check.ehlo_name.as_deref().unwrap_or("vantage.invalid");
+    let stage = Instant::now();
+    let banner = match read_reply(&mut stream).await {
+        Ok((220, text)) => text,
+        Ok((code, text)) => {
+            return Outcome::fail(
+                format!("banner: expected 220, got {code} {}", first_line(&text)),
+                started,
+            );
+        }
+        Err(error) => return Outcome::fail(format!("banner: {error}"), started),
+    };
+    values.insert("banner_ms".to_owned(), ms(stage.elapsed()));
+    let stage = Instant::now();
+    let ehlo = match command(&mut stream, &format!("EHLO {ehlo_name}"), 250).await {
+        Ok(text) => text,
+        Err(error) => return Outcome::fail(error, started),
+    };
+    values.insert("ehlo_ms".to_owned(), ms(stage.elapsed()));
+    let mut reason = format!(
+        "220 {}",
+        first_line(&banner).trim_start_matches("220").trim()
+    );
+    if check.starttls {
+        if !ehlo.to_ascii_uppercase().contains("STARTTLS") {
+            return Outcome::fail("the server does not offer STARTTLS", started);
+        }
+        let stage = Instant::now();
+        if let Err(error) = command(&mut stream, "STARTTLS", 220).await {
+            return Outcome::fail(error, started);
+        }
+        values.insert("starttls_ms".to_owned(), ms(stage.elapsed()));
+        let tls = match ProbeTls::new(check.tls_verify, check.ca_pem.as_deref(), Vec::new()) {
+            Ok(tls) => tls,
+            Err(error) => return Outcome::fail(error, started),
+        };
+        let name = check.server_name.as_deref().unwrap_or(&check.host);
+        let stage = Instant::now();
+        let handshake = tls.handshake(stream, name).await;
+        timings.tls_ms = Some(ms(stage.elapsed()));
+        if let Some(facts) = tls.facts() {
+            values.insert("cert_days_left".to_owned(), facts.days_left);
+        }
+        let mut secure = match handshake {
+            Ok(secure) => secure,
+            Err(error) => {
+                let mut outcome =
+                    Outcome::verdict(false, format!("STARTTLS: {error}"), timings, started);
+                outcome.values = values;
+                return outcome;
+            }
+        };
+        if let Err(error) = command(&mut secure, &format!("EHLO {ehlo_name}"), 250).await {
+            return Outcome::fail(format!("after STARTTLS: {error}"), started);
+        }
+        let _ = secure.write_all(b"QUIT\r\n").await;
+        reason.push_str(", STARTTLS ok");
+    } else {
+        let _ = stream.write_all(b"QUIT\r\n").await;
+    }
+    let mut outcome = Outcome::verdict(true, reason, timings, started);
+    outcome.values = values;
+    outcome
+}
+
+/// Checks an SMTP check's fields.
+///
+/// # Errors
+/// A message naming the field.
+pub fn validate(check: &SmtpCheck) -> Result<(), String> {
+    if !valid_host(&check.host) {
+        return Err("host must be a host name or address".into());
+    }
+    if check.port == 0 {
+        return Err("port must be 1..=65535".into());
+    }
+    if let Some(name) = &check.ehlo_name
+        && (name.is_empty()
+            || name.len() > 255
+            || name.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err("ehlo_name must be a host name".into());
+    }
+    if let Some(pem) = &check.ca_pem {
+        crate::tls::roots(pem).map_err(|_| "ca_pem holds no valid certificate".to_owned())?;
+    }
+    Ok(())
+}
