@@ -245,3 +245,35 @@ async fn drain(link: LinkRx) {
     let mut subscription = Subscription { link };
     while subscription.next().await.is_some() {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_loopback_broker_takes_only_the_internal_credential() {
+        let (broker, _subscription) = Broker::start(100, 1024 * 1024, "vantage/v1/agents/+/+")
+            .await
+            .unwrap();
+        assert!(broker.addr.ip().is_loopback());
+        crate::frontdoor::probe_broker(broker.addr, &broker.credential)
+            .await
+            .unwrap();
+        let wrong = InternalCredential {
+            username: broker.credential.username.clone(),
+            password: "guess".into(),
+        };
+        let refused = crate::frontdoor::probe_broker(broker.addr, &wrong).await;
+        assert!(refused.is_err(), "a wrong password logged in to the broker");
+        let anonymous = InternalCredential {
+            username: String::new(),
+            password: String::new(),
+        };
+        assert!(
+            crate::frontdoor::probe_broker(broker.addr, &anonymous)
+                .await
+                .is_err()
+        );
+        assert!(!format!("{:?}", broker.credential).contains(&broker.credential.password));
+    }
+}

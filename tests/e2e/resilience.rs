@@ -233,9 +233,11 @@ async fn spool_overflow_is_counted_and_reported(backend: Backend) -> anyhow::Res
     // ones are the oldest of the outage: one gap.
     let dropped = view["spool_dropped_total"].as_i64().context("dropped")?;
     let missing: Vec<i64> = (1..=max).filter(|s| !seqs.contains(s)).collect();
-    assert_eq!(
-        missing.len() as i64,
-        dropped,
+    // A dropped entry may have been committed already when the control plane died before its
+    // ack went out (at most a spool's worth: 3), so drops can exceed gaps, never the reverse.
+    let n_missing = missing.len() as i64;
+    assert!(
+        n_missing <= dropped && dropped - n_missing <= 3,
         "missing {missing:?}, dropped {dropped}"
     );
     assert!(

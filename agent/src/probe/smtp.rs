@@ -35,6 +35,15 @@ pub async fn read_reply<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(u16, St
         if !text.ends_with("\r\n") && !text.ends_with('\n') {
             continue;
         }
+        if let Some(bad) = text
+            .lines()
+            .find(|line| line.len() < 3 || !line.as_bytes()[..3].iter().all(u8::is_ascii_digit))
+        {
+            return Err(format!(
+                "not an SMTP reply: {:?}",
+                bad.chars().take(80).collect::<String>()
+            ));
+        }
         let Some(last) = text.lines().last() else {
             continue;
         };
@@ -197,4 +206,160 @@ pub fn validate(check: &SmtpCheck) -> Result<(), String> {
         crate::tls::roots(pem).map_err(|_| "ca_pem holds no valid certificate".to_owned())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::probe::testutil::{leaf, pki};
+
+    /// A real SMTP server: Python's aiosmtpd (installed by scripts/test), with STARTTLS when
+    /// given a certificate. Killed on drop.
+    struct Aiosmtpd {
+        child: Child,
+        port: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Aiosmtpd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    async fn aiosmtpd(tls: Option<(String, String)>) -> Aiosmtpd {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new("python3");
+        command
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+            std::fs::write(dir.path().join("key.pem"), key).unwrap();
+            command
+                .arg("--tlscert")
+                .arg(dir.path().join("cert.pem"))
+                .arg("--tlskey")
+                .arg(dir.path().join("key.pem"))
+                .arg("--no-requiretls");
+        }
+        let child = command
+            .spawn()
+            .expect("python3 with aiosmtpd (scripts/test installs it)");
+        let server = Aiosmtpd {
+            child,
+            port,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("aiosmtpd did not start: is it installed? (python3 -m pip install aiosmtpd)");
+    }
+
+    fn check(port: u16, starttls: bool, ca_pem: Option<String>) -> SmtpCheck {
+        SmtpCheck {
+            host: "127.0.0.1".into(),
+            port,
+            starttls,
+            tls_verify: true,
+            ca_pem,
+            server_name: None,
+            ehlo_name: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn banner_ehlo_and_starttls_against_a_real_server() {
+        let pki = pki();
+        let server = aiosmtpd(Some(leaf(&pki, &["127.0.0.1", "localhost"], -1, 40))).await;
+        let outcome = probe(&check(server.port, false, None), Instant::now()).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(outcome.reason.starts_with("220 "), "{}", outcome.reason);
+        assert!(outcome.values.contains_key("banner_ms") && outcome.values.contains_key("ehlo_ms"));
+
+        let outcome = probe(
+            &check(server.port, true, Some(pki.ca_pem.clone())),
+            Instant::now(),
+        )
+        .await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert!(
+            outcome.reason.ends_with(", STARTTLS ok"),
+            "{}",
+            outcome.reason
+        );
+        assert!(outcome.timings.tls_ms.is_some());
+        assert!(outcome.values["cert_days_left"] >= 39.0);
+
+        // The same server judged with another CA: the STARTTLS certificate check fails.
+        let other = crate::probe::testutil::pki();
+        let outcome = probe(
+            &check(server.port, true, Some(other.ca_pem)),
+            Instant::now(),
+        )
+        .await;
+        assert!(!outcome.ok);
+        assert!(
+            outcome
+                .reason
+                .starts_with("STARTTLS: certificate issuer not trusted"),
+            "{}",
+            outcome.reason
+        );
+
+        // The tls check type reaches the certificate through SMTP STARTTLS too.
+        let tls = vantage_mqtt::TlsCheck {
+            host: "127.0.0.1".into(),
+            port: server.port,
+            starttls: vantage_mqtt::StartTls::Smtp,
+            server_name: None,
+            ca_pem: Some(pki.ca_pem.clone()),
+            min_days_left: 14,
+        };
+        let outcome = crate::probe::tls::probe(&tls, Instant::now()).await;
+        assert!(outcome.ok, "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_without_starttls_or_smtp_at_all_fails_clearly() {
+        let plain = aiosmtpd(None).await;
+        let outcome = probe(&check(plain.port, true, None), Instant::now()).await;
+        assert_eq!(
+            (outcome.ok, outcome.reason.as_str()),
+            (false, "the server does not offer STARTTLS")
+        );
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            if let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.write_all(b"SSH-2.0-OpenSSH\r\n").await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let outcome = probe(&check(port, false, None), Instant::now()).await;
+        assert!(!outcome.ok);
+        assert!(
+            outcome.reason.starts_with("banner: not an SMTP reply"),
+            "{}",
+            outcome.reason
+        );
+    }
 }
