@@ -79,6 +79,7 @@ CREATE TABLE results (
     status_code BIGINT,
     reason TEXT NOT NULL,
     timings TEXT NOT NULL,
+    result_values TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (agent_id, seq)
 );
 CREATE INDEX results_check_time ON results(check_id, measured_at_ms);

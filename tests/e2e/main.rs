@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_input;
+mod check_types;
 mod demo;
 mod resilience;
 mod run_now;

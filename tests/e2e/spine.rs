@@ -137,7 +137,7 @@ async fn enroll_report_store_and_stream(backend: Backend) -> anyhow::Result<()> 
     let sample = &metrics[0];
     assert!(sample["mem_total_bytes"].as_i64().unwrap_or(0) > 0);
     assert!(sample["uptime_s"].as_i64().unwrap_or(0) > 0);
-    let detail: Value = serde_json::from_str(sample["detail"].as_str().context("detail")?)?;
+    let detail = &sample["detail"];
     assert!(detail["nets"].as_array().is_some_and(|n| !n.is_empty()));
 
     // Region filter and time range narrow the query.

@@ -146,3 +146,106 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod namespace_tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// A network namespace with one veth link to it, removed on drop. The far address
+    /// answers pings until the link is taken down.
+    struct TestHost {
+        namespace: String,
+        link: String,
+        peer: String,
+        address: String,
+    }
+
+    fn ip(args: &[&str]) {
+        let status = Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip (iproute2)");
+        assert!(
+            status.success(),
+            "ip {args:?} failed (these tests need root)"
+        );
+    }
+
+    impl TestHost {
+        fn new() -> TestHost {
+            let id: u16 = rand::random::<u16>() % 4000;
+            let namespace = format!("vtest-icmp-{id}");
+            let link = format!("vti{id}");
+            let peer = format!("vtp{id}");
+            // 10.213.x.y/30: a private range used only inside this test's own namespace.
+            let (a, b) = (id / 64, (id % 64) * 4);
+            let near = format!("10.213.{a}.{}", b + 1);
+            let far = format!("10.213.{a}.{}", b + 2);
+            ip(&["netns", "add", &namespace]);
+            ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+            ip(&["link", "set", &peer, "netns", &namespace]);
+            ip(&["addr", "add", &format!("{near}/30"), "dev", &link]);
+            ip(&["link", "set", &link, "up"]);
+            ip(&[
+                "-n",
+                &namespace,
+                "addr",
+                "add",
+                &format!("{far}/30"),
+                "dev",
+                &peer,
+            ]);
+            ip(&["-n", &namespace, "link", "set", &peer, "up"]);
+            ip(&["-n", &namespace, "link", "set", "lo", "up"]);
+            TestHost {
+                namespace,
+                link,
+                peer,
+                address: far,
+            }
+        }
+    }
+
+    impl Drop for TestHost {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.link])
+                .status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.namespace])
+                .status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_host_answers_until_its_link_is_cut() {
+        let host = TestHost::new();
+        let check = IcmpCheck {
+            host: host.address.clone(),
+            count: 3,
+            interval_ms: 50,
+            size: 56,
+            ip_version: vantage_mqtt::IpVersion::Any,
+            max_loss_pct: 0.0,
+            max_rtt_ms: None,
+        };
+        let up = probe(&check, Instant::now()).await;
+        assert!(up.ok, "{up:?}");
+        // Cut the link from the namespace's side: the host keeps its connected route (now
+        // without carrier), so nothing is sent anywhere else.
+        ip(&["-n", &host.namespace, "link", "set", &host.peer, "down"]);
+        let down = probe(
+            &IcmpCheck {
+                interval_ms: 10,
+                ..check
+            },
+            Instant::now(),
+        )
+        .await;
+        assert!(!down.ok);
+        assert!(down.reason.starts_with("100% loss to "), "{}", down.reason);
+        assert_eq!(down.values["loss_pct"], 100.0);
+    }
+}

@@ -96,6 +96,10 @@ fn timings_json(result: &CheckResult) -> String {
     serde_json::to_string(&result.timings).unwrap_or_else(|_| "{}".into())
 }
 
+fn values_json(result: &CheckResult) -> String {
+    serde_json::to_string(&result.values).unwrap_or_else(|_| "{}".into())
+}
+
 fn metrics_detail(m: &HostMetrics) -> String {
     serde_json::json!({ "disks": m.disks, "nets": m.nets, "cores_pct": m.cores_pct }).to_string()
 }
@@ -162,10 +166,10 @@ async fn commit_postgres(
         let rows = &batch.results;
         sqlx::query(
             "INSERT INTO results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, \
-             total_ms, status_code, reason, timings) \
-             SELECT a, s, c, r, m, $6, o, t, sc, re, ti FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
-             $4::text[], $5::bigint[], $7::boolean[], $8::float8[], $9::bigint[], $10::text[], $11::text[]) \
-             AS u(a, s, c, r, m, o, t, sc, re, ti) ON CONFLICT DO NOTHING",
+             total_ms, status_code, reason, timings, result_values) \
+             SELECT a, s, c, r, m, $6, o, t, sc, re, ti, va FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
+             $4::text[], $5::bigint[], $7::boolean[], $8::float8[], $9::bigint[], $10::text[], $11::text[], \
+             $12::text[]) AS u(a, s, c, r, m, o, t, sc, re, ti, va) ON CONFLICT DO NOTHING",
         )
         .bind(rows.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, r)| r.seq as i64).collect::<Vec<_>>())
@@ -182,6 +186,7 @@ async fn commit_postgres(
         )
         .bind(rows.iter().map(|(_, _, r)| r.reason.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, r)| timings_json(r)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, r)| values_json(r)).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
     }
@@ -245,7 +250,7 @@ async fn commit_sqlite(
     for chunk in batch.results.chunks(SQLITE_CHUNK_ROWS) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, \
-             total_ms, status_code, reason, timings) ",
+             total_ms, status_code, reason, timings, result_values) ",
         );
         query.push_values(chunk, |mut row, (agent, region, r)| {
             row.push_bind(agent.as_str())
@@ -258,7 +263,8 @@ async fn commit_sqlite(
                 .push_bind(r.timings.total_ms)
                 .push_bind(r.status_code.map(i64::from))
                 .push_bind(r.reason.as_str())
-                .push_bind(timings_json(r));
+                .push_bind(timings_json(r))
+                .push_bind(values_json(r));
         });
         query.push(" ON CONFLICT DO NOTHING");
         query.build().execute(&mut **tx).await?;

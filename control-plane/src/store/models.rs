@@ -140,8 +140,18 @@ pub struct ResultRow {
     pub total_ms: f64,
     pub status_code: Option<i64>,
     pub reason: String,
-    /// JSON of the wire `Timings`.
+    /// JSON of the wire `Timings` (an object in API answers).
+    #[serde(serialize_with = "as_json")]
     pub timings: String,
+    /// JSON object of the probe's numeric values (an object in API answers).
+    #[serde(serialize_with = "as_json")]
+    pub result_values: String,
+}
+
+/// Serializes a stored JSON text as the JSON value it holds.
+fn as_json<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+    serde::Serialize::serialize(&value, serializer)
 }
 
 /// One stored host metrics sample.
@@ -163,7 +173,8 @@ pub struct MetricsRow {
     pub uptime_s: i64,
     pub net_rx_bytes_per_s: f64,
     pub net_tx_bytes_per_s: f64,
-    /// JSON with disks, interfaces and per-core usage.
+    /// JSON with disks, interfaces and per-core usage (an object in API answers).
+    #[serde(serialize_with = "as_json")]
     pub detail: String,
 }
 
