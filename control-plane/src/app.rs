@@ -33,6 +33,10 @@ pub struct Application {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// File in the data dir naming the bound ports (`{"http_port":…,"mqtt_port":…}`), written
+/// once both listeners are bound and everything is started.
+pub const PORTS_FILE: &str = "ports.json";
+
 /// File in the data dir holding the first admin API token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
@@ -61,6 +65,17 @@ impl Application {
             )
             .context("cannot load or create the CA")?,
         );
+        // The public listeners first: the broker then picks its loopback port among ports
+        // nobody holds, never one of ours.
+        let mqtt_listener = TcpListener::bind(settings.mqtt_addr)
+            .await
+            .with_context(|| format!("cannot bind MQTT listener {}", settings.mqtt_addr))?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot bind HTTP listener {}", settings.http_addr))?;
+        let mqtt_port = mqtt_listener.local_addr()?.port();
+        let http_port = http_listener.local_addr()?.port();
+
         let (broker, subscription) = Broker::start(
             settings.max_connections,
             crate::frontdoor::MAX_PACKET_BYTES,
@@ -70,15 +85,6 @@ impl Application {
         crate::frontdoor::probe_broker(broker.addr, &broker.credential)
             .await
             .map_err(|reason| anyhow::anyhow!("embedded broker is not serving: {reason}"))?;
-
-        let mqtt_listener = TcpListener::bind(settings.mqtt_addr)
-            .await
-            .with_context(|| format!("cannot bind MQTT listener {}", settings.mqtt_addr))?;
-        let http_listener = TcpListener::bind(settings.http_addr)
-            .await
-            .with_context(|| format!("cannot bind HTTP listener {}", settings.http_addr))?;
-        let mqtt_port = mqtt_listener.local_addr()?.port();
-        let http_port = http_listener.local_addr()?.port();
 
         let registry = Arc::new(Registry::default());
         registry.set_revoked(store.revoked_agent_ids().await?);
@@ -127,6 +133,10 @@ impl Application {
         tasks.push(tokio::spawn(refresh_revoked(state.clone())));
         tasks.push(tokio::spawn(sweep_silent_agents(state.clone())));
         tasks.push(tokio::spawn(crate::assign::worker(state.clone())));
+        // Where to reach this process, for scripts and tests that start it on port 0.
+        let ports = serde_json::json!({ "http_port": http_port, "mqtt_port": mqtt_port });
+        std::fs::write(settings.data_dir.join(PORTS_FILE), ports.to_string())
+            .with_context(|| format!("cannot write {PORTS_FILE}"))?;
         tracing::info!(
             http_port,
             mqtt_port,

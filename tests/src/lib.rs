@@ -160,8 +160,10 @@ impl ControlPlane {
         let temp = tempfile::tempdir()?;
         let mut cp = ControlPlane {
             data_dir: temp.path().join("data"),
-            http_port: free_port(),
-            mqtt_port: free_port(),
+            // Port 0 at first start: the control plane binds, then names its ports in
+            // ports.json; restarts reuse them.
+            http_port: 0,
+            mqtt_port: 0,
             admin_token: String::new(),
             client: reqwest::Client::new(),
             ca_pem: String::new(),
@@ -183,6 +185,8 @@ impl ControlPlane {
     /// The process does not become healthy.
     pub async fn spawn(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.data_dir)?;
+        let ports_path = self.data_dir.join("ports.json");
+        let _ = std::fs::remove_file(&ports_path);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -208,13 +212,18 @@ impl ControlPlane {
         self.child = Some(command.spawn().context("cannot start vantage serve")?);
         let ca_path = self.data_dir.join("pki").join("ca.pem");
         let token_path = self.data_dir.join("admin-token");
-        wait_for(
-            "the CA and admin token files",
-            Duration::from_secs(30),
-            || async { (ca_path.exists() && token_path.exists()).then_some(()) },
-        )
+        let ports: Value = wait_for("ports.json", Duration::from_secs(30), || async {
+            let text = std::fs::read_to_string(&ports_path).ok()?;
+            serde_json::from_str(&text).ok()
+        })
         .await
         .with_context(|| self.log_tail())?;
+        self.http_port = ports["http_port"].as_u64().context("http_port")? as u16;
+        self.mqtt_port = ports["mqtt_port"].as_u64().context("mqtt_port")? as u16;
+        anyhow::ensure!(
+            ca_path.exists() && token_path.exists(),
+            "no CA or admin token"
+        );
         self.ca_pem = std::fs::read_to_string(&ca_path)?;
         self.admin_token = std::fs::read_to_string(&token_path)?.trim().to_owned();
         self.client = reqwest::Client::builder()
