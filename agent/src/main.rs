@@ -11,7 +11,9 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use vantage_agent::config::{AgentConfig, DEFAULT_PATH};
 
 #[derive(Debug, Parser)]
@@ -33,10 +35,15 @@ enum Cmd {
 }
 
 fn main() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // `RUST_LOG` in the `info,vantage_agent=debug` form: levels per target, no regexes, so
+    // the agent does not carry a regex engine for its log filter.
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .try_init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
