@@ -152,6 +152,34 @@ pub fn valid_host(host: &str) -> bool {
             .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == '@')
 }
 
+/// Checks the fields every network probe shares: host, port, and the optional TLS server
+/// name and CA.
+///
+/// # Errors
+/// A message naming the field.
+pub fn validate_endpoint(
+    host: &str,
+    port: u16,
+    server_name: Option<&str>,
+    ca_pem: Option<&str>,
+) -> Result<(), String> {
+    if !valid_host(host) {
+        return Err("host must be a host name or address".into());
+    }
+    if port == 0 {
+        return Err("port must be 1..=65535".into());
+    }
+    if let Some(name) = server_name
+        && rustls::pki_types::ServerName::try_from(name.to_owned()).is_err()
+    {
+        return Err("server_name is not a valid TLS name".into());
+    }
+    if let Some(pem) = ca_pem {
+        crate::tls::roots(pem).map_err(|_| "ca_pem holds no valid certificate".to_owned())?;
+    }
+    Ok(())
+}
+
 /// Compiles a regular expression, naming the field on error.
 ///
 /// # Errors

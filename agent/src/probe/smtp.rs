@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use vantage_mqtt::{IpVersion, SmtpCheck, Timings};
 
 use super::tls::ProbeTls;
-use super::{Outcome, connect, ms, valid_host};
+use super::{Outcome, connect, ms};
 
 /// Most bytes of one SMTP reply.
 const MAX_REPLY_BYTES: usize = 16 * 1024;
@@ -189,21 +189,18 @@ pub async fn probe(check: &SmtpCheck, started: Instant) -> Outcome {
 /// # Errors
 /// A message naming the field.
 pub fn validate(check: &SmtpCheck) -> Result<(), String> {
-    if !valid_host(&check.host) {
-        return Err("host must be a host name or address".into());
-    }
-    if check.port == 0 {
-        return Err("port must be 1..=65535".into());
-    }
+    super::validate_endpoint(
+        &check.host,
+        check.port,
+        check.server_name.as_deref(),
+        check.ca_pem.as_deref(),
+    )?;
     if let Some(name) = &check.ehlo_name
         && (name.is_empty()
             || name.len() > 255
             || name.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
         return Err("ehlo_name must be a host name".into());
-    }
-    if let Some(pem) = &check.ca_pem {
-        crate::tls::roots(pem).map_err(|_| "ca_pem holds no valid certificate".to_owned())?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use vantage_mqtt::{TcpCheck, TcpStep, Timings};
 
 use super::tls::ProbeTls;
-use super::{Outcome, connect, ms, regex, valid_host};
+use super::{Outcome, connect, ms, regex};
 
 /// Most bytes read while waiting for one `expect` step.
 const MAX_EXPECT_BYTES: usize = 64 * 1024;
@@ -115,12 +115,12 @@ pub async fn probe(check: &TcpCheck, started: Instant) -> Outcome {
 /// # Errors
 /// A message naming the field.
 pub fn validate(check: &TcpCheck) -> Result<(), String> {
-    if !valid_host(&check.host) {
-        return Err("host must be a host name or address".into());
-    }
-    if check.port == 0 {
-        return Err("port must be 1..=65535".into());
-    }
+    super::validate_endpoint(
+        &check.host,
+        check.port,
+        check.server_name.as_deref(),
+        check.ca_pem.as_deref(),
+    )?;
     if check.steps.len() > 32 {
         return Err("steps: at most 32".into());
     }
@@ -134,9 +134,6 @@ pub fn validate(check: &TcpCheck) -> Result<(), String> {
             }
             TcpStep::Send(_) => {}
         }
-    }
-    if let Some(pem) = &check.ca_pem {
-        crate::tls::roots(pem).map_err(|_| "ca_pem holds no valid certificate".to_owned())?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use vantage_mqtt::{IpVersion, StartTls, Timings, TlsCheck};
 
-use super::{Outcome, connect, ms, valid_host};
+use super::{Outcome, connect, ms};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -265,21 +265,12 @@ pub async fn probe(check: &TlsCheck, started: Instant) -> Outcome {
 /// # Errors
 /// A message naming the field.
 pub fn validate(check: &TlsCheck) -> Result<(), String> {
-    if !valid_host(&check.host) {
-        return Err("host must be a host name or address".into());
-    }
-    if check.port == 0 {
-        return Err("port must be 1..=65535".into());
-    }
-    if let Some(name) = &check.server_name
-        && ServerName::try_from(name.clone()).is_err()
-    {
-        return Err("server_name is not a valid TLS name".into());
-    }
-    if let Some(pem) = &check.ca_pem {
-        crate::tls::roots(pem).map_err(|_| "ca_pem holds no valid certificate".to_owned())?;
-    }
-    Ok(())
+    super::validate_endpoint(
+        &check.host,
+        check.port,
+        check.server_name.as_deref(),
+        check.ca_pem.as_deref(),
+    )
 }
 
 #[cfg(test)]
