@@ -4,8 +4,7 @@
 //! State dir files: `agent.key` (0600), `agent.pem`, `ca.pem`, `identity.json`. The private
 //! key never leaves the node; the control plane signs only its public key.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -79,20 +78,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnrollError + '_ {
     }
 }
 
-/// Writes a file atomically with `mode`.
+/// Writes a state file atomically with `mode` (see [`crate::files`]).
+///
+/// # Errors
+/// [`EnrollError::Io`] naming the file.
 pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), EnrollError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(contents).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::files::write_atomic(path, contents, mode).map_err(io_err(path))
 }
 
 impl Identity {

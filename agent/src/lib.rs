@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`config`]: the TOML config file and its environment overrides.
 //! - [`enroll`]: key generation, CSR, the enrollment request, the stored identity.
+//! - [`files`]: atomic state-file writes with exact modes.
 //! - [`tls`]: rustls client configs (ring only) for HTTPS enrollment and MQTT.
 //! - [`spool`]: the bounded, journaled queue of results and metrics awaiting `results/ack`.
 //! - [`metrics`]: host metrics from sysinfo.
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod enroll;
+pub mod files;
 pub mod metrics;
 pub mod probe;
 pub mod session;

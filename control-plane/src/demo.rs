@@ -74,17 +74,8 @@ fn agent_binary(args: &DemoArgs) -> anyhow::Result<PathBuf> {
 
 /// Writes a file only its owner can read: it holds a token.
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(contents.as_bytes())?;
-    Ok(())
+    vantage_agent::files::write_atomic(path, contents.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A tiny HTTP/1.1 target that answers 200 to everything.

@@ -6,8 +6,7 @@
 //! only the public key of an agent's CSR: subject, extensions and validity are ours.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -70,20 +69,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
-/// Writes `contents` to `path` with the given mode, replacing any old file atomically.
+/// Writes `contents` to `path` with the given mode, atomically.
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    vantage_agent::files::write_atomic(path, contents.as_bytes(), mode).map_err(io_err(path))
 }
 
 fn random_serial() -> SerialNumber {

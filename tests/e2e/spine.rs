@@ -7,7 +7,6 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use vantage_tests::{Agent, Backend, ControlPlane, TestStore, wait_for};
 
 crate::both_backends!(
@@ -47,25 +46,7 @@ async fn enroll_report_store_and_stream(backend: Backend) -> anyhow::Result<()> 
     anyhow::ensure!(status == 201, "create check: {status} {body}");
 
     // Subscribe to the live feed before the agent exists: everything must arrive after commit.
-    let mut request = format!(
-        "wss://127.0.0.1:{}/api/v1/live?kind=result&check=web",
-        cp.http_port
-    )
-    .into_client_request()?;
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", cp.admin_token).parse()?,
-    );
-    let tls = vantage_agent::tls::pinned_client(&cp.ca_pem)?;
-    let (mut socket, _) = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        None,
-        false,
-        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
-            tls,
-        ))),
-    )
-    .await?;
+    let mut socket = cp.live_socket("kind=result&check=web").await?;
 
     let token = cp.enrollment_token("europe", 1).await?;
     let agent = Agent::start(

@@ -27,6 +27,48 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// `sqlite` or `postgres`.
+    ///
+    /// # Errors
+    /// Any other name.
+    pub fn parse(name: &str) -> anyhow::Result<Backend> {
+        match name {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" => Ok(Backend::Postgres),
+            other => bail!("unknown backend {other} (sqlite or postgres)"),
+        }
+    }
+
+    /// The backend's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The `--flag value` pairs of this process's command line, for the benchmark binaries.
+///
+/// # Errors
+/// A flag without a value.
+pub fn flags() -> anyhow::Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    let mut iter = std::env::args().skip(1);
+    while let Some(flag) = iter.next() {
+        let value = iter
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        pairs.push((flag, value));
+    }
+    Ok(pairs)
+}
+
+/// A WebSocket client of the live feed.
+pub type LiveSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 /// A reserved free loopback port. The listener is dropped just before use.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
@@ -374,6 +416,30 @@ impl ControlPlane {
                     .and_then(|rest| rest.trim().parse().ok())
             })
             .with_context(|| format!("no counter {line} in /metrics"))
+    }
+
+    /// Opens `/api/v1/live?{query}` as a WebSocket with the admin token, trusting only this
+    /// control plane's CA.
+    ///
+    /// # Errors
+    /// The connection or upgrade failed.
+    pub async fn live_socket(&self, query: &str) -> anyhow::Result<LiveSocket> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("wss://127.0.0.1:{}/api/v1/live?{query}", self.http_port)
+            .into_client_request()?;
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.admin_token).parse()?,
+        );
+        let tls = vantage_agent::tls::pinned_client(&self.ca_pem)?;
+        let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(Arc::new(tls))),
+        )
+        .await?;
+        Ok(socket)
     }
 
     /// One agent as the API shows it.

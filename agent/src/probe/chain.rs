@@ -25,7 +25,7 @@ async fn call(url: &str, method: &str) -> Result<Value, String> {
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let (tcp, _, _, _) = connect(&host, port, IpVersion::Any).await?;
+    let tcp = connect(&host, port, IpVersion::Any).await?.stream;
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": []}).to_string();
     let request = hyper::Request::post(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
         .header(

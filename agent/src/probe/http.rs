@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use vantage_mqtt::{HttpAssertion, HttpCheck, HttpVersion, Timings};
 
-use super::tls::ProbeTls;
-use super::{Outcome, connect, ms, regex, valid_host};
+use super::tls::secure;
+use super::{Connected, Outcome, connect, ms, regex, valid_host};
 
 /// What one hop returned.
 struct Hop {
@@ -90,12 +90,11 @@ async fn hop(check: &HttpCheck, uri: &Uri, method: &str) -> Result<Hop, String> 
         .trim_end_matches(']')
         .to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let (tcp, _address, dns_ms, connect_ms) = connect(&host, port, check.ip_version).await?;
-    let mut timings = Timings {
-        dns_ms: Some(dns_ms),
-        connect_ms: Some(connect_ms),
-        ..Timings::default()
-    };
+    let Connected {
+        stream: tcp,
+        mut timings,
+        ..
+    } = connect(&host, port, check.ip_version).await?;
     let authority = uri
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -120,12 +119,17 @@ async fn hop(check: &HttpCheck, uri: &Uri, method: &str) -> Result<Hop, String> 
             HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
             HttpVersion::Http2 => vec![b"h2".to_vec()],
         };
-        let tls = ProbeTls::new(check.tls_verify, check.ca_pem.as_deref(), alpn)?;
         let name = check.server_name.as_deref().unwrap_or(&host);
-        let tls_started = Instant::now();
-        let handshake = tls.handshake(tcp, name).await;
-        timings.tls_ms = Some(ms(tls_started.elapsed()));
-        cert_days_left = tls.facts().map(|f| f.days_left);
+        let (handshake, facts) = secure(
+            tcp,
+            name,
+            check.tls_verify,
+            check.ca_pem.as_deref(),
+            alpn,
+            &mut timings,
+        )
+        .await;
+        cert_days_left = facts.map(|f| f.days_left);
         let stream = handshake?;
         let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         if check.http_version == HttpVersion::Http2 && !http2 {

@@ -189,16 +189,19 @@ pub fn regex(field: &str, pattern: &str) -> Result<regex_lite::Regex, String> {
         .map_err(|e| format!("{field} is not a valid regular expression: {e}"))
 }
 
+/// A connected TCP stream and the timings of getting there.
+pub struct Connected {
+    pub stream: TcpStream,
+    pub address: SocketAddr,
+    /// `dns_ms` and `connect_ms` filled in.
+    pub timings: Timings,
+}
+
 /// Resolves `host` and connects to the first address that answers, trying each in turn.
-/// Returns the stream, the address, and the dns and connect times.
 ///
 /// # Errors
 /// The last failure, naming the address.
-pub async fn connect(
-    host: &str,
-    port: u16,
-    ip_version: IpVersion,
-) -> Result<(TcpStream, SocketAddr, f64, f64), String> {
+pub async fn connect(host: &str, port: u16, ip_version: IpVersion) -> Result<Connected, String> {
     let resolve_started = Instant::now();
     let addresses = dns::resolve(host, port, ip_version).await?;
     let dns_ms = ms(resolve_started.elapsed());
@@ -208,7 +211,16 @@ pub async fn connect(
         match TcpStream::connect(address).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                return Ok((stream, address, dns_ms, ms(connect_started.elapsed())));
+                let timings = Timings {
+                    dns_ms: Some(dns_ms),
+                    connect_ms: Some(ms(connect_started.elapsed())),
+                    ..Timings::default()
+                };
+                return Ok(Connected {
+                    stream,
+                    address,
+                    timings,
+                });
             }
             Err(error) => last_error = format!("connect to {address} failed: {error}"),
         }

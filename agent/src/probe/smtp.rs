@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use vantage_mqtt::{IpVersion, SmtpCheck, Timings};
+use vantage_mqtt::{IpVersion, SmtpCheck};
 
-use super::tls::ProbeTls;
-use super::{Outcome, connect, ms};
+use super::tls::secure;
+use super::{Connected, Outcome, connect, ms};
 
 /// Most bytes of one SMTP reply.
 const MAX_REPLY_BYTES: usize = 16 * 1024;
@@ -108,15 +108,13 @@ pub async fn starttls_preamble<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Runs an SMTP check.
 pub async fn probe(check: &SmtpCheck, started: Instant) -> Outcome {
-    let (mut stream, _address, dns_ms, connect_ms) =
-        match connect(&check.host, check.port, IpVersion::Any).await {
-            Ok(connected) => connected,
-            Err(error) => return Outcome::fail(error, started),
-        };
-    let mut timings = Timings {
-        dns_ms: Some(dns_ms),
-        connect_ms: Some(connect_ms),
-        ..Timings::default()
+    let Connected {
+        mut stream,
+        mut timings,
+        ..
+    } = match connect(&check.host, check.port, IpVersion::Any).await {
+        Ok(connected) => connected,
+        Err(error) => return Outcome::fail(error, started),
     };
     let mut values = std::collections::BTreeMap::new();
     let ehlo_name = check.ehlo_name.as_deref().unwrap_or("vantage.invalid");
@@ -151,15 +149,17 @@ pub async fn probe(check: &SmtpCheck, started: Instant) -> Outcome {
             return Outcome::fail(error, started);
         }
         values.insert("starttls_ms".to_owned(), ms(stage.elapsed()));
-        let tls = match ProbeTls::new(check.tls_verify, check.ca_pem.as_deref(), Vec::new()) {
-            Ok(tls) => tls,
-            Err(error) => return Outcome::fail(error, started),
-        };
         let name = check.server_name.as_deref().unwrap_or(&check.host);
-        let stage = Instant::now();
-        let handshake = tls.handshake(stream, name).await;
-        timings.tls_ms = Some(ms(stage.elapsed()));
-        if let Some(facts) = tls.facts() {
+        let (handshake, facts) = secure(
+            stream,
+            name,
+            check.tls_verify,
+            check.ca_pem.as_deref(),
+            Vec::new(),
+            &mut timings,
+        )
+        .await;
+        if let Some(facts) = facts {
             values.insert("cert_days_left".to_owned(), facts.days_left);
         }
         let mut secure = match handshake {

@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use vantage_mqtt::{TcpCheck, TcpStep, Timings};
+use vantage_mqtt::{TcpCheck, TcpStep};
 
-use super::tls::ProbeTls;
-use super::{Outcome, connect, ms, regex};
+use super::tls::secure;
+use super::{Connected, Outcome, connect, regex};
 
 /// Most bytes read while waiting for one `expect` step.
 const MAX_EXPECT_BYTES: usize = 64 * 1024;
@@ -63,27 +63,27 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Runs a TCP check.
 pub async fn probe(check: &TcpCheck, started: Instant) -> Outcome {
-    let (stream, address, dns_ms, connect_ms) =
-        match connect(&check.host, check.port, check.ip_version).await {
-            Ok(connected) => connected,
-            Err(error) => return Outcome::fail(error, started),
-        };
-    let mut timings = Timings {
-        dns_ms: Some(dns_ms),
-        connect_ms: Some(connect_ms),
-        ..Timings::default()
+    let Connected {
+        mut stream,
+        address,
+        mut timings,
+    } = match connect(&check.host, check.port, check.ip_version).await {
+        Ok(connected) => connected,
+        Err(error) => return Outcome::fail(error, started),
     };
     let mut values = std::collections::BTreeMap::new();
     let conversation = if check.tls {
-        let tls = match ProbeTls::new(check.tls_verify, check.ca_pem.as_deref(), Vec::new()) {
-            Ok(tls) => tls,
-            Err(error) => return Outcome::fail(error, started),
-        };
-        let tls_started = Instant::now();
         let name = check.server_name.as_deref().unwrap_or(&check.host);
-        let handshake = tls.handshake(stream, name).await;
-        timings.tls_ms = Some(ms(tls_started.elapsed()));
-        if let Some(facts) = tls.facts() {
+        let (handshake, facts) = secure(
+            stream,
+            name,
+            check.tls_verify,
+            check.ca_pem.as_deref(),
+            Vec::new(),
+            &mut timings,
+        )
+        .await;
+        if let Some(facts) = facts {
             values.insert("cert_days_left".to_owned(), facts.days_left);
         }
         match handshake {
@@ -91,7 +91,6 @@ pub async fn probe(check: &TcpCheck, started: Instant) -> Outcome {
             Err(error) => Err(error),
         }
     } else {
-        let mut stream = stream;
         converse(&mut stream, &check.steps).await
     };
     let mut outcome = match conversation {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 use vantage_mqtt::{IpVersion, StartTls, Timings, TlsCheck};
 
-use super::{Outcome, connect, ms};
+use super::{Connected, Outcome, connect, ms};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -182,6 +182,30 @@ impl ProbeTls {
     }
 }
 
+/// The TLS handshake every probe runs: builds the client (`verify`, `ca_pem`, `alpn`),
+/// shakes hands for `server_name`, records `tls_ms` in `timings`, and returns the facts of
+/// the certificate the server showed even when the handshake failed.
+pub async fn secure<S>(
+    stream: S,
+    server_name: &str,
+    verify: bool,
+    ca_pem: Option<&str>,
+    alpn: Vec<Vec<u8>>,
+    timings: &mut Timings,
+) -> (Result<TlsStream<S>, String>, Option<CertFacts>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let tls = match ProbeTls::new(verify, ca_pem, alpn) {
+        Ok(tls) => tls,
+        Err(error) => return (Err(error), None),
+    };
+    let started = Instant::now();
+    let handshake = tls.handshake(stream, server_name).await;
+    timings.tls_ms = Some(ms(started.elapsed()));
+    (handshake, tls.facts())
+}
+
 /// Turns a handshake error into a short reason.
 pub fn describe_tls_error(error: &std::io::Error) -> String {
     let text = error.to_string();
@@ -204,30 +228,29 @@ pub fn describe_tls_error(error: &std::io::Error) -> String {
 
 /// Runs a `tls` check.
 pub async fn probe(check: &TlsCheck, started: Instant) -> Outcome {
-    let (mut stream, _address, dns_ms, connect_ms) =
-        match connect(&check.host, check.port, IpVersion::Any).await {
-            Ok(connected) => connected,
-            Err(error) => return Outcome::fail(error, started),
-        };
-    let mut timings = Timings {
-        dns_ms: Some(dns_ms),
-        connect_ms: Some(connect_ms),
-        ..Timings::default()
+    let Connected {
+        mut stream,
+        mut timings,
+        ..
+    } = match connect(&check.host, check.port, IpVersion::Any).await {
+        Ok(connected) => connected,
+        Err(error) => return Outcome::fail(error, started),
     };
     if check.starttls == StartTls::Smtp
         && let Err(error) = super::smtp::starttls_preamble(&mut stream, "vantage.invalid").await
     {
         return Outcome::fail(error, started);
     }
-    let tls = match ProbeTls::new(true, check.ca_pem.as_deref(), Vec::new()) {
-        Ok(tls) => tls,
-        Err(error) => return Outcome::fail(error, started),
-    };
     let name = check.server_name.as_deref().unwrap_or(&check.host);
-    let tls_started = Instant::now();
-    let handshake = tls.handshake(stream, name).await;
-    timings.tls_ms = Some(ms(tls_started.elapsed()));
-    let facts = tls.facts();
+    let (handshake, facts) = secure(
+        stream,
+        name,
+        true,
+        check.ca_pem.as_deref(),
+        Vec::new(),
+        &mut timings,
+    )
+    .await;
     let mut outcome = match (&handshake, &facts) {
         (Err(error), _) => Outcome::verdict(false, error.clone(), timings, started),
         (Ok(_), Some(facts)) if facts.days_left < f64::from(check.min_days_left) => {

@@ -55,11 +55,7 @@ fn agent_pid(agent: &Agent) -> anyhow::Result<u32> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut seconds = 60u64;
-    let mut iter = std::env::args().skip(1);
-    while let Some(flag) = iter.next() {
-        let value = iter
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in vantage_tests::flags()? {
         match flag.as_str() {
             "--seconds" => seconds = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),

@@ -31,19 +31,9 @@ fn parse_args() -> anyhow::Result<Args> {
         batch: 100,
         cp_batch_rows: 5000,
     };
-    let mut iter = std::env::args().skip(1);
-    while let Some(flag) = iter.next() {
-        let value = iter
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in vantage_tests::flags()? {
         match flag.as_str() {
-            "--backend" => {
-                args.backend = match value.as_str() {
-                    "sqlite" => Backend::Sqlite,
-                    "postgres" => Backend::Postgres,
-                    other => anyhow::bail!("unknown backend {other}"),
-                }
-            }
+            "--backend" => args.backend = Backend::parse(&value)?,
             "--agents" => args.agents = value.parse()?,
             "--rows-per-agent" => args.rows_per_agent = value.parse()?,
             "--batch" => args.batch = value.parse()?,
@@ -236,10 +226,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(stored as u64 == total, "stored {stored} of {total} rows");
     let ingest_rate = total as f64 / elapsed.as_secs_f64();
     let copy_rate = copy_baseline(&pg_admin_url, &agent_ids, args.rows_per_agent).await?;
-    let backend = match args.backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    };
+    let backend = args.backend.name();
     println!(
         "ingest backend={backend} agents={} rows={total} batch={} cp_batch_rows={} elapsed_s={:.2} committed_rows_per_s={:.0} \
          pg_copy_rows_per_s={:.0} ratio_to_copy={:.0}%",

@@ -12,7 +12,6 @@ use futures_util::StreamExt;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, connect};
 
 #[tokio::main]
@@ -20,19 +19,9 @@ async fn main() -> anyhow::Result<()> {
     let mut backend = Backend::Sqlite;
     let mut messages = 2000u64;
     let mut interval_ms = 5u64;
-    let mut iter = std::env::args().skip(1);
-    while let Some(flag) = iter.next() {
-        let value = iter
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+    for (flag, value) in vantage_tests::flags()? {
         match flag.as_str() {
-            "--backend" => {
-                backend = if value == "postgres" {
-                    Backend::Postgres
-                } else {
-                    Backend::Sqlite
-                }
-            }
+            "--backend" => backend = Backend::parse(&value)?,
             "--messages" => messages = value.parse()?,
             "--interval-ms" => interval_ms = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
@@ -42,23 +31,9 @@ async fn main() -> anyhow::Result<()> {
     let cp = ControlPlane::start(&store).await?;
     let identity = MqttIdentity::enroll(&cp, "bench").await?;
 
-    let mut request = format!(
-        "wss://127.0.0.1:{}/api/v1/live?kind=result&agent={}",
-        cp.http_port, identity.agent_id
-    )
-    .into_client_request()?;
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", cp.admin_token).parse()?,
-    );
-    let tls = vantage_agent::tls::pinned_client(&cp.ca_pem)?;
-    let (mut socket, _) = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        None,
-        true,
-        Some(tokio_tungstenite::Connector::Rustls(Arc::new(tls))),
-    )
-    .await?;
+    let mut socket = cp
+        .live_socket(&format!("kind=result&agent={}", identity.agent_id))
+        .await?;
 
     let (client, mut eventloop) = AsyncClient::new(identity.options(&identity.agent_id)?, 256);
     connect(&mut eventloop).await?;
@@ -111,11 +86,7 @@ async fn main() -> anyhow::Result<()> {
     );
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    let name = if backend == Backend::Postgres {
-        "postgres"
-    } else {
-        "sqlite"
-    };
+    let name = backend.name();
     println!(
         "live backend={name} messages={messages} rate_per_s={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         1000 / interval_ms.max(1),

@@ -1,0 +1,26 @@
+//! Writing state files: atomically (temp file, fsync, rename) and with an exact mode, so a
+//! crash never leaves a half-written key or identity and private files are never readable
+//! by others, not even for a moment.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Replaces `path` with `contents`, mode `mode`, atomically.
+///
+/// # Errors
+/// The I/O error of the step that failed.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    // The mode given at creation is masked by the umask; set it exactly.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)
+}
