@@ -5,8 +5,11 @@
 //! enrolls on first start when an `enrollment_token` is configured, keeps its identity,
 //! spool and last desired config in `state_dir`, then holds one MQTT-over-TLS session to the
 //! control plane: it sends hello, status, heartbeats, host metrics and check results, and
-//! runs the checks the control plane assigns. `enroll` only enrolls. `RUST_LOG` sets the log
-//! filter; logs go to stderr.
+//! runs the checks the control plane assigns. `enroll` only enrolls. `probe` runs one check
+//! given on the command line and prints its outcome as JSON (exit 0 up, 2 down); `metrics`
+//! prints one host-metrics sample. Neither needs a config or a control plane: operators use
+//! them to debug a check on the node, and the image build runs them as its smoke test.
+//! `RUST_LOG` sets the log filter; logs go to stderr.
 
 use std::path::PathBuf;
 
@@ -32,6 +35,16 @@ enum Cmd {
     Run,
     /// Enroll with the configured token and exit.
     Enroll,
+    /// Run one check now and print its outcome as JSON; exit 0 when up, 2 when down.
+    Probe {
+        /// The check, as in the API: `{"type":"http","url":"https://example.net"}`.
+        check: String,
+        /// Whole-check timeout, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u32,
+    },
+    /// Print one host-metrics sample as JSON.
+    Metrics,
 }
 
 fn main() {
@@ -57,18 +70,60 @@ fn main() {
         }
     };
     let outcome = runtime.block_on(async {
-        let config = AgentConfig::load(&cli.config)?;
         match cli.command.unwrap_or(Cmd::Run) {
-            Cmd::Run => vantage_agent::session::run(config).await,
+            Cmd::Run => vantage_agent::session::run(AgentConfig::load(&cli.config)?).await,
             Cmd::Enroll => {
+                let config = AgentConfig::load(&cli.config)?;
                 let identity = vantage_agent::session::identity(&config).await?;
                 println!("{}", identity.agent_id);
                 Ok(())
             }
+            Cmd::Probe { check, timeout_ms } => probe_once(&check, timeout_ms).await,
+            Cmd::Metrics => metrics_once().await,
         }
     });
     if let Err(error) = outcome {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
+}
+
+/// `probe`: validates and runs one check, prints the outcome, exits 2 when it is down.
+async fn probe_once(text: &str, timeout_ms: u32) -> anyhow::Result<()> {
+    let kind: vantage_mqtt::CheckKind =
+        serde_json::from_str(text).map_err(|error| anyhow::anyhow!("invalid check: {error}"))?;
+    vantage_agent::probe::validate(&kind)
+        .map_err(|error| anyhow::anyhow!("invalid check: {error}"))?;
+    if timeout_ms == 0 {
+        anyhow::bail!("--timeout-ms must be at least 1");
+    }
+    let spec = vantage_mqtt::CheckSpec {
+        id: "cli".into(),
+        interval_s: 0,
+        timeout_ms,
+        kind,
+    };
+    let outcome = vantage_agent::probe::run_check(&spec).await;
+    let json = serde_json::json!({
+        "ok": outcome.ok,
+        "reason": outcome.reason,
+        "status_code": outcome.status_code,
+        "timings": outcome.timings,
+        "values": outcome.values,
+    });
+    println!("{json}");
+    if !outcome.ok {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+/// `metrics`: one host-metrics sample (two readings 250 ms apart, for CPU usage).
+async fn metrics_once() -> anyhow::Result<()> {
+    let mut collector = vantage_agent::metrics::Collector::new(false);
+    let _ = collector.sample(0, vantage_agent::now_ms());
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let sample = collector.sample(1, vantage_agent::now_ms());
+    println!("{}", serde_json::to_string(&sample)?);
+    Ok(())
 }

@@ -59,6 +59,40 @@ pub enum Command {
     /// Agents.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Print #cloud-config user-data that installs and enrolls an agent on a new node, with
+    /// a fresh limited enrollment token and the CA and release key pinned.
+    #[command(name = "cloud-init")]
+    CloudInit(CloudInitArgs),
+}
+
+/// `vantage cloud-init`.
+#[derive(Debug, clap::Args)]
+pub struct CloudInitArgs {
+    #[arg(long)]
+    pub region: String,
+    /// Labels as k=v, repeatable or comma separated; bound to the token.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// How many nodes may enroll with this user-data (e.g. the instance count).
+    #[arg(long, default_value_t = 1)]
+    pub uses: i64,
+    /// Lifetime of the token, e.g. 30m, 12h, 7d.
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
+    /// The control plane's HTTPS API as nodes reach it, e.g. https://cp.example.net:8443.
+    #[arg(long, env = "VANTAGE_PUBLIC_URL")]
+    pub server_url: String,
+    /// Where nodes fetch the artifacts (default: <server-url>/dist, served by `serve --dist-dir`).
+    #[arg(long)]
+    pub artifacts_url: Option<String>,
+    /// The release public key (default: release.pub in --dist-dir).
+    #[arg(long)]
+    pub release_pubkey: Option<PathBuf>,
+    /// image/build's output directory.
+    #[arg(long, env = "VANTAGE_DIST_DIR")]
+    pub dist_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{secret}");
             Ok(())
         }
+        Command::CloudInit(args) => cloud_init(args).await,
         Command::Token(TokenCommand::List { store }) => {
             let store = store.open().await?;
             for token in store.list_enrollment_tokens().await? {
@@ -258,6 +293,72 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
+/// `vantage cloud-init`: everything is checked before the token is created.
+async fn cloud_init(args: CloudInitArgs) -> anyhow::Result<()> {
+    use crate::cloudinit;
+    let server_url = args.server_url.trim_end_matches('/').to_owned();
+    cloudinit::check_url("--server-url", &server_url).map_err(anyhow::Error::msg)?;
+    let artifacts_url = args
+        .artifacts_url
+        .clone()
+        .unwrap_or_else(|| format!("{server_url}/dist"));
+    let artifacts_url = artifacts_url.trim_end_matches('/').to_owned();
+    cloudinit::check_url("--artifacts-url", &artifacts_url).map_err(anyhow::Error::msg)?;
+    let pubkey_path = match (&args.release_pubkey, &args.dist_dir) {
+        (Some(path), _) => path.clone(),
+        (None, Some(dir)) => dir.join("release.pub"),
+        (None, None) => anyhow::bail!(
+            "no release key: pass --release-pubkey FILE or --dist-dir DIR (image/build's output)"
+        ),
+    };
+    let release_pub = std::fs::read_to_string(&pubkey_path)
+        .with_context(|| format!("cannot read the release key {}", pubkey_path.display()))?;
+    if !release_pub.contains("-----BEGIN PUBLIC KEY-----") {
+        anyhow::bail!("{} is not a PEM public key", pubkey_path.display());
+    }
+    let ca_path = args.store.data_dir.join("pki").join("ca.pem");
+    let ca_pem = std::fs::read_to_string(&ca_path).with_context(|| {
+        format!(
+            "cannot read the CA {} (start `vantage serve` once with this --data-dir)",
+            ca_path.display()
+        )
+    })?;
+    let labels = parse_labels(&args.labels).map_err(anyhow::Error::msg)?;
+    let request = crate::api::agents::CreateTokenRequest {
+        region: args.region,
+        labels,
+        uses: args.uses,
+        ttl_s: parse_duration_s(&args.ttl).map_err(anyhow::Error::msg)?,
+    };
+    crate::api::agents::validate_token_request(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = args.store.open().await?;
+    let (row, secret) = store
+        .create_enrollment_token(
+            &request.region,
+            &request.labels,
+            request.uses,
+            request.ttl_s,
+        )
+        .await?;
+    let comment = format!(
+        "Vantage agent for region {}: enrollment token {} ({} uses, expires at {} ms since the epoch)",
+        row.region, row.id, row.uses_left, row.expires_at_ms
+    );
+    print!(
+        "{}",
+        cloudinit::render(&cloudinit::UserData {
+            server_url: &server_url,
+            artifacts_url: &artifacts_url,
+            ca_pem: &ca_pem,
+            release_pub_pem: &release_pub,
+            token: &secret,
+            comment: &comment,
+        })
+    );
+    eprintln!("{comment}");
+    Ok(())
+}
+
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {

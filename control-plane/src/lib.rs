@@ -9,13 +9,15 @@
 //! - [`ingest`]: decodes agent messages, commits batches, acknowledges, fans out.
 //! - [`assign`]: turns checks and online agents into each agent's retained desired config.
 //! - [`store`]: PostgreSQL and SQLite; [`pki`]: the CA; [`api`]: HTTP routes.
-//! - [`hub`]: the live fan-out; [`counters`]: Prometheus counters; [`cli`]: subcommands.
+//! - [`hub`]: the live fan-out; [`counters`]: Prometheus counters; [`cli`]: subcommands;
+//!   [`cloudinit`]: the user-data `vantage cloud-init` prints.
 
 pub mod api;
 pub mod app;
 pub mod assign;
 pub mod broker;
 pub mod cli;
+pub mod cloudinit;
 pub mod counters;
 pub mod demo;
 pub mod frontdoor;

@@ -59,6 +59,10 @@ pub struct Settings {
     /// Validity of agent client certificates, in days.
     #[arg(long, env = "VANTAGE_CERT_VALIDITY_DAYS", default_value_t = 90)]
     pub cert_validity_days: i64,
+    /// Directory of release artifacts (image/build's output) served under `/dist`; cloud-init
+    /// user-data and install.sh fetch the agent from there.
+    #[arg(long, env = "VANTAGE_DIST_DIR")]
+    pub dist_dir: Option<PathBuf>,
     /// Most rows committed in one ingest transaction.
     #[arg(long, env = "VANTAGE_INGEST_BATCH_ROWS", default_value_t = 5000)]
     pub ingest_batch_rows: usize,
@@ -84,6 +88,7 @@ impl Settings {
             heartbeat_interval_s: 10,
             cert_validity_days: 90,
             ingest_batch_rows: 5000,
+            dist_dir: None,
         }
     }
 

@@ -9,8 +9,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 apt_install() {
     log "Installing $* from Debian"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "$@"
+    # Wait for a dpkg lock held by another install rather than fail.
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "$@"
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -424,10 +424,10 @@ mod tests {
     use std::time::Duration;
 
     use rcgen::{CertificateParams, KeyPair};
-    use vantage_mqtt::{CheckKind, CheckSpec};
+    use vantage_mqtt::{CheckKind, CheckSpec, IpVersion};
 
     use super::*;
-    use crate::probe::testutil::{leaf, pki, server};
+    use crate::probe::testutil::{leaf, pki, server, server_on};
 
     async fn run(check: HttpCheck) -> Outcome {
         probe(&check, Instant::now()).await
@@ -480,6 +480,56 @@ mod tests {
             !refused.ok && refused.reason.contains("refused"),
             "{}",
             refused.reason
+        );
+    }
+
+    #[tokio::test]
+    async fn ip_version_picks_the_family_and_any_tries_every_address() {
+        // `localhost` resolves to ::1 and 127.0.0.1; each server listens on one of them.
+        let with = |url: &str, ip_version| HttpCheck {
+            ip_version,
+            ..HttpCheck::get(url.to_owned())
+        };
+        let v4_port = server(None).await;
+        let v4_url = format!("http://localhost:{v4_port}/ok");
+        let any = run(with(&v4_url, IpVersion::Any)).await;
+        assert!(any.ok, "Any must fall through to 127.0.0.1: {}", any.reason);
+        let v4 = run(with(&v4_url, IpVersion::Ipv4)).await;
+        assert!(v4.ok, "{}", v4.reason);
+        let v6 = run(with(&v4_url, IpVersion::Ipv6)).await;
+        assert!(!v6.ok, "{}", v6.reason);
+        assert!(
+            v6.reason.contains(&format!("[::1]:{v4_port}")) && !v6.reason.contains("127.0.0.1"),
+            "{}",
+            v6.reason
+        );
+
+        let v6_port = server_on("[::1]:0", None).await;
+        let v6_url = format!("http://localhost:{v6_port}/ok");
+        let v6 = run(with(&v6_url, IpVersion::Ipv6)).await;
+        assert!(v6.ok, "{}", v6.reason);
+        let any = run(with(&v6_url, IpVersion::Any)).await;
+        assert!(any.ok, "{}", any.reason);
+        let v4 = run(with(&v6_url, IpVersion::Ipv4)).await;
+        assert!(!v4.ok, "{}", v4.reason);
+        assert!(
+            v4.reason.contains(&format!("127.0.0.1:{v6_port}")) && !v4.reason.contains("::1"),
+            "{}",
+            v4.reason
+        );
+
+        // Nothing listens on either: Any names both failures.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let both = run(with(&format!("http://localhost:{closed}/"), IpVersion::Any)).await;
+        assert!(!both.ok);
+        assert!(
+            both.reason.contains("127.0.0.1") && both.reason.contains("[::1]"),
+            "{}",
+            both.reason
         );
     }
 

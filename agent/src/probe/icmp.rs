@@ -12,6 +12,21 @@ use vantage_mqtt::{IcmpCheck, Timings};
 
 use super::{Outcome, ms, valid_host};
 
+/// Why no ICMP socket could be opened, naming the cause and both ways to allow it.
+fn socket_error(error: &std::io::Error) -> String {
+    if error.kind() != std::io::ErrorKind::PermissionDenied {
+        return format!("cannot open an ICMP socket: {error}");
+    }
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ping_group_range")
+        .map(|text| text.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into());
+    format!(
+        "cannot open an ICMP socket: permission denied. Raw sockets need root or CAP_NET_RAW, \
+         and unprivileged ping sockets need the agent's group in net.ipv4.ping_group_range, \
+         which is \"{range}\" here (allow it: sysctl -w net.ipv4.ping_group_range=\"0 2147483647\")"
+    )
+}
+
 /// Runs an ICMP check.
 pub async fn probe(check: &IcmpCheck, started: Instant) -> Outcome {
     let resolve_started = Instant::now();
@@ -35,14 +50,7 @@ pub async fn probe(check: &IcmpCheck, started: Instant) -> Outcome {
     };
     let client = match Client::new(&Config::builder().kind(kind).build()) {
         Ok(client) => client,
-        Err(error) => {
-            return Outcome::fail(
-                format!(
-                    "cannot open an ICMP socket ({error}): run as root or with CAP_NET_RAW, or let the agent's group use unprivileged ping (sysctl net.ipv4.ping_group_range)"
-                ),
-                started,
-            );
-        }
+        Err(error) => return Outcome::fail(socket_error(&error), started),
     };
     let mut pinger = client.pinger(address, PingIdentifier(rand::random())).await;
     let interval = Duration::from_millis(u64::from(check.interval_ms));

@@ -200,13 +200,13 @@ pub struct Connected {
 /// Resolves `host` and connects to the first address that answers, trying each in turn.
 ///
 /// # Errors
-/// The last failure, naming the address.
+/// Every address's failure, each named, in the order tried.
 pub async fn connect(host: &str, port: u16, ip_version: IpVersion) -> Result<Connected, String> {
     let resolve_started = Instant::now();
     let addresses = dns::resolve(host, port, ip_version).await?;
     let dns_ms = ms(resolve_started.elapsed());
     let connect_started = Instant::now();
-    let mut last_error = format!("{host} resolved to no address");
+    let mut errors = Vec::new();
     for address in addresses {
         match TcpStream::connect(address).await {
             Ok(stream) => {
@@ -222,10 +222,13 @@ pub async fn connect(host: &str, port: u16, ip_version: IpVersion) -> Result<Con
                     timings,
                 });
             }
-            Err(error) => last_error = format!("connect to {address} failed: {error}"),
+            Err(error) => errors.push(format!("connect to {address} failed: {error}")),
         }
     }
-    Err(last_error)
+    if errors.is_empty() {
+        return Err(format!("{host} resolved to no address"));
+    }
+    Err(errors.join("; "))
 }
 
 #[cfg(test)]

@@ -57,7 +57,12 @@ pub async fn route(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, 
 
 /// Serves `route` on 127.0.0.1, over TLS when a certificate is given (h2 and http/1.1).
 pub async fn server(tls: Option<(String, String)>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server_on("127.0.0.1:0", tls).await
+}
+
+/// Like [`server`], on `address` (e.g. `[::1]:0`).
+pub async fn server_on(address: &str, tls: Option<(String, String)>) -> u16 {
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let acceptor = tls.map(|(cert, key)| {
         let chain = CertificateDer::pem_slice_iter(cert.as_bytes())

@@ -7,11 +7,13 @@
 //! whose cause is logged. Every client address is rate limited.
 //!
 //! Files: [`agents`] (agents, regions, enrollment, tokens), [`checks`], [`data`] (results,
-//! metrics, status), [`live`] (WebSocket and SSE), [`openapi`], [`server`] (TLS serving).
+//! metrics, status), [`live`] (WebSocket and SSE), [`openapi`], [`server`] (TLS serving),
+//! [`dist`] (release artifacts under `/dist`, no token).
 
 pub mod agents;
 pub mod checks;
 pub mod data;
+pub mod dist;
 pub mod live;
 pub mod openapi;
 pub mod run;
@@ -288,6 +290,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .route("/dist/{file}", get(dist::file))
         .nest("/api/v1", api)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
