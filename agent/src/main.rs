@@ -55,7 +55,12 @@ fn main() {
         .and_then(|text| text.parse().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours only on a terminal, not in log files or the journal.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .with(filter)
         .try_init();
     let cli = Cli::parse();

@@ -163,7 +163,9 @@ enrolled=0
     || die "not enrolled yet and no token: set VANTAGE_ENROLLMENT_TOKEN or pass --token-file"
 
 # --- user, binary, config -----------------------------------------------------------------
+created_user=0
 if ! id "$SERVICE_USER" >/dev/null 2>&1; then
+    created_user=1
     if command -v useradd >/dev/null 2>&1; then
         useradd --system --no-create-home --home-dir "$STATE_DIR" --shell /usr/sbin/nologin "$SERVICE_USER" 2>/dev/null \
             || useradd --system --no-create-home --home-dir "$STATE_DIR" --shell /bin/false "$SERVICE_USER"
@@ -224,6 +226,9 @@ if [ "$enrolled" = 0 ]; then
         if [ "$fresh" = 1 ]; then
             # Leave a node that was not installed before as it was.
             rm -rf "$PREFIX/vantage-agent" "$CONF_DIR" "$STATE_DIR"
+            if [ "$created_user" = 1 ]; then
+                userdel "$SERVICE_USER" 2>/dev/null || deluser "$SERVICE_USER" 2>/dev/null || true
+            fi
         else
             write_config ""
         fi

@@ -4,7 +4,8 @@
 # ARCH` installs what ARCH needs from Debian (nothing for x86_64, which uses rustup's std);
 # `agent_build ARCH TARGET_ROOT` builds a static, stripped agent with the `agent-release`
 # profile and prints the binary's path. Routes (DESIGN.md "Cross-compiling"):
-#   x86_64   rustup's std, +crt-static (static-pie)
+#   x86_64   rustup's std, +crt-static, non-PIE (static-pie's relocations cost ~250 KB;
+#            the aarch64 and armv7 routes are non-PIE too)
 #   aarch64  Debian's rustc-web with libstd-rust-web-dev:arm64 and gcc-aarch64-linux-gnu
 #   armv7    Debian's rustc-web with rust-web-src, -Zbuild-std (the armhf std package does
 #            not match rustc-web), gcc-arm-linux-gnueabihf
@@ -59,6 +60,9 @@ agent_build() {
     local -a extra=()
     local target_dir=$target_root/rustup
     case $arch in
+        x86_64)
+            env_vars=(RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static")
+            ;;
         aarch64)
             target_dir=$target_root/debian
             env_vars+=(RUSTC=/usr/bin/rustc

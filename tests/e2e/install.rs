@@ -467,6 +467,11 @@ async fn node_install() -> anyhow::Result<()> {
         !Path::new("/var/lib/vantage-agent").exists(),
         "a refused enrollment left a state dir"
     );
+    let user = run(Command::new("id").arg("vantage-agent"))?;
+    ensure!(
+        !user.status.success(),
+        "a refused enrollment left the service user"
+    );
     Ok(())
 }
 
