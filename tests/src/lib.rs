@@ -493,6 +493,8 @@ impl ControlPlane {
 pub struct Agent {
     pub dir: PathBuf,
     pub config_path: PathBuf,
+    /// The program and leading arguments (a qemu-user runner, then the binary).
+    command: Vec<PathBuf>,
     child: Option<Child>,
     _temp: tempfile::TempDir,
 }
@@ -509,6 +511,21 @@ impl Agent {
     /// # Errors
     /// The process cannot start.
     pub fn start(cp: &ControlPlane, token: &str, extra_config: &str) -> anyhow::Result<Agent> {
+        Self::start_command(cp, token, extra_config, vec![bin("vantage-agent")])
+    }
+
+    /// Like [`Self::start`] with another agent binary, run through `command` (e.g.
+    /// `["qemu-aarch64-static", "dist/bin/aarch64/vantage-agent"]`).
+    ///
+    /// # Errors
+    /// The process cannot start.
+    pub fn start_command(
+        cp: &ControlPlane,
+        token: &str,
+        extra_config: &str,
+        command: Vec<PathBuf>,
+    ) -> anyhow::Result<Agent> {
+        anyhow::ensure!(!command.is_empty(), "no agent command");
         let temp = tempfile::tempdir()?;
         let dir = temp.path().to_owned();
         let config_path = dir.join("agent.toml");
@@ -524,6 +541,7 @@ impl Agent {
         let mut agent = Agent {
             dir,
             config_path,
+            command,
             child: None,
             _temp: temp,
         };
@@ -540,7 +558,8 @@ impl Agent {
             .create(true)
             .append(true)
             .open(self.dir.join("agent.log"))?;
-        let child = Command::new(bin("vantage-agent"))
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
             .arg("--config")
             .arg(&self.config_path)
             .arg("run")
