@@ -403,6 +403,36 @@ async fn node_install() -> anyhow::Result<()> {
         "state dir is not private"
     );
 
+    // The packaged unit (systemd is not PID 1 here, so it is checked, not run): it must pass
+    // `systemd-analyze verify` now that its binary is installed, and stay hardened.
+    let unit = work.path().join("vantage-agent.service");
+    sh(&format!(
+        "tar -xzf {d}/vantage-agent-*-{arch}-linux.tar.gz -O --wildcards '*/vantage-agent.service' > {u}",
+        d = dist.display(),
+        arch = std::env::consts::ARCH,
+        u = unit.display()
+    ))?;
+    let verify = run(Command::new("systemd-analyze").arg("verify").arg(&unit))?;
+    ensure!(
+        verify.status.success(),
+        "systemd-analyze verify: {}",
+        text(&verify)
+    );
+    let security = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&unit))?;
+    let report = text(&security);
+    let exposure: f64 = report
+        .split("Overall exposure level for vantage-agent.service: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|x| x.parse().ok())
+        .with_context(|| report.clone())?;
+    ensure!(
+        exposure <= 2.5,
+        "the unit's exposure grew to {exposure}: {report}"
+    );
+
     // Again, with no token: an enrolled node keeps its identity.
     let output = node.ssh_install(&cp, &dist, None)?;
     ensure!(
