@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use vantage_mqtt::{
     AgentAck, AgentTopic, CheckResult, CheckSpec, Command, CommandMessage, DesiredConfig,
-    Heartbeat, Hello, NodeState, ResultsAck, Status, decode, encode, topic,
+    Heartbeat, Hello, MAX_CONFIG_BYTES, NodeState, ResultsAck, Status, decode, decode_limited,
+    encode, topic,
 };
 
 use crate::config::AgentConfig;
@@ -156,7 +157,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut scheduler = Scheduler::new(results_tx);
     let mut desired: Option<DesiredConfig> = std::fs::read(config_path(&config))
         .ok()
-        .and_then(|bytes| decode::<DesiredConfig>(&bytes).ok());
+        .and_then(|bytes| decode_limited::<DesiredConfig>(&bytes, MAX_CONFIG_BYTES).ok());
     if let Some(desired) = &desired {
         scheduler.apply(&desired.checks);
     }
@@ -228,7 +229,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                             }
                         }
                         Ok(topic::Topic::Agent { kind: AgentTopic::Config, .. }) if !payload.is_empty() => {
-                            match decode::<DesiredConfig>(&payload) {
+                            match decode_limited::<DesiredConfig>(&payload, MAX_CONFIG_BYTES) {
                                 Ok(config_update) => {
                                     if desired.as_ref().map(|d| d.revision) != Some(config_update.revision) {
                                         tracing::info!(revision = config_update.revision, n_checks = config_update.checks.len(), "Applying desired config");

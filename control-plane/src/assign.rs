@@ -8,7 +8,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use vantage_mqtt::{AgentTopic, CheckKind, CheckSpec, DesiredConfig, decode, encode, topic};
+use vantage_mqtt::{
+    AgentTopic, CheckKind, CheckSpec, DesiredConfig, MAX_CONFIG_BYTES, decode_limited, encode,
+    topic,
+};
 
 use crate::AppState;
 use crate::store::{CheckRow, StoreError};
@@ -71,9 +74,9 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
         .filter(|a| a.revoked_at_ms.is_none() && a.state == "online")
     {
         let checks = per_agent.remove(&agent.id).unwrap_or_default();
-        let previous: Option<DesiredConfig> = stored
-            .get(&agent.id)
-            .and_then(|json| decode::<DesiredConfig>(json.as_bytes()).ok());
+        let previous: Option<DesiredConfig> = stored.get(&agent.id).and_then(|json| {
+            decode_limited::<DesiredConfig>(json.as_bytes(), MAX_CONFIG_BYTES).ok()
+        });
         let unchanged = previous.as_ref().is_some_and(|p| {
             p.checks == checks
                 && p.region == agent.region
@@ -91,6 +94,18 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
                 heartbeat_interval_s: state.settings.heartbeat_interval_s,
                 checks,
             };
+            // The API refuses checks that would overflow a region's config; should one slip
+            // through (concurrent changes), the agent keeps its last config rather than
+            // receive one it must refuse.
+            let size = encode(&config).len() + 32;
+            if size > MAX_CONFIG_BYTES {
+                tracing::error!(agent = %agent.id, size, limit = MAX_CONFIG_BYTES, n_checks = config.checks.len(), "Desired config over the size limit; not published");
+                state
+                    .counters
+                    .config_too_large
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             let revision = state
                 .store
                 .bump_desired_config(&agent.id, |revision| {

@@ -56,6 +56,7 @@ counters! {
     ingest_rows_committed => ("vantage_ingest_rows_committed_total", "Results, metrics and events rows committed (replays included)."),
     ingest_batches => ("vantage_ingest_batches_total", "Ingest transactions committed."),
     ingest_commit_errors => ("vantage_ingest_commit_errors_total", "Ingest transactions that failed (their rows are not acknowledged)."),
+    config_too_large => ("vantage_config_too_large_total", "Desired configs not published because they exceeded the size an agent accepts."),
     api_rate_limited => ("vantage_api_rate_limited_total", "API requests refused by the rate limiter."),
 }
 

@@ -18,7 +18,7 @@ pub mod payload;
 pub mod topic;
 
 pub use check::*;
-pub use codec::{DecodeError, decode, encode};
+pub use codec::{DecodeError, decode, decode_limited, encode};
 pub use payload::*;
 pub use topic::{AgentTopic, Topic, TopicError};
 
@@ -27,3 +27,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The largest payload the control plane accepts on any topic, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// The largest desired config (`agents/{id}/config`), in bytes: the one message that grows
+/// with the checks assigned to an agent (about 250 bytes per HTTP check, so ~3,900 of them).
+/// It stays under the 1 MiB MQTT packet limit of the front door and the agent, with room
+/// for the topic and headers. The control plane refuses a check that would push a region's
+/// config over it, and never publishes one that is over.
+pub const MAX_CONFIG_BYTES: usize = 960 * 1024;

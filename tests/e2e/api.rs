@@ -203,3 +203,79 @@ async fn refusals_are_json_with_the_right_status(backend: Backend) -> anyhow::Re
     assert!(!tokens.to_string().contains("vet_"), "{tokens}");
     Ok(())
 }
+
+crate::both_backends!(
+    checks_that_would_overflow_a_config_are_refused,
+    checks_that_would_overflow_a_config_are_refused
+);
+
+/// Every agent of a region receives all of the region's checks in one desired config, which
+/// an agent refuses beyond `MAX_CONFIG_BYTES`: the API refuses the check that would cross it,
+/// and the agent keeps running the checks that fit.
+async fn checks_that_would_overflow_a_config_are_refused(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let token = cp.enrollment_token("full", 1).await?;
+    let agent = vantage_tests::Agent::start(&cp, &token, "")?;
+    agent.wait_enrolled().await?;
+    // HTTP checks with 60 KiB request bodies: sixteen of them are over the limit.
+    let body = "x".repeat(60 * 1024);
+    let mut accepted = 0;
+    let refusal = loop {
+        let (status, answer) = cp
+            .post(
+                "/api/v1/checks",
+                json!({
+                    "id": format!("big-{accepted}"),
+                    "name": "big",
+                    "interval_s": 3600,
+                    "timeout_ms": 1000,
+                    "regions": ["full", "other"],
+                    "kind": {"type": "http", "method": "POST", "url": "http://127.0.0.1:9/", "body": body},
+                }),
+            )
+            .await?;
+        if status != 201 {
+            break (status, answer);
+        }
+        accepted += 1;
+        anyhow::ensure!(accepted <= 16, "{accepted} big checks accepted");
+    };
+    assert_json_error(refusal.0, &refusal.1, 422);
+    let message = refusal.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("\"full\"")
+            && message.contains(&vantage_mqtt::MAX_CONFIG_BYTES.to_string()),
+        "{message}"
+    );
+    let per_check = body.len() + 200;
+    assert!(
+        (accepted + 1) * per_check > vantage_mqtt::MAX_CONFIG_BYTES
+            && accepted * body.len() < vantage_mqtt::MAX_CONFIG_BYTES,
+        "refused after {accepted} checks"
+    );
+    let (_, checks) = cp.get("/api/v1/checks").await?;
+    assert_eq!(checks.as_array().map(Vec::len), Some(accepted), "{checks}");
+    // The agent applies the config with every accepted check and refuses none.
+    let wanted = format!("n_checks={accepted}");
+    vantage_tests::wait_for(
+        "the full config applied",
+        std::time::Duration::from_secs(20),
+        || async {
+            agent
+                .log()
+                .lines()
+                .any(|l| l.contains("Applying desired config") && l.contains(&wanted))
+                .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {}", agent.log()))?;
+    assert!(
+        !agent.log().contains("Ignoring an invalid desired config"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(cp.counter("vantage_config_too_large_total").await?, 0);
+    Ok(())
+}

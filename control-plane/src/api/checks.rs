@@ -1,5 +1,7 @@
 //! Check definitions: create, read, update, delete, with validation at creation time.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -120,6 +122,46 @@ pub fn to_body(row: &CheckRow) -> Result<CheckBody, ApiError> {
     })
 }
 
+/// Refuses a check that would push the desired config of any of its regions over
+/// [`vantage_mqtt::MAX_CONFIG_BYTES`]: every agent of a region receives all of its checks, and
+/// an agent refuses a config over the limit.
+async fn fits_in_configs(state: &AppState, id: &str, row: &CheckRow) -> Result<(), ApiError> {
+    if !row.enabled {
+        return Ok(());
+    }
+    let Some(spec) = crate::assign::check_spec(row) else {
+        return Ok(());
+    };
+    let regions = check_regions(row);
+    // The envelope: version, revision, region, intervals.
+    let mut sizes: BTreeMap<&str, (usize, usize)> = regions
+        .iter()
+        .map(|r| (r.as_str(), (160 + vantage_mqtt::encode(&spec).len(), 1)))
+        .collect();
+    let others = state.store.list_checks().await?;
+    for other in others.iter().filter(|c| c.enabled && c.id != id) {
+        let Some(other_spec) = crate::assign::check_spec(other) else {
+            continue;
+        };
+        let len = vantage_mqtt::encode(&other_spec).len() + 1;
+        for region in check_regions(other) {
+            if let Some((size, n)) = sizes.get_mut(region.as_str()) {
+                *size += len;
+                *n += 1;
+            }
+        }
+    }
+    for (region, (size, n)) in sizes {
+        if size > vantage_mqtt::MAX_CONFIG_BYTES {
+            return Err(ApiError::Unprocessable(format!(
+                "region {region:?} would hand each of its agents {n} checks in a {size}-byte config, over the {} bytes an agent accepts; spread the checks over more regions",
+                vantage_mqtt::MAX_CONFIG_BYTES
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn after_change(state: &AppState, body: &CheckBody) -> Result<(), ApiError> {
     for region in &body.regions {
         state.store.ensure_region(region).await?;
@@ -138,6 +180,7 @@ pub async fn create(
     validate(&body)?;
     let id = body.id.clone().unwrap_or_else(|| random_id("ck-", 6));
     let row = to_row(id, &body, now_ms());
+    fits_in_configs(&state, &row.id, &row).await?;
     state.store.insert_check(&row).await?;
     after_change(&state, &body).await?;
     Ok((StatusCode::CREATED, Json(to_body(&row)?)))
@@ -188,6 +231,7 @@ pub async fn update(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("check {id:?}")))?;
     let row = to_row(id, &body, existing.created_at_ms);
+    fits_in_configs(&state, &row.id, &row).await?;
     state.store.update_check(&row).await?;
     after_change(&state, &body).await?;
     Ok(Json(to_body(&row)?))

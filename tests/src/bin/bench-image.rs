@@ -54,8 +54,8 @@ async fn main() -> anyhow::Result<()> {
     let store = TestStore::create(Backend::Sqlite).await?;
     let cp = ControlPlane::start(&store).await?;
     println!(
-        "{:<8} {:>12} {:>12} {:>14} {:>18}",
-        "arch", "agent", "tarball", "edge image", "idle RSS"
+        "{:<8} {:>12} {:>12} {:>28} {:>18}",
+        "arch", "agent", "tarball", "edge image (allocated)", "idle RSS"
     );
     for (arch, runner) in [
         ("x86_64", None),
@@ -71,8 +71,12 @@ async fn main() -> anyhow::Result<()> {
         let tarball = find(&dist, "vantage-agent-", &format!("-{arch}-linux.tar.gz"))
             .map(|p| std::fs::metadata(p).map(|m| m.len()))
             .transpose()?;
+        // Raw size, and what the sparse file really occupies.
         let image = find(&dist, "vantage-edge-", &format!("-{arch}.img"))
-            .map(|p| std::fs::metadata(p).map(|m| m.len()))
+            .map(|p| {
+                std::fs::metadata(p)
+                    .map(|m| (m.len(), std::os::unix::fs::MetadataExt::blocks(&m) * 512))
+            })
             .transpose()?;
         let mut command = Vec::new();
         if let Some(runner) = runner {
@@ -96,10 +100,14 @@ async fn main() -> anyhow::Result<()> {
         let pid = agent.pid().context("agent exited")?;
         let rss = rss_kib(pid)?;
         println!(
-            "{arch:<8} {:>12} {:>12} {:>14} {:>18}",
+            "{arch:<8} {:>12} {:>12} {:>28} {:>18}",
             mib(size),
             tarball.map_or("-".into(), mib),
-            image.map_or("-".into(), mib),
+            image.map_or("-".into(), |(raw, allocated)| format!(
+                "{} ({})",
+                mib(raw),
+                mib(allocated)
+            )),
             format!(
                 "{:.1} MiB{}",
                 rss as f64 / 1024.0,
