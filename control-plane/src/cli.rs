@@ -217,24 +217,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ttl,
             store,
         }) => {
-            let labels = parse_labels(&labels).map_err(anyhow::Error::msg)?;
-            let request = crate::api::agents::CreateTokenRequest {
-                region,
-                labels,
-                uses,
-                ttl_s: parse_duration_s(&ttl).map_err(anyhow::Error::msg)?,
-            };
-            crate::api::agents::validate_token_request(&request)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let store = store.open().await?;
-            let (row, secret) = store
-                .create_enrollment_token(
-                    &request.region,
-                    &request.labels,
-                    request.uses,
-                    request.ttl_s,
-                )
-                .await?;
+            let (row, secret) =
+                create_enrollment_token(&store, region, &labels, uses, &ttl).await?;
             eprintln!(
                 "enrollment token {} for region {} ({} uses, expires at {} ms)",
                 row.id, row.region, row.uses_left, row.expires_at_ms
@@ -293,6 +277,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
+/// Validates the request as the API does, then creates the token; returns it and its secret.
+async fn create_enrollment_token(
+    store: &StoreArgs,
+    region: String,
+    labels: &[String],
+    uses: i64,
+    ttl: &str,
+) -> anyhow::Result<(crate::store::EnrollmentTokenRow, String)> {
+    let request = crate::api::agents::CreateTokenRequest {
+        region,
+        labels: parse_labels(labels).map_err(anyhow::Error::msg)?,
+        uses,
+        ttl_s: parse_duration_s(ttl).map_err(anyhow::Error::msg)?,
+    };
+    crate::api::agents::validate_token_request(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = store.open().await?;
+    Ok(store
+        .create_enrollment_token(
+            &request.region,
+            &request.labels,
+            request.uses,
+            request.ttl_s,
+        )
+        .await?)
+}
+
 /// `vantage cloud-init`: everything is checked before the token is created.
 async fn cloud_init(args: CloudInitArgs) -> anyhow::Result<()> {
     use crate::cloudinit;
@@ -323,23 +333,9 @@ async fn cloud_init(args: CloudInitArgs) -> anyhow::Result<()> {
             ca_path.display()
         )
     })?;
-    let labels = parse_labels(&args.labels).map_err(anyhow::Error::msg)?;
-    let request = crate::api::agents::CreateTokenRequest {
-        region: args.region,
-        labels,
-        uses: args.uses,
-        ttl_s: parse_duration_s(&args.ttl).map_err(anyhow::Error::msg)?,
-    };
-    crate::api::agents::validate_token_request(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = args.store.open().await?;
-    let (row, secret) = store
-        .create_enrollment_token(
-            &request.region,
-            &request.labels,
-            request.uses,
-            request.ttl_s,
-        )
-        .await?;
+    let (row, secret) =
+        create_enrollment_token(&args.store, args.region, &args.labels, args.uses, &args.ttl)
+            .await?;
     let comment = format!(
         "Vantage agent for region {}: enrollment token {} ({} uses, expires at {} ms since the epoch)",
         row.region, row.id, row.uses_left, row.expires_at_ms

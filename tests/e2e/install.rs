@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
-use vantage_tests::{Backend, ControlPlane, TestStore, wait_for};
+use vantage_tests::{Backend, ControlPlane, TestStore, output_text, wait_for};
 
 /// image/build's output.
 pub fn dist_dir() -> anyhow::Result<PathBuf> {
@@ -49,18 +49,13 @@ fn run(command: &mut Command) -> anyhow::Result<Output> {
     Ok(output)
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn sh(script: &str) -> anyhow::Result<()> {
     let output = run(Command::new("sh").arg("-c").arg(script))?;
-    ensure!(output.status.success(), "{script}: {}", text(&output));
+    ensure!(
+        output.status.success(),
+        "{script}: {}",
+        output_text(&output)
+    );
     Ok(())
 }
 
@@ -180,6 +175,21 @@ impl Node {
         run(&mut command)
     }
 
+    /// `install.sh --uninstall --purge` on the node; checks that nothing is left.
+    fn uninstall_purge(&self, dist: &Path) -> anyhow::Result<()> {
+        let output = self.ssh(&format!(
+            "sh {}/install.sh --uninstall --purge",
+            dist.display()
+        ))?;
+        ensure!(
+            output.status.success(),
+            "uninstall failed: {}",
+            output_text(&output)
+        );
+        ensure!(uninstalled(), "uninstall left files behind");
+        Ok(())
+    }
+
     fn server_url(&self, cp: &ControlPlane) -> String {
         format!("https://{}:{}", self.host_ip, cp.http_port)
     }
@@ -282,7 +292,7 @@ async fn node_install() -> anyhow::Result<()> {
     ensure!(
         schema.status.success(),
         "cloud-init schema refused the user-data: {}",
-        text(&schema)
+        output_text(&schema)
     );
     // The validator is real: a wrong type in the same document is refused.
     let broken = work.path().join("broken");
@@ -305,7 +315,7 @@ async fn node_install() -> anyhow::Result<()> {
             "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
         ])
         .arg(&user_data_path))?;
-    ensure!(parsed.status.success(), "{}", text(&parsed));
+    ensure!(parsed.status.success(), "{}", output_text(&parsed));
     let doc: Value = serde_json::from_slice(&parsed.stdout)?;
     for file in doc["write_files"].as_array().context("write_files")? {
         let path = Path::new(file["path"].as_str().context("path")?);
@@ -326,7 +336,7 @@ async fn node_install() -> anyhow::Result<()> {
         ensure!(
             output.status.success(),
             "runcmd failed on the node: {}",
-            text(&output)
+            output_text(&output)
         );
     }
     let cloud_agent = online_in(&cp, "cloud").await?;
@@ -339,16 +349,7 @@ async fn node_install() -> anyhow::Result<()> {
         !config.contains("enrollment_token"),
         "the token stayed in the config: {config}"
     );
-    let output = node.ssh(&format!(
-        "sh {}/install.sh --uninstall --purge",
-        dist.display()
-    ))?;
-    ensure!(
-        output.status.success(),
-        "uninstall failed: {}",
-        text(&output)
-    );
-    ensure!(uninstalled(), "uninstall left files behind");
+    node.uninstall_purge(&dist)?;
     let id = cloud_agent["id"].as_str().context("id")?.to_owned();
     wait_for(
         "the uninstalled agent offline",
@@ -374,9 +375,13 @@ async fn node_install() -> anyhow::Result<()> {
     ensure!(
         !output.status.success(),
         "a bad signature was accepted: {}",
-        text(&output)
+        output_text(&output)
     );
-    ensure!(text(&output).contains("bad signature"), "{}", text(&output));
+    ensure!(
+        output_text(&output).contains("bad signature"),
+        "{}",
+        output_text(&output)
+    );
     ensure!(
         uninstalled(),
         "files were installed despite a bad signature"
@@ -387,15 +392,18 @@ async fn node_install() -> anyhow::Result<()> {
     ensure!(
         output.status.success(),
         "ssh-install failed: {}",
-        text(&output)
+        output_text(&output)
     );
     ensure!(
         String::from_utf8_lossy(&output.stdout)
             .contains(&format!("node: installed ({})", std::env::consts::ARCH)),
         "{}",
-        text(&output)
+        output_text(&output)
     );
-    ensure!(!text(&output).contains(&token), "the token was printed");
+    ensure!(
+        !output_text(&output).contains(&token),
+        "the token was printed"
+    );
     let first = online_in(&cp, "ssh").await?;
     let meta = std::fs::metadata("/var/lib/vantage-agent")?;
     ensure!(
@@ -416,12 +424,12 @@ async fn node_install() -> anyhow::Result<()> {
     ensure!(
         verify.status.success(),
         "systemd-analyze verify: {}",
-        text(&verify)
+        output_text(&verify)
     );
     let security = run(Command::new("systemd-analyze")
         .args(["security", "--offline=true"])
         .arg(&unit))?;
-    let report = text(&security);
+    let report = output_text(&security);
     let exposure: f64 = report
         .split("Overall exposure level for vantage-agent.service: ")
         .nth(1)
@@ -438,7 +446,7 @@ async fn node_install() -> anyhow::Result<()> {
     ensure!(
         output.status.success(),
         "re-running ssh-install failed: {}",
-        text(&output)
+        output_text(&output)
     );
     let again = online_in(&cp, "ssh").await?;
     ensure!(
@@ -465,32 +473,23 @@ async fn node_install() -> anyhow::Result<()> {
     ))?;
     ensure!(!output.status.success(), "a wrong --arch was accepted");
     ensure!(
-        text(&output).contains("wrong architecture"),
+        output_text(&output).contains("wrong architecture"),
         "{}",
-        text(&output)
+        output_text(&output)
     );
 
     // Purge, then the used-up token is refused and the node is left as it was.
-    let output = node.ssh(&format!(
-        "sh {}/install.sh --uninstall --purge",
-        dist.display()
-    ))?;
-    ensure!(
-        output.status.success(),
-        "uninstall failed: {}",
-        text(&output)
-    );
-    ensure!(uninstalled(), "uninstall left files behind");
+    node.uninstall_purge(&dist)?;
     let output = node.ssh_install(&cp, &dist, Some(&token_file))?;
     ensure!(
         !output.status.success(),
         "a used token was accepted: {}",
-        text(&output)
+        output_text(&output)
     );
     ensure!(
-        text(&output).contains("enrollment failed"),
+        output_text(&output).contains("enrollment failed"),
         "{}",
-        text(&output)
+        output_text(&output)
     );
     ensure!(uninstalled(), "a refused enrollment left files behind");
     ensure!(

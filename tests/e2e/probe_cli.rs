@@ -11,19 +11,10 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
-use vantage_tests::bin;
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use vantage_tests::{bin, output_text};
 
 fn outcome(output: &Output) -> anyhow::Result<Value> {
-    serde_json::from_slice(&output.stdout).with_context(|| text(output))
+    serde_json::from_slice(&output.stdout).with_context(|| output_text(output))
 }
 
 #[test]
@@ -37,8 +28,8 @@ fn probe_subcommand_exit_codes_and_errors() -> anyhow::Result<()> {
             &format!(r#"{{"type":"tcp","host":"127.0.0.1","port":{open}}}"#),
         ])
         .output()?;
-    ensure!(up.status.code() == Some(0), "{}", text(&up));
-    ensure!(outcome(&up)?["ok"] == true, "{}", text(&up));
+    ensure!(up.status.code() == Some(0), "{}", output_text(&up));
+    ensure!(outcome(&up)?["ok"] == true, "{}", output_text(&up));
     drop(listener);
     let down = Command::new(&agent)
         .args([
@@ -46,7 +37,7 @@ fn probe_subcommand_exit_codes_and_errors() -> anyhow::Result<()> {
             &format!(r#"{{"type":"tcp","host":"127.0.0.1","port":{open}}}"#),
         ])
         .output()?;
-    ensure!(down.status.code() == Some(2), "{}", text(&down));
+    ensure!(down.status.code() == Some(2), "{}", output_text(&down));
     let down_json = outcome(&down)?;
     ensure!(
         down_json["ok"] == false
@@ -54,7 +45,7 @@ fn probe_subcommand_exit_codes_and_errors() -> anyhow::Result<()> {
                 .as_str()
                 .is_some_and(|r| r.contains("refused")),
         "{}",
-        text(&down)
+        output_text(&down)
     );
     for (bad, says) in [
         (r#"{"type":"gopher"}"#, "unknown variant"),
@@ -62,10 +53,14 @@ fn probe_subcommand_exit_codes_and_errors() -> anyhow::Result<()> {
         ("not json", "invalid check"),
     ] {
         let output = Command::new(&agent).args(["probe", bad]).output()?;
-        ensure!(output.status.code() == Some(1), "{bad}: {}", text(&output));
+        ensure!(
+            output.status.code() == Some(1),
+            "{bad}: {}",
+            output_text(&output)
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
-        ensure!(stderr.contains(says), "{bad}: {}", text(&output));
-        ensure!(output.stdout.is_empty(), "{bad}: {}", text(&output));
+        ensure!(stderr.contains(says), "{bad}: {}", output_text(&output));
+        ensure!(output.stdout.is_empty(), "{bad}: {}", output_text(&output));
     }
     Ok(())
 }
@@ -81,7 +76,11 @@ impl Namespace {
             vec!["-n", name.as_str(), "link", "set", "lo", "up"],
         ] {
             let output = Command::new("ip").args(&args).output()?;
-            ensure!(output.status.success(), "ip {args:?}: {}", text(&output));
+            ensure!(
+                output.status.success(),
+                "ip {args:?}: {}",
+                output_text(&output)
+            );
         }
         Ok(Namespace(name))
     }
@@ -91,7 +90,7 @@ impl Namespace {
             .args(["netns", "exec", &self.0, "sysctl", "-w"])
             .arg(format!("net.ipv4.ping_group_range={range}"))
             .output()?;
-        ensure!(output.status.success(), "{}", text(&output));
+        ensure!(output.status.success(), "{}", output_text(&output));
         Ok(())
     }
 
@@ -134,18 +133,18 @@ fn icmp_works_raw_as_root_and_unprivileged_where_the_sysctl_allows() -> anyhow::
         ensure!(
             root.status.code() == Some(0),
             "root {host}: {}",
-            text(&root)
+            output_text(&root)
         );
         ensure!(
             outcome(&root)?["values"]["loss_pct"] == 0.0,
             "{}",
-            text(&root)
+            output_text(&root)
         );
         let refused = ns.ping(host, true)?;
         ensure!(
             refused.status.code() == Some(2),
             "nobody {host}: {}",
-            text(&refused)
+            output_text(&refused)
         );
         let reason = outcome(&refused)?["reason"]
             .as_str()
@@ -166,16 +165,16 @@ fn icmp_works_raw_as_root_and_unprivileged_where_the_sysctl_allows() -> anyhow::
         ensure!(
             user.status.code() == Some(0),
             "nobody {host}: {}",
-            text(&user)
+            output_text(&user)
         );
         let json = outcome(&user)?;
-        ensure!(json["values"]["loss_pct"] == 0.0, "{}", text(&user));
+        ensure!(json["values"]["loss_pct"] == 0.0, "{}", output_text(&user));
         ensure!(
             json["values"]["rtt_avg_ms"]
                 .as_f64()
                 .is_some_and(|rtt| rtt > 0.0),
             "{}",
-            text(&user)
+            output_text(&user)
         );
     }
     Ok(())

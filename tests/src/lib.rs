@@ -706,3 +706,47 @@ pub async fn expect_closed(
         }
     }
 }
+
+/// Resident memory and CPU time of a process, from `/proc/<pid>/{status,stat}`.
+pub struct ProcSample {
+    pub rss_kib: u64,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+/// Reads [`ProcSample`] for `pid`.
+///
+/// # Errors
+/// The process is gone or `/proc` reads oddly.
+pub fn proc_sample(pid: u32) -> anyhow::Result<ProcSample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // After the command name: state is field 3; utime and stime are fields 14 and 15.
+    let utime: u64 = fields.get(11).context("utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("stime")?.parse()?;
+    Ok(ProcSample {
+        rss_kib,
+        cpu_ticks: utime + stime,
+    })
+}
+
+/// A finished command's status, stdout and stderr, for error messages.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

@@ -9,35 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use vantage_tests::{Agent, Backend, ControlPlane, TestStore, free_port, wait_for};
-
-struct Sample {
-    rss_kib: u64,
-    cpu_ticks: u64,
-}
-
-fn sample(pid: u32) -> anyhow::Result<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    // After the command name: state is field 3; utime and stime are fields 14 and 15.
-    let utime: u64 = fields.get(11).context("utime")?.parse()?;
-    let stime: u64 = fields.get(12).context("stime")?.parse()?;
-    Ok(Sample {
-        rss_kib,
-        cpu_ticks: utime + stime,
-    })
-}
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore, free_port, proc_sample, wait_for};
 
 fn agent_pid(agent: &Agent) -> anyhow::Result<u32> {
     let output = Command::new("pgrep")
@@ -101,8 +73,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Warm up, then measure.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let start_agent = sample(agent_pid)?;
-    let start_exporter = sample(node_exporter.id())?;
+    let start_agent = proc_sample(agent_pid)?;
+    let start_exporter = proc_sample(node_exporter.id())?;
     let (mut agent_rss, mut exporter_rss) = (Vec::new(), Vec::new());
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -112,16 +84,17 @@ async fn main() -> anyhow::Result<()> {
         if http.get(&scrape_url).send().await?.bytes().await.is_ok() {
             n_scrapes += 1;
         }
-        agent_rss.push(sample(agent_pid)?.rss_kib);
-        exporter_rss.push(sample(node_exporter.id())?.rss_kib);
+        agent_rss.push(proc_sample(agent_pid)?.rss_kib);
+        exporter_rss.push(proc_sample(node_exporter.id())?.rss_kib);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let end_agent = sample(agent_pid)?;
-    let end_exporter = sample(node_exporter.id())?;
+    let end_agent = proc_sample(agent_pid)?;
+    let end_exporter = proc_sample(node_exporter.id())?;
     let _ = node_exporter.kill();
     let ticks_per_s = 100.0;
-    let cpu =
-        |a: &Sample, b: &Sample| 100.0 * (b.cpu_ticks - a.cpu_ticks) as f64 / ticks_per_s / elapsed;
+    let cpu = |a: &vantage_tests::ProcSample, b: &vantage_tests::ProcSample| {
+        100.0 * (b.cpu_ticks - a.cpu_ticks) as f64 / ticks_per_s / elapsed
+    };
     let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1024.0;
     let max = |v: &[u64]| *v.iter().max().unwrap_or(&0) as f64 / 1024.0;
     let (_, metrics) = cp

@@ -12,15 +12,6 @@ use std::time::Duration;
 use anyhow::Context;
 use vantage_tests::{Agent, Backend, ControlPlane, TestStore, wait_for};
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
-}
-
 fn find(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -98,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| agent.log())?;
         tokio::time::sleep(Duration::from_secs(idle)).await;
         let pid = agent.pid().context("agent exited")?;
-        let rss = rss_kib(pid)?;
+        let rss = vantage_tests::proc_sample(pid)?.rss_kib;
         println!(
             "{arch:<8} {:>12} {:>12} {:>28} {:>18}",
             mib(size),

@@ -48,7 +48,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use vantage_mqtt::{CheckKind, CheckSpec, DesiredConfig, MAX_CONFIG_BYTES, encode};
-use vantage_tests::{Agent, Backend, ControlPlane, TestStore, bin_dir, wait_for};
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore, bin_dir, proc_sample, wait_for};
 
 /// The name the DNS target answers, and its address.
 const KNOWN_NAME: &str = "known.bench.test";
@@ -846,34 +846,6 @@ fn shorten(text: &str, max: usize) -> String {
 // /proc sampling
 // ---------------------------------------------------------------------------------------------
 
-struct Sample {
-    rss_kib: u64,
-    cpu_ticks: u64,
-}
-
-fn sample(pid: u32) -> anyhow::Result<Sample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    // After the command name: state is field 3; utime and stime are fields 14 and 15.
-    let utime: u64 = fields.get(11).context("utime")?.parse()?;
-    let stime: u64 = fields.get(12).context("stime")?.parse()?;
-    Ok(Sample {
-        rss_kib,
-        cpu_ticks: utime + stime,
-    })
-}
-
 fn mib(kib: f64) -> f64 {
     kib / 1024.0
 }
@@ -982,7 +954,7 @@ async fn saturation(
         tokio::select! {
             line = lines.next_line() => break line?.context("load child printed no result")?,
             _ = tick.tick() => {
-                if let Ok(s) = sample(pid) {
+                if let Ok(s) = proc_sample(pid) {
                     rss.push(s.rss_kib as f64);
                 }
             }
@@ -1076,17 +1048,17 @@ async fn agent_throughput(url: &str, wanted: usize, seconds: u64) -> anyhow::Res
     // Every check starts within its first interval; let the rate settle.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let from = vantage_agent::now_ms();
-    let start = sample(pid)?;
+    let start = proc_sample(pid)?;
     let started = Instant::now();
     let mut rss = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while started.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
-        rss.push(sample(pid)?.rss_kib as f64);
+        rss.push(proc_sample(pid)?.rss_kib as f64);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let to = vantage_agent::now_ms();
-    let end = sample(pid)?;
+    let end = proc_sample(pid)?;
     // Results measured in the window but still in flight or in the spool.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rows, failed) = count(from, to).await?;
