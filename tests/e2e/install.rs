@@ -157,6 +157,7 @@ impl Node {
         cp: &ControlPlane,
         dist: &Path,
         token: Option<&Path>,
+        hosts_file: Option<&Path>,
     ) -> anyhow::Result<Output> {
         let mut command = Command::new(workspace_file("provision/ssh-install"));
         command
@@ -171,7 +172,10 @@ impl Node {
         if let Some(token) = token {
             command.arg("--token-file").arg(token);
         }
-        command.arg("node");
+        match hosts_file {
+            Some(file) => command.arg("--hosts").arg(file),
+            None => command.arg("node"),
+        };
         run(&mut command)
     }
 
@@ -371,7 +375,7 @@ async fn node_install() -> anyhow::Result<()> {
     sh(&format!("cp -r {} {}", dist.display(), bad.display()))?;
     let sums = std::fs::read_to_string(bad.join("SHA256SUMS"))?;
     std::fs::write(bad.join("SHA256SUMS"), sums.replacen('0', "1", 1))?;
-    let output = node.ssh_install(&cp, &bad, Some(&token_file))?;
+    let output = node.ssh_install(&cp, &bad, Some(&token_file), None)?;
     ensure!(
         !output.status.success(),
         "a bad signature was accepted: {}",
@@ -388,7 +392,7 @@ async fn node_install() -> anyhow::Result<()> {
     );
 
     // The real thing.
-    let output = node.ssh_install(&cp, &dist, Some(&token_file))?;
+    let output = node.ssh_install(&cp, &dist, Some(&token_file), None)?;
     ensure!(
         output.status.success(),
         "ssh-install failed: {}",
@@ -442,10 +446,17 @@ async fn node_install() -> anyhow::Result<()> {
     );
 
     // Again, with no token: an enrolled node keeps its identity.
-    let output = node.ssh_install(&cp, &dist, None)?;
+    // From a host list, with a host that cannot be reached: the node is still done, the
+    // run fails, and the summary names each host.
+    let hosts = work.path().join("hosts");
+    std::fs::write(&hosts, "# fleet\nnode\n\nno-such-host.invalid  # gone\n")?;
+    let output = node.ssh_install(&cp, &dist, None, Some(&hosts))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     ensure!(
-        output.status.success(),
-        "re-running ssh-install failed: {}",
+        output.status.code() == Some(1)
+            && stdout.contains("node: installed")
+            && stdout.contains("no-such-host.invalid: FAILED: cannot reach"),
+        "{}",
         output_text(&output)
     );
     let again = online_in(&cp, "ssh").await?;
@@ -480,7 +491,7 @@ async fn node_install() -> anyhow::Result<()> {
 
     // Purge, then the used-up token is refused and the node is left as it was.
     node.uninstall_purge(&dist)?;
-    let output = node.ssh_install(&cp, &dist, Some(&token_file))?;
+    let output = node.ssh_install(&cp, &dist, Some(&token_file), None)?;
     ensure!(
         !output.status.success(),
         "a used token was accepted: {}",
