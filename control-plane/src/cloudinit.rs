@@ -60,7 +60,7 @@ get SHA256SUMS
 get SHA256SUMS.sig
 openssl pkeyutl -verify -pubin -inkey /etc/vantage/release.pub -rawin -in "$d/SHA256SUMS" -sigfile "$d/SHA256SUMS.sig"
 get install.sh
-(cd "$d" && grep '  install.sh$' SHA256SUMS | sha256sum -c --status -)
+[ "$(awk '$2 == "install.sh" {{ print $1 }}' "$d/SHA256SUMS")" = "$(sha256sum "$d/install.sh" | awk '{{ print $1 }}')" ] || {{ echo "install.sh does not match the signed SHA256SUMS" >&2; exit 1; }}
 sh "$d/install.sh" --artifacts "{artifacts}" --server-url "{server}" --ca-file /etc/vantage/ca.pem --pubkey /etc/vantage/release.pub --token-file /etc/vantage/enrollment-token
 rm -f /etc/vantage/enrollment-token
 "#,

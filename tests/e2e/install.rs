@@ -391,6 +391,24 @@ async fn node_install() -> anyhow::Result<()> {
         "files were installed despite a bad signature"
     );
 
+    // A signed release whose tarball was altered afterwards: refused by its checksum.
+    let altered = work.path().join("altered-dist");
+    sh(&format!("cp -r {} {}", dist.display(), altered.display()))?;
+    sh(&format!(
+        "for f in {}/vantage-agent-*-linux.tar.gz; do printf x >> \"$f\"; done",
+        altered.display()
+    ))?;
+    let output = node.ssh_install(&cp, &altered, Some(&token_file), None)?;
+    ensure!(
+        !output.status.success() && output_text(&output).contains("checksum mismatch"),
+        "an altered tarball was accepted: {}",
+        output_text(&output)
+    );
+    ensure!(
+        uninstalled(),
+        "files were installed from an altered tarball"
+    );
+
     // The real thing.
     let output = node.ssh_install(&cp, &dist, Some(&token_file), None)?;
     ensure!(
