@@ -37,7 +37,9 @@ enum Cmd {
     Enroll,
     /// Run one check now and print its outcome as JSON; exit 0 when up, 2 when down.
     Probe {
-        /// The check, as in the API: `{"type":"http","url":"https://example.net"}`.
+        /// The check, as in the API: `{"type":"http","url":"https://example.net"}`; `-` reads
+        /// it from stdin, which keeps headers, bodies and keyed RPC URLs out of the process
+        /// list.
         check: String,
         /// Whole-check timeout, in milliseconds.
         #[arg(long, default_value_t = 10_000)]
@@ -95,8 +97,19 @@ fn main() {
 
 /// `probe`: validates and runs one check, prints the outcome, exits 2 when it is down.
 async fn probe_once(text: &str, timeout_ms: u32) -> anyhow::Result<()> {
+    let text = if text == "-" {
+        let mut input = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(std::io::stdin(), 1024 * 1024),
+            &mut input,
+        )
+        .map_err(|error| anyhow::anyhow!("cannot read the check from stdin: {error}"))?;
+        input
+    } else {
+        text.to_owned()
+    };
     let kind: vantage_mqtt::CheckKind =
-        serde_json::from_str(text).map_err(|error| anyhow::anyhow!("invalid check: {error}"))?;
+        serde_json::from_str(&text).map_err(|error| anyhow::anyhow!("invalid check: {error}"))?;
     vantage_agent::probe::validate(&kind)
         .map_err(|error| anyhow::anyhow!("invalid check: {error}"))?;
     if timeout_ms == 0 {

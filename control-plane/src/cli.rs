@@ -276,7 +276,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
 /// Validates the request as the API does, then creates the token; returns it and its secret.
 async fn create_enrollment_token(
     store: &StoreArgs,
@@ -355,6 +354,7 @@ async fn cloud_init(args: CloudInitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {

@@ -54,15 +54,15 @@ pub fn render(data: &UserData<'_>) -> String {
     let script = format!(
         r#"set -eu
 d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-get() {{ curl -fsS --retry 5 --retry-connrefused --proto =https --cacert /etc/vantage/ca.pem -o "$d/$1" "{artifacts}/$1"; }}
+# The token goes whatever happens: a failed first boot must not leave it on disk.
+trap 'rm -rf "$d" /etc/vantage/enrollment-token' EXIT
+get() {{ curl -fsS --retry 10 --retry-delay 3 --retry-all-errors --proto =https --cacert /etc/vantage/ca.pem -o "$d/$1" "{artifacts}/$1"; }}
 get SHA256SUMS
 get SHA256SUMS.sig
 openssl pkeyutl -verify -pubin -inkey /etc/vantage/release.pub -rawin -in "$d/SHA256SUMS" -sigfile "$d/SHA256SUMS.sig"
 get install.sh
 [ "$(awk '$2 == "install.sh" {{ print $1 }}' "$d/SHA256SUMS")" = "$(sha256sum "$d/install.sh" | awk '{{ print $1 }}')" ] || {{ echo "install.sh does not match the signed SHA256SUMS" >&2; exit 1; }}
 sh "$d/install.sh" --artifacts "{artifacts}" --server-url "{server}" --ca-file /etc/vantage/ca.pem --pubkey /etc/vantage/release.pub --token-file /etc/vantage/enrollment-token
-rm -f /etc/vantage/enrollment-token
 "#,
         artifacts = data.artifacts_url,
         server = data.server_url,

@@ -21,6 +21,8 @@
 # no token. Needs: sh, tar, gzip, sha256sum, openssl >= 3.0 (ed25519), curl for https URLs,
 # useradd or adduser.
 set -eu
+# Files holding the token are private from the moment they exist; modes are set explicitly.
+umask 077
 
 PUBKEY_PEM='@RELEASE_PUBKEY@'
 PREFIX=/usr/local/bin
@@ -70,7 +72,10 @@ if [ "$uninstall" = 1 ]; then
     if have_systemd && [ -f "$UNIT" ]; then
         systemctl disable vantage-agent 2>/dev/null || true
     fi
-    rm -f "$UNIT" "$INITD" "$PREFIX/vantage-agent" "/etc/rc.local.d/vantage-agent"
+    if [ -e "$INITD" ] && command -v update-rc.d >/dev/null 2>&1; then
+        update-rc.d -f vantage-agent remove >/dev/null 2>&1 || true
+    fi
+    rm -f "$UNIT" "$INITD" "$PREFIX/vantage-agent" /run/vantage-agent.pid /var/log/vantage-agent.log
     have_systemd && systemctl daemon-reload 2>/dev/null || true
     rm -rf "$CONF_DIR"
     if [ "$purge" = 1 ]; then
@@ -88,7 +93,29 @@ fi
 [ -n "$artifacts" ] || die "--artifacts DIR|URL is required"
 [ -n "$server_url" ] || die "--server-url is required"
 case $server_url in https://*) ;; *) die "--server-url must be an https:// URL" ;; esac
+case $server_url in
+    *[!]A-Za-z0-9.:/_[-]*) die "--server-url may hold only a host, a port and a path" ;;
+esac
 [ -z "$ca_file" ] || [ -r "$ca_file" ] || die "cannot read the CA file $ca_file"
+[ -n "$ca_file" ] || [ -f "$CONF_DIR/ca.pem" ] \
+    || die "no CA to pin: pass --ca-file (the control plane's ca.pem)"
+# Labels: k=v pairs, keys as the API allows them, values without quotes or backslashes.
+if [ -n "$labels" ]; then
+    set -f
+    for pair in $(printf '%s' "$labels" | tr ',' ' '); do
+        case $pair in
+            *=*) ;;
+            *) die "label $pair is not key=value" ;;
+        esac
+        case ${pair%%=*} in
+            ''|*[!a-z0-9._-]*) die "label key ${pair%%=*} may hold only a-z 0-9 . _ -" ;;
+        esac
+        case ${pair#*=} in
+            *[\"\\]*) die "label value of ${pair%%=*} may not hold quotes or backslashes" ;;
+        esac
+    done
+    set +f
+fi
 
 # --- architecture -------------------------------------------------------------------------
 host_arch() {
@@ -172,7 +199,9 @@ if ! id "$SERVICE_USER" >/dev/null 2>&1; then
         useradd --system --no-create-home --home-dir "$STATE_DIR" --shell /usr/sbin/nologin "$SERVICE_USER" 2>/dev/null \
             || useradd --system --no-create-home --home-dir "$STATE_DIR" --shell /bin/false "$SERVICE_USER"
     elif command -v adduser >/dev/null 2>&1; then
-        adduser -S -D -H -h "$STATE_DIR" -s /bin/false "$SERVICE_USER"
+        # busybox: a group of its own, or the user would land in nogroup.
+        addgroup -S "$SERVICE_USER" 2>/dev/null || true
+        adduser -S -D -H -G "$SERVICE_USER" -h "$STATE_DIR" -s /bin/false "$SERVICE_USER"
     else
         die "neither useradd nor adduser exists to create the $SERVICE_USER user"
     fi
@@ -182,6 +211,7 @@ fresh=1
 [ -e "$PREFIX/vantage-agent" ] && fresh=0
 stop_service
 mkdir -p "$PREFIX" "$CONF_DIR" "$STATE_DIR"
+chmod 0755 "$CONF_DIR"
 install -m 0755 "$pkg/vantage-agent" "$PREFIX/vantage-agent.new"
 mv -f "$PREFIX/vantage-agent.new" "$PREFIX/vantage-agent"
 chown "$SERVICE_USER:$group" "$STATE_DIR"
@@ -197,12 +227,12 @@ write_config() { # with or without the token line
         echo "server_url = \"$server_url\""
         echo "ca_file = \"$CONF_DIR/ca.pem\""
         echo "state_dir = \"$STATE_DIR\""
-        [ -z "$1" ] || echo "enrollment_token = \"$1\""
+        [ -z "$1" ] || printf 'enrollment_token = "%s"\n' "$1"
         if [ -n "$labels" ]; then
             echo "[labels]"
-            echo "$labels" | tr ',' '\n' | while IFS='=' read -r key value; do
+            printf '%s\n' "$labels" | tr ',' '\n' | while IFS='=' read -r key value; do
                 [ -n "$key" ] || continue
-                echo "$key = \"$value\""
+                printf '%s = "%s"\n' "$key" "$value"
             done
         fi
     } >"$CONF_DIR/agent.toml.new"
@@ -211,8 +241,11 @@ write_config() { # with or without the token line
     mv -f "$CONF_DIR/agent.toml.new" "$CONF_DIR/agent.toml"
 }
 
+# util-linux setpriv (busybox's applet cannot change user).
+full_setpriv() { setpriv --version 2>/dev/null | grep -q util-linux; }
+
 as_service_user() {
-    if command -v setpriv >/dev/null 2>&1; then
+    if full_setpriv; then
         setpriv --reuid "$SERVICE_USER" --regid "$group" --clear-groups "$@"
     elif command -v runuser >/dev/null 2>&1; then
         runuser -u "$SERVICE_USER" -- "$@"
@@ -251,10 +284,10 @@ if have_systemd; then
     fi
 else
     install -m 0755 "$pkg/vantage-agent.init" "$INITD"
+    # sysvinit registers it; elsewhere (busybox init, OpenRC's local.d) start it from the
+    # boot scripts, as image/README.md says.
     if command -v update-rc.d >/dev/null 2>&1; then
         update-rc.d vantage-agent defaults >/dev/null 2>&1 || true
-    elif command -v rc-update >/dev/null 2>&1; then
-        rc-update add vantage-agent default >/dev/null 2>&1 || true
     fi
     if [ "$start" = 1 ]; then
         "$INITD" restart

@@ -227,7 +227,8 @@ print_request() {
     printf 'User-Agent: %s\n' "$USER_AGENT"
     if [ -n "$body" ]; then
         printf 'Content-Type: application/json\n\n'
-        jq . "$body"
+        # user_data carries the enrollment token (vantage cloud-init): never printed.
+        jq '(.. | objects | select(has("user_data")) | .user_data) |= "<redacted: \(length) characters of user-data>"' "$body"
     fi
     printf '\n'
 }

@@ -220,6 +220,9 @@ async fn checks_that_would_overflow_a_config_are_refused(backend: Backend) -> an
     agent.wait_enrolled().await?;
     // HTTP checks with 60 KiB request bodies: sixteen of them are over the limit.
     let body = "x".repeat(60 * 1024);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut accepted = 0;
     let refusal = loop {
         let (status, answer) = cp
@@ -231,7 +234,7 @@ async fn checks_that_would_overflow_a_config_are_refused(backend: Backend) -> an
                     "interval_s": 3600,
                     "timeout_ms": 1000,
                     "regions": ["full", "other"],
-                    "kind": {"type": "http", "method": "POST", "url": "http://127.0.0.1:9/", "body": body},
+                    "kind": {"type": "http", "method": "POST", "url": format!("http://127.0.0.1:{closed}/"), "body": body},
                 }),
             )
             .await?;

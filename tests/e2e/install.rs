@@ -199,15 +199,21 @@ impl Node {
     }
 }
 
+/// Removes whatever an install put on this machine (agent, files, user), whatever state a
+/// run left it in.
+fn purge_machine() {
+    if let Ok(dist) = dist_dir() {
+        let _ = Command::new("sh")
+            .arg(dist.join("install.sh"))
+            .args(["--uninstall", "--purge"])
+            .output();
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
-        // Stop whatever install.sh started before the namespace goes.
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                "[ -x /etc/init.d/vantage-agent ] && /etc/init.d/vantage-agent stop",
-            ])
-            .output();
+        // Stop and remove whatever install.sh put in place before the namespace goes.
+        purge_machine();
         if let Some(mut sshd) = self.sshd.take() {
             let _ = sshd.kill();
             let _ = sshd.wait();
@@ -242,8 +248,20 @@ async fn online_in(cp: &ControlPlane, region: &str) -> anyhow::Result<Value> {
     .with_context(log)
 }
 
+/// Nothing of an install is left: binary, config, service files, boot links, log, state.
 fn uninstalled() -> bool {
-    !Path::new("/usr/local/bin/vantage-agent").exists() && !Path::new("/etc/vantage").exists()
+    [
+        "/usr/local/bin/vantage-agent",
+        "/etc/vantage",
+        "/etc/init.d/vantage-agent",
+        "/etc/rc2.d/S01vantage-agent",
+        "/etc/systemd/system/vantage-agent.service",
+        "/var/log/vantage-agent.log",
+        "/run/vantage-agent.pid",
+        "/var/lib/vantage-agent",
+    ]
+    .iter()
+    .all(|path| !Path::new(path).exists())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,13 +271,8 @@ async fn cloud_init_and_ssh_install_bring_agents_online() {
 
 async fn node_install() -> anyhow::Result<()> {
     let dist = dist_dir()?;
-    // Any agent left by an interrupted earlier run must not answer for this one.
-    let _ = Command::new("sh")
-        .args([
-            "-c",
-            "[ -x /etc/init.d/vantage-agent ] && /etc/init.d/vantage-agent stop",
-        ])
-        .output();
+    // Anything left by an interrupted earlier run must not answer for this one.
+    purge_machine();
     let node = Node::start()?;
     let store = TestStore::create(Backend::Sqlite).await?;
     let cp = ControlPlane::start_with(
@@ -516,7 +529,8 @@ async fn node_install() -> anyhow::Result<()> {
         output_text(&output)
     );
     ensure!(
-        output_text(&output).contains("enrollment failed"),
+        output_text(&output).contains("enrollment failed")
+            && output_text(&output).contains("no uses left"),
         "{}",
         output_text(&output)
     );

@@ -30,6 +30,18 @@ fn probe_subcommand_exit_codes_and_errors() -> anyhow::Result<()> {
         .output()?;
     ensure!(up.status.code() == Some(0), "{}", output_text(&up));
     ensure!(outcome(&up)?["ok"] == true, "{}", output_text(&up));
+    // From stdin, as operators pass checks that carry secrets.
+    let mut child = Command::new(&agent)
+        .args(["probe", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().context("stdin")?,
+        format!(r#"{{"type":"tcp","host":"127.0.0.1","port":{open}}}"#).as_bytes(),
+    )?;
+    let piped = child.wait_with_output()?;
+    ensure!(piped.status.code() == Some(0), "{}", output_text(&piped));
     drop(listener);
     let down = Command::new(&agent)
         .args([

@@ -1496,7 +1496,13 @@ async fn dry_run_prints_redacted_requests_and_sends_nothing() -> anyhow::Result<
     for provider in ALL {
         let bench = Bench::new()?;
         let fake = start_fake(provider, &bench.token, Arc::default()).await?;
-        let user_data = bench.write("ud", USER_DATA.as_bytes())?;
+        // User-data as `vantage cloud-init` writes it carries an enrollment token: a dry run
+        // must not print it.
+        let enrollment = "vet_dryrunsecret0123456789";
+        let user_data = bench.write(
+            "ud",
+            format!("{USER_DATA}# VANTAGE_ENROLLMENT_TOKEN={enrollment}\n").as_bytes(),
+        )?;
         let api = fake.api_url();
         let region = provider.region();
         let (create_path, list_path, delete_path) = match provider {
@@ -1519,7 +1525,7 @@ async fn dry_run_prints_redacted_requests_and_sends_nothing() -> anyhow::Result<
                 vec![
                     format!("POST {api}{create_path}"),
                     "Content-Type: application/json".into(),
-                    "\"user_data\"".into(),
+                    "\"user_data\": \"<redacted:".into(),
                 ],
             ),
             (
@@ -1543,6 +1549,11 @@ async fn dry_run_prints_redacted_requests_and_sends_nothing() -> anyhow::Result<
             let full = format!("{} {args}", provider.cli());
             let out = bench.run_line(&fake, &full).await?;
             ok(&out, &format!("{full:?}"))?;
+            ensure!(
+                !out.stdout.contains(enrollment) && !out.stderr.contains(enrollment),
+                "{full:?} printed the user-data's enrollment token:\n{}",
+                out.stdout
+            );
             ensure!(
                 out.stdout.contains("Authorization: Bearer <redacted>"),
                 "{full:?} does not show the redacted header:\n{}",
