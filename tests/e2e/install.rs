@@ -440,6 +440,40 @@ async fn node_install() -> anyhow::Result<()> {
         "the token was printed"
     );
     let first = online_in(&cp, "ssh").await?;
+
+    // Under plain init the agent runs as its own user and keeps CAP_NET_RAW (setpriv): it
+    // pings although unprivileged ping sockets are off in the node's namespace ("1 0").
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks",
+            serde_json::json!({"id": "ping-host", "name": "ping", "interval_s": 2,
+                "timeout_ms": 2000, "regions": ["ssh"],
+                "kind": {"type": "icmp", "host": node.host_ip, "count": 1}}),
+        )
+        .await?;
+    ensure!(status == 201, "{status} {body}");
+    let ping = wait_for(
+        "an ICMP result from the installed agent",
+        Duration::from_secs(30),
+        || async {
+            let (_, rows) = cp.get("/api/v1/results?check=ping-host").await.ok()?;
+            rows.as_array()?.first().cloned()
+        },
+    )
+    .await?;
+    ensure!(
+        ping["ok"] == true,
+        "the installed agent cannot ping: {ping}"
+    );
+    let (status, _) = cp
+        .request(
+            reqwest::Method::DELETE,
+            "/api/v1/checks/ping-host",
+            Some(&cp.admin_token),
+            None,
+        )
+        .await?;
+    ensure!(status == 204, "check deletion: {status}");
     let meta = std::fs::metadata("/var/lib/vantage-agent")?;
     ensure!(
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777 == 0o700,
