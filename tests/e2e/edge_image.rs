@@ -135,8 +135,7 @@ impl Qemu {
         let mut command = Command::new(machine.qemu);
         command
             .args(machine.machine)
-            // TCG on purpose: /dev/kvm here is nested software virtualisation and fails.
-            .args(["-accel", "tcg", "-smp", "1", "-m", "512"])
+            .args(["-accel", accelerator(machine), "-smp", "1", "-m", "512"])
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
             .arg("-drive")
             .arg(format!(
@@ -239,9 +238,7 @@ async fn boot_enroll_reboot(machine: &Machine) -> anyhow::Result<()> {
         "UEFI firmware {} is missing: run image/edge/deps.sh {arch}",
         machine.firmware_code
     );
-    if Path::new("/dev/kvm").exists() {
-        eprintln!("{arch}: /dev/kvm exists but is not used (nested here, it fails): TCG");
-    }
+    eprintln!("{arch}: qemu accelerator {}", accelerator(machine));
 
     let store = TestStore::create(Backend::Sqlite).await?;
     let cp = ControlPlane::start_with(&store, &[("VANTAGE_PUBLIC_HOST", "10.0.2.2")]).await?;
@@ -335,4 +332,28 @@ async fn boot_enroll_reboot(machine: &Machine) -> anyhow::Result<()> {
     );
     drop(qemu);
     Ok(())
+}
+
+/// KVM when it can work, TCG otherwise. It works for a guest of the host's own arch when
+/// `/dev/kvm` opens and the CPU offers hardware virtualisation (vmx, svm, or an arm64 host);
+/// a `/dev/kvm` backed by nested software virtualisation (no vmx/svm flag) makes UEFI die
+/// with an emulation failure, so it is not used.
+fn accelerator(machine: &Machine) -> &'static str {
+    let native = machine.reported_arch == std::env::consts::ARCH;
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let hardware = std::env::consts::ARCH == "aarch64"
+        || std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+            info.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        });
+    if native && device && hardware {
+        "kvm"
+    } else {
+        "tcg"
+    }
 }
