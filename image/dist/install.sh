@@ -155,6 +155,10 @@ fetch() { # NAME -> $work/NAME
     esac
 }
 command -v openssl >/dev/null 2>&1 || die "openssl (>= 3.0, for ed25519) is needed to verify the release"
+case $(openssl version 2>/dev/null) in
+    "OpenSSL "[3-9].*|"OpenSSL "[1-9][0-9].*) ;;
+    *) die "openssl 3.0 or newer is needed to verify the release's ed25519 signature (found: $(openssl version 2>/dev/null))" ;;
+esac
 fetch SHA256SUMS
 fetch SHA256SUMS.sig
 if [ -n "$pubkey" ]; then
