@@ -750,3 +750,16 @@ pub fn output_text(output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// The first of `candidates` that runs (`--version` answers), e.g. a name on PATH or its
+/// usual absolute path.
+pub fn find_program(candidates: &[&'static str]) -> Option<&'static str> {
+    candidates.iter().copied().find(|program| {
+        Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    })
+}

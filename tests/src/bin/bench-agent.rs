@@ -33,19 +33,10 @@ async fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
-    let exporter = [
+    let exporter = vantage_tests::find_program(&[
         "prometheus-node-exporter",
         "/usr/bin/prometheus-node-exporter",
-    ]
-    .into_iter()
-    .find(|p| {
-        Command::new(p)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    })
+    ])
     .context("prometheus-node-exporter is not installed (scripts/bench installs it)")?;
     let store = TestStore::create(Backend::Sqlite).await?;
     let cp = ControlPlane::start(&store).await?;

@@ -388,19 +388,10 @@ impl Drop for Blackbox {
 }
 
 fn blackbox_binary() -> anyhow::Result<&'static str> {
-    [
+    vantage_tests::find_program(&[
         "prometheus-blackbox-exporter",
         "/usr/bin/prometheus-blackbox-exporter",
-    ]
-    .into_iter()
-    .find(|p| {
-        Command::new(p)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    })
+    ])
     .context("prometheus-blackbox-exporter is not installed (scripts/bench installs it)")
 }
 
