@@ -261,7 +261,8 @@ as_service_user() {
 if [ "$enrolled" = 0 ]; then
     write_config "$token"
     say "enrolling with $server_url"
-    if ! out=$(as_service_user "$PREFIX/vantage-agent" --config "$CONF_DIR/agent.toml" enroll 2>&1); then
+    if ! out=$(as_service_user "$PREFIX/vantage-agent" --config "$CONF_DIR/agent.toml" enroll 2>"$work/enroll.err"); then
+        out=$(grep -v ' INFO ' "$work/enroll.err" | tail -n 5)
         if [ "$fresh" = 1 ]; then
             # Leave a node that was not installed before as it was.
             rm -rf "$PREFIX/vantage-agent" "$CONF_DIR" "$STATE_DIR"

@@ -13,6 +13,7 @@ mod resilience;
 mod run_now;
 mod security;
 mod spine;
+mod systemd_install;
 
 /// Defines `<name>_sqlite` and `<name>_postgres` tests that call `body(Backend)`.
 #[macro_export]
