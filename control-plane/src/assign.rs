@@ -84,7 +84,12 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
                 && p.heartbeat_interval_s == state.settings.heartbeat_interval_s
         });
         let payload = if unchanged {
-            previous.map(|p| encode(&p)).unwrap_or_default()
+            // The stored text is what was published: no need to encode it again.
+            stored
+                .get(&agent.id)
+                .cloned()
+                .unwrap_or_default()
+                .into_bytes()
         } else {
             let mut config = DesiredConfig {
                 v: vantage_mqtt::PROTOCOL_VERSION,
@@ -94,27 +99,30 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
                 heartbeat_interval_s: state.settings.heartbeat_interval_s,
                 checks,
             };
-            // The API refuses checks that would overflow a region's config; should one slip
-            // through (concurrent changes), the agent keeps its last config rather than
-            // receive one it must refuse.
-            let size = encode(&config).len() + 32;
-            if size > MAX_CONFIG_BYTES {
-                tracing::error!(agent = %agent.id, size, limit = MAX_CONFIG_BYTES, n_checks = config.checks.len(), "Desired config over the size limit; not published");
+            // Encoded once: stored and published as is. The API refuses checks that would
+            // overflow a region's config; should one slip through (concurrent changes), the
+            // agent keeps its last config rather than receive one it must refuse.
+            let n_checks = config.checks.len();
+            let mut size = 0;
+            let bumped = state
+                .store
+                .bump_desired_config(&agent.id, |revision| {
+                    config.revision = revision as u64;
+                    let text = String::from_utf8(encode(&config)).unwrap_or_default();
+                    size = text.len();
+                    (size <= MAX_CONFIG_BYTES).then_some(text)
+                })
+                .await?;
+            let Some((revision, text)) = bumped else {
+                tracing::error!(agent = %agent.id, size, limit = MAX_CONFIG_BYTES, n_checks, "Desired config over the size limit; not published");
                 state
                     .counters
                     .config_too_large
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 continue;
-            }
-            let revision = state
-                .store
-                .bump_desired_config(&agent.id, |revision| {
-                    config.revision = revision as u64;
-                    String::from_utf8(encode(&config)).unwrap_or_default()
-                })
-                .await?;
-            tracing::info!(agent = %agent.id, revision, n_checks = config.checks.len(), "Desired config changed");
-            encode(&config)
+            };
+            tracing::info!(agent = %agent.id, revision, n_checks, "Desired config changed");
+            text.into_bytes()
         };
         // Published even when unchanged: after a broker restart the retained copy is gone.
         let _ = state

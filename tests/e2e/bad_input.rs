@@ -30,25 +30,29 @@ async fn malformed_oversize_and_wrong_version_payloads_are_dropped(
         json!({"v": 1, "items": [{"seq": seq, "measured_at_ms": 1_700_000_000_000_i64 + seq as i64,
             "check_id": "web", "ok": true, "reason": "status 200", "timings": {"total_ms": 1.5}}]})
     };
-    client
-        .publish(
-            &results,
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            serde_json::to_vec(&good(1))?,
-        )
-        .await?;
-    let stored = wait_for("the good row", Duration::from_secs(10), || async {
-        let (_, rows) = cp
-            .get(&format!(
-                "/api/v1/results?agent={}&from_ms=0",
-                identity.agent_id
-            ))
+    // Publishes good row `seq` and waits until `seq` rows are stored.
+    let store_good = |seq: u64| {
+        let (client, cp, results, agent) = (&client, &cp, &results, &identity.agent_id);
+        async move {
+            client
+                .publish(
+                    results,
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&good(seq))?,
+                )
+                .await?;
+            wait_for("the good row", Duration::from_secs(10), || async {
+                let (_, rows) = cp
+                    .get(&format!("/api/v1/results?agent={agent}&from_ms=0"))
+                    .await
+                    .ok()?;
+                (rows.as_array()?.len() as u64 == seq).then_some(rows)
+            })
             .await
-            .ok()?;
-        (rows.as_array()?.len() == 1).then_some(rows)
-    })
-    .await?;
+        }
+    };
+    let stored = store_good(1).await?;
 
     let hostile: Vec<(&str, Vec<u8>)> = vec![
         (&results, b"{not json".to_vec()),
@@ -84,25 +88,7 @@ async fn malformed_oversize_and_wrong_version_payloads_are_dropped(
     assert_eq!(counted, (8, 2, 1), "(malformed, version, oversize)");
 
     // Still alive, still ingesting, and the stored row is exactly as before.
-    client
-        .publish(
-            &results,
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            serde_json::to_vec(&good(2))?,
-        )
-        .await?;
-    let rows = wait_for("the second good row", Duration::from_secs(10), || async {
-        let (_, rows) = cp
-            .get(&format!(
-                "/api/v1/results?agent={}&from_ms=0",
-                identity.agent_id
-            ))
-            .await
-            .ok()?;
-        (rows.as_array()?.len() == 2).then_some(rows)
-    })
-    .await?;
+    let rows = store_good(2).await?;
     assert_eq!(rows[1], stored[0], "the stored row changed");
     assert!(cp.is_running());
     let (status, _) = cp.get("/healthz").await?;

@@ -222,30 +222,19 @@ impl Drop for Node {
     }
 }
 
+/// Waits for an agent of `region` online; on failure, the installed agent's log says why.
 async fn online_in(cp: &ControlPlane, region: &str) -> anyhow::Result<Value> {
-    let log = || {
-        std::fs::read_to_string("/var/log/vantage-agent.log")
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    wait_for(
-        &format!("an agent online in {region}"),
-        Duration::from_secs(60),
-        || async {
-            let (_, agents) = cp.get("/api/v1/agents").await.ok()?;
-            agents
-                .as_array()?
-                .iter()
-                .find(|a| a["region"] == region && a["state"] == "online")
-                .cloned()
-        },
-    )
-    .await
-    .with_context(log)
+    cp.wait_online_in(region, Duration::from_secs(60))
+        .await
+        .with_context(|| {
+            std::fs::read_to_string("/var/log/vantage-agent.log")
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
 }
 
 /// Nothing of an install is left: binary, config, service files, boot links, log, state.
@@ -368,15 +357,8 @@ async fn node_install() -> anyhow::Result<()> {
     );
     node.uninstall_purge(&dist)?;
     let id = cloud_agent["id"].as_str().context("id")?.to_owned();
-    wait_for(
-        "the uninstalled agent offline",
-        Duration::from_secs(60),
-        || async {
-            let agent = cp.agent(&id).await.ok()?;
-            (agent["state"] == "offline").then_some(())
-        },
-    )
-    .await?;
+    cp.wait_agent_state(&id, "offline", Duration::from_secs(60))
+        .await?;
 
     // --- ssh-install ---------------------------------------------------------------------
     let token = cp.enrollment_token("ssh", 1).await?;

@@ -447,6 +447,22 @@ fn has_tag(item: &Value, tag: &str) -> bool {
         .is_some_and(|tags| tags.iter().any(|t| t == tag))
 }
 
+/// Removes the first item that `matches`; false when there is none.
+fn remove_first(items: &mut Vec<Value>, matches: impl Fn(&Value) -> bool) -> bool {
+    match items.iter().position(matches) {
+        Some(pos) => {
+            items.remove(pos);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Matches an item whose numeric `id` is `id` (DigitalOcean and Hetzner ids are numbers).
+fn numeric_id(id: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |item| item["id"].as_u64().is_some_and(|n| id.parse() == Ok(n))
+}
+
 /// Vultr API v2: POST /instances, GET /instances (cursor pages), DELETE /instances/{id}.
 fn vultr_api(store: Store) -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
     let p = Provider::Vultr;
@@ -527,12 +543,10 @@ fn vultr_api(store: Store) -> impl Fn(&Request) -> Reply + Send + Sync + 'static
             }
             ("DELETE", path) if path.starts_with("/v2/instances/") => {
                 let id = &path["/v2/instances/".len()..];
-                match items.iter().position(|i| i["id"] == id) {
-                    Some(pos) => {
-                        items.remove(pos);
-                        Reply::empty(204)
-                    }
-                    None => p.error(404, "Invalid instance-id."),
+                if remove_first(&mut items, |i| i["id"] == id) {
+                    Reply::empty(204)
+                } else {
+                    p.error(404, "Invalid instance-id.")
                 }
             }
             _ => p.error(404, "Not found."),
@@ -643,15 +657,10 @@ fn digitalocean_api(store: Store) -> impl Fn(&Request) -> Reply + Send + Sync + 
             },
             ("DELETE", path) if path.starts_with("/v2/droplets/") => {
                 let id = &path["/v2/droplets/".len()..];
-                match items
-                    .iter()
-                    .position(|i| i["id"].as_u64().is_some_and(|n| id.parse() == Ok(n)))
-                {
-                    Some(pos) => {
-                        items.remove(pos);
-                        Reply::empty(204)
-                    }
-                    None => p.error(404, "The resource you were accessing could not be found."),
+                if remove_first(&mut items, numeric_id(id)) {
+                    Reply::empty(204)
+                } else {
+                    p.error(404, "The resource you were accessing could not be found.")
                 }
             }
             _ => p.error(404, "The resource you were accessing could not be found."),
@@ -753,18 +762,13 @@ fn hetzner_api(store: Store) -> impl Fn(&Request) -> Reply + Send + Sync + 'stat
             }
             ("DELETE", path) if path.starts_with("/v1/servers/") => {
                 let id = &path["/v1/servers/".len()..];
-                match items
-                    .iter()
-                    .position(|i| i["id"].as_u64().is_some_and(|n| id.parse() == Ok(n)))
-                {
-                    Some(pos) => {
-                        items.remove(pos);
-                        Reply::json(
-                            200,
-                            json!({"action": {"id": 14, "command": "delete_server", "status": "running"}}),
-                        )
-                    }
-                    None => p.error(404, "server not found"),
+                if remove_first(&mut items, numeric_id(id)) {
+                    Reply::json(
+                        200,
+                        json!({"action": {"id": 14, "command": "delete_server", "status": "running"}}),
+                    )
+                } else {
+                    p.error(404, "server not found")
                 }
             }
             _ => p.error(404, "not found"),

@@ -207,10 +207,8 @@ async fn spool_overflow_is_counted_and_reported(backend: Backend) -> anyhow::Res
         "metrics_interval_s = 1\n[spool]\nmax_entries = 3",
     )?;
     let id = agent.wait_enrolled().await?;
-    wait_for("agent online", Duration::from_secs(20), || async {
-        (cp.agent(&id).await.ok()?["state"] == "online").then_some(())
-    })
-    .await?;
+    cp.wait_agent_state(&id, "online", Duration::from_secs(20))
+        .await?;
     cp.kill();
     tokio::time::sleep(Duration::from_secs(8)).await;
     cp.spawn().await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vantage_tests::{Agent, Backend, ControlPlane, TestStore, wait_for};
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore};
 
 /// An HTTP target: 500 on `/fail`, 200 elsewhere.
 async fn http_target() -> anyhow::Result<u16> {
@@ -63,10 +63,8 @@ async fn run_now_answers_per_region(backend: Backend) -> anyhow::Result<()> {
     }
     for agent in &agents {
         let id = agent.wait_enrolled().await?;
-        wait_for("agent online", Duration::from_secs(20), || async {
-            (cp.agent(&id).await.ok()?["state"] == "online").then_some(())
-        })
-        .await?;
+        cp.wait_agent_state(&id, "online", Duration::from_secs(20))
+            .await?;
     }
 
     // Every region of the check answers, or says why it cannot.

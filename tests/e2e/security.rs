@@ -414,10 +414,8 @@ async fn the_cli_manages_tokens_and_revokes_live_agents(backend: Backend) -> any
     assert!(!ok && err.contains("role"), "{err}");
 
     // Revoking from the CLI reaches the running control plane: the agent goes offline.
-    wait_for("agent online", Duration::from_secs(20), || async {
-        (cp.agent(&id).await.ok()?["state"] == "online").then_some(())
-    })
-    .await?;
+    cp.wait_agent_state(&id, "online", Duration::from_secs(20))
+        .await?;
     let (ok, out, err) = cp.cli(&["agent", "revoke", &id])?;
     assert!(ok, "{err}");
     assert!(out.contains("revoked"));

@@ -14,7 +14,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use serde_json::Value;
 use vantage_tests::{Backend, ControlPlane, TestStore, output_text, wait_for};
 
 use crate::install::dist_dir;
@@ -150,22 +149,6 @@ impl Drop for Container {
     }
 }
 
-async fn online(cp: &ControlPlane, region: &str) -> anyhow::Result<Value> {
-    wait_for(
-        &format!("an agent online in {region}"),
-        Duration::from_secs(60),
-        || async {
-            let (_, agents) = cp.get("/api/v1/agents").await.ok()?;
-            agents
-                .as_array()?
-                .iter()
-                .find(|a| a["region"] == region && a["state"] == "online")
-                .cloned()
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_sh_runs_the_agent_under_systemd_hardened() {
     systemd_install().await.unwrap();
@@ -213,7 +196,8 @@ async fn systemd_install() -> anyhow::Result<()> {
         "install.sh under systemd: {}",
         output_text(&install)
     );
-    let agent = online(&cp, "systemd")
+    let agent = cp
+        .wait_online_in("systemd", Duration::from_secs(60))
         .await
         .with_context(|| container.journal())?;
     ensure!(
@@ -265,7 +249,8 @@ async fn systemd_install() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let again = online(&cp, "systemd")
+    let again = cp
+        .wait_online_in("systemd", Duration::from_secs(60))
         .await
         .with_context(|| container.journal())?;
     ensure!(again["id"] == agent["id"], "a restart changed the identity");
@@ -276,14 +261,7 @@ async fn systemd_install() -> anyhow::Result<()> {
     let gone = container.run(&["systemctl", "cat", "vantage-agent"])?;
     ensure!(!gone.status.success(), "the unit is still there");
     let id = agent["id"].as_str().context("id")?.to_owned();
-    wait_for(
-        "the agent offline after uninstall",
-        Duration::from_secs(60),
-        || async {
-            let agent = cp.agent(&id).await.ok()?;
-            (agent["state"] == "offline").then_some(())
-        },
-    )
-    .await?;
+    cp.wait_agent_state(&id, "offline", Duration::from_secs(60))
+        .await?;
     Ok(())
 }

@@ -452,6 +452,39 @@ impl ControlPlane {
         Ok(body)
     }
 
+    /// Waits until agent `id` is in `state` (`online`, `offline`); returns its view.
+    ///
+    /// # Errors
+    /// It is not within `timeout`.
+    pub async fn wait_agent_state(
+        &self,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        wait_for(&format!("agent {id} {state}"), timeout, || async {
+            let agent = self.agent(id).await.ok()?;
+            (agent["state"] == state).then_some(agent)
+        })
+        .await
+    }
+
+    /// Waits until some agent of `region` is online; returns its view.
+    ///
+    /// # Errors
+    /// None is within `timeout`.
+    pub async fn wait_online_in(&self, region: &str, timeout: Duration) -> anyhow::Result<Value> {
+        wait_for(&format!("an agent online in {region}"), timeout, || async {
+            let (_, agents) = self.get("/api/v1/agents").await.ok()?;
+            agents
+                .as_array()?
+                .iter()
+                .find(|a| a["region"] == region && a["state"] == "online")
+                .cloned()
+        })
+        .await
+    }
+
     /// Runs `vantage <args>` against this control plane's data dir and store; returns
     /// (success, stdout, stderr).
     ///

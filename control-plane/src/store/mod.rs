@@ -474,23 +474,26 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Stores an agent's desired config under a new revision and returns that revision.
+    /// Stores the config `make` writes for the next revision and returns both; when `make`
+    /// declines (`None`), nothing is stored and the revision stays.
     ///
     /// # Errors
     /// Database errors only.
     pub async fn bump_desired_config(
         &self,
         id: &str,
-        make: impl FnOnce(i64) -> String,
-    ) -> Result<i64, StoreError> {
+        make: impl FnOnce(i64) -> Option<String>,
+    ) -> Result<Option<(i64, String)>, StoreError> {
         let sql = "SELECT config_revision FROM agents WHERE id = $1";
         let (revision,): (i64,) =
             on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_one(pool).await?);
         let revision = revision + 1;
-        let config = make(revision);
+        let Some(config) = make(revision) else {
+            return Ok(None);
+        };
         let sql = "UPDATE agents SET config_revision = $2, desired_config = $3 WHERE id = $1";
-        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(revision).bind(config).execute(pool).await?.rows_affected());
-        Ok(revision)
+        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(revision).bind(&config).execute(pool).await?.rows_affected());
+        Ok(Some((revision, config)))
     }
 
     /// Every live agent's stored desired config, to republish retained at start.

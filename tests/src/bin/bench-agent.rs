@@ -43,10 +43,8 @@ async fn main() -> anyhow::Result<()> {
     let token = cp.enrollment_token("bench", 1).await?;
     let agent = Agent::start(&cp, &token, "metrics_interval_s = 1")?;
     let id = agent.wait_enrolled().await?;
-    wait_for("agent online", Duration::from_secs(20), || async {
-        (cp.agent(&id).await.ok()?["state"] == "online").then_some(())
-    })
-    .await?;
+    cp.wait_agent_state(&id, "online", Duration::from_secs(20))
+        .await?;
     let agent_pid = agent_pid(&agent)?;
 
     let port = free_port();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use vantage_tests::{Agent, Backend, ControlPlane, TestStore, wait_for};
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore};
 
 fn find(dir: &Path, prefix: &str, suffix: &str) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -77,16 +77,9 @@ async fn main() -> anyhow::Result<()> {
         let token = cp.enrollment_token(&format!("bench-{arch}"), 1).await?;
         let agent = Agent::start_command(&cp, &token, "", command)?;
         let id = agent.wait_enrolled().await?;
-        wait_for(
-            &format!("{arch} agent online"),
-            Duration::from_secs(60),
-            || async {
-                let agent = cp.agent(&id).await.ok()?;
-                (agent["state"] == "online").then_some(())
-            },
-        )
-        .await
-        .with_context(|| agent.log())?;
+        cp.wait_agent_state(&id, "online", Duration::from_secs(60))
+            .await
+            .with_context(|| agent.log())?;
         tokio::time::sleep(Duration::from_secs(idle)).await;
         let pid = agent.pid().context("agent exited")?;
         let rss = vantage_tests::proc_sample(pid)?.rss_kib;
