@@ -6,7 +6,10 @@
 //! itself would retry at once). On every CONNACK the agent subscribes again, says hello,
 //! publishes `online` (retained; the last will says `offline`) and resends everything the
 //! spool still holds. Checks run on the agent's own clock with jitter, so a lost link stops
-//! nothing; their results and the metrics are spooled first and sent when connected.
+//! nothing; their results and the metrics are spooled first (texts bounded, see
+//! [`vantage_mqtt::text`]) and sent when connected, after one fsync of the spool for the
+//! whole group (every 250 ms at most, and before anything is sent). SIGTERM or SIGINT stops
+//! the checks, spools the results already measured, syncs the spool and exits 0.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use rand::Rng;
 use rumqttc::{
     AsyncClient, Event, Incoming, LastWill, MqttOptions, QoS, TlsConfiguration, Transport,
 };
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use vantage_mqtt::{
@@ -29,7 +33,7 @@ use crate::config::AgentConfig;
 use crate::enroll::{EnrollError, Identity};
 use crate::metrics::Collector;
 use crate::probe::{self, Outcome};
-use crate::spool::{Kind, Spool};
+use crate::spool::{Kind, Spool, SpoolError};
 
 /// Largest batch payload the agent publishes, in bytes.
 const MAX_BATCH_BYTES: usize = 200 * 1024;
@@ -184,6 +188,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut flush_tick = tokio::time::interval(Duration::from_millis(250));
     let mut resend_tick = tokio::time::interval(Duration::from_secs(5));
     let mut connected = false;
+    // Rows lost because the spool could not be written, since this process started.
+    let mut write_errors: u64 = 0;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
     loop {
         tokio::select! {
@@ -210,7 +218,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     let online = Status { v: vantage_mqtt::PROTOCOL_VERSION, state: NodeState::Online };
                     let _ = client.try_publish(topic::agent(&id, AgentTopic::Status), QoS::AtLeastOnce, true, encode(&online));
                     spool.mark_all_unsent();
-                    flush(&client, &id, &mut spool);
+                    flush(&client, &id, &mut spool, &mut write_errors);
                 }
                 SessionEvent::Disconnected(reason) => {
                     if connected {
@@ -272,7 +280,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                     }
                                     Command::Restart => {
                                         tracing::info!("Restart requested; exiting for the service manager to restart");
+                                        scheduler.stop();
+                                        drain_and_sync(&mut results, &mut spool, &mut write_errors);
                                         return Ok(());
+                                    }
+                                    Command::RaiseSeq { from, next_seq } => {
+                                        match spool.raise_seq(from, next_seq) {
+                                            Ok(n) => {
+                                                tracing::warn!(from, next_seq, n_renumbered = n, "The control plane holds seqs this state reused; renumbered them");
+                                                if connected {
+                                                    flush(&client, &id, &mut spool, &mut write_errors);
+                                                }
+                                            }
+                                            Err(error) => {
+                                                write_errors += 1;
+                                                tracing::error!(%error, "Cannot renumber the spool");
+                                            }
+                                        }
                                     }
                                 },
                                 Err(error) => tracing::warn!(%error, "Ignoring an invalid command"),
@@ -283,26 +307,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
             },
             Some((check_id, measured_at_ms, outcome)) = results.recv() => {
-                let pushed = spool.push(Kind::Result, |seq| {
-                    String::from_utf8(encode(&to_result(seq, &check_id, measured_at_ms, outcome))).unwrap_or_default()
-                });
-                if let Err(error) = pushed {
-                    tracing::error!(%error, "Cannot spool a result");
-                }
+                push_result(&mut spool, &mut write_errors, &check_id, measured_at_ms, outcome);
                 if connected {
-                    flush(&client, &id, &mut spool);
+                    flush(&client, &id, &mut spool, &mut write_errors);
                 }
             }
             _ = metrics_tick.tick() => {
                 let measured_at_ms = crate::now_ms();
                 let pushed = spool.push(Kind::Metrics, |seq| {
-                    String::from_utf8(encode(&collector.sample(seq, measured_at_ms))).unwrap_or_default()
+                    let mut sample = collector.sample(seq, measured_at_ms);
+                    sample.bound_texts();
+                    String::from_utf8(encode(&sample)).unwrap_or_default()
                 });
-                if let Err(error) = pushed {
-                    tracing::error!(%error, "Cannot spool metrics");
-                }
+                count_push_error(pushed, &mut write_errors, "metrics");
                 if connected {
-                    flush(&client, &id, &mut spool);
+                    flush(&client, &id, &mut spool, &mut write_errors);
                 }
             }
             _ = heartbeat_tick.tick() => {
@@ -313,6 +332,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         uptime_s: started.elapsed().as_secs(),
                         spool_len: spool.len() as u64,
                         spool_dropped_total: spool.dropped(),
+                        spool_unsendable_total: spool.unsendable(),
+                        spool_write_errors_total: write_errors,
                         next_seq: spool.next_seq(),
                         config_revision: desired.as_ref().map(|d| d.revision).unwrap_or(0),
                     };
@@ -321,16 +342,89 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
             _ = flush_tick.tick() => {
                 if connected {
-                    flush(&client, &id, &mut spool);
+                    flush(&client, &id, &mut spool, &mut write_errors);
+                } else {
+                    sync(&mut spool, &mut write_errors);
                 }
             }
             _ = resend_tick.tick() => spool.expire_sent(RESEND_AFTER),
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: stopping checks, syncing the spool, exiting");
+                scheduler.stop();
+                drain_and_sync(&mut results, &mut spool, &mut write_errors);
+                return Ok(());
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT: stopping checks, syncing the spool, exiting");
+                scheduler.stop();
+                drain_and_sync(&mut results, &mut spool, &mut write_errors);
+                return Ok(());
+            }
         }
     }
 }
 
+/// Spools one check result, its texts bounded.
+fn push_result(
+    spool: &mut Spool,
+    write_errors: &mut u64,
+    check_id: &str,
+    measured_at_ms: i64,
+    outcome: Outcome,
+) {
+    let pushed = spool.push(Kind::Result, |seq| {
+        String::from_utf8(encode(&to_result(seq, check_id, measured_at_ms, outcome)))
+            .unwrap_or_default()
+    });
+    count_push_error(pushed, write_errors, "a result");
+}
+
+/// Logs a failed push; a journal failure counts as a write error (the spool itself counts
+/// unsendable entries).
+fn count_push_error(pushed: Result<u64, SpoolError>, write_errors: &mut u64, what: &str) {
+    match pushed {
+        Ok(_) => {}
+        Err(error @ SpoolError::Unsendable { .. }) => {
+            tracing::error!(%error, "Dropped {what} that no batch can carry");
+        }
+        Err(error @ SpoolError::Io { .. }) => {
+            *write_errors += 1;
+            tracing::error!(%error, "Cannot spool {what}");
+        }
+    }
+}
+
+/// Group commit of everything spooled since the last sync.
+fn sync(spool: &mut Spool, write_errors: &mut u64) {
+    if let Err(error) = spool.sync() {
+        *write_errors += 1;
+        tracing::error!(%error, "Cannot sync the spool");
+    }
+}
+
+/// Spools the results already measured (the checks are stopped), then syncs: the agent's last
+/// step before it exits.
+fn drain_and_sync(
+    results: &mut mpsc::Receiver<(String, i64, Outcome)>,
+    spool: &mut Spool,
+    write_errors: &mut u64,
+) {
+    let mut n = 0;
+    while let Ok((check_id, measured_at_ms, outcome)) = results.try_recv() {
+        push_result(spool, write_errors, &check_id, measured_at_ms, outcome);
+        n += 1;
+    }
+    sync(spool, write_errors);
+    tracing::info!(
+        n_spooled = n,
+        n_waiting = spool.len(),
+        "Spool synced; unacknowledged entries are sent after the next start"
+    );
+}
+
+/// The result of one run, its texts bounded to the wire limits.
 fn to_result(seq: u64, check_id: &str, measured_at_ms: i64, outcome: Outcome) -> CheckResult {
-    CheckResult {
+    let mut result = CheckResult {
         seq,
         measured_at_ms,
         check_id: check_id.to_owned(),
@@ -339,11 +433,17 @@ fn to_result(seq: u64, check_id: &str, measured_at_ms: i64, outcome: Outcome) ->
         timings: outcome.timings,
         status_code: outcome.status_code,
         values: outcome.values,
-    }
+    };
+    result.bound_texts();
+    result
 }
 
-/// Publishes what the spool has not sent yet, as batches per kind.
-fn flush(client: &AsyncClient, id: &str, spool: &mut Spool) {
+/// Publishes what the spool has not sent yet, as batches per kind, after syncing it: nothing
+/// (and no seq) reaches the control plane before it is on disk. A failed sync is counted and
+/// the rows are sent anyway: delivery beats local durability, and the control plane notices
+/// a seq that went backwards.
+fn flush(client: &AsyncClient, id: &str, spool: &mut Spool, write_errors: &mut u64) {
+    sync(spool, write_errors);
     while let Some((kind, payload)) = spool.next_batch(1000, MAX_BATCH_BYTES) {
         let name = match kind {
             Kind::Result => AgentTopic::Results,
@@ -368,6 +468,13 @@ struct Scheduler {
 }
 
 impl Scheduler {
+    /// Stops every check: no new work starts.
+    fn stop(&mut self) {
+        for (_, (_, handle)) in self.running.drain() {
+            handle.abort();
+        }
+    }
+
     fn new(results: mpsc::Sender<(String, i64, Outcome)>) -> Scheduler {
         Scheduler {
             running: HashMap::new(),

@@ -2,16 +2,25 @@
 //! it has committed them (`results/ack`).
 //!
 //! Every entry gets the next per-agent sequence number and is appended to a journal file in
-//! the state dir before it is sent, so neither a lost link nor a killed agent loses it, and
-//! the sequence continues after a restart. An ack names exact seq ranges and appends an ack
-//! line; a drop at a bound appends a cut line; the journal is rewritten compactly once it
-//! holds mostly dead lines. The bounds are entries
-//! and bytes: when one is hit the oldest entries go first and the count of dropped entries is
-//! kept (and reported in heartbeats), never silent.
+//! the state dir (written to the kernel at once, so a killed agent loses nothing), and the
+//! sequence continues after a restart. Durability against a power cut is a group commit:
+//! [`Spool::sync`] fsyncs the journal once for everything appended since the last sync, and
+//! the session calls it before it sends anything, so no entry (and no seq) reaches the
+//! control plane before it is on disk, and `next_seq` can never fall behind what the control
+//! plane stored. Compaction writes a new file, fsyncs it, renames it over the journal and
+//! fsyncs the directory.
 //!
-//! Journal lines: `{"h":{"next_seq":N,"cut":C,"dropped":D}}` (header after compaction),
-//! `{"e":{"seq":N,"k":"r|m|e","d":<item JSON>}}`, `{"ack":[[from,to],…]}`,
-//! `{"cut":N,"dropped":D}` (everything up to N dropped). A torn last line is skipped.
+//! An ack names exact seq ranges and appends an ack line; a drop at a bound appends a cut
+//! line; the journal is rewritten compactly once it holds mostly dead lines. The bounds are
+//! entries and bytes: when one is hit the oldest entries go first and the count of dropped
+//! entries is kept (and reported in heartbeats), never silent. An entry larger than any batch
+//! may be ([`MAX_ENTRY_BYTES`]) could never be sent: it is refused at push (and dropped at
+//! open), counted as unsendable and reported, never resent forever.
+//!
+//! Journal lines: `{"h":{"next_seq":N,"cut":C,"dropped":D,"unsendable":U}}` (header after
+//! compaction), `{"e":{"seq":N,"k":"r|m|e","d":<item JSON>}}`, `{"ack":[[from,to],…]}`,
+//! `{"cut":N,"dropped":D}` (everything up to N dropped), `{"unsendable":U}`. A torn last
+//! line is skipped.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -42,11 +51,16 @@ pub struct Entry {
     sent_at: Option<Instant>,
 }
 
+/// The largest entry that fits a batch payload the control plane accepts, in bytes.
+pub const MAX_ENTRY_BYTES: usize = vantage_mqtt::MAX_PAYLOAD_BYTES - 64;
+
 #[derive(Serialize, Deserialize)]
 struct Header {
     next_seq: u64,
     cut: u64,
     dropped: u64,
+    #[serde(default)]
+    unsendable: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,26 +83,38 @@ struct AnyLine<'a> {
     dropped: Option<u64>,
     #[serde(default)]
     ack: Option<Vec<(u64, u64)>>,
+    #[serde(default)]
+    unsendable: Option<u64>,
 }
 
-/// Errors of the spool's journal.
+/// Errors of the spool.
 #[derive(Debug, thiserror::Error)]
-#[error("spool journal {path}: {source}")]
-pub struct SpoolError {
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
+pub enum SpoolError {
+    /// The journal (or its directory) cannot be read, written or synced.
+    #[error("spool journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The entry is larger than any batch may be: it could never be sent. It is counted as
+    /// unsendable, not stored.
+    #[error("entry of {len} bytes exceeds the largest sendable entry of {max} bytes")]
+    Unsendable { len: usize, max: usize },
 }
 
 /// The spool.
 pub struct Spool {
     path: PathBuf,
     journal: BufWriter<File>,
+    /// Whether the journal has writes since its last fsync.
+    dirty: bool,
     entries: VecDeque<Entry>,
     bytes: usize,
     next_seq: u64,
     cut: u64,
     dropped: u64,
+    unsendable: u64,
     journal_lines: usize,
     max_entries: usize,
     max_bytes: usize,
@@ -116,13 +142,13 @@ impl Spool {
         max_bytes: usize,
     ) -> Result<Spool, SpoolError> {
         let path = state_dir.join("spool.jsonl");
-        let err = |source| SpoolError {
+        let err = |source| SpoolError::Io {
             path: path.clone(),
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(err)?;
         let mut entries = VecDeque::new();
-        let (mut next_seq, mut cut, mut dropped) = (1u64, 0u64, 0u64);
+        let (mut next_seq, mut cut, mut dropped, mut unsendable) = (1u64, 0u64, 0u64, 0u64);
         let mut lines = 0usize;
         let mut acked: Vec<(u64, u64)> = Vec::new();
         if path.exists() {
@@ -137,6 +163,7 @@ impl Spool {
                     next_seq = next_seq.max(header.next_seq);
                     cut = cut.max(header.cut);
                     dropped = header.dropped;
+                    unsendable = header.unsendable;
                 }
                 if let Some(entry) = parsed.e {
                     next_seq = next_seq.max(entry.seq + 1);
@@ -156,9 +183,16 @@ impl Spool {
                 if let Some(ranges) = parsed.ack {
                     acked.extend(ranges);
                 }
+                if let Some(u) = parsed.unsendable {
+                    unsendable = unsendable.max(u);
+                }
             }
         }
         entries.retain(|e| e.seq > cut && !acked.iter().any(|(a, b)| (*a..=*b).contains(&e.seq)));
+        // Entries a bound of an older release let in but no batch can carry.
+        let before = entries.len();
+        entries.retain(|e| e.json.len() <= MAX_ENTRY_BYTES);
+        unsendable += (before - entries.len()) as u64;
         let bytes = entries.iter().map(|e| e.json.len()).sum();
         let journal = BufWriter::new(
             OpenOptions::new()
@@ -170,11 +204,13 @@ impl Spool {
         let mut spool = Spool {
             path,
             journal,
+            dirty: false,
             entries,
             bytes,
             next_seq,
             cut,
             dropped,
+            unsendable,
             journal_lines: lines,
             max_entries,
             max_bytes,
@@ -185,7 +221,7 @@ impl Spool {
     }
 
     fn err(&self) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-        move |source| SpoolError {
+        move |source| SpoolError::Io {
             path: self.path.clone(),
             source,
         }
@@ -210,11 +246,38 @@ impl Spool {
         self.dropped
     }
 
-    /// Allocates the next seq; `make` builds the item's JSON with it. The entry is journaled
-    /// before this returns.
+    /// Entries refused because no batch could carry them, since the state began.
+    pub fn unsendable(&self) -> u64 {
+        self.unsendable
+    }
+
+    /// Whether entries were appended since the last [`Spool::sync`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Group commit: makes everything appended so far durable with one fsync of the journal.
+    /// Cheap when nothing was appended since the last call.
     ///
     /// # Errors
-    /// The journal cannot be written.
+    /// The journal cannot be flushed or synced.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.journal.flush().map_err(self.err())?;
+        self.journal.get_ref().sync_data().map_err(self.err())?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Allocates the next seq; `make` builds the item's JSON with it. The entry is written to
+    /// the journal (to the kernel: a killed process loses nothing) before this returns;
+    /// [`Spool::sync`] makes it durable against a power cut.
+    ///
+    /// # Errors
+    /// The journal cannot be written, or the entry is larger than any batch may be (it is
+    /// counted as unsendable then, and its seq is not spent).
     pub fn push(
         &mut self,
         kind: Kind,
@@ -222,13 +285,26 @@ impl Spool {
     ) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
         let json = make(seq);
-        let raw = RawValue::from_string(json.clone()).map_err(|e| SpoolError {
+        if json.len() > MAX_ENTRY_BYTES {
+            self.unsendable += 1;
+            let line = format!("{{\"unsendable\":{}}}", self.unsendable);
+            writeln!(self.journal, "{line}").map_err(self.err())?;
+            self.journal.flush().map_err(self.err())?;
+            self.journal_lines += 1;
+            self.dirty = true;
+            return Err(SpoolError::Unsendable {
+                len: json.len(),
+                max: MAX_ENTRY_BYTES,
+            });
+        }
+        let raw = RawValue::from_string(json.clone()).map_err(|e| SpoolError::Io {
             path: self.path.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
         let line = serde_json::json!({ "e": { "seq": seq, "k": kind, "d": raw } });
         writeln!(self.journal, "{line}").map_err(self.err())?;
         self.journal.flush().map_err(self.err())?;
+        self.dirty = true;
         // The seq is spent only once the entry is on disk: a failed write leaves no gap.
         self.next_seq += 1;
         self.journal_lines += 1;
@@ -306,6 +382,7 @@ impl Spool {
                 next_seq: self.next_seq,
                 cut: self.cut,
                 dropped: self.dropped,
+                unsendable: self.unsendable,
             };
             writeln!(out, "{}", serde_json::json!({ "h": header })).map_err(self.err())?;
             for entry in &self.entries {
@@ -326,6 +403,13 @@ impl Spool {
             out.get_ref().sync_all().map_err(self.err())?;
         }
         std::fs::rename(&tmp, &self.path).map_err(self.err())?;
+        // The rename is durable only once the directory is synced.
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(self.err())?;
+        }
+        self.dirty = false;
         self.journal = BufWriter::new(
             OpenOptions::new()
                 .append(true)
@@ -334,6 +418,40 @@ impl Spool {
         );
         self.journal_lines = self.entries.len() + 1;
         Ok(())
+    }
+
+    /// The control plane already holds seqs `from..next_seq` from an earlier life of this
+    /// state (it was rewound): gives every entry in that range a new seq past both `next_seq`
+    /// and this spool's counter, in order, and rewrites the journal. Returns how many entries
+    /// were renumbered.
+    ///
+    /// # Errors
+    /// The journal cannot be rewritten.
+    pub fn raise_seq(&mut self, from: u64, next_seq: u64) -> Result<usize, SpoolError> {
+        let mut fresh = self.next_seq.max(next_seq);
+        let mut n = 0;
+        for entry in &mut self.entries {
+            if !(from..next_seq).contains(&entry.seq) {
+                continue;
+            }
+            let Ok(mut item) = serde_json::from_str::<serde_json::Value>(&entry.json) else {
+                continue;
+            };
+            if let Some(object) = item.as_object_mut() {
+                object.insert("seq".into(), fresh.into());
+            }
+            entry.json = item.to_string();
+            entry.seq = fresh;
+            entry.sent_at = None;
+            fresh += 1;
+            n += 1;
+        }
+        self.next_seq = fresh;
+        // Entries must stay in seq order for batching and cuts.
+        self.entries.make_contiguous().sort_by_key(|e| e.seq);
+        self.bytes = self.entries.iter().map(|e| e.json.len()).sum();
+        self.compact()?;
+        Ok(n)
     }
 
     /// After a reconnect everything unacknowledged must go again.
@@ -471,6 +589,80 @@ mod tests {
             spool.next_batch(10, 1 << 20).unwrap().1,
             "{\"v\":1,\"items\":[{\"seq\":4}]}"
         );
+    }
+
+    #[test]
+    fn sync_is_one_fsync_per_group_and_state_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        assert!(!spool.is_dirty());
+        for _ in 0..3 {
+            spool.push(Kind::Result, item).unwrap();
+        }
+        assert!(spool.is_dirty());
+        spool.sync().unwrap();
+        assert!(!spool.is_dirty());
+        spool.sync().unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        assert_eq!((spool.len(), spool.next_seq()), (3, 4));
+    }
+
+    #[test]
+    fn entries_no_batch_can_carry_are_refused_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100, 1 << 30).unwrap();
+        spool.push(Kind::Result, item).unwrap();
+        let huge = |seq: u64| {
+            format!(
+                "{{\"seq\":{seq},\"x\":\"{}\"}}",
+                "a".repeat(MAX_ENTRY_BYTES)
+            )
+        };
+        assert!(matches!(
+            spool.push(Kind::Result, huge),
+            Err(SpoolError::Unsendable { .. })
+        ));
+        assert_eq!(spool.unsendable(), 1);
+        assert_eq!(spool.next_seq(), 2, "a refused entry spends no seq");
+        spool.push(Kind::Result, item).unwrap();
+        drop(spool);
+        // An older journal may hold such an entry: it is dropped and counted at open.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("spool.jsonl"))
+            .unwrap();
+        writeln!(
+            file,
+            "{{\"e\":{{\"seq\":3,\"k\":\"r\",\"d\":{}}}}}",
+            huge(3)
+        )
+        .unwrap();
+        drop(file);
+        let mut spool = Spool::open(dir.path(), 100, 1 << 30).unwrap();
+        assert_eq!((spool.len(), spool.unsendable()), (2, 2));
+        let (_, payload) = spool.next_batch(10, 1 << 20).unwrap();
+        assert_eq!(payload, "{\"v\":1,\"items\":[{\"seq\":1},{\"seq\":2}]}");
+    }
+
+    #[test]
+    fn raise_seq_renumbers_only_the_reused_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        for _ in 0..5 {
+            spool.push(Kind::Result, item).unwrap();
+        }
+        // The store holds seqs up to 9; this life of the state numbered from 3.
+        assert_eq!(spool.raise_seq(3, 10).unwrap(), 3);
+        assert_eq!(spool.next_seq(), 13);
+        let (_, payload) = spool.next_batch(10, 1 << 20).unwrap();
+        assert_eq!(
+            payload,
+            "{\"v\":1,\"items\":[{\"seq\":1},{\"seq\":2},{\"seq\":10},{\"seq\":11},{\"seq\":12}]}"
+        );
+        drop(spool);
+        let spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
+        assert_eq!((spool.len(), spool.next_seq()), (5, 13));
     }
 
     #[test]

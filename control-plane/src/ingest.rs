@@ -1,22 +1,29 @@
 //! Ingest: everything agents publish, from the broker link to the store, acks and fan-out.
 //!
-//! A reader task takes messages off the ingest link in order, decodes them (size, version,
-//! strict JSON), checks that the agent in the topic is enrolled and not revoked, and hands
-//! rows to a committer task through a bounded channel. The committer drains what is queued
-//! into one batch, commits it in one transaction, then — only after the commit — publishes
-//! `results/ack` with each agent's highest committed seq, the retained check statuses, and
-//! the live events. A failed commit acknowledges nothing: agents keep the rows and resend.
-//! Hello, status and heartbeat messages update the agents table directly.
+//! A reader task takes messages off the ingest link in order, checks that the agent in the
+//! topic is enrolled and not revoked, decodes batches row by row (envelope: size, version,
+//! strict JSON; then each row on its own), repairs what can be repaired (texts cut to their
+//! bound, NUL replaced: [`vantage_mqtt::text`]) and refuses, per row and counted under its own
+//! reason, what can never be stored (an undecodable row, an invalid identifier); refused rows
+//! that carry a seq are acknowledged so the agent stops resending them. The storable rows go
+//! to a committer task through a bounded channel. The committer drains what is queued into one
+//! batch, commits it in one transaction, then — only after the commit — publishes
+//! `results/ack` with each agent's exact committed seq ranges, the retained check statuses,
+//! and the live events. A failed commit acknowledges nothing: agents keep the rows and resend.
+//! Hello, status and heartbeat messages update the agents table directly; a hello whose
+//! `next_seq` is at or below what the store holds means the agent's state was rewound, and
+//! the agent is told to number on from past it (`Command::RaiseSeq`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use vantage_mqtt::text::Repair;
 use vantage_mqtt::{
-    AgentAck, AgentTopic, CheckStatusView, DecodeError, EventsBatch, Heartbeat, Hello,
-    MetricsBatch, NodeState, NodeStatusView, ResultsAck, ResultsBatch, Status, Topic, decode,
-    encode, topic,
+    AgentAck, AgentTopic, CheckResult, CheckStatusView, Command, CommandMessage, DecodeError,
+    Event, Heartbeat, Hello, HostMetrics, NodeState, NodeStatusView, ResultsAck, RowError, Status,
+    Topic, decode, decode_rows, encode, topic,
 };
 
 use crate::AppState;
@@ -25,11 +32,135 @@ use crate::hub::LiveEvent;
 use crate::store::ingest::IngestBatch;
 use crate::store::now_ms;
 
-/// Rows of one message, on their way to the committer.
+/// Storable rows of one message, on their way to the committer.
 enum Rows {
-    Results(String, String, ResultsBatch),
-    Metrics(String, String, MetricsBatch),
-    Events(String, String, EventsBatch),
+    Results(String, String, Vec<CheckResult>),
+    Metrics(String, String, Vec<HostMetrics>),
+    Events(String, String, Vec<Event>),
+}
+
+/// A row kind as ingest sees it: its seq, its repair, and whether its identifiers can be
+/// stored.
+trait IngestRow: serde::de::DeserializeOwned {
+    fn seq(&self) -> u64;
+    fn repair(&mut self) -> Repair;
+    fn ids_valid(&self) -> bool;
+}
+
+impl IngestRow for CheckResult {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn repair(&mut self) -> Repair {
+        self.bound_texts()
+    }
+    fn ids_valid(&self) -> bool {
+        topic::valid_id(&self.check_id)
+    }
+}
+
+impl IngestRow for HostMetrics {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn repair(&mut self) -> Repair {
+        self.bound_texts()
+    }
+    fn ids_valid(&self) -> bool {
+        true
+    }
+}
+
+impl IngestRow for Event {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn repair(&mut self) -> Repair {
+        self.bound_texts()
+    }
+    fn ids_valid(&self) -> bool {
+        topic::valid_id(&self.source)
+    }
+}
+
+/// Why one row was refused for good.
+#[derive(Debug, Clone, Copy)]
+enum RowRefusal {
+    /// The row is not a valid row of its kind.
+    Undecodable,
+    /// An identifier in it (check id, event source) breaks the id rules.
+    InvalidId,
+    /// Its seq is in the range a rewound agent reused; it waits for the renumbered copy.
+    SeqRewound,
+}
+
+/// Decodes a batch row by row and keeps what can be stored, repaired where needed; counts
+/// each refused row and collects the seqs that may be acknowledged as refused.
+fn admit<T: IngestRow>(
+    state: &AppState,
+    agent: &str,
+    rows: Vec<Result<T, RowError>>,
+    rewound: Option<(u64, u64)>,
+    refused_seqs: &mut Vec<u64>,
+) -> Vec<T> {
+    let mut kept = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (refusal, seq) = match row {
+            Ok(row) if rewound.is_some_and(|(from, to)| (from..=to).contains(&row.seq())) => {
+                (RowRefusal::SeqRewound, None)
+            }
+            Ok(row) if !row.ids_valid() => (RowRefusal::InvalidId, Some(row.seq())),
+            Ok(mut row) => {
+                let repair = row.repair();
+                if repair.cut {
+                    state
+                        .counters
+                        .ingest_row_cut
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if repair.nul {
+                    state
+                        .counters
+                        .ingest_row_nul
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                kept.push(row);
+                continue;
+            }
+            Err(error) => {
+                tracing::debug!(agent, %error, "Refused an undecodable row");
+                (RowRefusal::Undecodable, error.seq)
+            }
+        };
+        let counter = match refusal {
+            RowRefusal::Undecodable => &state.counters.ingest_row_undecodable,
+            RowRefusal::InvalidId => &state.counters.ingest_row_invalid_id,
+            RowRefusal::SeqRewound => &state.counters.ingest_row_seq_rewound,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        refused_seqs.extend(seq);
+    }
+    kept
+}
+
+/// Publishes `results/ack` for `seqs` to `agent`, counting a failed publish.
+async fn publish_ack(state: &AppState, agent: &str, seqs: Vec<u64>) {
+    let ack = ResultsAck::from_seqs(seqs);
+    if let Err(error) = state
+        .publisher
+        .publish(
+            &topic::agent(agent, AgentTopic::ResultsAck),
+            encode(&ack),
+            false,
+        )
+        .await
+    {
+        state
+            .counters
+            .ingest_ack_publish_failed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(agent, %error, "Cannot publish an ack; the agent resends those rows");
+    }
 }
 
 /// Runs ingest until the broker link closes.
@@ -37,8 +168,17 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
     let (sender, receiver) = mpsc::channel::<Rows>(4096);
     let committer = tokio::spawn(commit_loop(state.clone(), receiver));
     let mut regions: HashMap<String, String> = HashMap::new();
+    // Agents whose last hello showed a rewound seq: the seqs they reused. Rows in that range
+    // are held back (never stored, never acknowledged) until the agent's next hello, by which
+    // time it has renumbered them; one entry per agent at most.
+    let mut rewound: HashMap<String, (u64, u64)> = HashMap::new();
     while let Some(message) = subscription.next().await {
         let Ok(Topic::Agent { id, kind }) = Topic::parse(&message.topic) else {
+            state
+                .counters
+                .ingest_bad_topic
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(topic = %message.topic, "Dropped a message on an unparseable topic");
             continue;
         };
         if !kind.is_agent_published() {
@@ -59,16 +199,31 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
                 .fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        let mut refused_seqs = Vec::new();
+        let window = rewound.get(&id).copied();
         let outcome = match kind {
-            AgentTopic::Results => decode::<ResultsBatch>(&message.payload)
-                .map(|b| Some(Rows::Results(id.clone(), region.clone(), b))),
-            AgentTopic::Metrics => decode::<MetricsBatch>(&message.payload)
-                .map(|b| Some(Rows::Metrics(id.clone(), region.clone(), b))),
-            AgentTopic::Events => decode::<EventsBatch>(&message.payload)
-                .map(|b| Some(Rows::Events(id.clone(), region.clone(), b))),
+            AgentTopic::Results => decode_rows::<CheckResult>(&message.payload).map(|rows| {
+                let rows = admit(&state, &id, rows, window, &mut refused_seqs);
+                Some(Rows::Results(id.clone(), region.clone(), rows))
+            }),
+            AgentTopic::Metrics => decode_rows::<HostMetrics>(&message.payload).map(|rows| {
+                let rows = admit(&state, &id, rows, window, &mut refused_seqs);
+                Some(Rows::Metrics(id.clone(), region.clone(), rows))
+            }),
+            AgentTopic::Events => decode_rows::<Event>(&message.payload).map(|rows| {
+                let rows = admit(&state, &id, rows, window, &mut refused_seqs);
+                Some(Rows::Events(id.clone(), region.clone(), rows))
+            }),
             AgentTopic::Hello => match decode::<Hello>(&message.payload) {
                 Ok(hello) => {
-                    on_hello(&state, &id, &region, hello).await;
+                    match on_hello(&state, &id, &region, hello).await {
+                        Some(window) => {
+                            rewound.insert(id.clone(), window);
+                        }
+                        None => {
+                            rewound.remove(&id);
+                        }
+                    }
                     Ok(None)
                 }
                 Err(e) => Err(e),
@@ -104,29 +259,19 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
             },
             AgentTopic::Config | AgentTopic::Cmd | AgentTopic::ResultsAck => Ok(None),
         };
+        if !refused_seqs.is_empty() {
+            // Refused for good: acknowledge them so the agent stops resending them.
+            tracing::warn!(agent = %id, ?kind, n_rows = refused_seqs.len(), "Refused rows that can never be stored");
+            publish_ack(&state, &id, refused_seqs).await;
+        }
         match outcome {
-            Ok(Some(rows)) if valid_rows(&rows) => {
+            Ok(Some(rows)) => {
+                if rows.is_empty() {
+                    continue;
+                }
                 if sender.send(rows).await.is_err() {
                     break;
                 }
-            }
-            Ok(Some(rows)) => {
-                // Decodable but unstorable (bad identifiers, NUL characters): refused for
-                // good. Acknowledge the seqs so the agent stops resending them.
-                state
-                    .counters
-                    .ingest_malformed
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(agent = %id, ?kind, "Refused rows with invalid strings");
-                let ack = ResultsAck::from_seqs(row_seqs(&rows));
-                let _ = state
-                    .publisher
-                    .publish(
-                        &topic::agent(&id, AgentTopic::ResultsAck),
-                        encode(&ack),
-                        false,
-                    )
-                    .await;
             }
             Ok(None) => {}
             Err(error) => {
@@ -146,32 +291,13 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
     let _ = committer.await;
 }
 
-/// Whether a text can be stored on both backends (PostgreSQL refuses NUL in text).
-fn storable(text: &str) -> bool {
-    !text.contains('\0') && text.len() <= 4096
-}
-
-fn valid_rows(rows: &Rows) -> bool {
-    match rows {
-        Rows::Results(_, _, batch) => batch
-            .items
-            .iter()
-            .all(|r| topic::valid_id(&r.check_id) && storable(&r.reason)),
-        Rows::Metrics(_, _, batch) => batch.items.iter().all(|m| {
-            m.disks.iter().all(|d| storable(&d.mount)) && m.nets.iter().all(|n| storable(&n.iface))
-        }),
-        Rows::Events(_, _, batch) => batch
-            .items
-            .iter()
-            .all(|e| topic::valid_id(&e.source) && storable(&e.severity) && storable(&e.message)),
-    }
-}
-
-fn row_seqs(rows: &Rows) -> Vec<u64> {
-    match rows {
-        Rows::Results(_, _, b) => b.items.iter().map(|r| r.seq).collect(),
-        Rows::Metrics(_, _, b) => b.items.iter().map(|m| m.seq).collect(),
-        Rows::Events(_, _, b) => b.items.iter().map(|e| e.seq).collect(),
+impl Rows {
+    fn is_empty(&self) -> bool {
+        match self {
+            Rows::Results(_, _, rows) => rows.is_empty(),
+            Rows::Metrics(_, _, rows) => rows.is_empty(),
+            Rows::Events(_, _, rows) => rows.is_empty(),
+        }
     }
 }
 
@@ -197,10 +323,28 @@ async fn region_of(
     }
 }
 
-async fn on_hello(state: &AppState, id: &str, region: &str, hello: Hello) {
-    if let Err(error) = state.store.record_hello(id, &hello).await {
-        tracing::warn!(agent = %id, %error, "Cannot record hello");
+/// Records a hello, then tells the live feed. Returns the seq window the agent reused when
+/// its hello shows a rewound state (its `next_seq` at or below what the store holds).
+async fn on_hello(
+    state: &AppState,
+    id: &str,
+    region: &str,
+    mut hello: Hello,
+) -> Option<(u64, u64)> {
+    if hello.bound_texts().any() {
+        state
+            .counters
+            .ingest_row_cut
+            .fetch_add(1, Ordering::Relaxed);
     }
+    let last_seq = match state.store.record_hello(id, &hello).await {
+        Ok(Some(last_seq)) => last_seq,
+        Ok(None) => return None,
+        Err(error) => {
+            tracing::warn!(agent = %id, %error, "Cannot record hello");
+            return None;
+        }
+    };
     tracing::info!(agent = %id, version = %hello.version, arch = %hello.arch, "Agent said hello");
     state.hub.publish(LiveEvent {
         kind: "hello",
@@ -210,6 +354,37 @@ async fn on_hello(state: &AppState, id: &str, region: &str, hello: Hello) {
         at_ms: now_ms(),
         data: serde_json::to_value(&hello).unwrap_or_default(),
     });
+    if last_seq == 0 || hello.next_seq > last_seq {
+        return None;
+    }
+    // The store holds seqs the agent is about to number new rows with: its state was
+    // rewound. Rows in the reused range are held back until the agent renumbers them.
+    state
+        .counters
+        .ingest_seq_rewound
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        agent = %id,
+        agent_next_seq = hello.next_seq,
+        stored_seq = last_seq,
+        "Agent's seq went backwards (state restored or lost writes); telling it to number on from past the stored rows"
+    );
+    let command = CommandMessage {
+        v: vantage_mqtt::PROTOCOL_VERSION,
+        request_id: format!("raise-seq-{}", last_seq + 1),
+        command: Command::RaiseSeq {
+            from: hello.next_seq,
+            next_seq: last_seq + 1,
+        },
+    };
+    if let Err(error) = state
+        .publisher
+        .publish(&topic::agent(id, AgentTopic::Cmd), encode(&command), false)
+        .await
+    {
+        tracing::warn!(agent = %id, %error, "Cannot publish the seq command");
+    }
+    Some((hello.next_seq, last_seq))
 }
 
 /// Records a connection state change, publishes it and reassigns checks.
@@ -286,21 +461,15 @@ async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
                 continue;
             }
             match rows {
-                Rows::Results(agent, region, b) => batch.results.extend(
-                    b.items
-                        .into_iter()
-                        .map(|r| (agent.clone(), region.clone(), r)),
-                ),
-                Rows::Metrics(agent, region, b) => batch.metrics.extend(
-                    b.items
-                        .into_iter()
-                        .map(|m| (agent.clone(), region.clone(), m)),
-                ),
-                Rows::Events(agent, region, b) => batch.events.extend(
-                    b.items
-                        .into_iter()
-                        .map(|e| (agent.clone(), region.clone(), e)),
-                ),
+                Rows::Results(agent, region, b) => batch
+                    .results
+                    .extend(b.into_iter().map(|r| (agent.clone(), region.clone(), r))),
+                Rows::Metrics(agent, region, b) => batch
+                    .metrics
+                    .extend(b.into_iter().map(|m| (agent.clone(), region.clone(), m))),
+                Rows::Events(agent, region, b) => batch
+                    .events
+                    .extend(b.into_iter().map(|e| (agent.clone(), region.clone(), e))),
             }
         }
         pending = rest;
@@ -333,6 +502,10 @@ async fn commit_with_retry(state: &AppState, batch: IngestBatch) {
     }
     // Nothing of this batch is acknowledged (acks are exact), so the agents keep these rows
     // and send them again.
+    state
+        .counters
+        .ingest_batches_given_up
+        .fetch_add(1, Ordering::Relaxed);
     tracing::error!(
         rows = batch.len(),
         "Ingest batch not committed; agents keep the rows and resend"
@@ -349,15 +522,7 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
         .ingest_batches
         .fetch_add(1, Ordering::Relaxed);
     for (agent, seqs) in batch.seqs_per_agent() {
-        let ack = ResultsAck::from_seqs(seqs);
-        let _ = state
-            .publisher
-            .publish(
-                &topic::agent(&agent, AgentTopic::ResultsAck),
-                encode(&ack),
-                false,
-            )
-            .await;
+        publish_ack(state, &agent, seqs).await;
     }
     let now = now_ms();
     // Retained status: only the newest result per (check, region) of this batch.

@@ -2,6 +2,8 @@
 //!
 //! Decoding never panics: an oversize payload, invalid JSON, a missing or unknown `v`, a wrong
 //! field type or an unknown field each come back as a [`DecodeError`] that names the cause.
+//! Batches of rows (results, metrics, events) are decoded row by row with [`decode_rows`], so
+//! one row a decoder refuses never takes the other rows of its batch with it.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -80,6 +82,77 @@ fn check_version(peek: &VersionPeek) -> Result<(), DecodeError> {
     }
 }
 
+/// A batch envelope whose rows are left undecoded.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch<'a> {
+    v: u32,
+    #[serde(borrow)]
+    items: Vec<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct SeqPeek {
+    seq: Option<u64>,
+}
+
+/// One row of a batch that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("row {index} (seq {seq:?}) is not valid: {source}")]
+pub struct RowError {
+    /// Position in the batch.
+    pub index: usize,
+    /// The row's `seq`, when it has a numeric one: it can then be acknowledged as refused.
+    pub seq: Option<u64>,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// Decodes a batch (`{"v":1,"items":[…]}`) row by row: the envelope must be valid (size,
+/// version, shape), each row is decoded on its own.
+///
+/// # Errors
+/// A [`DecodeError`] when the envelope is refused; rows that fail come back as [`RowError`]s
+/// in their place.
+pub fn decode_rows<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<Vec<Result<T, RowError>>, DecodeError> {
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: MAX_PAYLOAD_BYTES,
+        });
+    }
+    let batch: RawBatch<'_> = match serde_json::from_slice(bytes) {
+        Ok(batch) => batch,
+        Err(source) => {
+            let peek: VersionPeek =
+                serde_json::from_slice(bytes).map_err(|source| DecodeError::Invalid { source })?;
+            check_version(&peek)?;
+            return Err(DecodeError::Invalid { source });
+        }
+    };
+    if batch.v != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            found: u64::from(batch.v),
+        });
+    }
+    Ok(batch
+        .items
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            serde_json::from_str::<T>(raw.get()).map_err(|source| RowError {
+                index,
+                seq: serde_json::from_str::<SeqPeek>(raw.get())
+                    .ok()
+                    .and_then(|p| p.seq),
+                source,
+            })
+        })
+        .collect())
+}
+
 /// Encodes a payload as JSON bytes.
 pub fn encode<T: Serialize>(payload: &T) -> Vec<u8> {
     // Serializing these plain data types cannot fail: no maps with non-string keys, no
@@ -144,6 +217,8 @@ mod tests {
             uptime_s: 2,
             spool_len: 3,
             spool_dropped_total: 4,
+            spool_unsendable_total: 1,
+            spool_write_errors_total: 2,
             next_seq: 5,
             config_revision: 6,
         });
@@ -270,6 +345,37 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn batches_decode_row_by_row() {
+        let good = String::from_utf8(encode(&sample_result(1))).unwrap();
+        let payload = format!(
+            r#"{{"v":1,"items":[{good},{{"seq":2,"check_id":7}},{{"oops":true}},{good}]}}"#
+        );
+        let rows = decode_rows::<CheckResult>(payload.as_bytes()).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[0].as_ref().unwrap().seq, 1);
+        assert_eq!(rows[1].as_ref().unwrap_err().seq, Some(2));
+        assert_eq!(rows[2].as_ref().unwrap_err().seq, None);
+        assert_eq!(rows[2].as_ref().unwrap_err().index, 2);
+        assert!(rows[3].is_ok());
+        assert!(matches!(
+            decode_rows::<CheckResult>(br#"{"v":2,"items":[]}"#),
+            Err(DecodeError::UnsupportedVersion { found: 2 })
+        ));
+        assert!(matches!(
+            decode_rows::<CheckResult>(br#"{"items":[]}"#),
+            Err(DecodeError::MissingVersion)
+        ));
+        assert!(matches!(
+            decode_rows::<CheckResult>(br#"{"v":1,"items":{}}"#),
+            Err(DecodeError::Invalid { .. })
+        ));
+        assert!(matches!(
+            decode_rows::<CheckResult>(br#"{"v":1,"items":[],"x":1}"#),
+            Err(DecodeError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -10,15 +10,18 @@
 //! - [`check`]: the check specifications of every check type.
 //! - [`payload`]: the message types (hello, status, heartbeat, metrics, results, events,
 //!   desired config, commands, acknowledgements) and the check specifications inside them.
-//! - [`codec`]: size-limited, version-checked decoding and encoding.
+//! - [`codec`]: size-limited, version-checked decoding (whole payloads, or batches row by
+//!   row) and encoding.
+//! - [`text`]: the bounds on texts inside rows and the repair that applies them.
 
 pub mod check;
 pub mod codec;
 pub mod payload;
+pub mod text;
 pub mod topic;
 
 pub use check::*;
-pub use codec::{DecodeError, decode, decode_limited, encode};
+pub use codec::{DecodeError, RowError, decode, decode_limited, decode_rows, encode};
 pub use payload::*;
 pub use topic::{AgentTopic, Topic, TopicError};
 

@@ -4,7 +4,7 @@
 //! field name. Every top-level payload has a `v` field (see [`crate::PROTOCOL_VERSION`]) and
 //! refuses unknown fields, so a typo or a newer producer is an error, never silently ignored.
 //! Results, metrics and events carry a per-agent sequence number (`seq`) shared by all three
-//! kinds: the control plane acknowledges the highest committed `seq` on `results/ack`.
+//! kinds: the control plane acknowledges the exact committed seq ranges on `results/ack`.
 
 use std::collections::BTreeMap;
 
@@ -93,6 +93,13 @@ pub struct Heartbeat {
     pub spool_len: u64,
     /// Entries dropped from the spool because a bound was hit, since the agent's state began.
     pub spool_dropped_total: u64,
+    /// Rows dropped because they could never be sent (larger than a batch may be), since the
+    /// agent's state began.
+    #[serde(default)]
+    pub spool_unsendable_total: u64,
+    /// Rows lost because the spool could not be written, since the agent process started.
+    #[serde(default)]
+    pub spool_write_errors_total: u64,
     pub next_seq: u64,
     pub config_revision: u64,
 }
@@ -243,6 +250,12 @@ pub enum Command {
     RunNow { check: Box<CheckSpec> },
     /// Exit so that the service manager restarts the agent.
     Restart,
+    /// The store already holds rows up to `next_seq - 1`, but the agent's hello said it would
+    /// number new rows from `from`, at or below that: its state dir was rewound (restored,
+    /// re-flashed, or writes lost in a power cut). The control plane holds back rows whose
+    /// seqs fall in `from..next_seq`; the agent gives the rows it still holds in that range
+    /// new seqs past both `next_seq` and its own counter, and numbers on from there.
+    RaiseSeq { from: u64, next_seq: u64 },
 }
 
 /// `agents/{id}/cmd`.

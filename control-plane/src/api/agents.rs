@@ -32,6 +32,8 @@ pub struct AgentView {
     pub last_seq: i64,
     pub next_seq: i64,
     pub spool_dropped_total: i64,
+    pub spool_unsendable_total: i64,
+    pub spool_write_errors_total: i64,
     /// Changes whenever the agent process restarts.
     pub boot_id: String,
 }
@@ -55,6 +57,8 @@ impl From<AgentRow> for AgentView {
             last_seq: row.last_seq,
             next_seq: row.next_seq,
             spool_dropped_total: row.spool_dropped_total,
+            spool_unsendable_total: row.spool_unsendable_total,
+            spool_write_errors_total: row.spool_write_errors_total,
             boot_id: row.boot_id,
         }
     }
@@ -258,6 +262,8 @@ pub async fn enroll(
         last_seq: 0,
         next_seq: 0,
         spool_dropped_total: 0,
+        spool_unsendable_total: 0,
+        spool_write_errors_total: 0,
         boot_id: String::new(),
     };
     state.store.insert_agent(&row).await?;

@@ -117,7 +117,7 @@ impl Store {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("cache_size", "-65536");
@@ -408,7 +408,8 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Records the facts of a hello.
+    /// Records the facts of a hello; returns the highest seq the store holds for the agent
+    /// (`None` when the agent is unknown), so the caller can tell a rewound agent.
     ///
     /// # Errors
     /// Database errors only.
@@ -416,10 +417,10 @@ impl Store {
         &self,
         id: &str,
         hello: &vantage_mqtt::Hello,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let sql = "UPDATE agents SET hostname = $2, arch = $3, os = $4, version = $5, boot_id = $6, \
-                   last_seen_ms = $7, next_seq = $8 WHERE id = $1";
-        on_pool!(self, pool => sqlx::query(sql)
+                   last_seen_ms = $7, next_seq = $8 WHERE id = $1 RETURNING last_seq";
+        let last_seq: Option<i64> = on_pool!(self, pool => sqlx::query_scalar(sql)
             .bind(id)
             .bind(&hello.hostname)
             .bind(&hello.arch)
@@ -428,10 +429,9 @@ impl Store {
             .bind(&hello.boot_id)
             .bind(now_ms())
             .bind(hello.next_seq as i64)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        Ok(())
+            .fetch_optional(pool)
+            .await?);
+        Ok(last_seq.map(|s| s.max(0) as u64))
     }
 
     /// Records a heartbeat's counters; returns true when this heartbeat brought an agent
@@ -444,11 +444,14 @@ impl Store {
         id: &str,
         heartbeat: &vantage_mqtt::Heartbeat,
     ) -> Result<bool, StoreError> {
-        let sql = "UPDATE agents SET last_seen_ms = $2, spool_dropped_total = $3 WHERE id = $1";
+        let sql = "UPDATE agents SET last_seen_ms = $2, spool_dropped_total = $3, \
+                   spool_unsendable_total = $4, spool_write_errors_total = $5 WHERE id = $1";
         on_pool!(self, pool => sqlx::query(sql)
             .bind(id)
             .bind(now_ms())
             .bind(heartbeat.spool_dropped_total as i64)
+            .bind(heartbeat.spool_unsendable_total as i64)
+            .bind(heartbeat.spool_write_errors_total as i64)
             .execute(pool)
             .await?
             .rows_affected());
@@ -724,7 +727,7 @@ impl Store {
 
 const AGENT_COLUMNS: &str = "SELECT id, region, labels, hostname, arch, os, version, cert_serial, \
     cert_not_after_ms, state, last_seen_ms, enrolled_at_ms, revoked_at_ms, config_revision, last_seq, \
-    next_seq, spool_dropped_total, boot_id FROM agents";
+    next_seq, spool_dropped_total, spool_unsendable_total, spool_write_errors_total, boot_id FROM agents";
 
 const CHECK_COLUMNS: &str = "SELECT id, name, kind, spec, interval_s, timeout_ms, regions, quorum, enabled, \
     created_at_ms, updated_at_ms FROM checks";

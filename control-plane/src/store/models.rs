@@ -105,6 +105,10 @@ pub struct AgentRow {
     /// The next sequence the agent said (in its last hello) it will assign.
     pub next_seq: i64,
     pub spool_dropped_total: i64,
+    /// Rows the agent dropped because they could never be sent.
+    pub spool_unsendable_total: i64,
+    /// Rows the agent lost because it could not write its spool.
+    pub spool_write_errors_total: i64,
     pub boot_id: String,
 }
 
