@@ -1,5 +1,6 @@
-//! Hostile payloads on an agent's own topics: dropped, counted, nothing stored changes, the
-//! control plane stays up and keeps ingesting.
+//! Hostile payloads on an agent's own topics: dropped (whole messages, or single rows of a
+//! valid batch), counted, nothing stored changes, the control plane stays up and keeps
+//! ingesting.
 
 use std::time::Duration;
 
@@ -74,18 +75,29 @@ async fn malformed_oversize_and_wrong_version_payloads_are_dropped(
             .await?;
     }
     let line = |reason: &str| format!("vantage_ingest_rejected_total{{reason=\"{reason}\"}}");
-    let counted = wait_for(
-        "every hostile payload counted",
-        Duration::from_secs(10),
-        || async {
-            let malformed = cp.counter(&line("malformed")).await.ok()?;
-            let version = cp.counter(&line("version")).await.ok()?;
-            let oversize = cp.counter(&line("oversize")).await.ok()?;
-            (malformed + version + oversize == n_hostile).then_some((malformed, version, oversize))
-        },
-    )
-    .await?;
-    assert_eq!(counted, (8, 2, 1), "(malformed, version, oversize)");
+    let row = |reason: &str| format!("vantage_ingest_rows_refused_total{{reason=\"{reason}\"}}");
+    let counted =
+        wait_for(
+            "every hostile payload counted",
+            Duration::from_secs(10),
+            || async {
+                let malformed = cp.counter(&line("malformed")).await.ok()?;
+                let version = cp.counter(&line("version")).await.ok()?;
+                let oversize = cp.counter(&line("oversize")).await.ok()?;
+                let undecodable = cp.counter(&row("undecodable")).await.ok()?;
+                let invalid_id = cp.counter(&row("invalid_id")).await.ok()?;
+                (malformed + version + oversize + undecodable + invalid_id == n_hostile)
+                    .then_some((malformed, version, oversize, undecodable, invalid_id))
+            },
+        )
+        .await?;
+    // Whole messages are refused when their envelope is (not JSON, wrong version, too big,
+    // unknown envelope field, bad hello); rows inside a valid batch are refused one by one.
+    assert_eq!(
+        counted,
+        (5, 2, 1, 2, 1),
+        "(malformed, version, oversize, undecodable rows, invalid-id rows)"
+    );
 
     // Still alive, still ingesting, and the stored row is exactly as before.
     let rows = store_good(2).await?;

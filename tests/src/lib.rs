@@ -614,6 +614,42 @@ impl Agent {
         }
     }
 
+    /// Sends SIGTERM to the agent and waits up to `timeout` for the process to exit. When the
+    /// agent runs under a wrapper (strace, a qemu-user runner that forks), the signal goes to
+    /// the agent itself, and the wrapper's exit status (which mirrors the agent's) is returned.
+    ///
+    /// # Errors
+    /// The process is not running or does not exit in time (it is killed then).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("the agent is not running")?;
+        let agent_pid = Command::new("pgrep")
+            .args(["-P", &child.id().to_string(), "vantage-agent"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|text| text.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| child.id().to_string());
+        let sent = Command::new("kill").arg("-TERM").arg(&agent_pid).status()?;
+        anyhow::ensure!(sent.success(), "kill -TERM {agent_pid} failed");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the agent did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's state dir (identity, spool, last desired config).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

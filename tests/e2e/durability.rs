@@ -1,0 +1,207 @@
+//! The agent's spool across stops and rewinds: SIGTERM syncs and exits 0, appends are made
+//! durable by one fsync per group (seen with strace), compaction syncs its directory, and a
+//! state dir that went back in time loses no new row to the seqs the store already holds.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore, bin, wait_for};
+
+/// Creates `n` TCP checks running every second in `region` against a local listener, so an
+/// agent produces about `n` rows a second.
+async fn fast_checks(cp: &ControlPlane, region: &str, n: usize) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    for i in 0..n {
+        let (status, reply) = cp
+            .post(
+                "/api/v1/checks",
+                json!({"id": format!("fast-{i}"), "name": "fast", "interval_s": 1,
+                    "timeout_ms": 500, "regions": [region],
+                    "kind": {"type": "tcp", "host": "127.0.0.1", "port": port}}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {reply}");
+    }
+    Ok(())
+}
+
+/// Stored result rows of `agent` measured at or after `from_ms`.
+async fn n_results_since(cp: &ControlPlane, agent: &str, from_ms: i64) -> Option<usize> {
+    let (_, rows) = cp
+        .get(&format!(
+            "/api/v1/results?agent={agent}&from_ms={from_ms}&limit=10000"
+        ))
+        .await
+        .ok()?;
+    Some(rows.as_array()?.len())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()?;
+    anyhow::ensure!(status.success(), "cp -a failed");
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+crate::both_backends!(
+    a_rewound_state_loses_no_new_row,
+    a_rewound_state_loses_no_new_row
+);
+
+/// The state dir is put back to a copy taken earlier (a restored backup, a re-flashed image,
+/// writes lost in a power cut): the agent would number new rows with seqs the store already
+/// holds. The control plane notices at hello, counts and logs it, holds those rows back, and
+/// tells the agent to renumber: rows measured after the rewind are stored at once, not
+/// dropped as duplicates of old seqs.
+async fn a_rewound_state_loses_no_new_row(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    fast_checks(&cp, "europe", 3).await?;
+    let token = cp.enrollment_token("europe", 1).await?;
+    let mut agent = Agent::start(&cp, &token, "")?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("first rows stored", Duration::from_secs(30), || async {
+        (n_results_since(&cp, &id, 0).await? >= 3).then_some(())
+    })
+    .await
+    .with_context(|| agent.log())?;
+    let status = agent.terminate(Duration::from_secs(10))?;
+    anyhow::ensure!(status.success(), "agent exited with {status}");
+    let backup = tempfile::tempdir()?;
+    copy_dir(&agent.state_dir(), &backup.path().join("state"))?;
+    let backup_seq = cp.agent(&id).await?["last_seq"].as_i64().unwrap_or(0);
+
+    // Run on until the store holds 45 more seqs than the copy knows of, then rewind.
+    agent.spawn()?;
+    wait_for("45 more seqs stored", Duration::from_secs(60), || async {
+        let last_seq = cp.agent(&id).await.ok()?["last_seq"].as_i64()?;
+        (last_seq >= backup_seq + 45).then_some(())
+    })
+    .await
+    .with_context(|| agent.log())?;
+    agent.kill();
+    std::fs::remove_dir_all(agent.state_dir())?;
+    copy_dir(&backup.path().join("state"), &agent.state_dir())?;
+    let rewound_at = now_ms();
+    agent.spawn()?;
+
+    // At three rows a second the reused seqs would swallow the next 15 s of rows; they must
+    // show up within 10 s instead.
+    wait_for(
+        "rows measured after the rewind",
+        Duration::from_secs(10),
+        || async { (n_results_since(&cp, &id, rewound_at).await? >= 6).then_some(()) },
+    )
+    .await
+    .with_context(|| agent.log())?;
+    assert!(cp.counter("vantage_ingest_seq_rewound_total").await? >= 1);
+    assert!(
+        agent.log().contains("renumbered"),
+        "the agent did not renumber: {}",
+        agent.log()
+    );
+    assert!(
+        std::fs::read_to_string(cp.data_dir.join("control-plane.log"))?
+            .contains("seq went backwards"),
+        "the control plane did not log the rewind"
+    );
+    Ok(())
+}
+
+/// SIGTERM: the agent stops its checks, syncs its spool and exits 0; appends are made durable
+/// by fdatasync in groups (fewer syncs than rows), and compaction fsyncs the state directory
+/// after its rename. Seen from outside with strace. The store plays no part beyond taking the
+/// rows, so this runs on SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_syncs_and_appends_are_fsynced_in_groups() -> anyhow::Result<()> {
+    let store = TestStore::create(Backend::Sqlite).await?;
+    let cp = ControlPlane::start(&store).await?;
+    // 100 rows a second: far more rows than the at most 20 group commits a second.
+    fast_checks(&cp, "europe", 100).await?;
+    let token = cp.enrollment_token("europe", 1).await?;
+    let trace_dir = tempfile::tempdir()?;
+    let trace = trace_dir.path().join("strace.txt");
+    let strace = vantage_tests::find_program(&["strace"])
+        .context("strace is missing: scripts/test installs it")?;
+    let mut agent = Agent::start_command(
+        &cp,
+        &token,
+        "",
+        vec![
+            strace.into(),
+            "-f".into(),
+            "-qq".into(),
+            "-y".into(),
+            "-e".into(),
+            "trace=fdatasync,fsync,rename".into(),
+            "-o".into(),
+            trace.clone(),
+            bin("vantage-agent"),
+        ],
+    )?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("500 rows stored", Duration::from_secs(60), || async {
+        (n_results_since(&cp, &id, 0).await? >= 500).then_some(())
+    })
+    .await
+    .with_context(|| agent.log())?;
+    let status = agent.terminate(Duration::from_secs(10))?;
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+    assert!(agent.log().contains("Spool synced"), "{}", agent.log());
+
+    let text = std::fs::read_to_string(&trace)?;
+    let spool = agent.state_dir().join("spool.jsonl");
+    let n_syncs = text
+        .lines()
+        .filter(|l| l.contains("fdatasync(") && l.contains(&*spool.to_string_lossy()))
+        .count();
+    let n_rows = n_results_since(&cp, &id, 0).await.context("rows")?;
+    assert!(n_syncs >= 1, "the spool was never fdatasynced:\n{text}");
+    assert!(
+        n_syncs * 2 < n_rows,
+        "{n_syncs} syncs for {n_rows} rows is not a group commit"
+    );
+    // Compaction at start renames the new journal into place, then syncs the directory.
+    let state = agent.state_dir().to_string_lossy().into_owned();
+    let rename = text
+        .lines()
+        .position(|l| l.contains("rename(") && l.contains("spool.tmp"))
+        .with_context(|| format!("no compaction rename:\n{text}"))?;
+    let dir_sync = format!("<{state}>)");
+    assert!(
+        text.lines()
+            .skip(rename)
+            .any(|l| l.contains("fsync(") && l.contains(&dir_sync)),
+        "no fsync of {state} after the rename:\n{text}"
+    );
+
+    // The next start goes on where the synced spool left off.
+    let before = cp.agent(&id).await?["last_seq"].as_i64().unwrap_or(0);
+    agent.spawn()?;
+    wait_for(
+        "rows after the restart",
+        Duration::from_secs(20),
+        || async {
+            let last_seq = cp.agent(&id).await.ok()?["last_seq"].as_i64()?;
+            (last_seq > before + 4).then_some(())
+        },
+    )
+    .await
+    .with_context(|| agent.log())?;
+    assert_eq!(cp.counter("vantage_ingest_seq_rewound_total").await?, 0);
+    Ok(())
+}
