@@ -11,10 +11,12 @@
 //! - [`payload`]: the message types (hello, status, heartbeat, metrics, results, events,
 //!   desired config, commands, acknowledgements) and the check specifications inside them.
 //! - [`codec`]: size-limited, version-checked decoding and encoding.
+//! - [`redact`]: checks and free text as readers without the right to secrets see them.
 
 pub mod check;
 pub mod codec;
 pub mod payload;
+pub mod redact;
 pub mod topic;
 
 pub use check::*;

@@ -1,7 +1,8 @@
 //! `GET /api/v1/live`: the live feed, as a WebSocket when the request asks to upgrade and as
 //! Server-Sent Events otherwise. Filters: `region`, `agent`, `check`, `kind`. Each message is
 //! one JSON [`LiveEvent`]; a client that falls behind gets a `lagged` message saying how many
-//! updates it missed.
+//! updates it missed. Viewers (below operator) get every URL in an event scrubbed of
+//! credentials ([`LiveEvent::for_viewers`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,11 +39,14 @@ pub async fn live(
     request: Request,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
-    let filter = LiveFilter {
-        region: query.region,
-        agent: query.agent,
-        check: query.check,
-        kind: query.kind,
+    let filter = Shown {
+        filter: LiveFilter {
+            region: query.region,
+            agent: query.agent,
+            check: query.check,
+            kind: query.kind,
+        },
+        redact: caller.role < Role::Operator,
     };
     let receiver = state.hub.subscribe();
     let wants_upgrade = request
@@ -75,14 +79,26 @@ pub async fn live(
         .into_response())
 }
 
+/// What one client sees: the events its filter passes, redacted when it is a viewer.
+struct Shown {
+    filter: LiveFilter,
+    redact: bool,
+}
+
 /// The next event passing `filter`: `Ok(event)`, `Err(missed)` after a lag, `None` at close.
 async fn next_matching(
     receiver: &mut broadcast::Receiver<Arc<LiveEvent>>,
-    filter: &LiveFilter,
+    shown: &Shown,
 ) -> Option<Result<Arc<LiveEvent>, u64>> {
     loop {
         match receiver.recv().await {
-            Ok(event) if filter.matches(&event) => return Some(Ok(event)),
+            Ok(event) if shown.filter.matches(&event) => {
+                return Some(Ok(if shown.redact {
+                    LiveEvent::for_viewers(event)
+                } else {
+                    event
+                }));
+            }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(missed)) => return Some(Err(missed)),
             Err(broadcast::error::RecvError::Closed) => return None,
@@ -93,7 +109,7 @@ async fn next_matching(
 async fn websocket(
     mut socket: WebSocket,
     mut receiver: broadcast::Receiver<Arc<LiveEvent>>,
-    filter: LiveFilter,
+    filter: Shown,
 ) {
     loop {
         tokio::select! {

@@ -274,7 +274,14 @@ pub fn router(state: AppState) -> Router {
             "/enrollment-tokens/{id}",
             axum::routing::delete(agents::delete_token),
         )
-        .route("/api-tokens", post(agents::create_api_token))
+        .route(
+            "/api-tokens",
+            get(agents::list_api_tokens).post(agents::create_api_token),
+        )
+        .route(
+            "/api-tokens/{id}",
+            axum::routing::delete(agents::revoke_api_token),
+        )
         .route("/checks", get(checks::list).post(checks::create))
         .route(
             "/checks/{id}",

@@ -318,6 +318,33 @@ impl Store {
         Ok(role.and_then(|(r,)| Role::parse(&r)))
     }
 
+    /// Every API token, oldest first (ids, roles and names only: never a secret or hash).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StoreError> {
+        let sql = "SELECT id, role, name, created_at_ms, revoked_at_ms FROM api_tokens \
+                   ORDER BY created_at_ms, id";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    /// Revokes an API token: from now on [`Store::api_token_role`] refuses it. Returns
+    /// whether a live token with this id existed.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn revoke_api_token(&self, id: &str) -> Result<bool, StoreError> {
+        let sql =
+            "UPDATE api_tokens SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL";
+        let n = on_pool!(self, pool => sqlx::query(sql)
+            .bind(now_ms())
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n > 0)
+    }
+
     /// How many API tokens exist (revoked ones included).
     ///
     /// # Errors
