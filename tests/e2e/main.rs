@@ -11,6 +11,7 @@ mod probe_cli;
 mod provision_cloud;
 mod resilience;
 mod run_now;
+mod secrets;
 mod security;
 mod spine;
 mod systemd_install;

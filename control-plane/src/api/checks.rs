@@ -88,13 +88,14 @@ pub fn validate(body: &CheckBody) -> Result<(), ApiError> {
     if body.quorum == 0 || body.quorum as usize > body.regions.len() {
         return invalid("quorum must be between 1 and the number of regions".into());
     }
-    vantage_agent::probe::validate(&body.kind).map_err(ApiError::Unprocessable)?;
+    // Before the probe's own checks, which would refuse a redacted URL less clearly.
     if serde_json::to_string(&body.kind).is_ok_and(|text| text.contains(redact::MARK)) {
         return invalid(format!(
             "kind holds the redaction mark {:?} (a viewer's copy of a check?): send the real values",
             redact::MARK
         ));
     }
+    vantage_agent::probe::validate(&body.kind).map_err(ApiError::Unprocessable)?;
     Ok(())
 }
 
