@@ -319,8 +319,9 @@ crate::both_backends!(
 );
 
 /// API tokens are listed (API and CLI) without secrets or hashes, admins only; revoking one
-/// (API or CLI) refuses it on the very next request and at the next MQTT viewer login; bad
-/// revocations are clear errors that change nothing.
+/// (API or CLI) refuses it on the very next request and at the next MQTT viewer login, and
+/// closes the MQTT viewer sessions and live feeds open with it; bad revocations are clear
+/// errors that change nothing.
 async fn api_tokens_are_listed_and_revoked_at_once(backend: Backend) -> anyhow::Result<()> {
     let store = TestStore::create(backend).await?;
     let cp = ControlPlane::start(&store).await?;
@@ -399,8 +400,9 @@ async fn api_tokens_are_listed_and_revoked_at_once(backend: Backend) -> anyhow::
         .request(get.clone(), "/api/v1/checks", Some(&api_secret), None)
         .await?;
     assert_eq!(status, 200);
-    let (_c, mut events) = mqtt_viewer(&cp, &api_secret)?;
-    vantage_tests::connect(&mut events).await?;
+    let (_held, mut held) = mqtt_viewer(&cp, &api_secret)?;
+    vantage_tests::connect(&mut held).await?;
+    let mut live = live_socket_as(&cp, &api_secret, "kind=result").await?;
     let (status, body) = cp
         .request(
             delete.clone(),
@@ -420,6 +422,18 @@ async fn api_tokens_are_listed_and_revoked_at_once(backend: Backend) -> anyhow::
         .expect_err("a revoked token logs in over MQTT")
         .to_string();
     assert!(error.contains("BadUserNamePassword"), "{error}");
+    // What was already open with it closes too.
+    vantage_tests::expect_closed(&mut held, Duration::from_secs(10)).await?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match live.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the live feed of a revoked token stays open");
     let (_, listed) = cp.get("/api/v1/api-tokens").await?;
     let dash = listed
         .as_array()
@@ -446,8 +460,12 @@ async fn api_tokens_are_listed_and_revoked_at_once(backend: Backend) -> anyhow::
         .request(get.clone(), "/api/v1/checks", Some(&cli_secret), None)
         .await?;
     assert_eq!(status, 200);
+    let (_held, mut held) = mqtt_viewer(&cp, &cli_secret)?;
+    vantage_tests::connect(&mut held).await?;
     let (ok, out, err) = cp.cli(&["api-token", "revoke", &cli_id])?;
     assert!(ok && out.contains("revoked"), "{out} {err}");
+    // The server learns of it from the store within its 2 s refresh.
+    vantage_tests::expect_closed(&mut held, Duration::from_secs(10)).await?;
     let (status, _) = cp
         .request(get.clone(), "/api/v1/checks", Some(&cli_secret), None)
         .await?;

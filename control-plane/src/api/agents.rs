@@ -405,7 +405,7 @@ pub async fn list_api_tokens(
 }
 
 /// `DELETE /api/v1/api-tokens/{id}` (admin): revokes the token; the very next request or
-/// MQTT login with it is refused.
+/// MQTT login with it is refused, and its open live feeds and MQTT viewer sessions close.
 pub async fn revoke_api_token(
     caller: Caller,
     State(state): State<AppState>,
@@ -413,6 +413,7 @@ pub async fn revoke_api_token(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
     if state.store.revoke_api_token(&id).await? {
+        state.registry.revoke_token(&id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!(

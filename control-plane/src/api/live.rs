@@ -2,7 +2,7 @@
 //! Server-Sent Events otherwise. Filters: `region`, `agent`, `check`, `kind`. Each message is
 //! one JSON [`LiveEvent`]; a client that falls behind gets a `lagged` message saying how many
 //! updates it missed. Viewers (below operator) get every URL in an event scrubbed of
-//! credentials ([`LiveEvent::for_viewers`]).
+//! credentials ([`LiveEvent::for_viewers`]). Revoking the caller's API token ends the feed.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
@@ -49,6 +50,8 @@ pub async fn live(
         redact: caller.role < Role::Operator,
     };
     let receiver = state.hub.subscribe();
+    // The feed ends when the caller's token is revoked.
+    let revoked = state.registry.token_revoked(caller.token_id.clone());
     let wants_upgrade = request
         .headers()
         .get(axum::http::header::UPGRADE)
@@ -58,7 +61,7 @@ pub async fn live(
         let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
             .await
             .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        return Ok(upgrade.on_upgrade(move |socket| websocket(socket, receiver, filter)));
+        return Ok(upgrade.on_upgrade(move |socket| websocket(socket, receiver, filter, revoked)));
     }
     let stream =
         futures_util::stream::unfold((receiver, filter), |(mut receiver, filter)| async move {
@@ -73,7 +76,8 @@ pub async fn live(
                     .data(format!("{{\"missed\":{missed}}}")),
             };
             Some((Ok::<_, Infallible>(sse), (receiver, filter)))
-        });
+        })
+        .take_until(revoked);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -110,9 +114,15 @@ async fn websocket(
     mut socket: WebSocket,
     mut receiver: broadcast::Receiver<Arc<LiveEvent>>,
     filter: Shown,
+    revoked: impl Future<Output = ()>,
 ) {
+    let mut revoked = std::pin::pin!(revoked);
     loop {
         tokio::select! {
+            () = &mut revoked => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
             next = next_matching(&mut receiver, &filter) => {
                 let text = match next {
                     Some(Ok(event)) => serde_json::to_string(&*event).unwrap_or_default(),
