@@ -256,6 +256,10 @@ async fn refresh_revoked(state: AppState) {
             Ok(ids) => state.registry.set_revoked(ids),
             Err(error) => tracing::warn!(%error, "Cannot refresh the revoked set"),
         }
+        match state.store.revoked_api_token_ids().await {
+            Ok(ids) => state.registry.set_revoked_tokens(ids),
+            Err(error) => tracing::warn!(%error, "Cannot refresh the revoked API tokens"),
+        }
     }
 }
 

@@ -60,7 +60,10 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Publishes `payload` on `topic` (QoS 0), retained when `retain` is set.
+    /// Publishes `payload` on `topic` (QoS 0), retained when `retain` is set. On the topics
+    /// viewers may read (`status/`, `events/`, `incidents`) every URL in the payload's strings
+    /// is scrubbed first ([`vantage_mqtt::redact::scrub_payload`]): a probe's reason can echo
+    /// a URL with credentials in it, and every viewer token reads these topics.
     ///
     /// # Errors
     /// Fails only when the router has stopped.
@@ -70,6 +73,11 @@ impl Publisher {
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<(), BrokerError> {
+        let payload = if vantage_mqtt::topic::viewer_may_subscribe(topic) {
+            vantage_mqtt::redact::scrub_payload(payload)
+        } else {
+            payload
+        };
         let publish = Publish::new(
             bytes::Bytes::copy_from_slice(topic.as_bytes()),
             bytes::Bytes::from(payload),

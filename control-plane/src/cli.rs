@@ -131,6 +131,17 @@ pub enum ApiTokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// List API tokens: id, role, name, creation time, revoked (never a secret).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Revoke an API token; a running server refuses it from the next request on.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,6 +256,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("API token {} with role {}", row.id, row.role);
             println!("{secret}");
             Ok(())
+        }
+        Command::ApiToken(ApiTokenCommand::List { store }) => {
+            let store = store.open().await?;
+            for token in store.list_api_tokens().await? {
+                println!(
+                    "{}\t{}\t{}\tcreated_at_ms={}{}",
+                    token.id,
+                    token.role,
+                    token.name,
+                    token.created_at_ms,
+                    token
+                        .revoked_at_ms
+                        .map(|at| format!("\trevoked_at_ms={at}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::ApiToken(ApiTokenCommand::Revoke { id, store }) => {
+            let store = store.open().await?;
+            if store.revoke_api_token(&id).await? {
+                println!("API token {id} revoked");
+                Ok(())
+            } else {
+                anyhow::bail!("API token {id:?} does not exist or is already revoked")
+            }
         }
         Command::Agent(AgentCommand::List { store }) => {
             let store = store.open().await?;

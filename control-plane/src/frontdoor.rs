@@ -13,7 +13,8 @@
 //! The CONNECT is forwarded with the broker's internal credential. From then on every packet
 //! from the client is parsed with rumqttc's codec and checked: PUBLISH and SUBSCRIBE outside
 //! the identity's topics close the connection and are counted. Bytes from the broker to the
-//! client pass through unchanged. Revoking an agent closes its live connection.
+//! client pass through unchanged. Revoking an agent closes its live connection; revoking an
+//! API token closes the viewer sessions that logged in with it.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -95,14 +96,43 @@ enum Identity {
     Viewer,
 }
 
-/// Shared state: the revoked set and the live agent connections.
+/// Shared state: the revoked sets (agents, API tokens) and the live agent connections.
 #[derive(Debug, Default)]
 pub struct Registry {
     revoked: RwLock<HashSet<String>>,
     live: Mutex<HashMap<String, Vec<watch::Sender<bool>>>>,
+    /// Ids of revoked API tokens: MQTT viewer sessions and live feeds opened with one close.
+    revoked_tokens: watch::Sender<HashSet<String>>,
 }
 
 impl Registry {
+    /// Replaces the set of revoked API token ids (from the store), closing the sessions that
+    /// hold a newly revoked one.
+    pub fn set_revoked_tokens(&self, ids: impl IntoIterator<Item = String>) {
+        let ids: HashSet<String> = ids.into_iter().collect();
+        self.revoked_tokens.send_if_modified(|set| {
+            let changed = *set != ids;
+            *set = ids;
+            changed
+        });
+    }
+
+    /// Marks one API token revoked and closes the sessions that hold it.
+    pub fn revoke_token(&self, id: &str) {
+        self.revoked_tokens
+            .send_if_modified(|set| set.insert(id.to_owned()));
+    }
+
+    /// Completes when the API token `id` is revoked (never, if the registry goes away).
+    pub fn token_revoked(&self, id: String) -> impl Future<Output = ()> + Send + 'static {
+        let mut receiver = self.revoked_tokens.subscribe();
+        async move {
+            if receiver.wait_for(|set| set.contains(&id)).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Replaces the revoked set (from the store) and closes any live revoked connection.
     pub fn set_revoked(&self, ids: impl IntoIterator<Item = String>) {
         let ids: HashSet<String> = ids.into_iter().collect();
@@ -287,8 +317,8 @@ impl FrontDoor {
                 return Err("first packet is not an MQTT 3.1.1 CONNECT".into());
             }
         };
-        let connect = match self.admit(connect, &identity).await {
-            Ok(connect) => connect,
+        let (connect, token_id) = match self.admit(connect, &identity).await {
+            Ok(admitted) => admitted,
             Err((code, reason)) => {
                 let mut out = BytesMut::new();
                 let _ = ConnAck::new(code, false).write(&mut out);
@@ -350,20 +380,29 @@ impl FrontDoor {
                 }
             }
         };
+        let token_revoked = async {
+            match token_id {
+                Some(id) => self.registry.token_revoked(id).await,
+                None => std::future::pending().await,
+            }
+        };
         let reason = tokio::select! {
             reason = upstream => reason,
             () = downstream => "broker closed".to_owned(),
             _ = kicked.wait_for(|k| *k) => "agent revoked".to_owned(),
+            () = token_revoked => "API token revoked".to_owned(),
         };
         Err(reason)
     }
 
-    /// Checks a CONNECT against the identity and rewrites it for the broker.
+    /// Checks a CONNECT against the identity and rewrites it for the broker; returns it with
+    /// the id of a viewer's API token.
     async fn admit(
         &self,
         mut connect: Connect,
         identity: &Identity,
-    ) -> Result<Connect, (ConnectReturnCode, String)> {
+    ) -> Result<(Connect, Option<String>), (ConnectReturnCode, String)> {
+        let mut token_id = None;
         match identity {
             Identity::Agent(id) => {
                 if self.registry.is_revoked(id) {
@@ -398,12 +437,14 @@ impl FrontDoor {
             }
             Identity::Viewer => {
                 let token = connect.login.as_ref().map(|l| l.password.clone());
-                let role = match token {
+                let found = match token {
                     Some(token) if !token.is_empty() => {
-                        self.store.api_token_role(&token).await.ok().flatten()
+                        self.store.api_token(&token).await.ok().flatten()
                     }
                     _ => None,
                 };
+                let role = found.as_ref().map(|(_, role)| *role);
+                token_id = found.map(|(id, _)| id);
                 if role.is_none_or(|r| r < Role::Viewer) {
                     self.counters
                         .frontdoor_bad_credentials
@@ -432,7 +473,7 @@ impl FrontDoor {
             self.credential.username.clone(),
             self.credential.password.clone(),
         ));
-        Ok(connect)
+        Ok((connect, token_id))
     }
 
     /// Checks one packet after CONNECT against the identity's topic rules.

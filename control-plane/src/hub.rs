@@ -1,7 +1,7 @@
 //! The in-process live hub: every committed update fans out from here to WebSocket and SSE
 //! clients. Ingest publishes only after its transaction commits, so the feed never shows data
 //! the store does not hold. A slow subscriber lags and is told how many updates it missed;
-//! it never slows ingest.
+//! it never slows ingest. Viewers get each event through [`LiveEvent::for_viewers`].
 
 use std::sync::Arc;
 
@@ -20,6 +20,30 @@ pub struct LiveEvent {
     /// When the control plane published the update.
     pub at_ms: i64,
     pub data: serde_json::Value,
+}
+
+impl LiveEvent {
+    /// This event as a viewer may see it: every URL in its data scrubbed
+    /// ([`vantage_mqtt::redact::scrub_json`]); the same `Arc` when there is none.
+    pub fn for_viewers(event: Arc<LiveEvent>) -> Arc<LiveEvent> {
+        fn holds_url(value: &serde_json::Value) -> bool {
+            match value {
+                serde_json::Value::String(text) => text.contains("://"),
+                serde_json::Value::Array(items) => items.iter().any(holds_url),
+                serde_json::Value::Object(map) => map.values().any(holds_url),
+                _ => false,
+            }
+        }
+        if !holds_url(&event.data) {
+            return event;
+        }
+        let mut shown = LiveEvent::clone(&event);
+        if vantage_mqtt::redact::scrub_json(&mut shown.data) {
+            Arc::new(shown)
+        } else {
+            event
+        }
+    }
 }
 
 /// Filters a live client subscribes with; `None` matches everything.
@@ -111,6 +135,20 @@ mod tests {
         assert!(all.matches(&e) && all.matches(&m));
         assert!(europe.matches(&e) && !europe.matches(&m));
         assert!(web.matches(&e) && !web.matches(&m));
+    }
+
+    #[test]
+    fn viewers_see_urls_without_credentials() {
+        let mut secret = event("result", "asia", Some("c"));
+        secret.data =
+            serde_json::json!({"ok": false, "reason": "redirect loop at http://u:pw@h/x"});
+        let shown = LiveEvent::for_viewers(Arc::new(secret));
+        assert_eq!(
+            shown.data["reason"],
+            "redirect loop at http://<redacted>@h/x"
+        );
+        let plain = Arc::new(event("metrics", "asia", None));
+        assert!(Arc::ptr_eq(&LiveEvent::for_viewers(plain.clone()), &plain));
     }
 
     #[tokio::test]

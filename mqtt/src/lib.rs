@@ -13,10 +13,12 @@
 //! - [`codec`]: size-limited, version-checked decoding (whole payloads, or batches row by
 //!   row) and encoding.
 //! - [`text`]: the bounds on texts inside rows and the repair that applies them.
+//! - [`redact`]: checks and free text as readers without the right to secrets see them.
 
 pub mod check;
 pub mod codec;
 pub mod payload;
+pub mod redact;
 pub mod text;
 pub mod topic;
 

@@ -13,6 +13,7 @@ mod provision_cloud;
 mod resilience;
 mod row_bounds;
 mod run_now;
+mod secrets;
 mod security;
 mod spine;
 mod systemd_install;

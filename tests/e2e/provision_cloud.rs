@@ -2081,10 +2081,13 @@ async fn zabbix_media_type_is_a_valid_6_0_webhook() -> anyhow::Result<()> {
         );
     }
 
-    let Ok(node) = find_in_path("node") else {
-        eprintln!("node is not installed: the webhook script was parsed as YAML but not run");
-        return Ok(());
-    };
+    // The script must run, not just parse: a missing node fails the test (scripts/test
+    // installs Debian's nodejs).
+    let node = find_in_path("node").map_err(|_| {
+        anyhow::anyhow!(
+            "node is not installed, so the Zabbix webhook script cannot run: apt-get install nodejs (scripts/test does)"
+        )
+    })?;
     eprintln!("running the webhook script under {}", node.display());
     let dir = tempfile::tempdir()?;
     let token = new_token();

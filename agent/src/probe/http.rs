@@ -350,7 +350,7 @@ pub fn validate(check: &HttpCheck) -> Result<(), String> {
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(
-            "url must not carry credentials (user:password@): they would be shown to every viewer"
+            "url must not carry credentials (user:password@): put them in a header, which only admins and operators can read"
                 .into(),
         );
     }

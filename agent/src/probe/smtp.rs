@@ -235,7 +235,9 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let mut command = Command::new("python3");
+        // scripts/test names Debian's Python, which has Debian's python3-aiosmtpd.
+        let python = std::env::var("VANTAGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut command = Command::new(python);
         command
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
@@ -267,7 +269,9 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("aiosmtpd did not start: is it installed? (python3 -m pip install aiosmtpd)");
+        panic!(
+            "aiosmtpd did not start: is it installed? (apt-get install python3-aiosmtpd; scripts/test does)"
+        );
     }
 
     fn check(port: u16, starttls: bool, ca_pem: Option<String>) -> SmtpCheck {

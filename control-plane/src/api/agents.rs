@@ -399,3 +399,31 @@ pub async fn create_api_token(
         Json(json!({ "token": secret, "id": row.id, "role": row.role, "name": row.name })),
     ))
 }
+
+/// `GET /api/v1/api-tokens` (admin): id, name, role, creation and revocation times; never a
+/// secret or its hash.
+pub async fn list_api_tokens(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<crate::store::ApiTokenRow>>, ApiError> {
+    caller.require(Role::Admin)?;
+    Ok(Json(state.store.list_api_tokens().await?))
+}
+
+/// `DELETE /api/v1/api-tokens/{id}` (admin): revokes the token; the very next request or
+/// MQTT login with it is refused, and its open live feeds and MQTT viewer sessions close.
+pub async fn revoke_api_token(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    if state.store.revoke_api_token(&id).await? {
+        state.registry.revoke_token(&id);
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "live API token {id:?} (unknown or already revoked)"
+        )))
+    }
+}

@@ -1,4 +1,7 @@
 //! Check definitions: create, read, update, delete, with validation at creation time.
+//!
+//! Viewers read checks with every field that can hold a secret redacted
+//! ([`CheckKind::redacted`]); operators and admins, who write checks, read them whole.
 
 use std::collections::BTreeMap;
 
@@ -6,7 +9,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use vantage_mqtt::{CheckKind, topic};
+use vantage_mqtt::{CheckKind, redact, topic};
 #[cfg(test)]
 use vantage_mqtt::{HttpCheck, TcpCheck};
 
@@ -85,8 +88,23 @@ pub fn validate(body: &CheckBody) -> Result<(), ApiError> {
     if body.quorum == 0 || body.quorum as usize > body.regions.len() {
         return invalid("quorum must be between 1 and the number of regions".into());
     }
+    // Before the probe's own checks, which would refuse a redacted URL less clearly.
+    if serde_json::to_string(&body.kind).is_ok_and(|text| text.contains(redact::MARK)) {
+        return invalid(format!(
+            "kind holds the redaction mark {:?} (a viewer's copy of a check?): send the real values",
+            redact::MARK
+        ));
+    }
     vantage_agent::probe::validate(&body.kind).map_err(ApiError::Unprocessable)?;
     Ok(())
+}
+
+/// A check as `caller` may read it: whole for operators and admins, secrets redacted below.
+fn shown_to(caller: &Caller, mut body: CheckBody) -> CheckBody {
+    if caller.role < Role::Operator {
+        body.kind = body.kind.redacted();
+    }
+    body
 }
 
 fn to_row(id: String, body: &CheckBody, created_at_ms: i64) -> CheckRow {
@@ -193,7 +211,11 @@ pub async fn list(
 ) -> Result<Json<Vec<CheckBody>>, ApiError> {
     caller.require(Role::Viewer)?;
     let rows = state.store.list_checks().await?;
-    Ok(Json(rows.iter().map(to_body).collect::<Result<_, _>>()?))
+    Ok(Json(
+        rows.iter()
+            .map(|row| to_body(row).map(|body| shown_to(&caller, body)))
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 /// `GET /api/v1/checks/{id}`.
@@ -208,7 +230,7 @@ pub async fn get(
         .get_check(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("check {id:?}")))?;
-    Ok(Json(to_body(&row)?))
+    Ok(Json(shown_to(&caller, to_body(&row)?)))
 }
 
 /// `PUT /api/v1/checks/{id}`: replaces the definition.
@@ -305,6 +327,14 @@ mod tests {
             (
                 |b| b.kind = CheckKind::Tcp(TcpCheck::connect("h", 0)),
                 "port",
+            ),
+            (
+                |b| {
+                    let mut http = HttpCheck::get("https://x/");
+                    http.headers.insert("x-key".into(), redact::MARK.into());
+                    b.kind = CheckKind::Http(http);
+                },
+                "redaction mark",
             ),
         ];
         for (mutate, field) in cases {

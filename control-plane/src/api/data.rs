@@ -1,4 +1,6 @@
 //! Time-series queries: results and host metrics by agent, check, region and time range.
+//! Viewers read results' reasons with every URL in them scrubbed
+//! ([`vantage_mqtt::redact::scrub_text`]): a probe can echo a URL that carries credentials.
 
 use axum::Json;
 use axum::extract::State;
@@ -56,7 +58,13 @@ pub async fn results(
     ApiQuery(query): ApiQuery<SeriesQuery>,
 ) -> Result<Json<Vec<ResultRow>>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.store.query_results(&query.filter()?).await?))
+    let mut rows = state.store.query_results(&query.filter()?).await?;
+    if caller.role < Role::Operator {
+        for row in &mut rows {
+            scrub(&mut row.reason);
+        }
+    }
+    Ok(Json(rows))
 }
 
 /// `GET /api/v1/metrics`.
@@ -78,5 +86,17 @@ pub async fn check_status(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<CheckStatusRow>>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.store.list_check_status().await?))
+    let mut rows = state.store.list_check_status().await?;
+    if caller.role < Role::Operator {
+        for row in &mut rows {
+            scrub(&mut row.reason);
+        }
+    }
+    Ok(Json(rows))
+}
+
+fn scrub(reason: &mut String) {
+    if let std::borrow::Cow::Owned(scrubbed) = vantage_mqtt::redact::scrub_text(reason) {
+        *reason = scrubbed;
+    }
 }

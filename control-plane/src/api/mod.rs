@@ -126,9 +126,11 @@ pub struct ApiJson<T>(pub T);
 pub struct ApiQuery<T>(pub T);
 
 /// The caller, authenticated by a bearer token (or `?token=` for browsers' live feeds).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     pub role: Role,
+    /// The API token's id (not its secret): long-lived answers close when it is revoked.
+    pub token_id: String,
 }
 
 impl Caller {
@@ -170,12 +172,12 @@ impl FromRequestParts<AppState> for Caller {
         if token.is_empty() || token.len() > 200 {
             return Err(ApiError::Unauthorized);
         }
-        let role = state
+        let (token_id, role) = state
             .store
-            .api_token_role(&token)
+            .api_token(&token)
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        Ok(Caller { role })
+        Ok(Caller { role, token_id })
     }
 }
 
@@ -274,7 +276,14 @@ pub fn router(state: AppState) -> Router {
             "/enrollment-tokens/{id}",
             axum::routing::delete(agents::delete_token),
         )
-        .route("/api-tokens", post(agents::create_api_token))
+        .route(
+            "/api-tokens",
+            get(agents::list_api_tokens).post(agents::create_api_token),
+        )
+        .route(
+            "/api-tokens/{id}",
+            axum::routing::delete(agents::revoke_api_token),
+        )
         .route("/checks", get(checks::list).post(checks::create))
         .route(
             "/checks/{id}",

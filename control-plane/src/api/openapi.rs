@@ -63,19 +63,23 @@ pub async fn document() -> Json<Value> {
                 "post": op("Create an enrollment token {region, labels, uses, ttl_s}", Some("operator"), &["201", "400", "401", "403", "422"])
             },
             "/api/v1/enrollment-tokens/{id}": { "delete": op("Delete an enrollment token", Some("operator"), &["204", "401", "403", "404"]) },
-            "/api/v1/api-tokens": { "post": op("Create an API token {role, name}", Some("admin"), &["201", "400", "401", "403", "422"]) },
+            "/api/v1/api-tokens": {
+                "get": op("List API tokens: id, name, role, created_at_ms, revoked_at_ms (never a secret)", Some("admin"), &read),
+                "post": op("Create an API token {role, name}", Some("admin"), &["201", "400", "401", "403", "422"])
+            },
+            "/api/v1/api-tokens/{id}": { "delete": op("Revoke an API token: refused from the next request or MQTT login on", Some("admin"), &["204", "401", "403", "404"]) },
             "/api/v1/checks": {
-                "get": op("List checks", Some("viewer"), &read),
+                "get": op("List checks (viewers get header values, bodies, send steps, URL credentials, query values and chain RPC paths as \"<redacted>\")", Some("viewer"), &read),
                 "post": op("Create a check {id?, name, kind, interval_s, timeout_ms, regions, quorum, enabled}", Some("operator"), &["201", "400", "401", "403", "409", "422"])
             },
             "/api/v1/checks/{id}": {
-                "get": op("One check", Some("viewer"), &["200", "401", "403", "404"]),
+                "get": op("One check (redacted for viewers, as in the list)", Some("viewer"), &["200", "401", "403", "404"]),
                 "put": op("Replace a check", Some("operator"), &["200", "400", "401", "403", "404", "422"]),
                 "delete": op("Delete a check", Some("operator"), &["204", "401", "403", "404"])
             },
             "/api/v1/checks/{id}/run": { "post": op("Run a check now in its regions (or {regions}); one result or error per region", Some("operator"), &["200", "400", "401", "403", "404", "422"]) },
             "/api/v1/probe": { "post": op("Run an ad-hoc check {kind, timeout_ms, regions} now; nothing is stored", Some("operator"), &["200", "400", "401", "403", "422"]) },
-            "/api/v1/results": { "get": op("Results (?agent, check, region, from_ms, to_ms, limit)", Some("viewer"), &["200", "400", "401", "403"]) },
+            "/api/v1/results": { "get": op("Results (?agent, check, region, from_ms, to_ms, limit); for viewers URLs in reasons lose credentials and query values", Some("viewer"), &["200", "400", "401", "403"]) },
             "/api/v1/metrics": { "get": op("Host metrics (?agent, region, from_ms, to_ms, limit)", Some("viewer"), &["200", "400", "401", "403"]) },
             "/api/v1/status/checks": { "get": op("Latest result per check and region", Some("viewer"), &read) },
             "/api/v1/live": { "get": op("Live feed: WebSocket on upgrade, else SSE (?region, agent, check, kind, token)", Some("viewer"), &["101", "200", "401", "403"]) },

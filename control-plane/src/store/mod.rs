@@ -310,12 +310,58 @@ impl Store {
     /// # Errors
     /// Database errors only.
     pub async fn api_token_role(&self, secret: &str) -> Result<Option<Role>, StoreError> {
-        let sql = "SELECT role FROM api_tokens WHERE token_hash = $1 AND revoked_at_ms IS NULL";
-        let role: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(sql)
+        Ok(self.api_token(secret).await?.map(|(_, role)| role))
+    }
+
+    /// The id and role of the live API token with this secret, if any.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn api_token(&self, secret: &str) -> Result<Option<(String, Role)>, StoreError> {
+        let sql = "SELECT id, role FROM api_tokens WHERE token_hash = $1 AND revoked_at_ms IS NULL";
+        let found: Option<(String, String)> = on_pool!(self, pool => sqlx::query_as(sql)
             .bind(hash_secret(secret))
             .fetch_optional(pool)
             .await?);
-        Ok(role.and_then(|(r,)| Role::parse(&r)))
+        Ok(found.and_then(|(id, role)| Some((id, Role::parse(&role)?))))
+    }
+
+    /// Ids of every revoked API token.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn revoked_api_token_ids(&self) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT id FROM api_tokens WHERE revoked_at_ms IS NOT NULL";
+        let ids: Vec<(String,)> =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Every API token, oldest first (ids, roles and names only: never a secret or hash).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StoreError> {
+        let sql = "SELECT id, role, name, created_at_ms, revoked_at_ms FROM api_tokens \
+                   ORDER BY created_at_ms, id";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    /// Revokes an API token: from now on [`Store::api_token_role`] refuses it. Returns
+    /// whether a live token with this id existed.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn revoke_api_token(&self, id: &str) -> Result<bool, StoreError> {
+        let sql =
+            "UPDATE api_tokens SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL";
+        let n = on_pool!(self, pool => sqlx::query(sql)
+            .bind(now_ms())
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n > 0)
     }
 
     /// How many API tokens exist (revoked ones included).
