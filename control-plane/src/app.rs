@@ -99,6 +99,7 @@ impl Application {
             mqtt_public_addr: format!("{}:{mqtt_port}", settings.public_host),
             settings: Arc::new(settings.clone()),
             assign_lock: Arc::default(),
+            config_budget: Arc::default(),
             reassign: Arc::default(),
             pending: Arc::default(),
             rate_limiter: Arc::new(crate::api::RateLimiter::new(200.0, 400.0)),

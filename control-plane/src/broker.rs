@@ -15,8 +15,18 @@ use std::time::{Duration, Instant};
 
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
-use rumqttd::{Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use rumqttd::{
+    Config, ConnectionSettings, Notification, RouterConfig, SegmentConfig, ServerSettings,
+};
 use tokio::sync::Mutex;
+use vantage_mqtt::topic;
+
+/// Segment size of the ingest filter's in-memory log in the router.
+const INGEST_SEGMENT_BYTES: usize = 16 * 1024 * 1024;
+/// Segments of the ingest filter's log: at most 64 MiB, whatever the uptime.
+const INGEST_SEGMENT_COUNT: usize = 4;
+/// Segment size of every other filter's log (one segment each, plus the newest message).
+const CLIENT_SEGMENT_BYTES: usize = 64 * 1024;
 
 /// Errors of the embedded broker.
 #[derive(Debug, thiserror::Error)]
@@ -185,9 +195,28 @@ impl Broker {
             router: RouterConfig {
                 max_connections: max_connections + 16,
                 max_outgoing_packet_count: 200,
-                max_segment_size: 100 * 1024 * 1024,
-                max_segment_count: 10,
-                custom_segment: None,
+                // rumqttd keeps an in-memory log per subscription filter, sized by bytes
+                // whether or not the subscriber has read it. The control plane's ingest filter
+                // carries every agent's traffic: room for seconds of a backlog at full load.
+                // Every other filter (an agent's config, cmd or acks, a viewer's status) needs
+                // only its newest messages: one small segment, so an agent's log holds its
+                // last config and little more, however often configs change.
+                max_segment_size: INGEST_SEGMENT_BYTES,
+                max_segment_count: INGEST_SEGMENT_COUNT,
+                custom_segment: Some(
+                    topic::per_agent_filter_patterns()
+                        .into_iter()
+                        .map(|pattern| {
+                            (
+                                pattern,
+                                SegmentConfig {
+                                    max_segment_size: CLIENT_SEGMENT_BYTES,
+                                    max_segment_count: 1,
+                                },
+                            )
+                        })
+                        .collect(),
+                ),
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
             },

@@ -42,8 +42,10 @@ pub struct AppState {
     pub settings: Arc<settings::Settings>,
     /// The MQTT address agents are told to connect to (`host:port`).
     pub mqtt_public_addr: String,
-    /// Serialises reassignment runs.
-    pub assign_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises reassignment runs and holds what each agent was last given.
+    pub assign_lock: Arc<tokio::sync::Mutex<assign::Published>>,
+    /// Each region's config size, guarding check writes against oversize configs.
+    pub config_budget: Arc<tokio::sync::Mutex<assign::ConfigBudget>>,
     /// Wakes the reassignment worker; bursts of state changes coalesce into one run.
     pub reassign: Arc<tokio::sync::Notify>,
     pub rate_limiter: Arc<api::RateLimiter>,

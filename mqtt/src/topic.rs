@@ -150,9 +150,25 @@ pub fn incidents() -> String {
     format!("{PREFIX}incidents")
 }
 
-/// The subscription filter the control plane uses for everything agents publish.
+/// The subscription filter the control plane uses for everything agents publish. It is a
+/// multi-level wildcard (it also sees the control plane's own `config`, `cmd` and
+/// `results/ack`, which ingest skips) so that the embedded broker can size its log apart
+/// from the per-agent filters, which [`per_agent_filter_patterns`] match and it does not.
 pub fn all_agents_filter() -> String {
-    format!("{PREFIX}agents/+/+")
+    format!("{PREFIX}agents/#")
+}
+
+/// Patterns matching every subscription filter an agent or viewer may hold (an agent's own
+/// `config`, `cmd`, `results/ack`; anything below `status/`, `events/`, and `incidents`) but
+/// not [`all_agents_filter`].
+pub fn per_agent_filter_patterns() -> [String; 5] {
+    [
+        format!("{PREFIX}agents/+/+"),
+        format!("{PREFIX}agents/+/+/+"),
+        format!("{PREFIX}status/#"),
+        format!("{PREFIX}events/#"),
+        format!("{PREFIX}incidents"),
+    ]
 }
 
 impl Topic {

@@ -306,6 +306,11 @@ impl ControlPlane {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The last lines of the control plane's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text =

@@ -1,0 +1,269 @@
+//! Control-plane memory across configuration churn: agents with hundreds of checks each, a
+//! thousand check changes and reconnect storms; RSS at start and end must stay flat. Then
+//! the time to create thousands of checks through the API.
+//!
+//! The agents are MQTT sessions driven by this process (enrolled through the real API, mutual
+//! TLS through the real front door, subscribed to their own config, cmd and results/ack,
+//! saying hello and online like `vantage-agent`), so a hundred of them fit on this machine
+//! next to the control plane; they run no probes.
+//!
+//! Usage: `bench-config --backend sqlite|postgres [--agents 100] [--regions 5]
+//! [--checks-per-region 500] [--changes 1000] [--storms 5] [--create 10000]`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rumqttc::{AsyncClient, QoS};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, connect, proc_sample};
+
+/// The newest config (revision, number of checks) each simulated agent received.
+type Received = Arc<Mutex<HashMap<String, (u64, usize)>>>;
+
+/// One connected simulated agent.
+struct Session {
+    client: AsyncClient,
+    task: JoinHandle<()>,
+}
+
+async fn open_session(identity: &MqttIdentity, received: Received) -> anyhow::Result<Session> {
+    let id = identity.agent_id.clone();
+    let mut options = identity.options(&id)?;
+    options.set_clean_session(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    connect(&mut eventloop).await?;
+    for kind in ["config", "cmd", "results/ack"] {
+        client
+            .subscribe(format!("vantage/v1/agents/{id}/{kind}"), QoS::AtLeastOnce)
+            .await?;
+    }
+    let hello = json!({"v": 1, "version": "bench", "arch": "x86_64", "os": "linux",
+        "hostname": id, "labels": {}, "capabilities": ["http"], "boot_id": "b",
+        "next_seq": 1, "config_revision": 0});
+    client
+        .publish(
+            format!("vantage/v1/agents/{id}/hello"),
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&hello)?,
+        )
+        .await?;
+    client
+        .publish(
+            format!("vantage/v1/agents/{id}/status"),
+            QoS::AtLeastOnce,
+            true,
+            br#"{"v":1,"state":"online"}"#.to_vec(),
+        )
+        .await?;
+    let task = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            let rumqttc::Event::Incoming(rumqttc::Incoming::Publish(publish)) = event else {
+                continue;
+            };
+            if !publish.topic.ends_with("/config") {
+                continue;
+            }
+            let Ok(config) = serde_json::from_slice::<serde_json::Value>(&publish.payload) else {
+                continue;
+            };
+            let revision = config["revision"].as_u64().unwrap_or(0);
+            let n_checks = config["checks"].as_array().map_or(0, Vec::len);
+            if let Ok(mut map) = received.lock() {
+                let entry = map.entry(id.clone()).or_default();
+                if revision >= entry.0 {
+                    *entry = (revision, n_checks);
+                }
+            }
+        }
+    });
+    Ok(Session { client, task })
+}
+
+async fn close_session(session: Session) {
+    let _ = session.client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    session.task.abort();
+}
+
+fn http_check(id: &str, region: &str, interval_s: u32) -> serde_json::Value {
+    json!({"id": id, "name": id, "interval_s": interval_s, "timeout_ms": 5000,
+        "regions": [region],
+        "kind": {"type": "http", "url": format!("https://{id}.example.net/health"),
+            "assertions": [{"status": 200}]}})
+}
+
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    Ok(proc_sample(pid)?.rss_kib as f64 / 1024.0)
+}
+
+/// Creates checks through the API with `concurrency` requests in flight.
+async fn create_checks(
+    cp: &ControlPlane,
+    checks: Vec<serde_json::Value>,
+    concurrency: usize,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let next = AtomicU64::new(0);
+    let checks = &checks;
+    let workers = (0..concurrency).map(|_| async {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+            let Some(check) = checks.get(i) else {
+                return anyhow::Ok(());
+            };
+            let (status, reply) = cp.post("/api/v1/checks", check.clone()).await?;
+            anyhow::ensure!(status == 201, "create {i}: {status} {reply}");
+        }
+    });
+    futures_util::future::try_join_all(workers).await?;
+    Ok(started.elapsed())
+}
+
+/// Waits until every agent of `expected` holds a config with its number of checks.
+async fn wait_configs(
+    received: &Received,
+    expected: &HashMap<String, usize>,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let done = {
+            let map = received.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            expected
+                .iter()
+                .all(|(id, n)| map.get(id).is_some_and(|(_, got)| got == n))
+        };
+        if done {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "agents did not get their configs within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut backend = Backend::Sqlite;
+    let (mut n_agents, mut n_regions, mut per_region) = (100usize, 5usize, 500usize);
+    let (mut n_changes, mut n_storms, mut n_create) = (1000usize, 5usize, 10_000usize);
+    for (flag, value) in vantage_tests::flags()? {
+        match flag.as_str() {
+            "--backend" => backend = Backend::parse(&value)?,
+            "--agents" => n_agents = value.parse()?,
+            "--regions" => n_regions = value.parse()?,
+            "--checks-per-region" => per_region = value.parse()?,
+            "--changes" => n_changes = value.parse()?,
+            "--storms" => n_storms = value.parse()?,
+            "--create" => n_create = value.parse()?,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start_with(&store, &[("VANTAGE_MAX_CONNECTIONS", "20000")]).await?;
+    let pid = cp.pid().context("control plane pid")?;
+    let region = |i: usize| format!("r{}", i % n_regions);
+
+    let mut identities = Vec::with_capacity(n_agents);
+    for i in 0..n_agents {
+        identities.push(MqttIdentity::enroll(&cp, &region(i)).await?);
+    }
+    let received: Received = Arc::default();
+    let mut sessions = Vec::with_capacity(n_agents);
+    for identity in &identities {
+        sessions.push(open_session(identity, received.clone()).await?);
+    }
+    let mut expected: HashMap<String, usize> = identities
+        .iter()
+        .map(|i| (i.agent_id.clone(), per_region))
+        .collect();
+    let checks: Vec<serde_json::Value> = (0..n_regions * per_region)
+        .map(|i| http_check(&format!("c{i}"), &region(i), 60))
+        .collect();
+    let setup = create_checks(&cp, checks, 4).await?;
+    wait_configs(&received, &expected, Duration::from_secs(120)).await?;
+    println!(
+        "config-churn backend={} agents={n_agents} regions={n_regions} checks_per_agent={per_region} setup_s={:.1}",
+        backend.name(),
+        setup.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_start = rss_mib(pid)?;
+
+    // Changes to random checks (each changes the configs of every agent of its region),
+    // with reconnect storms of every agent in between.
+    let started = Instant::now();
+    let storm_every = n_changes / (n_storms + 1).max(1);
+    let mut n_storms_done = 0;
+    let mut rss_samples = Vec::new();
+    for change in 0..n_changes {
+        let i = (change * 7919) % (n_regions * per_region);
+        let body = http_check(&format!("c{i}"), &region(i), 60 + (change % 50) as u32);
+        let (status, reply) = cp
+            .request(
+                reqwest::Method::PUT,
+                &format!("/api/v1/checks/c{i}"),
+                None,
+                Some(body),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "change {change}: {status} {reply}");
+        if storm_every > 0 && change > 0 && change % storm_every == 0 && n_storms_done < n_storms {
+            for session in sessions.drain(..) {
+                close_session(session).await;
+            }
+            for identity in &identities {
+                sessions.push(open_session(identity, received.clone()).await?);
+            }
+            n_storms_done += 1;
+            rss_samples.push(rss_mib(pid)?);
+        }
+    }
+    let churn = started.elapsed();
+    // Settle: every agent holds its region's latest config, then memory is read.
+    wait_configs(&received, &expected, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_end = rss_mib(pid)?;
+    println!(
+        "config-churn backend={} changes={n_changes} storms={n_storms_done} churn_s={:.1} rss_start_mib={rss_start:.1} rss_end_mib={rss_end:.1} growth_pct={:.1} rss_at_storms_mib={}",
+        backend.name(),
+        churn.as_secs_f64(),
+        (rss_end / rss_start - 1.0) * 100.0,
+        rss_samples
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    );
+
+    // Many new checks through the API, spread over the agents' regions.
+    let new_checks: Vec<serde_json::Value> = (0..n_create)
+        .map(|i| http_check(&format!("n{i}"), &region(i), 60))
+        .collect();
+    let created = create_checks(&cp, new_checks, 4).await?;
+    let extra = n_create / n_regions;
+    for n in expected.values_mut() {
+        *n += extra;
+    }
+    let assigned = wait_configs(&received, &expected, Duration::from_secs(300)).await?;
+    let rss_after = rss_mib(pid)?;
+    println!(
+        "config-create backend={} created={n_create} api_s={:.1} per_s={:.0} configs_current_after_s={:.1} checks_per_agent={} rss_mib={rss_after:.1}",
+        backend.name(),
+        created.as_secs_f64(),
+        n_create as f64 / created.as_secs_f64(),
+        assigned.as_secs_f64(),
+        per_region + extra
+    );
+    for session in sessions {
+        close_session(session).await;
+    }
+    Ok(())
+}
