@@ -130,6 +130,8 @@ impl Application {
             http_listener,
             pki.http_server_config()?,
             crate::api::router(state.clone()),
+            settings.http_limits(),
+            state.counters.clone(),
         )));
         tasks.push(tokio::spawn(refresh_revoked(state.clone())));
         tasks.push(tokio::spawn(sweep_silent_agents(state.clone())));

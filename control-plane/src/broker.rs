@@ -153,8 +153,8 @@ fn reserve_loopback_port() -> Result<SocketAddr, BrokerError> {
 }
 
 impl Broker {
-    /// Starts rumqttd on a free loopback port with `max_connections` and returns once its
-    /// listener answers, with the ingest subscription on `filter`.
+    /// Starts rumqttd on a free loopback port with `max_connections` and returns once it
+    /// accepts the internal login, with the ingest subscription on `filter`.
     ///
     /// # Errors
     /// See [`BrokerError`].
@@ -251,9 +251,13 @@ impl Broker {
             .map_err(BrokerError::Thread)?;
         tokio::spawn(drain(publish_rx));
 
+        // Ready once it takes our login: a bare connect-and-close makes rumqttd log an error.
         let started = Instant::now();
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            if crate::frontdoor::probe_broker(addr, &credential)
+                .await
+                .is_ok()
+            {
                 break;
             }
             if started.elapsed() > Duration::from_secs(10) {

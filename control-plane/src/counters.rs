@@ -1,7 +1,9 @@
-//! Process-wide counters, rendered in the Prometheus text format on `GET /metrics`.
+//! Process-wide counters and gauges, rendered in the Prometheus text format on `GET /metrics`.
 //!
-//! Plain atomics: every counter is a named field, so a typo is a compile error and rendering
-//! is one pass with no locks. Labels are fixed per field.
+//! Plain atomics: every counter and gauge is a named field, so a typo is a compile error and
+//! rendering is one pass with no locks. Labels are fixed per field. Counters only grow;
+//! gauges ([`Gauges`], reached as `counters.gauges`) go up and down, either kept by guards
+//! that release what they took on drop, or set from the owner's size just before rendering.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +14,8 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Counters {
             $(pub $field: AtomicU64,)*
+            /// The values that go up and down.
+            pub gauges: Gauges,
         }
 
         impl Counters {
@@ -27,12 +31,36 @@ macro_rules! counters {
                     let labels: &str = counters!(@label $($label)?);
                     let _ = writeln!(out, "{}{} {}", $name, labels, self.$field.load(Ordering::Relaxed));
                 )*
+                out.push_str(&self.gauges.render());
                 out
             }
         }
     };
     (@label $label:literal) => { $label };
     (@label) => { "" };
+}
+
+macro_rules! gauges {
+    ($($field:ident => ($name:literal, $help:literal)),* $(,)?) => {
+        /// Every gauge of the process (current values, not totals).
+        #[derive(Debug, Default)]
+        pub struct Gauges {
+            $(pub $field: AtomicU64,)*
+        }
+
+        impl Gauges {
+            /// Renders every gauge in the Prometheus text exposition format.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let _ = writeln!(out, "# HELP {} {}", $name, $help);
+                    let _ = writeln!(out, "# TYPE {} gauge", $name);
+                    let _ = writeln!(out, "{} {}", $name, self.$field.load(Ordering::Relaxed));
+                )*
+                out
+            }
+        }
+    };
 }
 
 counters! {
@@ -67,6 +95,15 @@ counters! {
     ingest_commit_errors => ("vantage_ingest_commit_errors_total", "Ingest transactions that failed (their rows are not acknowledged)."),
     config_too_large => ("vantage_config_too_large_total", "Desired configs not published because they exceeded the size an agent accepts."),
     api_rate_limited => ("vantage_api_rate_limited_total", "API requests refused by the rate limiter."),
+    http_over_limit => ("vantage_http_refused_total", "HTTPS connections refused or closed early, by reason.", "{reason=\"connection_limit\"}"),
+    http_handshake_timeout => ("vantage_http_refused_total", "HTTPS connections refused or closed early, by reason.", "{reason=\"tls_timeout\"}"),
+    http_header_timeout => ("vantage_http_refused_total", "HTTPS connections refused or closed early, by reason.", "{reason=\"header_timeout\"}"),
+    http_idle_closed => ("vantage_http_idle_closed_total", "HTTPS connections closed after the idle timeout with no request in flight."),
+}
+
+gauges! {
+    http_connections_open => ("vantage_http_connections_open", "HTTPS connections open now (TLS handshakes and upgraded live feeds included)."),
+    run_now_pending => ("vantage_run_now_pending", "Run-now answers awaited now (one per asked region of each request in progress)."),
 }
 
 #[cfg(test)]
@@ -84,5 +121,19 @@ mod tests {
         );
         assert!(text.contains("vantage_ingest_rejected_total{reason=\"malformed\"} 3\n"));
         assert!(text.contains("vantage_frontdoor_connections_total 0\n"));
+    }
+
+    #[test]
+    fn renders_gauges_as_gauges() {
+        let counters = Counters::default();
+        counters
+            .gauges
+            .http_connections_open
+            .fetch_add(2, Ordering::Relaxed);
+        let text = counters.render();
+        assert!(text.contains("# TYPE vantage_http_connections_open gauge\n"));
+        assert!(text.contains("vantage_http_connections_open 2\n"));
+        assert!(text.contains("# TYPE vantage_run_now_pending gauge\n"));
+        assert!(text.contains("# TYPE vantage_http_idle_closed_total counter\n"));
     }
 }

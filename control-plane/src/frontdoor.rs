@@ -549,7 +549,8 @@ async fn read_packet<R: AsyncRead + Unpin>(
 }
 
 /// Logs in to the broker with the internal credential and waits for a successful CONNACK:
-/// proof that rumqttd (and not something else on that port) is serving.
+/// proof that rumqttd (and not something else on that port) is serving. Then closes the
+/// socket (without DISCONNECT, see below).
 ///
 /// # Errors
 /// A description of what failed.
@@ -575,9 +576,9 @@ pub async fn probe_broker(addr: SocketAddr, credential: &InternalCredential) -> 
     .map_err(|_| "no CONNACK".to_owned())?;
     match reply {
         Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
-            out.clear();
-            let _ = Packet::Disconnect.write(&mut out, MAX_PACKET_BYTES);
-            let _ = stream.write_all(&out).await;
+            // Close without DISCONNECT: rumqttd would handle both the packet and the closed
+            // socket as a disconnection and log the second one as an error.
+            let _ = stream.shutdown().await;
             Ok(())
         }
         Ok(other) => Err(format!("unexpected reply {other:?}")),

@@ -66,6 +66,24 @@ pub struct Settings {
     /// Most rows committed in one ingest transaction.
     #[arg(long, env = "VANTAGE_INGEST_BATCH_ROWS", default_value_t = 5000)]
     pub ingest_batch_rows: usize,
+    /// Most HTTPS connections open at once (live feeds included); more are closed at accept.
+    #[arg(long, env = "VANTAGE_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+    /// TLS handshake timeout on the HTTPS listener, in milliseconds.
+    #[arg(long, env = "VANTAGE_HTTP_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_handshake_timeout_ms: u64,
+    /// Time an HTTPS client has to send a complete request head, in milliseconds: the first
+    /// from the end of the TLS handshake, later ones (HTTP/1) from their first byte.
+    #[arg(long, env = "VANTAGE_HTTP_HEADER_TIMEOUT_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_header_timeout_ms: u64,
+    /// An HTTPS connection with no request in flight is closed this long after its last
+    /// request ended, in milliseconds (a streaming live feed is a request in flight).
+    #[arg(long, env = "VANTAGE_HTTP_IDLE_TIMEOUT_MS", default_value_t = 120_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_idle_timeout_ms: u64,
 }
 
 fn parse_secret(text: &str) -> Result<Secret, String> {
@@ -89,10 +107,24 @@ impl Settings {
             cert_validity_days: 90,
             ingest_batch_rows: 5000,
             dist_dir: None,
+            http_max_connections: 1024,
+            http_handshake_timeout_ms: 10_000,
+            http_header_timeout_ms: 20_000,
+            http_idle_timeout_ms: 120_000,
         }
     }
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The HTTPS listener's limits.
+    pub fn http_limits(&self) -> crate::api::server::HttpLimits {
+        crate::api::server::HttpLimits {
+            max_connections: self.http_max_connections as usize,
+            handshake_timeout: Duration::from_millis(self.http_handshake_timeout_ms),
+            header_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.http_idle_timeout_ms),
+        }
     }
 }

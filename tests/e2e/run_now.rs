@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vantage_tests::{Agent, Backend, ControlPlane, TestStore};
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore, wait_for};
 
 /// An HTTP target: 500 on `/fail`, 200 elsewhere.
 async fn http_target() -> anyhow::Result<u16> {
@@ -165,5 +165,110 @@ async fn run_now_answers_per_region(backend: Backend) -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(status, 403);
+    Ok(())
+}
+
+/// An HTTP target that accepts connections and never answers; returns its port and how
+/// many connections it has accepted.
+async fn silent_target() -> anyhow::Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            held.push(stream);
+        }
+    });
+    Ok((port, accepted))
+}
+
+crate::both_backends!(
+    run_now_waiters_leave_when_clients_go_away,
+    run_now_waiters_leave_when_clients_go_away
+);
+
+async fn run_now_waiters_leave_when_clients_go_away(backend: Backend) -> anyhow::Result<()> {
+    const BATCHES: usize = 10;
+    const PER_BATCH: usize = 100;
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let (port, accepted) = silent_target().await?;
+    // The agent's probe waits up to 2 minutes for a target that never answers.
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks",
+            json!({"id": "slow", "name": "slow", "interval_s": 3600, "timeout_ms": 120000,
+                   "kind": {"type": "http", "url": format!("http://127.0.0.1:{port}/")},
+                   "regions": ["europe"]}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {body}");
+    let token = cp.enrollment_token("europe", 1).await?;
+    let agent = Agent::start(&cp, &token, "")?;
+    let id = agent.wait_enrolled().await?;
+    cp.wait_agent_state(&id, "online", Duration::from_secs(20))
+        .await?;
+    let pending = || async { cp.counter("vantage_run_now_pending").await.ok() };
+    assert_eq!(pending().await, Some(0));
+
+    // A region named twice is refused and leaves nothing waiting.
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks/slow/run",
+            json!({"regions": ["europe", "europe"]}),
+        )
+        .await?;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("europe")),
+        "{body}"
+    );
+    assert_eq!(pending().await, Some(0));
+
+    for batch in 0..BATCHES {
+        let requests: Vec<_> = (0..PER_BATCH)
+            .map(|_| {
+                let request = cp
+                    .client
+                    .post(cp.url("/api/v1/checks/slow/run"))
+                    .bearer_auth(&cp.admin_token)
+                    .json(&json!({"wait_ms": 120000}));
+                tokio::spawn(async move { request.send().await })
+            })
+            .collect();
+        // Every request is waiting for the agent...
+        wait_for(
+            &format!("batch {batch}: {PER_BATCH} run-now requests waiting"),
+            Duration::from_secs(30),
+            || async { (pending().await? == PER_BATCH as u64).then_some(()) },
+        )
+        .await
+        .with_context(|| cp.log_tail())?;
+        // ...when its client goes away.
+        for request in &requests {
+            request.abort();
+        }
+        wait_for(
+            &format!("batch {batch}: the run-now waiters to leave"),
+            Duration::from_secs(10),
+            || async { (pending().await? == 0).then_some(()) },
+        )
+        .await?;
+        for request in requests {
+            assert!(
+                request.await.is_err_and(|e| e.is_cancelled()),
+                "a run-now request answered"
+            );
+        }
+        // Stay under the API's per-address rate limit (200/s).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // The agent was really probing (and had not answered) while the clients went away.
+    assert!(accepted.load(std::sync::atomic::Ordering::Relaxed) > 0);
     Ok(())
 }

@@ -191,7 +191,8 @@ impl ControlPlane {
         Self::start_with(store, &[]).await
     }
 
-    /// Like [`Self::start`] with extra `VANTAGE_*` variables.
+    /// Like [`Self::start`] with extra `VANTAGE_*` variables. `("RUST_LOG", "")` removes
+    /// `RUST_LOG`, so the process logs at its default level.
     ///
     /// # Errors
     /// The process does not become healthy.
@@ -249,7 +250,11 @@ impl ControlPlane {
             command.env("DATABASE_URL", url);
         }
         for (key, value) in &self.extra_env {
-            command.env(key, value);
+            if key == "RUST_LOG" && value.is_empty() {
+                command.env_remove(key);
+            } else {
+                command.env(key, value);
+            }
         }
         self.child = Some(command.spawn().context("cannot start vantage serve")?);
         let ca_path = self.data_dir.join("pki").join("ca.pem");

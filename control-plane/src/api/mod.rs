@@ -242,6 +242,11 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn prometheus(State(state): State<AppState>) -> Response {
+    state
+        .counters
+        .gauges
+        .run_now_pending
+        .store(state.pending.len() as u64, Ordering::Relaxed);
     let mut text = state.counters.render();
     text.push_str(&format!(
         "# HELP vantage_live_subscribers Live feed clients connected.\n# TYPE vantage_live_subscribers gauge\nvantage_live_subscribers {}\n",

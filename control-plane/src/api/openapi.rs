@@ -31,6 +31,7 @@ fn code_text(code: &str) -> &'static str {
         "404" => "Not found",
         "409" => "Conflict",
         "422" => "Invalid field",
+        "429" => "Too many requests",
         _ => "Other",
     }
 }
@@ -77,8 +78,8 @@ pub async fn document() -> Json<Value> {
                 "put": op("Replace a check", Some("operator"), &["200", "400", "401", "403", "404", "422"]),
                 "delete": op("Delete a check", Some("operator"), &["204", "401", "403", "404"])
             },
-            "/api/v1/checks/{id}/run": { "post": op("Run a check now in its regions (or {regions}); one result or error per region", Some("operator"), &["200", "400", "401", "403", "404", "422"]) },
-            "/api/v1/probe": { "post": op("Run an ad-hoc check {kind, timeout_ms, regions} now; nothing is stored", Some("operator"), &["200", "400", "401", "403", "422"]) },
+            "/api/v1/checks/{id}/run": { "post": op("Run a check now in its regions (or {regions}, each named once); one result or error per region", Some("operator"), &["200", "400", "401", "403", "404", "422", "429"]) },
+            "/api/v1/probe": { "post": op("Run an ad-hoc check {kind, timeout_ms, regions} now (each region named once); nothing is stored", Some("operator"), &["200", "400", "401", "403", "422", "429"]) },
             "/api/v1/results": { "get": op("Results (?agent, check, region, from_ms, to_ms, limit); for viewers URLs in reasons lose credentials and query values", Some("viewer"), &["200", "400", "401", "403"]) },
             "/api/v1/metrics": { "get": op("Host metrics (?agent, region, from_ms, to_ms, limit)", Some("viewer"), &["200", "400", "401", "403"]) },
             "/api/v1/status/checks": { "get": op("Latest result per check and region", Some("viewer"), &read) },

@@ -5,9 +5,15 @@
 //! `ack` topic; ingest hands the answer to the waiting request ([`Pending`]). Every region
 //! gets an entry in the response: a result, or why there is none (no online agent, or no
 //! answer within the timeout).
+//!
+//! A waiter leaves [`Pending`] when it is dropped ([`Waiter`]): answered, timed out, or its
+//! HTTP client went away and the handler was dropped. At most [`MAX_PENDING`] answers are
+//! awaited at once; a request that would pass that is refused with 429. A request that
+//! names a region twice is refused with 422 (each region gets one request id); a stored
+//! check's own regions are used once each.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -23,25 +29,55 @@ use crate::AppState;
 use crate::assign::{check_regions, check_spec};
 use crate::store::{Role, random_id};
 
+/// Most run-now answers awaited at once, over all requests.
+pub const MAX_PENDING: usize = 4096;
+
 /// Requests waiting for an agent's answer, by request id.
 #[derive(Debug, Default)]
 pub struct Pending {
     waiting: Mutex<HashMap<String, oneshot::Sender<AgentAck>>>,
 }
 
-impl Pending {
-    fn register(&self, request_id: &str) -> oneshot::Receiver<AgentAck> {
-        let (sender, receiver) = oneshot::channel();
-        if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.insert(request_id.to_owned(), sender);
+/// One awaited answer; its entry leaves [`Pending`] when this is dropped.
+struct Waiter {
+    pending: Arc<Pending>,
+    request_id: String,
+    receiver: oneshot::Receiver<AgentAck>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.pending.waiting.lock() {
+            waiting.remove(&self.request_id);
         }
-        receiver
+    }
+}
+
+impl Pending {
+    /// Registers a waiter for `request_id`; `None` when [`MAX_PENDING`] answers are awaited
+    /// already or the id is taken.
+    fn register(self: &Arc<Self>, request_id: &str) -> Option<Waiter> {
+        let (sender, receiver) = oneshot::channel();
+        let mut waiting = self.waiting.lock().ok()?;
+        if waiting.len() >= MAX_PENDING || waiting.contains_key(request_id) {
+            return None;
+        }
+        waiting.insert(request_id.to_owned(), sender);
+        Some(Waiter {
+            pending: self.clone(),
+            request_id: request_id.to_owned(),
+            receiver,
+        })
     }
 
-    fn forget(&self, request_id: &str) {
-        if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.remove(request_id);
-        }
+    /// How many answers are awaited now.
+    pub fn len(&self) -> usize {
+        self.waiting.lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    /// Whether no answer is awaited.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Hands an agent's answer to the request waiting for it; false when none waits.
@@ -131,7 +167,12 @@ pub async fn run_check(
         .ok_or_else(|| ApiError::NotFound(format!("check {id:?}")))?;
     let spec = check_spec(&row)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored check {id} is corrupt")))?;
-    let regions = request.regions.unwrap_or_else(|| check_regions(&row));
+    let regions = request.regions.unwrap_or_else(|| {
+        let mut seen = HashSet::new();
+        let mut regions = check_regions(&row);
+        regions.retain(|region| seen.insert(region.clone()));
+        regions
+    });
     Ok(Json(
         dispatch(&state, spec, regions, request.wait_ms).await?,
     ))
@@ -177,6 +218,12 @@ async fn dispatch(
             "regions must name 1 to 64 valid regions".into(),
         ));
     }
+    let mut seen = HashSet::new();
+    if let Some(twice) = regions.iter().find(|region| !seen.insert(*region)) {
+        return Err(ApiError::Unprocessable(format!(
+            "region {twice:?} is named more than once"
+        )));
+    }
     let wait = Duration::from_millis(u64::from(
         wait_ms
             .unwrap_or(spec.timeout_ms.saturating_add(5_000))
@@ -201,7 +248,11 @@ async fn dispatch(
             continue;
         };
         let region_request = format!("{request_id}-{region}");
-        let receiver = state.pending.register(&region_request);
+        // Waiters registered so far leave the map when this returns early.
+        let waiter = state
+            .pending
+            .register(&region_request)
+            .ok_or(ApiError::TooManyRequests)?;
         let message = CommandMessage {
             v: vantage_mqtt::PROTOCOL_VERSION,
             request_id: region_request.clone(),
@@ -218,19 +269,19 @@ async fn dispatch(
             )
             .await
         {
-            state.pending.forget(&region_request);
             return Err(ApiError::Internal(error.into()));
         }
-        waits.push((region, agent.id.clone(), region_request, receiver));
+        waits.push((region, agent.id.clone(), waiter));
     }
+    // Dropping this future (the client went away) drops every waiter with it.
     let answers = futures_util::future::join_all(waits.into_iter().map(
-        |(region, agent_id, region_request, receiver)| async move {
-            let answer = tokio::time::timeout(wait, receiver).await;
-            (region, agent_id, region_request, answer)
+        |(region, agent_id, mut waiter)| async move {
+            let answer = tokio::time::timeout(wait, &mut waiter.receiver).await;
+            (region, agent_id, answer)
         },
     ))
     .await;
-    for (region, agent_id, region_request, answer) in answers {
+    for (region, agent_id, answer) in answers {
         let outcome = match answer {
             Ok(Ok(ack)) => RegionOutcome {
                 region,
@@ -242,15 +293,12 @@ async fn dispatch(
                 }),
                 result: ack.result,
             },
-            Ok(Err(_)) | Err(_) => {
-                state.pending.forget(&region_request);
-                RegionOutcome {
-                    region,
-                    agent_id: Some(agent_id),
-                    result: None,
-                    error: Some(format!("no answer within {} ms", wait.as_millis())),
-                }
-            }
+            Ok(Err(_)) | Err(_) => RegionOutcome {
+                region,
+                agent_id: Some(agent_id),
+                result: None,
+                error: Some(format!("no answer within {} ms", wait.as_millis())),
+            },
         };
         outcomes.push(outcome);
     }
@@ -259,4 +307,28 @@ async fn dispatch(
         check_id: spec.id,
         regions: outcomes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_waiter_leaves_the_map_and_the_map_is_capped() {
+        let pending = Arc::new(Pending::default());
+        let waiter = pending.register("rq-a-europe").unwrap();
+        assert!(
+            pending.register("rq-a-europe").is_none(),
+            "an id was taken twice"
+        );
+        assert_eq!(pending.len(), 1);
+        drop(waiter);
+        assert!(pending.is_empty());
+        let waiters: Vec<Waiter> = (0..MAX_PENDING)
+            .map(|i| pending.register(&format!("rq-{i}")).unwrap())
+            .collect();
+        assert!(pending.register("rq-one-more").is_none());
+        drop(waiters);
+        assert!(pending.is_empty());
+    }
 }
