@@ -7,8 +7,9 @@
 //! - [`tls`]: rustls client configs (ring only) for HTTPS enrollment and MQTT.
 //! - [`spool`]: the bounded, journaled queue of results and metrics awaiting `results/ack`.
 //! - [`metrics`]: host metrics from sysinfo.
-//! - [`probe`]: the check probes (HTTP, TCP) behind the [`probe::Probe`] trait, reusable by
-//!   the control plane's fallback executor.
+//! - [`probe`]: one probe per check type (http, tcp, dns, smtp, icmp, tls, chain, process),
+//!   run through [`probe::run_check`] (also what the control plane's fallback executor and
+//!   its check validation call), and [`probe::validate`].
 //! - [`session`]: the MQTT session, the local scheduler and the reporting loop.
 //!
 //! The agent never touches a database and never links an HTTP server or a broker.

@@ -79,7 +79,7 @@ impl Application {
         let (broker, subscription) = Broker::start(
             settings.max_connections,
             crate::frontdoor::MAX_PACKET_BYTES,
-            &topic::all_agents_filter(),
+            &topic::all_agents_filters(),
         )
         .await?;
         crate::frontdoor::probe_broker(broker.addr, &broker.credential)
@@ -102,7 +102,10 @@ impl Application {
             config_budget: Arc::default(),
             reassign: Arc::default(),
             pending: Arc::default(),
-            rate_limiter: Arc::new(crate::api::RateLimiter::new(200.0, 400.0)),
+            rate_limiter: Arc::new(crate::api::RateLimiter::new(
+                settings.api_rate_per_s,
+                settings.api_rate_burst,
+            )),
         };
         republish_retained(&state).await?;
 

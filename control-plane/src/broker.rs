@@ -21,9 +21,10 @@ use rumqttd::{
 use tokio::sync::Mutex;
 use vantage_mqtt::topic;
 
-/// Segment size of the ingest filter's in-memory log in the router.
-const INGEST_SEGMENT_BYTES: usize = 16 * 1024 * 1024;
-/// Segments of the ingest filter's log: at most 64 MiB, whatever the uptime.
+/// Segment size of each ingest filter's in-memory log in the router.
+const INGEST_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+/// Segments of each ingest filter's log: at most 32 MiB per filter, whatever the uptime
+/// (only the busy kinds, results, metrics and heartbeats, ever fill theirs).
 const INGEST_SEGMENT_COUNT: usize = 4;
 /// Segment size of every other filter's log (one segment each, plus the newest message).
 const CLIENT_SEGMENT_BYTES: usize = 64 * 1024;
@@ -161,7 +162,7 @@ impl Broker {
     pub async fn start(
         max_connections: usize,
         max_payload_bytes: usize,
-        filter: &str,
+        filters: &[String],
     ) -> Result<(Broker, Subscription), BrokerError> {
         let addr = reserve_loopback_port()?;
         let mut secret = [0u8; 24];
@@ -196,8 +197,9 @@ impl Broker {
                 max_connections: max_connections + 16,
                 max_outgoing_packet_count: 200,
                 // rumqttd keeps an in-memory log per subscription filter, sized by bytes
-                // whether or not the subscriber has read it. The control plane's ingest filter
-                // carries every agent's traffic: room for seconds of a backlog at full load.
+                // whether or not the subscriber has read it. The control plane's ingest
+                // filters (one per kind agents publish) carry every agent's traffic: room for
+                // seconds of a backlog at full load.
                 // Every other filter (an agent's config, cmd or acks, a viewer's status) needs
                 // only its newest messages: one small segment, so an agent's log holds its
                 // last config and little more, however often configs change.
@@ -236,9 +238,11 @@ impl Broker {
         let (mut ingest_tx, ingest_rx) = broker
             .link("vantage-cp-ingest")
             .map_err(|e| BrokerError::Link(e.to_string()))?;
-        ingest_tx
-            .subscribe(filter)
-            .map_err(|e| BrokerError::Link(e.to_string()))?;
+        for filter in filters {
+            ingest_tx
+                .subscribe(filter.as_str())
+                .map_err(|e| BrokerError::Link(e.to_string()))?;
+        }
         std::thread::Builder::new()
             .name("rumqttd".to_owned())
             .spawn(move || {
@@ -289,11 +293,13 @@ async fn drain(link: LinkRx) {
 
 #[cfg(test)]
 mod tests {
+    use vantage_mqtt::AgentTopic as AgentTopicKind;
+
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_loopback_broker_takes_only_the_internal_credential() {
-        let (broker, _subscription) = Broker::start(100, 1024 * 1024, "vantage/v1/agents/+/+")
+        let (broker, _subscription) = Broker::start(100, 1024 * 1024, &topic::all_agents_filters())
             .await
             .unwrap();
         assert!(broker.addr.ip().is_loopback());
@@ -316,5 +322,38 @@ mod tests {
                 .is_err()
         );
         assert!(!format!("{:?}", broker.credential).contains(&broker.credential.password));
+    }
+
+    /// The router picks a filter's log size by matching the filter against these patterns
+    /// (`rumqttd::protocol::matches`, the last match wins): every filter an agent or viewer
+    /// can hold gets the small log, the ingest filter keeps the large one.
+    #[test]
+    fn only_the_ingest_filter_gets_the_large_log() {
+        let small = |filter: &str| {
+            topic::per_agent_filter_patterns()
+                .iter()
+                .any(|pattern| rumqttd::protocol::matches(filter, pattern))
+        };
+        for filter in topic::all_agents_filters() {
+            assert!(!small(&filter), "{filter}");
+        }
+        for kind in [
+            AgentTopicKind::Config,
+            AgentTopicKind::Cmd,
+            AgentTopicKind::ResultsAck,
+        ] {
+            assert!(
+                small(&topic::agent("ag-0123456789abcdef", kind)),
+                "{kind:?}"
+            );
+        }
+        for viewer in [
+            "vantage/v1/status/#",
+            "vantage/v1/status/checks/web/europe",
+            "vantage/v1/events/zabbix",
+            "vantage/v1/incidents",
+        ] {
+            assert!(small(viewer), "{viewer}");
+        }
     }
 }

@@ -182,7 +182,7 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
             continue;
         };
         if !kind.is_agent_published() {
-            // Our own config and cmd publishes come back on the wildcard subscription.
+            // Ingest subscribes only to agent-published kinds; anything else is not ours.
             continue;
         }
         state

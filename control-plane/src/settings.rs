@@ -66,6 +66,12 @@ pub struct Settings {
     /// Most rows committed in one ingest transaction.
     #[arg(long, env = "VANTAGE_INGEST_BATCH_ROWS", default_value_t = 5000)]
     pub ingest_batch_rows: usize,
+    /// API requests per second allowed from one client address (a token bucket).
+    #[arg(long, env = "VANTAGE_API_RATE_PER_S", default_value_t = 200.0)]
+    pub api_rate_per_s: f64,
+    /// Burst of API requests one client address may make above that rate.
+    #[arg(long, env = "VANTAGE_API_RATE_BURST", default_value_t = 400.0)]
+    pub api_rate_burst: f64,
     /// Most HTTPS connections open at once (live feeds included); more are closed at accept.
     #[arg(long, env = "VANTAGE_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -106,6 +112,8 @@ impl Settings {
             heartbeat_interval_s: 10,
             cert_validity_days: 90,
             ingest_batch_rows: 5000,
+            api_rate_per_s: 200.0,
+            api_rate_burst: 400.0,
             dist_dir: None,
             http_max_connections: 1024,
             http_handshake_timeout_ms: 10_000,

@@ -150,21 +150,26 @@ pub fn incidents() -> String {
     format!("{PREFIX}incidents")
 }
 
-/// The subscription filter the control plane uses for everything agents publish. It is a
-/// multi-level wildcard (it also sees the control plane's own `config`, `cmd` and
-/// `results/ack`, which ingest skips) so that the embedded broker can size its log apart
-/// from the per-agent filters, which [`per_agent_filter_patterns`] match and it does not.
-pub fn all_agents_filter() -> String {
-    format!("{PREFIX}agents/#")
+/// The subscription filters the control plane uses for everything agents publish: one per
+/// agent-published kind, so its ingest log never carries its own `config`, `cmd` or
+/// `results/ack` publishes, and the embedded broker can size those logs apart from the
+/// per-agent filters ([`per_agent_filter_patterns`] match those and not these).
+pub fn all_agents_filters() -> Vec<String> {
+    AgentTopic::ALL
+        .iter()
+        .filter(|kind| kind.is_agent_published())
+        .map(|kind| format!("{PREFIX}agents/+/{}", kind.suffix()))
+        .collect()
 }
 
 /// Patterns matching every subscription filter an agent or viewer may hold (an agent's own
 /// `config`, `cmd`, `results/ack`; anything below `status/`, `events/`, and `incidents`) but
-/// not [`all_agents_filter`].
-pub fn per_agent_filter_patterns() -> [String; 5] {
+/// none of [`all_agents_filters`].
+pub fn per_agent_filter_patterns() -> [String; 6] {
     [
-        format!("{PREFIX}agents/+/+"),
-        format!("{PREFIX}agents/+/+/+"),
+        format!("{PREFIX}agents/+/{}", AgentTopic::Config.suffix()),
+        format!("{PREFIX}agents/+/{}", AgentTopic::Cmd.suffix()),
+        format!("{PREFIX}agents/+/{}", AgentTopic::ResultsAck.suffix()),
         format!("{PREFIX}status/#"),
         format!("{PREFIX}events/#"),
         format!("{PREFIX}incidents"),

@@ -1,5 +1,7 @@
-//! End-to-end tests: one binary, one module per area. Every test runs against both stores
-//! through [`both_backends!`]; real processes, real TLS, real MQTT.
+//! End-to-end tests: one binary, one module per area; real processes, real TLS, real MQTT.
+//! Every test in which the store plays a part runs against both stores through
+//! [`both_backends!`]; tests of the agent alone, of release artifacts and of provisioning
+//! scripts run once, on SQLite, and say so.
 
 mod api;
 mod bad_input;
@@ -12,6 +14,7 @@ mod install;
 mod probe_cli;
 mod provision_cloud;
 mod quiet_start;
+mod quiet_writes;
 mod resilience;
 mod row_bounds;
 mod run_now;

@@ -22,9 +22,7 @@ pub mod testutil;
 pub mod tls;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -77,28 +75,6 @@ impl Outcome {
 /// Milliseconds as f64.
 pub fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-/// Something that can run a check.
-pub trait Probe: Send + Sync {
-    /// Runs `check` once.
-    fn run<'a>(
-        &'a self,
-        check: &'a CheckSpec,
-    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
-}
-
-/// The real probes.
-#[derive(Debug, Default, Clone)]
-pub struct Probes;
-
-impl Probe for Probes {
-    fn run<'a>(
-        &'a self,
-        check: &'a CheckSpec,
-    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
-        Box::pin(run_check(check))
-    }
 }
 
 /// Runs one check under its timeout.

@@ -225,13 +225,8 @@ pub async fn enroll(
     if request.token.is_empty() || request.token.len() > 200 {
         return Err(ApiError::Refused(TokenRefusal::Unknown.to_string()));
     }
-    let grant = match state.store.consume_enrollment_token(&request.token).await? {
-        Ok(grant) => grant,
-        Err(refusal) => {
-            tracing::info!(reason = %refusal, "Enrollment refused");
-            return Err(ApiError::Refused(refusal.to_string()));
-        }
-    };
+    // Signed first (no side effects), then the token is spent and the agent inserted in one
+    // transaction: a use is spent only by an enrollment that succeeds.
     let agent_id = random_id("ag-", 8);
     let issued = state
         .pki
@@ -241,38 +236,51 @@ pub async fn enroll(
             state.settings.cert_validity_days,
         )
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    // Labels bound to the token win over labels the agent asks for.
-    let mut labels = request.labels.clone();
-    labels.extend(grant.labels.clone());
-    let row = AgentRow {
-        id: agent_id.clone(),
-        region: grant.region.clone(),
-        labels: serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into()),
-        hostname: request.hostname.clone(),
-        arch: request.arch.clone(),
-        os: request.os.clone(),
-        version: request.version.clone(),
-        cert_serial: issued.serial_hex,
-        cert_not_after_ms: issued.not_after_ms,
-        state: "offline".into(),
-        last_seen_ms: None,
-        enrolled_at_ms: now_ms(),
-        revoked_at_ms: None,
-        config_revision: 0,
-        last_seq: 0,
-        next_seq: 0,
-        spool_dropped_total: 0,
-        spool_unsendable_total: 0,
-        spool_write_errors_total: 0,
-        boot_id: String::new(),
+    let enrolled = state
+        .store
+        .enroll_agent(&request.token, |grant| {
+            // Labels bound to the token win over labels the agent asks for.
+            let mut labels = request.labels.clone();
+            labels.extend(grant.labels.clone());
+            AgentRow {
+                id: agent_id.clone(),
+                region: grant.region.clone(),
+                labels: serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into()),
+                hostname: request.hostname.clone(),
+                arch: request.arch.clone(),
+                os: request.os.clone(),
+                version: request.version.clone(),
+                cert_serial: issued.serial_hex.clone(),
+                cert_not_after_ms: issued.not_after_ms,
+                state: "offline".into(),
+                last_seen_ms: None,
+                enrolled_at_ms: now_ms(),
+                revoked_at_ms: None,
+                config_revision: 0,
+                last_seq: 0,
+                next_seq: 0,
+                spool_dropped_total: 0,
+                spool_unsendable_total: 0,
+                spool_write_errors_total: 0,
+                boot_id: String::new(),
+            }
+        })
+        .await?;
+    let row = match enrolled {
+        Ok(row) => row,
+        Err(refusal) => {
+            tracing::info!(reason = %refusal, "Enrollment refused");
+            return Err(ApiError::Refused(refusal.to_string()));
+        }
     };
-    state.store.insert_agent(&row).await?;
-    tracing::info!(agent = %agent_id, region = %grant.region, "Agent enrolled");
+    let labels: BTreeMap<String, String> = serde_json::from_str(&row.labels).unwrap_or_default();
+    let grant_region = row.region;
+    tracing::info!(agent = %agent_id, region = %grant_region, "Agent enrolled");
     Ok((
         StatusCode::CREATED,
         Json(EnrollResponse {
             agent_id,
-            region: grant.region,
+            region: grant_region,
             labels,
             cert_pem: issued.cert_pem,
             ca_pem: state.pki.ca_pem().to_owned(),

@@ -238,30 +238,60 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Spends one use of the token with this secret, atomically.
+    /// Enrollment in one transaction: spends one use of the token with this secret and
+    /// inserts the agent `make` builds from its grant. Nothing is spent when the insert fails.
     ///
     /// # Errors
-    /// Database errors only; an unusable token is an `Err` inside the `Ok`.
-    pub async fn consume_enrollment_token(
+    /// Database errors only (the token is then unspent); an unusable token is an `Err` inside
+    /// the `Ok`.
+    pub async fn enroll_agent(
         &self,
         secret: &str,
-    ) -> Result<Result<EnrollmentGrant, TokenRefusal>, StoreError> {
+        make: impl FnOnce(&EnrollmentGrant) -> AgentRow,
+    ) -> Result<Result<AgentRow, TokenRefusal>, StoreError> {
         let hash = hash_secret(secret);
         let now = now_ms();
-        let sql = "UPDATE enrollment_tokens SET uses_left = uses_left - 1 \
-                   WHERE token_hash = $1 AND uses_left > 0 AND expires_at_ms > $2 \
-                   RETURNING region, labels";
-        let granted: Option<(String, String)> = on_pool!(self, pool => sqlx::query_as(sql)
-            .bind(&hash)
-            .bind(now)
-            .fetch_optional(pool)
-            .await?);
-        if let Some((region, labels)) = granted {
-            let labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
-                what: "enrollment token labels",
-                detail: e.to_string(),
-            })?;
-            return Ok(Ok(EnrollmentGrant { region, labels }));
+        let spend = "UPDATE enrollment_tokens SET uses_left = uses_left - 1 \
+                     WHERE token_hash = $1 AND uses_left > 0 AND expires_at_ms > $2 \
+                     RETURNING region, labels";
+        let insert = "INSERT INTO agents (id, region, labels, hostname, arch, os, version, cert_serial, \
+                      cert_not_after_ms, state, enrolled_at_ms) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'offline', $10)";
+        let enrolled: Option<AgentRow> = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let granted: Option<(String, String)> = sqlx::query_as(spend)
+                .bind(&hash)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match granted {
+                None => None,
+                Some((region, labels)) => {
+                    let labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
+                        what: "enrollment token labels",
+                        detail: e.to_string(),
+                    })?;
+                    let agent = make(&EnrollmentGrant { region, labels });
+                    sqlx::query(insert)
+                        .bind(&agent.id)
+                        .bind(&agent.region)
+                        .bind(&agent.labels)
+                        .bind(&agent.hostname)
+                        .bind(&agent.arch)
+                        .bind(&agent.os)
+                        .bind(&agent.version)
+                        .bind(&agent.cert_serial)
+                        .bind(agent.cert_not_after_ms)
+                        .bind(agent.enrolled_at_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Some(agent)
+                }
+            }
+        });
+        if let Some(agent) = enrolled {
+            return Ok(Ok(agent));
         }
         let sql = "SELECT uses_left, expires_at_ms FROM enrollment_tokens WHERE token_hash = $1";
         let found: Option<(i64, i64)> =
@@ -375,31 +405,6 @@ impl Store {
     }
 
     // ---- agents --------------------------------------------------------------------------
-
-    /// Records a newly enrolled agent.
-    ///
-    /// # Errors
-    /// Database errors only.
-    pub async fn insert_agent(&self, agent: &AgentRow) -> Result<(), StoreError> {
-        let sql = "INSERT INTO agents (id, region, labels, hostname, arch, os, version, cert_serial, \
-                   cert_not_after_ms, state, enrolled_at_ms) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'offline', $10)";
-        on_pool!(self, pool => sqlx::query(sql)
-            .bind(&agent.id)
-            .bind(&agent.region)
-            .bind(&agent.labels)
-            .bind(&agent.hostname)
-            .bind(&agent.arch)
-            .bind(&agent.os)
-            .bind(&agent.version)
-            .bind(&agent.cert_serial)
-            .bind(agent.cert_not_after_ms)
-            .bind(agent.enrolled_at_ms)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        Ok(())
-    }
 
     /// One agent by id.
     ///

@@ -1,0 +1,189 @@
+//! Writes that must not happen: an enrollment that fails spends no token use, and a config
+//! that did not change is neither stored again nor republished to its agent.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, connect, wait_for};
+
+crate::both_backends!(
+    a_failed_enrollment_spends_no_token_use,
+    a_failed_enrollment_spends_no_token_use
+);
+
+async fn enroll_with(cp: &ControlPlane, token: &str) -> anyhow::Result<(u16, Value)> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)?
+        .pem()?;
+    cp.request(
+        reqwest::Method::POST,
+        "/api/v1/enroll",
+        None,
+        Some(json!({ "token": token, "csr_pem": csr, "hostname": "n1" })),
+    )
+    .await
+}
+
+/// The store refuses the new agent's row (a trigger injects the fault): the enrollment fails
+/// with 500 and the token keeps its use, so the same token enrolls once the fault is gone.
+async fn a_failed_enrollment_spends_no_token_use(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let token = cp.enrollment_token("europe", 1).await?;
+    let pool = cp.store_pool().await?;
+    let (create, drop) = match backend {
+        Backend::Sqlite => (
+            vec![
+                "CREATE TRIGGER refuse_agents BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+            ],
+            "DROP TRIGGER refuse_agents",
+        ),
+        Backend::Postgres => (
+            vec![
+                "CREATE FUNCTION refuse_agents() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+                "CREATE TRIGGER refuse_agents BEFORE INSERT ON agents FOR EACH ROW EXECUTE FUNCTION refuse_agents()",
+            ],
+            "DROP TRIGGER refuse_agents ON agents",
+        ),
+    };
+    for sql in create {
+        sqlx::query(sql).execute(&pool).await?;
+    }
+    let (status, reply) = enroll_with(&cp, &token).await?;
+    assert_eq!(status, 500, "{reply}");
+    let (_, tokens) = cp.get("/api/v1/enrollment-tokens").await?;
+    let uses_left = tokens
+        .as_array()
+        .and_then(|t| t.first())
+        .and_then(|t| t["uses_left"].as_i64())
+        .with_context(|| format!("{tokens}"))?;
+    assert_eq!(uses_left, 1, "the failed enrollment spent the token");
+    let (_, agents) = cp.get("/api/v1/agents").await?;
+    assert_eq!(agents.as_array().map(Vec::len), Some(0));
+
+    sqlx::query(drop).execute(&pool).await?;
+    let (status, reply) = enroll_with(&cp, &token).await?;
+    assert_eq!(status, 201, "{reply}");
+    let (status, _) = enroll_with(&cp, &token).await?;
+    assert_eq!(status, 403, "a one-use token enrolled twice");
+    Ok(())
+}
+
+crate::both_backends!(
+    unchanged_configs_are_not_republished,
+    unchanged_configs_are_not_republished
+);
+
+/// An agent gets a config when its checks change, and only then: changes to a check of a
+/// region it is not in, and status messages that change nothing, publish nothing to it.
+async fn unchanged_configs_are_not_republished(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let identity = MqttIdentity::enroll(&cp, "europe").await?;
+    let agent = identity.agent_id.clone();
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(identity.options(&agent)?, 64);
+    connect(&mut eventloop).await?;
+    client
+        .subscribe(
+            format!("vantage/v1/agents/{agent}/config"),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await?;
+    let (configs_tx, mut configs) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)) = event
+                && let Ok(value) = serde_json::from_slice::<Value>(&p.payload)
+            {
+                let _ = configs_tx.send(value["revision"].as_u64().unwrap_or(0));
+            }
+        }
+    });
+    let online = serde_json::to_vec(&json!({"v": 1, "state": "online"}))?;
+    let status_topic = format!("vantage/v1/agents/{agent}/status");
+    client
+        .publish(
+            &status_topic,
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            online.clone(),
+        )
+        .await?;
+    cp.wait_agent_state(&agent, "online", Duration::from_secs(10))
+        .await?;
+    let check = |id: &str, region: &str, interval_s: u32| {
+        json!({"id": id, "name": id, "interval_s": interval_s, "timeout_ms": 1000,
+            "regions": [region], "kind": {"type": "tcp", "host": "127.0.0.1", "port": 9}})
+    };
+    let (status, reply) = cp
+        .post("/api/v1/checks", check("mine", "europe", 30))
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {reply}");
+    let first = wait_for("the agent's config", Duration::from_secs(10), || async {
+        let (_, view) = cp.get(&format!("/api/v1/agents/{agent}")).await.ok()?;
+        (view["config_revision"].as_i64()? > 0).then_some(view["config_revision"].as_i64()?)
+    })
+    .await?;
+    // Drain what arrived so far (the first config, maybe an empty one before it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while configs.try_recv().is_ok() {}
+
+    let (status, reply) = cp
+        .post("/api/v1/checks", check("theirs", "asia", 30))
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {reply}");
+    for i in 0..20u32 {
+        let (status, reply) = cp
+            .request(
+                reqwest::Method::PUT,
+                "/api/v1/checks/theirs",
+                Some(&cp.admin_token),
+                Some(check("theirs", "asia", 30 + i)),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "{status} {reply}");
+        client
+            .publish(
+                &status_topic,
+                rumqttc::QoS::AtLeastOnce,
+                true,
+                online.clone(),
+            )
+            .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut unexpected = Vec::new();
+    while let Ok(revision) = configs.try_recv() {
+        unexpected.push(revision);
+    }
+    assert!(
+        unexpected.is_empty(),
+        "unchanged config republished: revisions {unexpected:?}"
+    );
+    let (_, view) = cp.get(&format!("/api/v1/agents/{agent}")).await?;
+    assert_eq!(view["config_revision"].as_i64(), Some(first));
+
+    // A change that concerns it arrives, once, with the next revision.
+    let (status, reply) = cp
+        .request(
+            reqwest::Method::PUT,
+            "/api/v1/checks/mine",
+            Some(&cp.admin_token),
+            Some(check("mine", "europe", 60)),
+        )
+        .await?;
+    anyhow::ensure!(status == 200, "{status} {reply}");
+    let revision = tokio::time::timeout(Duration::from_secs(10), configs.recv())
+        .await
+        .context("no config after a change that concerns the agent")?
+        .context("config stream ended")?;
+    assert_eq!(revision as i64, first + 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        configs.try_recv().is_err(),
+        "the change was published twice"
+    );
+    Ok(())
+}
