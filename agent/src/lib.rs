@@ -9,6 +9,8 @@
 //! - [`metrics`]: host metrics from sysinfo.
 //! - [`probe`]: the check probes (HTTP, TCP) behind the [`probe::Probe`] trait, reusable by
 //!   the control plane's fallback executor.
+//! - [`renew`]: client certificate renewal over the MQTT session (schedule, key and CSR, checks
+//!   on the answer, staged and promoted state files).
 //! - [`session`]: the MQTT session, the local scheduler and the reporting loop.
 //!
 //! The agent never touches a database and never links an HTTP server or a broker.
@@ -18,6 +20,7 @@ pub mod enroll;
 pub mod files;
 pub mod metrics;
 pub mod probe;
+pub mod renew;
 pub mod session;
 pub mod spool;
 pub mod tls;
