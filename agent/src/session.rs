@@ -11,9 +11,10 @@
 //! whole group (rows within 50 ms of the last flush share it, and nothing is sent before it). SIGTERM or SIGINT stops
 //! the checks, spools the results already measured, syncs the spool and exits 0. The client
 //! certificate is renewed over the session ([`crate::renew`]): a CSR at two thirds of its
-//! lifetime, and once a checked certificate comes back on `cmd`, a clean DISCONNECT and an
-//! immediate reconnect with it (the TLS config is swapped inside the event loop task; the
-//! last will is not sent on a clean disconnect, so the agent never shows offline).
+//! lifetime, and once a checked certificate comes back on `cmd`, a clean DISCONNECT, a wait
+//! for the server to close the old connection, and a reconnect with it (the TLS config is
+//! swapped inside the event loop task; the last will is not sent on a clean disconnect, so
+//! the agent never shows offline).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +51,10 @@ const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(50);
 const RESEND_AFTER: Duration = Duration::from_secs(30);
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// After our own DISCONNECT, how long the server has to close the connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// After the server closed a connection we left, the pause before connecting again.
+const RECONNECT_AFTER_CLOSE: Duration = Duration::from_millis(200);
 
 enum SessionEvent {
     Connected,
@@ -140,6 +145,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let swap_tls = next_tls.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
+        // Set after our own DISCONNECT (a renewed certificate): until when to wait for the
+        // server to close the old connection before dropping it ourselves.
+        let mut closing: Option<tokio::time::Instant> = None;
         loop {
             if eventloop.network.is_none()
                 && let Some(tls) = swap_tls.lock().ok().and_then(|mut next| next.take())
@@ -148,7 +156,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     .mqtt_options
                     .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
             }
-            match eventloop.poll().await {
+            let polled = match closing {
+                Some(deadline) => match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                    Ok(polled) => polled,
+                    Err(_) => {
+                        eventloop.clean();
+                        closing = None;
+                        continue;
+                    }
+                },
+                None => eventloop.poll().await,
+            };
+            match polled {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                     backoff = Duration::from_millis(500);
                     if events_tx.send(SessionEvent::Connected).await.is_err() {
@@ -162,8 +181,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    // Our own clean DISCONNECT (a renewed certificate): reconnect at once.
-                    eventloop.clean();
+                    // Our own clean DISCONNECT. Reconnect only once the server has closed the
+                    // old connection: the broker keys last wills by client id, and a new
+                    // connection it sees before it is done with the old one can have the
+                    // new connection's will (offline) published.
+                    closing = Some(tokio::time::Instant::now() + CLOSE_WAIT);
                     let reason = "reconnecting with a renewed certificate".to_owned();
                     if events_tx
                         .send(SessionEvent::Disconnected(reason))
@@ -174,6 +196,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     }
                 }
                 Ok(_) => {}
+                Err(_) if closing.take().is_some() => {
+                    // The server closed the connection we left: connect again soon, with the
+                    // renewed certificate.
+                    tokio::time::sleep(RECONNECT_AFTER_CLOSE).await;
+                }
                 Err(error) => {
                     let _ = events_tx
                         .send(SessionEvent::Disconnected(error.to_string()))
