@@ -126,6 +126,8 @@ struct Pending {
 
 /// A validated new certificate being tried on the next connection.
 struct Trying {
+    /// The generation of its TLS config.
+    generation: u64,
     facts: CertFacts,
     tls: Arc<rustls::ClientConfig>,
     failed_connects: u32,
@@ -143,6 +145,9 @@ pub struct Renewal {
     backoff: Duration,
     pending: Option<Pending>,
     trying: Option<Trying>,
+    /// The generation of the last TLS config handed out: every config the session swaps in
+    /// gets a new one, so a CONNACK is credited to the certificate it really used.
+    generation: u64,
     /// Renewals completed by this process.
     pub n_renewed: u64,
 }
@@ -185,6 +190,7 @@ impl Renewal {
             backoff: initial,
             pending: None,
             trying: None,
+            generation: 0,
             n_renewed: 0,
         })
     }
@@ -235,12 +241,15 @@ impl Renewal {
     }
 
     /// Checks an answer against the pending key, stages the new pair on disk and returns the
-    /// TLS config to reconnect with.
+    /// TLS config to reconnect with, and its generation.
     ///
     /// # Errors
     /// No renewal pending, a certificate that does not fit (see the module docs), or the
     /// staged files could not be written; the pending key is kept for the next attempt.
-    pub fn accept(&mut self, cert_pem: &str) -> Result<Arc<rustls::ClientConfig>, RenewError> {
+    pub fn accept(
+        &mut self,
+        cert_pem: &str,
+    ) -> Result<(u64, Arc<rustls::ClientConfig>), RenewError> {
         let pending = self
             .pending
             .as_ref()
@@ -257,20 +266,30 @@ impl Renewal {
         stage(&self.state_dir, &key_pem, cert_pem)?;
         self.pending = None;
         self.due = None;
+        self.generation += 1;
         self.trying = Some(Trying {
+            generation: self.generation,
             facts,
             tls: tls.clone(),
             failed_connects: 0,
         });
-        Ok(tls)
+        Ok((self.generation, tls))
     }
 
-    /// A CONNACK arrived: when it came with a new certificate, promote it and schedule the
-    /// next renewal from it. Returns the new certificate's expiry when it did.
+    /// A CONNACK arrived on a connection made with the TLS config of `generation`: when that
+    /// is the new certificate's, promote it and schedule the next renewal from it. Returns
+    /// the new certificate's expiry when it did.
     ///
     /// # Errors
     /// The promotion's renames failed (the staged files stay; [`recover`] finishes at start).
-    pub fn on_connected(&mut self) -> Result<Option<i64>, RenewError> {
+    pub fn on_connected(&mut self, generation: u64) -> Result<Option<i64>, RenewError> {
+        if self
+            .trying
+            .as_ref()
+            .is_none_or(|t| t.generation != generation)
+        {
+            return Ok(None);
+        }
         let Some(trying) = self.trying.take() else {
             return Ok(None);
         };
@@ -288,8 +307,9 @@ impl Renewal {
 
     /// A connection attempt failed. After [`MAX_FAILED_CONNECTS`] in a row with a new
     /// certificate, while the old one is still valid, returns the old TLS config to use again
-    /// (the staged files are removed and a new renewal is scheduled after the backoff).
-    pub fn on_connect_failed(&mut self) -> Option<Arc<rustls::ClientConfig>> {
+    /// and its new generation (the staged files are removed and a new renewal is scheduled
+    /// after the backoff).
+    pub fn on_connect_failed(&mut self) -> Option<(u64, Arc<rustls::ClientConfig>)> {
         let trying = self.trying.as_mut()?;
         trying.failed_connects += 1;
         if trying.failed_connects < MAX_FAILED_CONNECTS
@@ -302,7 +322,8 @@ impl Renewal {
             tracing::warn!(%error, "Cannot remove the staged certificate");
         }
         self.due = Some(Instant::now() + jittered(self.backoff));
-        Some(self.current_tls.clone())
+        self.generation += 1;
+        Some((self.generation, self.current_tls.clone()))
     }
 }
 

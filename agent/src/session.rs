@@ -56,8 +56,13 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// After the server closed a connection we left, the pause before connecting again.
 const RECONNECT_AFTER_CLOSE: Duration = Duration::from_millis(200);
 
+/// A TLS config for the next connection and its generation (see [`Renewal`]).
+type NextTls = (u64, Arc<rustls::ClientConfig>);
+
 enum SessionEvent {
-    Connected,
+    /// A CONNACK, on a connection made with the TLS config of this generation (0: the one
+    /// loaded at start; see [`Renewal`]).
+    Connected(u64),
     Disconnected(String),
     Message(String, bytes::Bytes),
 }
@@ -115,8 +120,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut renewal = Renewal::new(&identity, &config.state_dir, tls.clone())
         .context("cannot read the client certificate")?;
     // The TLS config the next connection uses, when it changes (renewal, or going back).
-    let next_tls: Arc<std::sync::Mutex<Option<Arc<rustls::ClientConfig>>>> =
-        Arc::new(std::sync::Mutex::new(None));
+    let next_tls: Arc<std::sync::Mutex<Option<NextTls>>> = Arc::new(std::sync::Mutex::new(None));
     let (host, port) = identity
         .mqtt_addr
         .rsplit_once(':')
@@ -148,10 +152,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         // Set after our own DISCONNECT (a renewed certificate): until when to wait for the
         // server to close the old connection before dropping it ourselves.
         let mut closing: Option<tokio::time::Instant> = None;
+        let mut tls_generation = 0;
         loop {
             if eventloop.network.is_none()
-                && let Some(tls) = swap_tls.lock().ok().and_then(|mut next| next.take())
+                && let Some((generation, tls)) =
+                    swap_tls.lock().ok().and_then(|mut next| next.take())
             {
+                tls_generation = generation;
                 eventloop
                     .mqtt_options
                     .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
@@ -170,7 +177,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             match polled {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                     backoff = Duration::from_millis(500);
-                    if events_tx.send(SessionEvent::Connected).await.is_err() {
+                    let connected = SessionEvent::Connected(tls_generation);
+                    if events_tx.send(connected).await.is_err() {
                         return;
                     }
                 }
@@ -261,7 +269,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
-                SessionEvent::Connected => {
+                SessionEvent::Connected(tls_generation) => {
                     tracing::info!(agent = %id, "Connected");
                     connected = true;
                     for kind in [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck] {
@@ -284,7 +292,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     let _ = client.try_publish(topic::agent(&id, AgentTopic::Status), QoS::AtLeastOnce, true, encode(&online));
                     spool.mark_all_unsent();
                     flush(&client, &id, &mut spool, &mut write_errors);
-                    match renewal.on_connected() {
+                    match renewal.on_connected(tls_generation) {
                         Ok(Some(not_after_ms)) => tracing::info!(agent = %id, not_after_ms, "Connected with the renewed certificate; it replaced the old one"),
                         Ok(None) => {}
                         Err(error) => tracing::error!(%error, "Cannot promote the renewed certificate files; finishing at next start"),
