@@ -2,7 +2,8 @@
 //! resulting identity stored in the state dir.
 //!
 //! State dir files: `agent.key` (0600), `agent.pem`, `ca.pem`, `identity.json`. The private
-//! key never leaves the node; the control plane signs only its public key.
+//! key never leaves the node; the control plane signs only its public key. Renewal
+//! ([`crate::renew`]) replaces `agent.key` and `agent.pem` through staged `*.next` files.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -87,7 +88,8 @@ pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), Enro
 }
 
 impl Identity {
-    /// Loads the identity from `state_dir`, if the agent is enrolled.
+    /// Loads the identity from `state_dir`, if the agent is enrolled, after finishing or
+    /// undoing a certificate renewal step a stop interrupted ([`crate::renew::recover`]).
     ///
     /// # Errors
     /// A partial or unreadable identity.
@@ -96,6 +98,10 @@ impl Identity {
         if !path.exists() {
             return Ok(None);
         }
+        crate::renew::recover(state_dir).map_err(|error| match error {
+            crate::renew::RenewError::Io { path, source } => EnrollError::Io { path, source },
+            other => EnrollError::BadAnswer(other.to_string()),
+        })?;
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         let mut identity: Identity =
             serde_json::from_str(&text).map_err(|e| EnrollError::BadAnswer(e.to_string()))?;

@@ -10,6 +10,8 @@
 //! - [`probe`]: one probe per check type (http, tcp, dns, smtp, icmp, tls, chain, process),
 //!   run through [`probe::run_check`] (also what the control plane's fallback executor and
 //!   its check validation call), and [`probe::validate`].
+//! - [`renew`]: client certificate renewal over the MQTT session (schedule, key and CSR, checks
+//!   on the answer, staged and promoted state files).
 //! - [`session`]: the MQTT session, the local scheduler and the reporting loop.
 //!
 //! The agent never touches a database and never links an HTTP server or a broker.
@@ -19,6 +21,7 @@ pub mod enroll;
 pub mod files;
 pub mod metrics;
 pub mod probe;
+pub mod renew;
 pub mod session;
 pub mod spool;
 pub mod tls;

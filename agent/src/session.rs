@@ -9,7 +9,12 @@
 //! nothing; their results and the metrics are spooled first (texts bounded, see
 //! [`vantage_mqtt::text`]) and sent when connected, after one fsync of the spool for the
 //! whole group (rows within 50 ms of the last flush share it, and nothing is sent before it). SIGTERM or SIGINT stops
-//! the checks, spools the results already measured, syncs the spool and exits 0.
+//! the checks, spools the results already measured, syncs the spool and exits 0. The client
+//! certificate is renewed over the session ([`crate::renew`]): a CSR at two thirds of its
+//! lifetime, and once a checked certificate comes back on `cmd`, a clean DISCONNECT, a wait
+//! for the server to close the old connection, and a reconnect with it (the TLS config is
+//! swapped inside the event loop task; the last will is not sent on a clean disconnect, so
+//! the agent never shows offline).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::Rng;
 use rumqttc::{
-    AsyncClient, Event, Incoming, LastWill, MqttOptions, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS, TlsConfiguration, Transport,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -33,6 +38,7 @@ use crate::config::AgentConfig;
 use crate::enroll::{EnrollError, Identity};
 use crate::metrics::Collector;
 use crate::probe::{self, Outcome};
+use crate::renew::Renewal;
 use crate::spool::{Kind, Spool, SpoolError};
 
 /// Largest batch payload the agent publishes, in bytes.
@@ -45,9 +51,18 @@ const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(50);
 const RESEND_AFTER: Duration = Duration::from_secs(30);
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// After our own DISCONNECT, how long the server has to close the connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// After the server closed a connection we left, the pause before connecting again.
+const RECONNECT_AFTER_CLOSE: Duration = Duration::from_millis(200);
+
+/// A TLS config for the next connection and its generation (see [`Renewal`]).
+type NextTls = (u64, Arc<rustls::ClientConfig>);
 
 enum SessionEvent {
-    Connected,
+    /// A CONNACK, on a connection made with the TLS config of this generation (0: the one
+    /// loaded at start; see [`Renewal`]).
+    Connected(u64),
     Disconnected(String),
     Message(String, bytes::Bytes),
 }
@@ -98,8 +113,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.spool.max_entries,
         config.spool.max_bytes,
     )?;
-    let tls = crate::tls::mutual_client(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
-        .context("cannot build the MQTT TLS configuration")?;
+    let tls = Arc::new(
+        crate::tls::mutual_client(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
+            .context("cannot build the MQTT TLS configuration")?,
+    );
+    let mut renewal = Renewal::new(&identity, &config.state_dir, tls.clone())
+        .context("cannot read the client certificate")?;
+    // The TLS config the next connection uses, when it changes (renewal, or going back).
+    let next_tls: Arc<std::sync::Mutex<Option<NextTls>>> = Arc::new(std::sync::Mutex::new(None));
     let (host, port) = identity
         .mqtt_addr
         .rsplit_once(':')
@@ -120,20 +141,44 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             QoS::AtLeastOnce,
             true,
         ))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls),
-        )));
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     eventloop.network_options.set_connection_timeout(10);
 
     let (events_tx, mut events) = mpsc::channel::<SessionEvent>(1024);
+    let swap_tls = next_tls.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
+        // Set after our own DISCONNECT (a renewed certificate): until when to wait for the
+        // server to close the old connection before dropping it ourselves.
+        let mut closing: Option<tokio::time::Instant> = None;
+        let mut tls_generation = 0;
         loop {
-            match eventloop.poll().await {
+            if eventloop.network.is_none()
+                && let Some((generation, tls)) =
+                    swap_tls.lock().ok().and_then(|mut next| next.take())
+            {
+                tls_generation = generation;
+                eventloop
+                    .mqtt_options
+                    .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+            }
+            let polled = match closing {
+                Some(deadline) => match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                    Ok(polled) => polled,
+                    Err(_) => {
+                        eventloop.clean();
+                        closing = None;
+                        continue;
+                    }
+                },
+                None => eventloop.poll().await,
+            };
+            match polled {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                     backoff = Duration::from_millis(500);
-                    if events_tx.send(SessionEvent::Connected).await.is_err() {
+                    let connected = SessionEvent::Connected(tls_generation);
+                    if events_tx.send(connected).await.is_err() {
                         return;
                     }
                 }
@@ -143,7 +188,27 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         return;
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                    // Our own clean DISCONNECT. Reconnect only once the server has closed the
+                    // old connection: the broker keys last wills by client id, and a new
+                    // connection it sees before it is done with the old one can have the
+                    // new connection's will (offline) published.
+                    closing = Some(tokio::time::Instant::now() + CLOSE_WAIT);
+                    let reason = "reconnecting with a renewed certificate".to_owned();
+                    if events_tx
+                        .send(SessionEvent::Disconnected(reason))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
                 Ok(_) => {}
+                Err(_) if closing.take().is_some() => {
+                    // The server closed the connection we left: connect again soon, with the
+                    // renewed certificate.
+                    tokio::time::sleep(RECONNECT_AFTER_CLOSE).await;
+                }
                 Err(error) => {
                     let _ = events_tx
                         .send(SessionEvent::Disconnected(error.to_string()))
@@ -204,7 +269,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
-                SessionEvent::Connected => {
+                SessionEvent::Connected(tls_generation) => {
                     tracing::info!(agent = %id, "Connected");
                     connected = true;
                     for kind in [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck] {
@@ -227,12 +292,23 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     let _ = client.try_publish(topic::agent(&id, AgentTopic::Status), QoS::AtLeastOnce, true, encode(&online));
                     spool.mark_all_unsent();
                     flush(&client, &id, &mut spool, &mut write_errors);
+                    match renewal.on_connected(tls_generation) {
+                        Ok(Some(not_after_ms)) => tracing::info!(agent = %id, not_after_ms, "Connected with the renewed certificate; it replaced the old one"),
+                        Ok(None) => {}
+                        Err(error) => tracing::error!(%error, "Cannot promote the renewed certificate files; finishing at next start"),
+                    }
                 }
                 SessionEvent::Disconnected(reason) => {
                     if connected {
                         tracing::warn!(agent = %id, %reason, "Disconnected");
                     } else {
                         tracing::debug!(agent = %id, %reason, "Connect failed");
+                        if let Some(old_tls) = renewal.on_connect_failed() {
+                            tracing::warn!(agent = %id, "The renewed certificate does not connect; going back to the old one and renewing again later");
+                            if let Ok(mut next) = next_tls.lock() {
+                                *next = Some(old_tls);
+                            }
+                        }
                     }
                     connected = false;
                 }
@@ -306,6 +382,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                             }
                                         }
                                     }
+                                    Command::RenewedCertificate { cert_pem, not_after_ms } => {
+                                        match renewal.accept(&cert_pem) {
+                                            Ok(new_tls) => {
+                                                tracing::info!(request_id = %message.request_id, not_after_ms, "Received a renewed certificate; reconnecting with it");
+                                                if let Ok(mut next) = next_tls.lock() {
+                                                    *next = Some(new_tls);
+                                                }
+                                                sync(&mut spool, &mut write_errors);
+                                                if client.try_disconnect().is_err() {
+                                                    tracing::warn!("Cannot request a reconnect; the renewed certificate is used on the next one");
+                                                }
+                                            }
+                                            Err(error) => tracing::warn!(request_id = %message.request_id, %error, "Refused a renewed certificate; asking again later"),
+                                        }
+                                    }
                                 },
                                 Err(error) => tracing::warn!(%error, "Ignoring an invalid command"),
                             }
@@ -365,6 +456,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
             }
             _ = resend_tick.tick() => spool.expire_sent(RESEND_AFTER),
+            () = sleep_until_due(renewal.due()) => {
+                if !connected {
+                    renewal.postpone();
+                } else {
+                    match renewal.request() {
+                        Ok(request) => {
+                            tracing::info!(request_id = %request.request_id, "Asking for a renewed client certificate");
+                            let _ = client.try_publish(topic::agent(&id, AgentTopic::Csr), QoS::AtLeastOnce, false, encode(&request));
+                        }
+                        Err(error) => tracing::error!(%error, "Cannot make a key or CSR for renewal"),
+                    }
+                }
+            }
             _ = terminate.recv() => {
                 tracing::info!("SIGTERM: stopping checks, syncing the spool, exiting");
                 scheduler.stop();
@@ -378,6 +482,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Completes at `due`, or never.
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,6 +4,8 @@
 //! rendering is one pass with no locks. Labels are fixed per field. Counters only grow;
 //! gauges ([`Gauges`], reached as `counters.gauges`) go up and down, either kept by guards
 //! that release what they took on drop, or set from the owner's size just before rendering.
+//! The agent certificate expiry gauges ([`render_cert_expiry`]) are read from the store
+//! when `/metrics` is scraped.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,11 +101,54 @@ counters! {
     http_handshake_timeout => ("vantage_http_refused_total", "HTTPS connections refused or closed early, by reason.", "{reason=\"tls_timeout\"}"),
     http_header_timeout => ("vantage_http_refused_total", "HTTPS connections refused or closed early, by reason.", "{reason=\"header_timeout\"}"),
     http_idle_closed => ("vantage_http_idle_closed_total", "HTTPS connections closed after the idle timeout with no request in flight."),
+    cert_renewals_issued => ("vantage_cert_renewals_issued_total", "Agent certificates renewed over MQTT (a new certificate sent on cmd)."),
+    cert_renewals_bad_request => ("vantage_cert_renewals_refused_total", "Agent certificate renewals refused, by reason.", "{reason=\"bad_request\"}"),
+    cert_renewals_bad_csr => ("vantage_cert_renewals_refused_total", "Agent certificate renewals refused, by reason.", "{reason=\"bad_csr\"}"),
+    cert_renewals_identity => ("vantage_cert_renewals_refused_total", "Agent certificate renewals refused, by reason.", "{reason=\"identity\"}"),
+    cert_renewals_failed => ("vantage_cert_renewals_failed_total", "Agent certificate renewals not completed for a fault of ours (store or publish failed; the agent asks again)."),
 }
 
 gauges! {
     http_connections_open => ("vantage_http_connections_open", "HTTPS connections open now (TLS handshakes and upgraded live feeds included)."),
     run_now_pending => ("vantage_run_now_pending", "Run-now answers awaited now (one per asked region of each request in progress)."),
+}
+
+/// Renders the gauges of agent certificate expiry: the soonest `notAfter` among agents that
+/// are not revoked, as a Unix timestamp and as seconds left from `now_ms` (negative once it
+/// passed). With no agent, only the help lines are rendered.
+pub fn render_cert_expiry(soonest_ms: Option<i64>, now_ms: i64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP vantage_agent_cert_soonest_expiry_timestamp_seconds The earliest notAfter among the certificates of agents that are not revoked."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE vantage_agent_cert_soonest_expiry_timestamp_seconds gauge"
+    );
+    if let Some(ms) = soonest_ms {
+        let _ = writeln!(
+            out,
+            "vantage_agent_cert_soonest_expiry_timestamp_seconds {}",
+            ms.div_euclid(1000)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vantage_agent_cert_soonest_expiry_seconds Seconds until the earliest agent certificate expiry (negative once it passed)."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE vantage_agent_cert_soonest_expiry_seconds gauge"
+    );
+    if let Some(ms) = soonest_ms {
+        let _ = writeln!(
+            out,
+            "vantage_agent_cert_soonest_expiry_seconds {}",
+            (ms - now_ms).div_euclid(1000)
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -135,5 +180,17 @@ mod tests {
         assert!(text.contains("vantage_http_connections_open 2\n"));
         assert!(text.contains("# TYPE vantage_run_now_pending gauge\n"));
         assert!(text.contains("# TYPE vantage_http_idle_closed_total counter\n"));
+    }
+
+    #[test]
+    fn cert_expiry_gauges_show_the_soonest_expiry_or_no_sample() {
+        let text = render_cert_expiry(Some(1_000_090_500), 1_000_000_000);
+        assert!(text.contains("vantage_agent_cert_soonest_expiry_timestamp_seconds 1000090\n"));
+        assert!(text.contains("vantage_agent_cert_soonest_expiry_seconds 90\n"));
+        assert!(text.contains("# TYPE vantage_agent_cert_soonest_expiry_seconds gauge\n"));
+        let expired = render_cert_expiry(Some(1_000), 61_000);
+        assert!(expired.contains("vantage_agent_cert_soonest_expiry_seconds -60\n"));
+        let none = render_cert_expiry(None, 0);
+        assert!(!none.lines().any(|l| !l.starts_with('#')), "{none}");
     }
 }

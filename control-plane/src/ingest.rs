@@ -12,7 +12,8 @@
 //! and the live events. A failed commit acknowledges nothing: agents keep the rows and resend.
 //! Hello, status and heartbeat messages update the agents table directly; a hello whose
 //! `next_seq` is at or below what the store holds means the agent's state was rewound, and
-//! the agent is told to number on from past it (`Command::RaiseSeq`).
+//! the agent is told to number on from past it (`Command::RaiseSeq`). A certificate signing
+//! request (`csr`) goes to [`crate::renew`].
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -21,9 +22,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use vantage_mqtt::text::Repair;
 use vantage_mqtt::{
-    AgentAck, AgentTopic, CheckResult, CheckStatusView, Command, CommandMessage, DecodeError,
-    Event, Heartbeat, Hello, HostMetrics, NodeState, NodeStatusView, ResultsAck, RowError, Status,
-    Topic, decode, decode_rows, encode, topic,
+    AgentAck, AgentTopic, CheckResult, CheckStatusView, Command, CommandMessage, CsrRequest,
+    DecodeError, Event, Heartbeat, Hello, HostMetrics, NodeState, NodeStatusView, ResultsAck,
+    RowError, Status, Topic, decode, decode_rows, encode, topic,
 };
 
 use crate::AppState;
@@ -253,6 +254,13 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
                     if ack.request_id.is_some() && !state.pending.complete(ack) {
                         tracing::debug!(agent = %id, "Answer to a request nobody waits for");
                     }
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            },
+            AgentTopic::Csr => match decode::<CsrRequest>(&message.payload) {
+                Ok(request) => {
+                    crate::renew::on_csr(&state, &id, request).await;
                     Ok(None)
                 }
                 Err(e) => Err(e),

@@ -8,7 +8,8 @@
 //!   listener that polices identities and topics in front of it.
 //! - [`ingest`]: decodes agent messages, commits batches, acknowledges, fans out.
 //! - [`assign`]: turns checks and online agents into each agent's retained desired config.
-//! - [`store`]: PostgreSQL and SQLite; [`pki`]: the CA; [`api`]: HTTP routes.
+//! - [`store`]: PostgreSQL and SQLite; [`pki`]: the CA; [`renew`]: agent certificate renewal
+//!   over MQTT; [`api`]: HTTP routes.
 //! - [`hub`]: the live fan-out; [`counters`]: Prometheus counters; [`cli`]: subcommands;
 //!   [`cloudinit`]: the user-data `vantage cloud-init` prints.
 
@@ -24,6 +25,7 @@ pub mod frontdoor;
 pub mod hub;
 pub mod ingest;
 pub mod pki;
+pub mod renew;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

@@ -3,7 +3,9 @@
 //! Files under `<data dir>/pki/`: `ca.pem`, `ca.key`, `server.pem`, `server.key` (private
 //! keys mode 0600). The CA signs the server certificate (used by the MQTT front door and the
 //! HTTPS API) and every agent's client certificate, whose CN is the agent id. Signing uses
-//! only the public key of an agent's CSR: subject, extensions and validity are ours.
+//! only the public key of an agent's CSR: subject, extensions and validity are ours. A
+//! renewal CSR (sent by an enrolled agent over MQTT) must also name no identity but the
+//! agent's own: its subject is exactly `CN=<agent id>` and it asks for no alternative names.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +14,8 @@ use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use time::{Duration, OffsetDateTime};
@@ -30,11 +33,22 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("the certificate signing request is not valid: {0}")]
     BadCsr(rcgen::Error),
+    #[error("the certificate signing request is too large ({len} bytes, at most {MAX_CSR_BYTES})")]
+    CsrTooLarge { len: usize },
+    #[error("the certificate signing request names another identity than {agent_id:?}: {found}")]
+    CsrIdentity { agent_id: String, found: String },
     #[error("stored PEM in {path} is not valid")]
     BadPem { path: PathBuf },
     #[error("TLS configuration failed: {0}")]
     Tls(#[from] rustls::Error),
 }
+
+/// The largest CSR accepted, in PEM bytes.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
+
+/// The longest a new agent certificate is backdated (against clock skew between the control
+/// plane and the node).
+const MAX_BACKDATE: Duration = Duration::minutes(5);
 
 /// A certificate issued to an agent.
 #[derive(Debug, Clone)]
@@ -198,17 +212,74 @@ impl Pki {
         hex::encode(ring::digest::digest(&ring::digest::SHA256, &self.ca_der))
     }
 
-    /// Signs the public key of `csr_pem` into a client certificate whose CN is `agent_id`.
+    /// Signs the public key of `csr_pem` into a client certificate whose CN is `agent_id`,
+    /// valid for `validity` from now (backdated by a twelfth of it, at most 5 minutes, so
+    /// that "two thirds of the lifetime" stays close to two thirds of `validity`).
     ///
     /// # Errors
-    /// [`PkiError::BadCsr`] when the CSR does not parse or its signature does not verify.
+    /// [`PkiError::BadCsr`] when the CSR does not parse or its signature does not verify,
+    /// [`PkiError::CsrTooLarge`] past [`MAX_CSR_BYTES`].
     pub fn sign_agent_csr(
         &self,
         csr_pem: &str,
         agent_id: &str,
-        validity_days: i64,
+        validity: std::time::Duration,
     ) -> Result<IssuedCert, PkiError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
+        let csr = parse_csr(csr_pem)?;
+        self.sign_public_key(&csr, agent_id, validity)
+    }
+
+    /// Like [`Self::sign_agent_csr`] for a renewal: the CSR must name `agent_id` as its only
+    /// subject attribute (CN) and carry no subject alternative names.
+    ///
+    /// # Errors
+    /// As [`Self::sign_agent_csr`], plus [`PkiError::CsrIdentity`] for any other identity.
+    pub fn sign_renewal_csr(
+        &self,
+        csr_pem: &str,
+        agent_id: &str,
+        validity: std::time::Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        let csr = parse_csr(csr_pem)?;
+        let mut names = Vec::new();
+        for (kind, value) in csr.params.distinguished_name.iter() {
+            let text = match value {
+                DnValue::Utf8String(text) => text.clone(),
+                DnValue::PrintableString(text) => text.as_str().to_owned(),
+                other => format!("{other:?}"),
+            };
+            names.push((kind.clone(), text));
+        }
+        let only_own_cn = matches!(names.as_slice(), [(DnType::CommonName, cn)] if cn == agent_id);
+        if !only_own_cn || !csr.params.subject_alt_names.is_empty() {
+            let mut found: Vec<String> = names
+                .iter()
+                .map(|(kind, text)| format!("{kind:?}={text:?}"))
+                .collect();
+            found.extend(
+                csr.params
+                    .subject_alt_names
+                    .iter()
+                    .map(|san| format!("SAN {san:?}")),
+            );
+            if found.is_empty() {
+                found.push("an empty subject".into());
+            }
+            return Err(PkiError::CsrIdentity {
+                agent_id: agent_id.to_owned(),
+                found: found.join(", "),
+            });
+        }
+        self.sign_public_key(&csr, agent_id, validity)
+    }
+
+    fn sign_public_key(
+        &self,
+        csr: &CertificateSigningRequestParams,
+        agent_id: &str,
+        validity: std::time::Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        let validity = Duration::try_from(validity).unwrap_or(Duration::days(3650));
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, agent_id);
@@ -218,9 +289,11 @@ impl Pki {
         let serial = random_serial();
         let serial_hex = hex::encode(serial.to_bytes());
         params.serial_number = Some(serial);
+        // Whole seconds, as the certificate stores them, so `not_after_ms` is exact.
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::minutes(5);
-        params.not_after = now + Duration::days(validity_days);
+        let now = OffsetDateTime::from_unix_timestamp(now.unix_timestamp()).unwrap_or(now);
+        params.not_before = now - (validity / 12_i32).min(MAX_BACKDATE);
+        params.not_after = now + validity;
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
@@ -277,6 +350,13 @@ impl Pki {
     }
 }
 
+fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, PkiError> {
+    if csr_pem.len() > MAX_CSR_BYTES {
+        return Err(PkiError::CsrTooLarge { len: csr_pem.len() });
+    }
+    CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)
+}
+
 /// The CN of a DER certificate's subject, if it has exactly one.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
@@ -311,14 +391,81 @@ mod tests {
             .unwrap()
             .pem()
             .unwrap();
-        let issued = pki.sign_agent_csr(&csr, "ag-0001", 30).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let issued = pki.sign_agent_csr(&csr, "ag-0001", 30 * day).unwrap();
         let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
         assert_eq!(common_name(&der).as_deref(), Some("ag-0001"));
         assert!(matches!(
-            pki.sign_agent_csr("garbage", "x", 1),
+            pki.sign_agent_csr("garbage", "x", day),
             Err(PkiError::BadCsr(_))
         ));
         pki.mqtt_server_config().unwrap();
         pki.http_server_config().unwrap();
+    }
+
+    fn csr(subject: &[(DnType, &str)], sans: &[&str]) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        let mut name = DistinguishedName::new();
+        for (kind, value) in subject {
+            name.push(kind.clone(), *value);
+        }
+        params.distinguished_name = name;
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn renewal_csrs_name_only_the_agent_and_short_validities_are_barely_backdated() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let minute = std::time::Duration::from_secs(60);
+        let issued = pki
+            .sign_renewal_csr(&csr(&[(DnType::CommonName, "ag-1")], &[]), "ag-1", minute)
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let lifetime_s =
+            parsed.validity().not_after.timestamp() - parsed.validity().not_before.timestamp();
+        assert_eq!(lifetime_s, 65, "60 s backdated by 5 s");
+        assert_eq!(
+            parsed.validity().not_after.timestamp() * 1000,
+            issued.not_after_ms
+        );
+        for (subject, sans) in [
+            (vec![(DnType::CommonName, "ag-2")], vec![]),
+            (
+                vec![
+                    (DnType::CommonName, "ag-1"),
+                    (DnType::OrganizationName, "x"),
+                ],
+                vec![],
+            ),
+            (vec![(DnType::CommonName, "ag-1")], vec!["ag-2.example"]),
+            (vec![], vec![]),
+        ] {
+            let request = csr(&subject, &sans);
+            assert!(
+                matches!(
+                    pki.sign_renewal_csr(&request, "ag-1", minute),
+                    Err(PkiError::CsrIdentity { .. })
+                ),
+                "{subject:?} {sans:?} accepted"
+            );
+        }
+        assert!(matches!(
+            pki.sign_renewal_csr(&"x".repeat(MAX_CSR_BYTES + 1), "ag-1", minute),
+            Err(PkiError::CsrTooLarge { .. })
+        ));
+        let year = pki
+            .sign_agent_csr(&csr(&[], &[]), "ag-1", 365 * 24 * 60 * minute)
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(year.cert_pem.as_bytes()).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let backdate_s = parsed.validity().not_after.timestamp()
+            - parsed.validity().not_before.timestamp()
+            - 365 * 86_400;
+        assert_eq!(backdate_s, 300, "long validities are backdated 5 minutes");
     }
 }

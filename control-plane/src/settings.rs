@@ -56,9 +56,16 @@ pub struct Settings {
     /// Heartbeat interval handed to agents, in seconds.
     #[arg(long, env = "VANTAGE_HEARTBEAT_INTERVAL_S", default_value_t = 10)]
     pub heartbeat_interval_s: u32,
-    /// Validity of agent client certificates, in days.
-    #[arg(long, env = "VANTAGE_CERT_VALIDITY_DAYS", default_value_t = 90)]
+    /// Validity of agent client certificates, in days (1 to 3650). Agents renew theirs over
+    /// MQTT at two thirds of it.
+    #[arg(long, env = "VANTAGE_CERT_VALIDITY_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(i64).range(1..=3650))]
     pub cert_validity_days: i64,
+    /// Validity of agent client certificates in seconds (60 to 315360000); when set, it
+    /// overrides `cert_validity_days`. Meant for tests and trials of renewal.
+    #[arg(long, env = "VANTAGE_CERT_VALIDITY_S",
+          value_parser = clap::value_parser!(i64).range(60..=315_360_000))]
+    pub cert_validity_s: Option<i64>,
     /// Directory of release artifacts (image/build's output) served under `/dist`; cloud-init
     /// user-data and install.sh fetch the agent from there.
     #[arg(long, env = "VANTAGE_DIST_DIR")]
@@ -111,6 +118,7 @@ impl Settings {
             metrics_interval_s: 10,
             heartbeat_interval_s: 10,
             cert_validity_days: 90,
+            cert_validity_s: None,
             ingest_batch_rows: 5000,
             api_rate_per_s: 200.0,
             api_rate_burst: 400.0,
@@ -119,6 +127,15 @@ impl Settings {
             http_handshake_timeout_ms: 10_000,
             http_header_timeout_ms: 20_000,
             http_idle_timeout_ms: 120_000,
+        }
+    }
+
+    /// The validity of a new agent certificate: `cert_validity_s` when set, else
+    /// `cert_validity_days`.
+    pub fn cert_validity(&self) -> Duration {
+        match self.cert_validity_s {
+            Some(seconds) => Duration::from_secs(seconds.max(1).unsigned_abs()),
+            None => Duration::from_secs(self.cert_validity_days.max(1).unsigned_abs() * 86_400),
         }
     }
 

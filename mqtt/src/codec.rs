@@ -291,6 +291,24 @@ mod tests {
             request_id: "r1".into(),
             command: Command::Restart,
         });
+        round_trip(CommandMessage {
+            v: 1,
+            request_id: "renew-1".into(),
+            command: Command::RenewedCertificate {
+                cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+                not_after_ms: 1_700_000_000_000,
+            },
+        });
+        round_trip(CsrRequest {
+            v: 1,
+            request_id: "renew-1".into(),
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+        });
+        assert!(
+            decode::<CsrRequest>(br#"{"v":1,"request_id":"r","csr_pem":"x","cn":"other"}"#)
+                .is_err(),
+            "an unknown field in a CSR request was accepted"
+        );
         round_trip(AgentAck {
             v: 1,
             config_revision: None,

@@ -9,7 +9,8 @@
 //! - [`topic`]: building and parsing topic names, agent-id rules, the allowed-topic rules.
 //! - [`check`]: the check specifications of every check type.
 //! - [`payload`]: the message types (hello, status, heartbeat, metrics, results, events,
-//!   desired config, commands, acknowledgements) and the check specifications inside them.
+//!   desired config, commands, acknowledgements, certificate requests) and the check
+//!   specifications inside them.
 //! - [`codec`]: size-limited, version-checked decoding (whole payloads, or batches row by
 //!   row) and encoding.
 //! - [`text`]: the bounds on texts inside rows and the repair that applies them.

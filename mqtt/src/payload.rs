@@ -38,6 +38,7 @@ versioned!(
     DesiredConfig,
     CommandMessage,
     AgentAck,
+    CsrRequest,
     ResultsAck,
     NodeStatusView,
     CheckStatusView,
@@ -256,6 +257,14 @@ pub enum Command {
     /// seqs fall in `from..next_seq`; the agent gives the rows it still holds in that range
     /// new seqs past both `next_seq` and its own counter, and numbers on from there.
     RaiseSeq { from: u64, next_seq: u64 },
+    /// The answer to a [`CsrRequest`] (same `request_id`): a client certificate for the key
+    /// of that CSR, signed by the control plane's CA, CN = the agent id. The agent checks it
+    /// (its key, its CA, its id) before it keeps it.
+    RenewedCertificate {
+        cert_pem: String,
+        /// The certificate's `notAfter`.
+        not_after_ms: i64,
+    },
 }
 
 /// `agents/{id}/cmd`.
@@ -281,6 +290,18 @@ pub struct AgentAck {
     pub result: Option<CheckResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `agents/{id}/csr`: the agent asks for a certificate for a new key (renewal before its
+/// current certificate expires). The CSR's subject is the agent id as CN and nothing else;
+/// the answer is a [`Command::RenewedCertificate`] on `cmd` with the same `request_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsrRequest {
+    pub v: u32,
+    pub request_id: String,
+    /// PKCS#10 request in PEM.
+    pub csr_pem: String,
 }
 
 /// `agents/{id}/results/ack`: the entries whose seqs fall in `ranges` (inclusive `[from,

@@ -27,6 +27,9 @@ pub enum AgentTopic {
     Events,
     /// Agent → control plane: acknowledgement of a config revision or command.
     Ack,
+    /// Agent → control plane: a certificate signing request for a new key (renewal); the
+    /// certificate comes back on `cmd`.
+    Csr,
     /// Control plane → agent: retained desired state.
     Config,
     /// Control plane → agent: commands.
@@ -37,7 +40,7 @@ pub enum AgentTopic {
 
 impl AgentTopic {
     /// All per-agent topics.
-    pub const ALL: [AgentTopic; 10] = [
+    pub const ALL: [AgentTopic; 11] = [
         AgentTopic::Hello,
         AgentTopic::Status,
         AgentTopic::Heartbeat,
@@ -45,6 +48,7 @@ impl AgentTopic {
         AgentTopic::Results,
         AgentTopic::Events,
         AgentTopic::Ack,
+        AgentTopic::Csr,
         AgentTopic::Config,
         AgentTopic::Cmd,
         AgentTopic::ResultsAck,
@@ -60,6 +64,7 @@ impl AgentTopic {
             AgentTopic::Results => "results",
             AgentTopic::Events => "events",
             AgentTopic::Ack => "ack",
+            AgentTopic::Csr => "csr",
             AgentTopic::Config => "config",
             AgentTopic::Cmd => "cmd",
             AgentTopic::ResultsAck => "results/ack",
@@ -351,6 +356,9 @@ mod tests {
         assert!(!agent_may_publish("a", &agent("b", AgentTopic::Results)));
         assert!(!agent_may_publish("a", &agent("a", AgentTopic::Config)));
         assert!(!agent_may_publish("a", &agent("a", AgentTopic::ResultsAck)));
+        assert!(agent_may_publish("a", &agent("a", AgentTopic::Csr)));
+        assert!(!agent_may_publish("a", &agent("b", AgentTopic::Csr)));
+        assert!(!agent_may_subscribe("a", &agent("a", AgentTopic::Csr)));
         assert!(!agent_may_publish("a", &status_node("a")));
         assert!(agent_may_subscribe("a", &agent("a", AgentTopic::Config)));
         assert!(agent_may_subscribe(

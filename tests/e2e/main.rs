@@ -5,6 +5,7 @@
 
 mod api;
 mod bad_input;
+mod cert_renewal;
 mod check_types;
 mod demo;
 mod durability;

@@ -230,11 +230,7 @@ pub async fn enroll(
     let agent_id = random_id("ag-", 8);
     let issued = state
         .pki
-        .sign_agent_csr(
-            &request.csr_pem,
-            &agent_id,
-            state.settings.cert_validity_days,
-        )
+        .sign_agent_csr(&request.csr_pem, &agent_id, state.settings.cert_validity())
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let enrolled = state
         .store

@@ -252,6 +252,13 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         "# HELP vantage_live_subscribers Live feed clients connected.\n# TYPE vantage_live_subscribers gauge\nvantage_live_subscribers {}\n",
         state.hub.n_subscribers()
     ));
+    match state.store.soonest_cert_expiry_ms().await {
+        Ok(soonest_ms) => text.push_str(&crate::counters::render_cert_expiry(
+            soonest_ms,
+            crate::store::now_ms(),
+        )),
+        Err(error) => tracing::warn!(%error, "Cannot read the soonest agent certificate expiry"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -449,6 +449,32 @@ impl Store {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    /// Records a renewed client certificate of an agent (serial and expiry); returns false
+    /// for unknown or revoked agents.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn set_agent_cert(
+        &self,
+        id: &str,
+        serial_hex: &str,
+        not_after_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = "UPDATE agents SET cert_serial = $2, cert_not_after_ms = $3 \
+                   WHERE id = $1 AND revoked_at_ms IS NULL";
+        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).bind(serial_hex).bind(not_after_ms).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
+    /// The earliest certificate expiry among agents that are not revoked, if any.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn soonest_cert_expiry_ms(&self) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT MIN(cert_not_after_ms) FROM agents WHERE revoked_at_ms IS NULL";
+        Ok(on_pool!(self, pool => sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(pool).await?))
+    }
+
     /// Sets an agent's connection state; returns false for unknown or revoked agents.
     ///
     /// # Errors
