@@ -43,12 +43,15 @@ pub fn check_regions(check: &CheckRow) -> Vec<String> {
     serde_json::from_str(&check.regions).unwrap_or_default()
 }
 
-/// Digests of the configs last given to each agent, held by the assignment lock.
+/// What the last run left, held by the assignment lock: digests of the configs last given to
+/// each agent, and the stored assignments, so a run writes only what changed.
 #[derive(Debug, Default)]
 pub struct Published {
-    /// Filled from the stored configs on the first run.
+    /// Filled from the store on the first run.
     loaded: bool,
     by_agent: HashMap<String, u64>,
+    /// (check, agent) → region, as stored.
+    assignments: HashMap<(String, String), String>,
 }
 
 /// The digest of a config's content (everything but its revision).
@@ -90,6 +93,13 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
                 published.by_agent.insert(agent, digest_of(&config));
             }
         }
+        published.assignments = state
+            .store
+            .list_assignments()
+            .await?
+            .into_iter()
+            .map(|(check, agent, region)| ((check, agent), region))
+            .collect();
         published.loaded = true;
     }
     let agents = state.store.list_agents(None).await?;
@@ -106,7 +116,7 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
         per_agent.entry(agent.id.as_str()).or_default();
     }
     let mut specs: Vec<(CheckSpec, u64)> = Vec::new();
-    let mut assignments = Vec::new();
+    let mut assignments: HashMap<(String, String), String> = HashMap::new();
     for check in checks.iter().filter(|c| c.enabled) {
         let Some(spec) = check_spec(check) else {
             tracing::warn!(check = %check.id, "Stored check does not parse; not assigned");
@@ -117,11 +127,23 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
         let digest = bytes_digest(&encode(&spec));
         specs.push((spec, digest));
         for agent in online().filter(|a| regions.contains(&a.region)) {
-            assignments.push((check.id.clone(), agent.id.clone(), agent.region.clone()));
+            assignments.insert((check.id.clone(), agent.id.clone()), agent.region.clone());
             per_agent.entry(agent.id.as_str()).or_default().push(index);
         }
     }
-    state.store.replace_assignments(&assignments).await?;
+    let added: Vec<(String, String, String)> = assignments
+        .iter()
+        .filter(|(key, region)| published.assignments.get(*key) != Some(*region))
+        .map(|((check, agent), region)| (check.clone(), agent.clone(), region.clone()))
+        .collect();
+    let removed: Vec<(String, String)> = published
+        .assignments
+        .iter()
+        .filter(|(key, region)| assignments.get(*key) != Some(*region))
+        .map(|(key, _)| key.clone())
+        .collect();
+    state.store.change_assignments(&added, &removed).await?;
+    published.assignments = assignments;
 
     let (metrics_s, heartbeat_s) = (
         state.settings.metrics_interval_s,

@@ -63,6 +63,10 @@ macro_rules! on_pool {
 #[allow(unused_imports)]
 pub(crate) use on_pool;
 
+/// Rows per statement when assignments are written in batches (3 binds a row, well under
+/// SQLite's bind limit).
+const ASSIGNMENT_CHUNK_ROWS: usize = 1000;
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -692,24 +696,42 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces every assignment with `assignments` (check id, agent id, region).
+    /// Applies a change of the assignments in one transaction: removes the (check, agent)
+    /// pairs in `removed`, inserts the (check, agent, region) rows in `added`, both in
+    /// batches.
     ///
     /// # Errors
-    /// Database errors only.
-    pub async fn replace_assignments(
+    /// Database errors only; nothing changes then.
+    pub async fn change_assignments(
         &self,
-        assignments: &[(String, String, String)],
+        added: &[(String, String, String)],
+        removed: &[(String, String)],
     ) -> Result<(), StoreError> {
+        if added.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query("DELETE FROM assignments").execute(&mut *tx).await?;
-            for (check, agent, region) in assignments {
-                sqlx::query("INSERT INTO assignments (check_id, agent_id, region) VALUES ($1, $2, $3)")
-                    .bind(check)
-                    .bind(agent)
-                    .bind(region)
-                    .execute(&mut *tx)
-                    .await?;
+            for chunk in removed.chunks(ASSIGNMENT_CHUNK_ROWS) {
+                let mut query = sqlx::QueryBuilder::new(
+                    "DELETE FROM assignments WHERE (check_id, agent_id) IN (",
+                );
+                query.push_values(chunk, |mut row, (check, agent)| {
+                    row.push_bind(check.as_str()).push_bind(agent.as_str());
+                });
+                query.push(")");
+                query.build().execute(&mut *tx).await?;
+            }
+            for chunk in added.chunks(ASSIGNMENT_CHUNK_ROWS) {
+                let mut query =
+                    sqlx::QueryBuilder::new("INSERT INTO assignments (check_id, agent_id, region) ");
+                query.push_values(chunk, |mut row, (check, agent, region)| {
+                    row.push_bind(check.as_str())
+                        .push_bind(agent.as_str())
+                        .push_bind(region.as_str());
+                });
+                query.push(" ON CONFLICT DO NOTHING");
+                query.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
