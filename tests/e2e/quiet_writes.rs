@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, connect};
+use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore};
 
 crate::both_backends!(
     a_failed_enrollment_spends_no_token_use,
@@ -83,28 +83,7 @@ async fn unchanged_configs_are_not_republished(backend: Backend) -> anyhow::Resu
     let cp = ControlPlane::start(&store).await?;
     let identity = MqttIdentity::enroll(&cp, "europe").await?;
     let agent = identity.agent_id.clone();
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(identity.options(&agent)?, 64);
-    connect(&mut eventloop).await?;
-    client
-        .subscribe(
-            format!("vantage/v1/agents/{agent}/config"),
-            rumqttc::QoS::AtLeastOnce,
-        )
-        .await?;
-    // (revision, number of checks) of every config the agent receives.
-    let (configs_tx, mut configs) = tokio::sync::mpsc::unbounded_channel::<(u64, usize)>();
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)) = event
-                && let Ok(value) = serde_json::from_slice::<Value>(&p.payload)
-            {
-                let _ = configs_tx.send((
-                    value["revision"].as_u64().unwrap_or(0),
-                    value["checks"].as_array().map_or(0, Vec::len),
-                ));
-            }
-        }
-    });
+    let (client, mut configs) = identity.listen("config").await?;
     let online = serde_json::to_vec(&json!({"v": 1, "state": "online"}))?;
     let status_topic = format!("vantage/v1/agents/{agent}/status");
     client
@@ -127,12 +106,12 @@ async fn unchanged_configs_are_not_republished(backend: Backend) -> anyhow::Resu
     anyhow::ensure!(status == 201, "{status} {reply}");
     // The agent may first get an empty config (it came online before the check existed).
     let first = loop {
-        let (revision, n_checks) = tokio::time::timeout(Duration::from_secs(10), configs.recv())
+        let config = tokio::time::timeout(Duration::from_secs(10), configs.recv())
             .await
             .context("no config with the agent's check")?
             .context("config stream ended")?;
-        if n_checks == 1 {
-            break revision as i64;
+        if config["checks"].as_array().map(Vec::len) == Some(1) {
+            break config["revision"].as_i64().context("revision")?;
         }
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -145,12 +124,7 @@ async fn unchanged_configs_are_not_republished(backend: Backend) -> anyhow::Resu
     anyhow::ensure!(status == 201, "{status} {reply}");
     for i in 0..20u32 {
         let (status, reply) = cp
-            .request(
-                reqwest::Method::PUT,
-                "/api/v1/checks/theirs",
-                Some(&cp.admin_token),
-                Some(check("theirs", "asia", 30 + i)),
-            )
+            .put("/api/v1/checks/theirs", check("theirs", "asia", 30 + i))
             .await?;
         anyhow::ensure!(status == 200, "{status} {reply}");
         client
@@ -164,8 +138,8 @@ async fn unchanged_configs_are_not_republished(backend: Backend) -> anyhow::Resu
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut unexpected = Vec::new();
-    while let Ok((revision, _)) = configs.try_recv() {
-        unexpected.push(revision);
+    while let Ok(config) = configs.try_recv() {
+        unexpected.push(config["revision"].clone());
     }
     assert!(
         unexpected.is_empty(),
@@ -176,19 +150,14 @@ async fn unchanged_configs_are_not_republished(backend: Backend) -> anyhow::Resu
 
     // A change that concerns it arrives, once, with the next revision.
     let (status, reply) = cp
-        .request(
-            reqwest::Method::PUT,
-            "/api/v1/checks/mine",
-            Some(&cp.admin_token),
-            Some(check("mine", "europe", 60)),
-        )
+        .put("/api/v1/checks/mine", check("mine", "europe", 60))
         .await?;
     anyhow::ensure!(status == 200, "{status} {reply}");
-    let (revision, _) = tokio::time::timeout(Duration::from_secs(10), configs.recv())
+    let config = tokio::time::timeout(Duration::from_secs(10), configs.recv())
         .await
         .context("no config after a change that concerns the agent")?
         .context("config stream ended")?;
-    assert_eq!(revision as i64, first + 1);
+    assert_eq!(config["revision"].as_i64(), Some(first + 1));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         configs.try_recv().is_err(),

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vantage_mqtt::text::{CUT_MARK, MAX_REASON_BYTES};
-use vantage_tests::{Agent, Backend, ControlPlane, MqttIdentity, TestStore, connect, wait_for};
+use vantage_tests::{Agent, Backend, ControlPlane, MqttIdentity, TestStore, wait_for};
 
 crate::both_backends!(
     a_down_result_with_a_huge_reason_is_stored_cut,
@@ -98,22 +98,7 @@ async fn one_bad_row_never_takes_its_batch(backend: Backend) -> anyhow::Result<(
     let cp = ControlPlane::start(&store).await?;
     let identity = MqttIdentity::enroll(&cp, "europe").await?;
     let agent = identity.agent_id.clone();
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(identity.options(&agent)?, 64);
-    connect(&mut eventloop).await?;
-    let ack_topic = format!("vantage/v1/agents/{agent}/results/ack");
-    client
-        .subscribe(&ack_topic, rumqttc::QoS::AtLeastOnce)
-        .await?;
-    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)) = event
-                && let Ok(value) = serde_json::from_slice(&p.payload)
-            {
-                let _ = acks_tx.send(value);
-            }
-        }
-    });
+    let (client, mut acks) = identity.listen("results/ack").await?;
     let row = |seq: u64, check: &str, reason: &str| {
         json!({"seq": seq, "measured_at_ms": 1_700_000_000_000_i64 + seq as i64,
             "check_id": check, "ok": false, "reason": reason, "timings": {"total_ms": 1.0}})

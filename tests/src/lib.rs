@@ -358,6 +358,20 @@ impl ControlPlane {
         .await
     }
 
+    /// PUT with the admin token.
+    ///
+    /// # Errors
+    /// Transport failures only; the status is returned.
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.request(
+            reqwest::Method::PUT,
+            path,
+            Some(&self.admin_token),
+            Some(body),
+        )
+        .await
+    }
+
     /// Any request with an optional bearer token and body.
     ///
     /// # Errors
@@ -726,6 +740,40 @@ impl MqttIdentity {
             ca_pem: body["ca_pem"].as_str().context("ca_pem")?.to_owned(),
             mqtt_port: cp.mqtt_port,
         })
+    }
+
+    /// Connects as this agent, subscribes to its own topic `kind` (`config`, `cmd`,
+    /// `results/ack`) and hands every message received there, decoded as JSON, to the
+    /// returned channel.
+    ///
+    /// # Errors
+    /// The connection or subscription fails.
+    pub async fn listen(
+        &self,
+        kind: &str,
+    ) -> anyhow::Result<(
+        rumqttc::AsyncClient,
+        tokio::sync::mpsc::UnboundedReceiver<Value>,
+    )> {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(self.options(&self.agent_id)?, 64);
+        connect(&mut eventloop).await?;
+        client
+            .subscribe(
+                format!("vantage/v1/agents/{}/{kind}", self.agent_id),
+                rumqttc::QoS::AtLeastOnce,
+            )
+            .await?;
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if let rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)) = event
+                    && let Ok(value) = serde_json::from_slice(&p.payload)
+                {
+                    let _ = sender.send(value);
+                }
+            }
+        });
+        Ok((client, receiver))
     }
 
     /// rumqttc options for this identity with `client_id`.

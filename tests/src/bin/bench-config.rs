@@ -184,20 +184,12 @@ impl<R: Fn(usize) -> String> Churn<'_, R> {
             let i = (change * 7919) % self.n_checks;
             let interval_s = 60 + (change % 50) as u32;
             let body = http_check(&format!("c{i}"), &(self.region)(i), interval_s);
-            let (status, reply) = self
-                .cp
-                .request(
-                    reqwest::Method::PUT,
-                    &format!("/api/v1/checks/c{i}"),
-                    Some(&self.cp.admin_token),
-                    Some(body),
-                )
-                .await?;
+            let (status, reply) = self.cp.put(&format!("/api/v1/checks/c{i}"), body).await?;
             anyhow::ensure!(status == 200, "change {change}: {status} {reply}");
             let done = change - first;
             if storm_every > 0
                 && done > 0
-                && done % storm_every == 0
+                && done.is_multiple_of(storm_every)
                 && rss_samples.len() < n_storms
             {
                 for session in self.sessions.drain(..) {
@@ -286,15 +278,6 @@ async fn main() -> anyhow::Result<()> {
     wait_configs(&received, &expected, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_start = rss_mib(pid)?;
-    let mut ctx = Churn {
-        cp: &cp,
-        identities: &identities,
-        sessions: &mut sessions,
-        received: &received,
-        pid,
-        n_checks: n_regions * per_region,
-        region: &region,
-    };
     let (churn, rss_samples) = ctx.run(n_changes, n_changes, n_storms).await?;
     // Settle: every agent holds its region's latest config, then memory is read.
     wait_configs(&received, &expected, Duration::from_secs(120)).await?;
