@@ -190,3 +190,79 @@ async fn one_bad_row_never_takes_its_batch(backend: Backend) -> anyhow::Result<(
     );
     Ok(())
 }
+
+crate::both_backends!(
+    a_batch_the_store_refuses_is_counted_and_never_acknowledged,
+    a_batch_the_store_refuses_is_counted_and_never_acknowledged
+);
+
+/// The store refuses every insert into `results` (a trigger injects the fault): ingest retries,
+/// gives the batch up, counts it, and acknowledges nothing, so the agent keeps the rows; once
+/// the fault is gone the same rows, sent again, are stored and acknowledged.
+async fn a_batch_the_store_refuses_is_counted_and_never_acknowledged(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let identity = MqttIdentity::enroll(&cp, "europe").await?;
+    let agent = identity.agent_id.clone();
+    let (client, mut acks) = identity.listen("results/ack").await?;
+    let pool = cp.store_pool().await?;
+    let (create, drop) = match backend {
+        Backend::Sqlite => (
+            vec!["CREATE TRIGGER refuse_results BEFORE INSERT ON results BEGIN SELECT RAISE(ABORT, 'injected fault'); END"],
+            "DROP TRIGGER refuse_results",
+        ),
+        Backend::Postgres => (
+            vec![
+                "CREATE FUNCTION refuse_results() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
+                "CREATE TRIGGER refuse_results BEFORE INSERT ON results FOR EACH ROW EXECUTE FUNCTION refuse_results()",
+            ],
+            "DROP TRIGGER refuse_results ON results",
+        ),
+    };
+    for sql in create {
+        sqlx::query(sql).execute(&pool).await?;
+    }
+    let batch = serde_json::to_vec(&json!({"v": 1, "items": [
+        {"seq": 1, "measured_at_ms": 1_700_000_000_001_i64, "check_id": "web", "ok": true,
+         "reason": "status 200", "timings": {"total_ms": 1.0}},
+        {"seq": 2, "measured_at_ms": 1_700_000_000_002_i64, "check_id": "web", "ok": false,
+         "reason": "status 500", "timings": {"total_ms": 1.0}},
+    ]}))?;
+    let topic = format!("vantage/v1/agents/{agent}/results");
+    client
+        .publish(&topic, rumqttc::QoS::AtLeastOnce, false, batch.clone())
+        .await?;
+    wait_for("the batch given up", Duration::from_secs(20), || async {
+        let n = cp
+            .counter("vantage_ingest_batches_given_up_total")
+            .await
+            .ok()?;
+        (n >= 1).then_some(())
+    })
+    .await?;
+    assert!(
+        cp.counter("vantage_ingest_commit_errors_total").await? >= 5,
+        "every attempt is counted"
+    );
+    assert!(
+        acks.try_recv().is_err(),
+        "rows the store refused were acknowledged"
+    );
+
+    sqlx::query(drop).execute(&pool).await?;
+    client
+        .publish(&topic, rumqttc::QoS::AtLeastOnce, false, batch)
+        .await?;
+    let ack = tokio::time::timeout(Duration::from_secs(10), acks.recv())
+        .await
+        .context("no ack after the fault was removed")?
+        .context("ack stream ended")?;
+    assert_eq!(ack["ranges"], json!([[1, 2]]));
+    let (_, rows) = cp
+        .get(&format!("/api/v1/results?agent={agent}&from_ms=0"))
+        .await?;
+    assert_eq!(rows.as_array().map(Vec::len), Some(2));
+    Ok(())
+}
