@@ -165,3 +165,69 @@ async fn unchanged_configs_are_not_republished(backend: Backend) -> anyhow::Resu
     );
     Ok(())
 }
+
+crate::both_backends!(
+    a_hello_the_store_refuses_is_not_announced,
+    a_hello_the_store_refuses_is_not_announced
+);
+
+/// The live feed shows only committed data, hellos included: a hello the store refuses (a
+/// trigger injects the fault) is not announced; the next one, stored, is.
+async fn a_hello_the_store_refuses_is_not_announced(backend: Backend) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let identity = MqttIdentity::enroll(&cp, "europe").await?;
+    let agent = identity.agent_id.clone();
+    let mut socket = cp.live_socket(&format!("kind=hello&agent={agent}")).await?;
+    let pool = cp.store_pool().await?;
+    let create = match backend {
+        Backend::Sqlite => vec![
+            "CREATE TRIGGER refuse_hello BEFORE UPDATE ON agents WHEN NEW.boot_id = 'refused' BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+        ],
+        Backend::Postgres => vec![
+            "CREATE FUNCTION refuse_hello() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.boot_id = 'refused' THEN RAISE EXCEPTION 'injected fault'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_hello BEFORE UPDATE ON agents FOR EACH ROW EXECUTE FUNCTION refuse_hello()",
+        ],
+    };
+    for sql in create {
+        sqlx::query(sql).execute(&pool).await?;
+    }
+    let (client, _acks) = identity.listen("results/ack").await?;
+    let hello = |boot_id: &str| {
+        serde_json::to_vec(
+            &json!({"v": 1, "version": "t", "arch": "x86_64", "os": "linux",
+            "hostname": "n1", "labels": {}, "capabilities": [], "boot_id": boot_id,
+            "next_seq": 1, "config_revision": 0}),
+        )
+    };
+    let topic = format!("vantage/v1/agents/{agent}/hello");
+    client
+        .publish(&topic, rumqttc::QoS::AtLeastOnce, false, hello("refused")?)
+        .await?;
+    client
+        .publish(&topic, rumqttc::QoS::AtLeastOnce, false, hello("stored")?)
+        .await?;
+    let live: Value = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str::<Value>(&text).map_err(anyhow::Error::from);
+                }
+                Some(Ok(_)) => {}
+                other => anyhow::bail!("live socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .context("no live hello within 10 s")??;
+    assert_eq!(
+        live["data"]["boot_id"], "stored",
+        "a hello the store refused was announced: {live}"
+    );
+    let (_, view) = cp.get(&format!("/api/v1/agents/{agent}")).await?;
+    assert_eq!(view["boot_id"], "stored");
+    Ok(())
+}

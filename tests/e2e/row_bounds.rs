@@ -210,7 +210,9 @@ async fn a_batch_the_store_refuses_is_counted_and_never_acknowledged(
     let pool = cp.store_pool().await?;
     let (create, drop) = match backend {
         Backend::Sqlite => (
-            vec!["CREATE TRIGGER refuse_results BEFORE INSERT ON results BEGIN SELECT RAISE(ABORT, 'injected fault'); END"],
+            vec![
+                "CREATE TRIGGER refuse_results BEFORE INSERT ON results BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+            ],
             "DROP TRIGGER refuse_results",
         ),
         Backend::Postgres => (
