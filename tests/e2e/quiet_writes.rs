@@ -32,25 +32,7 @@ async fn a_failed_enrollment_spends_no_token_use(backend: Backend) -> anyhow::Re
     let store = TestStore::create(backend).await?;
     let cp = ControlPlane::start(&store).await?;
     let token = cp.enrollment_token("europe", 1).await?;
-    let pool = cp.store_pool().await?;
-    let (create, drop) = match backend {
-        Backend::Sqlite => (
-            vec![
-                "CREATE TRIGGER refuse_agents BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
-            ],
-            "DROP TRIGGER refuse_agents",
-        ),
-        Backend::Postgres => (
-            vec![
-                "CREATE FUNCTION refuse_agents() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
-                "CREATE TRIGGER refuse_agents BEFORE INSERT ON agents FOR EACH ROW EXECUTE FUNCTION refuse_agents()",
-            ],
-            "DROP TRIGGER refuse_agents ON agents",
-        ),
-    };
-    for sql in create {
-        sqlx::query(sql).execute(&pool).await?;
-    }
+    cp.inject_insert_fault("agents").await?;
     let (status, reply) = enroll_with(&cp, &token).await?;
     assert_eq!(status, 500, "{reply}");
     let (_, tokens) = cp.get("/api/v1/enrollment-tokens").await?;
@@ -63,7 +45,7 @@ async fn a_failed_enrollment_spends_no_token_use(backend: Backend) -> anyhow::Re
     let (_, agents) = cp.get("/api/v1/agents").await?;
     assert_eq!(agents.as_array().map(Vec::len), Some(0));
 
-    sqlx::query(drop).execute(&pool).await?;
+    cp.clear_insert_fault("agents").await?;
     let (status, reply) = enroll_with(&cp, &token).await?;
     assert_eq!(status, 201, "{reply}");
     let (status, _) = enroll_with(&cp, &token).await?;

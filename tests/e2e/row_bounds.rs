@@ -207,25 +207,7 @@ async fn a_batch_the_store_refuses_is_counted_and_never_acknowledged(
     let identity = MqttIdentity::enroll(&cp, "europe").await?;
     let agent = identity.agent_id.clone();
     let (client, mut acks) = identity.listen("results/ack").await?;
-    let pool = cp.store_pool().await?;
-    let (create, drop) = match backend {
-        Backend::Sqlite => (
-            vec![
-                "CREATE TRIGGER refuse_results BEFORE INSERT ON results BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
-            ],
-            "DROP TRIGGER refuse_results",
-        ),
-        Backend::Postgres => (
-            vec![
-                "CREATE FUNCTION refuse_results() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$",
-                "CREATE TRIGGER refuse_results BEFORE INSERT ON results FOR EACH ROW EXECUTE FUNCTION refuse_results()",
-            ],
-            "DROP TRIGGER refuse_results ON results",
-        ),
-    };
-    for sql in create {
-        sqlx::query(sql).execute(&pool).await?;
-    }
+    cp.inject_insert_fault("results").await?;
     let batch = serde_json::to_vec(&json!({"v": 1, "items": [
         {"seq": 1, "measured_at_ms": 1_700_000_000_001_i64, "check_id": "web", "ok": true,
          "reason": "status 200", "timings": {"total_ms": 1.0}},
@@ -253,7 +235,7 @@ async fn a_batch_the_store_refuses_is_counted_and_never_acknowledged(
         "rows the store refused were acknowledged"
     );
 
-    sqlx::query(drop).execute(&pool).await?;
+    cp.clear_insert_fault("results").await?;
     client
         .publish(&topic, rumqttc::QoS::AtLeastOnce, false, batch)
         .await?;

@@ -532,6 +532,49 @@ impl ControlPlane {
         ))
     }
 
+    /// Makes the store refuse every insert into `table` (a trigger that raises "injected
+    /// fault"), to test what the control plane does when a write fails.
+    /// [`Self::clear_insert_fault`] removes it.
+    ///
+    /// # Errors
+    /// The store cannot be reached or refuses the trigger.
+    pub async fn inject_insert_fault(&self, table: &str) -> anyhow::Result<()> {
+        let pool = self.store_pool().await?;
+        let statements = if self.database_url.is_some() {
+            vec![
+                format!(
+                    "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$"
+                ),
+                format!(
+                    "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}()"
+                ),
+            ]
+        } else {
+            vec![format!(
+                "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'injected fault'); END"
+            )]
+        };
+        for sql in statements {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the fault [`Self::inject_insert_fault`] put on `table`.
+    ///
+    /// # Errors
+    /// The store cannot be reached or the trigger is not there.
+    pub async fn clear_insert_fault(&self, table: &str) -> anyhow::Result<()> {
+        let pool = self.store_pool().await?;
+        let sql = if self.database_url.is_some() {
+            format!("DROP TRIGGER refuse_{table} ON {table}")
+        } else {
+            format!("DROP TRIGGER refuse_{table}")
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
+        Ok(())
+    }
+
     /// Connects to the store the control plane uses, for assertions on raw rows.
     ///
     /// # Errors
