@@ -89,6 +89,13 @@ impl Application {
         let registry = Arc::new(Registry::default());
         registry.set_revoked(store.revoked_agent_ids().await?);
         let counters = Arc::new(Counters::default());
+        if settings.heap_trim_interval_ms > 0 {
+            crate::memory::spawn_trimmer(
+                Duration::from_millis(settings.heap_trim_interval_ms),
+                counters.clone(),
+            )
+            .context("cannot start the heap trimmer")?;
+        }
         let state = AppState {
             store: store.clone(),
             pki: pki.clone(),

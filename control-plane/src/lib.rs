@@ -24,6 +24,7 @@ pub mod demo;
 pub mod frontdoor;
 pub mod hub;
 pub mod ingest;
+pub mod memory;
 pub mod pki;
 pub mod renew;
 pub mod settings;

@@ -10,20 +10,8 @@
 
 use clap::Parser;
 
-/// Buffers of this size and more (desired configs, MQTT packets, batches) are mapped on their
-/// own and returned to the system when freed.
-const MMAP_THRESHOLD_BYTES: i32 = 64 * 1024;
-
 fn main() {
-    // glibc raises its mmap threshold after each large free, after which large buffers come
-    // from the heap arenas and fragment them: RSS then climbs with every burst of config
-    // changes and reconnects. A fixed threshold keeps large buffers out of the arenas
-    // (BENCHMARKS.md, config churn).
-    // SAFETY: mallopt only changes allocator parameters, and no other thread exists yet (the
-    // runtime is built below).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-    }
+    vantage_control_plane::memory::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -97,6 +97,11 @@ pub struct Settings {
     #[arg(long, env = "VANTAGE_HTTP_IDLE_TIMEOUT_MS", default_value_t = 120_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub http_idle_timeout_ms: u64,
+    /// After agents logged in (reconnect churn leaves freed pages behind), freed heap memory
+    /// is handed back to the system at most once per this many milliseconds; 0 turns it off.
+    /// Each trim costs a few milliseconds of allocator locks and page faults after it.
+    #[arg(long, env = "VANTAGE_HEAP_TRIM_INTERVAL_MS", default_value_t = 5_000)]
+    pub heap_trim_interval_ms: u64,
 }
 
 fn parse_secret(text: &str) -> Result<Secret, String> {
@@ -127,6 +132,7 @@ impl Settings {
             http_handshake_timeout_ms: 10_000,
             http_header_timeout_ms: 20_000,
             http_idle_timeout_ms: 120_000,
+            heap_trim_interval_ms: 0,
         }
     }
 

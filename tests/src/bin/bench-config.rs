@@ -1,7 +1,8 @@
 //! Control-plane memory across configuration churn: agents with hundreds of checks each, a
 //! thousand check changes and reconnect storms; RSS at start and end must stay flat. RSS is
 //! printed after setup, after a warm-up of a fifth as many changes and one storm (the start),
-//! and at the end. Then the time to create thousands of checks through the API.
+//! and at the end; start and end are read after 7 s without changes (the control plane trims
+//! its heap at most every 5 s after logins). Then the time to create thousands of checks through the API.
 //!
 //! The agents are MQTT sessions driven by this process (enrolled through the real API, mutual
 //! TLS through the real front door, subscribed to their own config, cmd and results/ack,
@@ -30,6 +31,9 @@ struct Session {
     client: AsyncClient,
     task: JoinHandle<()>,
 }
+
+/// Quiet time before RSS is read at start and end.
+const SETTLE: Duration = Duration::from_secs(7);
 
 async fn open_session(identity: &MqttIdentity, received: Received) -> anyhow::Result<Session> {
     let id = identity.agent_id.clone();
@@ -276,12 +280,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let (_, warm_storms) = ctx.run(0, n_changes / 5, 1).await?;
     wait_configs(&received, &expected, Duration::from_secs(120)).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Longer than the control plane's heap trim interval (5 s by default): both readings
+    // come after the trim that follows a reconnect storm, as they would in a running system.
+    tokio::time::sleep(SETTLE).await;
     let rss_start = rss_mib(pid)?;
     let (churn, rss_samples) = ctx.run(n_changes, n_changes, n_storms).await?;
     // Settle: every agent holds its region's latest config, then memory is read.
     wait_configs(&received, &expected, Duration::from_secs(120)).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(SETTLE).await;
     let rss_end = rss_mib(pid)?;
     println!(
         "config-churn backend={} rss_after_setup_mib={rss_setup:.1} warmup_changes={} warmup_storms={} rss_start_mib={rss_start:.1} changes={n_changes} storms={} churn_s={:.1} rss_end_mib={rss_end:.1} growth_pct={:.1} rss_at_storms_mib={}",
