@@ -106,7 +106,10 @@ pub enum SpoolError {
 /// The spool.
 pub struct Spool {
     path: PathBuf,
-    journal: BufWriter<File>,
+    /// The journal, opened for appending; every line goes through [`Spool::append_line`].
+    journal: File,
+    /// Length of the journal up to its last whole line.
+    journal_len: u64,
     /// Whether the journal has writes since its last fsync.
     dirty: bool,
     entries: VecDeque<Entry>,
@@ -194,16 +197,16 @@ impl Spool {
         entries.retain(|e| e.json.len() <= MAX_ENTRY_BYTES);
         unsendable += (before - entries.len()) as u64;
         let bytes = entries.iter().map(|e| e.json.len()).sum();
-        let journal = BufWriter::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(err)?,
-        );
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(err)?;
+        let journal_len = journal.metadata().map_err(err)?.len();
         let mut spool = Spool {
             path,
             journal,
+            journal_len,
             dirty: false,
             entries,
             bytes,
@@ -265,8 +268,7 @@ impl Spool {
         if !self.dirty {
             return Ok(());
         }
-        self.journal.flush().map_err(self.err())?;
-        self.journal.get_ref().sync_data().map_err(self.err())?;
+        self.journal.sync_data().map_err(self.err())?;
         self.dirty = false;
         Ok(())
     }
@@ -288,9 +290,7 @@ impl Spool {
         if json.len() > MAX_ENTRY_BYTES {
             self.unsendable += 1;
             let line = format!("{{\"unsendable\":{}}}", self.unsendable);
-            writeln!(self.journal, "{line}").map_err(self.err())?;
-            self.journal.flush().map_err(self.err())?;
-            self.journal_lines += 1;
+            self.append_line(&line)?;
             self.dirty = true;
             return Err(SpoolError::Unsendable {
                 len: json.len(),
@@ -302,12 +302,11 @@ impl Spool {
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
         let line = serde_json::json!({ "e": { "seq": seq, "k": kind, "d": raw } });
-        writeln!(self.journal, "{line}").map_err(self.err())?;
-        self.journal.flush().map_err(self.err())?;
+        self.append_line(&line.to_string())?;
         self.dirty = true;
-        // The seq is spent only once the entry is on disk: a failed write leaves no gap.
+        // The seq is spent only once the entry is in the journal: a failed write leaves
+        // neither a gap nor a line that a later write could complete.
         self.next_seq += 1;
-        self.journal_lines += 1;
         self.bytes += json.len();
         self.entries.push_back(Entry {
             seq,
@@ -333,9 +332,7 @@ impl Spool {
         if let Some(seq) = cut_to {
             self.cut = self.cut.max(seq);
             let line = format!("{{\"cut\":{seq},\"dropped\":{}}}", self.dropped);
-            writeln!(self.journal, "{line}").map_err(self.err())?;
-            self.journal.flush().map_err(self.err())?;
-            self.journal_lines += 1;
+            self.append_line(&line)?;
             if self.journal_lines > 2 * self.entries.len() + 1000 {
                 self.compact()?;
             }
@@ -364,20 +361,64 @@ impl Spool {
         }
         self.bytes -= freed;
         let line = serde_json::json!({ "ack": ranges });
-        writeln!(self.journal, "{line}").map_err(self.err())?;
-        self.journal.flush().map_err(self.err())?;
-        self.journal_lines += 1;
+        self.append_line(&line.to_string())?;
         if self.journal_lines > 2 * self.entries.len() + 1000 {
             self.compact()?;
         }
         Ok(n)
     }
 
+    /// Appends one line to the journal (to the kernel), whole or not at all: a write that
+    /// fails part way (a full disk) is cut back to the last whole line, so no torn line is
+    /// left for a later line to be glued to, and nothing stays buffered to be written later.
+    fn append_line(&mut self, line: &str) -> Result<(), SpoolError> {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        if let Err(source) = self.journal.write_all(&bytes) {
+            if let Err(error) = self.journal.set_len(self.journal_len) {
+                tracing::warn!(%error, "Cannot cut a failed journal write back");
+            }
+            return Err(SpoolError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.journal_len += bytes.len() as u64;
+        self.journal_lines += 1;
+        Ok(())
+    }
+
     /// Rewrites the journal with only the live entries.
     fn compact(&mut self) -> Result<(), SpoolError> {
         let tmp = self.path.with_extension("tmp");
+        let written = self.write_compacted(&tmp);
+        if written.is_err() {
+            // A full disk: leave the journal as it is and free what the attempt took.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+        std::fs::rename(&tmp, &self.path).map_err(self.err())?;
+        // The rename is durable only once the directory is synced.
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(self.err())?;
+        }
+        self.dirty = false;
+        self.journal = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(self.err())?;
+        self.journal_len = self.journal.metadata().map_err(self.err())?.len();
+        self.journal_lines = self.entries.len() + 1;
+        Ok(())
+    }
+
+    /// Writes the header and the live entries to `tmp` and syncs it.
+    fn write_compacted(&self, tmp: &Path) -> Result<(), SpoolError> {
         {
-            let mut out = BufWriter::new(File::create(&tmp).map_err(self.err())?);
+            let mut out = BufWriter::new(File::create(tmp).map_err(self.err())?);
             let header = Header {
                 next_seq: self.next_seq,
                 cut: self.cut,
@@ -402,21 +443,6 @@ impl Spool {
             out.flush().map_err(self.err())?;
             out.get_ref().sync_all().map_err(self.err())?;
         }
-        std::fs::rename(&tmp, &self.path).map_err(self.err())?;
-        // The rename is durable only once the directory is synced.
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(self.err())?;
-        }
-        self.dirty = false;
-        self.journal = BufWriter::new(
-            OpenOptions::new()
-                .append(true)
-                .open(&self.path)
-                .map_err(self.err())?,
-        );
-        self.journal_lines = self.entries.len() + 1;
         Ok(())
     }
 

@@ -205,3 +205,145 @@ async fn sigterm_syncs_and_appends_are_fsynced_in_groups() -> anyhow::Result<()>
     assert_eq!(cp.counter("vantage_ingest_seq_rewound_total").await?, 0);
     Ok(())
 }
+
+/// A tmpfs mounted over a directory for the life of the guard (the test runs as root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> anyhow::Result<Tmpfs> {
+        std::fs::create_dir_all(at)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .context("mount")?;
+        anyhow::ensure!(
+            status.success(),
+            "mount -t tmpfs failed (the tests run as root)"
+        );
+        Ok(Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system holding `path` with a file there until a write fails.
+fn fill(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    let block = vec![0u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    // Whatever a short write left room for goes too.
+    while file.write_all(&block[..64]).is_ok() {}
+    Ok(())
+}
+
+crate::both_backends!(
+    a_full_state_dir_is_counted_and_recovered,
+    a_full_state_dir_is_counted_and_recovered
+);
+
+/// The agent's state dir fills up: rows that cannot be spooled are counted as write errors
+/// and reported in heartbeats (the agent view shows them), the agent stays up, the journal
+/// keeps only whole lines with distinct seqs (no half-written line that a later write could
+/// complete under a reused seq), and once there is room again new rows are spooled and
+/// stored, and a restart replays the journal cleanly.
+async fn a_full_state_dir_is_counted_and_recovered(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start_with(&store, &[("VANTAGE_HEARTBEAT_INTERVAL_S", "1")]).await?;
+    fast_checks(&cp, "europe", 3).await?;
+    let token = cp.enrollment_token("europe", 1).await?;
+    let mut agent = Agent::start(&cp, &token, "")?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("first rows stored", Duration::from_secs(30), || async {
+        (n_results_since(&cp, &id, 0).await? >= 3).then_some(())
+    })
+    .await
+    .with_context(|| agent.log())?;
+
+    // Move the state onto a small file system of its own.
+    let status = agent.terminate(Duration::from_secs(10))?;
+    anyhow::ensure!(status.success(), "agent exited with {status}");
+    let saved = tempfile::tempdir()?;
+    copy_dir(&agent.state_dir(), &saved.path().join("state"))?;
+    std::fs::remove_dir_all(agent.state_dir())?;
+    let _tmpfs = Tmpfs::mount(&agent.state_dir(), "4m")?;
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cp -a {}/. {}/",
+            saved.path().join("state").display(),
+            agent.state_dir().display()
+        ))
+        .status()?;
+    anyhow::ensure!(status.success(), "cp into the tmpfs failed");
+    agent.spawn()?;
+    let restarted_at = now_ms();
+    wait_for("rows after the move", Duration::from_secs(30), || async {
+        (n_results_since(&cp, &id, restarted_at).await? >= 3).then_some(())
+    })
+    .await
+    .with_context(|| agent.log())?;
+
+    let filler = agent.state_dir().join("filler");
+    fill(&filler)?;
+    let view = wait_for("write errors reported", Duration::from_secs(30), || async {
+        let view = cp.agent(&id).await.ok()?;
+        (view["spool_write_errors_total"].as_i64()? >= 3).then_some(view)
+    })
+    .await
+    .with_context(|| agent.log())?;
+    assert_eq!(view["state"], "online", "{view}");
+    assert!(
+        agent.log().contains("Cannot spool a result"),
+        "{}",
+        agent.log()
+    );
+
+    std::fs::remove_file(&filler)?;
+    let freed_at = now_ms();
+    wait_for(
+        "rows after room came back",
+        Duration::from_secs(30),
+        || async { (n_results_since(&cp, &id, freed_at).await? >= 6).then_some(()) },
+    )
+    .await
+    .with_context(|| agent.log())?;
+
+    // Every journal line is whole, and no seq appears twice.
+    let status = agent.terminate(Duration::from_secs(10))?;
+    anyhow::ensure!(status.success(), "agent exited with {status}");
+    let journal = std::fs::read_to_string(agent.state_dir().join("spool.jsonl"))?;
+    let mut seqs = std::collections::HashSet::new();
+    for line in journal.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("a torn journal line: {line:?}"))?;
+        if let Some(seq) = value["e"]["seq"].as_u64() {
+            assert!(
+                seqs.insert(seq),
+                "seq {seq} twice in the journal:\n{journal}"
+            );
+        }
+    }
+    let before = cp.agent(&id).await?["last_seq"].as_i64().unwrap_or(0);
+    agent.spawn()?;
+    wait_for(
+        "rows after the restart",
+        Duration::from_secs(20),
+        || async {
+            let last_seq = cp.agent(&id).await.ok()?["last_seq"].as_i64()?;
+            (last_seq > before + 4).then_some(())
+        },
+    )
+    .await
+    .with_context(|| agent.log())?;
+    agent.terminate(Duration::from_secs(10))?;
+    Ok(())
+}
