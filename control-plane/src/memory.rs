@@ -8,10 +8,9 @@
 //! `malloc_trim(0)` releases free pages anywhere in every arena (not only at the top of the
 //! heap) and brings RSS back to the live heap (BENCHMARKS.md, config churn). It is not free:
 //! each trim holds the allocator's locks for 5–16 ms on a 300 MiB control plane, and every
-//! page it released is faulted in again when reused (trimming every 5 s regardless raised the
-//! live feed's p50 from 0.85 to 1.29 ms). So it runs only after agents logged in (the churn
-//! that leaves freed pages behind), at most once per `--heap-trim-interval-ms`, and never in
-//! a steady state.
+//! page it released is faulted in again when reused. So it runs only after agents logged in
+//! (the churn that leaves freed pages behind), at most once per `--heap-trim-interval-ms`,
+//! and never in a steady state.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
