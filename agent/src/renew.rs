@@ -595,4 +595,71 @@ mod tests {
         assert_eq!(read(dir, "agent.key").as_deref(), Some("staged key"));
         assert_eq!(read(dir, "agent.pem").as_deref(), Some("staged cert"));
     }
+    #[test]
+    fn a_new_certificate_that_fails_three_connects_gives_way_to_the_old_one() {
+        let ca = ca();
+        let now = time::OffsetDateTime::now_utc();
+        let hour = time::Duration::hours(1);
+        let old_key = KeyPair::generate().unwrap();
+        let old_cert = issue(&ca, &old_key, "ag-1", now - hour, 3 * hour);
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        write(dir, "agent.key", &old_key.serialize_pem());
+        write(dir, "agent.pem", &old_cert);
+        let identity = Identity {
+            agent_id: "ag-1".into(),
+            region: "europe".into(),
+            mqtt_addr: "127.0.0.1:8883".into(),
+            server_name: "127.0.0.1".into(),
+            cert_pem: old_cert.clone(),
+            key_pem: old_key.serialize_pem(),
+            ca_pem: ca.1.clone(),
+        };
+        let old_tls =
+            Arc::new(tls::mutual_client(&ca.1, &old_cert, &old_key.serialize_pem()).unwrap());
+        let mut renewal = Renewal::new(&identity, dir, old_tls.clone()).unwrap();
+
+        renewal.request().unwrap();
+        let new_cert = {
+            let pending = renewal.pending.as_ref().unwrap();
+            issue(&ca, &pending.key, "ag-1", now - hour, 3 * hour)
+        };
+        let (generation, new_tls) = renewal.accept(&new_cert).unwrap();
+        assert!(!Arc::ptr_eq(&new_tls, &old_tls));
+        assert_eq!(read(dir, "agent.pem.next"), Some(new_cert.clone()));
+        assert!(
+            renewal.due().is_none(),
+            "no new CSR while the new pair is tried"
+        );
+
+        // Two failures: keep trying the new pair.
+        assert!(renewal.on_connect_failed().is_none());
+        assert!(renewal.on_connect_failed().is_none());
+        // The third: back to the old pair, staged files gone, a new renewal scheduled.
+        let (back, tls) = renewal
+            .on_connect_failed()
+            .expect("the old pair is used again");
+        assert!(Arc::ptr_eq(&tls, &old_tls));
+        assert!(back > generation);
+        assert!(read(dir, "agent.key.next").is_none() && read(dir, "agent.pem.next").is_none());
+        assert_eq!(read(dir, "agent.pem"), Some(old_cert.clone()));
+        assert!(renewal.due().is_some());
+        // A late CONNACK of the abandoned pair promotes nothing.
+        assert_eq!(renewal.on_connected(generation).unwrap(), None);
+        assert_eq!(read(dir, "agent.pem"), Some(old_cert));
+        assert_eq!(renewal.n_renewed, 0);
+
+        // With the old certificate expired there is nothing to go back to: keep trying.
+        renewal.request().unwrap();
+        let newer_cert = {
+            let pending = renewal.pending.as_ref().unwrap();
+            issue(&ca, &pending.key, "ag-1", now - hour, 3 * hour)
+        };
+        renewal.accept(&newer_cert).unwrap();
+        renewal.current.not_after_ms = crate::now_ms() - 1;
+        for _ in 0..5 {
+            assert!(renewal.on_connect_failed().is_none());
+        }
+        assert_eq!(read(dir, "agent.pem.next"), Some(newer_cert));
+    }
 }
