@@ -314,3 +314,46 @@ async fn sweep_silent_agents(state: AppState) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    /// Agents cannot publish outside their own topics (the front door refuses it), so only a
+    /// publish on the control plane's own link reaches ingest on a topic it cannot parse:
+    /// ingest drops it, counts it under `reason="topic"`, and goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ingest_counts_and_skips_messages_on_unparseable_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = Application::build(Settings::ephemeral(dir.path().to_owned()))
+            .await
+            .unwrap();
+        let state = app.state.clone();
+        for topic in [
+            "vantage/v1/agents/Not An Id/results",
+            "vantage/v1/agents/UPPER/hello",
+            "vantage/v1/agents/.hidden/metrics",
+        ] {
+            state
+                .publisher
+                .publish(topic, b"{}".to_vec(), false)
+                .await
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while state.counters.ingest_bad_topic.load(Ordering::Relaxed) < 3
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(state.counters.ingest_bad_topic.load(Ordering::Relaxed), 3);
+        assert_eq!(state.counters.ingest_messages.load(Ordering::Relaxed), 0);
+        let text = state.counters.render();
+        assert!(
+            text.contains("vantage_ingest_rejected_total{reason=\"topic\"} 3"),
+            "{text}"
+        );
+    }
+}
