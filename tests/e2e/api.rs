@@ -104,6 +104,10 @@ async fn refusals_are_json_with_the_right_status(backend: Backend) -> anyhow::Re
             json!({"name": "x", "kind": {"type": "tcp", "host": "h", "port": 1}, "regions": ["eu"], "unknown": 1}),
             422,
         ),
+        (
+            json!({"name": "x", "kind": {"type": "tcp", "host": "h", "port": 1}, "regions": ["eu", "us", "eu"]}),
+            422,
+        ),
         (json!([1, 2, 3]), 422),
     ] {
         let (status, reply) = cp.post("/api/v1/checks", body.clone()).await?;

@@ -83,6 +83,10 @@ pub fn validate(body: &CheckBody) -> Result<(), ApiError> {
     if let Some(bad) = body.regions.iter().find(|r| !topic::valid_id(r)) {
         return invalid(format!("region {bad:?} is not a valid region id"));
     }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = body.regions.iter().find(|r| !seen.insert(r.as_str())) {
+        return invalid(format!("region {twice:?} is named twice"));
+    }
     if body.quorum == 0 || body.quorum as usize > body.regions.len() {
         return invalid("quorum must be between 1 and the number of regions".into());
     }
