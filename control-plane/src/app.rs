@@ -109,6 +109,7 @@ impl Application {
             config_budget: Arc::default(),
             reassign: Arc::default(),
             pending: Arc::default(),
+            csr_throttle: Arc::default(),
             rate_limiter: Arc::new(crate::api::RateLimiter::new(
                 settings.api_rate_per_s,
                 settings.api_rate_burst,

@@ -105,6 +105,7 @@ counters! {
     cert_renewals_bad_request => ("vantage_cert_renewals_refused_total", "Agent certificate renewals refused, by reason.", "{reason=\"bad_request\"}"),
     cert_renewals_bad_csr => ("vantage_cert_renewals_refused_total", "Agent certificate renewals refused, by reason.", "{reason=\"bad_csr\"}"),
     cert_renewals_identity => ("vantage_cert_renewals_refused_total", "Agent certificate renewals refused, by reason.", "{reason=\"identity\"}"),
+    cert_renewals_throttled => ("vantage_cert_renewals_refused_total", "Agent certificate renewals refused, by reason.", "{reason=\"throttled\"}"),
     cert_renewals_failed => ("vantage_cert_renewals_failed_total", "Agent certificate renewals not completed for a fault of ours (store or publish failed; the agent asks again)."),
 }
 

@@ -54,4 +54,6 @@ pub struct AppState {
     pub rate_limiter: Arc<api::RateLimiter>,
     /// Run-now requests waiting for agents' answers.
     pub pending: Arc<api::run::Pending>,
+    /// One certificate renewal request handled per agent per window.
+    pub csr_throttle: Arc<renew::CsrThrottle>,
 }

@@ -9,8 +9,17 @@
 //! expiry gauges show), and only then sent. Refusals are counted by reason and logged; the
 //! agent gets no answer and asks again later. The previous certificate is not refused: it
 //! stays valid until its own expiry (revocation refuses every certificate of the agent).
+//!
+//! Issuing is throttled per agent ([`CsrThrottle`]): after a certificate was issued, the
+//! agent's next request within validity/60 (1 s to 30 s) is dropped before any signing and
+//! counted under `reason="throttled"`. That is half the shortest retry delay of a conforming
+//! agent (validity/30, 2 s to 60 s), so only a misbehaving agent is throttled. Refused
+//! requests do not start a window (each is refused for its own reason).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use vantage_mqtt::{AgentTopic, Command, CommandMessage, CsrRequest, encode, topic};
 
@@ -27,8 +36,51 @@ fn valid_request_id(request_id: &str) -> bool {
         && request_id.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// Agents remembered by the throttle before old entries are swept.
+const THROTTLE_SWEEP_AT: usize = 1024;
+
+/// When each agent was last issued a certificate, to issue at most one per window.
+#[derive(Debug, Default)]
+pub struct CsrThrottle {
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl CsrThrottle {
+    /// The window for certificates valid for `validity`: validity/60, 1 s to 30 s.
+    pub fn window(validity: Duration) -> Duration {
+        (validity / 60).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    /// Whether `agent` may be issued a certificate at `now`.
+    pub fn allows(&self, agent: &str, now: Instant, window: Duration) -> bool {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.get(agent)
+            .is_none_or(|at| now.saturating_duration_since(*at) >= window)
+    }
+
+    /// Records an issue to `agent` at `now`. Entries older than `window` are swept once
+    /// [`THROTTLE_SWEEP_AT`] agents are remembered, so the map holds at most the agents of
+    /// one window plus that many.
+    pub fn record(&self, agent: &str, now: Instant, window: Duration) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() >= THROTTLE_SWEEP_AT {
+            last.retain(|_, at| now.saturating_duration_since(*at) < window);
+        }
+        last.insert(agent.to_owned(), now);
+    }
+}
+
 /// Handles one renewal request of agent `id`: signs, records, answers on `cmd`.
 pub async fn on_csr(state: &AppState, id: &str, request: CsrRequest) {
+    let window = CsrThrottle::window(state.settings.cert_validity());
+    if !state.csr_throttle.allows(id, Instant::now(), window) {
+        state
+            .counters
+            .cert_renewals_throttled
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(agent = %id, ?window, "Dropped a certificate renewal request: a certificate was issued within the window");
+        return;
+    }
     if !valid_request_id(&request.request_id) {
         state
             .counters
@@ -64,7 +116,7 @@ pub async fn on_csr(state: &AppState, id: &str, request: CsrRequest) {
         .set_agent_cert(id, &issued.serial_hex, issued.not_after_ms)
         .await
     {
-        Ok(true) => {}
+        Ok(true) => state.csr_throttle.record(id, Instant::now(), window),
         Ok(false) => {
             tracing::info!(agent = %id, "Not renewing the certificate of an agent revoked meanwhile");
             return;
@@ -112,6 +164,40 @@ pub async fn on_csr(state: &AppState, id: &str, request: CsrRequest) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_throttle_allows_one_issue_per_agent_and_window_and_stays_bounded() {
+        let throttle = CsrThrottle::default();
+        let window = Duration::from_secs(2);
+        let t0 = Instant::now();
+        assert!(throttle.allows("ag-1", t0, window));
+        assert!(
+            throttle.allows("ag-1", t0, window),
+            "asking starts no window"
+        );
+        throttle.record("ag-1", t0, window);
+        assert!(!throttle.allows("ag-1", t0 + Duration::from_millis(1999), window));
+        assert!(
+            throttle.allows("ag-2", t0, window),
+            "agents are throttled apart"
+        );
+        assert!(throttle.allows("ag-1", t0 + window, window));
+        for i in 0..3 * THROTTLE_SWEEP_AT {
+            let at = t0 + window * 2 + Duration::from_secs(i as u64);
+            throttle.record(&format!("flood-{i}"), at, window);
+        }
+        let held = throttle.last.lock().unwrap().len();
+        assert!(held <= THROTTLE_SWEEP_AT, "{held} agents remembered");
+        assert_eq!(
+            CsrThrottle::window(Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            CsrThrottle::window(Duration::from_secs(90 * 86_400)),
+            Duration::from_secs(30)
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -311,6 +311,40 @@ async fn foreign_and_wrong_name_csrs_are_refused(backend: Backend) -> anyhow::Re
     );
     assert_eq!(cp.counter("vantage_cert_renewals_issued_total").await?, 1);
 
+    // The same request again at once: a certificate was just issued, so it is dropped
+    // before signing and counted; no second certificate is issued.
+    client
+        .publish(
+            &own_topic,
+            QoS::AtLeastOnce,
+            false,
+            csr_message("r-again", &csr(&key, Some(&attacker.agent_id), &[])?),
+        )
+        .await?;
+    // The event loop must run for the publish to go out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cp
+        .counter("vantage_cert_renewals_refused_total{reason=\"throttled\"}")
+        .await?
+        < 1
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the repeat was not throttled within 10 s"
+        );
+        match tokio::time::timeout(Duration::from_millis(100), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::Publish(publish)))) => {
+                anyhow::bail!(
+                    "a second answer: {}",
+                    String::from_utf8_lossy(&publish.payload)
+                )
+            }
+            Ok(Err(error)) => anyhow::bail!("connection closed: {error}"),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    assert_eq!(cp.counter("vantage_cert_renewals_issued_total").await?, 1);
+
     // The answer is a certificate for the new key and the attacker's own id, as recorded.
     let cert_pem = answer["command"]["cert_pem"].as_str().context("cert_pem")?;
     let facts = vantage_agent::renew::check_certificate(
