@@ -212,7 +212,8 @@ async fn bootstrap_admin_token(store: &Store, data_dir: &std::path::Path) -> any
 
 /// Publishes every retained desired config and status the store holds.
 async fn republish_retained(state: &AppState) -> anyhow::Result<()> {
-    for (agent, config) in state.store.desired_configs().await? {
+    for stored in state.store.desired_configs().await? {
+        let (agent, config) = (stored.agent_id, stored.config_json);
         state
             .publisher
             .publish(
@@ -294,7 +295,7 @@ async fn sweep_silent_agents(state: AppState) {
         let cutoff = crate::store::now_ms() - window_ms;
         for agent in agents {
             let silent = agent.last_seen_ms.is_none_or(|seen| seen < cutoff);
-            if agent.revoked_at_ms.is_some() || agent.state != "online" || !silent {
+            if agent.revoked_at_ms.is_some() || agent.state != NodeState::Online || !silent {
                 continue;
             }
             // Conditional on the row as it is now, not on this snapshot.

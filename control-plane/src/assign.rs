@@ -88,9 +88,13 @@ fn digest_of(config: &DesiredConfig) -> u64 {
 pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
     let mut published = state.assign_lock.lock().await;
     if !published.loaded {
-        for (agent, json) in state.store.desired_configs().await? {
-            if let Ok(config) = decode_limited::<DesiredConfig>(json.as_bytes(), MAX_CONFIG_BYTES) {
-                published.by_agent.insert(agent, digest_of(&config));
+        for stored in state.store.desired_configs().await? {
+            if let Ok(config) =
+                decode_limited::<DesiredConfig>(stored.config_json.as_bytes(), MAX_CONFIG_BYTES)
+            {
+                published
+                    .by_agent
+                    .insert(stored.agent_id, digest_of(&config));
             }
         }
         published.assignments = state
@@ -98,7 +102,7 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
             .list_assignments()
             .await?
             .into_iter()
-            .map(|(check, agent, region)| ((check, agent), region))
+            .map(|row| ((row.check_id, row.agent_id), row.region))
             .collect();
         published.loaded = true;
     }
@@ -107,7 +111,7 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
     let online = || {
         agents
             .iter()
-            .filter(|a| a.revoked_at_ms.is_none() && a.state == "online")
+            .filter(|a| a.revoked_at_ms.is_none() && a.state == vantage_mqtt::NodeState::Online)
     };
 
     // Each check's spec and digest, once per run.

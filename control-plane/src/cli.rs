@@ -290,7 +290,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "{}\t{}\t{}\t{}{}",
                     agent.id,
                     agent.region,
-                    agent.state,
+                    agent.state.as_str(),
                     agent.hostname,
                     if agent.revoked_at_ms.is_some() {
                         "\trevoked"

@@ -443,8 +443,8 @@ impl FrontDoor {
                     }
                     _ => None,
                 };
-                let role = found.as_ref().map(|(_, role)| *role);
-                token_id = found.map(|(id, _)| id);
+                let role = found.as_ref().map(|token| token.role);
+                token_id = found.map(|token| token.id);
                 if role.is_none_or(|r| r < Role::Viewer) {
                     self.counters
                         .frontdoor_bad_credentials

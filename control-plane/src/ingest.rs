@@ -397,11 +397,7 @@ async fn on_hello(
 
 /// Records a connection state change, publishes it and reassigns checks.
 pub async fn on_status(state: &AppState, id: &str, region: &str, node_state: NodeState) {
-    let text = match node_state {
-        NodeState::Online => "online",
-        NodeState::Offline => "offline",
-    };
-    match state.store.set_agent_state(id, text).await {
+    match state.store.set_agent_state(id, node_state).await {
         Ok(true) => {}
         Ok(false) => return,
         Err(error) => {
@@ -415,11 +411,7 @@ pub async fn on_status(state: &AppState, id: &str, region: &str, node_state: Nod
 /// Publishes a connection state the store already holds: retained topic, live feed, and a
 /// reassignment.
 pub async fn publish_status(state: &AppState, id: &str, region: &str, node_state: NodeState) {
-    let text = match node_state {
-        NodeState::Online => "online",
-        NodeState::Offline => "offline",
-    };
-    tracing::info!(agent = %id, state = text, "Agent state changed");
+    tracing::info!(agent = %id, state = node_state.as_str(), "Agent state changed");
     let view = NodeStatusView {
         v: vantage_mqtt::PROTOCOL_VERSION,
         agent_id: id.to_owned(),

@@ -75,6 +75,33 @@ pub enum NodeState {
     Offline,
 }
 
+impl NodeState {
+    /// The state's name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Online => "online",
+            NodeState::Offline => "offline",
+        }
+    }
+}
+
+/// A stored or sent state name that is not one of [`NodeState`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown node state {0:?}")]
+pub struct UnknownNodeState(pub String);
+
+impl TryFrom<String> for NodeState {
+    type Error = UnknownNodeState;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        match name.as_str() {
+            "online" => Ok(NodeState::Online),
+            "offline" => Ok(NodeState::Offline),
+            _ => Err(UnknownNodeState(name)),
+        }
+    }
+}
+
 /// `agents/{id}/status`: retained `online`; the last will carries `offline`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

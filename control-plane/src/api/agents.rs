@@ -7,11 +7,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vantage_mqtt::{AgentTopic, topic};
+use vantage_mqtt::{AgentTopic, NodeState, topic};
 
 use super::{ApiError, ApiJson, Caller};
 use crate::AppState;
-use crate::store::{AgentRow, Role, TokenRefusal, now_ms, random_id};
+use crate::store::{AgentRow, Labels, Role, TokenRefusal, now_ms, random_id};
 
 /// An agent as the API shows it.
 #[derive(Debug, Serialize)]
@@ -23,7 +23,7 @@ pub struct AgentView {
     pub arch: String,
     pub os: String,
     pub version: String,
-    pub state: String,
+    pub state: NodeState,
     pub last_seen_ms: Option<i64>,
     pub enrolled_at_ms: i64,
     pub revoked: bool,
@@ -41,7 +41,7 @@ pub struct AgentView {
 impl From<AgentRow> for AgentView {
     fn from(row: AgentRow) -> Self {
         AgentView {
-            labels: serde_json::from_str(&row.labels).unwrap_or_default(),
+            labels: row.labels.0,
             revoked: row.revoked_at_ms.is_some(),
             id: row.id,
             region: row.region,
@@ -241,14 +241,14 @@ pub async fn enroll(
             AgentRow {
                 id: agent_id.clone(),
                 region: grant.region.clone(),
-                labels: serde_json::to_string(&labels).unwrap_or_else(|_| "{}".into()),
+                labels: Labels(labels),
                 hostname: request.hostname.clone(),
                 arch: request.arch.clone(),
                 os: request.os.clone(),
                 version: request.version.clone(),
                 cert_serial: issued.serial_hex.clone(),
                 cert_not_after_ms: issued.not_after_ms,
-                state: "offline".into(),
+                state: NodeState::Offline,
                 last_seen_ms: None,
                 enrolled_at_ms: now_ms(),
                 revoked_at_ms: None,
@@ -269,7 +269,7 @@ pub async fn enroll(
             return Err(ApiError::Refused(refusal.to_string()));
         }
     };
-    let labels: BTreeMap<String, String> = serde_json::from_str(&row.labels).unwrap_or_default();
+    let labels = row.labels.0;
     let grant_region = row.region;
     tracing::info!(agent = %agent_id, region = %grant_region, "Agent enrolled");
     Ok((

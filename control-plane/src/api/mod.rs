@@ -172,12 +172,15 @@ impl FromRequestParts<AppState> for Caller {
         if token.is_empty() || token.len() > 200 {
             return Err(ApiError::Unauthorized);
         }
-        let (token_id, role) = state
+        let found = state
             .store
             .api_token(&token)
             .await?
             .ok_or(ApiError::Unauthorized)?;
-        Ok(Caller { role, token_id })
+        Ok(Caller {
+            role: found.role,
+            token_id: found.id,
+        })
     }
 }
 

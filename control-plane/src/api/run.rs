@@ -236,7 +236,11 @@ async fn dispatch(
     for region in regions {
         let agent = agents
             .iter()
-            .filter(|a| a.region == region && a.state == "online" && a.revoked_at_ms.is_none())
+            .filter(|a| {
+                a.region == region
+                    && a.state == vantage_mqtt::NodeState::Online
+                    && a.revoked_at_ms.is_none()
+            })
             .min_by_key(|a| a.id.clone());
         let Some(agent) = agent else {
             outcomes.push(RegionOutcome {

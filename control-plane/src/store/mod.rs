@@ -279,7 +279,7 @@ impl Store {
                     sqlx::query(insert)
                         .bind(&agent.id)
                         .bind(&agent.region)
-                        .bind(&agent.labels)
+                        .bind(agent.labels.to_json())
                         .bind(&agent.hostname)
                         .bind(&agent.arch)
                         .bind(&agent.os)
@@ -344,20 +344,25 @@ impl Store {
     /// # Errors
     /// Database errors only.
     pub async fn api_token_role(&self, secret: &str) -> Result<Option<Role>, StoreError> {
-        Ok(self.api_token(secret).await?.map(|(_, role)| role))
+        Ok(self.api_token(secret).await?.map(|token| token.role))
     }
 
     /// The id and role of the live API token with this secret, if any.
     ///
     /// # Errors
     /// Database errors only.
-    pub async fn api_token(&self, secret: &str) -> Result<Option<(String, Role)>, StoreError> {
+    pub async fn api_token(&self, secret: &str) -> Result<Option<TokenIdentity>, StoreError> {
         let sql = "SELECT id, role FROM api_tokens WHERE token_hash = $1 AND revoked_at_ms IS NULL";
         let found: Option<(String, String)> = on_pool!(self, pool => sqlx::query_as(sql)
             .bind(hash_secret(secret))
             .fetch_optional(pool)
             .await?);
-        Ok(found.and_then(|(id, role)| Some((id, Role::parse(&role)?))))
+        Ok(found.and_then(|(id, role)| {
+            Some(TokenIdentity {
+                id,
+                role: Role::parse(&role)?,
+            })
+        }))
     }
 
     /// Ids of every revoked API token.
@@ -483,9 +488,13 @@ impl Store {
     ///
     /// # Errors
     /// Database errors only.
-    pub async fn set_agent_state(&self, id: &str, state: &str) -> Result<bool, StoreError> {
+    pub async fn set_agent_state(
+        &self,
+        id: &str,
+        state: vantage_mqtt::NodeState,
+    ) -> Result<bool, StoreError> {
         let sql = "UPDATE agents SET state = $2, last_seen_ms = $3 WHERE id = $1 AND revoked_at_ms IS NULL";
-        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).bind(state).bind(now_ms()).execute(pool).await?.rows_affected());
+        let n = on_pool!(self, pool => sqlx::query(sql).bind(id).bind(state.as_str()).bind(now_ms()).execute(pool).await?.rows_affected());
         Ok(n > 0)
     }
 
@@ -584,17 +593,8 @@ impl Store {
     ///
     /// # Errors
     /// Database errors only.
-    pub async fn desired_configs(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let sql = "SELECT id, desired_config FROM agents WHERE revoked_at_ms IS NULL AND desired_config IS NOT NULL";
-        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
-    }
-
-    /// The highest sequence committed for each agent.
-    ///
-    /// # Errors
-    /// Database errors only.
-    pub async fn last_seqs(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let sql = "SELECT id, last_seq FROM agents WHERE revoked_at_ms IS NULL";
+    pub async fn desired_configs(&self) -> Result<Vec<StoredConfig>, StoreError> {
+        let sql = "SELECT id AS agent_id, desired_config AS config_json FROM agents WHERE revoked_at_ms IS NULL AND desired_config IS NOT NULL";
         Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
     }
 
@@ -742,7 +742,7 @@ impl Store {
     ///
     /// # Errors
     /// Database errors only.
-    pub async fn list_assignments(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+    pub async fn list_assignments(&self) -> Result<Vec<AssignmentRow>, StoreError> {
         let sql = "SELECT check_id, agent_id, region FROM assignments ORDER BY check_id, agent_id";
         Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
     }
@@ -812,15 +812,6 @@ impl Store {
         let sql = "UPDATE agents SET state = 'offline' WHERE state <> 'offline'";
         on_pool!(self, pool => sqlx::query(sql).execute(pool).await?.rows_affected());
         Ok(())
-    }
-
-    /// Row counts of the time-series tables (results, metrics, events), for tests and stats.
-    ///
-    /// # Errors
-    /// Database errors only.
-    pub async fn series_counts(&self) -> Result<(i64, i64, i64), StoreError> {
-        let sql = "SELECT (SELECT COUNT(*) FROM results), (SELECT COUNT(*) FROM host_metrics), (SELECT COUNT(*) FROM events)";
-        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_one(pool).await?))
     }
 }
 

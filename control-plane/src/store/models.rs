@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use vantage_mqtt::NodeState;
 
 /// A region with its agent counts.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -81,13 +82,55 @@ pub struct ApiTokenRow {
     pub revoked_at_ms: Option<i64>,
 }
 
+/// The live API token a secret belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIdentity {
+    pub id: String,
+    pub role: Role,
+}
+
+/// The desired config last stored for an agent (the JSON published on its `config`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredConfig {
+    pub agent_id: String,
+    pub config_json: String,
+}
+
+/// One (check, agent) assignment and the region it serves.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AssignmentRow {
+    pub check_id: String,
+    pub agent_id: String,
+    pub region: String,
+}
+
+/// Labels (`key=value`), stored as a JSON object in a text column and decoded by the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Labels(pub BTreeMap<String, String>);
+
+impl Labels {
+    /// The text stored in the column.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.0).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+impl TryFrom<String> for Labels {
+    type Error = serde_json::Error;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        serde_json::from_str(&text).map(Labels)
+    }
+}
+
 /// An enrolled agent.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AgentRow {
     pub id: String,
     pub region: String,
-    /// JSON object of labels.
-    pub labels: String,
+    #[sqlx(try_from = "String")]
+    pub labels: Labels,
     pub hostname: String,
     pub arch: String,
     pub os: String,
@@ -95,7 +138,8 @@ pub struct AgentRow {
     pub cert_serial: String,
     pub cert_not_after_ms: i64,
     /// `online` or `offline`.
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: NodeState,
     pub last_seen_ms: Option<i64>,
     pub enrolled_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
