@@ -110,10 +110,6 @@ impl Application {
             reassign: Arc::default(),
             pending: Arc::default(),
             csr_throttle: Arc::default(),
-            rate_limiter: Arc::new(crate::api::RateLimiter::new(
-                settings.api_rate_per_s,
-                settings.api_rate_burst,
-            )),
         };
         republish_retained(&state).await?;
 

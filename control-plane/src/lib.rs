@@ -27,6 +27,7 @@ pub mod ingest;
 pub mod memory;
 pub mod pki;
 pub mod renew;
+pub mod runnow;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
@@ -51,9 +52,8 @@ pub struct AppState {
     pub config_budget: Arc<tokio::sync::Mutex<assign::ConfigBudget>>,
     /// Wakes the reassignment worker; bursts of state changes coalesce into one run.
     pub reassign: Arc<tokio::sync::Notify>,
-    pub rate_limiter: Arc<api::RateLimiter>,
     /// Run-now requests waiting for agents' answers.
-    pub pending: Arc<api::run::Pending>,
+    pub pending: Arc<runnow::Pending>,
     /// One certificate renewal request handled per agent per window.
     pub csr_throttle: Arc<renew::CsrThrottle>,
 }

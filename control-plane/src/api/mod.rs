@@ -21,8 +21,8 @@ pub mod server;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -68,6 +68,18 @@ impl From<StoreError> for ApiError {
                 ApiError::Conflict(format!("{what} {id:?} already exists"))
             }
             other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<crate::runnow::RunError> for ApiError {
+    fn from(error: crate::runnow::RunError) -> Self {
+        use crate::runnow::RunError;
+        match error {
+            RunError::Invalid(reason) => ApiError::Unprocessable(reason),
+            RunError::TooManyWaiting => ApiError::TooManyRequests,
+            RunError::Store(error) => error.into(),
+            RunError::Publish(error) => ApiError::Internal(error.into()),
         }
     }
 }
@@ -223,15 +235,22 @@ impl RateLimiter {
     }
 }
 
-async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// What the rate-limit layer holds: the buckets and the counter of refusals.
+#[derive(Clone)]
+struct RateLimit {
+    limiter: Arc<RateLimiter>,
+    counters: Arc<crate::counters::Counters>,
+}
+
+async fn rate_limit(State(limit): State<RateLimit>, request: Request, next: Next) -> Response {
     let ip = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     if let Some(ip) = ip
-        && !state.rate_limiter.allow(ip)
+        && !limit.limiter.allow(ip)
     {
-        state
+        limit
             .counters
             .api_rate_limited
             .fetch_add(1, Ordering::Relaxed);
@@ -318,7 +337,13 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            RateLimit {
+                limiter: Arc::new(RateLimiter::new(
+                    state.settings.api_rate_per_s,
+                    state.settings.api_rate_burst,
+                )),
+                counters: state.counters.clone(),
+            },
             rate_limit,
         ))
         .with_state(state)
