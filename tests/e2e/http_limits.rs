@@ -278,3 +278,41 @@ async fn held_connections_are_capped_and_timed_out(backend: Backend) -> anyhow::
     }
     Ok(())
 }
+
+/// The per-address rate limit: past the burst, requests get a JSON 429 at once and are
+/// counted; the bucket refills at the set rate, so the client gets answers again. The store
+/// plays no part, so this runs on SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_rate_limit_get_429_and_are_counted() -> anyhow::Result<()> {
+    let store = TestStore::create(Backend::Sqlite).await?;
+    let cp = ControlPlane::start_with(
+        &store,
+        &[
+            ("VANTAGE_API_RATE_PER_S", "2"),
+            ("VANTAGE_API_RATE_BURST", "5"),
+        ],
+    )
+    .await?;
+    // Let the bucket fill after the harness's own start-up calls.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..20 {
+        let (status, body) = cp.get("/api/v1/checks").await?;
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+                limited += 1;
+            }
+            other => anyhow::bail!("unexpected {other}: {body}"),
+        }
+    }
+    assert!((5..=7).contains(&ok), "{ok} answered past a burst of 5");
+    assert_eq!(ok + limited, 20);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, _) = cp.get("/api/v1/checks").await?;
+    assert_eq!(status, 200, "the bucket did not refill");
+    let counted = cp.counter("vantage_api_rate_limited_total").await?;
+    assert!(counted >= limited, "{counted} counted, {limited} refused");
+    Ok(())
+}
