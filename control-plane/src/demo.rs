@@ -136,26 +136,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "kind": {"type": "tcp", "host": "127.0.0.1", "port": tcp_port}, "regions": regions, "quorum": 2}),
     ];
     for check in checks {
-        let body: crate::api::checks::CheckBody = serde_json::from_value(check)?;
-        crate::api::checks::validate(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let id = body.id.clone().unwrap_or_default();
-        let row = crate::store::CheckRow {
-            id,
-            name: body.name.clone(),
-            kind: body.kind.type_name().into(),
-            spec: serde_json::to_string(&body.kind)?,
-            interval_s: i64::from(body.interval_s),
-            timeout_ms: i64::from(body.timeout_ms),
-            regions: serde_json::to_string(&body.regions)?,
-            quorum: i64::from(body.quorum),
-            enabled: true,
-            created_at_ms: crate::store::now_ms(),
-            updated_at_ms: crate::store::now_ms(),
-        };
-        state.store.insert_check(&row).await?;
-        for region in &body.regions {
-            state.store.ensure_region(region).await?;
-        }
+        let body: crate::checks::CheckDefinition = serde_json::from_value(check)?;
+        crate::checks::create(&state, body).await?;
     }
 
     let mut children: Vec<Child> = Vec::new();

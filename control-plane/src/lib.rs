@@ -17,6 +17,7 @@ pub mod api;
 pub mod app;
 pub mod assign;
 pub mod broker;
+pub mod checks;
 pub mod cli;
 pub mod cloudinit;
 pub mod counters;

@@ -72,6 +72,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::checks::CheckError> for ApiError {
+    fn from(error: crate::checks::CheckError) -> Self {
+        use crate::checks::CheckError;
+        match error {
+            CheckError::Invalid(reason) => ApiError::Unprocessable(reason),
+            CheckError::NotFound(id) => ApiError::NotFound(format!("check {id:?}")),
+            error @ CheckError::Oversize { .. } => ApiError::Unprocessable(error.to_string()),
+            error @ CheckError::Corrupt { .. } => ApiError::Internal(error.into()),
+            CheckError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<crate::runnow::RunError> for ApiError {
     fn from(error: crate::runnow::RunError) -> Self {
         use crate::runnow::RunError;

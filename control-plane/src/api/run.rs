@@ -87,7 +87,7 @@ pub async fn probe(
     ApiJson(request): ApiJson<ProbeRequest>,
 ) -> Result<Json<RunResponse>, ApiError> {
     caller.require(Role::Operator)?;
-    let body = super::checks::CheckBody {
+    let body = crate::checks::CheckDefinition {
         id: None,
         name: "ad-hoc probe".into(),
         kind: request.kind,
@@ -97,7 +97,7 @@ pub async fn probe(
         quorum: 1,
         enabled: true,
     };
-    super::checks::validate(&body)?;
+    crate::checks::validate(&body)?;
     let spec = CheckSpec {
         id: "adhoc".into(),
         interval_s: body.interval_s,

@@ -1,0 +1,353 @@
+//! Checks: their definitions, validation, and the writes that keep the region config budget
+//! and the assignment worker in step. The API, the CLI and the demo call these; they hold no
+//! HTTP types, and [`CheckError`] maps to statuses in one match in `api/mod.rs`.
+
+use serde::{Deserialize, Serialize};
+use vantage_mqtt::{CheckKind, redact, topic};
+#[cfg(test)]
+use vantage_mqtt::{HttpCheck, TcpCheck};
+
+use crate::AppState;
+use crate::assign::check_regions;
+use crate::store::{CheckRow, StoreError, now_ms, random_id};
+
+/// Why a check could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// A field of the definition is invalid; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("check {0:?} not found")]
+    NotFound(String),
+    /// The check would push a region's config over what an agent accepts.
+    #[error(
+        "region {region:?} would hand each of its agents {n_checks} checks in a {size}-byte config, over the {max} bytes an agent accepts; spread the checks over more regions",
+        max = vantage_mqtt::MAX_CONFIG_BYTES
+    )]
+    Oversize {
+        region: String,
+        size: usize,
+        n_checks: usize,
+    },
+    /// A stored definition does not decode.
+    #[error("stored check {id} is corrupt: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A check's definition, as the API and the CLI take and show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckDefinition {
+    /// Optional on create (generated when absent); ignored on update.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    /// What to probe: `{"type": "http", "url": …}` or `{"type": "tcp", "host": …, "port": …}`.
+    pub kind: CheckKind,
+    #[serde(default = "default_interval_s")]
+    pub interval_s: u32,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+    pub regions: Vec<String>,
+    /// Regions that must fail for the check to be DOWN.
+    #[serde(default = "default_quorum")]
+    pub quorum: u32,
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+}
+
+fn default_interval_s() -> u32 {
+    60
+}
+fn default_timeout_ms() -> u32 {
+    10_000
+}
+fn default_quorum() -> u32 {
+    1
+}
+fn default_enabled() -> bool {
+    true
+}
+
+/// Checks every field of a definition.
+///
+/// # Errors
+/// [`CheckError::Invalid`] naming the first invalid field.
+pub fn validate(body: &CheckDefinition) -> Result<(), CheckError> {
+    let invalid = |message: String| Err(CheckError::Invalid(message));
+    if let Some(id) = &body.id
+        && !topic::valid_id(id)
+    {
+        return invalid("id must be 1-64 of a-z 0-9 - _ .".into());
+    }
+    if body.name.trim().is_empty()
+        || body.name.len() > 255
+        || body.name.chars().any(char::is_control)
+    {
+        return invalid("name must be 1-255 printable characters".into());
+    }
+    if !(1..=86_400).contains(&body.interval_s) {
+        return invalid("interval_s must be 1..=86400".into());
+    }
+    if !(100..=120_000).contains(&body.timeout_ms) {
+        return invalid("timeout_ms must be 100..=120000".into());
+    }
+    if u64::from(body.timeout_ms) > u64::from(body.interval_s) * 1000 {
+        return invalid("timeout_ms must not exceed the interval".into());
+    }
+    if body.regions.is_empty() || body.regions.len() > 64 {
+        return invalid("regions must name 1 to 64 regions".into());
+    }
+    if let Some(bad) = body.regions.iter().find(|r| !topic::valid_id(r)) {
+        return invalid(format!("region {bad:?} is not a valid region id"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = body.regions.iter().find(|r| !seen.insert(r.as_str())) {
+        return invalid(format!("region {twice:?} is named twice"));
+    }
+    if body.quorum == 0 || body.quorum as usize > body.regions.len() {
+        return invalid("quorum must be between 1 and the number of regions".into());
+    }
+    // Before the probe's own checks, which would refuse a redacted URL less clearly.
+    if serde_json::to_string(&body.kind).is_ok_and(|text| text.contains(redact::MARK)) {
+        return invalid(format!(
+            "kind holds the redaction mark {:?} (a viewer's copy of a check?): send the real values",
+            redact::MARK
+        ));
+    }
+    vantage_agent::probe::validate(&body.kind).map_err(CheckError::Invalid)?;
+    Ok(())
+}
+
+/// The row stored for a definition.
+pub fn to_row(id: String, body: &CheckDefinition, created_at_ms: i64) -> CheckRow {
+    CheckRow {
+        id,
+        name: body.name.clone(),
+        kind: body.kind.type_name().to_owned(),
+        spec: serde_json::to_string(&body.kind).unwrap_or_default(),
+        interval_s: i64::from(body.interval_s),
+        timeout_ms: i64::from(body.timeout_ms),
+        regions: serde_json::to_string(&body.regions).unwrap_or_else(|_| "[]".into()),
+        quorum: i64::from(body.quorum),
+        enabled: body.enabled,
+        created_at_ms,
+        updated_at_ms: now_ms(),
+    }
+}
+
+/// A stored check's definition.
+pub fn to_definition(row: &CheckRow) -> Result<CheckDefinition, CheckError> {
+    let kind = serde_json::from_str(&row.spec).map_err(|e| CheckError::Corrupt {
+        id: row.id.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(CheckDefinition {
+        id: Some(row.id.clone()),
+        name: row.name.clone(),
+        kind,
+        interval_s: u32::try_from(row.interval_s).unwrap_or(u32::MAX),
+        timeout_ms: u32::try_from(row.timeout_ms).unwrap_or(u32::MAX),
+        regions: check_regions(row),
+        quorum: u32::try_from(row.quorum).unwrap_or(1),
+        enabled: row.enabled,
+    })
+}
+
+/// Refuses a check that would push the desired config of any of its regions over
+/// [`vantage_mqtt::MAX_CONFIG_BYTES`]: every agent of a region receives all of its checks, and
+/// an agent refuses a config over the limit.
+fn refuse_oversize(over: Option<(String, usize, usize)>) -> Result<(), CheckError> {
+    match over {
+        None => Ok(()),
+        Some((region, size, n_checks)) => Err(CheckError::Oversize {
+            region,
+            size,
+            n_checks,
+        }),
+    }
+}
+
+/// Makes sure the check's regions exist and wakes the assignment worker, which publishes the
+/// changed configs within about 50 ms (changes arriving together share one run).
+async fn after_change(state: &AppState, body: &CheckDefinition) -> Result<(), CheckError> {
+    for region in &body.regions {
+        state.store.ensure_region(region).await?;
+    }
+    state.reassign.notify_one();
+    Ok(())
+}
+
+/// Validates and stores a new check (id generated when absent); returns it as stored.
+///
+/// # Errors
+/// Invalid, oversize, an id that is taken ([`StoreError::Conflict`]), or the store.
+pub async fn create(
+    state: &AppState,
+    body: CheckDefinition,
+) -> Result<CheckDefinition, CheckError> {
+    validate(&body)?;
+    let id = body.id.clone().unwrap_or_else(|| random_id("ck-", 6));
+    let row = to_row(id, &body, now_ms());
+    {
+        let mut budget = state.config_budget.lock().await;
+        refuse_oversize(budget.over_limit(&state.store, &row).await?)?;
+        state.store.insert_check(&row).await?;
+        budget.apply(&row);
+    }
+    after_change(state, &body).await?;
+    to_definition(&row)
+}
+
+/// Every stored check.
+///
+/// # Errors
+/// The store, or a stored definition that does not decode.
+pub async fn list(state: &AppState) -> Result<Vec<CheckDefinition>, CheckError> {
+    state
+        .store
+        .list_checks()
+        .await?
+        .iter()
+        .map(to_definition)
+        .collect()
+}
+
+/// One stored check.
+///
+/// # Errors
+/// [`CheckError::NotFound`], the store, or a definition that does not decode.
+pub async fn get(state: &AppState, id: &str) -> Result<CheckDefinition, CheckError> {
+    let row = state
+        .store
+        .get_check(id)
+        .await?
+        .ok_or_else(|| CheckError::NotFound(id.to_owned()))?;
+    to_definition(&row)
+}
+
+/// Replaces check `id`'s definition; returns it as stored.
+///
+/// # Errors
+/// Invalid (also a body naming another id), not found, oversize, or the store.
+pub async fn update(
+    state: &AppState,
+    id: &str,
+    body: CheckDefinition,
+) -> Result<CheckDefinition, CheckError> {
+    validate(&body)?;
+    if body.id.as_deref().is_some_and(|b| b != id) {
+        return Err(CheckError::Invalid(
+            "the body's id differs from the path's".into(),
+        ));
+    }
+    let existing = state
+        .store
+        .get_check(id)
+        .await?
+        .ok_or_else(|| CheckError::NotFound(id.to_owned()))?;
+    let row = to_row(id.to_owned(), &body, existing.created_at_ms);
+    {
+        let mut budget = state.config_budget.lock().await;
+        refuse_oversize(budget.over_limit(&state.store, &row).await?)?;
+        state.store.update_check(&row).await?;
+        budget.apply(&row);
+    }
+    after_change(state, &body).await?;
+    to_definition(&row)
+}
+
+/// Deletes check `id` and its retained status topics.
+///
+/// # Errors
+/// [`CheckError::NotFound`] or the store.
+pub async fn delete(state: &AppState, id: &str) -> Result<(), CheckError> {
+    {
+        let mut budget = state.config_budget.lock().await;
+        if !state.store.delete_check(id).await? {
+            return Err(CheckError::NotFound(id.to_owned()));
+        }
+        budget.remove(id);
+    }
+    // Its retained status topics go too.
+    for status in state.store.list_check_status().await? {
+        if status.check_id == id {
+            let _ = state
+                .publisher
+                .publish(
+                    &topic::status_check_region(id, &status.region),
+                    Vec::new(),
+                    true,
+                )
+                .await;
+        }
+    }
+    state.store.delete_check_status(id).await?;
+    state.reassign.notify_one();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http_body() -> CheckDefinition {
+        serde_json::from_value(serde_json::json!({
+            "name": "web", "kind": {"type": "http", "url": "https://example.com/"},
+            "regions": ["us-east", "europe"], "interval_s": 30, "timeout_ms": 5000, "quorum": 2
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn valid_bodies_pass_and_each_bad_field_is_named() {
+        validate(&http_body()).unwrap();
+        type Mutation = fn(&mut CheckDefinition);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (|b| b.id = Some("Bad Id".into()), "id"),
+            (|b| b.name = String::new(), "name"),
+            (|b| b.interval_s = 0, "interval_s"),
+            (|b| b.timeout_ms = 50, "timeout_ms"),
+            (|b| b.regions.clear(), "regions"),
+            (|b| b.regions.push("a/b".into()), "region"),
+            (|b| b.quorum = 3, "quorum"),
+            (
+                |b| b.kind = CheckKind::Http(HttpCheck::get("ftp://x/")),
+                "url",
+            ),
+            (
+                |b| {
+                    b.kind = CheckKind::Http(HttpCheck {
+                        method: "BREW".into(),
+                        ..HttpCheck::get("http://x/")
+                    })
+                },
+                "method",
+            ),
+            (
+                |b| b.kind = CheckKind::Tcp(TcpCheck::connect("h", 0)),
+                "port",
+            ),
+            (
+                |b| {
+                    let mut http = HttpCheck::get("https://x/");
+                    http.headers.insert("x-key".into(), redact::MARK.into());
+                    b.kind = CheckKind::Http(http);
+                },
+                "redaction mark",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut body = http_body();
+            mutate(&mut body);
+            match validate(&body) {
+                Err(CheckError::Invalid(message)) => {
+                    assert!(message.contains(field), "{message:?} does not name {field}")
+                }
+                other => panic!("{field}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+}
