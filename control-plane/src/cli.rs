@@ -253,7 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("role must be viewer, operator or admin"))?;
             let store = store.open().await?;
             let (row, secret) = store.create_api_token(role, &name).await?;
-            eprintln!("API token {} with role {}", row.id, row.role);
+            eprintln!("API token {} with role {}", row.id, row.role.as_str());
             println!("{secret}");
             Ok(())
         }
@@ -263,7 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{}\t{}\t{}\tcreated_at_ms={}{}",
                     token.id,
-                    token.role,
+                    token.role.as_str(),
                     token.name,
                     token.created_at_ms,
                     token

@@ -321,7 +321,7 @@ impl Store {
         let secret = random_id("vat_", 24);
         let row = ApiTokenRow {
             id: random_id("at-", 6),
-            role: role.as_str().to_owned(),
+            role,
             name: name.to_owned(),
             created_at_ms: now_ms(),
             revoked_at_ms: None,
@@ -330,7 +330,7 @@ impl Store {
         on_pool!(self, pool => sqlx::query(sql)
             .bind(&row.id)
             .bind(hash_secret(&secret))
-            .bind(&row.role)
+            .bind(row.role.as_str())
             .bind(&row.name)
             .bind(row.created_at_ms)
             .execute(pool)

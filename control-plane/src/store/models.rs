@@ -72,11 +72,25 @@ impl Role {
     }
 }
 
+/// A stored role name that is not a [`Role`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?}")]
+pub struct UnknownRole(pub String);
+
+impl TryFrom<String> for Role {
+    type Error = UnknownRole;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        Role::parse(&name).ok_or(UnknownRole(name))
+    }
+}
+
 /// An API token as stored.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ApiTokenRow {
     pub id: String,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub name: String,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
