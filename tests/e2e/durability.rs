@@ -50,6 +50,28 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts the stopped agent again and waits until the store holds new seqs from it: the
+/// next start goes on where the synced spool left off.
+async fn restart_and_see_new_seqs(
+    cp: &ControlPlane,
+    agent: &mut Agent,
+    id: &str,
+) -> anyhow::Result<()> {
+    let before = cp.agent(id).await?["last_seq"].as_i64().unwrap_or(0);
+    agent.spawn()?;
+    wait_for(
+        "rows after the restart",
+        Duration::from_secs(20),
+        || async {
+            let last_seq = cp.agent(id).await.ok()?["last_seq"].as_i64()?;
+            (last_seq > before + 4).then_some(())
+        },
+    )
+    .await
+    .with_context(|| agent.log())?;
+    Ok(())
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -190,18 +212,7 @@ async fn sigterm_syncs_and_appends_are_fsynced_in_groups() -> anyhow::Result<()>
     );
 
     // The next start goes on where the synced spool left off.
-    let before = cp.agent(&id).await?["last_seq"].as_i64().unwrap_or(0);
-    agent.spawn()?;
-    wait_for(
-        "rows after the restart",
-        Duration::from_secs(20),
-        || async {
-            let last_seq = cp.agent(&id).await.ok()?["last_seq"].as_i64()?;
-            (last_seq > before + 4).then_some(())
-        },
-    )
-    .await
-    .with_context(|| agent.log())?;
+    restart_and_see_new_seqs(&cp, &mut agent, &id).await?;
     assert_eq!(cp.counter("vantage_ingest_seq_rewound_total").await?, 0);
     Ok(())
 }
@@ -332,18 +343,7 @@ async fn a_full_state_dir_is_counted_and_recovered(backend: Backend) -> anyhow::
             );
         }
     }
-    let before = cp.agent(&id).await?["last_seq"].as_i64().unwrap_or(0);
-    agent.spawn()?;
-    wait_for(
-        "rows after the restart",
-        Duration::from_secs(20),
-        || async {
-            let last_seq = cp.agent(&id).await.ok()?["last_seq"].as_i64()?;
-            (last_seq > before + 4).then_some(())
-        },
-    )
-    .await
-    .with_context(|| agent.log())?;
+    restart_and_see_new_seqs(&cp, &mut agent, &id).await?;
     agent.terminate(Duration::from_secs(10))?;
     Ok(())
 }
