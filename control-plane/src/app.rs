@@ -110,6 +110,14 @@ impl Application {
             reassign: Arc::default(),
             pending: Arc::default(),
             csr_throttle: Arc::default(),
+            plan: Arc::new(tokio::sync::watch::Sender::new(Arc::default())),
+            judge: Arc::default(),
+            rejudge: Arc::default(),
+            notify_outbox: Arc::default(),
+            http_client: reqwest::Client::builder()
+                .user_agent(concat!("vantage/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .context("cannot build the notification HTTP client")?,
         };
         republish_retained(&state).await?;
 
@@ -143,6 +151,10 @@ impl Application {
         tasks.push(tokio::spawn(refresh_revoked(state.clone())));
         tasks.push(tokio::spawn(sweep_silent_agents(state.clone())));
         tasks.push(tokio::spawn(crate::assign::worker(state.clone())));
+        tasks.push(tokio::spawn(crate::verdict::worker(state.clone())));
+        tasks.push(tokio::spawn(crate::incidents::agent_worker(state.clone())));
+        tasks.push(tokio::spawn(crate::notify::worker(state.clone())));
+        tasks.push(tokio::spawn(crate::fallback::worker(state.clone())));
         // Where to reach this process, for scripts and tests that start it on port 0.
         let ports = serde_json::json!({ "http_port": http_port, "mqtt_port": mqtt_port });
         std::fs::write(settings.data_dir.join(PORTS_FILE), ports.to_string())
@@ -233,6 +245,16 @@ async fn republish_retained(state: &AppState) -> anyhow::Result<()> {
         state
             .publisher
             .publish(&topic::status_node(&agent.id), encode(&view), true)
+            .await?;
+    }
+    for verdict in state.store.list_verdicts().await? {
+        state
+            .publisher
+            .publish(
+                &topic::status_check(&verdict.check_id),
+                encode(&verdict),
+                true,
+            )
             .await?;
     }
     for status in state.store.list_check_status().await? {

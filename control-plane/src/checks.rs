@@ -8,7 +8,6 @@ use vantage_mqtt::{CheckKind, redact, topic};
 use vantage_mqtt::{HttpCheck, TcpCheck};
 
 use crate::AppState;
-use crate::assign::check_regions;
 use crate::store::{CheckRow, StoreError, now_ms, random_id};
 
 /// Why a check could not be read or written.
@@ -51,9 +50,22 @@ pub struct CheckDefinition {
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u32,
     pub regions: Vec<String>,
-    /// Regions that must fail for the check to be DOWN.
-    #[serde(default = "default_quorum")]
-    pub quorum: u32,
+    /// Regions that must fail for the check to be DOWN; absent: a majority of `regions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<u32>,
+    /// Consecutive failures in a region before that region counts as failing.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Consecutive successes before a failing region counts as up again.
+    #[serde(default = "default_recovery")]
+    pub recovery: u32,
+    /// Agents per region that run the check (fewer when the region has fewer online).
+    #[serde(default = "default_agents_per_region")]
+    pub agents_per_region: u32,
+    /// Checks this one depends on: while one of them is DOWN, this check's incidents are
+    /// marked dependent and notify nobody.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
     #[serde(default = "default_enabled")]
     pub enabled: bool,
 }
@@ -64,7 +76,13 @@ fn default_interval_s() -> u32 {
 fn default_timeout_ms() -> u32 {
     10_000
 }
-fn default_quorum() -> u32 {
+fn default_retries() -> u32 {
+    2
+}
+fn default_recovery() -> u32 {
+    2
+}
+fn default_agents_per_region() -> u32 {
     1
 }
 fn default_enabled() -> bool {
@@ -107,8 +125,31 @@ pub fn validate(body: &CheckDefinition) -> Result<(), CheckError> {
     if let Some(twice) = body.regions.iter().find(|r| !seen.insert(r.as_str())) {
         return invalid(format!("region {twice:?} is named twice"));
     }
-    if body.quorum == 0 || body.quorum as usize > body.regions.len() {
+    if body
+        .quorum
+        .is_some_and(|q| q == 0 || q as usize > body.regions.len())
+    {
         return invalid("quorum must be between 1 and the number of regions".into());
+    }
+    if !(1..=20).contains(&body.retries) {
+        return invalid("retries must be 1..=20".into());
+    }
+    if !(1..=20).contains(&body.recovery) {
+        return invalid("recovery must be 1..=20".into());
+    }
+    if !(1..=16).contains(&body.agents_per_region) {
+        return invalid("agents_per_region must be 1..=16".into());
+    }
+    if body.depends_on.len() > 16 {
+        return invalid("depends_on may name at most 16 checks".into());
+    }
+    if let Some(bad) = body.depends_on.iter().find(|d| !topic::valid_id(d)) {
+        return invalid(format!("depends_on: {bad:?} is not a valid check id"));
+    }
+    if let Some(own) = &body.id
+        && body.depends_on.contains(own)
+    {
+        return invalid("depends_on must not name the check itself".into());
     }
     // Before the probe's own checks, which would refuse a redacted URL less clearly.
     if serde_json::to_string(&body.kind).is_ok_and(|text| text.contains(redact::MARK)) {
@@ -126,12 +167,15 @@ pub fn to_row(id: String, body: &CheckDefinition, created_at_ms: i64) -> CheckRo
     CheckRow {
         id,
         name: body.name.clone(),
-        kind: body.kind.type_name().to_owned(),
-        spec: serde_json::to_string(&body.kind).unwrap_or_default(),
-        interval_s: i64::from(body.interval_s),
-        timeout_ms: i64::from(body.timeout_ms),
-        regions: serde_json::to_string(&body.regions).unwrap_or_else(|_| "[]".into()),
-        quorum: i64::from(body.quorum),
+        kind: body.kind.clone(),
+        interval_s: body.interval_s,
+        timeout_ms: body.timeout_ms,
+        regions: body.regions.clone(),
+        quorum: body.quorum.unwrap_or(0),
+        retries: body.retries,
+        recovery: body.recovery,
+        agents_per_region: body.agents_per_region,
+        depends_on: body.depends_on.clone(),
         enabled: body.enabled,
         created_at_ms,
         updated_at_ms: now_ms(),
@@ -139,21 +183,33 @@ pub fn to_row(id: String, body: &CheckDefinition, created_at_ms: i64) -> CheckRo
 }
 
 /// A stored check's definition.
-pub fn to_definition(row: &CheckRow) -> Result<CheckDefinition, CheckError> {
-    let kind = serde_json::from_str(&row.spec).map_err(|e| CheckError::Corrupt {
-        id: row.id.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok(CheckDefinition {
+pub fn to_definition(row: &CheckRow) -> CheckDefinition {
+    CheckDefinition {
         id: Some(row.id.clone()),
         name: row.name.clone(),
-        kind,
-        interval_s: u32::try_from(row.interval_s).unwrap_or(u32::MAX),
-        timeout_ms: u32::try_from(row.timeout_ms).unwrap_or(u32::MAX),
-        regions: check_regions(row),
-        quorum: u32::try_from(row.quorum).unwrap_or(1),
+        kind: row.kind.clone(),
+        interval_s: row.interval_s,
+        timeout_ms: row.timeout_ms,
+        regions: row.regions.clone(),
+        quorum: (row.quorum > 0).then_some(row.quorum),
+        retries: row.retries,
+        recovery: row.recovery,
+        agents_per_region: row.agents_per_region,
+        depends_on: row.depends_on.clone(),
         enabled: row.enabled,
-    })
+    }
+}
+
+/// Refuses dependencies on checks that do not exist.
+async fn check_dependencies(state: &AppState, body: &CheckDefinition) -> Result<(), CheckError> {
+    for parent in &body.depends_on {
+        if state.store.get_check(parent).await?.is_none() {
+            return Err(CheckError::Invalid(format!(
+                "depends_on: check {parent:?} does not exist"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a check that would push the desired config of any of its regions over
@@ -177,6 +233,7 @@ async fn after_change(state: &AppState, body: &CheckDefinition) -> Result<(), Ch
         state.store.ensure_region(region).await?;
     }
     state.reassign.notify_one();
+    state.rejudge.notify_one();
     Ok(())
 }
 
@@ -189,6 +246,7 @@ pub async fn create(
     body: CheckDefinition,
 ) -> Result<CheckDefinition, CheckError> {
     validate(&body)?;
+    check_dependencies(state, &body).await?;
     let id = body.id.clone().unwrap_or_else(|| random_id("ck-", 6));
     let row = to_row(id, &body, now_ms());
     {
@@ -198,7 +256,7 @@ pub async fn create(
         budget.apply(&row);
     }
     after_change(state, &body).await?;
-    to_definition(&row)
+    Ok(to_definition(&row))
 }
 
 /// Every stored check.
@@ -206,13 +264,13 @@ pub async fn create(
 /// # Errors
 /// The store, or a stored definition that does not decode.
 pub async fn list(state: &AppState) -> Result<Vec<CheckDefinition>, CheckError> {
-    state
+    Ok(state
         .store
         .list_checks()
         .await?
         .iter()
         .map(to_definition)
-        .collect()
+        .collect())
 }
 
 /// One stored check.
@@ -225,7 +283,7 @@ pub async fn get(state: &AppState, id: &str) -> Result<CheckDefinition, CheckErr
         .get_check(id)
         .await?
         .ok_or_else(|| CheckError::NotFound(id.to_owned()))?;
-    to_definition(&row)
+    Ok(to_definition(&row))
 }
 
 /// Replaces check `id`'s definition; returns it as stored.
@@ -238,6 +296,12 @@ pub async fn update(
     body: CheckDefinition,
 ) -> Result<CheckDefinition, CheckError> {
     validate(&body)?;
+    if body.depends_on.iter().any(|d| d == id) {
+        return Err(CheckError::Invalid(
+            "depends_on must not name the check itself".into(),
+        ));
+    }
+    check_dependencies(state, &body).await?;
     if body.id.as_deref().is_some_and(|b| b != id) {
         return Err(CheckError::Invalid(
             "the body's id differs from the path's".into(),
@@ -256,7 +320,7 @@ pub async fn update(
         budget.apply(&row);
     }
     after_change(state, &body).await?;
-    to_definition(&row)
+    Ok(to_definition(&row))
 }
 
 /// Deletes check `id` and its retained status topics.
@@ -285,6 +349,11 @@ pub async fn delete(state: &AppState, id: &str) -> Result<(), CheckError> {
         }
     }
     state.store.delete_check_status(id).await?;
+    state.judge.forget(id).await;
+    let _ = state
+        .publisher
+        .publish(&topic::status_check(id), Vec::new(), true)
+        .await;
     state.reassign.notify_one();
     Ok(())
 }
@@ -312,7 +381,19 @@ mod tests {
             (|b| b.timeout_ms = 50, "timeout_ms"),
             (|b| b.regions.clear(), "regions"),
             (|b| b.regions.push("a/b".into()), "region"),
-            (|b| b.quorum = 3, "quorum"),
+            (|b| b.quorum = Some(3), "quorum"),
+            (|b| b.quorum = Some(0), "quorum"),
+            (|b| b.retries = 0, "retries"),
+            (|b| b.recovery = 21, "recovery"),
+            (|b| b.agents_per_region = 0, "agents_per_region"),
+            (|b| b.depends_on = vec!["Not An Id".into()], "depends_on"),
+            (
+                |b| {
+                    b.id = Some("self".into());
+                    b.depends_on = vec!["self".into()];
+                },
+                "itself",
+            ),
             (
                 |b| b.kind = CheckKind::Http(HttpCheck::get("ftp://x/")),
                 "url",

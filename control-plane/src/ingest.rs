@@ -481,7 +481,8 @@ async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
     }
 }
 
-async fn commit_with_retry(state: &AppState, batch: IngestBatch) {
+/// Commits a batch (retrying five times), then acknowledges and fans it out.
+pub(crate) async fn commit_with_retry(state: &AppState, batch: IngestBatch) {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=5 {
         match state.store.commit_batch(&batch).await {
@@ -522,7 +523,12 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
         .ingest_batches
         .fetch_add(1, Ordering::Relaxed);
     for (agent, seqs) in batch.seqs_per_agent() {
-        publish_ack(state, &agent, seqs).await;
+        if agent != crate::fallback::AGENT_ID {
+            publish_ack(state, &agent, seqs).await;
+        }
+    }
+    if !batch.results.is_empty() {
+        state.judge.observe(state, &batch.results).await;
     }
     let now = now_ms();
     // Retained status: only the newest result per (check, region) of this batch.

@@ -8,6 +8,8 @@
 //!   listener that polices identities and topics in front of it.
 //! - [`ingest`]: decodes agent messages, commits batches, acknowledges, fans out.
 //! - [`assign`]: turns checks and online agents into each agent's retained desired config.
+//! - Domain: [`checks`], [`runnow`], [`verdict`] (state per check across regions),
+//!   [`incidents`], [`notify`] (channels and the outbox sender), [`regions`].
 //! - [`store`]: PostgreSQL and SQLite; [`pki`]: the CA; [`renew`]: agent certificate renewal
 //!   over MQTT; [`api`]: HTTP routes.
 //! - [`hub`]: the live fan-out; [`counters`]: Prometheus counters; [`cli`]: subcommands;
@@ -22,16 +24,21 @@ pub mod cli;
 pub mod cloudinit;
 pub mod counters;
 pub mod demo;
+pub mod fallback;
 pub mod frontdoor;
 pub mod hub;
+pub mod incidents;
 pub mod ingest;
 pub mod memory;
+pub mod notify;
 pub mod pki;
+pub mod regions;
 pub mod renew;
 pub mod runnow;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod verdict;
 
 use std::sync::Arc;
 
@@ -57,4 +64,14 @@ pub struct AppState {
     pub pending: Arc<runnow::Pending>,
     /// One certificate renewal request handled per agent per window.
     pub csr_throttle: Arc<renew::CsrThrottle>,
+    /// The last assignment run's plan: which (check, region) pairs run on the fallback.
+    pub plan: Arc<tokio::sync::watch::Sender<Arc<assign::Plan>>>,
+    /// Every check's verdict in memory.
+    pub judge: Arc<verdict::Judge>,
+    /// Wakes the re-judging worker (check changes, agents coming and going).
+    pub rejudge: Arc<tokio::sync::Notify>,
+    /// Wakes the notification sender when rows were queued.
+    pub notify_outbox: Arc<tokio::sync::Notify>,
+    /// The HTTP client notifications are delivered with.
+    pub http_client: reqwest::Client,
 }

@@ -102,6 +102,15 @@ pub struct Settings {
     /// Each trim costs a few milliseconds of allocator locks and page faults after it.
     #[arg(long, env = "VANTAGE_HEAP_TRIM_INTERVAL_MS", default_value_t = 5_000)]
     pub heap_trim_interval_ms: u64,
+    /// An agent offline this long (and a region with no agent online this long) raises its
+    /// own incident, in seconds; shorter absences (a restart, an upgrade) raise none.
+    #[arg(long, env = "VANTAGE_AGENT_OFFLINE_GRACE_S", default_value_t = 120)]
+    pub agent_offline_grace_s: u32,
+    /// Delivery attempts per notification before it is kept as a dead letter (retries wait
+    /// 1 s, 2 s, 4 s, … up to 5 minutes apart).
+    #[arg(long, env = "VANTAGE_NOTIFY_MAX_ATTEMPTS", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub notify_max_attempts: u32,
 }
 
 fn parse_secret(text: &str) -> Result<Secret, String> {
@@ -133,6 +142,8 @@ impl Settings {
             http_header_timeout_ms: 20_000,
             http_idle_timeout_ms: 120_000,
             heap_trim_interval_ms: 0,
+            agent_offline_grace_s: 120,
+            notify_max_attempts: 12,
         }
     }
 

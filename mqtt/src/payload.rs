@@ -42,6 +42,8 @@ versioned!(
     ResultsAck,
     NodeStatusView,
     CheckStatusView,
+    CheckVerdictView,
+    IncidentView,
 );
 
 /// `agents/{id}/hello`: sent on every (re)connect.
@@ -391,4 +393,214 @@ pub struct CheckStatusView {
     pub reason: String,
     pub total_ms: f64,
     pub measured_at_ms: i64,
+}
+
+/// A check's overall state, judged across its regions by the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    /// No region has reported yet.
+    Pending,
+    /// No region is failing.
+    Up,
+    /// Some regions are failing, fewer than the quorum.
+    Degraded,
+    /// At least the quorum of regions is failing.
+    Down,
+    /// Inside a maintenance window: judged, but nobody is told.
+    Maintenance,
+    /// The check is disabled.
+    Paused,
+}
+
+impl CheckState {
+    /// The state's name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Pending => "pending",
+            CheckState::Up => "up",
+            CheckState::Degraded => "degraded",
+            CheckState::Down => "down",
+            CheckState::Maintenance => "maintenance",
+            CheckState::Paused => "paused",
+        }
+    }
+
+    /// Every state, in the order above.
+    pub const ALL: [CheckState; 6] = [
+        CheckState::Pending,
+        CheckState::Up,
+        CheckState::Degraded,
+        CheckState::Down,
+        CheckState::Maintenance,
+        CheckState::Paused,
+    ];
+}
+
+/// A stored or sent check state name that is not one of [`CheckState`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown check state {0:?}")]
+pub struct UnknownCheckState(pub String);
+
+impl TryFrom<String> for CheckState {
+    type Error = UnknownCheckState;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        CheckState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == name)
+            .ok_or(UnknownCheckState(name))
+    }
+}
+
+/// One region's part in a verdict: whether it counts as failing and the result that decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionEvidence {
+    pub region: String,
+    /// Failing: its last `retries` results failed (and it has not recovered since).
+    pub failing: bool,
+    /// Served by the control plane's own executor because no agent of the region is online.
+    #[serde(default)]
+    pub fallback: bool,
+    /// Consecutive failures (or successes) so far.
+    pub streak: u32,
+    /// Its latest result, if any.
+    pub last: Option<EvidenceResult>,
+}
+
+/// A result as evidence for a verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceResult {
+    pub agent_id: String,
+    pub ok: bool,
+    pub reason: String,
+    pub total_ms: f64,
+    pub measured_at_ms: i64,
+}
+
+/// The retained overall check status on `status/checks/{check}`, for viewers; also each
+/// transition's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckVerdictView {
+    pub v: u32,
+    pub check_id: String,
+    pub state: CheckState,
+    /// The state before this one.
+    pub previous: CheckState,
+    /// When the check entered `state`.
+    pub since_ms: i64,
+    /// Regions that must fail for DOWN.
+    pub quorum: u32,
+    /// The reason in words: which regions fail, against what quorum, and why.
+    pub reason: String,
+    pub regions: Vec<RegionEvidence>,
+}
+
+/// What an incident is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentSubject {
+    Check,
+    Agent,
+    Region,
+}
+
+impl IncidentSubject {
+    /// The subject kind's name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentSubject::Check => "check",
+            IncidentSubject::Agent => "agent",
+            IncidentSubject::Region => "region",
+        }
+    }
+}
+
+/// A stored subject kind name that is not one of [`IncidentSubject`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown incident subject {0:?}")]
+pub struct UnknownIncidentSubject(pub String);
+
+impl TryFrom<String> for IncidentSubject {
+    type Error = UnknownIncidentSubject;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        match name.as_str() {
+            "check" => Ok(IncidentSubject::Check),
+            "agent" => Ok(IncidentSubject::Agent),
+            "region" => Ok(IncidentSubject::Region),
+            _ => Err(UnknownIncidentSubject(name)),
+        }
+    }
+}
+
+/// What just happened to an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentChange {
+    Opened,
+    Updated,
+    Acknowledged,
+    Note,
+    Resolved,
+}
+
+impl IncidentChange {
+    /// The change's name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentChange::Opened => "opened",
+            IncidentChange::Updated => "updated",
+            IncidentChange::Acknowledged => "acknowledged",
+            IncidentChange::Note => "note",
+            IncidentChange::Resolved => "resolved",
+        }
+    }
+}
+
+/// A stored change name that is not one of [`IncidentChange`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown incident change {0:?}")]
+pub struct UnknownIncidentChange(pub String);
+
+impl TryFrom<String> for IncidentChange {
+    type Error = UnknownIncidentChange;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        [
+            IncidentChange::Opened,
+            IncidentChange::Updated,
+            IncidentChange::Acknowledged,
+            IncidentChange::Note,
+            IncidentChange::Resolved,
+        ]
+        .into_iter()
+        .find(|change| change.as_str() == name)
+        .ok_or(UnknownIncidentChange(name))
+    }
+}
+
+/// An incident's change on `incidents` (not retained), for viewers and notification bodies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentView {
+    pub v: u32,
+    pub id: String,
+    pub subject: IncidentSubject,
+    pub subject_id: String,
+    pub title: String,
+    /// What happened now.
+    pub change: IncidentChange,
+    /// The words of this change (the verdict's reason, a note, who acknowledged).
+    pub text: String,
+    pub open: bool,
+    /// Opened while a parent it depends on was down: its notifications are suppressed.
+    pub dependent: bool,
+    pub opened_at_ms: i64,
+    pub resolved_at_ms: Option<i64>,
+    pub acknowledged_at_ms: Option<i64>,
+    pub at_ms: i64,
 }

@@ -132,15 +132,6 @@ pub async fn revoke_agent(state: &AppState, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `GET /api/v1/regions`.
-pub async fn regions(
-    caller: Caller,
-    State(state): State<AppState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.require(Role::Viewer)?;
-    Ok(Json(json!(state.store.list_regions().await?)))
-}
-
 /// Body of `POST /api/v1/enroll`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

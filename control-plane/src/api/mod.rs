@@ -6,14 +6,15 @@
 //! fits: invalid input is a 4xx and changes nothing, an unexpected failure is an opaque 500
 //! whose cause is logged. Every client address is rate limited.
 //!
-//! Files: [`agents`] (agents, regions, enrollment, tokens), [`checks`], [`data`] (results,
-//! metrics, status), [`live`] (WebSocket and SSE), [`openapi`], [`server`] (TLS serving),
+//! Files: [`agents`] (agents, enrollment, tokens), [`checks`], [`data`] (results,
+//! metrics, status), [`incidents`] (regions, verdicts, incidents, channels, outbox), [`live`] (WebSocket and SSE), [`openapi`], [`server`] (TLS serving),
 //! [`dist`] (release artifacts under `/dist`, no token).
 
 pub mod agents;
 pub mod checks;
 pub mod data;
 pub mod dist;
+pub mod incidents;
 pub mod live;
 pub mod openapi;
 pub mod run;
@@ -57,6 +58,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("too many requests")]
     TooManyRequests,
+    /// Something we called on the caller's behalf (a notification receiver) failed.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -123,6 +127,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "API request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -287,6 +292,10 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         "# HELP vantage_live_subscribers Live feed clients connected.\n# TYPE vantage_live_subscribers gauge\nvantage_live_subscribers {}\n",
         state.hub.n_subscribers()
     ));
+    text.push_str(&format!(
+        "# HELP vantage_store_rows_corrupt_total Stored rows left out of listings because they do not decode, by table.\n# TYPE vantage_store_rows_corrupt_total counter\nvantage_store_rows_corrupt_total{{table=\"checks\"}} {}\n",
+        crate::store::CORRUPT_CHECK_ROWS.load(Ordering::Relaxed)
+    ));
     match state.store.soonest_cert_expiry_ms().await {
         Ok(soonest_ms) => text.push_str(&crate::counters::render_cert_expiry(
             soonest_ms,
@@ -314,7 +323,23 @@ pub fn router(state: AppState) -> Router {
         .route("/enroll", post(agents::enroll))
         .route("/agents", get(agents::list))
         .route("/agents/{id}", get(agents::get).delete(agents::revoke))
-        .route("/regions", get(agents::regions))
+        .route("/regions", get(incidents::regions))
+        .route("/verdicts", get(incidents::verdicts))
+        .route("/checks/{id}/transitions", get(incidents::transitions))
+        .route("/incidents", get(incidents::list))
+        .route("/incidents/{id}", get(incidents::get))
+        .route("/incidents/{id}/ack", post(incidents::acknowledge))
+        .route("/incidents/{id}/notes", post(incidents::note))
+        .route(
+            "/channels",
+            get(incidents::list_channels).post(incidents::create_channel),
+        )
+        .route(
+            "/channels/{id}",
+            axum::routing::put(incidents::put_channel).delete(incidents::delete_channel),
+        )
+        .route("/channels/{id}/test", post(incidents::test_channel))
+        .route("/outbox", get(incidents::outbox))
         .route(
             "/enrollment-tokens",
             get(agents::list_tokens).post(agents::create_token),

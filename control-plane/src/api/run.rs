@@ -12,7 +12,6 @@ use vantage_mqtt::{CheckKind, CheckSpec};
 
 use super::{ApiError, ApiJson, Caller};
 use crate::AppState;
-use crate::assign::{check_regions, check_spec};
 use crate::runnow::{RunResponse, dispatch};
 use crate::store::Role;
 
@@ -67,11 +66,10 @@ pub async fn run_check(
         .get_check(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("check {id:?}")))?;
-    let spec = check_spec(&row)
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored check {id} is corrupt")))?;
+    let spec = row.spec();
     let regions = request.regions.unwrap_or_else(|| {
         let mut seen = HashSet::new();
-        let mut regions = check_regions(&row);
+        let mut regions = row.regions.clone();
         regions.retain(|region| seen.insert(region.clone()));
         regions
     });
@@ -94,7 +92,11 @@ pub async fn probe(
         interval_s: 86_400,
         timeout_ms: request.timeout_ms,
         regions: request.regions,
-        quorum: 1,
+        quorum: None,
+        retries: 1,
+        recovery: 1,
+        agents_per_region: 1,
+        depends_on: Vec::new(),
         enabled: true,
     };
     crate::checks::validate(&body)?;

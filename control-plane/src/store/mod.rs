@@ -6,6 +6,7 @@
 //! The store is the source of truth: the broker's retained messages are rebuilt from it at
 //! start. It knows nothing of HTTP or MQTT.
 
+pub mod incidents;
 pub mod ingest;
 pub mod models;
 
@@ -19,6 +20,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use incidents::*;
 pub use models::*;
 
 /// Errors of the store.
@@ -62,6 +64,10 @@ macro_rules! on_pool {
 }
 #[allow(unused_imports)]
 pub(crate) use on_pool;
+
+/// Stored check rows left out of listings because they do not decode (process-wide; exported
+/// as `vantage_store_rows_corrupt_total{table="checks"}`).
+pub static CORRUPT_CHECK_ROWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Rows per statement when assignments are written in batches (3 binds a row, well under
 /// SQLite's bind limit).
@@ -605,17 +611,23 @@ impl Store {
     /// # Errors
     /// [`StoreError::Conflict`] when the id is taken.
     pub async fn insert_check(&self, check: &CheckRow) -> Result<(), StoreError> {
-        let sql = "INSERT INTO checks (id, name, kind, spec, interval_s, timeout_ms, regions, quorum, enabled, \
-                   created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+        let sql = "INSERT INTO checks (id, name, kind, spec, interval_s, timeout_ms, regions, quorum, \
+                   retries, recovery, agents_per_region, depends_on, enabled, created_at_ms, updated_at_ms) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+        let (kind, spec, regions, depends_on) = check.encoded_columns();
         let outcome = on_pool!(self, pool => sqlx::query(sql)
             .bind(&check.id)
             .bind(&check.name)
-            .bind(&check.kind)
-            .bind(&check.spec)
-            .bind(check.interval_s)
-            .bind(check.timeout_ms)
-            .bind(&check.regions)
-            .bind(check.quorum)
+            .bind(kind)
+            .bind(&spec)
+            .bind(i64::from(check.interval_s))
+            .bind(i64::from(check.timeout_ms))
+            .bind(&regions)
+            .bind(i64::from(check.quorum))
+            .bind(i64::from(check.retries))
+            .bind(i64::from(check.recovery))
+            .bind(i64::from(check.agents_per_region))
+            .bind(&depends_on)
             .bind(check.enabled)
             .bind(check.created_at_ms)
             .bind(check.updated_at_ms)
@@ -637,16 +649,22 @@ impl Store {
     /// Database errors only.
     pub async fn update_check(&self, check: &CheckRow) -> Result<bool, StoreError> {
         let sql = "UPDATE checks SET name = $2, kind = $3, spec = $4, interval_s = $5, timeout_ms = $6, \
-                   regions = $7, quorum = $8, enabled = $9, updated_at_ms = $10 WHERE id = $1";
+                   regions = $7, quorum = $8, retries = $9, recovery = $10, agents_per_region = $11, \
+                   depends_on = $12, enabled = $13, updated_at_ms = $14 WHERE id = $1";
+        let (kind, spec, regions, depends_on) = check.encoded_columns();
         let n = on_pool!(self, pool => sqlx::query(sql)
             .bind(&check.id)
             .bind(&check.name)
-            .bind(&check.kind)
-            .bind(&check.spec)
-            .bind(check.interval_s)
-            .bind(check.timeout_ms)
-            .bind(&check.regions)
-            .bind(check.quorum)
+            .bind(kind)
+            .bind(&spec)
+            .bind(i64::from(check.interval_s))
+            .bind(i64::from(check.timeout_ms))
+            .bind(&regions)
+            .bind(i64::from(check.quorum))
+            .bind(i64::from(check.retries))
+            .bind(i64::from(check.recovery))
+            .bind(i64::from(check.agents_per_region))
+            .bind(&depends_on)
             .bind(check.enabled)
             .bind(check.updated_at_ms)
             .execute(pool)
@@ -658,21 +676,38 @@ impl Store {
     /// One check.
     ///
     /// # Errors
-    /// Database errors only.
+    /// Database errors, or [`StoreError::Corrupt`] when the stored row does not decode.
     pub async fn get_check(&self, id: &str) -> Result<Option<CheckRow>, StoreError> {
         let sql = format!("{CHECK_COLUMNS} WHERE id = $1");
-        Ok(
-            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?),
-        )
+        let raw: Option<RawCheckRow> = on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?);
+        raw.map(CheckRow::try_from)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                what: "check",
+                detail: e.to_string(),
+            })
     }
 
-    /// Every check.
+    /// Every check whose row decodes. A row that does not is left out, logged and counted
+    /// ([`CORRUPT_CHECK_ROWS`]), so one bad row never hides the others.
     ///
     /// # Errors
     /// Database errors only.
     pub async fn list_checks(&self) -> Result<Vec<CheckRow>, StoreError> {
         let sql = format!("{CHECK_COLUMNS} ORDER BY id");
-        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?))
+        let raw: Vec<RawCheckRow> =
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?);
+        Ok(raw
+            .into_iter()
+            .filter_map(|raw| match CheckRow::try_from(raw) {
+                Ok(row) => Some(row),
+                Err(error) => {
+                    CORRUPT_CHECK_ROWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(%error, "Stored check does not decode; left out");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Deletes a check (its assignments go with it); returns whether it existed.
@@ -819,5 +854,5 @@ const AGENT_COLUMNS: &str = "SELECT id, region, labels, hostname, arch, os, vers
     cert_not_after_ms, state, last_seen_ms, enrolled_at_ms, revoked_at_ms, config_revision, last_seq, \
     next_seq, spool_dropped_total, spool_unsendable_total, spool_write_errors_total, boot_id FROM agents";
 
-const CHECK_COLUMNS: &str = "SELECT id, name, kind, spec, interval_s, timeout_ms, regions, quorum, enabled, \
-    created_at_ms, updated_at_ms FROM checks";
+const CHECK_COLUMNS: &str = "SELECT id, name, spec, interval_s, timeout_ms, regions, quorum, retries, \
+    recovery, agents_per_region, depends_on, enabled, created_at_ms, updated_at_ms FROM checks";

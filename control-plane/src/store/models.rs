@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use vantage_mqtt::NodeState;
+use vantage_mqtt::{CheckKind, CheckSpec, NodeState};
 
 /// A region with its agent counts.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -170,23 +170,124 @@ pub struct AgentRow {
     pub boot_id: String,
 }
 
-/// A check definition.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+/// A check definition, decoded by the store (see [`RawCheckRow`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct CheckRow {
     pub id: String,
     pub name: String,
-    /// The check type (`http`, `tcp`, …).
-    pub kind: String,
-    /// JSON of the wire `CheckKind`.
-    pub spec: String,
-    pub interval_s: i64,
-    pub timeout_ms: i64,
-    /// JSON array of region ids.
-    pub regions: String,
-    pub quorum: i64,
+    pub kind: CheckKind,
+    pub interval_s: u32,
+    pub timeout_ms: u32,
+    pub regions: Vec<String>,
+    /// Regions that must fail for DOWN; 0 means a majority of `regions`.
+    pub quorum: u32,
+    /// Consecutive failures before a region counts as failing.
+    pub retries: u32,
+    /// Consecutive successes before a failing region counts as up again.
+    pub recovery: u32,
+    /// Agents per region that run the check.
+    pub agents_per_region: u32,
+    /// Checks this one depends on: while one of them is DOWN, this one's incidents are
+    /// dependent and notify nobody.
+    pub depends_on: Vec<String>,
     pub enabled: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+impl CheckRow {
+    /// The number of failing regions that makes the check DOWN.
+    pub fn effective_quorum(&self) -> u32 {
+        let n = u32::try_from(self.regions.len()).unwrap_or(u32::MAX);
+        if self.quorum == 0 {
+            n / 2 + 1
+        } else {
+            self.quorum.min(n.max(1))
+        }
+    }
+
+    /// The spec the agents run.
+    pub fn spec(&self) -> CheckSpec {
+        CheckSpec {
+            id: self.id.clone(),
+            interval_s: self.interval_s,
+            timeout_ms: self.timeout_ms,
+            kind: self.kind.clone(),
+        }
+    }
+
+    /// The text columns of the row: (type name, spec JSON, regions JSON, depends_on JSON).
+    pub fn encoded_columns(&self) -> (&'static str, String, String, String) {
+        (
+            self.kind.type_name(),
+            serde_json::to_string(&self.kind).unwrap_or_default(),
+            serde_json::to_string(&self.regions).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&self.depends_on).unwrap_or_else(|_| "[]".into()),
+        )
+    }
+}
+
+/// A check as its columns hold it; [`CheckRow`] decodes it, one row at a time, so one corrupt
+/// row never hides the others.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RawCheckRow {
+    pub id: String,
+    pub name: String,
+    pub spec: String,
+    pub interval_s: i64,
+    pub timeout_ms: i64,
+    pub regions: String,
+    pub quorum: i64,
+    pub retries: i64,
+    pub recovery: i64,
+    pub agents_per_region: i64,
+    pub depends_on: String,
+    pub enabled: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Why a stored check row does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored check {id:?}: {field} {detail}")]
+pub struct CorruptCheck {
+    pub id: String,
+    pub field: &'static str,
+    pub detail: String,
+}
+
+impl TryFrom<RawCheckRow> for CheckRow {
+    type Error = CorruptCheck;
+
+    fn try_from(raw: RawCheckRow) -> Result<Self, Self::Error> {
+        let id = raw.id.clone();
+        let corrupt = |field: &'static str, detail: String| CorruptCheck {
+            id: id.clone(),
+            field,
+            detail,
+        };
+        let number = |field: &'static str, value: i64| {
+            u32::try_from(value).map_err(|_| corrupt(field, format!("{value} is out of range")))
+        };
+        Ok(CheckRow {
+            kind: serde_json::from_str(&raw.spec).map_err(|e| corrupt("spec", e.to_string()))?,
+            interval_s: number("interval_s", raw.interval_s)?,
+            timeout_ms: number("timeout_ms", raw.timeout_ms)?,
+            regions: serde_json::from_str(&raw.regions)
+                .map_err(|e| corrupt("regions", e.to_string()))?,
+            quorum: number("quorum", raw.quorum)?,
+            retries: number("retries", raw.retries)?,
+            recovery: number("recovery", raw.recovery)?,
+            agents_per_region: number("agents_per_region", raw.agents_per_region)?,
+            depends_on: serde_json::from_str(&raw.depends_on)
+                .map_err(|e| corrupt("depends_on", e.to_string()))?,
+            id: raw.id,
+            name: raw.name,
+            enabled: raw.enabled,
+            created_at_ms: raw.created_at_ms,
+            updated_at_ms: raw.updated_at_ms,
+        })
+    }
 }
 
 /// One stored check result.
@@ -211,7 +312,7 @@ pub struct ResultRow {
 }
 
 /// Serializes a stored JSON text as the JSON value it holds.
-fn as_json<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_json<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
     let value: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
     serde::Serialize::serialize(&value, serializer)
 }

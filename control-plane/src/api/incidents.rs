@@ -1,0 +1,269 @@
+//! Routes for regions, verdicts, incidents, notification channels and the outbox: they check
+//! the caller and call [`crate::regions`], [`crate::incidents`] and [`crate::notify`].
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use vantage_mqtt::IncidentChange;
+
+use super::{ApiError, ApiJson, ApiQuery, Caller};
+use crate::AppState;
+use crate::notify::{ChannelDefinition, ChannelError};
+use crate::store::{OutboxState, Role};
+
+impl From<ChannelError> for ApiError {
+    fn from(error: ChannelError) -> Self {
+        match error {
+            ChannelError::Invalid(reason) => ApiError::Unprocessable(reason),
+            ChannelError::NotFound(id) => ApiError::NotFound(format!("channel {id:?}")),
+            error @ ChannelError::Corrupt(_) => ApiError::Internal(error.into()),
+            error @ ChannelError::Delivery(_) => ApiError::BadGateway(error.to_string()),
+            ChannelError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// `GET /api/v1/regions`: each region's agents, online count, checks and fallback.
+pub async fn regions(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(json!(crate::regions::list(&state).await?)))
+}
+
+/// `GET /api/v1/verdicts`: every check's current verdict with its evidence.
+pub async fn verdicts(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let mut views = state.store.list_verdicts().await?;
+    if caller.role == Role::Viewer {
+        for view in &mut views {
+            view.reason = vantage_mqtt::redact::scrub_text(&view.reason).into_owned();
+            for region in &mut view.regions {
+                if let Some(last) = &mut region.last {
+                    last.reason = vantage_mqtt::redact::scrub_text(&last.reason).into_owned();
+                }
+            }
+        }
+    }
+    Ok(Json(json!(views)))
+}
+
+/// `GET /api/v1/checks/{id}/transitions`: the check's state changes, newest first.
+pub async fn transitions(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let mut rows = state.store.list_transitions(&id, 500).await?;
+    if caller.role == Role::Viewer {
+        for row in &mut rows {
+            row.reason = vantage_mqtt::redact::scrub_text(&row.reason).into_owned();
+            row.evidence = vantage_mqtt::redact::scrub_text(&row.evidence).into_owned();
+        }
+    }
+    Ok(Json(json!(rows)))
+}
+
+/// Query of `GET /api/v1/incidents`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentQuery {
+    #[serde(default)]
+    pub open: bool,
+    #[serde(default = "default_limit")]
+    pub limit: i64,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+/// `GET /api/v1/incidents[?open=true&limit=N]`: newest first.
+pub async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<IncidentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    if !(1..=10_000).contains(&query.limit) {
+        return Err(ApiError::BadRequest("limit must be 1..=10000".into()));
+    }
+    Ok(Json(json!(
+        state.store.list_incidents(query.open, query.limit).await?
+    )))
+}
+
+/// `GET /api/v1/incidents/{id}`: the incident and its timeline.
+pub async fn get(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let incident = state
+        .store
+        .get_incident(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("incident {id:?}")))?;
+    let mut timeline = state.store.incident_events(&id).await?;
+    if caller.role == Role::Viewer {
+        for event in &mut timeline {
+            event.text = vantage_mqtt::redact::scrub_text(&event.text).into_owned();
+        }
+    }
+    Ok(Json(json!({ "incident": incident, "timeline": timeline })))
+}
+
+/// Body of `POST /api/v1/incidents/{id}/notes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteBody {
+    pub text: String,
+}
+
+/// `POST /api/v1/incidents/{id}/ack`: acknowledges (operators and above).
+pub async fn acknowledge(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
+    let author = format!("token {}", caller.token_id);
+    let row = crate::incidents::annotate(
+        &state,
+        &id,
+        IncidentChange::Acknowledged,
+        &format!("acknowledged by {author}"),
+        &author,
+    )
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("incident {id:?}")))?;
+    Ok(Json(json!(row)))
+}
+
+/// `POST /api/v1/incidents/{id}/notes`: adds a note to the timeline.
+pub async fn note(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<NoteBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Role::Operator)?;
+    let text = body.text.trim();
+    if text.is_empty() || text.len() > 4096 {
+        return Err(ApiError::Unprocessable(
+            "text must be 1 to 4096 bytes".into(),
+        ));
+    }
+    let author = format!("token {}", caller.token_id);
+    let row = crate::incidents::annotate(&state, &id, IncidentChange::Note, text, &author)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("incident {id:?}")))?;
+    Ok((StatusCode::CREATED, Json(json!(row))))
+}
+
+/// `GET /api/v1/channels`: channels without their secrets (operators and above).
+pub async fn list_channels(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
+    Ok(Json(json!(crate::notify::list_channels(&state).await?)))
+}
+
+/// `POST /api/v1/channels`: creates a channel (admins).
+pub async fn create_channel(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ChannelDefinition>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Role::Admin)?;
+    if let Some(id) = &body.id
+        && state.store.get_channel(id).await?.is_some()
+    {
+        return Err(ApiError::Conflict(format!("channel {id:?} already exists")));
+    }
+    let summary = crate::notify::put_channel(&state, None, body).await?;
+    Ok((StatusCode::CREATED, Json(json!(summary))))
+}
+
+/// `PUT /api/v1/channels/{id}`: replaces a channel (admins).
+pub async fn put_channel(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ChannelDefinition>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    if body.id.as_deref().is_some_and(|b| b != id) {
+        return Err(ApiError::Unprocessable(
+            "the body's id differs from the path's".into(),
+        ));
+    }
+    Ok(Json(json!(
+        crate::notify::put_channel(&state, Some(&id), body).await?
+    )))
+}
+
+/// `DELETE /api/v1/channels/{id}` (admins).
+pub async fn delete_channel(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    crate::notify::delete_channel(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/channels/{id}/test`: sends a test notification now; 502 with the reason
+/// when the receiver did not take it.
+pub async fn test_channel(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
+    crate::notify::test_channel(&state, &id).await?;
+    Ok(Json(json!({ "delivered": true })))
+}
+
+/// Query of `GET /api/v1/outbox`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxQuery {
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default = "default_limit")]
+    pub limit: i64,
+}
+
+/// `GET /api/v1/outbox[?state=pending|delivered|dead]`: notifications, newest first; the
+/// dead letters with `state=dead` (operators and above).
+pub async fn outbox(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<OutboxQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
+    if !(1..=10_000).contains(&query.limit) {
+        return Err(ApiError::BadRequest("limit must be 1..=10000".into()));
+    }
+    let filter =
+        match query.state {
+            None => None,
+            Some(name) => Some(OutboxState::try_from(name).map_err(|e| {
+                ApiError::BadRequest(format!("{e}: use pending, delivered or dead"))
+            })?),
+        };
+    Ok(Json(json!(
+        state.store.list_outbox(filter, query.limit).await?
+    )))
+}

@@ -1,0 +1,303 @@
+//! Incidents: what a verdict, an agent or a region going dark opens, updates and resolves,
+//! and how each change is stored, announced and queued for notification.
+//!
+//! A check's incident opens when it goes DOWN, is updated while it stays DOWN or is partly
+//! back (DEGRADED), and is resolved on UP (also when paused or in maintenance). An agent's
+//! incident opens when it has been offline for [`crate::settings::Settings::agent_offline_grace_s`]
+//! and a region's when none of its agents has been online for that long; both resolve when one
+//! is back. An incident opened while a check it depends on is DOWN is dependent: its
+//! notifications are suppressed. Opening and resolution queue one outbox row per enabled
+//! channel, in the same transaction as the change (see [`crate::store::incidents`]); the
+//! sender in [`crate::notify`] delivers them. After the commit, the verdict is published
+//! retained on `status/checks/{check}` and on the live feed, and the incident change on
+//! `incidents` and the live feed.
+
+use std::collections::HashMap;
+
+use vantage_mqtt::{
+    CheckState, CheckVerdictView, IncidentChange, IncidentSubject, NodeState, encode, topic,
+};
+
+use crate::AppState;
+use crate::hub::LiveEvent;
+use crate::store::{
+    IncidentOp, IncidentOutcome, IncidentRequest, StoreError, VerdictWrite, now_ms,
+};
+
+/// What a verdict change does to the check's incident.
+fn incident_op(next: &CheckVerdictView, check_name: &str, dependent: bool) -> Option<IncidentOp> {
+    match next.state {
+        CheckState::Down => Some(IncidentOp::Open {
+            title: format!("{check_name} is down"),
+            dependent,
+        }),
+        CheckState::Degraded => Some(IncidentOp::Update),
+        CheckState::Up | CheckState::Paused | CheckState::Maintenance => Some(IncidentOp::Resolve),
+        CheckState::Pending => None,
+    }
+}
+
+/// The enabled channels every opening and resolution is sent to.
+async fn channels(state: &AppState) -> Result<Vec<String>, StoreError> {
+    Ok(state
+        .store
+        .list_channels()
+        .await?
+        .into_iter()
+        .filter(|c| c.enabled)
+        .map(|c| c.id)
+        .collect())
+}
+
+/// Stores a check's new verdict with its transition and incident change in one transaction,
+/// then announces both. `parent_down` names a check it depends on that is DOWN.
+///
+/// # Errors
+/// Store errors; then nothing was stored or announced.
+pub async fn record_verdict(
+    state: &AppState,
+    previous: &CheckVerdictView,
+    next: &CheckVerdictView,
+    parent_down: Option<String>,
+) -> Result<(), StoreError> {
+    let name = state
+        .store
+        .get_check(&next.check_id)
+        .await?
+        .map_or_else(|| next.check_id.clone(), |c| c.name);
+    let state_changed = previous.state != next.state;
+    let op = if state_changed || next.state == CheckState::Down {
+        incident_op(next, &name, parent_down.is_some())
+    } else {
+        None
+    };
+    let text = match &parent_down {
+        Some(parent) if next.state == CheckState::Down => {
+            format!(
+                "{} (depends on {parent}, which is down: not notified)",
+                next.reason
+            )
+        }
+        _ => next.reason.clone(),
+    };
+    let request = match op {
+        Some(op) => Some(IncidentRequest {
+            subject: IncidentSubject::Check,
+            subject_id: next.check_id.clone(),
+            op,
+            text,
+            at_ms: now_ms(),
+            channels: channels(state).await?,
+        }),
+        None => None,
+    };
+    let outcome = state
+        .store
+        .record_change(
+            Some(VerdictWrite {
+                previous: previous.state,
+                next,
+            }),
+            request.as_ref(),
+        )
+        .await?;
+    if state_changed {
+        tracing::info!(check = %next.check_id, from = previous.state.as_str(), to = next.state.as_str(), reason = %next.reason, "Check verdict changed");
+        state
+            .counters
+            .verdict_transitions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let _ = state
+        .publisher
+        .publish(&topic::status_check(&next.check_id), encode(next), true)
+        .await;
+    state.hub.publish(LiveEvent {
+        kind: "verdict",
+        agent_id: String::new(),
+        region: String::new(),
+        check_id: Some(next.check_id.clone()),
+        at_ms: now_ms(),
+        data: serde_json::to_value(next).unwrap_or_default(),
+    });
+    if let Some(outcome) = outcome {
+        announce(state, &outcome).await;
+    }
+    Ok(())
+}
+
+/// Publishes an incident change on `incidents` and the live feed, and wakes the sender.
+pub async fn announce(state: &AppState, outcome: &IncidentOutcome) {
+    let at_ms = now_ms();
+    let view = outcome.incident.view(outcome.change, &outcome.text, at_ms);
+    tracing::info!(incident = %view.id, subject = %view.subject_id, change = view.change.as_str(), dependent = view.dependent, n_queued = outcome.n_queued, "Incident changed");
+    let _ = state
+        .publisher
+        .publish(&topic::incidents(), encode(&view), false)
+        .await;
+    state.hub.publish(LiveEvent {
+        kind: "incident",
+        agent_id: if view.subject == IncidentSubject::Agent {
+            view.subject_id.clone()
+        } else {
+            String::new()
+        },
+        region: if view.subject == IncidentSubject::Region {
+            view.subject_id.clone()
+        } else {
+            String::new()
+        },
+        check_id: (view.subject == IncidentSubject::Check).then(|| view.subject_id.clone()),
+        at_ms,
+        data: serde_json::to_value(&view).unwrap_or_default(),
+    });
+    if outcome.n_queued > 0 {
+        state.notify_outbox.notify_one();
+    }
+}
+
+/// Opens or resolves one subject's incident (agents and regions), announcing the change.
+async fn change_subject(
+    state: &AppState,
+    subject: IncidentSubject,
+    subject_id: &str,
+    op: IncidentOp,
+    text: String,
+) -> Result<(), StoreError> {
+    let request = IncidentRequest {
+        subject,
+        subject_id: subject_id.to_owned(),
+        op,
+        text,
+        at_ms: now_ms(),
+        channels: channels(state).await?,
+    };
+    if let Some(outcome) = state.store.record_change(None, Some(&request)).await? {
+        announce(state, &outcome).await;
+    }
+    Ok(())
+}
+
+/// Opens incidents for agents offline longer than the grace and for regions with no agent
+/// online for that long; resolves them when one is back. Idempotent: it compares the agents'
+/// stored state with the open incidents, so a restart neither loses nor repeats one.
+///
+/// # Errors
+/// Store errors.
+pub async fn sweep_agents(state: &AppState) -> Result<(), StoreError> {
+    let grace_ms = i64::from(state.settings.agent_offline_grace_s) * 1000;
+    let now = now_ms();
+    let agents = state.store.list_agents(None).await?;
+    let open: HashMap<(IncidentSubject, String), ()> = state
+        .store
+        .list_incidents(true, 100_000)
+        .await?
+        .into_iter()
+        .map(|i| ((i.subject, i.subject_id), ()))
+        .collect();
+    // Per region: (any agent online, the latest time any of its agents was seen).
+    let mut regions: HashMap<&str, (bool, i64)> = HashMap::new();
+    for agent in agents.iter().filter(|a| a.revoked_at_ms.is_none()) {
+        let online = agent.state == NodeState::Online;
+        let seen = agent.last_seen_ms.unwrap_or(agent.enrolled_at_ms);
+        let entry = regions.entry(agent.region.as_str()).or_insert((false, 0));
+        entry.0 |= online;
+        entry.1 = entry.1.max(seen);
+        let key = (IncidentSubject::Agent, agent.id.clone());
+        if !online && now - seen > grace_ms && !open.contains_key(&key) {
+            let text = format!(
+                "agent {} ({}) has been offline for {} s",
+                agent.id,
+                agent.region,
+                (now - seen) / 1000
+            );
+            change_subject(
+                state,
+                IncidentSubject::Agent,
+                &agent.id,
+                IncidentOp::Open {
+                    title: format!("agent {} is offline", agent.id),
+                    dependent: false,
+                },
+                text,
+            )
+            .await?;
+        } else if online && open.contains_key(&key) {
+            change_subject(
+                state,
+                IncidentSubject::Agent,
+                &agent.id,
+                IncidentOp::Resolve,
+                format!("agent {} is back online", agent.id),
+            )
+            .await?;
+        }
+    }
+    for (region, (online, seen)) in regions {
+        let key = (IncidentSubject::Region, region.to_owned());
+        if !online && now - seen > grace_ms && !open.contains_key(&key) {
+            change_subject(
+                state,
+                IncidentSubject::Region,
+                region,
+                IncidentOp::Open {
+                    title: format!("region {region} has no agent online"),
+                    dependent: false,
+                },
+                format!("no agent of region {region} is online; its checks run on the control plane's fallback"),
+            )
+            .await?;
+        } else if online && open.contains_key(&key) {
+            change_subject(
+                state,
+                IncidentSubject::Region,
+                region,
+                IncidentOp::Resolve,
+                format!("an agent of region {region} is back online"),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs [`sweep_agents`] every 5 s.
+pub async fn agent_worker(state: AppState) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        if let Err(error) = sweep_agents(&state).await {
+            tracing::warn!(%error, "Agent incident sweep failed; retrying");
+        }
+    }
+}
+
+/// Acknowledges an incident or adds a note to it, and announces the change.
+///
+/// # Errors
+/// Store errors; `Ok(None)` when the incident does not exist.
+pub async fn annotate(
+    state: &AppState,
+    id: &str,
+    change: IncidentChange,
+    text: &str,
+    author: &str,
+) -> Result<Option<crate::store::IncidentRow>, StoreError> {
+    let Some(row) = state
+        .store
+        .annotate_incident(id, change, text, author, now_ms())
+        .await?
+    else {
+        return Ok(None);
+    };
+    announce(
+        state,
+        &IncidentOutcome {
+            incident: row.clone(),
+            change,
+            text: text.to_owned(),
+            n_queued: 0,
+        },
+    )
+    .await;
+    Ok(Some(row))
+}

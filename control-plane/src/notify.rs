@@ -1,0 +1,519 @@
+//! Notifications: channel definitions and the sender that drains the outbox.
+//!
+//! Channels: `webhook` (JSON body, signed), `slack` (a Slack-compatible incoming webhook) and
+//! `ntfy`. Each opening and resolution of an incident puts one outbox row per enabled channel
+//! in the same transaction as the change (see [`crate::incidents`]). [`worker`] delivers them:
+//! only the oldest pending row of each (incident, channel) is taken, so a resolution never
+//! overtakes its alert; a failed attempt is retried with capped exponential backoff (1 s,
+//! 2 s, 4 s, … up to [`MAX_BACKOFF_S`]), across restarts since the state is in the store;
+//! after `notify_max_attempts` the row is a dead letter, kept and listed by the API. Every
+//! request carries `Idempotency-Key` (the row's dedup key), so a receiver can drop the repeat
+//! a crash between its answer and our record of it would cause.
+//!
+//! Webhook signature: `X-Vantage-Timestamp: <unix seconds>` and
+//! `X-Vantage-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`. Receivers
+//! recompute it, compare in constant time and refuse timestamps more than
+//! [`REPLAY_WINDOW_S`] from their clock.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vantage_mqtt::{IncidentChange, IncidentView, topic};
+
+use crate::AppState;
+use crate::store::{ChannelRow, OutboxRow, OutboxState, StoreError, now_ms, random_id};
+
+/// Longest wait between two attempts.
+pub const MAX_BACKOFF_S: u64 = 300;
+/// How far a webhook's timestamp may be from the receiver's clock.
+pub const REPLAY_WINDOW_S: i64 = 300;
+/// How long one delivery may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows delivered at once.
+const BATCH: i64 = 32;
+
+/// Where and how a channel delivers; stored as JSON with its secrets.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ChannelConfig {
+    /// POSTs the incident as JSON, signed with `secret`.
+    Webhook { url: String, secret: String },
+    /// POSTs `{"text": …}` to a Slack-compatible incoming webhook (its URL is its secret).
+    Slack { url: String },
+    /// POSTs the text to an ntfy topic URL, with an optional access token.
+    Ntfy {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets (the webhook secret, the Slack URL, the ntfy token) never reach a log.
+        f.write_str(self.kind())
+    }
+}
+
+impl ChannelConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChannelConfig::Webhook { .. } => "webhook",
+            ChannelConfig::Slack { .. } => "slack",
+            ChannelConfig::Ntfy { .. } => "ntfy",
+        }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            ChannelConfig::Webhook { url, .. }
+            | ChannelConfig::Slack { url }
+            | ChannelConfig::Ntfy { url, .. } => url,
+        }
+    }
+
+    /// Where it delivers, without secrets: scheme, host and port (a Slack URL's path is its
+    /// secret; a webhook's path and query may hold one).
+    pub fn target(&self) -> String {
+        let url = self.url();
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        format!("{scheme}://{host}/…")
+    }
+
+    /// Checks the config.
+    ///
+    /// # Errors
+    /// A message naming the invalid field.
+    pub fn validate(&self) -> Result<(), String> {
+        let url = self.url();
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
+            return Err("url must be an http(s) URL of at most 2048 bytes".into());
+        }
+        if url.chars().any(char::is_control) {
+            return Err("url must not hold control characters".into());
+        }
+        match self {
+            ChannelConfig::Webhook { secret, .. } if secret.len() < 16 || secret.len() > 256 => {
+                Err("secret must be 16 to 256 bytes".into())
+            }
+            ChannelConfig::Ntfy {
+                token: Some(token), ..
+            } if token.len() > 256 || token.chars().any(char::is_control) => {
+                Err("token must be at most 256 printable bytes".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A channel as the API takes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelDefinition {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    pub config: ChannelConfig,
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+/// A channel as the API shows it: never its secrets.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelSummary {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    /// Scheme and host it delivers to.
+    pub target: String,
+    pub enabled: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Why a channel could not be read, written or tested.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("channel {0:?} not found")]
+    NotFound(String),
+    /// The stored config does not decode.
+    #[error("stored channel {0} is corrupt")]
+    Corrupt(String),
+    /// A test send failed; the message says how.
+    #[error("test delivery failed: {0}")]
+    Delivery(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn summary(row: &ChannelRow) -> ChannelSummary {
+    let target = serde_json::from_str::<ChannelConfig>(&row.config)
+        .map(|c| c.target())
+        .unwrap_or_else(|_| "(corrupt)".into());
+    ChannelSummary {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        kind: row.kind.clone(),
+        target,
+        enabled: row.enabled,
+        created_at_ms: row.created_at_ms,
+        updated_at_ms: row.updated_at_ms,
+    }
+}
+
+/// Creates or replaces a channel.
+///
+/// # Errors
+/// Invalid fields, or the store.
+pub async fn put_channel(
+    state: &AppState,
+    id: Option<&str>,
+    body: ChannelDefinition,
+) -> Result<ChannelSummary, ChannelError> {
+    let id = id
+        .map(str::to_owned)
+        .or(body.id.clone())
+        .unwrap_or_else(|| random_id("ch-", 6));
+    if !topic::valid_id(&id) {
+        return Err(ChannelError::Invalid(
+            "id must be 1-64 of a-z 0-9 - _ .".into(),
+        ));
+    }
+    if body.name.trim().is_empty()
+        || body.name.len() > 255
+        || body.name.chars().any(char::is_control)
+    {
+        return Err(ChannelError::Invalid(
+            "name must be 1-255 printable characters".into(),
+        ));
+    }
+    body.config.validate().map_err(ChannelError::Invalid)?;
+    let now = now_ms();
+    let created_at_ms = state
+        .store
+        .get_channel(&id)
+        .await?
+        .map_or(now, |c| c.created_at_ms);
+    let row = ChannelRow {
+        id,
+        name: body.name,
+        kind: body.config.kind().to_owned(),
+        config: serde_json::to_string(&body.config).unwrap_or_default(),
+        enabled: body.enabled,
+        created_at_ms,
+        updated_at_ms: now,
+    };
+    state.store.upsert_channel(&row).await?;
+    Ok(summary(&row))
+}
+
+/// Every channel, without secrets.
+///
+/// # Errors
+/// The store.
+pub async fn list_channels(state: &AppState) -> Result<Vec<ChannelSummary>, ChannelError> {
+    Ok(state
+        .store
+        .list_channels()
+        .await?
+        .iter()
+        .map(summary)
+        .collect())
+}
+
+/// Deletes a channel.
+///
+/// # Errors
+/// Not found, or the store.
+pub async fn delete_channel(state: &AppState, id: &str) -> Result<(), ChannelError> {
+    if state.store.delete_channel(id).await? {
+        Ok(())
+    } else {
+        Err(ChannelError::NotFound(id.to_owned()))
+    }
+}
+
+/// Sends a test notification through a channel now and says how it went.
+///
+/// # Errors
+/// Not found, corrupt, or the delivery's failure.
+pub async fn test_channel(state: &AppState, id: &str) -> Result<(), ChannelError> {
+    let row = state
+        .store
+        .get_channel(id)
+        .await?
+        .ok_or_else(|| ChannelError::NotFound(id.to_owned()))?;
+    let config: ChannelConfig =
+        serde_json::from_str(&row.config).map_err(|_| ChannelError::Corrupt(id.to_owned()))?;
+    let now = now_ms();
+    let view = IncidentView {
+        v: vantage_mqtt::PROTOCOL_VERSION,
+        id: "test".into(),
+        subject: vantage_mqtt::IncidentSubject::Check,
+        subject_id: "test".into(),
+        title: format!("test notification from Vantage to channel {}", row.name),
+        change: IncidentChange::Opened,
+        text: "This is a test: nothing is down.".into(),
+        open: false,
+        dependent: false,
+        opened_at_ms: now,
+        resolved_at_ms: None,
+        acknowledged_at_ms: None,
+        at_ms: now,
+    };
+    let body = serde_json::to_string(&view).unwrap_or_default();
+    let key = random_id("test-", 8);
+    deliver(&state.http_client, &config, &key, &view, &body)
+        .await
+        .map_err(ChannelError::Delivery)
+}
+
+/// Lower-case hex HMAC-SHA256 of `"{timestamp}.{body}"`: the webhook signature.
+pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(timestamp.to_string().as_bytes());
+    context.update(b".");
+    context.update(body.as_bytes());
+    hex::encode(context.sign().as_ref())
+}
+
+/// The text of a notification, for chat-like channels.
+pub fn text_of(view: &IncidentView) -> String {
+    let verb = match view.change {
+        IncidentChange::Opened => "🔴 Opened",
+        IncidentChange::Resolved => "✅ Resolved",
+        IncidentChange::Updated => "Updated",
+        IncidentChange::Acknowledged => "Acknowledged",
+        IncidentChange::Note => "Note",
+    };
+    format!("{verb}: {} — {}", view.title, view.text)
+}
+
+/// One delivery attempt.
+async fn deliver(
+    client: &reqwest::Client,
+    config: &ChannelConfig,
+    key: &str,
+    view: &IncidentView,
+    body: &str,
+) -> Result<(), String> {
+    let request = match config {
+        ChannelConfig::Webhook { url, secret } => {
+            let timestamp = now_ms() / 1000;
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-vantage-timestamp", timestamp.to_string())
+                .header(
+                    "x-vantage-signature",
+                    format!("v1={}", signature(secret, timestamp, body)),
+                )
+                .body(body.to_owned())
+        }
+        ChannelConfig::Slack { url } => client
+            .post(url)
+            .json(&serde_json::json!({ "text": text_of(view) })),
+        ChannelConfig::Ntfy { url, token } => {
+            let mut request = client
+                .post(url)
+                .header("title", view.title.clone())
+                .header(
+                    "priority",
+                    if view.change == IncidentChange::Opened {
+                        "high"
+                    } else {
+                        "default"
+                    },
+                )
+                .body(text_of(view));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request
+        }
+    };
+    let response = request
+        .header("idempotency-key", key)
+        .timeout(ATTEMPT_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| {
+            // reqwest's message names the URL, which may hold a secret (a Slack path).
+            let e = e.without_url();
+            format!("{e}")
+        })?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("receiver answered {status}"))
+    }
+}
+
+/// The wait before attempt `attempts + 1` after `attempts` failures: 1 s doubling, capped.
+pub fn backoff(attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(20);
+    Duration::from_secs((1u64 << exponent).min(MAX_BACKOFF_S))
+}
+
+/// Delivers one outbox row and records the outcome.
+async fn attempt(state: &AppState, row: OutboxRow) -> Result<(), StoreError> {
+    let now = now_ms();
+    let channel = state.store.get_channel(&row.channel_id).await?;
+    let config = channel
+        .as_ref()
+        .filter(|c| c.enabled)
+        .map(|c| serde_json::from_str::<ChannelConfig>(&c.config));
+    let outcome = match config {
+        None => Err("channel deleted or disabled".to_owned()),
+        Some(Err(_)) => Err("channel config is corrupt".to_owned()),
+        Some(Ok(config)) => match serde_json::from_str::<IncidentView>(&row.body) {
+            Ok(view) => {
+                deliver(
+                    &state.http_client,
+                    &config,
+                    &row.dedup_key,
+                    &view,
+                    &row.body,
+                )
+                .await
+            }
+            Err(_) => Err("notification body is corrupt".to_owned()),
+        },
+    };
+    let attempts = u32::try_from(row.attempts)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    match outcome {
+        Ok(()) => {
+            state
+                .counters
+                .notify_delivered
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(key = %row.dedup_key, channel = %row.channel_id, attempts, "Notification delivered");
+            state
+                .store
+                .record_attempt(row.id, OutboxState::Delivered, now, "", now_ms())
+                .await
+        }
+        Err(error) if attempts >= state.settings.notify_max_attempts || channel.is_none() => {
+            state.counters.notify_dead.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(key = %row.dedup_key, channel = %row.channel_id, attempts, %error, "Notification given up: kept as a dead letter");
+            state
+                .store
+                .record_attempt(row.id, OutboxState::Dead, now, &error, now)
+                .await
+        }
+        Err(error) => {
+            state
+                .counters
+                .notify_retried
+                .fetch_add(1, Ordering::Relaxed);
+            let wait = backoff(attempts);
+            tracing::warn!(key = %row.dedup_key, channel = %row.channel_id, attempts, retry_in_s = wait.as_secs(), %error, "Notification failed; retrying");
+            state
+                .store
+                .record_attempt(
+                    row.id,
+                    OutboxState::Pending,
+                    now + wait.as_millis() as i64,
+                    &error,
+                    now,
+                )
+                .await
+        }
+    }
+}
+
+/// Drains the outbox: due rows are delivered (up to [`BATCH`] at a time, concurrently), then
+/// it sleeps until the next row is due, at most 5 s, or until woken by a new row.
+pub async fn worker(state: AppState) {
+    loop {
+        let due = match state.store.due_outbox(now_ms(), BATCH).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read the outbox; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let n_due = due.len();
+        let attempts = due.into_iter().map(|row| attempt(&state, row));
+        for outcome in futures_util::future::join_all(attempts).await {
+            if let Err(error) = outcome {
+                tracing::warn!(%error, "Cannot record a delivery attempt; it is attempted again");
+            }
+        }
+        if n_due as i64 == BATCH {
+            continue;
+        }
+        let wait = match state.store.next_outbox_due().await {
+            Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 5000) as u64),
+            _ => Duration::from_secs(5),
+        };
+        let _ = tokio::time::timeout(wait, state.notify_outbox.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_is_capped() {
+        let waits: Vec<u64> = (1..=12).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(backoff(u32::MAX).as_secs(), MAX_BACKOFF_S);
+    }
+
+    #[test]
+    fn signature_is_hmac_sha256_over_timestamp_dot_body() {
+        // Computed independently: printf '%s' '1700000000.{"a":1}' |
+        //   openssl dgst -sha256 -hmac 0123456789abcdef
+        let sig = signature("0123456789abcdef", 1_700_000_000, "{\"a\":1}");
+        assert_eq!(
+            sig,
+            "9eb18f493f8ec135d9eb2dad817c369bb4e9cbfa818657897a7437c1cd8c3a23"
+        );
+    }
+
+    #[test]
+    fn configs_are_validated_and_never_show_secrets() {
+        let webhook = ChannelConfig::Webhook {
+            url: "https://user:pw@hooks.example.com/path/s3cret?token=x".into(),
+            secret: "0123456789abcdef".into(),
+        };
+        webhook.validate().unwrap();
+        assert_eq!(webhook.target(), "https://hooks.example.com/…");
+        assert_eq!(format!("{webhook:?}"), "webhook");
+        let short = ChannelConfig::Webhook {
+            url: "https://x/".into(),
+            secret: "short".into(),
+        };
+        assert!(short.validate().unwrap_err().contains("secret"));
+        let ftp = ChannelConfig::Slack {
+            url: "ftp://x/".into(),
+        };
+        assert!(ftp.validate().unwrap_err().contains("url"));
+        let slack: ChannelConfig = serde_json::from_value(serde_json::json!({
+            "type": "slack", "url": "https://hooks.slack.com/services/T/B/XXXX"
+        }))
+        .unwrap();
+        assert_eq!(slack.target(), "https://hooks.slack.com/…");
+        let unknown = serde_json::from_value::<ChannelConfig>(serde_json::json!({
+            "type": "webhook", "url": "https://x/", "secret": "0123456789abcdef", "extra": 1
+        }));
+        assert!(unknown.is_err());
+    }
+}

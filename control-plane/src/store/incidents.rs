@@ -1,0 +1,648 @@
+//! Verdicts, incidents, notification channels and the outbox as stored.
+//!
+//! [`Store::record_change`] is the one write that must be atomic: a check's verdict, its
+//! transition with evidence, the incident it opens, updates or resolves, the incident's
+//! timeline entry and one outbox row per notified channel are committed together or not at
+//! all, so a crash can neither lose a notification nor send one for a change that was not
+//! stored. Each outbox row's `dedup_key` (`{incident}/{change number}/{channel}`) is unique:
+//! writing the same change twice cannot queue it twice.
+
+use serde::Serialize;
+use vantage_mqtt::{CheckState, CheckVerdictView, IncidentChange, IncidentSubject, IncidentView};
+
+use super::{Store, StoreError, on_pool, random_id};
+
+/// An incident as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct IncidentRow {
+    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub subject: IncidentSubject,
+    pub subject_id: String,
+    pub title: String,
+    pub open: bool,
+    /// Opened while something it depends on was down: it notifies nobody.
+    pub dependent: bool,
+    pub opened_at_ms: i64,
+    pub resolved_at_ms: Option<i64>,
+    pub acknowledged_at_ms: Option<i64>,
+    pub acknowledged_by: Option<String>,
+    /// Changes so far (each numbers one change for the dedup keys).
+    pub n_changes: i64,
+}
+
+impl IncidentRow {
+    /// The incident as the `incidents` topic, the live feed and notifications carry it.
+    pub fn view(&self, change: IncidentChange, text: &str, at_ms: i64) -> IncidentView {
+        IncidentView {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            id: self.id.clone(),
+            subject: self.subject,
+            subject_id: self.subject_id.clone(),
+            title: self.title.clone(),
+            change,
+            text: text.to_owned(),
+            open: self.open,
+            dependent: self.dependent,
+            opened_at_ms: self.opened_at_ms,
+            resolved_at_ms: self.resolved_at_ms,
+            acknowledged_at_ms: self.acknowledged_at_ms,
+            at_ms,
+        }
+    }
+}
+
+/// One entry of an incident's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct IncidentEventRow {
+    pub id: i64,
+    pub incident_id: String,
+    pub at_ms: i64,
+    #[sqlx(try_from = "String")]
+    pub change: IncidentChange,
+    pub text: String,
+    pub author: String,
+}
+
+/// What a change does to the subject's incident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncidentOp {
+    /// Opens an incident, or updates the open one.
+    Open { title: String, dependent: bool },
+    /// Adds to the open incident's timeline, if there is one.
+    Update,
+    /// Resolves the open incident, if there is one.
+    Resolve,
+}
+
+/// A change to a subject's incident.
+#[derive(Debug, Clone)]
+pub struct IncidentRequest {
+    pub subject: IncidentSubject,
+    pub subject_id: String,
+    pub op: IncidentOp,
+    pub text: String,
+    pub at_ms: i64,
+    /// Channels to notify of an opening or a resolution (never of an update, never for a
+    /// dependent incident).
+    pub channels: Vec<String>,
+}
+
+/// A verdict to store: the new view and, when the state changed, the transition.
+#[derive(Debug, Clone)]
+pub struct VerdictWrite<'a> {
+    pub previous: CheckState,
+    pub next: &'a CheckVerdictView,
+}
+
+/// What [`Store::record_change`] did to an incident.
+#[derive(Debug, Clone)]
+pub struct IncidentOutcome {
+    pub incident: IncidentRow,
+    pub change: IncidentChange,
+    pub text: String,
+    /// Outbox rows queued.
+    pub n_queued: usize,
+}
+
+/// A notification channel as stored; `config` holds its secrets.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChannelRow {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub config: String,
+    pub enabled: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// State of an outbox row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxState {
+    Pending,
+    Delivered,
+    /// Gave up after its attempts: a dead letter, kept and listed.
+    Dead,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Delivered => "delivered",
+            OutboxState::Dead => "dead",
+        }
+    }
+}
+
+/// A stored outbox state name that is not one of [`OutboxState`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown outbox state {0:?}")]
+pub struct UnknownOutboxState(pub String);
+
+impl TryFrom<String> for OutboxState {
+    type Error = UnknownOutboxState;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        match name.as_str() {
+            "pending" => Ok(OutboxState::Pending),
+            "delivered" => Ok(OutboxState::Delivered),
+            "dead" => Ok(OutboxState::Dead),
+            _ => Err(UnknownOutboxState(name)),
+        }
+    }
+}
+
+/// One notification in the outbox.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    /// Unique per (incident change, channel); sent as the idempotency key.
+    pub dedup_key: String,
+    pub incident_id: String,
+    pub channel_id: String,
+    #[sqlx(try_from = "String")]
+    pub change: IncidentChange,
+    /// JSON of the [`IncidentView`] to deliver.
+    pub body: String,
+    #[sqlx(try_from = "String")]
+    pub state: OutboxState,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub last_error: String,
+    pub created_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+}
+
+const INCIDENT_COLUMNS: &str = "SELECT id, subject, subject_id, title, open, dependent, opened_at_ms, \
+    resolved_at_ms, acknowledged_at_ms, acknowledged_by, n_changes FROM incidents";
+const OUTBOX_COLUMNS: &str = "SELECT id, dedup_key, incident_id, channel_id, change, body, state, \
+    attempts, next_attempt_at_ms, last_error, created_at_ms, delivered_at_ms FROM outbox";
+const CHANNEL_COLUMNS: &str =
+    "SELECT id, name, kind, config, enabled, created_at_ms, updated_at_ms FROM channels";
+
+impl Store {
+    /// Stores a verdict and/or an incident change, with the transition, the timeline entry
+    /// and the outbox rows they cause, in one transaction.
+    ///
+    /// # Errors
+    /// Database errors; then nothing was written.
+    pub async fn record_change(
+        &self,
+        verdict: Option<VerdictWrite<'_>>,
+        incident: Option<&IncidentRequest>,
+    ) -> Result<Option<IncidentOutcome>, StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if let Some(verdict) = &verdict {
+                let next = verdict.next;
+                let view = serde_json::to_string(next).unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO check_verdicts (check_id, state, since_ms, view) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (check_id) DO UPDATE SET state = excluded.state, \
+                     since_ms = excluded.since_ms, view = excluded.view",
+                )
+                .bind(&next.check_id)
+                .bind(next.state.as_str())
+                .bind(next.since_ms)
+                .bind(&view)
+                .execute(&mut *tx)
+                .await?;
+                if verdict.previous != next.state {
+                    let evidence = serde_json::to_string(&next.regions).unwrap_or_default();
+                    sqlx::query(
+                        "INSERT INTO verdict_transitions (check_id, from_state, to_state, at_ms, reason, evidence) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(&next.check_id)
+                    .bind(verdict.previous.as_str())
+                    .bind(next.state.as_str())
+                    .bind(next.since_ms)
+                    .bind(&next.reason)
+                    .bind(&evidence)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            let mut outcome = None;
+            if let Some(request) = incident {
+                let open: Option<IncidentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{INCIDENT_COLUMNS} WHERE subject = $1 AND subject_id = $2 AND open"
+                )))
+                .bind(request.subject.as_str())
+                .bind(&request.subject_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let step = match (&request.op, open) {
+                    (IncidentOp::Open { title, dependent }, None) => {
+                        let id = random_id("in-", 8);
+                        sqlx::query(
+                            "INSERT INTO incidents (id, subject, subject_id, title, open, dependent, opened_at_ms, n_changes) \
+                             VALUES ($1, $2, $3, $4, TRUE, $5, $6, 1)",
+                        )
+                        .bind(&id)
+                        .bind(request.subject.as_str())
+                        .bind(&request.subject_id)
+                        .bind(title)
+                        .bind(*dependent)
+                        .bind(request.at_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                        Some((id, IncidentChange::Opened))
+                    }
+                    (IncidentOp::Open { .. } | IncidentOp::Update, Some(open)) => {
+                        sqlx::query("UPDATE incidents SET n_changes = n_changes + 1 WHERE id = $1")
+                            .bind(&open.id)
+                            .execute(&mut *tx)
+                            .await?;
+                        Some((open.id, IncidentChange::Updated))
+                    }
+                    (IncidentOp::Resolve, Some(open)) => {
+                        sqlx::query(
+                            "UPDATE incidents SET open = FALSE, resolved_at_ms = $2, n_changes = n_changes + 1 WHERE id = $1",
+                        )
+                        .bind(&open.id)
+                        .bind(request.at_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                        Some((open.id, IncidentChange::Resolved))
+                    }
+                    (IncidentOp::Update | IncidentOp::Resolve, None) => None,
+                };
+                if let Some((id, change)) = step {
+                    sqlx::query(
+                        "INSERT INTO incident_events (incident_id, at_ms, change, text, author) VALUES ($1, $2, $3, $4, '')",
+                    )
+                    .bind(&id)
+                    .bind(request.at_ms)
+                    .bind(change.as_str())
+                    .bind(&request.text)
+                    .execute(&mut *tx)
+                    .await?;
+                    let row: IncidentRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{INCIDENT_COLUMNS} WHERE id = $1")))
+                        .bind(&id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let mut n_queued = 0;
+                    let notify = matches!(change, IncidentChange::Opened | IncidentChange::Resolved);
+                    if notify && !row.dependent {
+                        let body = serde_json::to_string(&row.view(change, &request.text, request.at_ms))
+                            .unwrap_or_default();
+                        for channel in &request.channels {
+                            sqlx::query(
+                                "INSERT INTO outbox (dedup_key, incident_id, channel_id, change, body, state, attempts, \
+                                 next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) \
+                                 ON CONFLICT (dedup_key) DO NOTHING",
+                            )
+                            .bind(format!("{}/{}/{channel}", row.id, row.n_changes))
+                            .bind(&row.id)
+                            .bind(channel)
+                            .bind(change.as_str())
+                            .bind(&body)
+                            .bind(request.at_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                            n_queued += 1;
+                        }
+                    }
+                    outcome = Some(IncidentOutcome {
+                        incident: row,
+                        change,
+                        text: request.text.clone(),
+                        n_queued,
+                    });
+                }
+            }
+            tx.commit().await?;
+            Ok(outcome)
+        })
+    }
+
+    /// A check's stored verdict.
+    ///
+    /// # Errors
+    /// Database errors, or a stored view that does not decode.
+    pub async fn get_verdict(
+        &self,
+        check_id: &str,
+    ) -> Result<Option<CheckVerdictView>, StoreError> {
+        let sql = "SELECT view FROM check_verdicts WHERE check_id = $1";
+        let view: Option<String> = on_pool!(self, pool => sqlx::query_scalar(sql).bind(check_id).fetch_optional(pool).await?);
+        view.map(|text| {
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                what: "verdict",
+                detail: format!("{check_id}: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// Every stored verdict that decodes (a corrupt one is logged and left out).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_verdicts(&self) -> Result<Vec<CheckVerdictView>, StoreError> {
+        let sql = "SELECT view FROM check_verdicts ORDER BY check_id";
+        let views: Vec<String> =
+            on_pool!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await?);
+        Ok(views
+            .iter()
+            .filter_map(|text| match serde_json::from_str(text) {
+                Ok(view) => Some(view),
+                Err(error) => {
+                    tracing::error!(%error, "Stored verdict does not decode; left out");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// A check's transitions, newest first: (from, to, at_ms, reason, evidence JSON).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_transitions(
+        &self,
+        check_id: &str,
+        limit: i64,
+    ) -> Result<Vec<TransitionRow>, StoreError> {
+        let sql = "SELECT from_state, to_state, at_ms, reason, evidence FROM verdict_transitions \
+                   WHERE check_id = $1 ORDER BY id DESC LIMIT $2";
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sql).bind(check_id).bind(limit).fetch_all(pool).await?),
+        )
+    }
+
+    /// The latest `n` results of a check in a region, newest first.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn recent_results(
+        &self,
+        check_id: &str,
+        region: &str,
+        n: i64,
+    ) -> Result<Vec<super::ResultRow>, StoreError> {
+        let sql = "SELECT agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, total_ms, \
+                   status_code, reason, timings, result_values FROM results \
+                   WHERE check_id = $1 AND region = $2 ORDER BY measured_at_ms DESC, agent_id DESC, seq DESC LIMIT $3";
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sql).bind(check_id).bind(region).bind(n).fetch_all(pool).await?),
+        )
+    }
+
+    /// Incidents, newest first; only the open ones when `open_only`.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_incidents(
+        &self,
+        open_only: bool,
+        limit: i64,
+    ) -> Result<Vec<IncidentRow>, StoreError> {
+        let filter = if open_only { "WHERE open" } else { "" };
+        let sql = format!("{INCIDENT_COLUMNS} {filter} ORDER BY opened_at_ms DESC, id LIMIT $1");
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit).fetch_all(pool).await?),
+        )
+    }
+
+    /// One incident.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn get_incident(&self, id: &str) -> Result<Option<IncidentRow>, StoreError> {
+        let sql = format!("{INCIDENT_COLUMNS} WHERE id = $1");
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?),
+        )
+    }
+
+    /// The open incident of a subject.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn open_incident(
+        &self,
+        subject: IncidentSubject,
+        subject_id: &str,
+    ) -> Result<Option<IncidentRow>, StoreError> {
+        let sql = format!("{INCIDENT_COLUMNS} WHERE subject = $1 AND subject_id = $2 AND open");
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(subject.as_str()).bind(subject_id).fetch_optional(pool).await?),
+        )
+    }
+
+    /// An incident's timeline, oldest first.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn incident_events(&self, id: &str) -> Result<Vec<IncidentEventRow>, StoreError> {
+        let sql = "SELECT id, incident_id, at_ms, change, text, author FROM incident_events \
+                   WHERE incident_id = $1 ORDER BY id";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_all(pool).await?))
+    }
+
+    /// Acknowledges an incident (once; later calls change nothing) or adds a note, with its
+    /// timeline entry. Returns the incident after the change, `None` when it does not exist.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn annotate_incident(
+        &self,
+        id: &str,
+        change: IncidentChange,
+        text: &str,
+        author: &str,
+        at_ms: i64,
+    ) -> Result<Option<IncidentRow>, StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = if change == IncidentChange::Acknowledged {
+                sqlx::query(
+                    "UPDATE incidents SET acknowledged_at_ms = COALESCE(acknowledged_at_ms, $2), \
+                     acknowledged_by = COALESCE(acknowledged_by, $3), n_changes = n_changes + 1 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(at_ms)
+                .bind(author)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            } else {
+                sqlx::query("UPDATE incidents SET n_changes = n_changes + 1 WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            };
+            if n == 0 {
+                return Ok(None);
+            }
+            sqlx::query(
+                "INSERT INTO incident_events (incident_id, at_ms, change, text, author) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(at_ms)
+            .bind(change.as_str())
+            .bind(text)
+            .bind(author)
+            .execute(&mut *tx)
+            .await?;
+            let row: IncidentRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{INCIDENT_COLUMNS} WHERE id = $1")))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(row))
+        })
+    }
+
+    // ---- channels --------------------------------------------------------------------------
+
+    /// Inserts or replaces a channel.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn upsert_channel(&self, channel: &ChannelRow) -> Result<(), StoreError> {
+        let sql = "INSERT INTO channels (id, name, kind, config, enabled, created_at_ms, updated_at_ms) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+                   kind = excluded.kind, config = excluded.config, enabled = excluded.enabled, \
+                   updated_at_ms = excluded.updated_at_ms";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(&channel.id)
+            .bind(&channel.name)
+            .bind(&channel.kind)
+            .bind(&channel.config)
+            .bind(channel.enabled)
+            .bind(channel.created_at_ms)
+            .bind(channel.updated_at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Every channel.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_channels(&self) -> Result<Vec<ChannelRow>, StoreError> {
+        let sql = format!("{CHANNEL_COLUMNS} ORDER BY id");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?))
+    }
+
+    /// One channel.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn get_channel(&self, id: &str) -> Result<Option<ChannelRow>, StoreError> {
+        let sql = format!("{CHANNEL_COLUMNS} WHERE id = $1");
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?),
+        )
+    }
+
+    /// Deletes a channel; returns whether it existed. Its pending notifications become dead
+    /// letters when the sender next looks at them.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn delete_channel(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM channels WHERE id = $1";
+        let n =
+            on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
+    // ---- outbox ----------------------------------------------------------------------------
+
+    /// Pending notifications due by `now_ms`, oldest first, at most one per (incident,
+    /// channel): the oldest pending one, so a resolve never overtakes its alert.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn due_outbox(&self, now_ms: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = format!(
+            "{OUTBOX_COLUMNS} o WHERE state = 'pending' AND next_attempt_at_ms <= $1 AND id = \
+             (SELECT MIN(p.id) FROM outbox p WHERE p.state = 'pending' AND p.incident_id = o.incident_id \
+             AND p.channel_id = o.channel_id) ORDER BY id LIMIT $2"
+        );
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now_ms).bind(limit).fetch_all(pool).await?),
+        )
+    }
+
+    /// The earliest time a pending notification is due, if any is pending.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn next_outbox_due(&self) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT MIN(next_attempt_at_ms) FROM outbox WHERE state = 'pending'";
+        Ok(on_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
+    }
+
+    /// Records a delivery attempt's outcome: delivered, retried at `next_attempt_at_ms`, or
+    /// dead.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn record_attempt(
+        &self,
+        id: i64,
+        state: OutboxState,
+        next_attempt_at_ms: i64,
+        error: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let sql = "UPDATE outbox SET state = $2, attempts = attempts + 1, next_attempt_at_ms = $3, \
+                   last_error = $4, delivered_at_ms = CASE WHEN $2 = 'delivered' THEN $5 ELSE delivered_at_ms END \
+                   WHERE id = $1";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(id)
+            .bind(state.as_str())
+            .bind(next_attempt_at_ms)
+            .bind(error)
+            .bind(at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Outbox rows in `state`, newest first.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_outbox(
+        &self,
+        state: Option<OutboxState>,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = match state {
+            Some(_) => format!("{OUTBOX_COLUMNS} WHERE state = $2 ORDER BY id DESC LIMIT $1"),
+            None => format!("{OUTBOX_COLUMNS} ORDER BY id DESC LIMIT $1"),
+        };
+        Ok(on_pool!(self, pool => {
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit);
+            match state {
+                Some(state) => query.bind(state.as_str()).fetch_all(pool).await?,
+                None => query.fetch_all(pool).await?,
+            }
+        }))
+    }
+}
+
+/// One stored verdict transition.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TransitionRow {
+    pub from_state: String,
+    pub to_state: String,
+    pub at_ms: i64,
+    pub reason: String,
+    /// JSON of the regions' evidence (an array in API answers).
+    #[serde(serialize_with = "super::models::as_json")]
+    pub evidence: String,
+}

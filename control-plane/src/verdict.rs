@@ -1,0 +1,597 @@
+//! Verdicts: each check's overall state, judged across its regions from the results ingest
+//! has committed.
+//!
+//! Per (check, region) a [`RegionTrack`] counts consecutive failures and successes: the region
+//! counts as failing after `retries` failures in a row and as up again after `recovery`
+//! successes in a row (between the two it keeps its last standing, so one odd result changes
+//! nothing). Results older than the newest one judged (a spool replay after a reconnect) are
+//! ignored. [`judge`] turns the regions into a state: PAUSED when the check is disabled, DOWN
+//! when at least the quorum of regions fail, DEGRADED when some but fewer fail (shown, never
+//! silent), UP when none fail, PENDING before any result. The reason says in words which
+//! regions fail against what quorum and why.
+//!
+//! [`Judge`] holds the tracks in memory. A check's track is built on first use from its stored
+//! verdict and a replay of its latest stored results, so a restart (or a crash between a
+//! commit and its verdict) loses no transition. Every transition is written with its evidence
+//! by [`crate::incidents::record_verdict`], in one transaction with the incident and outbox
+//! rows it causes; only then does the track keep the new state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tokio::sync::Mutex;
+use vantage_mqtt::{CheckResult, CheckState, CheckVerdictView, EvidenceResult, RegionEvidence};
+
+use crate::AppState;
+use crate::store::{CheckRow, StoreError, now_ms};
+
+/// The rules a check is judged by, from its stored row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub regions: Vec<String>,
+    pub quorum: u32,
+    pub retries: u32,
+    pub recovery: u32,
+    pub enabled: bool,
+    pub depends_on: Vec<String>,
+}
+
+impl Policy {
+    pub fn of(row: &CheckRow) -> Policy {
+        Policy {
+            regions: row.regions.clone(),
+            quorum: row.effective_quorum(),
+            retries: row.retries.max(1),
+            recovery: row.recovery.max(1),
+            enabled: row.enabled,
+            depends_on: row.depends_on.clone(),
+        }
+    }
+}
+
+/// The order of results within a region: measured time, then agent and seq.
+type ResultKey = (i64, String, u64);
+
+/// One region's standing for one check.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegionTrack {
+    pub failing: bool,
+    pub fail_streak: u32,
+    pub ok_streak: u32,
+    pub last: Option<EvidenceResult>,
+    last_key: Option<ResultKey>,
+}
+
+impl RegionTrack {
+    /// Counts one result; returns false when it is not newer than the last one counted.
+    pub fn observe(
+        &mut self,
+        key: ResultKey,
+        result: EvidenceResult,
+        retries: u32,
+        recovery: u32,
+    ) -> bool {
+        if self.last_key.as_ref().is_some_and(|last| &key <= last) {
+            return false;
+        }
+        if result.ok {
+            self.ok_streak = self.ok_streak.saturating_add(1);
+            self.fail_streak = 0;
+            if self.failing && self.ok_streak >= recovery {
+                self.failing = false;
+            }
+        } else {
+            self.fail_streak = self.fail_streak.saturating_add(1);
+            self.ok_streak = 0;
+            if !self.failing && self.fail_streak >= retries {
+                self.failing = true;
+            }
+        }
+        self.last = Some(result);
+        self.last_key = Some(key);
+        true
+    }
+
+    fn streak(&self) -> u32 {
+        if self.last.as_ref().is_some_and(|l| l.ok) {
+            self.ok_streak
+        } else {
+            self.fail_streak
+        }
+    }
+}
+
+/// Judges a check from its regions' tracks: its state and the reason in words.
+pub fn judge(
+    policy: &Policy,
+    regions: &BTreeMap<String, RegionTrack>,
+    fallback: &dyn Fn(&str) -> bool,
+) -> (CheckState, String, Vec<RegionEvidence>) {
+    let evidence: Vec<RegionEvidence> = policy
+        .regions
+        .iter()
+        .map(|region| {
+            let track = regions.get(region).cloned().unwrap_or_default();
+            RegionEvidence {
+                region: region.clone(),
+                failing: track.failing,
+                fallback: fallback(region),
+                streak: track.streak(),
+                last: track.last,
+            }
+        })
+        .collect();
+    if !policy.enabled {
+        return (CheckState::Paused, "the check is paused".into(), evidence);
+    }
+    let failing: Vec<&RegionEvidence> = evidence.iter().filter(|r| r.failing).collect();
+    let n_regions = evidence.len();
+    let why = |r: &RegionEvidence| {
+        let reason = r.last.as_ref().map_or("no result", |l| l.reason.as_str());
+        let reason = if reason.is_empty() { "failed" } else { reason };
+        format!("{}: {reason} ({} in a row)", r.region, r.streak)
+    };
+    let list = failing
+        .iter()
+        .map(|r| why(r))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let on_fallback: Vec<&str> = evidence
+        .iter()
+        .filter(|r| r.fallback)
+        .map(|r| r.region.as_str())
+        .collect();
+    let fallback_note = if on_fallback.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; degraded: fallback (no agent online) in {}",
+            on_fallback.join(", ")
+        )
+    };
+    let n_failing = failing.len() as u32;
+    let (state, reason) = if n_failing >= policy.quorum {
+        (
+            CheckState::Down,
+            format!(
+                "{n_failing} of {n_regions} regions failing (quorum {}): {list}",
+                policy.quorum
+            ),
+        )
+    } else if n_failing > 0 {
+        (
+            CheckState::Degraded,
+            format!(
+                "{n_failing} of {n_regions} regions failing, below the quorum of {}: {list}",
+                policy.quorum
+            ),
+        )
+    } else if evidence.iter().all(|r| r.last.is_none()) {
+        (CheckState::Pending, "no region has reported yet".into())
+    } else {
+        (
+            CheckState::Up,
+            format!("no region failing ({n_regions} regions)"),
+        )
+    };
+    (state, format!("{reason}{fallback_note}"), evidence)
+}
+
+/// One check's judged state in memory.
+#[derive(Debug, Clone)]
+pub struct CheckTrack {
+    pub policy: Policy,
+    pub regions: BTreeMap<String, RegionTrack>,
+    /// The last verdict written to the store.
+    pub view: CheckVerdictView,
+}
+
+impl CheckTrack {
+    fn failing_set(view: &CheckVerdictView) -> Vec<&str> {
+        view.regions
+            .iter()
+            .filter(|r| r.failing)
+            .map(|r| r.region.as_str())
+            .collect()
+    }
+
+    /// The verdict now, if it differs from the stored one in state, failing regions or
+    /// fallback regions.
+    pub fn rejudge(
+        &self,
+        check_id: &str,
+        fallback: &dyn Fn(&str) -> bool,
+    ) -> Option<CheckVerdictView> {
+        let (state, reason, regions) = judge(&self.policy, &self.regions, fallback);
+        let mut next = CheckVerdictView {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            check_id: check_id.to_owned(),
+            state,
+            previous: self.view.previous,
+            since_ms: self.view.since_ms,
+            quorum: self.policy.quorum,
+            reason,
+            regions,
+        };
+        if state != self.view.state {
+            next.previous = self.view.state;
+            next.since_ms = now_ms();
+        }
+        let fallbacks = |v: &CheckVerdictView| {
+            v.regions
+                .iter()
+                .filter(|r| r.fallback)
+                .map(|r| r.region.clone())
+                .collect::<Vec<_>>()
+        };
+        let changed = state != self.view.state
+            || Self::failing_set(&next) != Self::failing_set(&self.view)
+            || fallbacks(&next) != fallbacks(&self.view)
+            || next.quorum != self.view.quorum;
+        changed.then_some(next)
+    }
+}
+
+/// The verdicts of every check, in memory; see the module docs.
+#[derive(Debug, Default)]
+pub struct Judge {
+    tracks: Mutex<HashMap<String, CheckTrack>>,
+}
+
+/// Results replayed per region when a track is built: enough for the longest streak rule.
+const REPLAY_CAP: u32 = 20;
+
+impl Judge {
+    /// Builds a check's track from the store: its policy, its stored verdict and a replay of
+    /// its latest results. `None` when the check no longer exists.
+    async fn load(state: &AppState, check_id: &str) -> Result<Option<CheckTrack>, StoreError> {
+        let Some(row) = state.store.get_check(check_id).await? else {
+            return Ok(None);
+        };
+        let policy = Policy::of(&row);
+        let stored = state.store.get_verdict(check_id).await?;
+        let view = stored.unwrap_or_else(|| CheckVerdictView {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            check_id: check_id.to_owned(),
+            state: CheckState::Pending,
+            previous: CheckState::Pending,
+            since_ms: now_ms(),
+            quorum: policy.quorum,
+            reason: "no region has reported yet".into(),
+            regions: Vec::new(),
+        });
+        let n = policy.retries.max(policy.recovery).min(REPLAY_CAP);
+        let mut regions = BTreeMap::new();
+        for region in &policy.regions {
+            let mut track = RegionTrack {
+                failing: view
+                    .regions
+                    .iter()
+                    .any(|r| &r.region == region && r.failing),
+                ..RegionTrack::default()
+            };
+            let mut recent = state
+                .store
+                .recent_results(check_id, region, i64::from(n))
+                .await?;
+            recent.reverse();
+            for row in recent {
+                track.observe(
+                    (row.measured_at_ms, row.agent_id.clone(), row.seq as u64),
+                    EvidenceResult {
+                        agent_id: row.agent_id,
+                        ok: row.ok,
+                        reason: row.reason,
+                        total_ms: row.total_ms,
+                        measured_at_ms: row.measured_at_ms,
+                    },
+                    policy.retries,
+                    policy.recovery,
+                );
+            }
+            regions.insert(region.clone(), track);
+        }
+        Ok(Some(CheckTrack {
+            policy,
+            regions,
+            view,
+        }))
+    }
+
+    /// Judges the results of a committed batch; writes and announces every changed verdict.
+    pub async fn observe(&self, state: &AppState, results: &[(String, String, CheckResult)]) {
+        let mut by_check: BTreeMap<&str, Vec<&(String, String, CheckResult)>> = BTreeMap::new();
+        for row in results {
+            by_check
+                .entry(row.2.check_id.as_str())
+                .or_default()
+                .push(row);
+        }
+        let mut tracks = self.tracks.lock().await;
+        for (check_id, rows) in by_check {
+            let mut track = match tracks.remove(check_id) {
+                Some(track) => track,
+                None => match Self::load(state, check_id).await {
+                    Ok(Some(track)) => track,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(check = check_id, %error, "Cannot load a check's verdict; judged with its next results");
+                        continue;
+                    }
+                },
+            };
+            let mut rows = rows;
+            rows.sort_by_key(|(agent, _, r)| (r.measured_at_ms, agent.clone(), r.seq));
+            for (agent, region, result) in rows {
+                let policy = &track.policy;
+                if let Some(region_track) = track.regions.get_mut(region) {
+                    region_track.observe(
+                        (result.measured_at_ms, agent.clone(), result.seq),
+                        EvidenceResult {
+                            agent_id: agent.clone(),
+                            ok: result.ok,
+                            reason: result.reason.clone(),
+                            total_ms: result.timings.total_ms,
+                            measured_at_ms: result.measured_at_ms,
+                        },
+                        policy.retries,
+                        policy.recovery,
+                    );
+                }
+            }
+            state
+                .counters
+                .verdict_results
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(track) = Self::settle(state, &tracks, check_id, track).await {
+                tracks.insert(check_id.to_owned(), track);
+            }
+        }
+    }
+
+    /// Re-judges one track; writes a changed verdict. Returns the track to keep, or `None`
+    /// when the write failed (the next use rebuilds it from the store).
+    async fn settle(
+        state: &AppState,
+        tracks: &HashMap<String, CheckTrack>,
+        check_id: &str,
+        mut track: CheckTrack,
+    ) -> Option<CheckTrack> {
+        let plan = state.plan.borrow().clone();
+        let fallback = |region: &str| plan.on_fallback(check_id, region);
+        let Some(next) = track.rejudge(check_id, &fallback) else {
+            return Some(track);
+        };
+        let parent_down = track.policy.depends_on.iter().find(|parent| {
+            tracks
+                .get(parent.as_str())
+                .is_some_and(|p| p.view.state == CheckState::Down)
+        });
+        match crate::incidents::record_verdict(state, &track.view, &next, parent_down.cloned())
+            .await
+        {
+            Ok(()) => {
+                track.view = next;
+                Some(track)
+            }
+            Err(error) => {
+                tracing::warn!(check = check_id, %error, "Cannot store a verdict; it is judged again with the next results");
+                None
+            }
+        }
+    }
+
+    /// Re-judges every known check (after a check changed, or agents came and went): new
+    /// policies, fallback regions and pauses take effect without waiting for results.
+    pub async fn rejudge_all(&self, state: &AppState) -> Result<(), StoreError> {
+        let checks = state.store.list_checks().await?;
+        let mut tracks = self.tracks.lock().await;
+        tracks.retain(|id, _| checks.iter().any(|c| &c.id == id));
+        for row in &checks {
+            let mut track = match tracks.remove(&row.id) {
+                Some(track) => track,
+                None => match Self::load(state, &row.id).await? {
+                    Some(track) => track,
+                    None => continue,
+                },
+            };
+            let policy = Policy::of(row);
+            if policy != track.policy {
+                for region in &policy.regions {
+                    track.regions.entry(region.clone()).or_default();
+                }
+                track.regions.retain(|r, _| policy.regions.contains(r));
+                track.policy = policy;
+            }
+            if let Some(track) = Self::settle(state, &tracks, &row.id, track).await {
+                tracks.insert(row.id.clone(), track);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets a deleted check.
+    pub async fn forget(&self, check_id: &str) {
+        self.tracks.lock().await.remove(check_id);
+    }
+}
+
+/// Re-judges every check when woken (check changes, agents coming and going, fallback
+/// changes), and every 10 s; wakes within 100 ms share one run.
+pub async fn worker(state: AppState) {
+    loop {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), state.rejudge.notified())
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Err(error) = state.judge.rejudge_all(&state).await {
+            tracing::warn!(%error, "Cannot re-judge the checks; retrying");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(regions: &[&str], quorum: u32, retries: u32, recovery: u32) -> Policy {
+        Policy {
+            regions: regions.iter().map(|r| (*r).to_owned()).collect(),
+            quorum,
+            retries,
+            recovery,
+            enabled: true,
+            depends_on: Vec::new(),
+        }
+    }
+
+    fn result(ok: bool, at: i64) -> EvidenceResult {
+        EvidenceResult {
+            agent_id: "a1".into(),
+            ok,
+            reason: if ok {
+                String::new()
+            } else {
+                "connection refused".into()
+            },
+            total_ms: 1.0,
+            measured_at_ms: at,
+        }
+    }
+
+    /// Feeds `outcomes` (true = ok) to a track under retries/recovery; returns `failing`
+    /// after each.
+    fn feed(outcomes: &[bool], retries: u32, recovery: u32) -> Vec<bool> {
+        let mut track = RegionTrack::default();
+        outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, ok)| {
+                let at = i as i64 * 1000;
+                assert!(track.observe(
+                    (at, "a1".into(), i as u64),
+                    result(*ok, at),
+                    retries,
+                    recovery
+                ));
+                track.failing
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_region_fails_after_retries_and_recovers_after_recovery() {
+        // retries 3: the third failure in a row makes it failing; a success in between resets.
+        assert_eq!(
+            feed(&[false, false, true, false, false, false], 3, 2),
+            [false, false, false, false, false, true]
+        );
+        // recovery 2: one success is not enough, a failure resets the count.
+        assert_eq!(
+            feed(&[false, true, false, true, true], 1, 2),
+            [true, true, true, true, false]
+        );
+        // Flapping every interval under retries 2 never fails.
+        assert_eq!(
+            feed(&[false, true, false, true, false, true], 2, 2),
+            [false; 6]
+        );
+    }
+
+    #[test]
+    fn old_and_repeated_results_are_not_counted_twice() {
+        let mut track = RegionTrack::default();
+        assert!(track.observe((2000, "a1".into(), 5), result(false, 2000), 2, 1));
+        // The same result again (a replay that overlaps) and an older one: ignored.
+        assert!(!track.observe((2000, "a1".into(), 5), result(false, 2000), 2, 1));
+        assert!(!track.observe((1000, "a1".into(), 4), result(false, 1000), 2, 1));
+        assert_eq!(track.fail_streak, 1);
+        assert!(!track.failing);
+        // A second agent at the same millisecond still counts.
+        assert!(track.observe((2000, "a2".into(), 1), result(false, 2000), 2, 1));
+        assert!(track.failing);
+    }
+
+    fn tracks(failing: &[(&str, bool)]) -> BTreeMap<String, RegionTrack> {
+        failing
+            .iter()
+            .map(|(region, failing)| {
+                let mut track = RegionTrack::default();
+                track.observe((1, "a".into(), 1), result(!failing, 1), 1, 1);
+                ((*region).to_owned(), track)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quorum_decides_down_and_fewer_failures_are_degraded_with_reasons() {
+        let none = |_: &str| false;
+        let p = policy(&["eu", "us", "ap"], 2, 1, 1);
+        let (state, reason, evidence) = judge(
+            &p,
+            &tracks(&[("eu", false), ("us", false), ("ap", false)]),
+            &none,
+        );
+        assert_eq!(state, CheckState::Up);
+        assert_eq!(reason, "no region failing (3 regions)");
+        assert_eq!(evidence.len(), 3);
+        let (state, reason, _) = judge(
+            &p,
+            &tracks(&[("eu", true), ("us", false), ("ap", false)]),
+            &none,
+        );
+        assert_eq!(state, CheckState::Degraded);
+        assert_eq!(
+            reason,
+            "1 of 3 regions failing, below the quorum of 2: eu: connection refused (1 in a row)"
+        );
+        let (state, reason, _) = judge(
+            &p,
+            &tracks(&[("eu", true), ("us", true), ("ap", false)]),
+            &none,
+        );
+        assert_eq!(state, CheckState::Down);
+        assert!(
+            reason.starts_with("2 of 3 regions failing (quorum 2): eu: "),
+            "{reason}"
+        );
+        assert!(reason.contains("us: connection refused"), "{reason}");
+        // No result anywhere yet: pending. Paused wins over everything.
+        let (state, _, _) = judge(&p, &BTreeMap::new(), &none);
+        assert_eq!(state, CheckState::Pending);
+        let paused = Policy {
+            enabled: false,
+            ..p.clone()
+        };
+        let (state, _, _) = judge(&paused, &tracks(&[("eu", true), ("us", true)]), &none);
+        assert_eq!(state, CheckState::Paused);
+        // A region on fallback is named.
+        let (_, reason, evidence) = judge(&p, &tracks(&[("eu", false)]), &|r: &str| r == "ap");
+        assert!(
+            reason.ends_with("; degraded: fallback (no agent online) in ap"),
+            "{reason}"
+        );
+        assert!(evidence.iter().any(|e| e.region == "ap" && e.fallback));
+    }
+
+    #[test]
+    fn majority_is_the_default_quorum() {
+        let row = |n: usize, quorum: u32| CheckRow {
+            id: "c".into(),
+            name: "c".into(),
+            kind: vantage_mqtt::CheckKind::Tcp(vantage_mqtt::TcpCheck::connect("h", 1)),
+            interval_s: 60,
+            timeout_ms: 1000,
+            regions: (0..n).map(|i| format!("r{i}")).collect(),
+            quorum,
+            retries: 2,
+            recovery: 2,
+            agents_per_region: 1,
+            depends_on: Vec::new(),
+            enabled: true,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        let majority: Vec<u32> = (1..=5).map(|n| row(n, 0).effective_quorum()).collect();
+        assert_eq!(majority, [1, 2, 2, 3, 3]);
+        assert_eq!(row(3, 1).effective_quorum(), 1);
+    }
+}
