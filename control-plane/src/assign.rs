@@ -28,7 +28,7 @@ use vantage_mqtt::{
 };
 
 use crate::AppState;
-use crate::store::{CheckRow, Store, StoreError};
+use crate::store::{AgentRow, CheckRow, Store, StoreError};
 
 /// A stable 64-bit score of (check, agent) for rendezvous hashing: FNV-1a over both ids,
 /// then a SplitMix64 finaliser so nearby ids spread. Fixed here (not `DefaultHasher`), so the
@@ -77,6 +77,69 @@ impl Plan {
             .iter()
             .any(|(spec, r)| spec.id == check && r == region)
     }
+}
+
+/// What one assignment run decides from the agents and checks.
+struct Computed<'a> {
+    /// Each enabled check's spec and the digest of its encoding.
+    specs: Vec<(CheckSpec, u64)>,
+    /// (check, agent) → region.
+    assignments: HashMap<(String, String), String>,
+    /// Each online agent's checks, as indexes into `specs`.
+    per_agent: BTreeMap<&'a str, Vec<usize>>,
+    plan: Plan,
+}
+
+/// Assigns every enabled check's regions to their healthy agents (see the module docs).
+fn compute<'a>(agents: &'a [AgentRow], checks: &[CheckRow]) -> Computed<'a> {
+    let online = || {
+        agents
+            .iter()
+            .filter(|a| a.revoked_at_ms.is_none() && a.state == vantage_mqtt::NodeState::Online)
+    };
+    let mut healthy: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut per_agent: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for agent in online() {
+        healthy
+            .entry(agent.region.as_str())
+            .or_default()
+            .push(agent.id.as_str());
+        per_agent.entry(agent.id.as_str()).or_default();
+    }
+    let mut specs: Vec<(CheckSpec, u64)> = Vec::new();
+    let mut assignments: HashMap<(String, String), String> = HashMap::new();
+    let mut plan = Plan::default();
+    for check in checks.iter().filter(|c| c.enabled) {
+        let spec = check.spec();
+        let index = specs.len();
+        let digest = bytes_digest(&encode(&spec));
+        for region in &check.regions {
+            *plan.checks_per_region.entry(region.clone()).or_default() += 1;
+            let candidates = healthy.get(region.as_str()).map_or(&[][..], Vec::as_slice);
+            let chosen = choose(&check.id, candidates, check.agents_per_region as usize);
+            if chosen.is_empty() {
+                plan.fallback.push((spec.clone(), region.clone()));
+            }
+            for agent in chosen {
+                assignments.insert((check.id.clone(), agent.to_owned()), region.clone());
+                per_agent.entry(agent).or_default().push(index);
+            }
+        }
+        specs.push((spec, digest));
+    }
+    Computed {
+        specs,
+        assignments,
+        per_agent,
+        plan,
+    }
+}
+
+/// The plan the stored agents and checks give: which (check, region) pairs have no healthy
+/// agent, and how many checks each region holds. The CLI reads it without a running
+/// control plane; the control plane keeps the same plan in `AppState::plan`.
+pub fn plan_of(agents: &[AgentRow], checks: &[CheckRow]) -> Plan {
+    compute(agents, checks).plan
 }
 
 /// What the last run left, held by the assignment lock: digests of the configs last given to
@@ -144,45 +207,17 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
     }
     let agents = state.store.list_agents(None).await?;
     let checks = state.store.list_checks().await?;
+    let Computed {
+        specs,
+        assignments,
+        mut per_agent,
+        plan,
+    } = compute(&agents, &checks);
     let online = || {
         agents
             .iter()
             .filter(|a| a.revoked_at_ms.is_none() && a.state == vantage_mqtt::NodeState::Online)
     };
-    let mut healthy: HashMap<&str, Vec<&str>> = HashMap::new();
-    for agent in online() {
-        healthy
-            .entry(agent.region.as_str())
-            .or_default()
-            .push(agent.id.as_str());
-    }
-
-    // Each check's spec and digest, once per run.
-    let mut per_agent: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for agent in online() {
-        per_agent.entry(agent.id.as_str()).or_default();
-    }
-    let mut specs: Vec<(CheckSpec, u64)> = Vec::new();
-    let mut assignments: HashMap<(String, String), String> = HashMap::new();
-    let mut plan = Plan::default();
-    for check in checks.iter().filter(|c| c.enabled) {
-        let spec = check.spec();
-        let index = specs.len();
-        let digest = bytes_digest(&encode(&spec));
-        for region in &check.regions {
-            *plan.checks_per_region.entry(region.clone()).or_default() += 1;
-            let candidates = healthy.get(region.as_str()).map_or(&[][..], Vec::as_slice);
-            let chosen = choose(&check.id, candidates, check.agents_per_region as usize);
-            if chosen.is_empty() {
-                plan.fallback.push((spec.clone(), region.clone()));
-            }
-            for agent in chosen {
-                assignments.insert((check.id.clone(), agent.to_owned()), region.clone());
-                per_agent.entry(agent).or_default().push(index);
-            }
-        }
-        specs.push((spec, digest));
-    }
     let n_fallback = plan.fallback.len();
     let old = state.plan.send_replace(std::sync::Arc::new(plan));
     let fallback_changed = {

@@ -59,6 +59,19 @@ pub enum Command {
     /// Agents.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Regions: agents, online count, assigned checks, and whether checks run on the
+    /// control plane's fallback (no agent online).
+    Regions(StoreArgs),
+    /// Incidents, newest first.
+    Incidents {
+        /// Only the open ones.
+        #[arg(long)]
+        open: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Print #cloud-config user-data that installs and enrolls an agent on a new node, with
     /// a fresh limited enrollment token and the CA and release key pinned.
     #[command(name = "cloud-init")]
@@ -297,6 +310,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     } else {
                         ""
                     }
+                );
+            }
+            Ok(())
+        }
+        Command::Regions(store) => {
+            let store = store.open().await?;
+            println!("REGION\tONLINE\tAGENTS\tCHECKS\tFALLBACK\tSTATUS");
+            for region in crate::regions::list(&store).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    region.id,
+                    region.n_online,
+                    region.agents.len(),
+                    region.n_checks,
+                    region.n_fallback,
+                    region.status
+                );
+            }
+            Ok(())
+        }
+        Command::Incidents { open, limit, store } => {
+            anyhow::ensure!((1..=10_000).contains(&limit), "--limit must be 1..=10000");
+            let store = store.open().await?;
+            println!("ID\tSUBJECT\tSTATE\tOPENED_AT_MS\tTITLE");
+            for incident in store.list_incidents(open, limit).await? {
+                println!(
+                    "{}\t{}:{}\t{}\t{}\t{}",
+                    incident.id,
+                    incident.subject.as_str(),
+                    incident.subject_id,
+                    if incident.open { "open" } else { "resolved" },
+                    incident.opened_at_ms,
+                    incident.title
                 );
             }
             Ok(())

@@ -179,12 +179,14 @@ async fn change_subject(
 }
 
 /// Opens incidents for agents offline longer than the grace and for regions with no agent
-/// online for that long; resolves them when one is back. Idempotent: it compares the agents'
-/// stored state with the open incidents, so a restart neither loses nor repeats one.
+/// online for that long; resolves them when one is back (or the agent was revoked).
+/// Idempotent: it compares the agents' stored state with the open incidents, so a restart
+/// neither loses nor repeats one. Absences count from `started_ms` at the earliest: right
+/// after a restart every agent is offline until it reconnects.
 ///
 /// # Errors
 /// Store errors.
-pub async fn sweep_agents(state: &AppState) -> Result<(), StoreError> {
+pub async fn sweep_agents(state: &AppState, started_ms: i64) -> Result<(), StoreError> {
     let grace_ms = i64::from(state.settings.agent_offline_grace_s) * 1000;
     let now = now_ms();
     let agents = state.store.list_agents(None).await?;
@@ -199,7 +201,10 @@ pub async fn sweep_agents(state: &AppState) -> Result<(), StoreError> {
     let mut regions: HashMap<&str, (bool, i64)> = HashMap::new();
     for agent in agents.iter().filter(|a| a.revoked_at_ms.is_none()) {
         let online = agent.state == NodeState::Online;
-        let seen = agent.last_seen_ms.unwrap_or(agent.enrolled_at_ms);
+        let seen = agent
+            .last_seen_ms
+            .unwrap_or(agent.enrolled_at_ms)
+            .max(started_ms);
         let entry = regions.entry(agent.region.as_str()).or_insert((false, 0));
         entry.0 |= online;
         entry.1 = entry.1.max(seen);
@@ -233,6 +238,21 @@ pub async fn sweep_agents(state: &AppState) -> Result<(), StoreError> {
             .await?;
         }
     }
+    for (subject, id) in open.keys() {
+        let active = agents
+            .iter()
+            .any(|a| &a.id == id && a.revoked_at_ms.is_none());
+        if *subject == IncidentSubject::Agent && !active {
+            change_subject(
+                state,
+                IncidentSubject::Agent,
+                id,
+                IncidentOp::Resolve,
+                format!("agent {id} was revoked"),
+            )
+            .await?;
+        }
+    }
     for (region, (online, seen)) in regions {
         let key = (IncidentSubject::Region, region.to_owned());
         if !online && now - seen > grace_ms && !open.contains_key(&key) {
@@ -261,11 +281,12 @@ pub async fn sweep_agents(state: &AppState) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Runs [`sweep_agents`] every 5 s.
+/// Runs [`sweep_agents`] every 2 s.
 pub async fn agent_worker(state: AppState) {
+    let started_ms = now_ms();
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-        if let Err(error) = sweep_agents(&state).await {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        if let Err(error) = sweep_agents(&state, started_ms).await {
             tracing::warn!(%error, "Agent incident sweep failed; retrying");
         }
     }

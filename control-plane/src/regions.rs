@@ -5,8 +5,7 @@
 use serde::Serialize;
 use vantage_mqtt::NodeState;
 
-use crate::AppState;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// One agent of a region, briefly.
 #[derive(Debug, Clone, Serialize)]
@@ -34,14 +33,16 @@ pub struct RegionView {
     pub status: String,
 }
 
-/// Every region with its agents, online count, assigned checks and fallback standing.
+/// Every region with its agents, online count, assigned checks and fallback standing, from
+/// the store (the API and the CLI give the same answer).
 ///
 /// # Errors
 /// Store errors.
-pub async fn list(state: &AppState) -> Result<Vec<RegionView>, StoreError> {
-    let regions = state.store.list_regions().await?;
-    let agents = state.store.list_agents(None).await?;
-    let plan = state.plan.borrow().clone();
+pub async fn list(store: &Store) -> Result<Vec<RegionView>, StoreError> {
+    let regions = store.list_regions().await?;
+    let agents = store.list_agents(None).await?;
+    let checks = store.list_checks().await?;
+    let plan = crate::assign::plan_of(&agents, &checks);
     Ok(regions
         .into_iter()
         .map(|region| {

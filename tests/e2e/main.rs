@@ -23,6 +23,7 @@ mod secrets;
 mod security;
 mod spine;
 mod systemd_install;
+mod verdicts;
 
 /// Defines `<name>_sqlite` and `<name>_postgres` tests that call `body(Backend)`.
 #[macro_export]

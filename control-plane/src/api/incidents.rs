@@ -31,7 +31,7 @@ pub async fn regions(
     State(state): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!(crate::regions::list(&state).await?)))
+    Ok(Json(json!(crate::regions::list(&state.store).await?)))
 }
 
 /// `GET /api/v1/verdicts`: every check's current verdict with its evidence.

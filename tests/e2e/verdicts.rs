@@ -1,0 +1,522 @@
+//! Regions that confirm each other: three regions as network namespaces with their own agents,
+//! one TCP target reached from each through a relay the test can cut; verdicts, incidents,
+//! webhook notifications (signed, retried, delivered once across a kill -9), MQTT `incidents`
+//! read by a real `mosquitto_sub`, failover inside a region and the fallback executor.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use vantage_tests::receiver::{Receiver, verify_signature};
+use vantage_tests::regions::{Forward, Region};
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore, bin, wait_for};
+
+use crate::both_backends;
+
+const INTERVAL_S: u64 = 2;
+const RETRIES: u64 = 2;
+const SECRET: &str = "webhook-secret-0123456789";
+
+/// A region: its namespace, the relays to the control plane, the relay to the target and its
+/// agents (dropped before the namespace).
+struct Site {
+    agents: Vec<Agent>,
+    target: Forward,
+    _control_plane: Vec<Forward>,
+    _region: Region,
+}
+
+impl Site {
+    async fn start(
+        cp: &ControlPlane,
+        name: &str,
+        n_agents: usize,
+        target: SocketAddr,
+    ) -> anyhow::Result<Site> {
+        let region = Region::new()?;
+        let mut relays = Vec::new();
+        for port in [cp.http_port, cp.mqtt_port] {
+            relays.push(region.forward(port, SocketAddr::from(([127, 0, 0, 1], port)))?);
+        }
+        let target = region.forward(target.port(), target)?;
+        let token = cp.enrollment_token(name, n_agents as u32).await?;
+        let mut agents = Vec::new();
+        for _ in 0..n_agents {
+            agents.push(Agent::start_command(
+                cp,
+                &token,
+                "",
+                region.command(&bin("vantage-agent")),
+            )?);
+        }
+        Ok(Site {
+            agents,
+            target,
+            _control_plane: relays,
+            _region: region,
+        })
+    }
+}
+
+/// The check's verdict as the API shows it.
+async fn verdict(cp: &ControlPlane, check: &str) -> anyhow::Result<Value> {
+    let (status, views) = cp.get("/api/v1/verdicts").await?;
+    anyhow::ensure!(status == 200, "verdicts: {status} {views}");
+    views
+        .as_array()
+        .context("not an array")?
+        .iter()
+        .find(|v| v["check_id"] == check)
+        .cloned()
+        .context("no verdict yet")
+}
+
+async fn wait_state(
+    cp: &ControlPlane,
+    check: &str,
+    state: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    wait_for(&format!("{check} {state}"), timeout, || async {
+        let view = verdict(cp, check).await.ok()?;
+        (view["state"] == state).then_some(view)
+    })
+    .await
+    .with_context(|| cp.log_tail())
+}
+
+async fn incidents(cp: &ControlPlane) -> anyhow::Result<Vec<Value>> {
+    let (status, body) = cp.get("/api/v1/incidents").await?;
+    anyhow::ensure!(status == 200, "incidents: {status} {body}");
+    Ok(body.as_array().cloned().unwrap_or_default())
+}
+
+fn check_incidents(all: &[Value], check: &str) -> Vec<Value> {
+    all.iter()
+        .filter(|i| i["subject"] == "check" && i["subject_id"] == check)
+        .cloned()
+        .collect()
+}
+
+/// `mosquitto_sub` on `incidents` as a viewer; its password comes from an options file, not
+/// the command line.
+fn mosquitto_incidents(
+    cp: &ControlPlane,
+    token: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Child> {
+    let config_dir = dir.join("xdg");
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::write(config_dir.join("mosquitto_sub"), format!("-P {token}\n"))?;
+    let out = std::fs::File::create(dir.join("incidents.out"))?;
+    Command::new("mosquitto_sub")
+        .env("XDG_CONFIG_HOME", &config_dir)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cp.mqtt_port.to_string(),
+            "-V",
+            "mqttv311",
+        ])
+        .arg("--cafile")
+        .arg(cp.data_dir.join("pki").join("ca.pem"))
+        .args([
+            "-u",
+            "viewer",
+            "-i",
+            "incident-watcher",
+            "-t",
+            "vantage/v1/incidents",
+        ])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(std::fs::File::create(dir.join("incidents.err"))?)
+        .spawn()
+        .context("cannot start mosquitto_sub (install mosquitto-clients)")
+}
+
+/// The incident messages `mosquitto_sub` printed so far.
+fn seen_incidents(dir: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("incidents.out"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let mut cp = ControlPlane::start_with(
+        &store,
+        &[
+            ("VANTAGE_HEARTBEAT_INTERVAL_S", "2"),
+            ("VANTAGE_AGENT_OFFLINE_GRACE_S", "4"),
+        ],
+    )
+    .await?;
+    let work = tempfile::tempdir()?;
+
+    // The target: a TCP port that accepts. Each region reaches it only through its relay.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target_addr = target.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = target.accept().await {
+            drop(stream);
+        }
+    });
+
+    let receiver = Receiver::start(0).await?;
+    let (status, channel) = cp
+        .post(
+            "/api/v1/channels",
+            json!({"id": "ops-hook", "name": "ops", "config": {
+                "type": "webhook", "url": receiver.url("/hook"), "secret": SECRET}}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "channel: {status} {channel}");
+    anyhow::ensure!(
+        !channel.to_string().contains(SECRET),
+        "the channel's answer shows its secret: {channel}"
+    );
+
+    let (status, viewer) = cp
+        .post(
+            "/api/v1/api-tokens",
+            json!({"role": "viewer", "name": "watcher"}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "viewer token: {status} {viewer}");
+    let mut watcher =
+        mosquitto_incidents(&cp, viewer["token"].as_str().context("token")?, work.path())?;
+
+    let mut sites = vec![
+        Site::start(&cp, "ra", 2, target_addr).await?,
+        Site::start(&cp, "rb", 1, target_addr).await?,
+        Site::start(&cp, "rc", 1, target_addr).await?,
+    ];
+    for site in &sites {
+        for agent in &site.agents {
+            let id = agent.wait_enrolled().await?;
+            cp.wait_agent_state(&id, "online", Duration::from_secs(30))
+                .await
+                .with_context(|| agent.log())?;
+        }
+    }
+
+    let (status, check) = cp
+        .post(
+            "/api/v1/checks",
+            json!({"id": "web", "name": "web front", "kind": {"type": "tcp", "host": "127.0.0.1",
+                   "port": target_addr.port()}, "regions": ["ra", "rb", "rc"],
+                   "interval_s": INTERVAL_S, "timeout_ms": 1000, "retries": RETRIES, "recovery": 2}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "check: {status} {check}");
+    anyhow::ensure!(
+        check.get("quorum").is_none(),
+        "quorum defaults to a majority: {check}"
+    );
+    let up = wait_state(&cp, "web", "up", Duration::from_secs(20)).await?;
+    anyhow::ensure!(up["quorum"] == 2, "majority of 3 is 2: {up}");
+
+    // One region loses the target: DEGRADED, shown with its reason; no incident, no webhook.
+    sites[0].target.cut();
+    let degraded = wait_state(&cp, "web", "degraded", Duration::from_secs(15)).await?;
+    let reason = degraded["reason"].as_str().unwrap_or_default();
+    anyhow::ensure!(
+        reason.starts_with("1 of 3 regions failing, below the quorum of 2: ra: "),
+        "{reason}"
+    );
+    tokio::time::sleep(Duration::from_secs(INTERVAL_S * 2)).await;
+    anyhow::ensure!(
+        check_incidents(&incidents(&cp).await?, "web").is_empty(),
+        "an incident below the quorum"
+    );
+    anyhow::ensure!(
+        receiver.requests().is_empty(),
+        "a notification below the quorum"
+    );
+
+    // A second region: DOWN within interval × retries + one interval (plus the agents'
+    // scheduling jitter), exactly one incident, one signed webhook.
+    let cut_at = Instant::now();
+    sites[1].target.cut();
+    let down = wait_state(&cp, "web", "down", Duration::from_secs(20)).await?;
+    let took = cut_at.elapsed();
+    let bound = Duration::from_secs(INTERVAL_S * (RETRIES + 1) + 2);
+    anyhow::ensure!(took <= bound, "DOWN took {took:?}, over {bound:?}");
+    println!("DOWN {took:?} after the second region lost the target (bound {bound:?})");
+    let failing: Vec<&str> = down["regions"]
+        .as_array()
+        .context("regions")?
+        .iter()
+        .filter(|r| r["failing"] == true)
+        .filter_map(|r| r["region"].as_str())
+        .collect();
+    anyhow::ensure!(
+        failing == ["ra", "rb"],
+        "failing regions {failing:?}: {down}"
+    );
+    let opened = wait_for("one webhook", Duration::from_secs(10), || async {
+        let requests = receiver.requests();
+        (!requests.is_empty()).then_some(requests)
+    })
+    .await?;
+    anyhow::ensure!(
+        opened.len() == 1,
+        "{} webhooks for one incident",
+        opened.len()
+    );
+    verify_signature(&opened[0], SECRET, 300)?;
+    let body: Value = serde_json::from_str(&opened[0].body)?;
+    anyhow::ensure!(
+        body["change"] == "opened" && body["subject_id"] == "web",
+        "{body}"
+    );
+    anyhow::ensure!(
+        opened[0].headers.contains_key("idempotency-key"),
+        "no idempotency key: {:?}",
+        opened[0].headers
+    );
+    let open = check_incidents(&incidents(&cp).await?, "web");
+    anyhow::ensure!(open.len() == 1 && open[0]["open"] == true, "{open:?}");
+    let incident_id = open[0]["id"].as_str().context("id")?.to_owned();
+    wait_for("incident on MQTT", Duration::from_secs(10), || async {
+        seen_incidents(work.path())
+            .iter()
+            .any(|i| i["id"] == incident_id.as_str() && i["change"] == "opened")
+            .then_some(())
+    })
+    .await
+    .with_context(|| {
+        std::fs::read_to_string(work.path().join("incidents.err")).unwrap_or_default()
+    })?;
+    let (status, transitions) = cp.get("/api/v1/checks/web/transitions").await?;
+    anyhow::ensure!(status == 200, "{transitions}");
+    anyhow::ensure!(
+        transitions[0]["to_state"] == "down" && transitions[0]["from_state"] == "degraded",
+        "{transitions}"
+    );
+
+    // Restore both: UP, the incident resolved, one resolve notification.
+    sites[0].target.restore()?;
+    sites[1].target.restore()?;
+    wait_state(&cp, "web", "up", Duration::from_secs(20)).await?;
+    let resolved = wait_for("resolve webhook", Duration::from_secs(10), || async {
+        let requests = receiver.requests();
+        (requests.len() >= 2).then_some(requests)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    anyhow::ensure!(receiver.requests().len() == 2, "{:?}", receiver.requests());
+    verify_signature(&resolved[1], SECRET, 300)?;
+    let body: Value = serde_json::from_str(&resolved[1].body)?;
+    anyhow::ensure!(
+        body["change"] == "resolved" && body["id"] == incident_id.as_str(),
+        "{body}"
+    );
+    let (_, detail) = cp.get(&format!("/api/v1/incidents/{incident_id}")).await?;
+    anyhow::ensure!(detail["incident"]["open"] == false, "{detail}");
+    let changes: Vec<&str> = detail["timeline"]
+        .as_array()
+        .context("timeline")?
+        .iter()
+        .filter_map(|e| e["change"].as_str())
+        .collect();
+    anyhow::ensure!(
+        changes.first() == Some(&"opened") && changes.last() == Some(&"resolved"),
+        "{changes:?}"
+    );
+
+    // Acknowledge and note through the API.
+    let (status, acked) = cp
+        .post(&format!("/api/v1/incidents/{incident_id}/ack"), json!({}))
+        .await?;
+    anyhow::ensure!(
+        status == 200 && acked["acknowledged_at_ms"].is_i64(),
+        "{status} {acked}"
+    );
+    let (status, _) = cp
+        .post(
+            &format!("/api/v1/incidents/{incident_id}/notes"),
+            json!({"text": "upstream fixed"}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201);
+    let (status, _) = cp
+        .post(
+            &format!("/api/v1/incidents/{incident_id}/notes"),
+            json!({"text": ""}),
+        )
+        .await?;
+    anyhow::ensure!(status == 422, "an empty note: {status}");
+    let (status, _) = cp
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/incidents/{incident_id}/ack"),
+            viewer["token"].as_str(),
+            None,
+        )
+        .await?;
+    anyhow::ensure!(status == 403, "a viewer acknowledged: {status}");
+
+    // Failover inside a region: kill the ra agent that runs the check; the other takes over
+    // within one interval.
+    let serving = latest_agent(&cp, "web", "ra").await?;
+    let index = sites[0]
+        .agents
+        .iter()
+        .position(|a| a.id().as_deref() == Some(serving.as_str()))
+        .context("serving agent")?;
+    let killed_at = Instant::now();
+    let mut killed = sites[0].agents.remove(index);
+    killed.kill();
+    let other = sites[0].agents[0].id().context("other id")?;
+    wait_for(
+        "ra's other agent takes over",
+        Duration::from_secs(15),
+        || async {
+            let agent = latest_agent(&cp, "web", "ra").await.ok()?;
+            (agent == other).then_some(())
+        },
+    )
+    .await?;
+    let took = killed_at.elapsed();
+    println!("ra failover {took:?} (interval {INTERVAL_S} s)");
+    anyhow::ensure!(
+        took <= Duration::from_secs(INTERVAL_S + 3),
+        "failover took {took:?}"
+    );
+
+    // Region rc loses its only agent: the control plane's fallback runs its check, the
+    // region shows `degraded: fallback`, and the agent and the region raise incidents.
+    let rc_agent = sites[2].agents[0].id().context("rc id")?;
+    sites[2].agents[0].kill();
+    wait_for(
+        "fallback results in rc",
+        Duration::from_secs(20),
+        || async {
+            let agent = latest_agent(&cp, "web", "rc").await.ok()?;
+            (agent == "control-plane").then_some(())
+        },
+    )
+    .await
+    .with_context(|| cp.log_tail())?;
+    let (_, regions) = cp.get("/api/v1/regions").await?;
+    let rc = regions
+        .as_array()
+        .context("regions")?
+        .iter()
+        .find(|r| r["id"] == "rc")
+        .cloned()
+        .context("rc")?;
+    anyhow::ensure!(
+        rc["status"] == "degraded: fallback" && rc["n_online"] == 0,
+        "{rc}"
+    );
+    let view = verdict(&cp, "web").await?;
+    anyhow::ensure!(view["state"] == "up", "{view}");
+    anyhow::ensure!(
+        view["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("degraded: fallback (no agent online) in rc"),
+        "{view}"
+    );
+    wait_for(
+        "agent and region incidents",
+        Duration::from_secs(20),
+        || async {
+            let all = incidents(&cp).await.ok()?;
+            let agent = all.iter().any(|i| {
+                i["subject"] == "agent" && i["subject_id"] == rc_agent.as_str() && i["open"] == true
+            });
+            let region = all
+                .iter()
+                .any(|i| i["subject"] == "region" && i["subject_id"] == "rc" && i["open"] == true);
+            (agent && region).then_some(())
+        },
+    )
+    .await?;
+    let (ok, cli_out, cli_err) = cp.cli(&["regions"])?;
+    anyhow::ensure!(ok, "vantage regions: {cli_err}");
+    anyhow::ensure!(
+        cli_out
+            .lines()
+            .any(|l| l.starts_with("rc\t0\t1\t1\t1\tdegraded: fallback")),
+        "{cli_out}"
+    );
+
+    // Kill -9 between a state change and its delivery: the receiver fails its first 3
+    // attempts; the notification is delivered exactly once after the restart.
+    let before = receiver.requests().len();
+    receiver.fail_next(3);
+    sites[0].target.cut();
+    sites[1].target.cut();
+    wait_state(&cp, "web", "down", Duration::from_secs(20)).await?;
+    wait_for("a failed attempt", Duration::from_secs(10), || async {
+        receiver.requests()[before..]
+            .iter()
+            .any(|r| r.status == 500)
+            .then_some(())
+    })
+    .await?;
+    cp.kill();
+    cp.spawn().await?;
+    wait_for(
+        "delivery after the restart",
+        Duration::from_secs(60),
+        || async {
+            receiver.requests()[before..]
+                .iter()
+                .any(|r| {
+                    r.status == 200
+                        && r.body.contains("\"change\":\"opened\"")
+                        && r.body.contains("\"subject_id\":\"web\"")
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| format!("{:?}\n{}", receiver.requests(), cp.log_tail()))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (key, n) in receiver.accepted_per_key() {
+        anyhow::ensure!(n == 1, "key {key} accepted {n} times");
+    }
+    let open = check_incidents(&incidents(&cp).await?, "web");
+    anyhow::ensure!(
+        open.iter().filter(|i| i["open"] == true).count() == 1,
+        "one open incident after the restart: {open:?}"
+    );
+    let (_, dead) = cp.get("/api/v1/outbox?state=dead").await?;
+    anyhow::ensure!(
+        dead.as_array().is_some_and(Vec::is_empty),
+        "dead letters: {dead}"
+    );
+
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    drop(sites);
+    Ok(())
+}
+
+/// The agent of the newest result of `check` in `region`.
+async fn latest_agent(cp: &ControlPlane, check: &str, region: &str) -> anyhow::Result<String> {
+    let (status, rows) = cp
+        .get(&format!(
+            "/api/v1/results?check={check}&region={region}&limit=1"
+        ))
+        .await?;
+    anyhow::ensure!(status == 200, "{rows}");
+    let rows = rows.as_array().context("rows")?;
+    let newest = rows
+        .iter()
+        .max_by_key(|r| r["measured_at_ms"].as_i64().unwrap_or(0))
+        .context("no result")?;
+    Ok(newest["agent_id"].as_str().context("agent_id")?.to_owned())
+}
+
+both_backends!(regions_confirm_each_other_test, regions_confirm_each_other);
