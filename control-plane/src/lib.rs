@@ -36,6 +36,7 @@ pub mod regions;
 pub mod renew;
 pub mod runnow;
 pub mod settings;
+pub mod signals;
 pub mod store;
 pub mod telemetry;
 pub mod verdict;

@@ -1,7 +1,8 @@
 //! Notifications: channel definitions and the sender that drains the outbox.
 //!
-//! Channels: `webhook` (JSON body, signed), `slack` (a Slack-compatible incoming webhook) and
-//! `ntfy`. Each opening and resolution of an incident puts one outbox row per enabled channel
+//! Channels: `webhook` (JSON body, signed), `slack` (a Slack-compatible incoming webhook),
+//! `ntfy` and `email` (SMTP with STARTTLS through lettre). The MQTT channel needs no
+//! definition: every incident change is published on `incidents` for viewers. Each opening and resolution of an incident puts one outbox row per enabled channel
 //! in the same transaction as the change (see [`crate::incidents`]). [`worker`] delivers them:
 //! only the oldest pending row of each (incident, channel) is taken, so a resolution never
 //! overtakes its alert; a failed attempt is retried with capped exponential backoff (1 s,
@@ -47,11 +48,48 @@ pub enum ChannelConfig {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
     },
+    /// Sends a mail over SMTP: STARTTLS required by default (`security`: `starttls`, `tls`
+    /// for implicit TLS, or `none` for a trusted local relay).
+    Email {
+        host: String,
+        #[serde(default = "default_smtp_port")]
+        port: u16,
+        #[serde(default)]
+        security: SmtpSecurity,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        from: String,
+        to: Vec<String>,
+        /// A private CA the server's certificate is checked against instead of the public
+        /// roots.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_pem: Option<String>,
+    },
+}
+
+/// How an email channel secures its SMTP connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// STARTTLS, required: a server that does not offer it is an error.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// Plain text, for a relay on a trusted network only.
+    None,
+}
+
+fn default_smtp_port() -> u16 {
+    587
 }
 
 impl std::fmt::Debug for ChannelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Secrets (the webhook secret, the Slack URL, the ntfy token) never reach a log.
+        // Secrets (the webhook secret, the Slack URL, the ntfy token, the SMTP password)
+        // never reach a log.
         f.write_str(self.kind())
     }
 }
@@ -62,21 +100,31 @@ impl ChannelConfig {
             ChannelConfig::Webhook { .. } => "webhook",
             ChannelConfig::Slack { .. } => "slack",
             ChannelConfig::Ntfy { .. } => "ntfy",
+            ChannelConfig::Email { .. } => "email",
         }
     }
 
-    fn url(&self) -> &str {
+    fn url(&self) -> Option<&str> {
         match self {
             ChannelConfig::Webhook { url, .. }
             | ChannelConfig::Slack { url }
-            | ChannelConfig::Ntfy { url, .. } => url,
+            | ChannelConfig::Ntfy { url, .. } => Some(url),
+            ChannelConfig::Email { .. } => None,
         }
     }
 
     /// Where it delivers, without secrets: scheme, host and port (a Slack URL's path is its
-    /// secret; a webhook's path and query may hold one).
+    /// secret; a webhook's path and query may hold one); for email the server and the
+    /// recipients.
     pub fn target(&self) -> String {
-        let url = self.url();
+        let Some(url) = self.url() else {
+            return match self {
+                ChannelConfig::Email { host, port, to, .. } => {
+                    format!("smtp://{host}:{port} → {}", to.join(", "))
+                }
+                _ => String::new(),
+            };
+        };
         let rest = url.split_once("://").map_or(url, |(_, r)| r);
         let host = rest.split(['/', '?', '#']).next().unwrap_or("");
         let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
@@ -89,7 +137,45 @@ impl ChannelConfig {
     /// # Errors
     /// A message naming the invalid field.
     pub fn validate(&self) -> Result<(), String> {
-        let url = self.url();
+        if let ChannelConfig::Email {
+            host,
+            from,
+            to,
+            ca_pem,
+            username,
+            password,
+            ..
+        } = self
+        {
+            if host.is_empty()
+                || host.len() > 253
+                || host.chars().any(|c| c.is_control() || c == ' ')
+            {
+                return Err("host must be a host name or address".into());
+            }
+            if from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(format!("from {from:?} is not a mail address"));
+            }
+            if to.is_empty() || to.len() > 50 {
+                return Err("to must name 1 to 50 addresses".into());
+            }
+            if let Some(bad) = to
+                .iter()
+                .find(|a| a.parse::<lettre::message::Mailbox>().is_err())
+            {
+                return Err(format!("to: {bad:?} is not a mail address"));
+            }
+            if username.is_some() != password.is_some() {
+                return Err("username and password go together".into());
+            }
+            if let Some(pem) = ca_pem
+                && lettre::transport::smtp::client::Certificate::from_pem(pem.as_bytes()).is_err()
+            {
+                return Err("ca_pem is not a PEM certificate".into());
+            }
+            return Ok(());
+        }
+        let url = self.url().unwrap_or_default();
         if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
             return Err("url must be an http(s) URL of at most 2048 bytes".into());
         }
@@ -291,13 +377,81 @@ pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
 /// The text of a notification, for chat-like channels.
 pub fn text_of(view: &IncidentView) -> String {
     let verb = match view.change {
-        IncidentChange::Opened => "🔴 Opened",
-        IncidentChange::Resolved => "✅ Resolved",
+        IncidentChange::Opened => "Opened",
+        IncidentChange::Resolved => "Resolved",
         IncidentChange::Updated => "Updated",
         IncidentChange::Acknowledged => "Acknowledged",
         IncidentChange::Note => "Note",
     };
-    format!("{verb}: {} — {}", view.title, view.text)
+    format!("{verb}: {} - {}", view.title, view.text)
+}
+
+/// Sends one mail; the dedup key is its Message-ID, so a mail server or client can drop a
+/// repeat.
+async fn send_mail(config: &ChannelConfig, key: &str, view: &IncidentView) -> Result<(), String> {
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let ChannelConfig::Email {
+        host,
+        port,
+        security,
+        username,
+        password,
+        from,
+        to,
+        ca_pem,
+    } = config
+    else {
+        return Err("not an email channel".into());
+    };
+    let mut builder = Message::builder()
+        .from(from.parse().map_err(|e| format!("from: {e}"))?)
+        .subject(text_of(view).chars().take(200).collect::<String>())
+        .message_id(Some(format!("<{}@vantage>", key.replace('/', "."))));
+    for address in to {
+        builder = builder.to(address.parse().map_err(|e| format!("to: {e}"))?);
+    }
+    let text = format!(
+        "{}\n\nIncident: {}\nAbout: {} {}\nChange: {}\nOpened: {} (ms since the epoch)\n",
+        text_of(view),
+        view.id,
+        view.subject.as_str(),
+        view.subject_id,
+        view.change.as_str(),
+        view.opened_at_ms
+    );
+    let message = builder.body(text).map_err(|e| format!("message: {e}"))?;
+    let tls = || -> Result<TlsParameters, String> {
+        let mut parameters = TlsParameters::builder(host.clone());
+        if let Some(pem) = ca_pem {
+            let certificate =
+                Certificate::from_pem(pem.as_bytes()).map_err(|e| format!("ca_pem: {e}"))?;
+            parameters = parameters
+                .certificate_store(lettre::transport::smtp::client::CertificateStore::None)
+                .add_root_certificate(certificate);
+        }
+        parameters.build_rustls().map_err(|e| format!("TLS: {e}"))
+    };
+    let tls = match security {
+        SmtpSecurity::Starttls => Tls::Required(tls()?),
+        SmtpSecurity::Tls => Tls::Wrapper(tls()?),
+        SmtpSecurity::None => Tls::None,
+    };
+    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
+        .port(*port)
+        .tls(tls)
+        .timeout(Some(ATTEMPT_TIMEOUT));
+    if let (Some(username), Some(password)) = (username, password) {
+        transport = transport.credentials(Credentials::new(username.clone(), password.clone()));
+    }
+    transport
+        .build()
+        .send(message)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("SMTP: {e}"))
 }
 
 /// One delivery attempt.
@@ -309,6 +463,7 @@ async fn deliver(
     body: &str,
 ) -> Result<(), String> {
     let request = match config {
+        ChannelConfig::Email { .. } => return send_mail(config, key, view).await,
         ChannelConfig::Webhook { url, secret } => {
             let timestamp = now_ms() / 1000;
             client

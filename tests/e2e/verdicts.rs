@@ -11,6 +11,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use vantage_tests::receiver::{Receiver, verify_signature};
 use vantage_tests::regions::{Forward, Region};
+use vantage_tests::smtp::MailServer;
 use vantage_tests::{Agent, Backend, ControlPlane, TestStore, bin, wait_for};
 
 use crate::both_backends;
@@ -169,6 +170,29 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     });
 
     let receiver = Receiver::start(0).await?;
+    let mail = MailServer::start().await?;
+    let email = |to: Value| {
+        json!({"id": "ops-mail", "name": "ops mail", "config": {
+            "type": "email", "host": "127.0.0.1", "port": mail.port, "from": "vantage@example.net",
+            "to": to, "ca_pem": mail.ca_pem}})
+    };
+    let (status, refused) = cp
+        .post("/api/v1/channels", email(json!(["not an address"])))
+        .await?;
+    anyhow::ensure!(status == 422, "a bad recipient: {status} {refused}");
+    let (status, channel) = cp
+        .post("/api/v1/channels", email(json!(["oncall@example.net"])))
+        .await?;
+    anyhow::ensure!(status == 201, "email channel: {status} {channel}");
+    let (status, tested) = cp.post("/api/v1/channels/ops-mail/test", json!({})).await?;
+    anyhow::ensure!(status == 200, "test send: {status} {tested}");
+    wait_for("the test mail", Duration::from_secs(10), || async {
+        mail.mails()
+            .iter()
+            .any(|m| m.contains("test notification from Vantage"))
+            .then_some(())
+    })
+    .await?;
     let (status, channel) = cp
         .post(
             "/api/v1/channels",
@@ -283,6 +307,14 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     );
     let open = check_incidents(&incidents(&cp).await?, "web");
     anyhow::ensure!(open.len() == 1 && open[0]["open"] == true, "{open:?}");
+    wait_for("the alert mail", Duration::from_secs(10), || async {
+        mail.mails()
+            .iter()
+            .any(|m| m.contains("About: check web") && m.contains("Change: opened"))
+            .then_some(())
+    })
+    .await
+    .with_context(|| format!("{:?}", mail.mails()))?;
     let incident_id = open[0]["id"].as_str().context("id")?.to_owned();
     wait_for("incident on MQTT", Duration::from_secs(10), || async {
         seen_incidents(work.path())
@@ -317,6 +349,18 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     anyhow::ensure!(
         body["change"] == "resolved" && body["id"] == incident_id.as_str(),
         "{body}"
+    );
+    wait_for("the resolve mail", Duration::from_secs(10), || async {
+        mail.mails()
+            .iter()
+            .any(|m| m.contains("About: check web") && m.contains("Change: resolved"))
+            .then_some(())
+    })
+    .await?;
+    anyhow::ensure!(
+        mail.mails().len() == 3,
+        "test, alert and resolve mails: {:?}",
+        mail.mails()
     );
     let (_, detail) = cp.get(&format!("/api/v1/incidents/{incident_id}")).await?;
     anyhow::ensure!(detail["incident"]["open"] == false, "{detail}");
@@ -490,6 +534,22 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     anyhow::ensure!(
         open.iter().filter(|i| i["open"] == true).count() == 1,
         "one open incident after the restart: {open:?}"
+    );
+    let mut message_ids: Vec<String> = mail
+        .mails()
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+                .map(str::to_owned)
+        })
+        .collect();
+    let n_mails = message_ids.len();
+    message_ids.sort();
+    message_ids.dedup();
+    anyhow::ensure!(
+        message_ids.len() == n_mails,
+        "a mail sent twice: {message_ids:?}"
     );
     let (_, dead) = cp.get("/api/v1/outbox?state=dead").await?;
     anyhow::ensure!(
