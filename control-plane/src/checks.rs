@@ -66,6 +66,9 @@ pub struct CheckDefinition {
     /// marked dependent and notify nobody.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Labels (`{"team": "web"}`), for filters and maintenance windows.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     #[serde(default = "default_enabled")]
     pub enabled: bool,
 }
@@ -146,6 +149,18 @@ pub fn validate(body: &CheckDefinition) -> Result<(), CheckError> {
     if let Some(bad) = body.depends_on.iter().find(|d| !topic::valid_id(d)) {
         return invalid(format!("depends_on: {bad:?} is not a valid check id"));
     }
+    if body.labels.len() > 32 {
+        return invalid("labels: at most 32".into());
+    }
+    if let Some((key, _)) = body
+        .labels
+        .iter()
+        .find(|(k, v)| !topic::valid_id(k) || v.len() > 128 || v.chars().any(char::is_control))
+    {
+        return invalid(format!(
+            "labels: {key:?} must be a valid id with a printable value of at most 128 bytes"
+        ));
+    }
     if let Some(own) = &body.id
         && body.depends_on.contains(own)
     {
@@ -176,6 +191,7 @@ pub fn to_row(id: String, body: &CheckDefinition, created_at_ms: i64) -> CheckRo
         recovery: body.recovery,
         agents_per_region: body.agents_per_region,
         depends_on: body.depends_on.clone(),
+        labels: crate::store::Labels(body.labels.clone()),
         enabled: body.enabled,
         created_at_ms,
         updated_at_ms: now_ms(),
@@ -196,6 +212,7 @@ pub fn to_definition(row: &CheckRow) -> CheckDefinition {
         recovery: row.recovery,
         agents_per_region: row.agents_per_region,
         depends_on: row.depends_on.clone(),
+        labels: row.labels.0.clone(),
         enabled: row.enabled,
     }
 }

@@ -1,8 +1,11 @@
 //! Incidents: what a verdict, an agent or a region going dark opens, updates and resolves,
 //! and how each change is stored, announced and queued for notification.
 //!
-//! A check's incident opens when it goes DOWN, is updated while it stays DOWN or is partly
-//! back (DEGRADED), and is resolved on UP (also when paused or in maintenance). An agent's
+//! A check's incident opens when it goes DOWN and is updated while it stays DOWN, is partly
+//! back (DEGRADED) or in maintenance; it is resolved once the check has been UP for
+//! `resolve_after_s` (a failure in between keeps the same incident open, so a flapping
+//! target makes one incident per episode), or at once when the check is paused. Reminders
+//! repeat open, unacknowledged incidents on channels that ask for them. An agent's
 //! incident opens when it has been offline for [`crate::settings::Settings::agent_offline_grace_s`]
 //! and a region's when none of its agents has been online for that long; both resolve when one
 //! is back. An incident opened while a check it depends on is DOWN is dependent: its
@@ -24,15 +27,23 @@ use crate::store::{
     IncidentOp, IncidentOutcome, IncidentRequest, StoreError, VerdictWrite, now_ms,
 };
 
-/// What a verdict change does to the check's incident.
-fn incident_op(next: &CheckVerdictView, check_name: &str, dependent: bool) -> Option<IncidentOp> {
+/// What a verdict change does to the check's incident. UP resolves at once only when
+/// `resolve_after_s` is 0; otherwise [`settle`] resolves it once the check stayed UP that
+/// long. Maintenance keeps an open incident open, silently.
+fn incident_op(
+    next: &CheckVerdictView,
+    check_name: &str,
+    dependent: bool,
+    resolve_after_s: u32,
+) -> Option<IncidentOp> {
     match next.state {
         CheckState::Down => Some(IncidentOp::Open {
             title: format!("{check_name} is down"),
             dependent,
         }),
-        CheckState::Degraded => Some(IncidentOp::Update),
-        CheckState::Up | CheckState::Paused | CheckState::Maintenance => Some(IncidentOp::Resolve),
+        CheckState::Degraded | CheckState::Maintenance => Some(IncidentOp::Update),
+        CheckState::Up if resolve_after_s > 0 => Some(IncidentOp::Update),
+        CheckState::Up | CheckState::Paused => Some(IncidentOp::Resolve),
         CheckState::Pending => None,
     }
 }
@@ -67,7 +78,12 @@ pub async fn record_verdict(
         .map_or_else(|| next.check_id.clone(), |c| c.name);
     let state_changed = previous.state != next.state;
     let op = if state_changed || next.state == CheckState::Down {
-        incident_op(next, &name, parent_down.is_some())
+        incident_op(
+            next,
+            &name,
+            parent_down.is_some(),
+            state.settings.resolve_after_s,
+        )
     } else {
         None
     };
@@ -190,6 +206,7 @@ pub async fn sweep_agents(state: &AppState, started_ms: i64) -> Result<(), Store
     let grace_ms = i64::from(state.settings.agent_offline_grace_s) * 1000;
     let now = now_ms();
     let agents = state.store.list_agents(None).await?;
+    let maintenance = state.judge.active_maintenance();
     let open: HashMap<(IncidentSubject, String), ()> = state
         .store
         .list_incidents(true, 100_000)
@@ -209,7 +226,8 @@ pub async fn sweep_agents(state: &AppState, started_ms: i64) -> Result<(), Store
         entry.0 |= online;
         entry.1 = entry.1.max(seen);
         let key = (IncidentSubject::Agent, agent.id.clone());
-        if !online && now - seen > grace_ms && !open.contains_key(&key) {
+        if !online && now - seen > grace_ms && !open.contains_key(&key) && !maintenance.agent(agent)
+        {
             let text = format!(
                 "agent {} ({}) has been offline for {} s",
                 agent.id,
@@ -255,7 +273,11 @@ pub async fn sweep_agents(state: &AppState, started_ms: i64) -> Result<(), Store
     }
     for (region, (online, seen)) in regions {
         let key = (IncidentSubject::Region, region.to_owned());
-        if !online && now - seen > grace_ms && !open.contains_key(&key) {
+        if !online
+            && now - seen > grace_ms
+            && !open.contains_key(&key)
+            && !maintenance.region(region)
+        {
             change_subject(
                 state,
                 IncidentSubject::Region,
@@ -276,6 +298,112 @@ pub async fn sweep_agents(state: &AppState, started_ms: i64) -> Result<(), Store
                 format!("an agent of region {region} is back online"),
             )
             .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves the incidents of checks that have been UP for `resolve_after_s` (or were
+/// deleted), and queues a reminder per channel for every open, unacknowledged incident that
+/// notifies (not dependent, its check not in maintenance) when the channel's `reminder_s`
+/// passed since its last notification. Idempotent and driven by stored times, so a restart
+/// loses and repeats nothing (a reminder's dedup key names its period).
+///
+/// # Errors
+/// Store errors.
+pub async fn settle(state: &AppState) -> Result<(), StoreError> {
+    let open = state.store.list_incidents(true, 100_000).await?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let states = state.judge.states().await;
+    let resolve_after_ms = i64::from(state.settings.resolve_after_s) * 1000;
+    let mut still_open = Vec::new();
+    for incident in open {
+        if incident.subject == IncidentSubject::Check {
+            let current = states.get(&incident.subject_id).copied();
+            let gone =
+                current.is_none() && state.store.get_check(&incident.subject_id).await?.is_none();
+            let settled =
+                matches!(current, Some((CheckState::Up, since)) if now - since >= resolve_after_ms);
+            if gone || settled {
+                let text = if gone {
+                    "the check was deleted".to_owned()
+                } else {
+                    format!(
+                        "UP for {} s: resolved",
+                        (now - current.map_or(now, |c| c.1)) / 1000
+                    )
+                };
+                change_subject(
+                    state,
+                    IncidentSubject::Check,
+                    &incident.subject_id,
+                    IncidentOp::Resolve,
+                    text,
+                )
+                .await?;
+                continue;
+            }
+            if matches!(current, Some((CheckState::Maintenance, _))) {
+                continue;
+            }
+        }
+        still_open.push(incident);
+    }
+    let channels: Vec<_> = state
+        .store
+        .list_channels()
+        .await?
+        .into_iter()
+        .filter(|c| c.enabled && c.reminder_s > 0)
+        .collect();
+    if channels.is_empty() {
+        return Ok(());
+    }
+    for incident in still_open
+        .iter()
+        .filter(|i| !i.dependent && i.acknowledged_at_ms.is_none())
+    {
+        let last: HashMap<String, i64> = state
+            .store
+            .last_notified(&incident.id)
+            .await?
+            .into_iter()
+            .collect();
+        for channel in &channels {
+            let period_ms = channel.reminder_s * 1000;
+            let since = last
+                .get(&channel.id)
+                .copied()
+                .unwrap_or(incident.opened_at_ms);
+            if now - since < period_ms {
+                continue;
+            }
+            let period = (now - incident.opened_at_ms) / period_ms;
+            let text = format!(
+                "still open after {} min, not acknowledged",
+                (now - incident.opened_at_ms) / 60_000
+            );
+            let body = serde_json::to_string(&incident.view(IncidentChange::Reminder, &text, now))
+                .unwrap_or_default();
+            let key = format!("{}/reminder-{period}/{}", incident.id, channel.id);
+            if state
+                .store
+                .queue_notification(
+                    &key,
+                    &incident.id,
+                    &channel.id,
+                    IncidentChange::Reminder,
+                    &body,
+                    now,
+                )
+                .await?
+            {
+                tracing::info!(incident = %incident.id, channel = %channel.id, "Reminder queued");
+                state.notify_outbox.notify_one();
+            }
         }
     }
     Ok(())

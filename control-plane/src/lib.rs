@@ -29,6 +29,7 @@ pub mod frontdoor;
 pub mod hub;
 pub mod incidents;
 pub mod ingest;
+pub mod maintenance;
 pub mod memory;
 pub mod notify;
 pub mod pki;

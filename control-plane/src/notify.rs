@@ -7,7 +7,8 @@
 //! only the oldest pending row of each (incident, channel) is taken, so a resolution never
 //! overtakes its alert; a failed attempt is retried with capped exponential backoff (1 s,
 //! 2 s, 4 s, … up to [`MAX_BACKOFF_S`]), across restarts since the state is in the store;
-//! after `notify_max_attempts` the row is a dead letter, kept and listed by the API. Every
+//! after `notify_max_attempts` the row is a dead letter, kept and listed by the API. A channel
+//! may cap its deliveries per hour: rows over the cap wait (no attempt spent), none is dropped. Every
 //! request carries `Idempotency-Key` (the row's dedup key), so a receiver can drop the repeat
 //! a crash between its answer and our record of it would cause.
 //!
@@ -206,6 +207,13 @@ pub struct ChannelDefinition {
     pub config: ChannelConfig,
     #[serde(default = "default_enabled")]
     pub enabled: bool,
+    /// Reminders every this many seconds while an incident stays open and unacknowledged
+    /// (0: none; at least 5 otherwise).
+    #[serde(default)]
+    pub reminder_s: u32,
+    /// Deliveries per hour at most; more wait their turn, none is dropped (0: no limit).
+    #[serde(default)]
+    pub max_per_hour: u32,
 }
 
 fn default_enabled() -> bool {
@@ -221,6 +229,8 @@ pub struct ChannelSummary {
     /// Scheme and host it delivers to.
     pub target: String,
     pub enabled: bool,
+    pub reminder_s: i64,
+    pub max_per_hour: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -252,6 +262,8 @@ fn summary(row: &ChannelRow) -> ChannelSummary {
         kind: row.kind.clone(),
         target,
         enabled: row.enabled,
+        reminder_s: row.reminder_s,
+        max_per_hour: row.max_per_hour,
         created_at_ms: row.created_at_ms,
         updated_at_ms: row.updated_at_ms,
     }
@@ -284,6 +296,16 @@ pub async fn put_channel(
         ));
     }
     body.config.validate().map_err(ChannelError::Invalid)?;
+    if body.reminder_s != 0 && !(5..=7 * 86_400).contains(&body.reminder_s) {
+        return Err(ChannelError::Invalid(
+            "reminder_s must be 0 (none) or 5..=604800".into(),
+        ));
+    }
+    if body.max_per_hour > 3600 {
+        return Err(ChannelError::Invalid(
+            "max_per_hour must be 0 (no limit) or up to 3600".into(),
+        ));
+    }
     let now = now_ms();
     let created_at_ms = state
         .store
@@ -296,6 +318,8 @@ pub async fn put_channel(
         kind: body.config.kind().to_owned(),
         config: serde_json::to_string(&body.config).unwrap_or_default(),
         enabled: body.enabled,
+        reminder_s: i64::from(body.reminder_s),
+        max_per_hour: i64::from(body.max_per_hour),
         created_at_ms,
         updated_at_ms: now,
     };
@@ -382,6 +406,7 @@ pub fn text_of(view: &IncidentView) -> String {
         IncidentChange::Updated => "Updated",
         IncidentChange::Acknowledged => "Acknowledged",
         IncidentChange::Note => "Note",
+        IncidentChange::Reminder => "Still open",
     };
     format!("{verb}: {} - {}", view.title, view.text)
 }
@@ -526,6 +551,21 @@ pub fn backoff(attempts: u32) -> Duration {
 async fn attempt(state: &AppState, row: OutboxRow) -> Result<(), StoreError> {
     let now = now_ms();
     let channel = state.store.get_channel(&row.channel_id).await?;
+    if let Some(channel) = channel.as_ref().filter(|c| c.enabled && c.max_per_hour > 0) {
+        let delivered = state
+            .store
+            .delivered_since(&channel.id, now - 3_600_000)
+            .await?;
+        if delivered >= channel.max_per_hour {
+            // Over the channel's rate: wait a minute, without spending an attempt.
+            state
+                .counters
+                .notify_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(key = %row.dedup_key, channel = %channel.id, delivered, "Channel over its hourly rate; notification postponed");
+            return state.store.postpone(row.id, now + 60_000).await;
+        }
+    }
     let config = channel
         .as_ref()
         .filter(|c| c.enabled)

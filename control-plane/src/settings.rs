@@ -111,6 +111,11 @@ pub struct Settings {
     #[arg(long, env = "VANTAGE_NOTIFY_MAX_ATTEMPTS", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub notify_max_attempts: u32,
+    /// A check's incident is resolved once the check has been UP this many seconds; a
+    /// failure in between keeps the same incident open, so a flapping target makes one
+    /// incident per episode, not one per flap (0: resolve at once).
+    #[arg(long, env = "VANTAGE_RESOLVE_AFTER_S", default_value_t = 60)]
+    pub resolve_after_s: u32,
 }
 
 fn parse_secret(text: &str) -> Result<Secret, String> {
@@ -144,6 +149,7 @@ impl Settings {
             heap_trim_interval_ms: 0,
             agent_offline_grace_s: 120,
             notify_max_attempts: 12,
+            resolve_after_s: 60,
         }
     }
 

@@ -370,6 +370,11 @@ impl Ewma {
             .max(floor)
     }
 
+    /// Whether `alpha` is in (0, 1], the range in which values are absorbed.
+    pub fn has_valid_alpha(&self) -> bool {
+        self.alpha > 0.0 && self.alpha <= 1.0
+    }
+
     /// Scores one value against the series so far, then absorbs it.
     ///
     /// Returns the anomaly when at least `warmup` values (and at least one) came before it and
@@ -377,7 +382,7 @@ impl Ewma {
     /// values while `alpha` is outside (0, 1]; a value whose absorption would overflow the
     /// mean or variance is ignored as well.
     pub fn observe(&mut self, value: f64) -> Option<Anomaly> {
-        if !value.is_finite() || !(self.alpha > 0.0 && self.alpha <= 1.0) {
+        if !value.is_finite() || !self.has_valid_alpha() {
             return None;
         }
         if self.n == 0 {

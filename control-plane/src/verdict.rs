@@ -33,6 +33,7 @@ pub struct Policy {
     pub recovery: u32,
     pub enabled: bool,
     pub depends_on: Vec<String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Policy {
@@ -44,6 +45,7 @@ impl Policy {
             recovery: row.recovery.max(1),
             enabled: row.enabled,
             depends_on: row.depends_on.clone(),
+            labels: row.labels.0.clone(),
         }
     }
 }
@@ -100,11 +102,20 @@ impl RegionTrack {
     }
 }
 
+/// What is in maintenance while a check is judged.
+pub struct Maintenance<'a> {
+    /// The window that puts the whole check in maintenance, if any.
+    pub check_window: Option<&'a str>,
+    /// Whether a region is in maintenance (it does not count as failing).
+    pub region: &'a dyn Fn(&str) -> bool,
+}
+
 /// Judges a check from its regions' tracks: its state and the reason in words.
 pub fn judge(
     policy: &Policy,
     regions: &BTreeMap<String, RegionTrack>,
     fallback: &dyn Fn(&str) -> bool,
+    maintenance: &Maintenance<'_>,
 ) -> (CheckState, String, Vec<RegionEvidence>) {
     let evidence: Vec<RegionEvidence> = policy
         .regions
@@ -115,6 +126,7 @@ pub fn judge(
                 region: region.clone(),
                 failing: track.failing,
                 fallback: fallback(region),
+                maintenance: (maintenance.region)(region),
                 streak: track.streak(),
                 last: track.last,
             }
@@ -123,7 +135,10 @@ pub fn judge(
     if !policy.enabled {
         return (CheckState::Paused, "the check is paused".into(), evidence);
     }
-    let failing: Vec<&RegionEvidence> = evidence.iter().filter(|r| r.failing).collect();
+    let failing: Vec<&RegionEvidence> = evidence
+        .iter()
+        .filter(|r| r.failing && !r.maintenance)
+        .collect();
     let n_regions = evidence.len();
     let why = |r: &RegionEvidence| {
         let reason = r.last.as_ref().map_or("no result", |l| l.reason.as_str());
@@ -173,7 +188,28 @@ pub fn judge(
             format!("no region failing ({n_regions} regions)"),
         )
     };
-    (state, format!("{reason}{fallback_note}"), evidence)
+    let in_maintenance: Vec<&str> = evidence
+        .iter()
+        .filter(|r| r.maintenance)
+        .map(|r| r.region.as_str())
+        .collect();
+    let maintenance_note = if in_maintenance.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; in maintenance (not counted): {}",
+            in_maintenance.join(", ")
+        )
+    };
+    let reason = format!("{reason}{fallback_note}{maintenance_note}");
+    match maintenance.check_window {
+        Some(window) => (
+            CheckState::Maintenance,
+            format!("in maintenance window {window:?}; underneath: {reason}"),
+            evidence,
+        ),
+        None => (state, reason, evidence),
+    }
 }
 
 /// One check's judged state in memory.
@@ -200,8 +236,9 @@ impl CheckTrack {
         &self,
         check_id: &str,
         fallback: &dyn Fn(&str) -> bool,
+        maintenance: &Maintenance<'_>,
     ) -> Option<CheckVerdictView> {
-        let (state, reason, regions) = judge(&self.policy, &self.regions, fallback);
+        let (state, reason, regions) = judge(&self.policy, &self.regions, fallback, maintenance);
         let mut next = CheckVerdictView {
             v: vantage_mqtt::PROTOCOL_VERSION,
             check_id: check_id.to_owned(),
@@ -219,8 +256,8 @@ impl CheckTrack {
         let fallbacks = |v: &CheckVerdictView| {
             v.regions
                 .iter()
-                .filter(|r| r.fallback)
-                .map(|r| r.region.clone())
+                .filter(|r| r.fallback || r.maintenance)
+                .map(|r| (r.region.clone(), r.fallback, r.maintenance))
                 .collect::<Vec<_>>()
         };
         let changed = state != self.view.state
@@ -235,6 +272,8 @@ impl CheckTrack {
 #[derive(Debug, Default)]
 pub struct Judge {
     tracks: Mutex<HashMap<String, CheckTrack>>,
+    /// The maintenance windows in force, as of the worker's last tick.
+    maintenance: std::sync::RwLock<crate::maintenance::Active>,
 }
 
 /// Results replayed per region when a track is built: enough for the longest streak rule.
@@ -356,9 +395,18 @@ impl Judge {
         check_id: &str,
         mut track: CheckTrack,
     ) -> Option<CheckTrack> {
-        let plan = state.plan.borrow().clone();
-        let fallback = |region: &str| plan.on_fallback(check_id, region);
-        let Some(next) = track.rejudge(check_id, &fallback) else {
+        let next = {
+            let plan = state.plan.borrow().clone();
+            let fallback = |region: &str| plan.on_fallback(check_id, region);
+            let active = state.judge.active_maintenance();
+            let region = |region: &str| active.region(region);
+            let maintenance = Maintenance {
+                check_window: active.check(check_id, &track.policy.labels),
+                region: &region,
+            };
+            track.rejudge(check_id, &fallback, &maintenance)
+        };
+        let Some(next) = next else {
             return Some(track);
         };
         let parent_down = track.policy.depends_on.iter().find(|parent| {
@@ -409,21 +457,70 @@ impl Judge {
         Ok(())
     }
 
+    /// The maintenance windows in force.
+    pub fn active_maintenance(&self) -> crate::maintenance::Active {
+        self.maintenance
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the windows in force; returns whether they changed.
+    pub fn set_maintenance(&self, active: crate::maintenance::Active) -> bool {
+        let mut current = self
+            .maintenance
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *current != active;
+        *current = active;
+        changed
+    }
+
+    /// The state of every check judged so far.
+    pub async fn states(&self) -> HashMap<String, (CheckState, i64)> {
+        self.tracks
+            .lock()
+            .await
+            .iter()
+            .map(|(id, t)| (id.clone(), (t.view.state, t.view.since_ms)))
+            .collect()
+    }
+
     /// Forgets a deleted check.
     pub async fn forget(&self, check_id: &str) {
         self.tracks.lock().await.remove(check_id);
     }
 }
 
-/// Re-judges every check when woken (check changes, agents coming and going, fallback
-/// changes), and every 10 s; wakes within 100 ms share one run.
+/// Every 2 s (or at once when woken: check changes, agents coming and going): refreshes the
+/// maintenance windows in force and re-judges every check when they changed or it was woken;
+/// then resolves the incidents of checks that stayed UP long enough and queues reminders
+/// ([`crate::incidents::settle`]).
 pub async fn worker(state: AppState) {
     loop {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), state.rejudge.notified())
-            .await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        if let Err(error) = state.judge.rejudge_all(&state).await {
-            tracing::warn!(%error, "Cannot re-judge the checks; retrying");
+        let woken =
+            tokio::time::timeout(std::time::Duration::from_secs(2), state.rejudge.notified())
+                .await
+                .is_ok();
+        if woken {
+            // Changes arriving together share one run.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let changed = match crate::maintenance::Active::now(&state.store).await {
+            Ok(active) => state.judge.set_maintenance(active),
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read the maintenance windows");
+                false
+            }
+        };
+        if woken || changed {
+            if let Err(error) = state.judge.rejudge_all(&state).await {
+                tracing::warn!(%error, "Cannot re-judge the checks; retrying");
+                state.rejudge.notify_one();
+            }
+        }
+        if let Err(error) = crate::incidents::settle(&state).await {
+            tracing::warn!(%error, "Cannot settle incidents; retrying");
         }
     }
 }
@@ -440,6 +537,7 @@ mod tests {
             recovery,
             enabled: true,
             depends_on: Vec::new(),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -524,6 +622,13 @@ mod tests {
     #[test]
     fn quorum_decides_down_and_fewer_failures_are_degraded_with_reasons() {
         let none = |_: &str| false;
+        let no_maintenance = Maintenance {
+            check_window: None,
+            region: &none,
+        };
+        let judge = |p: &Policy, t: &BTreeMap<String, RegionTrack>, f: &dyn Fn(&str) -> bool| {
+            judge(p, t, f, &no_maintenance)
+        };
         let p = policy(&["eu", "us", "ap"], 2, 1, 1);
         let (state, reason, evidence) = judge(
             &p,
@@ -573,6 +678,51 @@ mod tests {
     }
 
     #[test]
+    fn maintenance_hides_a_region_or_the_whole_check() {
+        let p = policy(&["eu", "us", "ap"], 2, 1, 1);
+        let t = tracks(&[("eu", true), ("us", true), ("ap", false)]);
+        let none = |_: &str| false;
+        let eu = |r: &str| r == "eu";
+        // eu in maintenance: only us counts, below the quorum.
+        let (state, reason, evidence) = judge(
+            &p,
+            &t,
+            &none,
+            &Maintenance {
+                check_window: None,
+                region: &eu,
+            },
+        );
+        assert_eq!(state, CheckState::Degraded, "{reason}");
+        assert!(
+            reason.ends_with("; in maintenance (not counted): eu"),
+            "{reason}"
+        );
+        assert!(
+            evidence
+                .iter()
+                .any(|e| e.region == "eu" && e.maintenance && e.failing)
+        );
+        // The whole check: MAINTENANCE, with what is underneath.
+        let (state, reason, _) = judge(
+            &p,
+            &t,
+            &none,
+            &Maintenance {
+                check_window: Some("db upgrade"),
+                region: &none,
+            },
+        );
+        assert_eq!(state, CheckState::Maintenance);
+        assert!(
+            reason.starts_with(
+                "in maintenance window \"db upgrade\"; underneath: 2 of 3 regions failing"
+            ),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn majority_is_the_default_quorum() {
         let row = |n: usize, quorum: u32| CheckRow {
             id: "c".into(),
@@ -586,6 +736,7 @@ mod tests {
             recovery: 2,
             agents_per_region: 1,
             depends_on: Vec::new(),
+            labels: Default::default(),
             enabled: true,
             created_at_ms: 0,
             updated_at_ms: 0,

@@ -7,6 +7,8 @@ ALTER TABLE checks ADD COLUMN retries BIGINT NOT NULL DEFAULT 2;
 ALTER TABLE checks ADD COLUMN recovery BIGINT NOT NULL DEFAULT 2;
 ALTER TABLE checks ADD COLUMN agents_per_region BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE checks ADD COLUMN depends_on TEXT NOT NULL DEFAULT '[]';
+-- Labels (JSON object): for filters and maintenance windows.
+ALTER TABLE checks ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
 
 -- Each check's current verdict (the JSON of the retained status/checks/{check} message).
 CREATE TABLE check_verdicts (
@@ -64,8 +66,21 @@ CREATE TABLE channels (
     kind TEXT NOT NULL,
     config TEXT NOT NULL,
     enabled BOOLEAN NOT NULL DEFAULT TRUE,
+    -- Reminders while an incident stays open and unacknowledged (0: none).
+    reminder_s BIGINT NOT NULL DEFAULT 0,
+    -- Deliveries per hour at most; more wait their turn (0: no limit).
+    max_per_hour BIGINT NOT NULL DEFAULT 0,
     created_at_ms BIGINT NOT NULL,
     updated_at_ms BIGINT NOT NULL
+);
+
+-- Maintenance windows: one-off (starts_at_ms..ends_at_ms) or weekly (days, start minute of
+-- the day in UTC, duration), scoped to checks, check labels, regions or agent labels (JSON).
+CREATE TABLE maintenance_windows (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
 );
 
 -- The notification outbox: one row per (incident change, channel), written in the transaction

@@ -463,6 +463,9 @@ pub struct RegionEvidence {
     /// Served by the control plane's own executor because no agent of the region is online.
     #[serde(default)]
     pub fallback: bool,
+    /// In a maintenance window: it does not count as failing.
+    #[serde(default)]
+    pub maintenance: bool,
     /// Consecutive failures (or successes) so far.
     pub streak: u32,
     /// Its latest result, if any.
@@ -546,6 +549,8 @@ pub enum IncidentChange {
     Acknowledged,
     Note,
     Resolved,
+    /// Still open and unacknowledged: a channel's reminder.
+    Reminder,
 }
 
 impl IncidentChange {
@@ -557,6 +562,7 @@ impl IncidentChange {
             IncidentChange::Acknowledged => "acknowledged",
             IncidentChange::Note => "note",
             IncidentChange::Resolved => "resolved",
+            IncidentChange::Reminder => "reminder",
         }
     }
 }
@@ -576,6 +582,7 @@ impl TryFrom<String> for IncidentChange {
             IncidentChange::Acknowledged,
             IncidentChange::Note,
             IncidentChange::Resolved,
+            IncidentChange::Reminder,
         ]
         .into_iter()
         .find(|change| change.as_str() == name)

@@ -163,6 +163,14 @@ impl TestStore {
     }
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// A `vantage serve` child process.
 pub struct ControlPlane {
     pub data_dir: PathBuf,

@@ -63,21 +63,30 @@ impl MailServer {
             .stderr(std::fs::File::create(dir.path().join("aiosmtpd.log"))?)
             .spawn()
             .context("cannot start aiosmtpd (scripts/test installs python3-aiosmtpd)")?;
-        let server = MailServer {
+        let log = dir.path().join("aiosmtpd.log");
+        let mut server = MailServer {
             port,
             ca_pem: ca.pem(),
             maildir,
             child,
             _dir: dir,
         };
-        crate::wait_for("aiosmtpd listening", Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
-                .ok()
-                .map(|_| ())
-        })
-        .await?;
-        Ok(server)
+                .is_ok()
+            {
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                anyhow::bail!(
+                    "aiosmtpd exited ({status}): {} (scripts/test installs python3-aiosmtpd and sets VANTAGE_TEST_PYTHON=/usr/bin/python3)",
+                    std::fs::read_to_string(&log).unwrap_or_default().trim()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("aiosmtpd is not listening after 20 s")
     }
 
     /// Every mail accepted so far, as raw text, oldest first.

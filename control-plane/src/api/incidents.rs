@@ -267,3 +267,47 @@ pub async fn outbox(
         state.store.list_outbox(filter, query.limit).await?
     )))
 }
+
+impl From<crate::maintenance::MaintenanceError> for ApiError {
+    fn from(error: crate::maintenance::MaintenanceError) -> Self {
+        use crate::maintenance::MaintenanceError;
+        match error {
+            MaintenanceError::Invalid(reason) => ApiError::Unprocessable(reason),
+            MaintenanceError::NotFound(id) => {
+                ApiError::NotFound(format!("maintenance window {id:?}"))
+            }
+            MaintenanceError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// `GET /api/v1/maintenance`: every maintenance window.
+pub async fn list_maintenance(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(json!(crate::maintenance::list(&state).await?)))
+}
+
+/// `POST /api/v1/maintenance`: adds a window (operators and above).
+pub async fn create_maintenance(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(window): ApiJson<crate::maintenance::Window>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Role::Operator)?;
+    let window = crate::maintenance::create(&state, window).await?;
+    Ok((StatusCode::CREATED, Json(json!(window))))
+}
+
+/// `DELETE /api/v1/maintenance/{id}` (operators and above).
+pub async fn delete_maintenance(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    crate::maintenance::delete(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -341,6 +341,14 @@ pub fn router(state: AppState) -> Router {
         .route("/channels/{id}/test", post(incidents::test_channel))
         .route("/outbox", get(incidents::outbox))
         .route(
+            "/maintenance",
+            get(incidents::list_maintenance).post(incidents::create_maintenance),
+        )
+        .route(
+            "/maintenance/{id}",
+            axum::routing::delete(incidents::delete_maintenance),
+        )
+        .route(
             "/enrollment-tokens",
             get(agents::list_tokens).post(agents::create_token),
         )

@@ -97,6 +97,7 @@ pub async fn probe(
         recovery: 1,
         agents_per_region: 1,
         depends_on: Vec::new(),
+        labels: Default::default(),
         enabled: true,
     };
     crate::checks::validate(&body)?;

@@ -113,6 +113,11 @@ pub struct ChannelRow {
     pub kind: String,
     pub config: String,
     pub enabled: bool,
+    /// Reminders every this many seconds while an incident stays open and unacknowledged
+    /// (0: none).
+    pub reminder_s: i64,
+    /// Deliveries per hour at most; more wait their turn (0: no limit).
+    pub max_per_hour: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -180,8 +185,8 @@ const INCIDENT_COLUMNS: &str = "SELECT id, subject, subject_id, title, open, dep
     resolved_at_ms, acknowledged_at_ms, acknowledged_by, n_changes FROM incidents";
 const OUTBOX_COLUMNS: &str = "SELECT id, dedup_key, incident_id, channel_id, change, body, state, \
     attempts, next_attempt_at_ms, last_error, created_at_ms, delivered_at_ms FROM outbox";
-const CHANNEL_COLUMNS: &str =
-    "SELECT id, name, kind, config, enabled, created_at_ms, updated_at_ms FROM channels";
+const CHANNEL_COLUMNS: &str = "SELECT id, name, kind, config, enabled, reminder_s, max_per_hour, \
+    created_at_ms, updated_at_ms FROM channels";
 
 impl Store {
     /// Stores a verdict and/or an incident change, with the transition, the timeline entry
@@ -507,10 +512,12 @@ impl Store {
     /// # Errors
     /// Database errors only.
     pub async fn upsert_channel(&self, channel: &ChannelRow) -> Result<(), StoreError> {
-        let sql = "INSERT INTO channels (id, name, kind, config, enabled, created_at_ms, updated_at_ms) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+        let sql = "INSERT INTO channels (id, name, kind, config, enabled, created_at_ms, updated_at_ms, \
+                   reminder_s, max_per_hour) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                   ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
                    kind = excluded.kind, config = excluded.config, enabled = excluded.enabled, \
-                   updated_at_ms = excluded.updated_at_ms";
+                   updated_at_ms = excluded.updated_at_ms, reminder_s = excluded.reminder_s, \
+                   max_per_hour = excluded.max_per_hour";
         on_pool!(self, pool => sqlx::query(sql)
             .bind(&channel.id)
             .bind(&channel.name)
@@ -519,6 +526,8 @@ impl Store {
             .bind(channel.enabled)
             .bind(channel.created_at_ms)
             .bind(channel.updated_at_ms)
+            .bind(channel.reminder_s)
+            .bind(channel.max_per_hour)
             .execute(pool)
             .await?
             .rows_affected());
@@ -557,7 +566,123 @@ impl Store {
         Ok(n > 0)
     }
 
+    // ---- maintenance windows -------------------------------------------------------------
+
+    /// Inserts a maintenance window (its definition as JSON).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the id is taken.
+    pub async fn insert_maintenance(
+        &self,
+        id: &str,
+        name: &str,
+        definition: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let sql = "INSERT INTO maintenance_windows (id, name, definition, created_at_ms) VALUES ($1, $2, $3, $4)";
+        let outcome = on_pool!(self, pool => sqlx::query(sql)
+            .bind(id)
+            .bind(name)
+            .bind(definition)
+            .bind(at_ms)
+            .execute(pool)
+            .await
+            .map(|_| ()));
+        match outcome {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict {
+                what: "maintenance window",
+                id: id.to_owned(),
+            }),
+            other => Ok(other?),
+        }
+    }
+
+    /// Every maintenance window: (id, definition JSON).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_maintenance(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = "SELECT id, definition FROM maintenance_windows ORDER BY id";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    /// Deletes a maintenance window; returns whether it existed.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn delete_maintenance(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM maintenance_windows WHERE id = $1";
+        let n =
+            on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
     // ---- outbox ----------------------------------------------------------------------------
+
+    /// Queues one notification (a reminder); a repeated dedup key queues nothing. Returns
+    /// whether a row was added.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn queue_notification(
+        &self,
+        dedup_key: &str,
+        incident_id: &str,
+        channel_id: &str,
+        change: IncidentChange,
+        body: &str,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = "INSERT INTO outbox (dedup_key, incident_id, channel_id, change, body, state, attempts, \
+                   next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) \
+                   ON CONFLICT (dedup_key) DO NOTHING";
+        let n = on_pool!(self, pool => sqlx::query(sql)
+            .bind(dedup_key)
+            .bind(incident_id)
+            .bind(channel_id)
+            .bind(change.as_str())
+            .bind(body)
+            .bind(at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n > 0)
+    }
+
+    /// When each channel was last given a notification of an incident: (channel, ms).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn last_notified(&self, incident_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT channel_id, MAX(created_at_ms) FROM outbox WHERE incident_id = $1 GROUP BY channel_id";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).bind(incident_id).fetch_all(pool).await?))
+    }
+
+    /// Notifications a channel delivered since `since_ms`.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn delivered_since(
+        &self,
+        channel_id: &str,
+        since_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM outbox WHERE channel_id = $1 AND state = 'delivered' AND delivered_at_ms >= $2";
+        Ok(
+            on_pool!(self, pool => sqlx::query_scalar(sql).bind(channel_id).bind(since_ms).fetch_one(pool).await?),
+        )
+    }
+
+    /// Moves a pending notification's next attempt without counting an attempt (a channel
+    /// over its rate).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn postpone(&self, id: i64, next_attempt_at_ms: i64) -> Result<(), StoreError> {
+        let sql = "UPDATE outbox SET next_attempt_at_ms = $2 WHERE id = $1 AND state = 'pending'";
+        on_pool!(self, pool => sqlx::query(sql).bind(id).bind(next_attempt_at_ms).execute(pool).await?.rows_affected());
+        Ok(())
+    }
 
     /// Pending notifications due by `now_ms`, oldest first, at most one per (incident,
     /// channel): the oldest pending one, so a resolve never overtakes its alert.

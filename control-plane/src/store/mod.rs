@@ -612,9 +612,9 @@ impl Store {
     /// [`StoreError::Conflict`] when the id is taken.
     pub async fn insert_check(&self, check: &CheckRow) -> Result<(), StoreError> {
         let sql = "INSERT INTO checks (id, name, kind, spec, interval_s, timeout_ms, regions, quorum, \
-                   retries, recovery, agents_per_region, depends_on, enabled, created_at_ms, updated_at_ms) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
-        let (kind, spec, regions, depends_on) = check.encoded_columns();
+                   retries, recovery, agents_per_region, depends_on, enabled, created_at_ms, updated_at_ms, labels) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+        let (kind, spec, regions, depends_on, labels) = check.encoded_columns();
         let outcome = on_pool!(self, pool => sqlx::query(sql)
             .bind(&check.id)
             .bind(&check.name)
@@ -631,6 +631,7 @@ impl Store {
             .bind(check.enabled)
             .bind(check.created_at_ms)
             .bind(check.updated_at_ms)
+            .bind(&labels)
             .execute(pool)
             .await
             .map(|_| ()));
@@ -650,8 +651,8 @@ impl Store {
     pub async fn update_check(&self, check: &CheckRow) -> Result<bool, StoreError> {
         let sql = "UPDATE checks SET name = $2, kind = $3, spec = $4, interval_s = $5, timeout_ms = $6, \
                    regions = $7, quorum = $8, retries = $9, recovery = $10, agents_per_region = $11, \
-                   depends_on = $12, enabled = $13, updated_at_ms = $14 WHERE id = $1";
-        let (kind, spec, regions, depends_on) = check.encoded_columns();
+                   depends_on = $12, enabled = $13, updated_at_ms = $14, labels = $15 WHERE id = $1";
+        let (kind, spec, regions, depends_on, labels) = check.encoded_columns();
         let n = on_pool!(self, pool => sqlx::query(sql)
             .bind(&check.id)
             .bind(&check.name)
@@ -667,6 +668,7 @@ impl Store {
             .bind(&depends_on)
             .bind(check.enabled)
             .bind(check.updated_at_ms)
+            .bind(&labels)
             .execute(pool)
             .await?
             .rows_affected());
@@ -855,4 +857,4 @@ const AGENT_COLUMNS: &str = "SELECT id, region, labels, hostname, arch, os, vers
     next_seq, spool_dropped_total, spool_unsendable_total, spool_write_errors_total, boot_id FROM agents";
 
 const CHECK_COLUMNS: &str = "SELECT id, name, spec, interval_s, timeout_ms, regions, quorum, retries, \
-    recovery, agents_per_region, depends_on, enabled, created_at_ms, updated_at_ms FROM checks";
+    recovery, agents_per_region, depends_on, labels, enabled, created_at_ms, updated_at_ms FROM checks";

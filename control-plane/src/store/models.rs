@@ -190,6 +190,7 @@ pub struct CheckRow {
     /// Checks this one depends on: while one of them is DOWN, this one's incidents are
     /// dependent and notify nobody.
     pub depends_on: Vec<String>,
+    pub labels: Labels,
     pub enabled: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -216,13 +217,15 @@ impl CheckRow {
         }
     }
 
-    /// The text columns of the row: (type name, spec JSON, regions JSON, depends_on JSON).
-    pub fn encoded_columns(&self) -> (&'static str, String, String, String) {
+    /// The text columns of the row: (type name, spec JSON, regions JSON, depends_on JSON,
+    /// labels JSON).
+    pub fn encoded_columns(&self) -> (&'static str, String, String, String, String) {
         (
             self.kind.type_name(),
             serde_json::to_string(&self.kind).unwrap_or_default(),
             serde_json::to_string(&self.regions).unwrap_or_else(|_| "[]".into()),
             serde_json::to_string(&self.depends_on).unwrap_or_else(|_| "[]".into()),
+            self.labels.to_json(),
         )
     }
 }
@@ -242,6 +245,7 @@ pub struct RawCheckRow {
     pub recovery: i64,
     pub agents_per_region: i64,
     pub depends_on: String,
+    pub labels: String,
     pub enabled: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -281,6 +285,7 @@ impl TryFrom<RawCheckRow> for CheckRow {
             agents_per_region: number("agents_per_region", raw.agents_per_region)?,
             depends_on: serde_json::from_str(&raw.depends_on)
                 .map_err(|e| corrupt("depends_on", e.to_string()))?,
+            labels: Labels::try_from(raw.labels).map_err(|e| corrupt("labels", e.to_string()))?,
             id: raw.id,
             name: raw.name,
             enabled: raw.enabled,
