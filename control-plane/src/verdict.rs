@@ -513,11 +513,11 @@ pub async fn worker(state: AppState) {
                 false
             }
         };
-        if woken || changed {
-            if let Err(error) = state.judge.rejudge_all(&state).await {
-                tracing::warn!(%error, "Cannot re-judge the checks; retrying");
-                state.rejudge.notify_one();
-            }
+        if (woken || changed)
+            && let Err(error) = state.judge.rejudge_all(&state).await
+        {
+            tracing::warn!(%error, "Cannot re-judge the checks; retrying");
+            state.rejudge.notify_one();
         }
         if let Err(error) = crate::incidents::settle(&state).await {
             tracing::warn!(%error, "Cannot settle incidents; retrying");
