@@ -112,6 +112,7 @@ impl Application {
             csr_throttle: Arc::default(),
             plan: Arc::new(tokio::sync::watch::Sender::new(Arc::default())),
             judge: Arc::default(),
+            rules: Arc::default(),
             rejudge: Arc::default(),
             notify_outbox: Arc::default(),
             http_client: reqwest::Client::builder()

@@ -69,6 +69,10 @@ pub struct CheckDefinition {
     /// Labels (`{"team": "web"}`), for filters and maintenance windows.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Response-time anomaly alerts per region: a response time this many standard
+    /// deviations from its moving average, three times in a row, opens an incident (0: off).
+    #[serde(default)]
+    pub anomaly_z: f64,
     #[serde(default = "default_enabled")]
     pub enabled: bool,
 }
@@ -149,6 +153,9 @@ pub fn validate(body: &CheckDefinition) -> Result<(), CheckError> {
     if let Some(bad) = body.depends_on.iter().find(|d| !topic::valid_id(d)) {
         return invalid(format!("depends_on: {bad:?} is not a valid check id"));
     }
+    if !(body.anomaly_z == 0.0 || (2.0..=50.0).contains(&body.anomaly_z)) {
+        return invalid("anomaly_z must be 0 (off) or 2..=50".into());
+    }
     if body.labels.len() > 32 {
         return invalid("labels: at most 32".into());
     }
@@ -192,6 +199,7 @@ pub fn to_row(id: String, body: &CheckDefinition, created_at_ms: i64) -> CheckRo
         agents_per_region: body.agents_per_region,
         depends_on: body.depends_on.clone(),
         labels: crate::store::Labels(body.labels.clone()),
+        anomaly_z: body.anomaly_z,
         enabled: body.enabled,
         created_at_ms,
         updated_at_ms: now_ms(),
@@ -213,6 +221,7 @@ pub fn to_definition(row: &CheckRow) -> CheckDefinition {
         agents_per_region: row.agents_per_region,
         depends_on: row.depends_on.clone(),
         labels: row.labels.0.clone(),
+        anomaly_z: row.anomaly_z,
         enabled: row.enabled,
     }
 }

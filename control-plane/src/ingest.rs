@@ -530,6 +530,9 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
     if !batch.results.is_empty() {
         state.judge.observe(state, &batch.results).await;
     }
+    if !batch.metrics.is_empty() {
+        state.rules.observe(state, &batch.metrics).await;
+    }
     let now = now_ms();
     // Retained status: only the newest result per (check, region) of this batch.
     for (agent, region, result) in crate::store::ingest::latest_per_check_region(&batch) {

@@ -9,7 +9,8 @@
 //! - [`ingest`]: decodes agent messages, commits batches, acknowledges, fans out.
 //! - [`assign`]: turns checks and online agents into each agent's retained desired config.
 //! - Domain: [`checks`], [`runnow`], [`verdict`] (state per check across regions),
-//!   [`incidents`], [`notify`] (channels and the outbox sender), [`regions`].
+//!   [`incidents`], [`notify`] (channels and the outbox sender), [`regions`],
+//!   [`maintenance`], [`rules`] (host-metric rules; maths in [`signals`]), [`fallback`].
 //! - [`store`]: PostgreSQL and SQLite; [`pki`]: the CA; [`renew`]: agent certificate renewal
 //!   over MQTT; [`api`]: HTTP routes.
 //! - [`hub`]: the live fan-out; [`counters`]: Prometheus counters; [`cli`]: subcommands;
@@ -35,6 +36,7 @@ pub mod notify;
 pub mod pki;
 pub mod regions;
 pub mod renew;
+pub mod rules;
 pub mod runnow;
 pub mod settings;
 pub mod signals;
@@ -70,6 +72,8 @@ pub struct AppState {
     pub plan: Arc<tokio::sync::watch::Sender<Arc<assign::Plan>>>,
     /// Every check's verdict in memory.
     pub judge: Arc<verdict::Judge>,
+    /// Host-metric rules and their state.
+    pub rules: Arc<rules::Engine>,
     /// Wakes the re-judging worker (check changes, agents coming and going).
     pub rejudge: Arc<tokio::sync::Notify>,
     /// Wakes the notification sender when rows were queued.

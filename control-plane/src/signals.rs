@@ -407,8 +407,13 @@ impl Ewma {
         anomaly
     }
 
-    /// The anomaly `value` would be against the current mean and variance, if any.
-    fn score(&self, value: f64) -> Option<Anomaly> {
+    /// The anomaly `value` would be against the current mean and variance, if any, without
+    /// absorbing it (a caller that keeps anomalies out of its baseline calls this first and
+    /// [`Self::observe`] only for the values it absorbs).
+    pub fn score(&self, value: f64) -> Option<Anomaly> {
+        if !value.is_finite() || !self.has_valid_alpha() {
+            return None;
+        }
         if self.n < self.warmup.max(1) {
             return None;
         }

@@ -34,6 +34,8 @@ pub struct Policy {
     pub enabled: bool,
     pub depends_on: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// Response-time anomaly alerts: the z-score that counts (0: off).
+    pub anomaly_z: f64,
 }
 
 impl Policy {
@@ -46,7 +48,73 @@ impl Policy {
             enabled: row.enabled,
             depends_on: row.depends_on.clone(),
             labels: row.labels.0.clone(),
+            anomaly_z: row.anomaly_z,
         }
+    }
+}
+
+/// Anomalous response times in a row that raise a latency alert, and normal ones that clear it.
+const ANOMALY_RAISE: u32 = 3;
+const ANOMALY_CLEAR: u32 = 5;
+/// Anomalous results in a row after which they become the new baseline.
+const ANOMALY_REBASE: u32 = 30;
+
+/// A region's response times: an EWMA of successful results' total time and whether they
+/// are anomalous now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyTrack {
+    pub ewma: crate::signals::Ewma,
+    pub anomalous: bool,
+    anomalous_streak: u32,
+    normal_streak: u32,
+}
+
+/// A region's latency alert being raised (with what crossed) or cleared.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LatencyFlip {
+    Raised(crate::signals::Anomaly),
+    Cleared { total_ms: f64 },
+}
+
+impl LatencyTrack {
+    fn new(z_limit: f64) -> LatencyTrack {
+        LatencyTrack {
+            // alpha 0.1: about the last 20 results; 20 results before judging; a floor of
+            // 1 ms (and 1 % of the mean) so a flat series does not alarm on a wiggle.
+            ewma: crate::signals::Ewma::new(0.1, 20, z_limit, 1.0),
+            anomalous: false,
+            anomalous_streak: 0,
+            normal_streak: 0,
+        }
+    }
+
+    /// Counts one successful result's total time; returns a flip of the alert. Anomalous
+    /// times stay out of the baseline (a lasting slowdown stays an alert) until they have
+    /// lasted [`ANOMALY_REBASE`] results, after which they are the new usual.
+    pub fn observe(&mut self, total_ms: f64) -> Option<LatencyFlip> {
+        let anomaly = self.ewma.score(total_ms);
+        if anomaly.is_none() || self.anomalous_streak >= ANOMALY_REBASE {
+            self.ewma.observe(total_ms);
+        }
+        match anomaly {
+            Some(anomaly) => {
+                self.anomalous_streak += 1;
+                self.normal_streak = 0;
+                if !self.anomalous && self.anomalous_streak >= ANOMALY_RAISE {
+                    self.anomalous = true;
+                    return Some(LatencyFlip::Raised(anomaly));
+                }
+            }
+            None => {
+                self.normal_streak += 1;
+                self.anomalous_streak = 0;
+                if self.anomalous && self.normal_streak >= ANOMALY_CLEAR {
+                    self.anomalous = false;
+                    return Some(LatencyFlip::Cleared { total_ms });
+                }
+            }
+        }
+        None
     }
 }
 
@@ -61,6 +129,8 @@ pub struct RegionTrack {
     pub ok_streak: u32,
     pub last: Option<EvidenceResult>,
     last_key: Option<ResultKey>,
+    /// Response times, when the check asks for anomaly alerts.
+    pub latency: Option<LatencyTrack>,
 }
 
 impl RegionTrack {
@@ -360,10 +430,11 @@ impl Judge {
             };
             let mut rows = rows;
             rows.sort_by_key(|(agent, _, r)| (r.measured_at_ms, agent.clone(), r.seq));
+            let mut flips = Vec::new();
             for (agent, region, result) in rows {
                 let policy = &track.policy;
                 if let Some(region_track) = track.regions.get_mut(region) {
-                    region_track.observe(
+                    let counted = region_track.observe(
                         (result.measured_at_ms, agent.clone(), result.seq),
                         EvidenceResult {
                             agent_id: agent.clone(),
@@ -375,6 +446,21 @@ impl Judge {
                         policy.retries,
                         policy.recovery,
                     );
+                    if counted && result.ok && policy.anomaly_z > 0.0 {
+                        let latency = region_track
+                            .latency
+                            .get_or_insert_with(|| LatencyTrack::new(policy.anomaly_z));
+                        if let Some(flip) = latency.observe(result.timings.total_ms) {
+                            flips.push((region.clone(), flip));
+                        }
+                    }
+                }
+            }
+            for (region, flip) in flips {
+                if let Err(error) =
+                    crate::incidents::latency_flip(state, check_id, &region, flip).await
+                {
+                    tracing::warn!(check = check_id, %region, %error, "Cannot record a response-time alert");
                 }
             }
             state
@@ -443,6 +529,11 @@ impl Judge {
                 },
             };
             let policy = Policy::of(row);
+            if policy.anomaly_z != track.policy.anomaly_z {
+                for region in track.regions.values_mut() {
+                    region.latency = None;
+                }
+            }
             if policy != track.policy {
                 for region in &policy.regions {
                     track.regions.entry(region.clone()).or_default();
@@ -538,6 +629,7 @@ mod tests {
             enabled: true,
             depends_on: Vec::new(),
             labels: BTreeMap::new(),
+            anomaly_z: 0.0,
         }
     }
 
@@ -723,6 +815,31 @@ mod tests {
     }
 
     #[test]
+    fn a_latency_alert_needs_three_anomalies_in_a_row_and_five_normal_results_to_clear() {
+        let mut track = LatencyTrack::new(6.0);
+        let mut flips = Vec::new();
+        // 30 results around 100 ms, then one spike (no alert), normal again, then three
+        // spikes in a row (alert), then five normal results (cleared).
+        let mut series: Vec<f64> = (0..30)
+            .map(|i| if i % 2 == 0 { 95.0 } else { 105.0 })
+            .collect();
+        series.extend([900.0, 100.0, 900.0, 950.0, 1000.0]);
+        series.extend([100.0; 5]);
+        for (i, total_ms) in series.iter().enumerate() {
+            if let Some(flip) = track.observe(*total_ms) {
+                flips.push((i, flip));
+            }
+        }
+        assert_eq!(flips.len(), 2, "{flips:?}");
+        assert_eq!(flips[0].0, 34);
+        let LatencyFlip::Raised(anomaly) = &flips[0].1 else {
+            panic!("{flips:?}")
+        };
+        assert!(anomaly.z >= 6.0 && anomaly.value == 1000.0, "{anomaly:?}");
+        assert_eq!(flips[1], (39, LatencyFlip::Cleared { total_ms: 100.0 }));
+    }
+
+    #[test]
     fn majority_is_the_default_quorum() {
         let row = |n: usize, quorum: u32| CheckRow {
             id: "c".into(),
@@ -737,6 +854,7 @@ mod tests {
             agents_per_region: 1,
             depends_on: Vec::new(),
             labels: Default::default(),
+            anomaly_z: 0.0,
             enabled: true,
             created_at_ms: 0,
             updated_at_ms: 0,

@@ -9,6 +9,8 @@ ALTER TABLE checks ADD COLUMN agents_per_region BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE checks ADD COLUMN depends_on TEXT NOT NULL DEFAULT '[]';
 -- Labels (JSON object): for filters and maintenance windows.
 ALTER TABLE checks ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+-- Response-time anomaly alerts: the z-score that counts as anomalous (0: off).
+ALTER TABLE checks ADD COLUMN anomaly_z DOUBLE PRECISION NOT NULL DEFAULT 0;
 
 -- Each check's current verdict (the JSON of the retained status/checks/{check} message).
 CREATE TABLE check_verdicts (
@@ -77,6 +79,14 @@ CREATE TABLE channels (
 -- Maintenance windows: one-off (starts_at_ms..ends_at_ms) or weekly (days, start minute of
 -- the day in UTC, duration), scoped to checks, check labels, regions or agent labels (JSON).
 CREATE TABLE maintenance_windows (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+
+-- Host-metric rules (threshold with duration, disk-full forecast) by agent selector (JSON).
+CREATE TABLE metric_rules (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     definition TEXT NOT NULL,

@@ -509,6 +509,8 @@ pub enum IncidentSubject {
     Check,
     Agent,
     Region,
+    /// A host-metric rule on one agent, or a check's response-time anomaly in one region.
+    Rule,
 }
 
 impl IncidentSubject {
@@ -518,6 +520,7 @@ impl IncidentSubject {
             IncidentSubject::Check => "check",
             IncidentSubject::Agent => "agent",
             IncidentSubject::Region => "region",
+            IncidentSubject::Rule => "rule",
         }
     }
 }
@@ -535,6 +538,7 @@ impl TryFrom<String> for IncidentSubject {
             "check" => Ok(IncidentSubject::Check),
             "agent" => Ok(IncidentSubject::Agent),
             "region" => Ok(IncidentSubject::Region),
+            "rule" => Ok(IncidentSubject::Rule),
             _ => Err(UnknownIncidentSubject(name)),
         }
     }

@@ -598,10 +598,11 @@ async fn latest_agent(cp: &ControlPlane, check: &str, region: &str) -> anyhow::R
 
 both_backends!(regions_confirm_each_other_test, regions_confirm_each_other);
 
-/// An HTTP target that answers 200 while `up`, else 503.
+/// An HTTP target that answers 200 while `up`, else 503, after `delay_ms`.
 struct Target {
     port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Target {
@@ -611,13 +612,18 @@ impl Target {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let flag = up.clone();
+        let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, delay) = (up.clone(), delay_ms.clone());
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let flag = flag.clone();
+                let (flag, delay) = (flag.clone(), delay.clone());
                 tokio::spawn(async move {
                     let mut buffer = [0u8; 2048];
                     let _ = stream.read(&mut buffer).await;
+                    let wait = delay.load(Ordering::SeqCst);
+                    if wait > 0 {
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
                     let answer: &[u8] = if flag.load(Ordering::SeqCst) {
                         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
                     } else {
@@ -627,7 +633,7 @@ impl Target {
                 });
             }
         });
-        Ok(Target { port, up })
+        Ok(Target { port, up, delay_ms })
     }
 
     fn set(&self, up: bool) {
@@ -894,3 +900,189 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
 }
 
 both_backends!(suppression_and_damping_test, suppression_and_damping);
+
+/// Host-metric rules and response-time anomalies raise incidents that say which numbers
+/// crossed what; deleting a rule resolves its incident.
+async fn rules_and_anomalies(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start_with(
+        &store,
+        &[
+            ("VANTAGE_HEARTBEAT_INTERVAL_S", "2"),
+            ("VANTAGE_METRICS_INTERVAL_S", "1"),
+            ("VANTAGE_RESOLVE_AFTER_S", "0"),
+        ],
+    )
+    .await?;
+    let receiver = Receiver::start(0).await?;
+    let (status, _) = cp
+        .post(
+            "/api/v1/channels",
+            json!({"id": "hook", "name": "hook", "config": {"type": "webhook",
+                   "url": receiver.url("/hook"), "secret": SECRET}}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201);
+    let token = cp.enrollment_token("r1", 1).await?;
+    let agent = Agent::start(&cp, &token, "")?;
+    let agent_id = agent.wait_enrolled().await?;
+    cp.wait_agent_state(&agent_id, "online", Duration::from_secs(30))
+        .await?;
+
+    // A rule that always holds (cpu_pct is always above -1) fires after its duration; one
+    // that never holds and one for another region stay quiet; a bad one is refused.
+    for (rule, want) in [
+        (
+            json!({"id": "busy", "name": "cpu busy", "selector": {"regions": ["r1"]},
+                "condition": {"type": "threshold", "metric": "cpu_pct", "comparison": "above",
+                              "limit": -1, "for_s": 3}}),
+            201,
+        ),
+        (
+            json!({"id": "never", "name": "load negative", "selector": {"regions": ["r1"]},
+                "condition": {"type": "threshold", "metric": "load1", "comparison": "below",
+                              "limit": -1, "for_s": 1}}),
+            201,
+        ),
+        (
+            json!({"id": "other", "name": "elsewhere", "selector": {"regions": ["r2"]},
+                "condition": {"type": "threshold", "metric": "cpu_pct", "comparison": "above",
+                              "limit": -1, "for_s": 1}}),
+            201,
+        ),
+        (
+            json!({"name": "bad", "condition": {"type": "disk_full", "within_h": 0}}),
+            422,
+        ),
+    ] {
+        let (status, body) = cp.post("/api/v1/rules", rule).await?;
+        anyhow::ensure!(status == want, "rule: {status} {body}");
+    }
+    let subject = format!("busy/{agent_id}");
+    let opened = wait_for("the rule's incident", Duration::from_secs(20), || async {
+        let all = incidents(&cp).await.ok()?;
+        all.into_iter().find(|i| {
+            i["subject"] == "rule" && i["subject_id"] == subject.as_str() && i["open"] == true
+        })
+    })
+    .await
+    .with_context(|| cp.log_tail())?;
+    let id = opened["id"].as_str().context("id")?;
+    let (_, detail) = cp.get(&format!("/api/v1/incidents/{id}")).await?;
+    let text = detail["timeline"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(
+        text.starts_with("cpu_pct ")
+            && text.contains(" above -1 for 0m 3s")
+            && text.contains(&agent_id),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = incidents(&cp).await?;
+    anyhow::ensure!(
+        !all.iter().any(|i| {
+            let s = i["subject_id"].as_str().unwrap_or_default();
+            s.starts_with("never/") || s.starts_with("other/")
+        }),
+        "a rule fired that should not: {all:?}"
+    );
+    let (status, _) = cp
+        .request(
+            reqwest::Method::DELETE,
+            "/api/v1/rules/busy",
+            Some(&cp.admin_token),
+            None,
+        )
+        .await?;
+    anyhow::ensure!(status == 204);
+    wait_for(
+        "the rule's incident resolved",
+        Duration::from_secs(10),
+        || async {
+            let (_, detail) = cp.get(&format!("/api/v1/incidents/{id}")).await.ok()?;
+            (detail["incident"]["open"] == false).then_some(())
+        },
+    )
+    .await?;
+
+    // Response times: 20+ fast answers, then slow ones raise an alert; fast again clears it.
+    let target = Target::start().await?;
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks",
+            target.check("api", json!({"anomaly_z": 6})),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{body}");
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks",
+            target.check("api2", json!({"anomaly_z": 1})),
+        )
+        .await?;
+    anyhow::ensure!(
+        status == 422 && body.to_string().contains("anomaly_z"),
+        "{status} {body}"
+    );
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    target
+        .delay_ms
+        .store(400, std::sync::atomic::Ordering::SeqCst);
+    let subject = "latency/api/r1";
+    let raised = wait_for("the latency alert", Duration::from_secs(15), || async {
+        let all = incidents(&cp).await.ok()?;
+        all.into_iter()
+            .find(|i| i["subject_id"] == subject && i["open"] == true)
+    })
+    .await
+    .with_context(|| cp.log_tail())?;
+    let id = raised["id"].as_str().context("id")?;
+    let (_, detail) = cp.get(&format!("/api/v1/incidents/{id}")).await?;
+    let text = detail["timeline"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(
+        text.starts_with("api total_ms in r1 ") && text.contains("σ above the usual"),
+        "{text}"
+    );
+    anyhow::ensure!(
+        verdict(&cp, "api").await?["state"] == "up",
+        "slow is not down"
+    );
+    target
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    wait_for(
+        "the latency alert cleared",
+        Duration::from_secs(15),
+        || async {
+            let (_, detail) = cp.get(&format!("/api/v1/incidents/{id}")).await.ok()?;
+            (detail["incident"]["open"] == false).then_some(())
+        },
+    )
+    .await?;
+    let changes: Vec<String> = receiver
+        .requests()
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+        .filter(|b| b["subject_id"] == subject)
+        .filter_map(|b| b["change"].as_str().map(str::to_owned))
+        .collect();
+    wait_for("latency notifications", Duration::from_secs(10), || async {
+        let n = receiver
+            .requests()
+            .iter()
+            .filter(|r| r.body.contains(subject))
+            .count();
+        (n >= 2).then_some(())
+    })
+    .await
+    .with_context(|| format!("{changes:?}"))?;
+    drop(agent);
+    Ok(())
+}
+
+both_backends!(rules_and_anomalies_test, rules_and_anomalies);

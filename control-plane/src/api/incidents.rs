@@ -311,3 +311,45 @@ pub async fn delete_maintenance(
     crate::maintenance::delete(&state, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+impl From<crate::rules::RuleError> for ApiError {
+    fn from(error: crate::rules::RuleError) -> Self {
+        use crate::rules::RuleError;
+        match error {
+            RuleError::Invalid(reason) => ApiError::Unprocessable(reason),
+            RuleError::NotFound(id) => ApiError::NotFound(format!("rule {id:?}")),
+            RuleError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// `GET /api/v1/rules`: every host-metric rule.
+pub async fn list_rules(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(json!(crate::rules::list(&state.store).await?)))
+}
+
+/// `POST /api/v1/rules`: adds a host-metric rule (operators and above).
+pub async fn create_rule(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(rule): ApiJson<crate::rules::Rule>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Role::Operator)?;
+    let rule = crate::rules::create(&state, rule).await?;
+    Ok((StatusCode::CREATED, Json(json!(rule))))
+}
+
+/// `DELETE /api/v1/rules/{id}`: deletes a rule and resolves its incidents.
+pub async fn delete_rule(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    crate::rules::delete(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

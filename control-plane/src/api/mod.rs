@@ -349,6 +349,11 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(incidents::delete_maintenance),
         )
         .route(
+            "/rules",
+            get(incidents::list_rules).post(incidents::create_rule),
+        )
+        .route("/rules/{id}", axum::routing::delete(incidents::delete_rule))
+        .route(
             "/enrollment-tokens",
             get(agents::list_tokens).post(agents::create_token),
         )

@@ -98,6 +98,7 @@ pub async fn probe(
         agents_per_region: 1,
         depends_on: Vec::new(),
         labels: Default::default(),
+        anomaly_z: 0.0,
         enabled: true,
     };
     crate::checks::validate(&body)?;

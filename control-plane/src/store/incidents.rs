@@ -617,6 +617,57 @@ impl Store {
         Ok(n > 0)
     }
 
+    // ---- host-metric rules -----------------------------------------------------------------
+
+    /// Inserts a host-metric rule (its definition as JSON).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the id is taken.
+    pub async fn insert_rule(
+        &self,
+        id: &str,
+        name: &str,
+        definition: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let sql = "INSERT INTO metric_rules (id, name, definition, created_at_ms) VALUES ($1, $2, $3, $4)";
+        let outcome = on_pool!(self, pool => sqlx::query(sql)
+            .bind(id)
+            .bind(name)
+            .bind(definition)
+            .bind(at_ms)
+            .execute(pool)
+            .await
+            .map(|_| ()));
+        match outcome {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict {
+                what: "rule",
+                id: id.to_owned(),
+            }),
+            other => Ok(other?),
+        }
+    }
+
+    /// Every host-metric rule: (id, definition JSON).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn list_rules(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = "SELECT id, definition FROM metric_rules ORDER BY id";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    /// Deletes a host-metric rule; returns whether it existed.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn delete_rule(&self, id: &str) -> Result<bool, StoreError> {
+        let sql = "DELETE FROM metric_rules WHERE id = $1";
+        let n =
+            on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
+
     // ---- outbox ----------------------------------------------------------------------------
 
     /// Queues one notification (a reminder); a repeated dedup key queues nothing. Returns

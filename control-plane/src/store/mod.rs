@@ -612,8 +612,8 @@ impl Store {
     /// [`StoreError::Conflict`] when the id is taken.
     pub async fn insert_check(&self, check: &CheckRow) -> Result<(), StoreError> {
         let sql = "INSERT INTO checks (id, name, kind, spec, interval_s, timeout_ms, regions, quorum, \
-                   retries, recovery, agents_per_region, depends_on, enabled, created_at_ms, updated_at_ms, labels) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+                   retries, recovery, agents_per_region, depends_on, enabled, created_at_ms, updated_at_ms, labels, anomaly_z) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
         let (kind, spec, regions, depends_on, labels) = check.encoded_columns();
         let outcome = on_pool!(self, pool => sqlx::query(sql)
             .bind(&check.id)
@@ -632,6 +632,7 @@ impl Store {
             .bind(check.created_at_ms)
             .bind(check.updated_at_ms)
             .bind(&labels)
+            .bind(check.anomaly_z)
             .execute(pool)
             .await
             .map(|_| ()));
@@ -651,7 +652,7 @@ impl Store {
     pub async fn update_check(&self, check: &CheckRow) -> Result<bool, StoreError> {
         let sql = "UPDATE checks SET name = $2, kind = $3, spec = $4, interval_s = $5, timeout_ms = $6, \
                    regions = $7, quorum = $8, retries = $9, recovery = $10, agents_per_region = $11, \
-                   depends_on = $12, enabled = $13, updated_at_ms = $14, labels = $15 WHERE id = $1";
+                   depends_on = $12, enabled = $13, updated_at_ms = $14, labels = $15, anomaly_z = $16 WHERE id = $1";
         let (kind, spec, regions, depends_on, labels) = check.encoded_columns();
         let n = on_pool!(self, pool => sqlx::query(sql)
             .bind(&check.id)
@@ -669,6 +670,7 @@ impl Store {
             .bind(check.enabled)
             .bind(check.updated_at_ms)
             .bind(&labels)
+            .bind(check.anomaly_z)
             .execute(pool)
             .await?
             .rows_affected());
@@ -857,4 +859,4 @@ const AGENT_COLUMNS: &str = "SELECT id, region, labels, hostname, arch, os, vers
     next_seq, spool_dropped_total, spool_unsendable_total, spool_write_errors_total, boot_id FROM agents";
 
 const CHECK_COLUMNS: &str = "SELECT id, name, spec, interval_s, timeout_ms, regions, quorum, retries, \
-    recovery, agents_per_region, depends_on, labels, enabled, created_at_ms, updated_at_ms FROM checks";
+    recovery, agents_per_region, depends_on, labels, anomaly_z, enabled, created_at_ms, updated_at_ms FROM checks";

@@ -191,6 +191,8 @@ pub struct CheckRow {
     /// dependent and notify nobody.
     pub depends_on: Vec<String>,
     pub labels: Labels,
+    /// The z-score of a response time that counts as anomalous (0: no anomaly alerts).
+    pub anomaly_z: f64,
     pub enabled: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -246,6 +248,7 @@ pub struct RawCheckRow {
     pub agents_per_region: i64,
     pub depends_on: String,
     pub labels: String,
+    pub anomaly_z: f64,
     pub enabled: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
@@ -286,6 +289,7 @@ impl TryFrom<RawCheckRow> for CheckRow {
             depends_on: serde_json::from_str(&raw.depends_on)
                 .map_err(|e| corrupt("depends_on", e.to_string()))?,
             labels: Labels::try_from(raw.labels).map_err(|e| corrupt("labels", e.to_string()))?,
+            anomaly_z: raw.anomaly_z,
             id: raw.id,
             name: raw.name,
             enabled: raw.enabled,
