@@ -367,22 +367,16 @@ async fn create_enrollment_token(
     uses: i64,
     ttl: &str,
 ) -> anyhow::Result<(crate::store::EnrollmentTokenRow, String)> {
-    let request = crate::api::agents::CreateTokenRequest {
+    let request = crate::enrollment::CreateTokenRequest {
         region,
         labels: parse_labels(labels).map_err(anyhow::Error::msg)?,
         uses,
         ttl_s: parse_duration_s(ttl).map_err(anyhow::Error::msg)?,
     };
-    crate::api::agents::validate_token_request(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Checked before the store is opened, so a bad request touches nothing.
+    crate::enrollment::validate_token_request(&request).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = store.open().await?;
-    Ok(store
-        .create_enrollment_token(
-            &request.region,
-            &request.labels,
-            request.uses,
-            request.ttl_s,
-        )
-        .await?)
+    Ok(crate::enrollment::create_token(&store, &request).await?)
 }
 
 /// `vantage cloud-init`: everything is checked before the token is created.

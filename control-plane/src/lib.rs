@@ -8,7 +8,7 @@
 //!   listener that polices identities and topics in front of it.
 //! - [`ingest`]: decodes agent messages, commits batches, acknowledges, fans out.
 //! - [`assign`]: turns checks and online agents into each agent's retained desired config.
-//! - Domain: [`checks`], [`runnow`], [`verdict`] (state per check across regions),
+//! - Domain: [`enrollment`], [`checks`], [`runnow`], [`verdict`] (state per check across regions),
 //!   [`incidents`], [`notify`] (channels and the outbox sender), [`regions`],
 //!   [`maintenance`], [`rules`] (host-metric rules; maths in [`signals`]), [`fallback`].
 //! - [`store`]: PostgreSQL and SQLite; [`pki`]: the CA; [`renew`]: agent certificate renewal
@@ -25,6 +25,7 @@ pub mod cli;
 pub mod cloudinit;
 pub mod counters;
 pub mod demo;
+pub mod enrollment;
 pub mod fallback;
 pub mod frontdoor;
 pub mod hub;

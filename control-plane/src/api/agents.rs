@@ -1,4 +1,5 @@
-//! Agents, regions, enrollment and tokens.
+//! Agents, enrollment and tokens: the routes check the caller and call
+//! [`crate::enrollment`].
 
 use std::collections::BTreeMap;
 
@@ -7,11 +8,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vantage_mqtt::{AgentTopic, NodeState, topic};
+use vantage_mqtt::NodeState;
 
 use super::{ApiError, ApiJson, Caller};
 use crate::AppState;
-use crate::store::{AgentRow, Labels, Role, TokenRefusal, now_ms, random_id};
+use crate::enrollment::{CreateTokenRequest, EnrollRequest, EnrollResponse};
+use crate::store::{AgentRow, Role};
 
 /// An agent as the API shows it.
 #[derive(Debug, Serialize)]
@@ -104,222 +106,20 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
-    revoke_agent(&state, &id).await?;
+    crate::enrollment::revoke_agent(&state, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Revokes an agent everywhere: store, front door, retained topics, assignments.
-///
-/// # Errors
-/// [`ApiError::NotFound`] for unknown or already revoked agents.
-pub async fn revoke_agent(state: &AppState, id: &str) -> Result<(), ApiError> {
-    if !state.store.revoke_agent(id).await? {
-        return Err(ApiError::NotFound(format!(
-            "agent {id:?} (or it is already revoked)"
-        )));
-    }
-    state.registry.revoke(id);
-    tracing::info!(agent = %id, "Agent revoked");
-    let _ = state
-        .publisher
-        .publish(&topic::agent(id, AgentTopic::Config), Vec::new(), true)
-        .await;
-    let _ = state
-        .publisher
-        .publish(&topic::agent(id, AgentTopic::Status), Vec::new(), true)
-        .await;
-    crate::assign::reconcile(state).await?;
-    Ok(())
-}
-
-/// Body of `POST /api/v1/enroll`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    pub token: String,
-    pub csr_pem: String,
-    #[serde(default)]
-    pub hostname: String,
-    #[serde(default)]
-    pub arch: String,
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for EnrollRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnrollRequest")
-            .field("token", &"<redacted>")
-            .field("hostname", &self.hostname)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Answer of `POST /api/v1/enroll`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct EnrollResponse {
-    pub agent_id: String,
-    pub region: String,
-    pub labels: BTreeMap<String, String>,
-    pub cert_pem: String,
-    pub ca_pem: String,
-    /// `host:port` of the MQTT listener.
-    pub mqtt_addr: String,
-    /// The name to verify the server certificate against.
-    pub server_name: String,
-}
-
-fn valid_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    if labels.len() > 32 {
-        return Err(ApiError::Unprocessable("at most 32 labels".into()));
-    }
-    for (key, value) in labels {
-        if !topic::valid_id(key) || value.len() > 256 || value.chars().any(char::is_control) {
-            return Err(ApiError::Unprocessable(format!(
-                "label {key:?} is not valid (keys: 1-64 of a-z 0-9 - _ .; values: at most 256 printable characters)"
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn short_text(name: &str, value: &str) -> Result<(), ApiError> {
-    if value.len() > 255 || value.chars().any(char::is_control) {
-        return Err(ApiError::Unprocessable(format!(
-            "{name} must be at most 255 printable characters"
-        )));
-    }
-    Ok(())
-}
-
-/// `POST /api/v1/enroll`: spends an enrollment token, signs the agent's CSR.
+/// `POST /api/v1/enroll`: spends an enrollment token, signs the agent's CSR (no API token:
+/// the enrollment token is the credential).
 pub async fn enroll(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    short_text("hostname", &request.hostname)?;
-    short_text("arch", &request.arch)?;
-    short_text("os", &request.os)?;
-    short_text("version", &request.version)?;
-    valid_labels(&request.labels)?;
-    if request.csr_pem.len() > 16 * 1024
-        || rcgen::CertificateSigningRequestParams::from_pem(&request.csr_pem).is_err()
-    {
-        return Err(ApiError::Unprocessable(
-            "csr_pem is not a valid PEM certificate signing request".into(),
-        ));
-    }
-    if request.token.is_empty() || request.token.len() > 200 {
-        return Err(ApiError::Refused(TokenRefusal::Unknown.to_string()));
-    }
-    // Signed first (no side effects), then the token is spent and the agent inserted in one
-    // transaction: a use is spent only by an enrollment that succeeds.
-    let agent_id = random_id("ag-", 8);
-    let issued = state
-        .pki
-        .sign_agent_csr(&request.csr_pem, &agent_id, state.settings.cert_validity())
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    let enrolled = state
-        .store
-        .enroll_agent(&request.token, |grant| {
-            // Labels bound to the token win over labels the agent asks for.
-            let mut labels = request.labels.clone();
-            labels.extend(grant.labels.clone());
-            AgentRow {
-                id: agent_id.clone(),
-                region: grant.region.clone(),
-                labels: Labels(labels),
-                hostname: request.hostname.clone(),
-                arch: request.arch.clone(),
-                os: request.os.clone(),
-                version: request.version.clone(),
-                cert_serial: issued.serial_hex.clone(),
-                cert_not_after_ms: issued.not_after_ms,
-                state: NodeState::Offline,
-                last_seen_ms: None,
-                enrolled_at_ms: now_ms(),
-                revoked_at_ms: None,
-                config_revision: 0,
-                last_seq: 0,
-                next_seq: 0,
-                spool_dropped_total: 0,
-                spool_unsendable_total: 0,
-                spool_write_errors_total: 0,
-                boot_id: String::new(),
-            }
-        })
-        .await?;
-    let row = match enrolled {
-        Ok(row) => row,
-        Err(refusal) => {
-            tracing::info!(reason = %refusal, "Enrollment refused");
-            return Err(ApiError::Refused(refusal.to_string()));
-        }
-    };
-    let labels = row.labels.0;
-    let grant_region = row.region;
-    tracing::info!(agent = %agent_id, region = %grant_region, "Agent enrolled");
     Ok((
         StatusCode::CREATED,
-        Json(EnrollResponse {
-            agent_id,
-            region: grant_region,
-            labels,
-            cert_pem: issued.cert_pem,
-            ca_pem: state.pki.ca_pem().to_owned(),
-            mqtt_addr: state.mqtt_public_addr.clone(),
-            server_name: state.settings.public_host.clone(),
-        }),
+        Json(crate::enrollment::enroll(&state, request).await?),
     ))
-}
-
-/// Body of `POST /api/v1/enrollment-tokens`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTokenRequest {
-    pub region: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// How many agents may enroll with it (default 1).
-    #[serde(default = "one")]
-    pub uses: i64,
-    /// Lifetime in seconds (default one day).
-    #[serde(default = "one_day_s")]
-    pub ttl_s: i64,
-}
-
-fn one() -> i64 {
-    1
-}
-
-fn one_day_s() -> i64 {
-    86_400
-}
-
-/// Validates the fields of a token request.
-///
-/// # Errors
-/// [`ApiError::Unprocessable`] naming the field.
-pub fn validate_token_request(request: &CreateTokenRequest) -> Result<(), ApiError> {
-    if !topic::valid_id(&request.region) {
-        return Err(ApiError::Unprocessable(
-            "region must be 1-64 of a-z 0-9 - _ .".into(),
-        ));
-    }
-    valid_labels(&request.labels)?;
-    if !(1..=100_000).contains(&request.uses) {
-        return Err(ApiError::Unprocessable("uses must be 1..=100000".into()));
-    }
-    if !(60..=31_536_000).contains(&request.ttl_s) {
-        return Err(ApiError::Unprocessable(
-            "ttl_s must be between 60 s and one year".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// `POST /api/v1/enrollment-tokens`: the secret is in the answer, once.
@@ -329,16 +129,7 @@ pub async fn create_token(
     ApiJson(request): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     caller.require(Role::Operator)?;
-    validate_token_request(&request)?;
-    let (row, secret) = state
-        .store
-        .create_enrollment_token(
-            &request.region,
-            &request.labels,
-            request.uses,
-            request.ttl_s,
-        )
-        .await?;
+    let (row, secret) = crate::enrollment::create_token(&state.store, &request).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "token": secret, "id": row.id, "region": row.region,
@@ -387,7 +178,7 @@ pub async fn create_api_token(
     caller.require(Role::Admin)?;
     let role = Role::parse(&request.role)
         .ok_or_else(|| ApiError::Unprocessable("role must be viewer, operator or admin".into()))?;
-    short_text("name", &request.name)?;
+    crate::enrollment::short_text("name", &request.name)?;
     let (row, secret) = state.store.create_api_token(role, &request.name).await?;
     Ok((
         StatusCode::CREATED,

@@ -89,6 +89,18 @@ impl From<crate::checks::CheckError> for ApiError {
     }
 }
 
+impl From<crate::enrollment::EnrollError> for ApiError {
+    fn from(error: crate::enrollment::EnrollError) -> Self {
+        use crate::enrollment::EnrollError;
+        match error {
+            EnrollError::Invalid(reason) => ApiError::Unprocessable(reason),
+            EnrollError::Refused(refusal) => ApiError::Refused(refusal.to_string()),
+            EnrollError::NotFound(what) => ApiError::NotFound(what),
+            EnrollError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<crate::runnow::RunError> for ApiError {
     fn from(error: crate::runnow::RunError) -> Self {
         use crate::runnow::RunError;
