@@ -62,8 +62,9 @@ pub struct CheckDefinition {
     /// Agents per region that run the check (fewer when the region has fewer online).
     #[serde(default = "default_agents_per_region")]
     pub agents_per_region: u32,
-    /// Checks this one depends on: while one of them is DOWN, this check's incidents are
-    /// marked dependent and notify nobody.
+    /// Checks (`"db"`) and agents (`"agent:ag-…"`) this one depends on: while one of them is
+    /// DOWN (a check) or offline (an agent), this check's incidents are marked dependent and
+    /// notify nobody.
     #[serde(default)]
     pub depends_on: Vec<String>,
     /// Labels (`{"team": "web"}`), for filters and maintenance windows.
@@ -148,10 +149,16 @@ pub fn validate(body: &CheckDefinition) -> Result<(), CheckError> {
         return invalid("agents_per_region must be 1..=16".into());
     }
     if body.depends_on.len() > 16 {
-        return invalid("depends_on may name at most 16 checks".into());
+        return invalid("depends_on may name at most 16 checks and agents".into());
     }
-    if let Some(bad) = body.depends_on.iter().find(|d| !topic::valid_id(d)) {
-        return invalid(format!("depends_on: {bad:?} is not a valid check id"));
+    if let Some(bad) = body
+        .depends_on
+        .iter()
+        .find(|d| !topic::valid_id(d.strip_prefix("agent:").unwrap_or(d)))
+    {
+        return invalid(format!(
+            "depends_on: {bad:?} is neither a check id nor agent:<agent id>"
+        ));
     }
     if !(body.anomaly_z == 0.0 || (2.0..=50.0).contains(&body.anomaly_z)) {
         return invalid("anomaly_z must be 0 (off) or 2..=50".into());
@@ -229,9 +236,13 @@ pub fn to_definition(row: &CheckRow) -> CheckDefinition {
 /// Refuses dependencies on checks that do not exist.
 async fn check_dependencies(state: &AppState, body: &CheckDefinition) -> Result<(), CheckError> {
     for parent in &body.depends_on {
-        if state.store.get_check(parent).await?.is_none() {
+        let exists = match parent.strip_prefix("agent:") {
+            Some(agent) => state.store.get_agent(agent).await?.is_some(),
+            None => state.store.get_check(parent).await?.is_some(),
+        };
+        if !exists {
             return Err(CheckError::Invalid(format!(
-                "depends_on: check {parent:?} does not exist"
+                "depends_on: {parent:?} does not exist"
             )));
         }
     }

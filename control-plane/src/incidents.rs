@@ -234,13 +234,25 @@ pub async fn sweep_agents(state: &AppState, started_ms: i64) -> Result<(), Store
                 agent.region,
                 (now - seen) / 1000
             );
+            // An agent labelled `depends_on=<agent id>` (a node behind a gateway) is
+            // dependent while that agent is offline too: no notification for it.
+            let parent_offline = agent.labels.0.get("depends_on").is_some_and(|parent| {
+                agents
+                    .iter()
+                    .any(|a| &a.id == parent && a.state == NodeState::Offline)
+            });
+            let text = if parent_offline {
+                format!("{text} (depends on an offline agent: not notified)")
+            } else {
+                text
+            };
             change_subject(
                 state,
                 IncidentSubject::Agent,
                 &agent.id,
                 IncidentOp::Open {
                     title: format!("agent {} is offline", agent.id),
-                    dependent: false,
+                    dependent: parent_offline,
                 },
                 text,
             )

@@ -495,14 +495,30 @@ impl Judge {
         let Some(next) = next else {
             return Some(track);
         };
-        let parent_down = track.policy.depends_on.iter().find(|parent| {
-            tracks
-                .get(parent.as_str())
-                .is_some_and(|p| p.view.state == CheckState::Down)
-        });
-        match crate::incidents::record_verdict(state, &track.view, &next, parent_down.cloned())
-            .await
-        {
+        let mut parent_down = track
+            .policy
+            .depends_on
+            .iter()
+            .find(|parent| {
+                tracks
+                    .get(parent.as_str())
+                    .is_some_and(|p| p.view.state == CheckState::Down)
+            })
+            .cloned();
+        if parent_down.is_none() && next.state == CheckState::Down {
+            for parent in &track.policy.depends_on {
+                let Some(agent) = parent.strip_prefix("agent:") else {
+                    continue;
+                };
+                if let Ok(Some(row)) = state.store.get_agent(agent).await
+                    && row.state == vantage_mqtt::NodeState::Offline
+                {
+                    parent_down = Some(parent.clone());
+                    break;
+                }
+            }
+        }
+        match crate::incidents::record_verdict(state, &track.view, &next, parent_down).await {
             Ok(()) => {
                 track.view = next;
                 Some(track)

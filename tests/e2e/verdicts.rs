@@ -161,14 +161,10 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     .await?;
     let work = tempfile::tempdir()?;
 
-    // The target: a TCP port that accepts. Each region reaches it only through its relay.
-    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let target_addr = target.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = target.accept().await {
-            drop(stream);
-        }
-    });
+    // The target: an HTTP server. Each region reaches it only through its relay, which adds
+    // the region's own latency.
+    let target = Target::start().await?;
+    let target_addr = SocketAddr::from(([127, 0, 0, 1], target.port));
 
     let receiver = Receiver::start(0).await?;
     let mail = MailServer::start().await?;
@@ -234,8 +230,8 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     let (status, check) = cp
         .post(
             "/api/v1/checks",
-            json!({"id": "web", "name": "web front", "kind": {"type": "tcp", "host": "127.0.0.1",
-                   "port": target_addr.port()}, "regions": ["ra", "rb", "rc"],
+            json!({"id": "web", "name": "web front", "kind": {"type": "http",
+                   "url": format!("http://127.0.0.1:{}/", target.port)}, "regions": ["ra", "rb", "rc"],
                    "interval_s": INTERVAL_S, "timeout_ms": 1000, "retries": RETRIES, "recovery": 2}),
         )
         .await?;
@@ -246,6 +242,34 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     );
     let up = wait_state(&cp, "web", "up", Duration::from_secs(20)).await?;
     anyhow::ensure!(up["quorum"] == 2, "majority of 3 is 2: {up}");
+
+    // Each region's latency comes from its relay (both directions): rb +60 ms, rc +150 ms.
+    sites[1].target.set_delay(Duration::from_millis(60));
+    sites[2].target.set_delay(Duration::from_millis(150));
+    tokio::time::sleep(Duration::from_secs(INTERVAL_S * 3)).await;
+    let mut medians = Vec::new();
+    for region in ["ra", "rb", "rc"] {
+        let from = vantage_tests::now_ms() - 4000;
+        let (_, rows) = cp
+            .get(&format!(
+                "/api/v1/results?check=web&region={region}&from_ms={from}"
+            ))
+            .await?;
+        let mut totals: Vec<f64> = rows
+            .as_array()
+            .context("rows")?
+            .iter()
+            .filter_map(|r| r["total_ms"].as_f64())
+            .collect();
+        anyhow::ensure!(!totals.is_empty(), "no recent result in {region}");
+        totals.sort_by(f64::total_cmp);
+        medians.push(totals[totals.len() / 2]);
+    }
+    println!("median total_ms per region (ra, rb +60 ms, rc +150 ms): {medians:?}");
+    anyhow::ensure!(
+        medians[0] < 60.0 && medians[1] >= 100.0 && medians[2] >= 250.0 && medians[2] > medians[1],
+        "per-region latency not seen: {medians:?}"
+    );
 
     // One region loses the target: DEGRADED, shown with its reason; no incident, no webhook.
     sites[0].target.cut();
@@ -676,12 +700,31 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
     .await?;
     let receiver = Receiver::start(0).await?;
     let limited = Receiver::start(0).await?;
-    for (id, url, extra) in [
-        ("hook", receiver.url("/hook"), json!({"reminder_s": 5})),
-        ("capped", limited.url("/hook"), json!({"max_per_hour": 1})),
+    let chat = Receiver::start(0).await?;
+    let push = Receiver::start(0).await?;
+    for (id, config, extra) in [
+        (
+            "hook",
+            json!({"type": "webhook", "url": receiver.url("/hook"), "secret": SECRET}),
+            json!({"reminder_s": 5}),
+        ),
+        (
+            "capped",
+            json!({"type": "webhook", "url": limited.url("/hook"), "secret": SECRET}),
+            json!({"max_per_hour": 1}),
+        ),
+        (
+            "chat",
+            json!({"type": "slack", "url": chat.url("/services/T0/B0/x")}),
+            json!({}),
+        ),
+        (
+            "push",
+            json!({"type": "ntfy", "url": push.url("/vantage-alerts"), "token": "tk_push_secret"}),
+            json!({}),
+        ),
     ] {
-        let mut body = json!({"id": id, "name": id,
-            "config": {"type": "webhook", "url": url, "secret": SECRET}});
+        let mut body = json!({"id": id, "name": id, "config": config});
         if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
             body.extend(extra.clone());
         }
