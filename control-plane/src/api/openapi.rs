@@ -32,6 +32,7 @@ fn code_text(code: &str) -> &'static str {
         "409" => "Conflict",
         "422" => "Invalid field",
         "429" => "Too many requests",
+        "502" => "The receiver refused or could not be reached",
         _ => "Other",
     }
 }
@@ -58,7 +59,33 @@ pub async fn document() -> Json<Value> {
                 "get": op("One agent", Some("viewer"), &["200", "401", "403", "404"]),
                 "delete": op("Revoke an agent: disconnect it and refuse its certificate", Some("operator"), &["204", "401", "403", "404"])
             },
-            "/api/v1/regions": { "get": op("Regions with agent counts", Some("viewer"), &read) },
+            "/api/v1/regions": { "get": op("Regions: agents, online count, assigned checks, checks on the fallback, status (ok, degraded: fallback, empty)", Some("viewer"), &read) },
+            "/api/v1/verdicts": { "get": op("Every check's verdict (up, degraded, down, maintenance, paused, pending) with its reason and per-region evidence", Some("viewer"), &read) },
+            "/api/v1/checks/{id}/transitions": { "get": op("A check's state changes with their evidence, newest first", Some("viewer"), &read) },
+            "/api/v1/incidents": { "get": op("Incidents, newest first (?open=true, limit)", Some("viewer"), &["200", "400", "401", "403"]) },
+            "/api/v1/incidents/{id}": { "get": op("An incident and its timeline", Some("viewer"), &["200", "401", "403", "404"]) },
+            "/api/v1/incidents/{id}/ack": { "post": op("Acknowledge an incident (stops reminders)", Some("operator"), &["200", "401", "403", "404"]) },
+            "/api/v1/incidents/{id}/notes": { "post": op("Add a note {text} to an incident's timeline", Some("operator"), &["201", "400", "401", "403", "404", "422"]) },
+            "/api/v1/channels": {
+                "get": op("Notification channels, without secrets", Some("operator"), &read),
+                "post": op("Create a channel {id?, name, config: webhook|slack|ntfy|email, enabled, reminder_s, max_per_hour}", Some("admin"), &["201", "400", "401", "403", "409", "422"])
+            },
+            "/api/v1/channels/{id}": {
+                "put": op("Replace a channel", Some("admin"), &["200", "400", "401", "403", "422"]),
+                "delete": op("Delete a channel", Some("admin"), &["204", "401", "403", "404"])
+            },
+            "/api/v1/channels/{id}/test": { "post": op("Send a test notification now", Some("operator"), &["200", "401", "403", "404", "502"]) },
+            "/api/v1/outbox": { "get": op("Notifications (?state=pending|delivered|dead, limit): attempts, last error; dead letters are kept", Some("operator"), &["200", "400", "401", "403"]) },
+            "/api/v1/maintenance": {
+                "get": op("Maintenance windows", Some("viewer"), &read),
+                "post": op("Add a window {name, schedule: once|weekly, scope: checks, check_labels, regions, agent_labels}", Some("operator"), &["201", "400", "401", "403", "409", "422"])
+            },
+            "/api/v1/maintenance/{id}": { "delete": op("Delete a window", Some("operator"), &["204", "401", "403", "404"]) },
+            "/api/v1/rules": {
+                "get": op("Host-metric rules", Some("viewer"), &read),
+                "post": op("Add a rule {name, selector, condition: threshold|disk_full}", Some("operator"), &["201", "400", "401", "403", "409", "422"])
+            },
+            "/api/v1/rules/{id}": { "delete": op("Delete a rule (its incidents are resolved)", Some("operator"), &["204", "401", "403", "404"]) },
             "/api/v1/enrollment-tokens": {
                 "get": op("List enrollment tokens (no secrets)", Some("operator"), &read),
                 "post": op("Create an enrollment token {region, labels, uses, ttl_s}", Some("operator"), &["201", "400", "401", "403", "422"])
@@ -71,7 +98,7 @@ pub async fn document() -> Json<Value> {
             "/api/v1/api-tokens/{id}": { "delete": op("Revoke an API token: refused from the next request or MQTT login on", Some("admin"), &["204", "401", "403", "404"]) },
             "/api/v1/checks": {
                 "get": op("List checks (viewers get header values, bodies, send steps, URL credentials, query values and chain RPC paths as \"<redacted>\")", Some("viewer"), &read),
-                "post": op("Create a check {id?, name, kind, interval_s, timeout_ms, regions, quorum, enabled}", Some("operator"), &["201", "400", "401", "403", "409", "422"])
+                "post": op("Create a check {id?, name, kind, interval_s, timeout_ms, regions, quorum (default: a majority), retries, recovery, agents_per_region, depends_on, labels, anomaly_z, enabled}", Some("operator"), &["201", "400", "401", "403", "409", "422"])
             },
             "/api/v1/checks/{id}": {
                 "get": op("One check (redacted for viewers, as in the list)", Some("viewer"), &["200", "401", "403", "404"]),
