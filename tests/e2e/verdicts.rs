@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use vantage_tests::receiver::{Receiver, verify_signature};
 use vantage_tests::regions::{Forward, Region};
@@ -137,6 +138,51 @@ fn mosquitto_incidents(
         .stderr(std::fs::File::create(dir.join("incidents.err"))?)
         .spawn()
         .context("cannot start mosquitto_sub (install mosquitto-clients)")
+}
+
+/// The retained message on `topic`, read by `mosquitto_sub` as a viewer (one message, 10 s).
+fn retained_message(
+    cp: &ControlPlane,
+    token: &str,
+    topic: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Value> {
+    let config_dir = dir.join("xdg-retained");
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::write(config_dir.join("mosquitto_sub"), format!("-P {token}\n"))?;
+    let output = Command::new("mosquitto_sub")
+        .env("XDG_CONFIG_HOME", &config_dir)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cp.mqtt_port.to_string(),
+            "-V",
+            "mqttv311",
+        ])
+        .arg("--cafile")
+        .arg(cp.data_dir.join("pki").join("ca.pem"))
+        .args([
+            "-u",
+            "viewer",
+            "-i",
+            "retained-reader",
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run mosquitto_sub")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "mosquitto_sub: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 /// The incident messages `mosquitto_sub` printed so far.
@@ -291,6 +337,7 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
 
     // A second region: DOWN within interval × retries + one interval (plus the agents'
     // scheduling jitter), exactly one incident, one signed webhook.
+    let mut live = cp.live_socket("kind=verdict&check=web").await?;
     let cut_at = Instant::now();
     sites[1].target.cut();
     let down = wait_state(&cp, "web", "down", Duration::from_secs(20)).await?;
@@ -332,6 +379,44 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     );
     let open = check_incidents(&incidents(&cp).await?, "web");
     anyhow::ensure!(open.len() == 1 && open[0]["open"] == true, "{open:?}");
+    // The transition on the live feed, and retained for viewers on status/checks/web.
+    let event: Value = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match live.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                    let event: Value = serde_json::from_str(&text)?;
+                    if event["data"]["state"] == "down" {
+                        return Ok::<Value, anyhow::Error>(event);
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => anyhow::bail!("live feed ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .context("no DOWN verdict on the live feed")??;
+    anyhow::ensure!(
+        event["kind"] == "verdict" && event["check_id"] == "web",
+        "{event}"
+    );
+    let retained = retained_message(
+        &cp,
+        viewer["token"].as_str().context("token")?,
+        "vantage/v1/status/checks/web",
+        work.path(),
+    )?;
+    anyhow::ensure!(
+        retained["state"] == "down"
+            && retained["quorum"] == 2
+            && retained["regions"].as_array().is_some_and(|r| r.len() == 3),
+        "{retained}"
+    );
+    let (ok, listed, err) = cp.cli(&["incidents", "--open"])?;
+    anyhow::ensure!(
+        ok && listed.contains("check:web\topen"),
+        "vantage incidents: {listed} {err}"
+    );
     wait_for("the alert mail", Duration::from_secs(10), || async {
         mail.mails()
             .iter()
@@ -675,7 +760,13 @@ impl Target {
     }
 }
 
-/// Webhook bodies received for `check`, as (change, dependent).
+/// A loopback port nobody listens on.
+fn closed_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The changes of the webhook notifications accepted for `subject`, in order.
 fn notified(receiver: &Receiver, subject: &str) -> Vec<String> {
     receiver
         .requests()
@@ -695,6 +786,7 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
         &[
             ("VANTAGE_HEARTBEAT_INTERVAL_S", "2"),
             ("VANTAGE_RESOLVE_AFTER_S", "6"),
+            ("VANTAGE_NOTIFY_MAX_ATTEMPTS", "3"),
         ],
     )
     .await?;

@@ -822,3 +822,83 @@ pub struct TransitionRow {
     #[serde(serialize_with = "super::models::as_json")]
     pub evidence: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the oldest pending row of an (incident, channel) is handed out, so a resolution
+    /// never overtakes its alert; other pairs are not held back by it.
+    #[tokio::test]
+    async fn a_resolution_waits_for_its_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(None, dir.path()).await.unwrap();
+        store.migrate().await.unwrap();
+        let queue = |key: &'static str, incident: &'static str, change| {
+            let store = store.clone();
+            async move {
+                assert!(
+                    store
+                        .queue_notification(key, incident, "ch", change, "{}", 1000)
+                        .await
+                        .unwrap()
+                );
+            }
+        };
+        queue("in-a/1/ch", "in-a", IncidentChange::Opened).await;
+        queue("in-a/2/ch", "in-a", IncidentChange::Resolved).await;
+        queue("in-b/1/ch", "in-b", IncidentChange::Opened).await;
+        // The same key again queues nothing.
+        assert!(
+            !store
+                .queue_notification(
+                    "in-a/1/ch",
+                    "in-a",
+                    "ch",
+                    IncidentChange::Opened,
+                    "{}",
+                    1000
+                )
+                .await
+                .unwrap()
+        );
+        let keys = |rows: Vec<OutboxRow>| rows.into_iter().map(|r| r.dedup_key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(store.due_outbox(2000, 10).await.unwrap()),
+            ["in-a/1/ch", "in-b/1/ch"]
+        );
+        // The alert fails and waits: its resolution still waits behind it.
+        let alert = store.due_outbox(2000, 1).await.unwrap().remove(0);
+        store
+            .record_attempt(
+                alert.id,
+                OutboxState::Pending,
+                60_000,
+                "receiver answered 500",
+                2000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            keys(store.due_outbox(3000, 10).await.unwrap()),
+            ["in-b/1/ch"]
+        );
+        // Delivered: now the resolution is due.
+        store
+            .record_attempt(alert.id, OutboxState::Delivered, 60_000, "", 61_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            keys(store.due_outbox(61_000, 10).await.unwrap()),
+            ["in-a/2/ch", "in-b/1/ch"]
+        );
+        let delivered = store
+            .list_outbox(Some(OutboxState::Delivered), 10)
+            .await
+            .unwrap();
+        assert_eq!(delivered.len(), 1);
+        assert_eq!(delivered[0].attempts, 2);
+        assert_eq!(delivered[0].delivered_at_ms, Some(61_000));
+        assert_eq!(store.next_outbox_due().await.unwrap(), Some(1000));
+    }
+}
