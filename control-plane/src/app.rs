@@ -96,6 +96,8 @@ impl Application {
             )
             .context("cannot start the heap trimmer")?;
         }
+        let (judge_queue, judge_batches) =
+            tokio::sync::mpsc::channel(crate::verdict::JUDGE_QUEUE_BATCHES);
         let state = AppState {
             store: store.clone(),
             pki: pki.clone(),
@@ -113,6 +115,7 @@ impl Application {
             plan: Arc::new(tokio::sync::watch::Sender::new(Arc::default())),
             judge: Arc::default(),
             rules: Arc::default(),
+            judge_queue,
             rejudge: Arc::default(),
             notify_outbox: Arc::default(),
             http_client: reqwest::Client::builder()
@@ -153,6 +156,10 @@ impl Application {
         tasks.push(tokio::spawn(sweep_silent_agents(state.clone())));
         tasks.push(tokio::spawn(crate::assign::worker(state.clone())));
         tasks.push(tokio::spawn(crate::verdict::worker(state.clone())));
+        tasks.push(tokio::spawn(crate::verdict::judge_worker(
+            state.clone(),
+            judge_batches,
+        )));
         tasks.push(tokio::spawn(crate::incidents::agent_worker(state.clone())));
         tasks.push(tokio::spawn(crate::notify::worker(state.clone())));
         tasks.push(tokio::spawn(crate::fallback::worker(state.clone())));

@@ -60,6 +60,20 @@ async fn channels(state: &AppState) -> Result<Vec<String>, StoreError> {
         .collect())
 }
 
+/// The enabled channels, read at most once per judging run (a burst of transitions costs one
+/// read, not one per transition).
+#[derive(Debug, Default)]
+pub struct Channels(Option<Vec<String>>);
+
+impl Channels {
+    async fn get(&mut self, state: &AppState) -> Result<Vec<String>, StoreError> {
+        if self.0.is_none() {
+            self.0 = Some(channels(state).await?);
+        }
+        Ok(self.0.clone().unwrap_or_default())
+    }
+}
+
 /// Stores a check's new verdict with its transition and incident change in one transaction,
 /// then announces both. `parent_down` names a check it depends on that is DOWN.
 ///
@@ -69,18 +83,15 @@ pub async fn record_verdict(
     state: &AppState,
     previous: &CheckVerdictView,
     next: &CheckVerdictView,
+    name: &str,
     parent_down: Option<String>,
+    channels: &mut Channels,
 ) -> Result<(), StoreError> {
-    let name = state
-        .store
-        .get_check(&next.check_id)
-        .await?
-        .map_or_else(|| next.check_id.clone(), |c| c.name);
     let state_changed = previous.state != next.state;
     let op = if state_changed || next.state == CheckState::Down {
         incident_op(
             next,
-            &name,
+            name,
             parent_down.is_some(),
             state.settings.resolve_after_s,
         )
@@ -94,6 +105,10 @@ pub async fn record_verdict(
                 next.reason
             )
         }
+        _ if next.state == CheckState::Up && state.settings.resolve_after_s > 0 => format!(
+            "{}; resolves after {} s without a failure",
+            next.reason, state.settings.resolve_after_s
+        ),
         _ => next.reason.clone(),
     };
     let request = match op {
@@ -103,7 +118,7 @@ pub async fn record_verdict(
             op,
             text,
             at_ms: now_ms(),
-            channels: channels(state).await?,
+            channels: channels.get(state).await?,
         }),
         None => None,
     };

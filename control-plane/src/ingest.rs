@@ -9,7 +9,8 @@
 //! to a committer task through a bounded channel. The committer drains what is queued into one
 //! batch, commits it in one transaction, then — only after the commit — publishes
 //! `results/ack` with each agent's exact committed seq ranges, the retained check statuses,
-//! and the live events. A failed commit acknowledges nothing: agents keep the rows and resend.
+//! and the live events, then hands the batch to judging ([`crate::verdict::judge_worker`]) on
+//! a bounded queue and goes on with the next commit. A failed commit acknowledges nothing: agents keep the rows and resend.
 //! Hello, status and heartbeat messages update the agents table directly; a hello whose
 //! `next_seq` is at or below what the store holds means the agent's state was rewound, and
 //! the agent is told to number on from past it (`Command::RaiseSeq`). A certificate signing
@@ -527,12 +528,7 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
             publish_ack(state, &agent, seqs).await;
         }
     }
-    if !batch.results.is_empty() {
-        state.judge.observe(state, &batch.results).await;
-    }
-    if !batch.metrics.is_empty() {
-        state.rules.observe(state, &batch.metrics).await;
-    }
+
     let now = now_ms();
     // Retained status: only the newest result per (check, region) of this batch.
     for (agent, region, result) in crate::store::ingest::latest_per_check_region(&batch) {
@@ -556,9 +552,27 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
             .await;
     }
     // Live events for every row, built only when someone listens.
-    if state.hub.n_subscribers() == 0 {
-        return;
+    if state.hub.n_subscribers() > 0 {
+        publish_live(state, &batch, now);
     }
+    // Then judging, on its own task: the next commit does not wait for it. The queue is
+    // bounded; when judging falls behind, ingest waits here (results are never skipped).
+    let IngestBatch {
+        results, metrics, ..
+    } = batch;
+    if (!results.is_empty() || !metrics.is_empty())
+        && state
+            .judge_queue
+            .send(crate::verdict::Judged { results, metrics })
+            .await
+            .is_err()
+    {
+        tracing::warn!("The judging task is gone; results are stored but not judged");
+    }
+}
+
+/// Publishes every row of a committed batch on the live feed.
+fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
     for (agent, region, result) in &batch.results {
         state.hub.publish(LiveEvent {
             kind: "result",

@@ -75,6 +75,8 @@ pub struct AppState {
     pub judge: Arc<verdict::Judge>,
     /// Host-metric rules and their state.
     pub rules: Arc<rules::Engine>,
+    /// Committed batches on their way to judging ([`verdict::judge_worker`]).
+    pub judge_queue: tokio::sync::mpsc::Sender<verdict::Judged>,
     /// Wakes the re-judging worker (check changes, agents coming and going).
     pub rejudge: Arc<tokio::sync::Notify>,
     /// Wakes the notification sender when rows were queued.

@@ -27,6 +27,8 @@ use crate::store::{CheckRow, StoreError, now_ms};
 /// The rules a check is judged by, from its stored row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
+    /// The check's name, for incident titles.
+    pub name: String,
     pub regions: Vec<String>,
     pub quorum: u32,
     pub retries: u32,
@@ -41,6 +43,7 @@ pub struct Policy {
 impl Policy {
     pub fn of(row: &CheckRow) -> Policy {
         Policy {
+            name: row.name.clone(),
             regions: row.regions.clone(),
             quorum: row.effective_quorum(),
             retries: row.retries.max(1),
@@ -416,6 +419,7 @@ impl Judge {
                 .push(row);
         }
         let mut tracks = self.tracks.lock().await;
+        let mut channels = crate::incidents::Channels::default();
         for (check_id, rows) in by_check {
             let mut track = match tracks.remove(check_id) {
                 Some(track) => track,
@@ -467,7 +471,8 @@ impl Judge {
                 .counters
                 .verdict_results
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(track) = Self::settle(state, &tracks, check_id, track).await {
+            if let Some(track) = Self::settle(state, &tracks, check_id, track, &mut channels).await
+            {
                 tracks.insert(check_id.to_owned(), track);
             }
         }
@@ -480,6 +485,7 @@ impl Judge {
         tracks: &HashMap<String, CheckTrack>,
         check_id: &str,
         mut track: CheckTrack,
+        channels: &mut crate::incidents::Channels,
     ) -> Option<CheckTrack> {
         let next = {
             let plan = state.plan.borrow().clone();
@@ -518,7 +524,17 @@ impl Judge {
                 }
             }
         }
-        match crate::incidents::record_verdict(state, &track.view, &next, parent_down).await {
+        let name = track.policy.name.clone();
+        match crate::incidents::record_verdict(
+            state,
+            &track.view,
+            &next,
+            &name,
+            parent_down,
+            channels,
+        )
+        .await
+        {
             Ok(()) => {
                 track.view = next;
                 Some(track)
@@ -534,6 +550,7 @@ impl Judge {
     /// policies, fallback regions and pauses take effect without waiting for results.
     pub async fn rejudge_all(&self, state: &AppState) -> Result<(), StoreError> {
         let checks = state.store.list_checks().await?;
+        let mut channels = crate::incidents::Channels::default();
         let mut tracks = self.tracks.lock().await;
         tracks.retain(|id, _| checks.iter().any(|c| &c.id == id));
         for row in &checks {
@@ -557,7 +574,7 @@ impl Judge {
                 track.regions.retain(|r, _| policy.regions.contains(r));
                 track.policy = policy;
             }
-            if let Some(track) = Self::settle(state, &tracks, &row.id, track).await {
+            if let Some(track) = Self::settle(state, &tracks, &row.id, track, &mut channels).await {
                 tracks.insert(row.id.clone(), track);
             }
         }
@@ -596,6 +613,29 @@ impl Judge {
     /// Forgets a deleted check.
     pub async fn forget(&self, check_id: &str) {
         self.tracks.lock().await.remove(check_id);
+    }
+}
+
+/// A committed batch's rows, on their way to judging.
+#[derive(Debug)]
+pub struct Judged {
+    pub results: Vec<(String, String, CheckResult)>,
+    pub metrics: Vec<(String, String, vantage_mqtt::HostMetrics)>,
+}
+
+/// Committed batches waiting to be judged, at most.
+pub const JUDGE_QUEUE_BATCHES: usize = 16;
+
+/// Judges committed batches in commit order: verdicts from results, host-metric rules from
+/// metrics. Ingest hands batches over after each commit and goes on with the next.
+pub async fn judge_worker(state: AppState, mut queue: tokio::sync::mpsc::Receiver<Judged>) {
+    while let Some(batch) = queue.recv().await {
+        if !batch.results.is_empty() {
+            state.judge.observe(&state, &batch.results).await;
+        }
+        if !batch.metrics.is_empty() {
+            state.rules.observe(&state, &batch.metrics).await;
+        }
     }
 }
 
@@ -638,6 +678,7 @@ mod tests {
 
     fn policy(regions: &[&str], quorum: u32, retries: u32, recovery: u32) -> Policy {
         Policy {
+            name: "check".into(),
             regions: regions.iter().map(|r| (*r).to_owned()).collect(),
             quorum,
             retries,

@@ -815,6 +815,12 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
             json!({"type": "ntfy", "url": push.url("/vantage-alerts"), "token": "tk_push_secret"}),
             json!({}),
         ),
+        (
+            "broken",
+            json!({"type": "webhook", "url": format!("http://127.0.0.1:{}/", closed_port()?),
+                   "secret": SECRET}),
+            json!({}),
+        ),
     ] {
         let mut body = json!({"id": id, "name": id, "config": config});
         if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
@@ -865,6 +871,62 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
             .then_some(())
     })
     .await?;
+    // The same alert as a Slack-compatible message and as an ntfy push.
+    let slack = wait_for("the Slack message", Duration::from_secs(10), || async {
+        chat.requests()
+            .into_iter()
+            .find(|r| r.body.contains("db is down"))
+    })
+    .await?;
+    let message: Value = serde_json::from_str(&slack.body)?;
+    anyhow::ensure!(
+        message["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Opened: db is down - ")),
+        "{message}"
+    );
+    let ntfy = wait_for("the ntfy push", Duration::from_secs(10), || async {
+        push.requests()
+            .into_iter()
+            .find(|r| r.body.contains("db is down"))
+    })
+    .await?;
+    let header = |name: &str| ntfy.headers.get(name).map(String::as_str);
+    anyhow::ensure!(
+        ntfy.path == "/vantage-alerts"
+            && header("title") == Some("db is down")
+            && header("priority") == Some("high")
+            && header("authorization") == Some("Bearer tk_push_secret")
+            && ntfy.body.starts_with("Opened: db is down - "),
+        "{ntfy:?}"
+    );
+    // A receiver that is never there: three attempts (1 s, 2 s apart), then a dead letter,
+    // kept and listed with its last error.
+    let dead = wait_for("a dead letter", Duration::from_secs(15), || async {
+        let (_, rows) = cp.get("/api/v1/outbox?state=dead").await.ok()?;
+        rows.as_array()?
+            .iter()
+            .find(|r| r["channel_id"] == "broken")
+            .cloned()
+    })
+    .await?;
+    anyhow::ensure!(
+        dead["attempts"] == 3 && !dead["last_error"].as_str().unwrap_or_default().is_empty(),
+        "{dead}"
+    );
+    anyhow::ensure!(
+        cp.counter("vantage_notifications_total{outcome=\"dead\"}")
+            .await?
+            >= 1
+    );
+    let (_, listed) = cp.get("/api/v1/channels").await?;
+    let listed = listed.to_string();
+    anyhow::ensure!(
+        !listed.contains("tk_push_secret")
+            && !listed.contains("/services/T0")
+            && !listed.contains(SECRET),
+        "channel secrets in the listing: {listed}"
+    );
 
     // Reminders for db while it stays open and unacknowledged; none once acknowledged.
     wait_for("a reminder", Duration::from_secs(15), || async {
@@ -1030,7 +1092,46 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
         "flappy: {n_transitions} transitions, 1 incident, notifications {:?}",
         notified(&receiver, "flappy")
     );
-    drop(agent);
+
+    // A check that depends on its agent: with the agent gone, the fallback runs it; its
+    // failure is dependent and notifies nobody.
+    let edge = Target::start().await?;
+    let (status, refused) = cp
+        .post(
+            "/api/v1/checks",
+            edge.check("edge", json!({"depends_on": ["agent:ag-nobody"]})),
+        )
+        .await?;
+    anyhow::ensure!(
+        status == 422,
+        "a dependency on an unknown agent: {status} {refused}"
+    );
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks",
+            edge.check("edge", json!({"depends_on": [format!("agent:{id}")]})),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {body}");
+    wait_state(&cp, "edge", "up", Duration::from_secs(10)).await?;
+    let mut agent = agent;
+    agent.kill();
+    cp.wait_agent_state(&id, "offline", Duration::from_secs(10))
+        .await?;
+    edge.set(false);
+    wait_state(&cp, "edge", "down", Duration::from_secs(30))
+        .await
+        .with_context(|| cp.log_tail())?;
+    let edge_incident = check_incidents(&incidents(&cp).await?, "edge");
+    anyhow::ensure!(
+        edge_incident.len() == 1 && edge_incident[0]["dependent"] == true,
+        "{edge_incident:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    anyhow::ensure!(
+        notified(&receiver, "edge").is_empty(),
+        "a dependent check notified"
+    );
     Ok(())
 }
 

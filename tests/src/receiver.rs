@@ -38,17 +38,27 @@ impl Drop for Receiver {
     }
 }
 
-/// Reads one request (head and a `content-length` body, at most 1 MiB).
-async fn read_request(stream: &mut tokio::net::TcpStream) -> anyhow::Result<Received> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 8192];
+/// Reads the next request on a connection (head and a `content-length` body, at most 1 MiB);
+/// `buffer` keeps bytes read past it for the next request (keep-alive). `Ok(None)` when the
+/// client closed the connection between requests.
+///
+/// # Errors
+/// A malformed or oversized request, or a connection cut mid-request.
+pub async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    buffer: &mut Vec<u8>,
+) -> anyhow::Result<Option<Received>> {
+    let mut chunk = [0u8; 16 * 1024];
     let head_end = loop {
-        let n = stream.read(&mut chunk).await?;
-        anyhow::ensure!(n > 0, "closed before the head ended");
-        buffer.extend_from_slice(&chunk[..n]);
         if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            anyhow::ensure!(buffer.is_empty(), "closed before the head ended");
+            return Ok(None);
+        }
+        buffer.extend_from_slice(&chunk[..n]);
         anyhow::ensure!(buffer.len() < 64 * 1024, "head too long");
     };
     let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
@@ -69,18 +79,20 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> anyhow::Result<Rece
         .transpose()?
         .unwrap_or(0);
     anyhow::ensure!(length <= 1 << 20, "body too long");
-    let mut body = buffer[head_end..].to_vec();
-    while body.len() < length {
+    while buffer.len() < head_end + length {
         let n = stream.read(&mut chunk).await?;
         anyhow::ensure!(n > 0, "closed before the body ended");
-        body.extend_from_slice(&chunk[..n]);
+        buffer.extend_from_slice(&chunk[..n]);
     }
-    Ok(Received {
+    let body = String::from_utf8(buffer[head_end..head_end + length].to_vec())
+        .context("body is not UTF-8")?;
+    buffer.drain(..head_end + length);
+    Ok(Some(Received {
         path,
         headers,
-        body: String::from_utf8(body).context("body is not UTF-8")?,
+        body,
         status: 0,
-    })
+    }))
 }
 
 impl Receiver {
@@ -101,7 +113,8 @@ impl Receiver {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    let Ok(mut request) = read_request(&mut stream).await else {
+                    let mut buffer = Vec::new();
+                    let Ok(Some(mut request)) = read_request(&mut stream, &mut buffer).await else {
                         return;
                     };
                     let status = {
