@@ -74,23 +74,31 @@ impl Channels {
     }
 }
 
-/// Stores a check's new verdict with its transition and incident change in one transaction,
-/// then announces both. `parent_down` names a check it depends on that is DOWN.
+/// A check's verdict change, ready to be stored: the views and the incident change it causes.
+#[derive(Debug, Clone)]
+pub struct VerdictChange {
+    pub previous: CheckVerdictView,
+    pub next: CheckVerdictView,
+    pub incident: Option<IncidentRequest>,
+}
+
+/// What a check's new verdict does to its incident. `parent_down` names a check or agent it
+/// depends on that is down (the incident is then dependent and notifies nobody).
 ///
 /// # Errors
-/// Store errors; then nothing was stored or announced.
-pub async fn record_verdict(
+/// Store errors (reading the channels).
+pub async fn verdict_change(
     state: &AppState,
-    previous: &CheckVerdictView,
-    next: &CheckVerdictView,
+    previous: CheckVerdictView,
+    next: CheckVerdictView,
     name: &str,
     parent_down: Option<String>,
     channels: &mut Channels,
-) -> Result<(), StoreError> {
+) -> Result<VerdictChange, StoreError> {
     let state_changed = previous.state != next.state;
     let op = if state_changed || next.state == CheckState::Down {
         incident_op(
-            next,
+            &next,
             name,
             parent_down.is_some(),
             state.settings.resolve_after_s,
@@ -111,7 +119,7 @@ pub async fn record_verdict(
         ),
         _ => next.reason.clone(),
     };
-    let request = match op {
+    let incident = match op {
         Some(op) => Some(IncidentRequest {
             subject: IncidentSubject::Check,
             subject_id: next.check_id.clone(),
@@ -122,37 +130,63 @@ pub async fn record_verdict(
         }),
         None => None,
     };
-    let outcome = state
-        .store
-        .record_change(
-            Some(VerdictWrite {
-                previous: previous.state,
-                next,
-            }),
-            request.as_ref(),
-        )
-        .await?;
-    if state_changed {
-        tracing::info!(check = %next.check_id, from = previous.state.as_str(), to = next.state.as_str(), reason = %next.reason, "Check verdict changed");
-        state
-            .counters
-            .verdict_transitions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(VerdictChange {
+        previous,
+        next,
+        incident,
+    })
+}
+
+/// Stores verdict changes, their transitions and the incident and outbox rows they cause in
+/// one transaction, then announces each: retained on `status/checks/{check}`, on the live
+/// feed, and the incident change.
+///
+/// # Errors
+/// Store errors; then nothing was stored or announced.
+pub async fn record_verdicts(
+    state: &AppState,
+    changes: &[VerdictChange],
+) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
     }
-    let _ = state
-        .publisher
-        .publish(&topic::status_check(&next.check_id), encode(next), true)
-        .await;
-    state.hub.publish(LiveEvent {
-        kind: "verdict",
-        agent_id: String::new(),
-        region: String::new(),
-        check_id: Some(next.check_id.clone()),
-        at_ms: now_ms(),
-        data: serde_json::to_value(next).unwrap_or_default(),
-    });
-    if let Some(outcome) = outcome {
-        announce(state, &outcome).await;
+    let writes: Vec<(Option<VerdictWrite<'_>>, Option<&IncidentRequest>)> = changes
+        .iter()
+        .map(|change| {
+            (
+                Some(VerdictWrite {
+                    previous: change.previous.state,
+                    next: &change.next,
+                }),
+                change.incident.as_ref(),
+            )
+        })
+        .collect();
+    let outcomes = state.store.record_changes(&writes).await?;
+    for (change, outcome) in changes.iter().zip(outcomes) {
+        let (previous, next) = (&change.previous, &change.next);
+        if previous.state != next.state {
+            tracing::info!(check = %next.check_id, from = previous.state.as_str(), to = next.state.as_str(), reason = %next.reason, "Check verdict changed");
+            state
+                .counters
+                .verdict_transitions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = state
+            .publisher
+            .publish(&topic::status_check(&next.check_id), encode(next), true)
+            .await;
+        state.hub.publish(LiveEvent {
+            kind: "verdict",
+            agent_id: String::new(),
+            region: String::new(),
+            check_id: Some(next.check_id.clone()),
+            at_ms: now_ms(),
+            data: serde_json::to_value(next).unwrap_or_default(),
+        });
+        if let Some(outcome) = outcome {
+            announce(state, &outcome).await;
+        }
     }
     Ok(())
 }

@@ -12,9 +12,9 @@
 //!
 //! [`Judge`] holds the tracks in memory. A check's track is built on first use from its stored
 //! verdict and a replay of its latest stored results, so a restart (or a crash between a
-//! commit and its verdict) loses no transition. Every transition is written with its evidence
-//! by [`crate::incidents::record_verdict`], in one transaction with the incident and outbox
-//! rows it causes; only then does the track keep the new state.
+//! commit and its verdict) loses no transition. The transitions of one judged batch are
+//! written with their evidence by [`crate::incidents::record_verdicts`], in one transaction
+//! with the incident and outbox rows they cause; only then do the tracks keep the new states.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -341,6 +341,9 @@ impl CheckTrack {
     }
 }
 
+/// A track judged in this run, with the verdict change to store (if any).
+type Judgement = (String, CheckTrack, Option<crate::incidents::VerdictChange>);
+
 /// The verdicts of every check, in memory; see the module docs.
 #[derive(Debug, Default)]
 pub struct Judge {
@@ -420,6 +423,7 @@ impl Judge {
         }
         let mut tracks = self.tracks.lock().await;
         let mut channels = crate::incidents::Channels::default();
+        let mut judged = Vec::new();
         for (check_id, rows) in by_check {
             let mut track = match tracks.remove(check_id) {
                 Some(track) => track,
@@ -471,22 +475,27 @@ impl Judge {
                 .counters
                 .verdict_results
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if let Some(track) = Self::settle(state, &tracks, check_id, track, &mut channels).await
-            {
-                tracks.insert(check_id.to_owned(), track);
+            match Self::decide(state, &tracks, &judged, check_id, &track, &mut channels).await {
+                Ok(change) => judged.push((check_id.to_owned(), track, change)),
+                Err(error) => {
+                    tracing::warn!(check = check_id, %error, "Cannot judge a check; judged again with its next results");
+                }
             }
         }
+        Self::flush(state, &mut tracks, judged).await;
     }
 
-    /// Re-judges one track; writes a changed verdict. Returns the track to keep, or `None`
-    /// when the write failed (the next use rebuilds it from the store).
-    async fn settle(
+    /// Re-judges one track: the verdict change to store, if its verdict changed. Parents are
+    /// looked up among the tracks judged earlier in this run (with their new states) and the
+    /// others.
+    async fn decide(
         state: &AppState,
         tracks: &HashMap<String, CheckTrack>,
+        judged: &[Judgement],
         check_id: &str,
-        mut track: CheckTrack,
+        track: &CheckTrack,
         channels: &mut crate::incidents::Channels,
-    ) -> Option<CheckTrack> {
+    ) -> Result<Option<crate::incidents::VerdictChange>, StoreError> {
         let next = {
             let plan = state.plan.borrow().clone();
             let fallback = |region: &str| plan.on_fallback(check_id, region);
@@ -499,16 +508,22 @@ impl Judge {
             track.rejudge(check_id, &fallback, &maintenance)
         };
         let Some(next) = next else {
-            return Some(track);
+            return Ok(None);
         };
         let mut parent_down = track
             .policy
             .depends_on
             .iter()
             .find(|parent| {
-                tracks
-                    .get(parent.as_str())
-                    .is_some_and(|p| p.view.state == CheckState::Down)
+                let earlier =
+                    judged
+                        .iter()
+                        .find(|(id, _, _)| id == *parent)
+                        .map(|(_, track, change)| {
+                            change.as_ref().map_or(track.view.state, |c| c.next.state)
+                        });
+                earlier.or_else(|| tracks.get(parent.as_str()).map(|p| p.view.state))
+                    == Some(CheckState::Down)
             })
             .cloned();
         if parent_down.is_none() && next.state == CheckState::Down {
@@ -516,32 +531,56 @@ impl Judge {
                 let Some(agent) = parent.strip_prefix("agent:") else {
                     continue;
                 };
-                if let Ok(Some(row)) = state.store.get_agent(agent).await
-                    && row.state == vantage_mqtt::NodeState::Offline
+                if state
+                    .store
+                    .get_agent(agent)
+                    .await?
+                    .is_some_and(|row| row.state == vantage_mqtt::NodeState::Offline)
                 {
                     parent_down = Some(parent.clone());
                     break;
                 }
             }
         }
-        let name = track.policy.name.clone();
-        match crate::incidents::record_verdict(
+        let change = crate::incidents::verdict_change(
             state,
-            &track.view,
-            &next,
-            &name,
+            track.view.clone(),
+            next,
+            &track.policy.name,
             parent_down,
             channels,
         )
-        .await
-        {
-            Ok(()) => {
-                track.view = next;
-                Some(track)
-            }
+        .await?;
+        Ok(Some(change))
+    }
+
+    /// Stores the changed verdicts of `judged` tracks in one transaction and puts the tracks
+    /// back with their new views. When the write fails, the changed tracks are dropped: the
+    /// next use rebuilds them from the store and judges again.
+    async fn flush(
+        state: &AppState,
+        tracks: &mut HashMap<String, CheckTrack>,
+        judged: Vec<Judgement>,
+    ) {
+        let changes: Vec<crate::incidents::VerdictChange> =
+            judged.iter().filter_map(|(_, _, c)| c.clone()).collect();
+        let stored = match crate::incidents::record_verdicts(state, &changes).await {
+            Ok(()) => true,
             Err(error) => {
-                tracing::warn!(check = check_id, %error, "Cannot store a verdict; it is judged again with the next results");
-                None
+                tracing::warn!(n_checks = changes.len(), %error, "Cannot store verdicts; they are judged again with the next results");
+                false
+            }
+        };
+        for (check_id, mut track, change) in judged {
+            match change {
+                Some(change) if stored => {
+                    track.view = change.next;
+                    tracks.insert(check_id, track);
+                }
+                Some(_) => {}
+                None => {
+                    tracks.insert(check_id, track);
+                }
             }
         }
     }
@@ -553,6 +592,7 @@ impl Judge {
         let mut channels = crate::incidents::Channels::default();
         let mut tracks = self.tracks.lock().await;
         tracks.retain(|id, _| checks.iter().any(|c| &c.id == id));
+        let mut judged = Vec::new();
         for row in &checks {
             let mut track = match tracks.remove(&row.id) {
                 Some(track) => track,
@@ -574,10 +614,11 @@ impl Judge {
                 track.regions.retain(|r, _| policy.regions.contains(r));
                 track.policy = policy;
             }
-            if let Some(track) = Self::settle(state, &tracks, &row.id, track, &mut channels).await {
-                tracks.insert(row.id.clone(), track);
-            }
+            let change =
+                Self::decide(state, &tracks, &judged, &row.id, &track, &mut channels).await?;
+            judged.push((row.id.clone(), track, change));
         }
+        Self::flush(state, &mut tracks, judged).await;
         Ok(())
     }
 

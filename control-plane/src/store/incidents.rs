@@ -199,9 +199,27 @@ impl Store {
         verdict: Option<VerdictWrite<'_>>,
         incident: Option<&IncidentRequest>,
     ) -> Result<Option<IncidentOutcome>, StoreError> {
+        Ok(self
+            .record_changes(&[(verdict, incident)])
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Self::record_change`] for many changes in one transaction (a burst of verdicts
+    /// pays one commit); the outcomes come back in the same order.
+    ///
+    /// # Errors
+    /// Database errors; then nothing was written.
+    pub async fn record_changes(
+        &self,
+        changes: &[(Option<VerdictWrite<'_>>, Option<&IncidentRequest>)],
+    ) -> Result<Vec<Option<IncidentOutcome>>, StoreError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            if let Some(verdict) = &verdict {
+            let mut outcomes = Vec::with_capacity(changes.len());
+            for (verdict, incident) in changes {
+            if let Some(verdict) = verdict {
                 let next = verdict.next;
                 let view = serde_json::to_string(next).unwrap_or_default();
                 sqlx::query(
@@ -232,7 +250,7 @@ impl Store {
                 }
             }
             let mut outcome = None;
-            if let Some(request) = incident {
+            if let Some(request) = *incident {
                 let open: Option<IncidentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "{INCIDENT_COLUMNS} WHERE subject = $1 AND subject_id = $2 AND open"
                 )))
@@ -320,8 +338,10 @@ impl Store {
                     });
                 }
             }
+            outcomes.push(outcome);
+            }
             tx.commit().await?;
-            Ok(outcome)
+            Ok(outcomes)
         })
     }
 
