@@ -604,6 +604,47 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
         "{cli_out}"
     );
 
+    // A frozen agent (a half-open session: no last will) is gone after three missed
+    // heartbeats; its region then runs on the fallback. Thawed, it comes back.
+    let rb_agent = sites[1].agents[0].id().context("rb id")?;
+    let rb_pid = sites[1].agents[0].pid().context("rb pid")?;
+    Command::new("kill")
+        .args(["-STOP", &rb_pid.to_string()])
+        .status()?;
+    let frozen_at = Instant::now();
+    cp.wait_agent_state(&rb_agent, "offline", Duration::from_secs(20))
+        .await?;
+    let silent_for = frozen_at.elapsed();
+    println!("frozen rb agent marked offline after {silent_for:?} (heartbeat 2 s)");
+    anyhow::ensure!(
+        silent_for >= Duration::from_secs(4),
+        "offline after {silent_for:?}: too early for three missed heartbeats"
+    );
+    wait_for(
+        "fallback results in rb",
+        Duration::from_secs(15),
+        || async {
+            let agent = latest_agent(&cp, "web", "rb").await.ok()?;
+            (agent == "control-plane").then_some(())
+        },
+    )
+    .await?;
+    Command::new("kill")
+        .args(["-CONT", &rb_pid.to_string()])
+        .status()?;
+    cp.wait_agent_state(&rb_agent, "online", Duration::from_secs(60))
+        .await
+        .with_context(|| sites[1].agents[0].log())?;
+    wait_for(
+        "rb's agent serves rb again",
+        Duration::from_secs(20),
+        || async {
+            let agent = latest_agent(&cp, "web", "rb").await.ok()?;
+            (agent == rb_agent).then_some(())
+        },
+    )
+    .await?;
+
     // Kill -9 between a state change and its delivery: the receiver fails its first 3
     // attempts; the notification is delivered exactly once after the restart.
     let before = receiver.requests().len();
