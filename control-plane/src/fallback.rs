@@ -4,8 +4,9 @@
 //!
 //! It follows [`crate::assign::Plan::fallback`]: one task per (check, region) on the plan,
 //! running the check every interval, stopped as soon as an agent of the region takes the
-//! check back. Its results are stored like an agent's, under the agent id [`AGENT_ID`] and
-//! the region they stand in for, and go through the same commit, fan-out and verdict path.
+//! check back. Its results are stored like an agent's, under the agent id
+//! [`FALLBACK_AGENT_ID`] and the region they stand in for, and go through the same commit,
+//! fan-out and verdict path.
 //! Their seqs start at the current time in microseconds and increase by one per result, so
 //! they stay unique across restarts without a lookup.
 
@@ -18,11 +19,9 @@ use tokio::task::JoinHandle;
 use vantage_mqtt::{CheckResult, CheckSpec};
 
 use crate::AppState;
+use crate::ingest::FALLBACK_AGENT_ID;
 use crate::store::ingest::IngestBatch;
 use crate::store::now_ms;
-
-/// The agent id fallback results are stored under.
-pub const AGENT_ID: &str = "control-plane";
 
 /// Runs one (check, region) until aborted.
 async fn run_one(state: AppState, spec: CheckSpec, region: String, seq: Arc<AtomicU64>) {
@@ -47,7 +46,7 @@ async fn run_one(state: AppState, spec: CheckSpec, region: String, seq: Arc<Atom
         state.counters.fallback_runs.fetch_add(1, Ordering::Relaxed);
         let batch = IngestBatch {
             received_at_ms: now_ms(),
-            results: vec![(AGENT_ID.to_owned(), region.clone(), result)],
+            results: vec![(FALLBACK_AGENT_ID.to_owned(), region.clone(), result)],
             ..IngestBatch::default()
         };
         crate::ingest::commit_with_retry(&state, batch).await;

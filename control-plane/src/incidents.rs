@@ -470,38 +470,6 @@ pub async fn settle(state: &AppState) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Opens or resolves a check's response-time alert in one region (subject `rule`, id
-/// `latency/{check}/{region}`), saying which numbers crossed what.
-///
-/// # Errors
-/// Store errors.
-pub async fn latency_flip(
-    state: &AppState,
-    check_id: &str,
-    region: &str,
-    flip: crate::verdict::LatencyFlip,
-) -> Result<(), StoreError> {
-    let subject_id = format!("latency/{check_id}/{region}");
-    let series = format!("{check_id} total_ms in {region}");
-    let (op, text) = match flip {
-        crate::verdict::LatencyFlip::Raised(anomaly) => (
-            IncidentOp::Open {
-                title: format!("{check_id} responds unusually slowly in {region}"),
-                dependent: false,
-            },
-            format!(
-                "{} (3 results in a row)",
-                crate::signals::describe_anomaly(&series, &anomaly)
-            ),
-        ),
-        crate::verdict::LatencyFlip::Cleared { total_ms } => (
-            IncidentOp::Resolve,
-            format!("{series} back to usual ({total_ms:.1} ms, 5 results in a row)"),
-        ),
-    };
-    change_subject(state, IncidentSubject::Rule, &subject_id, op, text).await
-}
-
 /// Opens or resolves a rule's incident (host-metric rules); see [`crate::rules`].
 ///
 /// # Errors

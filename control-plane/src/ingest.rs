@@ -34,6 +34,11 @@ use crate::hub::LiveEvent;
 use crate::store::ingest::IngestBatch;
 use crate::store::now_ms;
 
+/// The agent id under which the control plane's fallback executor ([`crate::fallback`])
+/// stores the results it measures for regions with no agent online; nobody is acknowledged
+/// under it.
+pub const FALLBACK_AGENT_ID: &str = "control-plane";
+
 /// Storable rows of one message, on their way to the committer.
 enum Rows {
     Results(String, String, Vec<CheckResult>),
@@ -524,7 +529,7 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
         .ingest_batches
         .fetch_add(1, Ordering::Relaxed);
     for (agent, seqs) in batch.seqs_per_agent() {
-        if agent != crate::fallback::AGENT_ID {
+        if agent != FALLBACK_AGENT_ID {
             publish_ack(state, &agent, seqs).await;
         }
     }

@@ -465,9 +465,7 @@ impl Judge {
                 }
             }
             for (region, flip) in flips {
-                if let Err(error) =
-                    crate::incidents::latency_flip(state, check_id, &region, flip).await
-                {
+                if let Err(error) = latency_flip(state, check_id, &region, flip).await {
                     tracing::warn!(check = check_id, %region, %error, "Cannot record a response-time alert");
                 }
             }
@@ -655,6 +653,38 @@ impl Judge {
     pub async fn forget(&self, check_id: &str) {
         self.tracks.lock().await.remove(check_id);
     }
+}
+
+/// Opens or resolves a check's response-time alert in one region (subject `rule`, id
+/// `latency/{check}/{region}`), saying which numbers crossed what.
+///
+/// # Errors
+/// Store errors.
+pub async fn latency_flip(
+    state: &AppState,
+    check_id: &str,
+    region: &str,
+    flip: LatencyFlip,
+) -> Result<(), StoreError> {
+    let subject_id = format!("latency/{check_id}/{region}");
+    let series = format!("{check_id} total_ms in {region}");
+    let (op, text) = match flip {
+        LatencyFlip::Raised(anomaly) => (
+            crate::store::IncidentOp::Open {
+                title: format!("{check_id} responds unusually slowly in {region}"),
+                dependent: false,
+            },
+            format!(
+                "{} (3 results in a row)",
+                crate::signals::describe_anomaly(&series, &anomaly)
+            ),
+        ),
+        LatencyFlip::Cleared { total_ms } => (
+            crate::store::IncidentOp::Resolve,
+            format!("{series} back to usual ({total_ms:.1} ms, 5 results in a row)"),
+        ),
+    };
+    crate::incidents::rule_change(state, &subject_id, op, text).await
 }
 
 /// A committed batch's rows, on their way to judging.
