@@ -494,6 +494,132 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::Application;
+    use crate::settings::Settings;
+
+    /// One host sample at `at_ms` with `/var` holding `used_bytes` of 100 GB.
+    fn sample(seq: u64, at_ms: i64, used_bytes: u64) -> HostMetrics {
+        HostMetrics {
+            seq,
+            measured_at_ms: at_ms,
+            cpu_pct: 5.0,
+            cores_pct: None,
+            mem_total_bytes: 1 << 30,
+            mem_used_bytes: 1 << 29,
+            swap_total_bytes: 0,
+            swap_used_bytes: 0,
+            load1: 0.1,
+            load5: 0.1,
+            load15: 0.1,
+            uptime_s: 1000,
+            disks: vec![vantage_mqtt::DiskUsage {
+                mount: "/var".into(),
+                total_bytes: 100_000_000_000,
+                used_bytes,
+            }],
+            nets: Vec::new(),
+        }
+    }
+
+    /// The disk-full path end to end inside a real control plane (SQLite, real store): six
+    /// hours of five-minute samples of a growing `/var` (generated, not waited for) open an
+    /// incident that says when it will be full; a disk that stops growing resolves it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_filling_disk_opens_an_incident_and_a_flat_one_resolves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = Application::build(Settings::ephemeral(dir.path().to_owned()))
+            .await
+            .unwrap();
+        let state = app.state().clone();
+        let (_, secret) = state
+            .store
+            .create_enrollment_token("eu", &BTreeMap::new(), 1, 3600)
+            .await
+            .unwrap();
+        let agent = state
+            .store
+            .enroll_agent(&secret, |grant| AgentRow {
+                id: "ag-disk".into(),
+                region: grant.region.clone(),
+                labels: crate::store::Labels(BTreeMap::from([("role".into(), "db".into())])),
+                hostname: "db1".into(),
+                arch: "x86_64".into(),
+                os: "linux".into(),
+                version: "test".into(),
+                cert_serial: "01".into(),
+                cert_not_after_ms: now_ms() + 86_400_000,
+                state: vantage_mqtt::NodeState::Offline,
+                last_seen_ms: None,
+                enrolled_at_ms: now_ms(),
+                revoked_at_ms: None,
+                config_revision: 0,
+                last_seq: 0,
+                next_seq: 0,
+                spool_dropped_total: 0,
+                spool_unsendable_total: 0,
+                spool_write_errors_total: 0,
+                boot_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let rule: Rule = serde_json::from_value(serde_json::json!({
+            "id": "disk", "name": "disk filling", "selector": {"labels": {"role": "db"}},
+            "condition": {"type": "disk_full", "mount": "/var", "within_h": 24}
+        }))
+        .unwrap();
+        create(&state, rule).await.unwrap();
+        // 60 GB used, growing 1 GB an hour: full in 40 h at the start, in ~34 h after six
+        // hours, then inside the 24 h horizon once it reaches 76 GB.
+        let start = now_ms() - 30 * 3_600_000;
+        let gb = 1_000_000_000u64;
+        let mut batch = Vec::new();
+        for i in 0..=(30 * 12) {
+            let at = start + i * DISK_SAMPLE_MS;
+            let used = 60 * gb + (i as u64) * gb / 12;
+            batch.push((
+                agent.id.clone(),
+                agent.region.clone(),
+                sample(i as u64, at, used),
+            ));
+        }
+        state.rules.observe(&state, &batch).await;
+        let open = state
+            .store
+            .open_incident(IncidentSubject::Rule, "disk/ag-disk/var")
+            .await
+            .unwrap()
+            .expect("an incident for /var");
+        let events = state.store.incident_events(&open.id).await.unwrap();
+        let text = &events[0].text;
+        assert!(
+            text.starts_with("/var full in ~")
+                && text.contains("growing 24.0 GB/day")
+                && text.contains("within the rule's 24 h"),
+            "{text}"
+        );
+        // The disk stops growing (cleanup freed 30 GB and it stays there): resolved.
+        let later = start + 31 * 3_600_000;
+        let mut flat = Vec::new();
+        for i in 0..=(8 * 12) {
+            let at = later + i * DISK_SAMPLE_MS;
+            flat.push((
+                agent.id.clone(),
+                agent.region.clone(),
+                sample(1000 + i as u64, at, 60 * gb),
+            ));
+        }
+        state.rules.observe(&state, &flat).await;
+        assert!(
+            state
+                .store
+                .open_incident(IncidentSubject::Rule, "disk/ag-disk/var")
+                .await
+                .unwrap()
+                .is_none(),
+            "still open after the disk stopped growing"
+        );
+    }
 
     #[test]
     fn rules_parse_and_bad_ones_name_their_field() {
