@@ -29,9 +29,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use vantage_mqtt::{
-    AgentAck, AgentTopic, CheckResult, CheckSpec, Command, CommandMessage, DesiredConfig,
-    Heartbeat, Hello, MAX_CONFIG_BYTES, NodeState, ResultsAck, Status, decode, decode_limited,
-    encode, topic,
+    AgentAck, AgentTopic, CheckSpec, Command, CommandMessage, DesiredConfig, Heartbeat, Hello,
+    MAX_CONFIG_BYTES, NodeState, ResultsAck, Status, decode, decode_limited, encode, topic,
 };
 
 use crate::config::AgentConfig;
@@ -356,7 +355,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                                 v: vantage_mqtt::PROTOCOL_VERSION,
                                                 config_revision: None,
                                                 request_id: Some(message.request_id),
-                                                result: Some(to_result(0, &check.id, measured_at_ms, outcome)),
+                                                result: Some(outcome.into_result(0, &check.id, measured_at_ms)),
                                                 error: None,
                                             };
                                             let _ = client.try_publish(topic::agent(&id, AgentTopic::Ack), QoS::AtLeastOnce, false, encode(&ack));
@@ -502,7 +501,7 @@ fn push_result(
     outcome: Outcome,
 ) {
     let pushed = spool.push(Kind::Result, |seq| {
-        String::from_utf8(encode(&to_result(seq, check_id, measured_at_ms, outcome)))
+        String::from_utf8(encode(&outcome.into_result(seq, check_id, measured_at_ms)))
             .unwrap_or_default()
     });
     count_push_error(pushed, write_errors, "a result");
@@ -549,22 +548,6 @@ fn drain_and_sync(
         n_waiting = spool.len(),
         "Spool synced; unacknowledged entries are sent after the next start"
     );
-}
-
-/// The result of one run, its texts bounded to the wire limits.
-fn to_result(seq: u64, check_id: &str, measured_at_ms: i64, outcome: Outcome) -> CheckResult {
-    let mut result = CheckResult {
-        seq,
-        measured_at_ms,
-        check_id: check_id.to_owned(),
-        ok: outcome.ok,
-        reason: outcome.reason,
-        timings: outcome.timings,
-        status_code: outcome.status_code,
-        values: outcome.values,
-    };
-    result.bound_texts();
-    result
 }
 
 /// Publishes what the spool has not sent yet, as batches per kind, after syncing it: nothing

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use vantage_mqtt::{CheckResult, CheckSpec};
+use vantage_mqtt::CheckSpec;
 
 use crate::AppState;
 use crate::ingest::FALLBACK_AGENT_ID;
@@ -32,17 +32,11 @@ async fn run_one(state: AppState, spec: CheckSpec, region: String, seq: Arc<Atom
         ticker.tick().await;
         let measured_at_ms = now_ms();
         let outcome = vantage_agent::probe::run_check(&spec).await;
-        let mut result = CheckResult {
-            seq: seq.fetch_add(1, Ordering::Relaxed),
+        let result = outcome.into_result(
+            seq.fetch_add(1, Ordering::Relaxed),
+            &spec.id,
             measured_at_ms,
-            check_id: spec.id.clone(),
-            ok: outcome.ok,
-            reason: outcome.reason,
-            timings: outcome.timings,
-            status_code: outcome.status_code,
-            values: outcome.values,
-        };
-        result.bound_texts();
+        );
         state.counters.fallback_runs.fetch_add(1, Ordering::Relaxed);
         let batch = IngestBatch {
             received_at_ms: now_ms(),

@@ -102,19 +102,20 @@ fn check_incidents(all: &[Value], check: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `mosquitto_sub` on `incidents` as a viewer; its password comes from an options file, not
-/// the command line.
-fn mosquitto_incidents(
+/// A `mosquitto_sub` on `topic` as a viewer with client id `client`; its password comes from
+/// an options file in `config_dir`, not the command line.
+fn mosquitto_sub(
     cp: &ControlPlane,
     token: &str,
-    dir: &std::path::Path,
-) -> anyhow::Result<Child> {
-    let config_dir = dir.join("xdg");
-    std::fs::create_dir_all(&config_dir)?;
+    config_dir: &std::path::Path,
+    client: &str,
+    topic: &str,
+) -> anyhow::Result<Command> {
+    std::fs::create_dir_all(config_dir)?;
     std::fs::write(config_dir.join("mosquitto_sub"), format!("-P {token}\n"))?;
-    let out = std::fs::File::create(dir.join("incidents.out"))?;
-    Command::new("mosquitto_sub")
-        .env("XDG_CONFIG_HOME", &config_dir)
+    let mut command = Command::new("mosquitto_sub");
+    command
+        .env("XDG_CONFIG_HOME", config_dir)
         .args([
             "-h",
             "127.0.0.1",
@@ -125,19 +126,30 @@ fn mosquitto_incidents(
         ])
         .arg("--cafile")
         .arg(cp.data_dir.join("pki").join("ca.pem"))
-        .args([
-            "-u",
-            "viewer",
-            "-i",
-            "incident-watcher",
-            "-t",
-            "vantage/v1/incidents",
-        ])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(std::fs::File::create(dir.join("incidents.err"))?)
-        .spawn()
-        .context("cannot start mosquitto_sub (install mosquitto-clients)")
+        .args(["-u", "viewer", "-i", client, "-t", topic])
+        .stdin(Stdio::null());
+    Ok(command)
+}
+
+/// `mosquitto_sub` on `incidents` as a viewer, printing into `incidents.out` in `dir`.
+fn mosquitto_incidents(
+    cp: &ControlPlane,
+    token: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(dir.join("incidents.out"))?;
+    let err = std::fs::File::create(dir.join("incidents.err"))?;
+    mosquitto_sub(
+        cp,
+        token,
+        &dir.join("xdg"),
+        "incident-watcher",
+        "vantage/v1/incidents",
+    )?
+    .stdout(out)
+    .stderr(err)
+    .spawn()
+    .context("cannot start mosquitto_sub (install mosquitto-clients)")
 }
 
 /// The retained message on `topic`, read by `mosquitto_sub` as a viewer (one message, 10 s).
@@ -147,36 +159,16 @@ fn retained_message(
     topic: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<Value> {
-    let config_dir = dir.join("xdg-retained");
-    std::fs::create_dir_all(&config_dir)?;
-    std::fs::write(config_dir.join("mosquitto_sub"), format!("-P {token}\n"))?;
-    let output = Command::new("mosquitto_sub")
-        .env("XDG_CONFIG_HOME", &config_dir)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cp.mqtt_port.to_string(),
-            "-V",
-            "mqttv311",
-        ])
-        .arg("--cafile")
-        .arg(cp.data_dir.join("pki").join("ca.pem"))
-        .args([
-            "-u",
-            "viewer",
-            "-i",
-            "retained-reader",
-            "-t",
-            topic,
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run mosquitto_sub")?;
+    let output = mosquitto_sub(
+        cp,
+        token,
+        &dir.join("xdg-retained"),
+        "retained-reader",
+        topic,
+    )?
+    .args(["-C", "1", "-W", "10"])
+    .output()
+    .context("cannot run mosquitto_sub")?;
     anyhow::ensure!(
         output.status.success(),
         "mosquitto_sub: {}",

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use vantage_mqtt::{CheckKind, CheckSpec, IpVersion, Timings};
+use vantage_mqtt::{CheckKind, CheckResult, CheckSpec, IpVersion, Timings};
 
 /// What one probe run found.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +40,22 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The result of this run as the wire carries it, its texts bounded to the wire limits.
+    pub fn into_result(self, seq: u64, check_id: &str, measured_at_ms: i64) -> CheckResult {
+        let mut result = CheckResult {
+            seq,
+            measured_at_ms,
+            check_id: check_id.to_owned(),
+            ok: self.ok,
+            reason: self.reason,
+            timings: self.timings,
+            status_code: self.status_code,
+            values: self.values,
+        };
+        result.bound_texts();
+        result
+    }
+
     /// A failure with `reason` after `started`.
     pub fn fail(reason: impl Into<String>, started: Instant) -> Outcome {
         Outcome {

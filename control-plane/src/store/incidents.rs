@@ -181,6 +181,29 @@ pub struct OutboxRow {
     pub delivered_at_ms: Option<i64>,
 }
 
+/// The tables that hold definitions as JSON (fixed names: never from input).
+#[derive(Debug, Clone, Copy)]
+enum DefinitionTable {
+    Maintenance,
+    Rules,
+}
+
+impl DefinitionTable {
+    fn name(self) -> &'static str {
+        match self {
+            DefinitionTable::Maintenance => "maintenance_windows",
+            DefinitionTable::Rules => "metric_rules",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            DefinitionTable::Maintenance => "maintenance window",
+            DefinitionTable::Rules => "rule",
+        }
+    }
+}
+
 const INCIDENT_COLUMNS: &str = "SELECT id, subject, subject_id, title, open, dependent, opened_at_ms, \
     resolved_at_ms, acknowledged_at_ms, acknowledged_by, n_changes FROM incidents";
 const OUTBOX_COLUMNS: &str = "SELECT id, dedup_key, incident_id, channel_id, change, body, state, \
@@ -586,7 +609,58 @@ impl Store {
         Ok(n > 0)
     }
 
-    // ---- maintenance windows -------------------------------------------------------------
+    // ---- maintenance windows and host-metric rules ---------------------------------------
+    // Both are stored the same way: an id, a name and the definition as JSON.
+
+    /// Inserts a definition row into `table`.
+    async fn insert_definition(
+        &self,
+        table: DefinitionTable,
+        id: &str,
+        name: &str,
+        definition: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {} (id, name, definition, created_at_ms) VALUES ($1, $2, $3, $4)",
+            table.name()
+        );
+        let outcome = on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(name)
+            .bind(definition)
+            .bind(at_ms)
+            .execute(pool)
+            .await
+            .map(|_| ()));
+        match outcome {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict {
+                what: table.what(),
+                id: id.to_owned(),
+            }),
+            other => Ok(other?),
+        }
+    }
+
+    /// Every row of `table`: (id, definition JSON).
+    async fn list_definitions(
+        &self,
+        table: DefinitionTable,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = format!("SELECT id, definition FROM {} ORDER BY id", table.name());
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?))
+    }
+
+    /// Deletes a row of `table`; returns whether it existed.
+    async fn delete_definition(
+        &self,
+        table: DefinitionTable,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = format!("DELETE FROM {} WHERE id = $1", table.name());
+        let n = on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).execute(pool).await?.rows_affected());
+        Ok(n > 0)
+    }
 
     /// Inserts a maintenance window (its definition as JSON).
     ///
@@ -599,22 +673,8 @@ impl Store {
         definition: &str,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        let sql = "INSERT INTO maintenance_windows (id, name, definition, created_at_ms) VALUES ($1, $2, $3, $4)";
-        let outcome = on_pool!(self, pool => sqlx::query(sql)
-            .bind(id)
-            .bind(name)
-            .bind(definition)
-            .bind(at_ms)
-            .execute(pool)
+        self.insert_definition(DefinitionTable::Maintenance, id, name, definition, at_ms)
             .await
-            .map(|_| ()));
-        match outcome {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict {
-                what: "maintenance window",
-                id: id.to_owned(),
-            }),
-            other => Ok(other?),
-        }
     }
 
     /// Every maintenance window: (id, definition JSON).
@@ -622,8 +682,7 @@ impl Store {
     /// # Errors
     /// Database errors only.
     pub async fn list_maintenance(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let sql = "SELECT id, definition FROM maintenance_windows ORDER BY id";
-        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+        self.list_definitions(DefinitionTable::Maintenance).await
     }
 
     /// Deletes a maintenance window; returns whether it existed.
@@ -631,13 +690,9 @@ impl Store {
     /// # Errors
     /// Database errors only.
     pub async fn delete_maintenance(&self, id: &str) -> Result<bool, StoreError> {
-        let sql = "DELETE FROM maintenance_windows WHERE id = $1";
-        let n =
-            on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
-        Ok(n > 0)
+        self.delete_definition(DefinitionTable::Maintenance, id)
+            .await
     }
-
-    // ---- host-metric rules -----------------------------------------------------------------
 
     /// Inserts a host-metric rule (its definition as JSON).
     ///
@@ -650,22 +705,8 @@ impl Store {
         definition: &str,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        let sql = "INSERT INTO metric_rules (id, name, definition, created_at_ms) VALUES ($1, $2, $3, $4)";
-        let outcome = on_pool!(self, pool => sqlx::query(sql)
-            .bind(id)
-            .bind(name)
-            .bind(definition)
-            .bind(at_ms)
-            .execute(pool)
+        self.insert_definition(DefinitionTable::Rules, id, name, definition, at_ms)
             .await
-            .map(|_| ()));
-        match outcome {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict {
-                what: "rule",
-                id: id.to_owned(),
-            }),
-            other => Ok(other?),
-        }
     }
 
     /// Every host-metric rule: (id, definition JSON).
@@ -673,8 +714,7 @@ impl Store {
     /// # Errors
     /// Database errors only.
     pub async fn list_rules(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let sql = "SELECT id, definition FROM metric_rules ORDER BY id";
-        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+        self.list_definitions(DefinitionTable::Rules).await
     }
 
     /// Deletes a host-metric rule; returns whether it existed.
@@ -682,10 +722,7 @@ impl Store {
     /// # Errors
     /// Database errors only.
     pub async fn delete_rule(&self, id: &str) -> Result<bool, StoreError> {
-        let sql = "DELETE FROM metric_rules WHERE id = $1";
-        let n =
-            on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
-        Ok(n > 0)
+        self.delete_definition(DefinitionTable::Rules, id).await
     }
 
     // ---- outbox ----------------------------------------------------------------------------
