@@ -3,12 +3,19 @@
 //! Each (check, region) goes to `agents_per_region` of the region's healthy (online,
 //! unrevoked) agents, chosen by rendezvous hashing on (check id, agent id): every agent gets a
 //! stable score per check and the highest scores win, so an agent leaving moves only the
-//! checks it held and an agent arriving takes only its own share. A (check, region) with no
-//! healthy agent is on fallback: [`Plan::fallback`] lists them for the control plane's own
-//! executor and for the regions view. Each online agent's desired config (its checks, intervals and a revision that increases
-//! with every change) is stored and published retained on `agents/{id}/config`; an agent
-//! that is offline keeps its last config until it is back. Runs are serialised by a lock so
-//! two concurrent changes cannot interleave their revisions.
+//! checks it held and an agent arriving takes only its own share.
+//!
+//! The load is bounded: an agent whose config would grow past [`MAX_CONFIG_BYTES`] (what an
+//! agent accepts) is passed over for the next agent in the check's ranking. Checks are placed
+//! in id order, so the outcome is the same on every run with the same agents. Only a region
+//! whose agents are all full sends a check to the fallback, counted in [`Plan::full`].
+//!
+//! A (check, region) with no healthy agent with room is on fallback: [`Plan::fallback`] lists
+//! them for the control plane's own executor and for the regions view. Each online agent's
+//! desired config (its checks, intervals and a revision that increases with every change) is
+//! stored and published retained on `agents/{id}/config`; an agent that is offline keeps its
+//! last config until it is back. Runs are serialised by a lock so two concurrent changes
+//! cannot interleave their revisions.
 //!
 //! A config is stored and published only when its content changed: the run keeps a digest of
 //! what each agent was last given ([`Published`]), so an unchanged agent costs no encode, no
@@ -17,10 +24,10 @@
 //! going only wake the [`worker`]; changes within 50 ms share one run.
 //!
 //! [`ConfigBudget`] answers, in time independent of the number of checks, whether a new or
-//! changed check still fits every region's config under [`MAX_CONFIG_BYTES`].
+//! changed check still fits into what its regions' enrolled agents can hold together.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use vantage_mqtt::{
@@ -48,19 +55,48 @@ pub fn rendezvous_score(check: &str, agent: &str) -> u64 {
 
 /// The `n` agents of `candidates` (ids) with the highest scores for `check`, best first.
 pub fn choose<'a>(check: &str, candidates: &[&'a str], n: usize) -> Vec<&'a str> {
+    choose_with_room(check, candidates, n, |_| true)
+}
+
+/// The `n` agents of `candidates` with the highest scores for `check` among those `has_room`
+/// accepts, best first: a full agent is passed over for the next in the ranking.
+pub fn choose_with_room<'a>(
+    check: &str,
+    candidates: &[&'a str],
+    n: usize,
+    mut has_room: impl FnMut(&str) -> bool,
+) -> Vec<&'a str> {
     let mut scored: Vec<(u64, &str)> = candidates
         .iter()
         .map(|agent| (rendezvous_score(check, agent), *agent))
         .collect();
     scored.sort_unstable_by(|a, b| b.cmp(a));
-    scored.into_iter().take(n).map(|(_, agent)| agent).collect()
+    scored
+        .into_iter()
+        .map(|(_, agent)| agent)
+        .filter(|agent| has_room(agent))
+        .take(n)
+        .collect()
 }
+
+/// The bytes of a config around its checks: version, revision, region (up to 64 bytes),
+/// intervals, with room to spare.
+const CONFIG_ENVELOPE_BYTES: usize = 256;
+
+/// The bytes of checks one agent's config can hold.
+pub const AGENT_ROOM_BYTES: usize = MAX_CONFIG_BYTES - CONFIG_ENVELOPE_BYTES;
 
 /// What the last run decided, for readers outside the assignment lock.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    /// (check, region) pairs with no healthy agent: served by the fallback executor.
+    /// (check, region) pairs with no healthy agent with room: served by the fallback
+    /// executor.
     pub fallback: Vec<(CheckSpec, String)>,
+    /// The same pairs as (check id, region), for lookups.
+    fallback_keys: HashSet<(String, String)>,
+    /// Per region, how many of its fallback pairs are there because every healthy agent of
+    /// the region was full (the others have no healthy agent at all).
+    pub full: HashMap<String, usize>,
     /// Per region, the enabled checks assigned there (to agents or to the fallback).
     pub checks_per_region: HashMap<String, usize>,
 }
@@ -73,9 +109,14 @@ impl Plan {
 
     /// Whether (check, region) is on fallback.
     pub fn on_fallback(&self, check: &str, region: &str) -> bool {
-        self.fallback
-            .iter()
-            .any(|(spec, r)| spec.id == check && r == region)
+        self.fallback_keys
+            .contains(&(check.to_owned(), region.to_owned()))
+    }
+
+    fn push_fallback(&mut self, spec: &CheckSpec, region: &str) {
+        self.fallback_keys
+            .insert((spec.id.clone(), region.to_owned()));
+        self.fallback.push((spec.clone(), region.to_owned()));
     }
 }
 
@@ -109,18 +150,34 @@ fn compute<'a>(agents: &'a [AgentRow], checks: &[CheckRow]) -> Computed<'a> {
     let mut specs: Vec<(CheckSpec, u64)> = Vec::new();
     let mut assignments: HashMap<(String, String), String> = HashMap::new();
     let mut plan = Plan::default();
-    for check in checks.iter().filter(|c| c.enabled) {
+    // Bytes of checks each agent holds so far.
+    let mut used: HashMap<&str, usize> = HashMap::new();
+    let mut sorted: Vec<&CheckRow> = checks.iter().filter(|c| c.enabled).collect();
+    sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    for check in sorted {
         let spec = check.spec();
         let index = specs.len();
-        let digest = bytes_digest(&encode(&spec));
+        let encoded = encode(&spec);
+        let digest = bytes_digest(&encoded);
+        // The check's share of a config: its encoding and a comma.
+        let share = encoded.len() + 1;
         for region in &check.regions {
             *plan.checks_per_region.entry(region.clone()).or_default() += 1;
             let candidates = healthy.get(region.as_str()).map_or(&[][..], Vec::as_slice);
-            let chosen = choose(&check.id, candidates, check.agents_per_region as usize);
+            let chosen = choose_with_room(
+                &check.id,
+                candidates,
+                check.agents_per_region as usize,
+                |agent| used.get(agent).copied().unwrap_or(0) + share <= AGENT_ROOM_BYTES,
+            );
             if chosen.is_empty() {
-                plan.fallback.push((spec.clone(), region.clone()));
+                plan.push_fallback(&spec, region);
+                if !candidates.is_empty() {
+                    *plan.full.entry(region.clone()).or_default() += 1;
+                }
             }
             for agent in chosen {
+                *used.entry(agent).or_default() += share;
                 assignments.insert((check.id.clone(), agent.to_owned()), region.clone());
                 per_agent.entry(agent).or_default().push(index);
             }
@@ -309,28 +366,49 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The bytes every region's config would hold, kept up to date by the check writes of the
-/// API, so a new check is tested against [`MAX_CONFIG_BYTES`] without reading every check.
-/// Lock it across the store write it guards, so two writes cannot both take the last room.
+/// What a region's checks need of its agents' configs, kept up to date by the check writes of
+/// the API, so a new check is tested without reading every check. Lock it across the store
+/// write it guards, so two writes cannot both take the last room.
+///
+/// A region holds as many bytes of checks as its enrolled (unrevoked) agents can hold
+/// together, [`AGENT_ROOM_BYTES`] each (at least one agent's worth, for a region whose first
+/// agent is still to come). A check with `agents_per_region` = k takes k agents' room, or
+/// every agent's when the region has fewer. Assignment spreads the checks with a bounded load
+/// (see the module docs); when agents are offline and the online ones are full, the rest run
+/// on the fallback and the region shows it.
 #[derive(Debug, Default)]
 pub struct ConfigBudget {
     /// Filled from the store on first use.
     loaded: bool,
-    /// Each enabled check's regions and its share of a config (encoded spec plus a comma).
-    per_check: HashMap<String, (Vec<String>, usize)>,
-    /// Per region: bytes of its checks and how many there are.
-    per_region: HashMap<String, (usize, usize)>,
+    /// Each enabled check's regions, its share of a config (encoded spec plus a comma) and
+    /// its agents per region.
+    per_check: HashMap<String, (Vec<String>, usize, u32)>,
+    /// Per region: bytes of its checks by agents per region, and how many checks there are.
+    per_region: HashMap<String, (BTreeMap<u32, usize>, usize)>,
 }
 
-/// The envelope of a config: version, revision, region, intervals.
-const CONFIG_ENVELOPE_BYTES: usize = 160;
+/// Why a check does not fit: the first region short of room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverBudget {
+    pub region: String,
+    /// Bytes the region's checks would need, counted once per agent that holds them.
+    pub needed: usize,
+    /// Bytes the region's enrolled agents can hold together.
+    pub room: usize,
+    pub n_agents: usize,
+    pub n_checks: usize,
+}
 
 impl ConfigBudget {
-    fn share(row: &CheckRow) -> Option<(Vec<String>, usize)> {
+    fn share(row: &CheckRow) -> Option<(Vec<String>, usize, u32)> {
         if !row.enabled {
             return None;
         }
-        Some((row.regions.clone(), encode(&row.spec()).len() + 1))
+        Some((
+            row.regions.clone(),
+            encode(&row.spec()).len() + 1,
+            row.agents_per_region.max(1),
+        ))
     }
 
     async fn load(&mut self, store: &Store) -> Result<(), StoreError> {
@@ -344,57 +422,74 @@ impl ConfigBudget {
         Ok(())
     }
 
-    /// Whether `row` (new, or replacing the check of the same id) keeps every one of its
-    /// regions' configs within [`MAX_CONFIG_BYTES`]; when not, the first region over it, its
-    /// would-be size and number of checks.
+    /// Whether `row` (new, or replacing the check of the same id) still fits every one of its
+    /// regions; when not, the first region short of room.
     ///
     /// # Errors
-    /// Store errors while loading.
+    /// Store errors.
     pub async fn over_limit(
         &mut self,
         store: &Store,
         row: &CheckRow,
-    ) -> Result<Option<(String, usize, usize)>, StoreError> {
+    ) -> Result<Option<OverBudget>, StoreError> {
         self.load(store).await?;
-        let Some((regions, len)) = Self::share(row) else {
+        let Some((regions, len, per_region)) = Self::share(row) else {
             return Ok(None);
         };
         let old = self.per_check.get(&row.id);
         for region in &regions {
-            let (mut size, mut n) = self.per_region.get(region).copied().unwrap_or((0, 0));
-            if let Some((old_regions, old_len)) = old
+            let n_agents = store.count_agents_in_region(region).await?.max(1);
+            let (mut by_k, mut n) = self.per_region.get(region).cloned().unwrap_or_default();
+            if let Some((old_regions, old_len, old_k)) = old
                 && old_regions.contains(region)
             {
-                size -= old_len;
+                *by_k.entry(*old_k).or_default() -= old_len;
                 n -= 1;
             }
-            let (size, n) = (CONFIG_ENVELOPE_BYTES + size + len, n + 1);
-            if size > MAX_CONFIG_BYTES {
-                return Ok(Some((region.clone(), size, n)));
+            *by_k.entry(per_region).or_default() += len;
+            let needed = Self::needed(&by_k, n_agents);
+            let room = n_agents.saturating_mul(AGENT_ROOM_BYTES);
+            if len > AGENT_ROOM_BYTES || needed > room {
+                return Ok(Some(OverBudget {
+                    region: region.clone(),
+                    needed,
+                    room,
+                    n_agents,
+                    n_checks: n + 1,
+                }));
             }
         }
         Ok(None)
     }
 
+    /// Bytes needed of `n_agents` agents by checks of `by_k` (bytes per agents-per-region).
+    fn needed(by_k: &BTreeMap<u32, usize>, n_agents: usize) -> usize {
+        by_k.iter()
+            .map(|(k, bytes)| bytes.saturating_mul((*k as usize).min(n_agents)))
+            .sum()
+    }
+
     /// Records `row` as stored (created or replaced).
     pub fn apply(&mut self, row: &CheckRow) {
         self.remove(&row.id);
-        if let Some((regions, len)) = Self::share(row) {
+        if let Some((regions, len, k)) = Self::share(row) {
             for region in &regions {
                 let entry = self.per_region.entry(region.clone()).or_default();
-                entry.0 += len;
+                *entry.0.entry(k).or_default() += len;
                 entry.1 += 1;
             }
-            self.per_check.insert(row.id.clone(), (regions, len));
+            self.per_check.insert(row.id.clone(), (regions, len, k));
         }
     }
 
     /// Records the check `id` as deleted.
     pub fn remove(&mut self, id: &str) {
-        if let Some((regions, len)) = self.per_check.remove(id) {
+        if let Some((regions, len, k)) = self.per_check.remove(id) {
             for region in regions {
                 if let Some(entry) = self.per_region.get_mut(&region) {
-                    entry.0 -= len;
+                    if let Some(bytes) = entry.0.get_mut(&k) {
+                        *bytes -= len;
+                    }
                     entry.1 -= 1;
                     if entry.1 == 0 {
                         self.per_region.remove(&region);
@@ -459,6 +554,127 @@ mod tests {
         // Asking for more agents than there are gives every one of them.
         assert_eq!(choose("ck", &["a", "b"], 5).len(), 2);
         assert!(choose("ck", &[], 1).is_empty());
+    }
+
+    fn agent(id: &str, region: &str, online: bool) -> AgentRow {
+        AgentRow {
+            state: if online {
+                vantage_mqtt::NodeState::Online
+            } else {
+                vantage_mqtt::NodeState::Offline
+            },
+            ..AgentRow::enrolled(id.into(), region.into(), crate::store::Labels::default())
+        }
+    }
+
+    fn tcp_checks(n: usize, regions: &[&str], agents_per_region: u32) -> Vec<CheckRow> {
+        (0..n)
+            .map(|i| {
+                let body: crate::checks::CheckDefinition = serde_json::from_value(serde_json::json!({
+                    "name": format!("port {i}"), "kind": {"type": "tcp", "host": "127.0.0.1", "port": 9},
+                    "interval_s": 60, "timeout_ms": 1000, "regions": regions,
+                    "agents_per_region": agents_per_region
+                }))
+                .unwrap();
+                crate::checks::to_row(format!("ck-{i:06}"), &body, 0)
+            })
+            .collect()
+    }
+
+    /// Bytes per agent of a computed assignment, as the config encodes them.
+    fn loads(computed: &Computed) -> HashMap<String, usize> {
+        computed
+            .per_agent
+            .iter()
+            .map(|(agent, indexes)| {
+                let config = DesiredConfig {
+                    v: vantage_mqtt::PROTOCOL_VERSION,
+                    revision: u64::MAX,
+                    region: "r".repeat(64),
+                    metrics_interval_s: 86_400,
+                    heartbeat_interval_s: 86_400,
+                    checks: indexes
+                        .iter()
+                        .map(|i| computed.specs[*i].0.clone())
+                        .collect(),
+                };
+                ((*agent).to_owned(), encode(&config).len())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_agent_passes_its_checks_on_and_only_a_full_region_falls_back() {
+        let share = encode(&tcp_checks(1, &["eu"], 1)[0].spec()).len() + 1;
+        let per_agent = AGENT_ROOM_BYTES / share;
+        // Two online agents and one offline in eu; more checks than two agents hold.
+        let agents = vec![
+            agent("a1", "eu", true),
+            agent("a2", "eu", true),
+            agent("a3", "eu", false),
+        ];
+        let checks = tcp_checks(per_agent * 2 + 500, &["eu"], 1);
+        let computed = compute(&agents, &checks);
+        for (agent, bytes) in loads(&computed) {
+            assert!(bytes <= MAX_CONFIG_BYTES, "{agent}: {bytes}-byte config");
+            // Rendezvous alone would give each about half; the bounded load fills both.
+            assert!(
+                bytes > MAX_CONFIG_BYTES - 2 * share,
+                "{agent} left room: {bytes}"
+            );
+        }
+        let placed = computed.assignments.len();
+        let on_fallback = computed.plan.fallback.len();
+        assert_eq!(placed + on_fallback, checks.len());
+        assert!(
+            (400..=600).contains(&on_fallback),
+            "{on_fallback} on fallback"
+        );
+        assert_eq!(computed.plan.full.get("eu"), Some(&on_fallback));
+        // A check on fallback is one the agents had no room for.
+        let (spec, region) = &computed.plan.fallback[0];
+        assert!(computed.plan.on_fallback(&spec.id, region));
+        assert!(
+            !computed
+                .assignments
+                .contains_key(&(spec.id.clone(), "a1".into()))
+        );
+
+        // The third agent back: everything fits, nothing on fallback.
+        let agents: Vec<AgentRow> = ["a1", "a2", "a3"]
+            .iter()
+            .map(|a| agent(a, "eu", true))
+            .collect();
+        let computed = compute(&agents, &checks);
+        assert!(computed.plan.fallback.is_empty());
+        assert!(computed.plan.full.is_empty());
+        assert_eq!(computed.assignments.len(), checks.len());
+
+        // A region with no online agent falls back without counting as full.
+        let agents = vec![agent("b1", "us", false)];
+        let computed = compute(&agents, &tcp_checks(3, &["us"], 1));
+        assert_eq!(computed.plan.fallback.len(), 3);
+        assert!(computed.plan.full.is_empty());
+    }
+
+    #[test]
+    fn below_the_bound_an_agent_leaving_moves_only_its_share() {
+        let checks = tcp_checks(3000, &["eu", "us"], 2);
+        let all: Vec<AgentRow> = (0..6)
+            .map(|i| agent(&format!("a{i}"), if i < 3 { "eu" } else { "us" }, true))
+            .collect();
+        let before = compute(&all, &checks).assignments;
+        let mut without = all.clone();
+        without[1].state = vantage_mqtt::NodeState::Offline;
+        let after = compute(&without, &checks).assignments;
+        let lost: Vec<_> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+        assert!(!lost.is_empty());
+        assert!(lost.iter().all(|(_, agent)| agent == "a1"), "{lost:?}");
+        assert_eq!(
+            before.len(),
+            after.len(),
+            "a1's share went to eu's other agents"
+        );
     }
 
     #[test]

@@ -18,16 +18,12 @@ pub enum CheckError {
     Invalid(String),
     #[error("check {0:?} not found")]
     NotFound(String),
-    /// The check would push a region's config over what an agent accepts.
+    /// The check does not fit into what its region's agents can hold together.
     #[error(
-        "region {region:?} would hand each of its agents {n_checks} checks in a {size}-byte config, over the {max} bytes an agent accepts; spread the checks over more regions",
-        max = vantage_mqtt::MAX_CONFIG_BYTES
+        "region {:?} would need {} bytes of check configs ({} checks) from its {} enrolled agent(s), over the {} bytes they hold together ({} each); enroll more agents in the region or spread the checks over more regions",
+        .0.region, .0.needed, .0.n_checks, .0.n_agents, .0.room, crate::assign::AGENT_ROOM_BYTES
     )]
-    Oversize {
-        region: String,
-        size: usize,
-        n_checks: usize,
-    },
+    Oversize(crate::assign::OverBudget),
     /// A stored definition does not decode.
     #[error("stored check {id} is corrupt: {reason}")]
     Corrupt { id: String, reason: String },
@@ -249,18 +245,9 @@ async fn check_dependencies(state: &AppState, body: &CheckDefinition) -> Result<
     Ok(())
 }
 
-/// Refuses a check that would push the desired config of any of its regions over
-/// [`vantage_mqtt::MAX_CONFIG_BYTES`]: every agent of a region receives all of its checks, and
-/// an agent refuses a config over the limit.
-fn refuse_oversize(over: Option<(String, usize, usize)>) -> Result<(), CheckError> {
-    match over {
-        None => Ok(()),
-        Some((region, size, n_checks)) => Err(CheckError::Oversize {
-            region,
-            size,
-            n_checks,
-        }),
-    }
+/// Refuses a check that its regions' agents cannot hold (see [`crate::assign::ConfigBudget`]).
+fn refuse_oversize(over: Option<crate::assign::OverBudget>) -> Result<(), CheckError> {
+    over.map_or(Ok(()), |over| Err(CheckError::Oversize(over)))
 }
 
 /// Makes sure the check's regions exist and wakes the assignment worker, which publishes the
@@ -467,5 +454,103 @@ mod tests {
                 other => panic!("{field}: expected Invalid, got {other:?}"),
             }
         }
+    }
+
+    /// A region holds as many bytes of checks as its enrolled agents hold together: with one
+    /// agent the budget refuses the check that would overflow it, a second agent makes room,
+    /// and two agents per region take twice the room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_budget_grows_with_the_regions_agents() {
+        use crate::store::{AgentRow, Labels};
+        let dir = tempfile::tempdir().unwrap();
+        let app = crate::app::Application::build(crate::settings::Settings::ephemeral(
+            dir.path().to_owned(),
+        ))
+        .await
+        .unwrap();
+        let state = app.state().clone();
+        let (_, secret) = state
+            .store
+            .create_enrollment_token("eu", &std::collections::BTreeMap::new(), 2, 3600)
+            .await
+            .unwrap();
+        let enroll = |id: &'static str| {
+            let (state, secret) = (state.clone(), secret.clone());
+            async move {
+                state
+                    .store
+                    .enroll_agent(&secret, |grant| {
+                        AgentRow::enrolled(id.into(), grant.region.clone(), Labels::default())
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        };
+        // 60 KiB bodies: about 15 such checks fill one agent's config.
+        let big = |i: usize, per_region: u32| -> CheckDefinition {
+            serde_json::from_value(serde_json::json!({
+                "id": format!("big-{i:03}"), "name": "upload",
+                "kind": {"type": "http", "url": "https://example.com/", "method": "POST",
+                         "body": "x".repeat(60 * 1024)},
+                "regions": ["eu"], "interval_s": 60, "timeout_ms": 5000,
+                "agents_per_region": per_region
+            }))
+            .unwrap()
+        };
+        let fill = |from: usize, per_region: u32| {
+            let state = state.clone();
+            async move {
+                let mut i = from;
+                loop {
+                    match create(&state, big(i, per_region)).await {
+                        Ok(_) => i += 1,
+                        Err(CheckError::Oversize(over)) => return (i, over),
+                        Err(other) => panic!("check {i}: {other}"),
+                    }
+                }
+            }
+        };
+
+        enroll("a1").await;
+        let (n1, over) = fill(0, 1).await;
+        let share = crate::assign::AGENT_ROOM_BYTES / n1;
+        assert!((14..=16).contains(&n1), "one agent took {n1} checks");
+        assert_eq!(
+            (over.region.as_str(), over.n_agents, over.n_checks),
+            ("eu", 1, n1 + 1)
+        );
+        assert!(over.needed > over.room && over.room == crate::assign::AGENT_ROOM_BYTES);
+        let message = CheckError::Oversize(over).to_string();
+        assert!(message.contains("enroll more agents"), "{message}");
+        // The refused check was not stored.
+        assert!(
+            state
+                .store
+                .get_check(&format!("big-{n1:03}"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        enroll("a2").await;
+        let (n2, over) = fill(n1, 1).await;
+        assert_eq!(over.n_agents, 2);
+        assert!(
+            (2 * n1 - 1..=2 * n1 + 1).contains(&n2),
+            "two agents took {n2}, one {n1}"
+        );
+
+        // Deleting makes room again; a check run by both agents takes the room of two.
+        for i in 0..4 {
+            delete(&state, &format!("big-{i:03}")).await.unwrap();
+        }
+        let (n3, _) = fill(1000, 2).await;
+        assert_eq!(
+            n3 - 1000,
+            2,
+            "4 freed single shares hold 2 double ones ({share} bytes each)"
+        );
+        app.run_until(std::future::ready(())).await;
     }
 }

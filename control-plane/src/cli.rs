@@ -60,7 +60,7 @@ pub enum Command {
     #[command(subcommand)]
     Agent(AgentCommand),
     /// Regions: agents, online count, assigned checks, and whether checks run on the
-    /// control plane's fallback (no agent online).
+    /// control plane's fallback (no agent online, or the online ones are full).
     Regions(StoreArgs),
     /// Incidents, newest first.
     Incidents {

@@ -113,7 +113,7 @@ counters! {
     notify_retried => ("vantage_notifications_total", "Notification delivery outcomes, by outcome.", "{outcome=\"retried\"}"),
     notify_dead => ("vantage_notifications_total", "Notification delivery outcomes, by outcome.", "{outcome=\"dead\"}"),
     notify_rate_limited => ("vantage_notifications_total", "Notification delivery outcomes, by outcome.", "{outcome=\"postponed_rate\"}"),
-    fallback_runs => ("vantage_fallback_runs_total", "Checks run by the control plane for regions with no agent online."),
+    fallback_runs => ("vantage_fallback_runs_total", "Checks run by the control plane for regions with no online agent that can take them."),
 }
 
 gauges! {

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use vantage_mqtt::{AgentTopic, NodeState, topic};
+use vantage_mqtt::{AgentTopic, topic};
 
 use crate::AppState;
 use crate::store::{
-    AgentRow, EnrollmentTokenRow, Labels, Store, StoreError, TokenRefusal, now_ms, random_id,
+    AgentRow, EnrollmentTokenRow, Labels, Store, StoreError, TokenRefusal, random_id,
 };
 
 /// Why an enrollment, a token or a revocation failed.
@@ -132,26 +132,13 @@ pub async fn enroll(
             let mut labels = request.labels.clone();
             labels.extend(grant.labels.clone());
             AgentRow {
-                id: agent_id.clone(),
-                region: grant.region.clone(),
-                labels: Labels(labels),
                 hostname: request.hostname.clone(),
                 arch: request.arch.clone(),
                 os: request.os.clone(),
                 version: request.version.clone(),
                 cert_serial: issued.serial_hex.clone(),
                 cert_not_after_ms: issued.not_after_ms,
-                state: NodeState::Offline,
-                last_seen_ms: None,
-                enrolled_at_ms: now_ms(),
-                revoked_at_ms: None,
-                config_revision: 0,
-                last_seq: 0,
-                next_seq: 0,
-                spool_dropped_total: 0,
-                spool_unsendable_total: 0,
-                spool_write_errors_total: 0,
-                boot_id: String::new(),
+                ..AgentRow::enrolled(agent_id.clone(), grant.region.clone(), Labels(labels))
             }
         })
         .await?;

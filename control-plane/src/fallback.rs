@@ -77,7 +77,7 @@ pub async fn worker(state: AppState) {
             if running.contains_key(&key) {
                 continue;
             }
-            tracing::warn!(check = %key.0, region = %key.1, "No agent of the region is online: the control plane runs the check");
+            tracing::warn!(check = %key.0, region = %key.1, "No online agent of the region can take the check: the control plane runs it");
             let task = tokio::spawn(run_one(
                 state.clone(),
                 spec.clone(),

@@ -35,8 +35,8 @@ use crate::store::ingest::IngestBatch;
 use crate::store::now_ms;
 
 /// The agent id under which the control plane's fallback executor ([`crate::fallback`])
-/// stores the results it measures for regions with no agent online; nobody is acknowledged
-/// under it.
+/// stores the results it measures for regions whose online agents cannot take a check (none
+/// online, or all full); nobody is acknowledged under it.
 pub const FALLBACK_AGENT_ID: &str = "control-plane";
 
 /// Storable rows of one message, on their way to the committer.

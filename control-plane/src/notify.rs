@@ -32,8 +32,8 @@ pub const MAX_BACKOFF_S: u64 = 300;
 pub const REPLAY_WINDOW_S: i64 = 300;
 /// How long one delivery may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Rows delivered at once.
-const BATCH: i64 = 32;
+/// Deliveries in flight at once.
+const WINDOW: usize = 32;
 
 /// Where and how a channel delivers; stored as JSON with its secrets.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -631,33 +631,88 @@ async fn attempt(state: &AppState, row: OutboxRow) -> Result<(), StoreError> {
     }
 }
 
-/// Drains the outbox: due rows are delivered (up to [`BATCH`] at a time, concurrently), then
-/// it sleeps until the next row is due, at most 5 s, or until woken by a new row.
+/// Drains the outbox, keeping up to [`WINDOW`] deliveries in flight: as each ends the next
+/// fetched row starts, so a slow receiver holds only its own slot. Due rows are fetched
+/// ahead into a local queue, with a fresh query when fewer than half a window is queued. A
+/// row queued or in flight is not taken again (its id is held until its outcome is stored),
+/// and since only the oldest pending row of each (incident, channel) is due, the next row of
+/// a pair is fetched only after the previous one's outcome is stored. With nothing due it
+/// sleeps until the next row is due, at most 5 s, or until woken by a new row.
+///
+/// Each delivery is a task of its own: a delivery holding a store connection must go on
+/// while this loop waits for one to fetch more rows.
 pub async fn worker(state: AppState) {
+    let mut in_flight: tokio::task::JoinSet<Result<(), StoreError>> = tokio::task::JoinSet::new();
+    // The row each delivery task carries.
+    let mut rows_of: std::collections::HashMap<tokio::task::Id, i64> =
+        std::collections::HashMap::new();
+    // Ids queued or in flight.
+    let mut known: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    let mut queue: std::collections::VecDeque<OutboxRow> = std::collections::VecDeque::new();
+    // Whether the store may hold due rows we have not fetched.
+    let mut more = true;
     loop {
-        let due = match state.store.due_outbox(now_ms(), BATCH).await {
-            Ok(due) => due,
-            Err(error) => {
-                tracing::warn!(%error, "Cannot read the outbox; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        if more && queue.len() < WINDOW / 2 {
+            let limit = (2 * WINDOW + known.len()) as i64;
+            match state.store.due_outbox(now_ms(), limit).await {
+                Ok(due) => {
+                    let n_due = due.len();
+                    let before = queue.len();
+                    for row in due {
+                        if known.insert(row.id) {
+                            queue.push_back(row);
+                        }
+                    }
+                    // A full page may have more behind it; otherwise wait for a delivery to
+                    // end (the next row of its pair may be due) or for a new row.
+                    more = n_due as i64 == limit && queue.len() > before;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot read the outbox; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        while in_flight.len() < WINDOW
+            && let Some(row) = queue.pop_front()
+        {
+            let (state, id) = (state.clone(), row.id);
+            let task = in_flight.spawn(async move { attempt(&state, row).await });
+            rows_of.insert(task.id(), id);
+        }
+        if in_flight.is_empty() {
+            if more {
                 continue;
             }
-        };
-        let n_due = due.len();
-        let attempts = due.into_iter().map(|row| attempt(&state, row));
-        for outcome in futures_util::future::join_all(attempts).await {
-            if let Err(error) = outcome {
-                tracing::warn!(%error, "Cannot record a delivery attempt; it is attempted again");
-            }
-        }
-        if n_due as i64 == BATCH {
+            let wait = match state.store.next_outbox_due().await {
+                Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 5000) as u64),
+                _ => Duration::from_secs(5),
+            };
+            let _ = tokio::time::timeout(wait, state.notify_outbox.notified()).await;
+            more = true;
             continue;
         }
-        let wait = match state.store.next_outbox_due().await {
-            Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 5000) as u64),
-            _ => Duration::from_secs(5),
-        };
-        let _ = tokio::time::timeout(wait, state.notify_outbox.notified()).await;
+        tokio::select! {
+            Some(joined) = in_flight.join_next_with_id() => {
+                let (task, outcome) = match joined {
+                    Ok((task, outcome)) => (task, outcome),
+                    // A delivery that panicked: its row stays pending and is fetched again.
+                    Err(error) => {
+                        tracing::error!(%error, "A delivery task failed");
+                        (error.id(), Ok(()))
+                    }
+                };
+                if let Some(id) = rows_of.remove(&task) {
+                    known.remove(&id);
+                }
+                if let Err(error) = outcome {
+                    tracing::warn!(%error, "Cannot record a delivery attempt; it is attempted again");
+                }
+                more = true;
+            }
+            () = state.notify_outbox.notified() => more = true,
+        }
     }
 }
 
@@ -710,5 +765,121 @@ mod tests {
             "type": "webhook", "url": "https://x/", "secret": "0123456789abcdef", "extra": 1
         }));
         assert!(unknown.is_err());
+    }
+
+    /// The sender keeps its window full against a slow receiver and delivers every row once,
+    /// each (incident, channel) in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_receiver_gets_every_row_once_in_order_per_incident() {
+        use std::collections::HashMap;
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        #[derive(Default)]
+        struct Seen {
+            now: AtomicUsize,
+            peak: AtomicUsize,
+            keys: std::sync::Mutex<Vec<String>>,
+        }
+        let seen = Arc::new(Seen::default());
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post({
+                let seen = seen.clone();
+                move |headers: axum::http::HeaderMap| {
+                    let seen = seen.clone();
+                    async move {
+                        let now = seen.now.fetch_add(1, Ordering::SeqCst) + 1;
+                        seen.peak.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let key = headers
+                            .get("idempotency-key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        seen.keys.lock().unwrap().push(key);
+                        seen.now.fetch_sub(1, Ordering::SeqCst);
+                        "ok"
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let dir = tempfile::tempdir().unwrap();
+        let cp = crate::app::Application::build(crate::settings::Settings::ephemeral(
+            dir.path().to_owned(),
+        ))
+        .await
+        .unwrap();
+        let state = cp.state().clone();
+        let definition: ChannelDefinition = serde_json::from_value(serde_json::json!({
+            "name": "slow", "config": {"type": "webhook", "url": format!("http://127.0.0.1:{port}/"),
+            "secret": "0123456789abcdef"}
+        }))
+        .unwrap();
+        put_channel(&state, Some("slow"), definition).await.unwrap();
+        // 100 incidents with an alert and a resolve each.
+        let (n_incidents, at) = (100, now_ms());
+        for change in [IncidentChange::Opened, IncidentChange::Resolved] {
+            for i in 0..n_incidents {
+                let incident = format!("in-{i:03}");
+                let view: IncidentView = serde_json::from_value(serde_json::json!({
+                    "v": 1, "id": incident, "subject": "check", "subject_id": "web",
+                    "title": "web is down", "change": change.as_str(), "text": "t",
+                    "open": true, "dependent": false, "opened_at_ms": at,
+                    "resolved_at_ms": null, "acknowledged_at_ms": null, "at_ms": at
+                }))
+                .unwrap();
+                let key = format!("{incident}/{}/slow", change.as_str());
+                let body = serde_json::to_string(&view).unwrap();
+                assert!(
+                    state
+                        .store
+                        .queue_notification(&key, &incident, "slow", change, &body, at)
+                        .await
+                        .unwrap()
+                );
+            }
+        }
+        let run = tokio::spawn(cp.run_until(std::future::pending()));
+        state.notify_outbox.notify_one();
+        let started = std::time::Instant::now();
+        while seen.keys.lock().unwrap().len() < 2 * n_incidents {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{} of {} delivered",
+                seen.keys.lock().unwrap().len(),
+                2 * n_incidents
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let keys = seen.keys.lock().unwrap().clone();
+        let mut per_key: HashMap<&str, usize> = HashMap::new();
+        for key in &keys {
+            *per_key.entry(key).or_default() += 1;
+        }
+        assert!(
+            per_key.values().all(|n| *n == 1),
+            "a row was delivered twice"
+        );
+        assert_eq!(per_key.len(), 2 * n_incidents);
+        for i in 0..n_incidents {
+            let at = |change: &str| {
+                keys.iter()
+                    .position(|k| *k == format!("in-{i:03}/{change}/slow"))
+                    .unwrap()
+            };
+            assert!(
+                at("opened") < at("resolved"),
+                "in-{i:03} resolved before its alert"
+            );
+        }
+        let peak = seen.peak.load(Ordering::SeqCst);
+        assert!(peak <= WINDOW, "{peak} in flight");
+        // Kept full, never over the window.
+        assert!(peak >= WINDOW / 2, "only {peak} in flight at most");
+        run.abort();
     }
 }

@@ -1,6 +1,6 @@
 //! Regions as operators see them: each region's agents, how many are online, how many checks
 //! are assigned there and whether some run on the control plane's fallback because no agent
-//! of the region is online. The API and the CLI call [`list`].
+//! of the region is online or its online agents are full. The API and the CLI call [`list`].
 
 use serde::Serialize;
 use vantage_mqtt::NodeState;
@@ -26,10 +26,13 @@ pub struct RegionView {
     pub n_online: usize,
     /// Enabled checks assigned to the region.
     pub n_checks: usize,
-    /// Checks of the region the control plane runs itself (no agent online).
+    /// Checks of the region the control plane runs itself (no agent online, or no room).
     pub n_fallback: usize,
-    /// `ok`, `degraded: fallback` (some checks run on the fallback), or `empty` (no agent
-    /// and no check).
+    /// Of those, the checks the region's online agents had no room for.
+    pub n_full: usize,
+    /// `ok`, `degraded: fallback` (some checks run on the fallback), `degraded: fallback
+    /// (agents full)` (some of them because the online agents had no room), or `empty` (no
+    /// agent and no check).
     pub status: String,
 }
 
@@ -66,7 +69,10 @@ pub async fn list(store: &Store) -> Result<Vec<RegionView>, StoreError> {
                 .iter()
                 .filter(|(_, r)| *r == region.id)
                 .count();
-            let status = if n_fallback > 0 {
+            let n_full = plan.full.get(&region.id).copied().unwrap_or(0);
+            let status = if n_full > 0 {
+                "degraded: fallback (agents full)"
+            } else if n_fallback > 0 {
                 "degraded: fallback"
             } else if members.is_empty() && n_checks == 0 {
                 "empty"
@@ -80,6 +86,7 @@ pub async fn list(store: &Store) -> Result<Vec<RegionView>, StoreError> {
                 n_online,
                 n_checks,
                 n_fallback,
+                n_full,
                 status: status.into(),
             }
         })

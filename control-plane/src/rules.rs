@@ -539,26 +539,14 @@ mod tests {
         let agent = state
             .store
             .enroll_agent(&secret, |grant| AgentRow {
-                id: "ag-disk".into(),
-                region: grant.region.clone(),
-                labels: crate::store::Labels(BTreeMap::from([("role".into(), "db".into())])),
                 hostname: "db1".into(),
-                arch: "x86_64".into(),
-                os: "linux".into(),
-                version: "test".into(),
                 cert_serial: "01".into(),
                 cert_not_after_ms: now_ms() + 86_400_000,
-                state: vantage_mqtt::NodeState::Offline,
-                last_seen_ms: None,
-                enrolled_at_ms: now_ms(),
-                revoked_at_ms: None,
-                config_revision: 0,
-                last_seq: 0,
-                next_seq: 0,
-                spool_dropped_total: 0,
-                spool_unsendable_total: 0,
-                spool_write_errors_total: 0,
-                boot_id: String::new(),
+                ..AgentRow::enrolled(
+                    "ag-disk".into(),
+                    grant.region.clone(),
+                    crate::store::Labels(BTreeMap::from([("role".into(), "db".into())])),
+                )
             })
             .await
             .unwrap()

@@ -12,7 +12,8 @@
 //!
 //! [`Judge`] holds the tracks in memory. A check's track is built on first use from its stored
 //! verdict and a replay of its latest stored results, so a restart (or a crash between a
-//! commit and its verdict) loses no transition. The transitions of one judged batch are
+//! commit and its verdict) loses no transition; the tracks a batch lacks are built together
+//! in a few statements, not a query per check. The transitions of one judged batch are
 //! written with their evidence by [`crate::incidents::record_verdicts`], in one transaction
 //! with the incident and outbox rows they cause; only then do the tracks keep the new states.
 
@@ -232,7 +233,7 @@ pub fn judge(
         String::new()
     } else {
         format!(
-            "; degraded: fallback (no agent online) in {}",
+            "; degraded: fallback (the control plane runs it) in {}",
             on_fallback.join(", ")
         )
     };
@@ -356,60 +357,102 @@ pub struct Judge {
 const REPLAY_CAP: u32 = 20;
 
 impl Judge {
-    /// Builds a check's track from the store: its policy, its stored verdict and a replay of
-    /// its latest results. `None` when the check no longer exists.
-    async fn load(state: &AppState, check_id: &str) -> Result<Option<CheckTrack>, StoreError> {
-        let Some(row) = state.store.get_check(check_id).await? else {
-            return Ok(None);
-        };
-        let policy = Policy::of(&row);
-        let stored = state.store.get_verdict(check_id).await?;
-        let view = stored.unwrap_or_else(|| CheckVerdictView {
-            v: vantage_mqtt::PROTOCOL_VERSION,
-            check_id: check_id.to_owned(),
-            state: CheckState::Pending,
-            previous: CheckState::Pending,
-            since_ms: now_ms(),
-            quorum: policy.quorum,
-            reason: "no region has reported yet".into(),
-            regions: Vec::new(),
-        });
-        let n = policy.retries.max(policy.recovery).min(REPLAY_CAP);
-        let mut regions = BTreeMap::new();
-        for region in &policy.regions {
-            let mut track = RegionTrack {
-                failing: view
-                    .regions
-                    .iter()
-                    .any(|r| &r.region == region && r.failing),
-                ..RegionTrack::default()
-            };
-            let mut recent = state
-                .store
-                .recent_results(check_id, region, i64::from(n))
-                .await?;
-            recent.reverse();
-            for row in recent {
-                track.observe(
-                    (row.measured_at_ms, row.agent_id.clone(), row.seq as u64),
-                    EvidenceResult {
-                        agent_id: row.agent_id,
-                        ok: row.ok,
-                        reason: row.reason,
-                        total_ms: row.total_ms,
-                        measured_at_ms: row.measured_at_ms,
-                    },
-                    policy.retries,
-                    policy.recovery,
-                );
-            }
-            regions.insert(region.clone(), track);
+    /// Builds the tracks of `ids` from the store in a few statements whatever their number:
+    /// each check's policy, its stored verdict and a replay of its latest results per region
+    /// (up to the longest streak rule, among those measured within that many intervals plus
+    /// two, and five minutes for late clocks). Checks that no longer exist are left out.
+    async fn load_many(
+        state: &AppState,
+        ids: &[&str],
+    ) -> Result<HashMap<String, CheckTrack>, StoreError> {
+        let rows = state.store.get_checks(ids).await?;
+        let mut stored = state.store.get_verdicts(ids).await?;
+        let replay_n =
+            |policy: &Policy| policy.retries.max(policy.recovery).min(REPLAY_CAP) as usize;
+        let policies: HashMap<&str, Policy> = rows
+            .iter()
+            .map(|row| (row.id.as_str(), Policy::of(row)))
+            .collect();
+        // Checks grouped by how far back their replay reaches, so a daily check does not
+        // make a frequent one read a day of results.
+        let mut by_window: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+        for row in &rows {
+            let n = replay_n(&policies[row.id.as_str()]) as i64;
+            let window_ms = (n + 2) * i64::from(row.interval_s) * 1000 + 300_000;
+            by_window
+                .entry(window_ms)
+                .or_default()
+                .push(row.id.as_str());
         }
-        Ok(Some(CheckTrack {
-            policy,
-            regions,
-            view,
-        }))
+        let now = now_ms();
+        let mut recent: HashMap<(String, String), Vec<crate::store::ResultRow>> = HashMap::new();
+        for (window_ms, ids) in by_window {
+            // Newest first: the first n of each (check, region) are its latest.
+            for row in state.store.results_since(&ids, now - window_ms).await? {
+                let n = policies.get(row.check_id.as_str()).map_or(0, replay_n);
+                let kept = recent
+                    .entry((row.check_id.clone(), row.region.clone()))
+                    .or_default();
+                if kept.len() < n {
+                    kept.push(row);
+                }
+            }
+        }
+        let mut tracks = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let policy = policies[row.id.as_str()].clone();
+            let view = stored.remove(&row.id).unwrap_or_else(|| CheckVerdictView {
+                v: vantage_mqtt::PROTOCOL_VERSION,
+                check_id: row.id.clone(),
+                state: CheckState::Pending,
+                previous: CheckState::Pending,
+                since_ms: now_ms(),
+                quorum: policy.quorum,
+                reason: "no region has reported yet".into(),
+                regions: Vec::new(),
+            });
+            let mut regions = BTreeMap::new();
+            for region in &policy.regions {
+                let mut track = RegionTrack {
+                    failing: view
+                        .regions
+                        .iter()
+                        .any(|r| &r.region == region && r.failing),
+                    ..RegionTrack::default()
+                };
+                let replay = recent
+                    .remove(&(row.id.clone(), region.clone()))
+                    .unwrap_or_default();
+                for result in replay.into_iter().rev() {
+                    track.observe(
+                        (
+                            result.measured_at_ms,
+                            result.agent_id.clone(),
+                            result.seq as u64,
+                        ),
+                        EvidenceResult {
+                            agent_id: result.agent_id,
+                            ok: result.ok,
+                            reason: result.reason,
+                            total_ms: result.total_ms,
+                            measured_at_ms: result.measured_at_ms,
+                        },
+                        policy.retries,
+                        policy.recovery,
+                    );
+                }
+                regions.insert(region.clone(), track);
+            }
+            tracks.insert(
+                row.id.clone(),
+                CheckTrack {
+                    policy,
+                    regions,
+                    view,
+                },
+            );
+        }
+        Ok(tracks)
     }
 
     /// Judges the results of a committed batch; writes and announces every changed verdict.
@@ -422,19 +465,29 @@ impl Judge {
                 .push(row);
         }
         let mut tracks = self.tracks.lock().await;
+        let missing: Vec<&str> = by_check
+            .keys()
+            .copied()
+            .filter(|id| !tracks.contains_key(*id))
+            .collect();
+        let mut loaded = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            match Self::load_many(state, &missing).await {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    tracing::warn!(n_checks = missing.len(), %error, "Cannot load checks' verdicts; judged with their next results");
+                    HashMap::new()
+                }
+            }
+        };
         let mut channels = crate::incidents::Channels::default();
         let mut judged = Vec::new();
         for (check_id, rows) in by_check {
-            let mut track = match tracks.remove(check_id) {
-                Some(track) => track,
-                None => match Self::load(state, check_id).await {
-                    Ok(Some(track)) => track,
-                    Ok(None) => continue,
-                    Err(error) => {
-                        tracing::warn!(check = check_id, %error, "Cannot load a check's verdict; judged with its next results");
-                        continue;
-                    }
-                },
+            let Some(mut track) = tracks.remove(check_id).or_else(|| loaded.remove(check_id))
+            else {
+                // Deleted, or its load failed: judged with its next results.
+                continue;
             };
             let mut rows = rows;
             rows.sort_by_key(|(agent, _, r)| (r.measured_at_ms, agent.clone(), r.seq));
@@ -589,15 +642,22 @@ impl Judge {
         let checks = state.store.list_checks().await?;
         let mut channels = crate::incidents::Channels::default();
         let mut tracks = self.tracks.lock().await;
-        tracks.retain(|id, _| checks.iter().any(|c| &c.id == id));
+        let ids: std::collections::HashSet<&str> = checks.iter().map(|c| c.id.as_str()).collect();
+        tracks.retain(|id, _| ids.contains(id.as_str()));
+        let missing: Vec<&str> = checks
+            .iter()
+            .map(|c| c.id.as_str())
+            .filter(|id| !tracks.contains_key(*id))
+            .collect();
+        let mut loaded = if missing.is_empty() {
+            HashMap::new()
+        } else {
+            Self::load_many(state, &missing).await?
+        };
         let mut judged = Vec::new();
         for row in &checks {
-            let mut track = match tracks.remove(&row.id) {
-                Some(track) => track,
-                None => match Self::load(state, &row.id).await? {
-                    Some(track) => track,
-                    None => continue,
-                },
+            let Some(mut track) = tracks.remove(&row.id).or_else(|| loaded.remove(&row.id)) else {
+                continue;
             };
             let policy = Policy::of(row);
             if policy.anomaly_z != track.policy.anomaly_z {
@@ -891,7 +951,7 @@ mod tests {
         // A region on fallback is named.
         let (_, reason, evidence) = judge(&p, &tracks(&[("eu", false)]), &|r: &str| r == "ap");
         assert!(
-            reason.ends_with("; degraded: fallback (no agent online) in ap"),
+            reason.ends_with("; degraded: fallback (the control plane runs it) in ap"),
             "{reason}"
         );
         assert!(evidence.iter().any(|e| e.region == "ap" && e.fallback));

@@ -569,7 +569,7 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
         view["reason"]
             .as_str()
             .unwrap_or_default()
-            .contains("degraded: fallback (no agent online) in rc"),
+            .contains("degraded: fallback (the control plane runs it) in rc"),
         "{view}"
     );
     wait_for(

@@ -82,7 +82,7 @@ impl From<crate::checks::CheckError> for ApiError {
         match error {
             CheckError::Invalid(reason) => ApiError::Unprocessable(reason),
             CheckError::NotFound(id) => ApiError::NotFound(format!("check {id:?}")),
-            error @ CheckError::Oversize { .. } => ApiError::Unprocessable(error.to_string()),
+            error @ CheckError::Oversize(_) => ApiError::Unprocessable(error.to_string()),
             error @ CheckError::Corrupt { .. } => ApiError::Internal(error.into()),
             CheckError::Store(error) => error.into(),
         }

@@ -59,7 +59,7 @@ pub async fn document() -> Json<Value> {
                 "get": op("One agent", Some("viewer"), &["200", "401", "403", "404"]),
                 "delete": op("Revoke an agent: disconnect it and refuse its certificate", Some("operator"), &["204", "401", "403", "404"])
             },
-            "/api/v1/regions": { "get": op("Regions: agents, online count, assigned checks, checks on the fallback, status (ok, degraded: fallback, empty)", Some("viewer"), &read) },
+            "/api/v1/regions": { "get": op("Regions: agents, online count, assigned checks, checks on the fallback, status (ok, degraded: fallback, degraded: fallback (agents full), empty)", Some("viewer"), &read) },
             "/api/v1/verdicts": { "get": op("Every check's verdict (up, degraded, down, maintenance, paused, pending) with its reason and per-region evidence", Some("viewer"), &read) },
             "/api/v1/checks/{id}/transitions": { "get": op("A check's state changes with their evidence, newest first", Some("viewer"), &read) },
             "/api/v1/incidents": { "get": op("Incidents, newest first (?open=true, limit)", Some("viewer"), &["200", "400", "401", "403"]) },

@@ -204,6 +204,10 @@ impl DefinitionTable {
     }
 }
 
+/// Rows per multi-row verdict or transition statement (6 binds each at most, well under
+/// both engines' bind limits).
+const VERDICT_CHUNK_ROWS: usize = 1000;
+
 const INCIDENT_COLUMNS: &str = "SELECT id, subject, subject_id, title, open, dependent, opened_at_ms, \
     resolved_at_ms, acknowledged_at_ms, acknowledged_by, n_changes FROM incidents";
 const OUTBOX_COLUMNS: &str = "SELECT id, dedup_key, incident_id, channel_id, change, body, state, \
@@ -241,37 +245,62 @@ impl Store {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut outcomes = Vec::with_capacity(changes.len());
-            for (verdict, incident) in changes {
-            if let Some(verdict) = verdict {
-                let next = verdict.next;
-                let view = serde_json::to_string(next).unwrap_or_default();
-                sqlx::query(
-                    "INSERT INTO check_verdicts (check_id, state, since_ms, view) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (check_id) DO UPDATE SET state = excluded.state, \
+            // Verdicts and transitions as multi-row statements: a burst of thousands of
+            // changes costs a few statements, not two per change.
+            // One row per check (the last change wins): a multi-row upsert may not touch
+            // a row twice.
+            let mut seen = std::collections::HashSet::new();
+            let mut verdicts: Vec<(&CheckVerdictView, String)> = changes
+                .iter()
+                .rev()
+                .filter_map(|(verdict, _)| verdict.as_ref())
+                .filter(|v| seen.insert(v.next.check_id.as_str()))
+                .map(|v| (v.next, serde_json::to_string(v.next).unwrap_or_default()))
+                .collect();
+            verdicts.reverse();
+            for chunk in verdicts.chunks(VERDICT_CHUNK_ROWS) {
+                let mut query = sqlx::QueryBuilder::new(
+                    "INSERT INTO check_verdicts (check_id, state, since_ms, view) ",
+                );
+                query.push_values(chunk, |mut row, (next, view)| {
+                    row.push_bind(next.check_id.as_str())
+                        .push_bind(next.state.as_str())
+                        .push_bind(next.since_ms)
+                        .push_bind(view.as_str());
+                });
+                query.push(
+                    " ON CONFLICT (check_id) DO UPDATE SET state = excluded.state, \
                      since_ms = excluded.since_ms, view = excluded.view",
-                )
-                .bind(&next.check_id)
-                .bind(next.state.as_str())
-                .bind(next.since_ms)
-                .bind(&view)
-                .execute(&mut *tx)
-                .await?;
-                if verdict.previous != next.state {
-                    let evidence = serde_json::to_string(&next.regions).unwrap_or_default();
-                    sqlx::query(
-                        "INSERT INTO verdict_transitions (check_id, from_state, to_state, at_ms, reason, evidence) \
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(&next.check_id)
-                    .bind(verdict.previous.as_str())
-                    .bind(next.state.as_str())
-                    .bind(next.since_ms)
-                    .bind(&next.reason)
-                    .bind(&evidence)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                );
+                query.build().execute(&mut *tx).await?;
             }
+            let transitions: Vec<(&str, &CheckVerdictView, String)> = changes
+                .iter()
+                .filter_map(|(verdict, _)| verdict.as_ref())
+                .filter(|v| v.previous != v.next.state)
+                .map(|v| {
+                    (
+                        v.previous.as_str(),
+                        v.next,
+                        serde_json::to_string(&v.next.regions).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            for chunk in transitions.chunks(VERDICT_CHUNK_ROWS) {
+                let mut query = sqlx::QueryBuilder::new(
+                    "INSERT INTO verdict_transitions (check_id, from_state, to_state, at_ms, reason, evidence) ",
+                );
+                query.push_values(chunk, |mut row, (previous, next, evidence)| {
+                    row.push_bind(next.check_id.as_str())
+                        .push_bind(*previous)
+                        .push_bind(next.state.as_str())
+                        .push_bind(next.since_ms)
+                        .push_bind(next.reason.as_str())
+                        .push_bind(evidence.as_str());
+                });
+                query.build().execute(&mut *tx).await?;
+            }
+            for (_, incident) in changes {
             let mut outcome = None;
             if let Some(request) = *incident {
                 let open: Option<IncidentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -423,22 +452,69 @@ impl Store {
         )
     }
 
-    /// The latest `n` results of a check in a region, newest first.
+    /// The stored verdicts of `ids` that exist and decode (a corrupt one is logged and left
+    /// out), by check id.
     ///
     /// # Errors
     /// Database errors only.
-    pub async fn recent_results(
+    pub async fn get_verdicts(
         &self,
-        check_id: &str,
-        region: &str,
-        n: i64,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, CheckVerdictView>, StoreError> {
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(super::IN_LIST_CHUNK) {
+            let rows: Vec<(String, String)> = on_pool!(self, pool => {
+                let mut query = sqlx::QueryBuilder::new(
+                    "SELECT check_id, view FROM check_verdicts WHERE check_id IN (",
+                );
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                query.push(")");
+                query.build_query_as().fetch_all(pool).await?
+            });
+            for (id, text) in rows {
+                match serde_json::from_str(&text) {
+                    Ok(view) => {
+                        out.insert(id, view);
+                    }
+                    Err(error) => {
+                        tracing::error!(check = %id, %error, "Stored verdict does not decode; left out");
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The results of the checks `ids` measured at or after `since_ms`, newest first.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn results_since(
+        &self,
+        ids: &[&str],
+        since_ms: i64,
     ) -> Result<Vec<super::ResultRow>, StoreError> {
-        let sql = "SELECT agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, total_ms, \
-                   status_code, reason, timings, result_values FROM results \
-                   WHERE check_id = $1 AND region = $2 ORDER BY measured_at_ms DESC, agent_id DESC, seq DESC LIMIT $3";
-        Ok(
-            on_pool!(self, pool => sqlx::query_as(sql).bind(check_id).bind(region).bind(n).fetch_all(pool).await?),
-        )
+        let mut out = Vec::new();
+        for chunk in ids.chunks(super::IN_LIST_CHUNK) {
+            let rows: Vec<super::ResultRow> = on_pool!(self, pool => {
+                let mut query = sqlx::QueryBuilder::new(
+                    "SELECT agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, total_ms, \
+                     status_code, reason, timings, result_values FROM results WHERE measured_at_ms >= ",
+                );
+                query.push_bind(since_ms).push(" AND check_id IN (");
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                query.push(") ORDER BY measured_at_ms DESC, agent_id DESC, seq DESC");
+                query.build_query_as().fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
     }
 
     /// Incidents, newest first; only the open ones when `open_only`.

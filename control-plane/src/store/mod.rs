@@ -74,6 +74,24 @@ pub static CORRUPT_CHECK_ROWS: std::sync::atomic::AtomicU64 = std::sync::atomic:
 const ASSIGNMENT_CHUNK_ROWS: usize = 1000;
 
 /// Milliseconds since the Unix epoch, now.
+/// Ids per `IN (…)` list: far under both engines' bind limits.
+pub(crate) const IN_LIST_CHUNK: usize = 500;
+
+/// Decodes stored check rows; a row that does not decode is left out, logged and counted
+/// ([`CORRUPT_CHECK_ROWS`]), so one bad row never hides the others.
+fn decode_checks(raw: Vec<RawCheckRow>) -> Vec<CheckRow> {
+    raw.into_iter()
+        .filter_map(|raw| match CheckRow::try_from(raw) {
+            Ok(row) => Some(row),
+            Err(error) => {
+                CORRUPT_CHECK_ROWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(%error, "Stored check does not decode; left out");
+                None
+            }
+        })
+        .collect()
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -443,6 +461,17 @@ impl Store {
         )
     }
 
+    /// How many unrevoked agents are enrolled in `region` (online or not).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn count_agents_in_region(&self, region: &str) -> Result<usize, StoreError> {
+        let sql = "SELECT COUNT(*) FROM agents WHERE region = $1 AND revoked_at_ms IS NULL";
+        let (n,): (i64,) =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(region).fetch_one(pool).await?);
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     /// Marks an agent revoked; returns false when it does not exist or was revoked before.
     ///
     /// # Errors
@@ -692,6 +721,29 @@ impl Store {
             })
     }
 
+    /// The checks of `ids` whose rows decode, in id order; unknown ids are left out, and so
+    /// is a row that does not decode (logged and counted, as in [`Self::list_checks`]).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn get_checks(&self, ids: &[&str]) -> Result<Vec<CheckRow>, StoreError> {
+        let mut raw: Vec<RawCheckRow> = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_LIST_CHUNK) {
+            let rows: Vec<RawCheckRow> = on_pool!(self, pool => {
+                let mut query = sqlx::QueryBuilder::new(format!("{CHECK_COLUMNS} WHERE id IN ("));
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                query.push(")");
+                query.build_query_as().fetch_all(pool).await?
+            });
+            raw.extend(rows);
+        }
+        raw.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(decode_checks(raw))
+    }
+
     /// Every check whose row decodes. A row that does not is left out, logged and counted
     /// ([`CORRUPT_CHECK_ROWS`]), so one bad row never hides the others.
     ///
@@ -701,17 +753,7 @@ impl Store {
         let sql = format!("{CHECK_COLUMNS} ORDER BY id");
         let raw: Vec<RawCheckRow> =
             on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?);
-        Ok(raw
-            .into_iter()
-            .filter_map(|raw| match CheckRow::try_from(raw) {
-                Ok(row) => Some(row),
-                Err(error) => {
-                    CORRUPT_CHECK_ROWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(%error, "Stored check does not decode; left out");
-                    None
-                }
-            })
-            .collect())
+        Ok(decode_checks(raw))
     }
 
     /// Deletes a check (its assignments go with it); returns whether it existed.

@@ -170,6 +170,36 @@ pub struct AgentRow {
     pub boot_id: String,
 }
 
+impl AgentRow {
+    /// A newly enrolled agent of `region`: offline, no host facts and no certificate yet.
+    /// Callers fill in what they know with struct update syntax
+    /// (`AgentRow { hostname, ..AgentRow::enrolled(id, region, labels) }`).
+    pub fn enrolled(id: String, region: String, labels: Labels) -> AgentRow {
+        AgentRow {
+            id,
+            region,
+            labels,
+            hostname: String::new(),
+            arch: String::new(),
+            os: String::new(),
+            version: String::new(),
+            cert_serial: String::new(),
+            cert_not_after_ms: 0,
+            state: NodeState::Offline,
+            last_seen_ms: None,
+            enrolled_at_ms: super::now_ms(),
+            revoked_at_ms: None,
+            config_revision: 0,
+            last_seq: 0,
+            next_seq: 0,
+            spool_dropped_total: 0,
+            spool_unsendable_total: 0,
+            spool_write_errors_total: 0,
+            boot_id: String::new(),
+        }
+    }
+}
+
 /// A check definition, decoded by the store (see [`RawCheckRow`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckRow {

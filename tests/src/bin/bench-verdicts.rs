@@ -6,8 +6,9 @@
 //!    number each) are enrolled through the store's enrollment path (one token per region)
 //!    and marked online in the store; they hold no MQTT session. `--checks` TCP checks
 //!    (10,000; 127.0.0.1:9 every 60 s, in every region, one agent per region) are created
-//!    with `checks::create`, so the per-region config budget applies: when it refuses a
-//!    check, the benchmark says so and goes on with the checks it accepted. The checks are
+//!    with `checks::create`, so the per-region config budget applies (a region holds what its
+//!    enrolled agents hold together): when it refuses a check, the benchmark says so and
+//!    goes on with the checks it accepted. The checks are
 //!    created in a first control-plane instance whose assignment runs are held back (the
 //!    benchmark holds the assignment lock), which is then stopped; a second instance on the
 //!    same store, as after a restart, does the timed runs, so the first `reconcile` computes,
@@ -208,26 +209,17 @@ async fn enroll_agents(
             let enrolled = state
                 .store
                 .enroll_agent(&secret, |grant| AgentRow {
-                    id: id.clone(),
-                    region: grant.region.clone(),
-                    labels: Labels(grant.labels.clone()),
                     hostname: id.clone(),
                     arch: "x86_64".into(),
                     os: "linux".into(),
                     version: "bench".into(),
                     cert_serial: format!("{:016x}", mix(&[i as u64, region.len() as u64])),
                     cert_not_after_ms: now_ms() + 86_400_000,
-                    state: NodeState::Offline,
-                    last_seen_ms: None,
-                    enrolled_at_ms: now_ms(),
-                    revoked_at_ms: None,
-                    config_revision: 0,
-                    last_seq: 0,
-                    next_seq: 0,
-                    spool_dropped_total: 0,
-                    spool_unsendable_total: 0,
-                    spool_write_errors_total: 0,
-                    boot_id: String::new(),
+                    ..AgentRow::enrolled(
+                        id.clone(),
+                        grant.region.clone(),
+                        Labels(grant.labels.clone()),
+                    )
                 })
                 .await?;
             let row =
@@ -256,7 +248,7 @@ async fn create_checks(
         }))?;
         match checks::create(state, body).await {
             Ok(_) => ids.push(id),
-            Err(refusal @ CheckError::Oversize { .. }) => {
+            Err(refusal @ CheckError::Oversize(_)) => {
                 return Ok((ids, Some(refusal.to_string())));
             }
             Err(error) => return Err(error).with_context(|| format!("creating check {i}")),
