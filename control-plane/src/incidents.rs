@@ -163,6 +163,17 @@ pub async fn record_verdicts(
         })
         .collect();
     let outcomes = state.store.record_changes(&writes).await?;
+    let retained: Vec<(String, Vec<u8>, bool)> = changes
+        .iter()
+        .map(|change| {
+            (
+                topic::status_check(&change.next.check_id),
+                encode(&change.next),
+                true,
+            )
+        })
+        .collect();
+    let _ = state.publisher.publish_many(retained).await;
     for (change, outcome) in changes.iter().zip(outcomes) {
         let (previous, next) = (&change.previous, &change.next);
         if previous.state != next.state {
@@ -172,10 +183,6 @@ pub async fn record_verdicts(
                 .verdict_transitions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let _ = state
-            .publisher
-            .publish(&topic::status_check(&next.check_id), encode(next), true)
-            .await;
         state.hub.publish(LiveEvent {
             kind: "verdict",
             agent_id: String::new(),
