@@ -107,7 +107,11 @@ impl Publisher {
                     payload
                 };
                 Packet::Publish(
-                    Publish::new(bytes::Bytes::from(topic), bytes::Bytes::from(payload), retain),
+                    Publish::new(
+                        bytes::Bytes::from(topic),
+                        bytes::Bytes::from(payload),
+                        retain,
+                    ),
                     None,
                 )
             })

@@ -1,6 +1,9 @@
-//! The `vantage` command line: `serve`, `migrate`, `demo`, and fleet management commands that
-//! work directly on the store (so they work with or without a running server; a running
-//! server picks up revocations within two seconds).
+//! The `vantage` command line: `serve`, `migrate`, `demo`, and fleet management commands.
+//! Tokens, agents, regions and incident listings work directly on the store (so they work
+//! with or without a running server; a running server picks up revocations within two
+//! seconds). What must be announced or validated by the server (acknowledging and annotating
+//! incidents, channels, maintenance windows, rules) goes through its API
+//! ([`crate::apiclient`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::apiclient::{ApiArgs, ApiClient};
 use crate::settings::{Secret, Settings};
 use crate::store::{Role, Store};
 
@@ -62,7 +66,7 @@ pub enum Command {
     /// Regions: agents, online count, assigned checks, and whether checks run on the
     /// control plane's fallback (no agent online, or the online ones are full).
     Regions(StoreArgs),
-    /// Incidents, newest first.
+    /// Incidents, newest first; `show`, `ack` and `note` one (through the API).
     Incidents {
         /// Only the open ones.
         #[arg(long)]
@@ -71,11 +75,213 @@ pub enum Command {
         limit: i64,
         #[command(flatten)]
         store: StoreArgs,
+        #[command(subcommand)]
+        action: Option<IncidentCommand>,
     },
+    /// Notification channels (through the API; secrets are never printed).
+    #[command(subcommand)]
+    Channels(ChannelCommand),
+    /// Maintenance windows (through the API).
+    #[command(subcommand)]
+    Maintenance(DefinitionCommand),
+    /// Host-metric rules (through the API).
+    #[command(subcommand)]
+    Rules(DefinitionCommand),
     /// Print #cloud-config user-data that installs and enrolls an agent on a new node, with
     /// a fresh limited enrollment token and the CA and release key pinned.
     #[command(name = "cloud-init")]
     CloudInit(CloudInitArgs),
+}
+
+/// `vantage incidents <action>`.
+#[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// The incident and its timeline.
+    Show {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Acknowledges it (reminders stop).
+    Ack {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Adds a note to its timeline.
+    Note {
+        id: String,
+        #[arg(long)]
+        text: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `vantage channels <action>`.
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// One JSON line per channel, without secrets.
+    List(ApiArgs),
+    /// Creates a channel from its JSON definition (the API's body; `-` reads
+    /// stdin), so secrets stay out of argv.
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    Delete {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Sends a test notification now.
+    Test {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `vantage maintenance|rules <action>`.
+#[derive(Debug, Subcommand)]
+pub enum DefinitionCommand {
+    /// One JSON line per definition.
+    List(ApiArgs),
+    /// Creates one from its JSON definition (the API's body; `-` reads stdin).
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    Delete {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Reads a JSON definition from a file, or stdin for `-`.
+fn read_definition(file: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
+}
+
+/// Prints each item of a JSON array as one line.
+fn print_lines(list: &serde_json::Value) {
+    for item in list.as_array().into_iter().flatten() {
+        println!("{item}");
+    }
+}
+
+/// Lists, creates or deletes the definitions under `/api/v1/{collection}`.
+async fn definitions(collection: &str, command: DefinitionCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        DefinitionCommand::List(api) => {
+            let list = ApiClient::connect(&api)?
+                .call(Method::GET, &format!("/{collection}"), None)
+                .await?;
+            print_lines(&list);
+        }
+        DefinitionCommand::Create { file, api } => {
+            let body = read_definition(&file)?;
+            let created = ApiClient::connect(&api)?
+                .call(Method::POST, &format!("/{collection}"), Some(&body))
+                .await?;
+            println!("{created}");
+        }
+        DefinitionCommand::Delete { id, api } => {
+            ApiClient::connect(&api)?
+                .call(Method::DELETE, &format!("/{collection}/{id}"), None)
+                .await?;
+            println!("{id} deleted");
+        }
+    }
+    Ok(())
+}
+
+/// `vantage incidents show|ack|note`.
+async fn incident(command: IncidentCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        IncidentCommand::Show { id, api } => {
+            let answer = ApiClient::connect(&api)?
+                .call(Method::GET, &format!("/incidents/{id}"), None)
+                .await?;
+            let incident = &answer["incident"];
+            println!(
+                "{}\t{}:{}\t{}\t{}",
+                incident["id"].as_str().unwrap_or_default(),
+                incident["subject"].as_str().unwrap_or_default(),
+                incident["subject_id"].as_str().unwrap_or_default(),
+                if incident["open"].as_bool() == Some(true) {
+                    "open"
+                } else {
+                    "resolved"
+                },
+                incident["title"].as_str().unwrap_or_default()
+            );
+            println!("AT_MS\tCHANGE\tAUTHOR\tTEXT");
+            for event in answer["timeline"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    event["at_ms"],
+                    event["change"].as_str().unwrap_or_default(),
+                    event["author"].as_str().unwrap_or_default(),
+                    event["text"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        IncidentCommand::Ack { id, api } => {
+            ApiClient::connect(&api)?
+                .call(
+                    Method::POST,
+                    &format!("/incidents/{id}/ack"),
+                    Some(&serde_json::json!({})),
+                )
+                .await?;
+            println!("incident {id} acknowledged");
+        }
+        IncidentCommand::Note { id, text, api } => {
+            ApiClient::connect(&api)?
+                .call(
+                    Method::POST,
+                    &format!("/incidents/{id}/notes"),
+                    Some(&serde_json::json!({ "text": text })),
+                )
+                .await?;
+            println!("note added to incident {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `vantage channels …`.
+async fn channels(command: ChannelCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        ChannelCommand::List(api) => definitions("channels", DefinitionCommand::List(api)).await,
+        ChannelCommand::Create { file, api } => {
+            definitions("channels", DefinitionCommand::Create { file, api }).await
+        }
+        ChannelCommand::Delete { id, api } => {
+            definitions("channels", DefinitionCommand::Delete { id, api }).await
+        }
+        ChannelCommand::Test { id, api } => {
+            let answer = ApiClient::connect(&api)?
+                .call(Method::POST, &format!("/channels/{id}/test"), None)
+                .await?;
+            println!("{answer}");
+            Ok(())
+        }
+    }
 }
 
 /// `vantage cloud-init`.
@@ -330,7 +536,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Incidents { open, limit, store } => {
+        Command::Incidents {
+            action: Some(action),
+            ..
+        } => incident(action).await,
+        Command::Channels(command) => channels(command).await,
+        Command::Maintenance(command) => definitions("maintenance", command).await,
+        Command::Rules(command) => definitions("rules", command).await,
+        Command::Incidents {
+            open,
+            limit,
+            store,
+            action: None,
+        } => {
             anyhow::ensure!((1..=10_000).contains(&limit), "--limit must be 1..=10000");
             let store = store.open().await?;
             println!("ID\tSUBJECT\tSTATE\tOPENED_AT_MS\tTITLE");

@@ -17,6 +17,7 @@
 //!   [`cloudinit`]: the user-data `vantage cloud-init` prints.
 
 pub mod api;
+pub mod apiclient;
 pub mod app;
 pub mod assign;
 pub mod broker;

@@ -499,6 +499,24 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
         )
         .await?;
     anyhow::ensure!(status == 422, "an empty note: {status}");
+    // The CLI adds a note and shows the timeline, through the API.
+    let (ok, _, err) = cp.cli(&[
+        "incidents",
+        "note",
+        &incident_id,
+        "--text",
+        "noted from the CLI",
+    ])?;
+    anyhow::ensure!(ok, "{err}");
+    let (ok, shown, err) = cp.cli(&["incidents", "show", &incident_id])?;
+    anyhow::ensure!(
+        ok && shown.contains("noted from the CLI")
+            && shown.contains("acknowledged")
+            && shown.contains("upstream fixed")
+            && shown.contains("\topened\t")
+            && shown.contains("\tresolved\t"),
+        "{shown} {err}"
+    );
     let (status, _) = cp
         .request(
             reqwest::Method::POST,
@@ -960,6 +978,15 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
             && !listed.contains(SECRET),
         "channel secrets in the listing: {listed}"
     );
+    // The CLI lists them through the API, without secrets either.
+    let (ok, listed, err) = cp.cli(&["channels", "list"])?;
+    anyhow::ensure!(ok && listed.lines().count() >= 4, "{listed} {err}");
+    anyhow::ensure!(
+        !listed.contains("tk_push_secret")
+            && !listed.contains("/services/T0")
+            && !listed.contains(SECRET),
+        "channel secrets in the CLI's listing: {listed}"
+    );
 
     // Reminders for db while it stays open and unacknowledged; none once acknowledged.
     wait_for("a reminder", Duration::from_secs(15), || async {
@@ -970,10 +997,14 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
     .await?;
     let db_incident = check_incidents(&incidents(&cp).await?, "db");
     let db_id = db_incident[0]["id"].as_str().context("db id")?.to_owned();
-    let (status, _) = cp
-        .post(&format!("/api/v1/incidents/{db_id}/ack"), json!({}))
-        .await?;
-    anyhow::ensure!(status == 200);
+    // Acknowledged with the CLI, which goes through the API.
+    let (ok, out, err) = cp.cli(&["incidents", "ack", &db_id])?;
+    anyhow::ensure!(ok && out.contains("acknowledged"), "{out} {err}");
+    let (ok, _, err) = cp.cli(&["incidents", "ack", "in-nosuch"])?;
+    anyhow::ensure!(
+        !ok && err.contains("404"),
+        "acknowledging an unknown incident: {err}"
+    );
     let reminders = notified(&receiver, "db")
         .iter()
         .filter(|c| *c == "reminder")
@@ -994,27 +1025,35 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
 
     // A maintenance window by label: MAINTENANCE, no incident, no notification; when the
     // window is deleted the check is judged DOWN and alerts.
+    // Created with the CLI from a definition file (the API's body).
     let now = vantage_tests::now_ms();
-    let (status, window) = cp
-        .post(
-            "/api/v1/maintenance",
-            json!({"name": "batch upgrade", "schedule": {"type": "once",
-                   "starts_at_ms": now - 1000, "ends_at_ms": now + 600_000},
-                   "scope": {"check_labels": {"tier": "batch"}}}),
-        )
-        .await?;
-    anyhow::ensure!(status == 201, "window: {status} {window}");
-    let (status, bad) = cp
-        .post(
-            "/api/v1/maintenance",
-            json!({"name": "x", "schedule": {"type": "weekly", "days": ["mon"], "start_utc": "25:00",
-                   "duration_min": 10}, "scope": {"checks": ["maint"]}}),
-        )
-        .await?;
+    let files = tempfile::tempdir()?;
+    let good = files.path().join("window.json");
+    std::fs::write(
+        &good,
+        json!({"name": "batch upgrade", "schedule": {"type": "once",
+               "starts_at_ms": now - 1000, "ends_at_ms": now + 600_000},
+               "scope": {"check_labels": {"tier": "batch"}}})
+        .to_string(),
+    )?;
+    let (ok, created, err) =
+        cp.cli(&["maintenance", "create", "--file", &good.to_string_lossy()])?;
+    anyhow::ensure!(ok, "window: {created} {err}");
+    let window: serde_json::Value = serde_json::from_str(created.trim())?;
+    let bad = files.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        json!({"name": "x", "schedule": {"type": "weekly", "days": ["mon"], "start_utc": "25:00",
+               "duration_min": 10}, "scope": {"checks": ["maint"]}})
+        .to_string(),
+    )?;
+    let (ok, _, err) = cp.cli(&["maintenance", "create", "--file", &bad.to_string_lossy()])?;
     anyhow::ensure!(
-        status == 422 && bad.to_string().contains("start_utc"),
-        "{status} {bad}"
+        !ok && err.contains("422") && err.contains("start_utc"),
+        "a bad window: {err}"
     );
+    let (ok, listed, _) = cp.cli(&["maintenance", "list"])?;
+    anyhow::ensure!(ok && listed.lines().count() == 1, "windows: {listed}");
     wait_state(&cp, "maint", "maintenance", Duration::from_secs(10)).await?;
     maint.set(false);
     let view = wait_for(
@@ -1040,15 +1079,8 @@ async fn suppression_and_damping(backend: Backend) -> anyhow::Result<()> {
         "a notification in maintenance"
     );
     let window_id = window["id"].as_str().context("window id")?;
-    let (status, _) = cp
-        .request(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/maintenance/{window_id}"),
-            Some(&cp.admin_token),
-            None,
-        )
-        .await?;
-    anyhow::ensure!(status == 204);
+    let (ok, _, err) = cp.cli(&["maintenance", "delete", window_id])?;
+    anyhow::ensure!(ok, "deleting the window: {err}");
     wait_state(&cp, "maint", "down", Duration::from_secs(10)).await?;
     wait_for("maint's alert", Duration::from_secs(10), || async {
         notified(&receiver, "maint")
