@@ -20,8 +20,8 @@ pub enum CheckError {
     NotFound(String),
     /// The check does not fit into what its region's agents can hold together.
     #[error(
-        "region {:?} would need {} bytes of check configs ({} checks) from its {} enrolled agent(s), over the {} bytes they hold together ({} each); enroll more agents in the region or spread the checks over more regions",
-        .0.region, .0.needed, .0.n_checks, .0.n_agents, .0.room, crate::assign::AGENT_ROOM_BYTES
+        "region {:?} would need {} bytes of check configs ({} checks) from its {} enrolled agent(s), over the {} bytes they hold together ({} each: an agent's config is at most {} bytes, its envelope included); enroll more agents in the region or spread the checks over more regions",
+        .0.region, .0.needed, .0.n_checks, .0.n_agents, .0.room, crate::assign::AGENT_ROOM_BYTES, vantage_mqtt::MAX_CONFIG_BYTES
     )]
     Oversize(crate::assign::OverBudget),
     /// A stored definition does not decode.

@@ -535,27 +535,30 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
     }
 
     let now = now_ms();
-    // Retained status: only the newest result per (check, region) of this batch.
-    for (agent, region, result) in crate::store::ingest::latest_per_check_region(&batch) {
-        let view = CheckStatusView {
-            v: vantage_mqtt::PROTOCOL_VERSION,
-            check_id: result.check_id.clone(),
-            region: region.clone(),
-            agent_id: agent.clone(),
-            ok: result.ok,
-            reason: result.reason.clone(),
-            total_ms: result.timings.total_ms,
-            measured_at_ms: result.measured_at_ms,
-        };
-        let _ = state
-            .publisher
-            .publish(
-                &topic::status_check_region(&result.check_id, region),
-                encode(&view),
-                true,
-            )
-            .await;
-    }
+    // Retained status: only the newest result per (check, region) of this batch, handed to
+    // the broker together.
+    let statuses: Vec<(String, Vec<u8>, bool)> =
+        crate::store::ingest::latest_per_check_region(&batch)
+            .into_iter()
+            .map(|(agent, region, result)| {
+                let view = CheckStatusView {
+                    v: vantage_mqtt::PROTOCOL_VERSION,
+                    check_id: result.check_id.clone(),
+                    region: region.clone(),
+                    agent_id: agent.clone(),
+                    ok: result.ok,
+                    reason: result.reason.clone(),
+                    total_ms: result.timings.total_ms,
+                    measured_at_ms: result.measured_at_ms,
+                };
+                (
+                    topic::status_check_region(&result.check_id, region),
+                    encode(&view),
+                    true,
+                )
+            })
+            .collect();
+    let _ = state.publisher.publish_many(statuses).await;
     // Live events for every row, built only when someone listens.
     if state.hub.n_subscribers() > 0 {
         publish_live(state, &batch, now);
@@ -565,13 +568,23 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
     let IngestBatch {
         results, metrics, ..
     } = batch;
-    if (!results.is_empty() || !metrics.is_empty())
-        && state
-            .judge_queue
-            .send(crate::verdict::Judged { results, metrics })
-            .await
-            .is_err()
-    {
+    if results.is_empty() && metrics.is_empty() {
+        return;
+    }
+    let judged = crate::verdict::Judged { results, metrics };
+    let sent = match state.judge_queue.try_send(judged) {
+        Ok(()) => Ok(()),
+        Err(tokio::sync::mpsc::error::TrySendError::Full(judged)) => {
+            // Judging is behind by a whole queue: ingest waits, and says so.
+            state
+                .counters
+                .judge_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            state.judge_queue.send(judged).await.map_err(|_| ())
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(()),
+    };
+    if sent.is_err() {
         tracing::warn!("The judging task is gone; results are stored but not judged");
     }
 }

@@ -484,11 +484,13 @@ impl Judge {
         let mut channels = crate::incidents::Channels::default();
         let mut judged = Vec::new();
         for (check_id, rows) in by_check {
+            let in_memory = tracks.contains_key(check_id);
             let Some(mut track) = tracks.remove(check_id).or_else(|| loaded.remove(check_id))
             else {
                 // Deleted, or its load failed: judged with its next results.
                 continue;
             };
+            let failing_before: Vec<bool> = track.regions.values().map(|r| r.failing).collect();
             let mut rows = rows;
             rows.sort_by_key(|(agent, _, r)| (r.measured_at_ms, agent.clone(), r.seq));
             let mut flips = Vec::new();
@@ -526,6 +528,21 @@ impl Judge {
                 .counters
                 .verdict_results
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Results move a verdict only by flipping a region between failing and not, or by
+            // being a PENDING check's first; the other inputs (fallback, maintenance, policy)
+            // are re-judged by `rejudge_all`. A track just built from the store is judged in
+            // any case.
+            let moved = !in_memory
+                || track.view.state == CheckState::Pending
+                || track
+                    .regions
+                    .values()
+                    .map(|r| r.failing)
+                    .ne(failing_before.iter().copied());
+            if !moved {
+                judged.push((check_id.to_owned(), track, None));
+                continue;
+            }
             match Self::decide(state, &tracks, &judged, check_id, &track, &mut channels).await {
                 Ok(change) => judged.push((check_id.to_owned(), track, change)),
                 Err(error) => {

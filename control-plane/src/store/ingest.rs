@@ -70,26 +70,60 @@ pub fn latest_per_check_region(batch: &IngestBatch) -> Vec<&(String, String, Che
     latest.into_values().collect()
 }
 
-const UPSERT_CHECK_STATUS: &str = "INSERT INTO check_status (check_id, region, agent_id, ok, reason, total_ms, measured_at_ms) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (check_id, region) DO UPDATE SET \
+/// What a newer result of a (check, region) replaces in `check_status`; an older one
+/// (a spool replay) changes nothing.
+const CHECK_STATUS_CONFLICT: &str = " ON CONFLICT (check_id, region) DO UPDATE SET \
     agent_id = excluded.agent_id, ok = excluded.ok, reason = excluded.reason, total_ms = excluded.total_ms, \
     measured_at_ms = excluded.measured_at_ms WHERE excluded.measured_at_ms >= check_status.measured_at_ms";
 
-/// Binds one check-status row to [`UPSERT_CHECK_STATUS`] and runs it on `executor`.
-macro_rules! upsert_status {
-    ($executor:expr, $row:expr) => {{
-        let (agent, region, r) = $row;
-        sqlx::query(UPSERT_CHECK_STATUS)
-            .bind(r.check_id.as_str())
-            .bind(region.as_str())
-            .bind(agent.as_str())
-            .bind(r.ok)
-            .bind(r.reason.as_str())
-            .bind(r.timings.total_ms)
-            .bind(r.measured_at_ms)
-            .execute($executor)
-            .await?;
-    }};
+/// Upserts the newest result of each (check, region) of a batch into `check_status` in one
+/// statement (the pairs are distinct, as a multi-row upsert needs).
+async fn upsert_status_postgres(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    rows: &[&(String, String, CheckResult)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO check_status (check_id, region, agent_id, ok, reason, total_ms, measured_at_ms) \
+         SELECT c, r, a, o, re, t, m FROM UNNEST($1::text[], $2::text[], $3::text[], $4::boolean[], \
+         $5::text[], $6::float8[], $7::bigint[]) AS u(c, r, a, o, re, t, m){CHECK_STATUS_CONFLICT}"
+    )))
+    .bind(rows.iter().map(|(_, _, r)| r.check_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, g, _)| g.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, r)| r.ok).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, r)| r.reason.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, r)| r.timings.total_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, _, r)| r.measured_at_ms).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// [`upsert_status_postgres`] for SQLite, in multi-row statements.
+async fn upsert_status_sqlite(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    rows: &[&(String, String, CheckResult)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(SQLITE_CHUNK_ROWS) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO check_status (check_id, region, agent_id, ok, reason, total_ms, measured_at_ms) ",
+        );
+        query.push_values(chunk, |mut row, (agent, region, r)| {
+            row.push_bind(r.check_id.as_str())
+                .push_bind(region.as_str())
+                .push_bind(agent.as_str())
+                .push_bind(r.ok)
+                .push_bind(r.reason.as_str())
+                .push_bind(r.timings.total_ms)
+                .push_bind(r.measured_at_ms);
+        });
+        query.push(CHECK_STATUS_CONFLICT);
+        query.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 fn timings_json(result: &CheckResult) -> String {
@@ -124,9 +158,7 @@ impl Store {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 commit_postgres(&mut tx, batch).await?;
-                for row in latest_per_check_region(batch) {
-                    upsert_status!(&mut *tx, row);
-                }
+                upsert_status_postgres(&mut tx, &latest_per_check_region(batch)).await?;
                 sqlx::query(
                     "UPDATE agents SET last_seq = GREATEST(agents.last_seq, u.s) \
                      FROM UNNEST($1::text[], $2::bigint[]) AS u(a, s) WHERE agents.id = u.a",
@@ -140,9 +172,7 @@ impl Store {
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
                 commit_sqlite(&mut tx, batch).await?;
-                for row in latest_per_check_region(batch) {
-                    upsert_status!(&mut *tx, row);
-                }
+                upsert_status_sqlite(&mut tx, &latest_per_check_region(batch)).await?;
                 for (agent, seq) in &max_seqs {
                     sqlx::query("UPDATE agents SET last_seq = MAX(last_seq, $2) WHERE id = $1")
                         .bind(agent)

@@ -4,8 +4,18 @@
 //! rows in the same run.
 //!
 //! Usage: `bench-ingest --backend sqlite|postgres [--agents N] [--rows-per-agent N]
-//! [--batch N] [--cp-batch-rows N]`. PostgreSQL comes from `VANTAGE_TEST_PG_URL` (`scripts/bench` starts one);
-//! the COPY baseline always runs there, with `psql \copy`.
+//! [--batch N] [--cp-batch-rows N] [--judged-checks N] [--flip-every N]`. PostgreSQL comes
+//! from `VANTAGE_TEST_PG_URL` (`scripts/bench` starts one); the COPY baseline always runs
+//! there, with `psql \copy`.
+//!
+//! By default the rows name a check that does not exist, so nothing is judged. With
+//! `--judged-checks N` the benchmark first creates N checks in the agents' region through the
+//! API (before the agents connect; see `main`), and row `seq` names
+//! check `seq % N`: every row is judged. With `--flip-every F` the rows of seq in
+//! [F, 2F), [3F, 4F), … fail, so every check goes DOWN and back UP again and again, with an
+//! incident each time: the worst burst of transitions the judging task can meet. The line then
+//! also says when judging caught up (the checks-judged counter stopped moving) and how many
+//! committed batches had to wait because the judging queue was full.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -21,6 +31,8 @@ struct Args {
     rows_per_agent: u64,
     batch: u64,
     cp_batch_rows: usize,
+    judged_checks: u64,
+    flip_every: u64,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -30,6 +42,8 @@ fn parse_args() -> anyhow::Result<Args> {
         rows_per_agent: 4000,
         batch: 100,
         cp_batch_rows: 5000,
+        judged_checks: 0,
+        flip_every: 0,
     };
     for (flag, value) in vantage_tests::flags()? {
         match flag.as_str() {
@@ -38,15 +52,30 @@ fn parse_args() -> anyhow::Result<Args> {
             "--rows-per-agent" => args.rows_per_agent = value.parse()?,
             "--batch" => args.batch = value.parse()?,
             "--cp-batch-rows" => args.cp_batch_rows = value.parse()?,
+            "--judged-checks" => args.judged_checks = value.parse()?,
+            "--flip-every" => args.flip_every = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
     Ok(args)
 }
 
-fn result_item(seq: u64) -> serde_json::Value {
-    json!({"seq": seq, "measured_at_ms": 1_790_000_000_000_i64 + seq as i64, "check_id": "bench-http",
-        "ok": !seq.is_multiple_of(17), "reason": "status 200", "status_code": 200,
+/// What the rows name and how they fail (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Mix {
+    judged_checks: u64,
+    flip_every: u64,
+}
+
+fn result_item(mix: Mix, seq: u64) -> serde_json::Value {
+    let (check_id, ok) = if mix.judged_checks == 0 {
+        ("bench-http".to_owned(), !seq.is_multiple_of(17))
+    } else {
+        let failing = mix.flip_every > 0 && (seq / mix.flip_every) % 2 == 1;
+        (format!("ck-{:05}", seq % mix.judged_checks), !failing)
+    };
+    json!({"seq": seq, "measured_at_ms": 1_790_000_000_000_i64 + seq as i64, "check_id": check_id,
+        "ok": ok, "reason": if ok { "status 200" } else { "status 503" }, "status_code": if ok { 200 } else { 503 },
         "timings": {"dns_ms": 0.05, "connect_ms": 0.4, "ttfb_ms": 1.2, "transfer_ms": 0.1, "total_ms": 1.8}})
 }
 
@@ -82,7 +111,7 @@ async fn connect_agent(identity: MqttIdentity) -> anyhow::Result<SimulatedAgent>
 }
 
 /// Publishes every row of one agent and returns when its last seq is acknowledged.
-async fn run_agent(agent: SimulatedAgent, rows: u64, batch: u64) -> anyhow::Result<()> {
+async fn run_agent(agent: SimulatedAgent, mix: Mix, rows: u64, batch: u64) -> anyhow::Result<()> {
     let SimulatedAgent {
         id,
         client,
@@ -94,7 +123,7 @@ async fn run_agent(agent: SimulatedAgent, rows: u64, batch: u64) -> anyhow::Resu
         let mut seq = 1;
         while seq <= rows {
             let items: Vec<_> = (seq..(seq + batch).min(rows + 1))
-                .map(result_item)
+                .map(|seq| result_item(mix, seq))
                 .collect();
             seq += items.len() as u64;
             let payload = serde_json::to_vec(&json!({"v": 1, "items": items})).unwrap_or_default();
@@ -138,6 +167,7 @@ async fn run_agent(agent: SimulatedAgent, rows: u64, batch: u64) -> anyhow::Resu
 /// Loads the same rows with `psql \copy` into a copy of the results table; rows/s.
 async fn copy_baseline(
     pg_admin_url: &str,
+    mix: Mix,
     agents: &[String],
     rows_per_agent: u64,
 ) -> anyhow::Result<f64> {
@@ -151,12 +181,17 @@ async fn copy_baseline(
     let mut csv = std::io::BufWriter::new(std::fs::File::create(&csv_path)?);
     for agent in agents {
         for seq in 1..=rows_per_agent {
-            let item = result_item(seq);
+            let item = result_item(mix, seq);
             let timings = item["timings"].to_string().replace('"', "\"\"");
             writeln!(
                 csv,
-                "{agent},{seq},bench-http,bench,{},{},{},1.8,200,status 200,\"{timings}\"",
-                item["measured_at_ms"], 1_790_000_000_000_i64, item["ok"]
+                "{agent},{seq},{},bench,{},{},{},1.8,{},{},\"{timings}\"",
+                item["check_id"].as_str().unwrap_or_default(),
+                item["measured_at_ms"],
+                1_790_000_000_000_i64,
+                item["ok"],
+                item["status_code"],
+                item["reason"].as_str().unwrap_or_default()
             )?;
         }
     }
@@ -191,8 +226,20 @@ async fn main() -> anyhow::Result<()> {
         .context("VANTAGE_TEST_PG_URL is not set: run scripts/bench")?;
     let store = TestStore::create(args.backend).await?;
     let batch_rows = args.cp_batch_rows.to_string();
-    let cp =
-        ControlPlane::start_with(&store, &[("VANTAGE_INGEST_BATCH_ROWS", &batch_rows)]).await?;
+    // The checks are created through the API faster than its default per-address rate.
+    let cp = ControlPlane::start_with(
+        &store,
+        &[
+            ("VANTAGE_INGEST_BATCH_ROWS", &batch_rows),
+            ("VANTAGE_API_RATE_PER_S", "100000"),
+            ("VANTAGE_API_RATE_BURST", "100000"),
+            // The simulated agents send no heartbeats, and the fallback executor (which starts
+            // three intervals after start) must not run the judged checks while they are
+            // created: an interval of an hour keeps both quiet.
+            ("VANTAGE_HEARTBEAT_INTERVAL_S", "3600"),
+        ],
+    )
+    .await?;
     let mut identities = Vec::new();
     for _ in 0..args.agents {
         identities.push(MqttIdentity::enroll(&cp, "bench").await?);
@@ -201,16 +248,40 @@ async fn main() -> anyhow::Result<()> {
     }
     let agent_ids: Vec<String> = identities.iter().map(|i| i.agent_id.clone()).collect();
     let total = args.agents as u64 * args.rows_per_agent;
+    let mix = Mix {
+        judged_checks: args.judged_checks,
+        flip_every: args.flip_every,
+    };
+    // The checks the rows name, before the agents connect: an agent's session is not polled
+    // until its run starts, and creating 10,000 checks takes longer than a keepalive.
+    for i in 0..args.judged_checks {
+        let (status, answer) = cp
+            .post(
+                "/api/v1/checks",
+                json!({"id": format!("ck-{i:05}"), "name": format!("judged {i}"),
+                       "kind": {"type": "tcp", "host": "127.0.0.1", "port": 9},
+                       "interval_s": 60, "timeout_ms": 1000, "regions": ["bench"]}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "check {i}: {status} {answer}");
+    }
     // Connect every agent first: the timed part is ingest, not TLS logins.
     let mut agents = Vec::new();
     for identity in identities {
         agents.push(connect_agent(identity).await?);
     }
+    let judged_line = "vantage_verdict_checks_judged_total";
+    let judged_before = if args.judged_checks > 0 {
+        cp.counter(judged_line).await?
+    } else {
+        0
+    };
     let started = Instant::now();
     let mut tasks = Vec::new();
     for agent in agents {
         tasks.push(tokio::spawn(run_agent(
             agent,
+            mix,
             args.rows_per_agent,
             args.batch,
         )));
@@ -219,17 +290,40 @@ async fn main() -> anyhow::Result<()> {
         task.await??;
     }
     let elapsed = started.elapsed();
+    // Judging runs after each commit on its own task: wait until it stops moving.
+    let mut judging = String::new();
+    if args.judged_checks > 0 {
+        let (mut last, mut last_change) = (cp.counter(judged_line).await?, Instant::now());
+        while last_change.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = cp.counter(judged_line).await?;
+            if now != last {
+                (last, last_change) = (now, Instant::now());
+            }
+        }
+        let transitions = cp.counter("vantage_verdict_transitions_total").await?;
+        let waits = cp.counter("vantage_judge_queue_full_total").await?;
+        let (_, incidents) = cp.get("/api/v1/incidents?limit=10000").await?;
+        judging = format!(
+            " judged_checks={} flip_every={} checks_judged={} transitions={transitions} incidents={} judging_caught_up_s={:.2} batches_waiting_for_judging={waits}",
+            args.judged_checks,
+            args.flip_every,
+            last - judged_before,
+            incidents.as_array().map_or(0, Vec::len),
+            (last_change - started).as_secs_f64()
+        );
+    }
     let pool = cp.store_pool().await?;
     let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM results")
         .fetch_one(&pool)
         .await?;
     anyhow::ensure!(stored as u64 == total, "stored {stored} of {total} rows");
     let ingest_rate = total as f64 / elapsed.as_secs_f64();
-    let copy_rate = copy_baseline(&pg_admin_url, &agent_ids, args.rows_per_agent).await?;
+    let copy_rate = copy_baseline(&pg_admin_url, mix, &agent_ids, args.rows_per_agent).await?;
     let backend = args.backend.name();
     println!(
         "ingest backend={backend} agents={} rows={total} batch={} cp_batch_rows={} elapsed_s={:.2} committed_rows_per_s={:.0} \
-         pg_copy_rows_per_s={:.0} ratio_to_copy={:.0}%",
+         pg_copy_rows_per_s={:.0} ratio_to_copy={:.0}%{judging}",
         args.agents,
         args.batch,
         args.cp_batch_rows,
