@@ -87,10 +87,37 @@ pub enum Command {
     /// Host-metric rules (through the API).
     #[command(subcommand)]
     Rules(DefinitionCommand),
+    /// Checks' uptime and latency (through the API).
+    #[command(subcommand)]
+    Checks(ChecksCommand),
+    /// A check's latency and failures per region over a range, in steps (through the API).
+    Series {
+        check: String,
+        /// How far back from now (`90m`, `24h`, `30d`).
+        #[arg(long, default_value = "24h", value_parser = parse_duration_s)]
+        range: i64,
+        /// Width of a point (`1m`, `1h`); default: the range in about 200 points.
+        #[arg(long, value_parser = parse_duration_s)]
+        step: Option<i64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Print #cloud-config user-data that installs and enrolls an agent on a new node, with
     /// a fresh limited enrollment token and the CA and release key pinned.
     #[command(name = "cloud-init")]
     CloudInit(CloudInitArgs),
+}
+
+/// `vantage checks <action>`.
+#[derive(Debug, Subcommand)]
+pub enum ChecksCommand {
+    /// Uptime over 24 h, 7 d, 30 d and 90 d of the named checks (default: every check),
+    /// overall and per region.
+    Uptime {
+        checks: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 /// `vantage incidents <action>`.
@@ -208,6 +235,94 @@ async fn definitions(collection: &str, command: DefinitionCommand) -> anyhow::Re
 }
 
 /// `vantage incidents show|ack|note`.
+/// Percent with three decimals, or `-` without results.
+fn percent(value: &serde_json::Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |p| format!("{p:.3}%"))
+}
+
+async fn uptime(checks: Vec<String>, api: ApiArgs) -> anyhow::Result<()> {
+    let path = if checks.is_empty() {
+        "/uptime".to_owned()
+    } else {
+        format!("/uptime?checks={}", checks.join(","))
+    };
+    let answer = ApiClient::connect(&api)?
+        .call(reqwest::Method::GET, &path, None)
+        .await?;
+    let windows = crate::rollup::UPTIME_WINDOWS.map(|(name, _)| name);
+    println!("CHECK\tREGION\t{}", windows.join("\t"));
+    for check in answer.as_array().into_iter().flatten() {
+        let id = check["check_id"].as_str().unwrap_or_default();
+        let row = |pick: &dyn Fn(&serde_json::Value) -> serde_json::Value| {
+            windows
+                .iter()
+                .map(|w| percent(&pick(&check["windows"][w])))
+                .collect::<Vec<_>>()
+                .join("\t")
+        };
+        println!("{id}\t*\t{}", row(&|w| w["uptime_pct"].clone()));
+        let regions: Vec<String> = check["windows"]["90d"]["regions"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for region in regions {
+            println!(
+                "{id}\t{region}\t{}",
+                row(&|w| w["regions"][&region]["uptime_pct"].clone())
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn series(
+    check: String,
+    range_s: i64,
+    step_s: Option<i64>,
+    api: ApiArgs,
+) -> anyhow::Result<()> {
+    let to_ms = crate::store::now_ms();
+    let mut path = format!(
+        "/checks/{check}/series?from_ms={}&to_ms={to_ms}",
+        to_ms - range_s * 1000
+    );
+    if let Some(step) = step_s {
+        path.push_str(&format!("&step_ms={}", step * 1000));
+    }
+    let answer = ApiClient::connect(&api)?
+        .call(reqwest::Method::GET, &path, None)
+        .await?;
+    println!(
+        "# {} from {} data, step {} ms",
+        answer["check_id"].as_str().unwrap_or_default(),
+        answer["source"].as_str().unwrap_or_default(),
+        answer["step_ms"]
+    );
+    println!("REGION\tT_MS\tRESULTS\tFAILURES\tAVG_MS\tP50_MS\tP95_MS\tP99_MS\tMAX_MS");
+    let ms = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"))
+    };
+    for (region, points) in answer["regions"].as_object().into_iter().flatten() {
+        for p in points.as_array().into_iter().flatten() {
+            println!(
+                "{region}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                p["t_ms"],
+                p["results"],
+                p["failures"],
+                ms(&p["avg_ms"]),
+                ms(&p["p50_ms"]),
+                ms(&p["p95_ms"]),
+                ms(&p["p99_ms"]),
+                ms(&p["max_ms"])
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn incident(command: IncidentCommand) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
@@ -378,34 +493,7 @@ pub enum AgentCommand {
     },
 }
 
-/// Parses a duration like `3600`, `90s`, `30m`, `12h`, `7d` into seconds.
-///
-/// # Errors
-/// A message naming the accepted forms.
-pub fn parse_duration_s(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(pos) => text.split_at(pos),
-        None => (text, "s"),
-    };
-    let value: i64 = number
-        .parse()
-        .map_err(|_| format!("duration {text:?} must look like 3600, 90s, 30m, 12h or 7d"))?;
-    let factor = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "duration {text:?} has an unknown unit {unit:?} (s, m, h, d)"
-            ));
-        }
-    };
-    value
-        .checked_mul(factor)
-        .ok_or_else(|| format!("duration {text:?} is too large"))
-}
+pub use crate::settings::parse_duration_s;
 
 /// Parses `k=v` labels.
 ///
@@ -541,6 +629,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => incident(action).await,
         Command::Channels(command) => channels(command).await,
+        Command::Checks(ChecksCommand::Uptime { checks, api }) => uptime(checks, api).await,
+        Command::Series {
+            check,
+            range,
+            step,
+            api,
+        } => series(check, range, step, api).await,
         Command::Maintenance(command) => definitions("maintenance", command).await,
         Command::Rules(command) => definitions("rules", command).await,
         Command::Incidents {

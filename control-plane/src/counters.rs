@@ -115,6 +115,11 @@ counters! {
     notify_dead => ("vantage_notifications_total", "Notification delivery outcomes, by outcome.", "{outcome=\"dead\"}"),
     notify_rate_limited => ("vantage_notifications_total", "Notification delivery outcomes, by outcome.", "{outcome=\"postponed_rate\"}"),
     fallback_runs => ("vantage_fallback_runs_total", "Checks run by the control plane for regions with no online agent that can take them."),
+    expired_results => ("vantage_retention_deleted_rows_total", "Rows deleted after their retention window, by table.", "{table=\"results\"}"),
+    expired_host_metrics => ("vantage_retention_deleted_rows_total", "Rows deleted after their retention window, by table.", "{table=\"host_metrics\"}"),
+    expired_rollup_minute => ("vantage_retention_deleted_rows_total", "Rows deleted after their retention window, by table.", "{table=\"rollup_minute\"}"),
+    expired_rollup_hour => ("vantage_retention_deleted_rows_total", "Rows deleted after their retention window, by table.", "{table=\"rollup_hour\"}"),
+    retention_errors => ("vantage_retention_errors_total", "Retention passes that failed (the next pass goes on)."),
 }
 
 gauges! {

@@ -116,6 +116,56 @@ pub struct Settings {
     /// incident per episode, not one per flap (0: resolve at once).
     #[arg(long, env = "VANTAGE_RESOLVE_AFTER_S", default_value_t = 60)]
     pub resolve_after_s: u32,
+    /// How long raw results and host metrics are kept (`90s`, `30m`, `12h`, `7d`); older
+    /// ones are answered from the rollups.
+    #[arg(long, env = "VANTAGE_RETENTION_RAW", default_value = "7d", value_parser = parse_retention)]
+    pub retention_raw_s: i64,
+    /// How long per-minute rollups are kept.
+    #[arg(long, env = "VANTAGE_RETENTION_MINUTE", default_value = "14d", value_parser = parse_retention)]
+    pub retention_minute_s: i64,
+    /// How long per-hour rollups are kept.
+    #[arg(long, env = "VANTAGE_RETENTION_HOUR", default_value = "400d", value_parser = parse_retention)]
+    pub retention_hour_s: i64,
+    /// How often expired rows are deleted.
+    #[arg(long, env = "VANTAGE_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_retention)]
+    pub retention_interval_s: i64,
+}
+
+/// Parses a duration like `3600`, `90s`, `30m`, `12h`, `7d` into seconds.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration_s(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(pos) => text.split_at(pos),
+        None => (text, "s"),
+    };
+    let value: i64 = number
+        .parse()
+        .map_err(|_| format!("duration {text:?} must look like 3600, 90s, 30m, 12h or 7d"))?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "duration {text:?} has an unknown unit {unit:?} (s, m, h, d)"
+            ));
+        }
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+/// A retention setting: a duration of at least a minute.
+fn parse_retention(text: &str) -> Result<i64, String> {
+    match parse_duration_s(text)? {
+        s if s >= 60 => Ok(s),
+        _ => Err(format!("{text:?} is shorter than a minute")),
+    }
 }
 
 fn parse_secret(text: &str) -> Result<Secret, String> {
@@ -150,6 +200,19 @@ impl Settings {
             agent_offline_grace_s: 120,
             notify_max_attempts: 12,
             resolve_after_s: 60,
+            retention_raw_s: 7 * 86_400,
+            retention_minute_s: 14 * 86_400,
+            retention_hour_s: 400 * 86_400,
+            retention_interval_s: 600,
+        }
+    }
+
+    /// How long each kind of row is kept.
+    pub fn retention(&self) -> crate::rollup::Retention {
+        crate::rollup::Retention {
+            raw_ms: self.retention_raw_s * 1000,
+            minute_ms: self.retention_minute_s * 1000,
+            hour_ms: self.retention_hour_s * 1000,
         }
     }
 

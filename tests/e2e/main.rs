@@ -17,6 +17,7 @@ mod provision_cloud;
 mod quiet_start;
 mod quiet_writes;
 mod resilience;
+mod retention;
 mod row_bounds;
 mod run_now;
 mod secrets;

@@ -3,7 +3,7 @@
 //! ([`vantage_mqtt::redact::scrub_text`]): a probe can echo a URL that carries credentials.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use serde::Deserialize;
 
 use super::{ApiError, ApiQuery, Caller};
@@ -99,4 +99,83 @@ fn scrub(reason: &mut String) {
     if let std::borrow::Cow::Owned(scrubbed) = vantage_mqtt::redact::scrub_text(reason) {
         *reason = scrubbed;
     }
+}
+
+/// Query string of `/uptime`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UptimeQuery {
+    /// Comma-separated check ids (default: every check).
+    pub checks: Option<String>,
+}
+
+/// `GET /api/v1/uptime`: uptime over 24 h, 7 d, 30 d and 90 d of every (or the named)
+/// check, overall and per region.
+pub async fn uptime(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<UptimeQuery>,
+) -> Result<Json<Vec<crate::rollup::CheckUptime>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let ids = query.checks.map(|text| {
+        text.split(',')
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
+    Ok(Json(
+        crate::rollup::uptime(&state.store, ids, now_ms()).await?,
+    ))
+}
+
+/// `GET /api/v1/checks/{id}/uptime`.
+pub async fn check_uptime(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::rollup::CheckUptime>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let mut all = crate::rollup::uptime(&state.store, Some(vec![id.clone()]), now_ms()).await?;
+    all.pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("check {id:?}")))
+}
+
+/// Query string of `/checks/{id}/series`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSeriesQuery {
+    /// Start of the range, ms since the epoch (default: 24 h before `to_ms`).
+    pub from_ms: Option<i64>,
+    /// End of the range, ms since the epoch (default: now).
+    pub to_ms: Option<i64>,
+    /// Width of a point in ms (default: the range in about 200 points; at least 1000).
+    pub step_ms: Option<i64>,
+}
+
+/// `GET /api/v1/checks/{id}/series`: latency and failures per region in steps, from raw
+/// rows, minute or hour rollups as the range demands.
+pub async fn check_series(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<CheckSeriesQuery>,
+) -> Result<Json<crate::rollup::Series>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let now = now_ms();
+    let to_ms = query.to_ms.unwrap_or(now);
+    let from_ms = query.from_ms.unwrap_or(to_ms - 86_400_000);
+    Ok(Json(
+        crate::rollup::series(
+            &state.store,
+            &state.settings.retention(),
+            &id,
+            from_ms,
+            to_ms,
+            query.step_ms,
+            now,
+        )
+        .await?,
+    ))
 }

@@ -113,6 +113,17 @@ impl From<crate::runnow::RunError> for ApiError {
     }
 }
 
+impl From<crate::rollup::RollupError> for ApiError {
+    fn from(error: crate::rollup::RollupError) -> Self {
+        use crate::rollup::RollupError;
+        match error {
+            RollupError::Invalid(reason) => ApiError::BadRequest(reason),
+            RollupError::NotFound(id) => ApiError::NotFound(format!("check {id:?}")),
+            RollupError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
@@ -305,8 +316,9 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         state.hub.n_subscribers()
     ));
     text.push_str(&format!(
-        "# HELP vantage_store_rows_corrupt_total Stored rows left out of listings because they do not decode, by table.\n# TYPE vantage_store_rows_corrupt_total counter\nvantage_store_rows_corrupt_total{{table=\"checks\"}} {}\n",
-        crate::store::CORRUPT_CHECK_ROWS.load(Ordering::Relaxed)
+        "# HELP vantage_store_rows_corrupt_total Stored rows left out of listings because they do not decode, by table.\n# TYPE vantage_store_rows_corrupt_total counter\nvantage_store_rows_corrupt_total{{table=\"checks\"}} {}\nvantage_store_rows_corrupt_total{{table=\"rollups\"}} {}\n",
+        crate::store::CORRUPT_CHECK_ROWS.load(Ordering::Relaxed),
+        crate::store::rollups::CORRUPT_SKETCHES.load(Ordering::Relaxed)
     ));
     match state.store.soonest_cert_expiry_ms().await {
         Ok(soonest_ms) => text.push_str(&crate::counters::render_cert_expiry(
@@ -387,6 +399,9 @@ pub fn router(state: AppState) -> Router {
             get(checks::get).put(checks::update).delete(checks::delete),
         )
         .route("/checks/{id}/run", post(run::run_check))
+        .route("/checks/{id}/uptime", get(data::check_uptime))
+        .route("/checks/{id}/series", get(data::check_series))
+        .route("/uptime", get(data::uptime))
         .route("/probe", post(run::probe))
         .route("/results", get(data::results))
         .route("/metrics", get(data::metrics))

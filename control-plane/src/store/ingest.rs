@@ -5,12 +5,14 @@
 //! statements in chunks that stay under its bind-parameter limit, in the same transaction.
 //! Replays of rows already stored change nothing: the primary key is (agent, seq).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
-use sqlx::{Postgres, QueryBuilder, Sqlite};
+use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 use vantage_mqtt::{CheckResult, Event, HostMetrics};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, rollups};
+use crate::rollup::{CheckBucket, MetricBucket, Resolution};
+use crate::sketch::{CheckAggregate, GaugeAggregate};
 
 /// Rows from many agents, committed together.
 #[derive(Debug, Default)]
@@ -146,6 +148,42 @@ fn net_totals(m: &HostMetrics) -> (f64, f64) {
 
 const SQLITE_CHUNK_ROWS: usize = 1000;
 
+/// The (agent, seq) of the rows a batch actually stored (a replay stores nothing): only these
+/// are added to the rollups, so a row counts once however often it is sent.
+#[derive(Debug, Default)]
+struct Fresh {
+    results: HashSet<(String, i64)>,
+    metrics: HashSet<(String, i64)>,
+}
+
+impl Fresh {
+    fn check_rollups(
+        &self,
+        batch: &IngestBatch,
+        resolution: Resolution,
+    ) -> BTreeMap<CheckBucket, CheckAggregate> {
+        let stored = batch
+            .results
+            .iter()
+            .filter(|(agent, _, r)| self.results.contains(&(agent.clone(), r.seq as i64)))
+            .map(|(_, region, r)| (region.as_str(), r));
+        crate::rollup::check_rollups(stored, resolution)
+    }
+
+    fn metric_rollups(
+        &self,
+        batch: &IngestBatch,
+        resolution: Resolution,
+    ) -> BTreeMap<MetricBucket, GaugeAggregate> {
+        let stored = batch
+            .metrics
+            .iter()
+            .filter(|(agent, _, m)| self.metrics.contains(&(agent.clone(), m.seq as i64)))
+            .map(|(agent, _, m)| (agent.as_str(), m));
+        crate::rollup::metric_rollups(stored, resolution)
+    }
+}
+
 impl Store {
     /// Commits every row of `batch` in one transaction, ignoring rows already stored, and
     /// raises each agent's committed high-water mark.
@@ -157,7 +195,21 @@ impl Store {
         match self {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                commit_postgres(&mut tx, batch).await?;
+                let fresh = commit_postgres(&mut tx, batch).await?;
+                for resolution in Resolution::ALL {
+                    rollups::merge_checks_postgres(
+                        &mut tx,
+                        resolution,
+                        fresh.check_rollups(batch, resolution),
+                    )
+                    .await?;
+                    rollups::merge_metrics_postgres(
+                        &mut tx,
+                        resolution,
+                        fresh.metric_rollups(batch, resolution),
+                    )
+                    .await?;
+                }
                 upsert_status_postgres(&mut tx, &latest_per_check_region(batch)).await?;
                 sqlx::query(
                     "UPDATE agents SET last_seq = GREATEST(agents.last_seq, u.s) \
@@ -171,7 +223,21 @@ impl Store {
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
-                commit_sqlite(&mut tx, batch).await?;
+                let fresh = commit_sqlite(&mut tx, batch).await?;
+                for resolution in Resolution::ALL {
+                    rollups::merge_checks_sqlite(
+                        &mut tx,
+                        resolution,
+                        fresh.check_rollups(batch, resolution),
+                    )
+                    .await?;
+                    rollups::merge_metrics_sqlite(
+                        &mut tx,
+                        resolution,
+                        fresh.metric_rollups(batch, resolution),
+                    )
+                    .await?;
+                }
                 upsert_status_sqlite(&mut tx, &latest_per_check_region(batch)).await?;
                 for (agent, seq) in &max_seqs {
                     sqlx::query("UPDATE agents SET last_seq = MAX(last_seq, $2) WHERE id = $1")
@@ -190,16 +256,17 @@ impl Store {
 async fn commit_postgres(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     batch: &IngestBatch,
-) -> Result<(), StoreError> {
+) -> Result<Fresh, StoreError> {
     let received = batch.received_at_ms;
+    let mut fresh = Fresh::default();
     if !batch.results.is_empty() {
         let rows = &batch.results;
-        sqlx::query(
+        let stored = sqlx::query(
             "INSERT INTO results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, \
              total_ms, status_code, reason, timings, result_values) \
              SELECT a, s, c, r, m, $6, o, t, sc, re, ti, va FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
              $4::text[], $5::bigint[], $7::boolean[], $8::float8[], $9::bigint[], $10::text[], $11::text[], \
-             $12::text[]) AS u(a, s, c, r, m, o, t, sc, re, ti, va) ON CONFLICT DO NOTHING",
+             $12::text[]) AS u(a, s, c, r, m, o, t, sc, re, ti, va) ON CONFLICT DO NOTHING RETURNING agent_id, seq",
         )
         .bind(rows.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, r)| r.seq as i64).collect::<Vec<_>>())
@@ -217,13 +284,16 @@ async fn commit_postgres(
         .bind(rows.iter().map(|(_, _, r)| r.reason.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, r)| timings_json(r)).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, r)| values_json(r)).collect::<Vec<_>>())
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
+        for row in stored {
+            fresh.results.insert((row.try_get(0)?, row.try_get(1)?));
+        }
     }
     if !batch.metrics.is_empty() {
         let rows = &batch.metrics;
         let nets: Vec<(f64, f64)> = rows.iter().map(|(_, _, m)| net_totals(m)).collect();
-        sqlx::query(
+        let stored = sqlx::query(
             "INSERT INTO host_metrics (agent_id, seq, region, measured_at_ms, received_at_ms, cpu_pct, \
              mem_total_bytes, mem_used_bytes, swap_total_bytes, swap_used_bytes, load1, load5, load15, \
              uptime_s, net_rx_bytes_per_s, net_tx_bytes_per_s, detail) \
@@ -231,7 +301,8 @@ async fn commit_postgres(
              $1::text[], $2::bigint[], $3::text[], $4::bigint[], $6::float8[], $7::bigint[], $8::bigint[], \
              $9::bigint[], $10::bigint[], $11::float8[], $12::float8[], $13::float8[], $14::bigint[], \
              $15::float8[], $16::float8[], $17::text[]) \
-             AS u(a, s, r, m, c, mt, mu, st, su, l1, l5, l15, up, rx, tx, d) ON CONFLICT DO NOTHING",
+             AS u(a, s, r, m, c, mt, mu, st, su, l1, l5, l15, up, rx, tx, d) ON CONFLICT DO NOTHING \
+             RETURNING agent_id, seq",
         )
         .bind(rows.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| m.seq as i64).collect::<Vec<_>>())
@@ -250,8 +321,11 @@ async fn commit_postgres(
         .bind(nets.iter().map(|n| n.0).collect::<Vec<_>>())
         .bind(nets.iter().map(|n| n.1).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| metrics_detail(m)).collect::<Vec<_>>())
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
+        for row in stored {
+            fresh.metrics.insert((row.try_get(0)?, row.try_get(1)?));
+        }
     }
     if !batch.events.is_empty() {
         let rows = &batch.events;
@@ -269,14 +343,15 @@ async fn commit_postgres(
         .execute(&mut **tx)
         .await?;
     }
-    Ok(())
+    Ok(fresh)
 }
 
 async fn commit_sqlite(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     batch: &IngestBatch,
-) -> Result<(), StoreError> {
+) -> Result<Fresh, StoreError> {
     let received = batch.received_at_ms;
+    let mut fresh = Fresh::default();
     for chunk in batch.results.chunks(SQLITE_CHUNK_ROWS) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, \
@@ -296,8 +371,10 @@ async fn commit_sqlite(
                 .push_bind(timings_json(r))
                 .push_bind(values_json(r));
         });
-        query.push(" ON CONFLICT DO NOTHING");
-        query.build().execute(&mut **tx).await?;
+        query.push(" ON CONFLICT DO NOTHING RETURNING agent_id, seq");
+        for row in query.build().fetch_all(&mut **tx).await? {
+            fresh.results.insert((row.try_get(0)?, row.try_get(1)?));
+        }
     }
     for chunk in batch.metrics.chunks(SQLITE_CHUNK_ROWS) {
         let mut query = QueryBuilder::<Sqlite>::new(
@@ -325,8 +402,10 @@ async fn commit_sqlite(
                 .push_bind(tx)
                 .push_bind(metrics_detail(m));
         });
-        query.push(" ON CONFLICT DO NOTHING");
-        query.build().execute(&mut **tx).await?;
+        query.push(" ON CONFLICT DO NOTHING RETURNING agent_id, seq");
+        for row in query.build().fetch_all(&mut **tx).await? {
+            fresh.metrics.insert((row.try_get(0)?, row.try_get(1)?));
+        }
     }
     for chunk in batch.events.chunks(SQLITE_CHUNK_ROWS) {
         let mut query = QueryBuilder::<Sqlite>::new(
@@ -343,5 +422,5 @@ async fn commit_sqlite(
         query.push(" ON CONFLICT DO NOTHING");
         query.build().execute(&mut **tx).await?;
     }
-    Ok(())
+    Ok(fresh)
 }

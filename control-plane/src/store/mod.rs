@@ -9,6 +9,7 @@
 pub mod incidents;
 pub mod ingest;
 pub mod models;
+pub mod rollups;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +18,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 
 pub use incidents::*;
@@ -144,6 +146,7 @@ impl Store {
     async fn open_sqlite(options: SqliteConnectOptions) -> Result<Store, StoreError> {
         let options = options
             .create_if_missing(true)
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
@@ -171,7 +174,21 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await?,
-            Store::Sqlite(pool) => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
+            Store::Sqlite(pool) => {
+                sqlx::migrate!("../migrations/sqlite").run(pool).await?;
+                // A file made before retention existed has auto_vacuum off: one VACUUM turns
+                // on incremental vacuum, so retention's deletes shrink the file from now on.
+                let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+                    .fetch_one(pool)
+                    .await?;
+                if mode != 2 {
+                    tracing::info!("Turning on incremental vacuum (one VACUUM of the SQLite file)");
+                    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+                        .execute(pool)
+                        .await?;
+                    sqlx::query("VACUUM").execute(pool).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -754,6 +771,15 @@ impl Store {
         let raw: Vec<RawCheckRow> =
             on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?);
         Ok(decode_checks(raw))
+    }
+
+    /// Every check's id, in order (no definition decoded).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn check_ids(&self) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT id FROM checks ORDER BY id";
+        Ok(on_pool!(self, pool => sqlx::query_scalar(sql).fetch_all(pool).await?))
     }
 
     /// Deletes a check (its assignments go with it); returns whether it existed.

@@ -1,0 +1,502 @@
+//! Rollups: what a committed batch adds to the per-minute and per-hour aggregates, and the
+//! uptime and latency answers read back from them.
+//!
+//! The aggregates are merged in the same transaction as the raw rows they summarise (only
+//! rows that were new: a replayed row counts once), so they are exact at every commit and
+//! survive any restart without a catch-up pass. Raw rows may then expire (see
+//! [`crate::retention`]) without changing any answer that reads the rollups.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use vantage_mqtt::{CheckResult, HostMetrics};
+
+use crate::sketch::{CheckAggregate, GaugeAggregate};
+use crate::store::{Store, StoreError};
+
+/// The width of a rollup bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resolution {
+    Minute,
+    Hour,
+}
+
+impl Resolution {
+    pub const ALL: [Resolution; 2] = [Resolution::Minute, Resolution::Hour];
+
+    pub fn ms(self) -> i64 {
+        match self {
+            Resolution::Minute => 60_000,
+            Resolution::Hour => 3_600_000,
+        }
+    }
+
+    /// The start of the bucket holding `at_ms`.
+    pub fn bucket_of(self, at_ms: i64) -> i64 {
+        at_ms.div_euclid(self.ms()) * self.ms()
+    }
+}
+
+/// One (check, region, bucket) of a rollup.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CheckBucket {
+    pub check_id: String,
+    pub region: String,
+    pub bucket_ms: i64,
+}
+
+/// A host metric kept in rollups, stored as its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMetric {
+    CpuPct,
+    MemUsedPct,
+    Load1,
+    NetRxBytesPerS,
+    NetTxBytesPerS,
+}
+
+impl HostMetric {
+    pub const ALL: [HostMetric; 5] = [
+        HostMetric::CpuPct,
+        HostMetric::MemUsedPct,
+        HostMetric::Load1,
+        HostMetric::NetRxBytesPerS,
+        HostMetric::NetTxBytesPerS,
+    ];
+
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    pub fn from_code(code: i16) -> Option<HostMetric> {
+        HostMetric::ALL.into_iter().find(|m| m.code() == code)
+    }
+
+    /// This metric's value in a sample; `None` when the sample lacks it (no memory total).
+    pub fn value(self, m: &HostMetrics) -> Option<f64> {
+        match self {
+            HostMetric::CpuPct => Some(f64::from(m.cpu_pct)),
+            HostMetric::MemUsedPct => (m.mem_total_bytes > 0)
+                .then(|| m.mem_used_bytes as f64 * 100.0 / m.mem_total_bytes as f64),
+            HostMetric::Load1 => Some(m.load1),
+            HostMetric::NetRxBytesPerS => Some(m.nets.iter().map(|n| n.rx_bytes_per_s).sum()),
+            HostMetric::NetTxBytesPerS => Some(m.nets.iter().map(|n| n.tx_bytes_per_s).sum()),
+        }
+    }
+}
+
+/// One (agent, metric, bucket) of a rollup.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MetricBucket {
+    pub agent_id: String,
+    pub metric: HostMetric,
+    pub bucket_ms: i64,
+}
+
+/// What a set of results adds to the rollup at `resolution`.
+pub fn check_rollups<'a>(
+    results: impl Iterator<Item = (&'a str, &'a CheckResult)>,
+    resolution: Resolution,
+) -> BTreeMap<CheckBucket, CheckAggregate> {
+    let mut out: BTreeMap<CheckBucket, CheckAggregate> = BTreeMap::new();
+    for (region, r) in results {
+        let key = CheckBucket {
+            check_id: r.check_id.clone(),
+            region: region.to_owned(),
+            bucket_ms: resolution.bucket_of(r.measured_at_ms),
+        };
+        out.entry(key).or_default().add(r.ok, r.timings.total_ms);
+    }
+    out
+}
+
+/// What a set of host metric samples adds to the rollup at `resolution`.
+pub fn metric_rollups<'a>(
+    samples: impl Iterator<Item = (&'a str, &'a HostMetrics)>,
+    resolution: Resolution,
+) -> BTreeMap<MetricBucket, GaugeAggregate> {
+    let mut out: BTreeMap<MetricBucket, GaugeAggregate> = BTreeMap::new();
+    for (agent, m) in samples {
+        for metric in HostMetric::ALL {
+            let Some(value) = metric.value(m).filter(|v| v.is_finite()) else {
+                continue;
+            };
+            let key = MetricBucket {
+                agent_id: agent.to_owned(),
+                metric,
+                bucket_ms: resolution.bucket_of(m.measured_at_ms),
+            };
+            out.entry(key).or_default().add(value);
+        }
+    }
+    out
+}
+
+/// Availability over a window: the share of results that succeeded.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Availability {
+    pub results: u64,
+    pub failures: u64,
+    /// Percent of results that succeeded; `None` without results.
+    pub uptime_pct: Option<f64>,
+}
+
+impl Availability {
+    pub fn of(results: u64, failures: u64) -> Availability {
+        Availability {
+            results,
+            failures,
+            uptime_pct: (results > 0).then(|| (results - failures) as f64 * 100.0 / results as f64),
+        }
+    }
+}
+
+/// The windows uptime is answered for, in hours: 24 h, 7 d, 30 d, 90 d.
+pub const UPTIME_WINDOWS: [(&str, i64); 4] =
+    [("24h", 24), ("7d", 168), ("30d", 720), ("90d", 2160)];
+
+/// One check's uptime per window, overall and per region.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CheckUptime {
+    pub check_id: String,
+    pub windows: BTreeMap<String, WindowUptime>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WindowUptime {
+    #[serde(flatten)]
+    pub overall: Availability,
+    pub regions: BTreeMap<String, Availability>,
+}
+
+/// Uptime of each check from hourly (check, region, hour) counts, for every window of
+/// [`UPTIME_WINDOWS`] ending in the hour of `now_ms` (the current hour included: hourly
+/// rollups are current at every commit).
+pub fn uptime_from_hours(
+    check_ids: &[String],
+    hours: &[(CheckBucket, u64, u64)],
+    now_ms: i64,
+) -> Vec<CheckUptime> {
+    let current_hour = Resolution::Hour.bucket_of(now_ms);
+    let mut sums: BTreeMap<(&str, &str, usize), (u64, u64)> = BTreeMap::new();
+    for (bucket, n, failures) in hours {
+        for (i, (_, window_h)) in UPTIME_WINDOWS.iter().enumerate() {
+            if bucket.bucket_ms > current_hour - window_h * 3_600_000 {
+                let sum = sums
+                    .entry((&bucket.check_id, &bucket.region, i))
+                    .or_default();
+                sum.0 += n;
+                sum.1 += failures;
+            }
+        }
+    }
+    check_ids
+        .iter()
+        .map(|check_id| {
+            let windows = UPTIME_WINDOWS
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| {
+                    let regions: BTreeMap<String, Availability> = sums
+                        .range((check_id.as_str(), "", i)..)
+                        .take_while(|((c, _, _), _)| *c == check_id)
+                        .filter(|((_, _, w), _)| *w == i)
+                        .map(|((_, region, _), (n, f))| {
+                            ((*region).to_owned(), Availability::of(*n, *f))
+                        })
+                        .collect();
+                    let (n, f) = regions
+                        .values()
+                        .fold((0, 0), |(n, f), a| (n + a.results, f + a.failures));
+                    (
+                        (*name).to_owned(),
+                        WindowUptime {
+                            overall: Availability::of(n, f),
+                            regions,
+                        },
+                    )
+                })
+                .collect();
+            CheckUptime {
+                check_id: check_id.clone(),
+                windows,
+            }
+        })
+        .collect()
+}
+
+/// One point of a latency series: a step's aggregate for one region.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SeriesPoint {
+    pub t_ms: i64,
+    pub results: u64,
+    pub failures: u64,
+    pub min_ms: Option<f64>,
+    pub avg_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// A check's latency series over a range.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Series {
+    pub check_id: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub step_ms: i64,
+    /// Where the points came from: `raw`, `minute` or `hour`.
+    pub source: &'static str,
+    pub regions: BTreeMap<String, Vec<SeriesPoint>>,
+}
+
+/// Where a series over `range_ms` is read from, given what is kept: raw rows while the range
+/// lies inside their retention and needs at most a few thousand rows per region, then
+/// minute rollups, then hour rollups.
+pub fn series_source(
+    from_ms: i64,
+    now_ms: i64,
+    step_ms: i64,
+    keep: &Retention,
+) -> Option<Resolution> {
+    let age = now_ms - from_ms;
+    if age <= keep.raw_ms && step_ms < Resolution::Minute.ms() && age <= 6 * 3_600_000 {
+        None
+    } else if age <= keep.minute_ms && step_ms < Resolution::Hour.ms() {
+        Some(Resolution::Minute)
+    } else {
+        Some(Resolution::Hour)
+    }
+}
+
+/// How long each kind of row is kept, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub raw_ms: i64,
+    pub minute_ms: i64,
+    pub hour_ms: i64,
+}
+
+/// Folds aggregates of (region, t) into steps of `step_ms` aligned on `from_ms`, as points.
+pub fn fold_series(
+    rows: impl Iterator<Item = (String, i64, CheckAggregate)>,
+    from_ms: i64,
+    step_ms: i64,
+) -> BTreeMap<String, Vec<SeriesPoint>> {
+    let step_ms = step_ms.max(1);
+    let mut steps: BTreeMap<(String, i64), CheckAggregate> = BTreeMap::new();
+    for (region, t, aggregate) in rows {
+        let t = from_ms + (t - from_ms).div_euclid(step_ms) * step_ms;
+        steps.entry((region, t)).or_default().merge(&aggregate);
+    }
+    let mut out: BTreeMap<String, Vec<SeriesPoint>> = BTreeMap::new();
+    for ((region, t_ms), a) in steps {
+        out.entry(region).or_default().push(SeriesPoint {
+            t_ms,
+            results: a.count,
+            failures: a.failures,
+            min_ms: a.min_ms,
+            avg_ms: a.avg_ms(),
+            max_ms: a.max_ms,
+            p50_ms: a.quantile_ms(0.5),
+            p95_ms: a.quantile_ms(0.95),
+            p99_ms: a.quantile_ms(0.99),
+        });
+    }
+    out
+}
+
+/// Most points a series answers per region.
+pub const MAX_SERIES_POINTS: i64 = 10_000;
+
+/// Why a rollup question was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RollupError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("check {0:?} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Uptime of `check_ids` (every check when `None`) over [`UPTIME_WINDOWS`], one query over
+/// the hourly rollups.
+///
+/// # Errors
+/// Unknown checks (when named) and store errors.
+pub async fn uptime(
+    store: &Store,
+    check_ids: Option<Vec<String>>,
+    now_ms: i64,
+) -> Result<Vec<CheckUptime>, RollupError> {
+    let ids = match check_ids {
+        Some(ids) => {
+            let known = store
+                .get_checks(&ids.iter().map(String::as_str).collect::<Vec<_>>())
+                .await?;
+            if let Some(missing) = ids.iter().find(|id| !known.iter().any(|c| &c.id == *id)) {
+                return Err(RollupError::NotFound(missing.clone()));
+            }
+            ids
+        }
+        None => store.check_ids().await?,
+    };
+    let longest_h = UPTIME_WINDOWS.iter().map(|(_, h)| *h).max().unwrap_or(0);
+    let from = Resolution::Hour.bucket_of(now_ms) - (longest_h - 1) * 3_600_000;
+    let hours = store.hourly_counts(&ids, from).await?;
+    Ok(uptime_from_hours(&ids, &hours, now_ms))
+}
+
+/// A check's latency series over `[from_ms, to_ms)` in steps of `step_ms` (default: the range
+/// in about 200 steps), read from raw rows, minute or hour rollups as [`series_source`] picks.
+///
+/// # Errors
+/// A bad range or step, an unknown check, store errors.
+pub async fn series(
+    store: &Store,
+    keep: &Retention,
+    check_id: &str,
+    from_ms: i64,
+    to_ms: i64,
+    step_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<Series, RollupError> {
+    if from_ms >= to_ms {
+        return Err(RollupError::Invalid("from_ms must be before to_ms".into()));
+    }
+    let range = to_ms - from_ms;
+    let step_ms = step_ms.unwrap_or((range / 200).max(1000));
+    if step_ms < 1000 {
+        return Err(RollupError::Invalid("step_ms must be at least 1000".into()));
+    }
+    if range / step_ms > MAX_SERIES_POINTS {
+        return Err(RollupError::Invalid(format!(
+            "{} points asked; at most {MAX_SERIES_POINTS}: make step_ms larger",
+            range / step_ms
+        )));
+    }
+    if store.get_checks(&[check_id]).await?.is_empty() {
+        return Err(RollupError::NotFound(check_id.to_owned()));
+    }
+    let source = series_source(from_ms, now_ms, step_ms, keep);
+    let (step_ms, regions) = match source {
+        None => {
+            let rows = store.raw_latencies(check_id, from_ms, to_ms).await?;
+            let points = rows.into_iter().map(|(region, t, ok, ms)| {
+                let mut a = CheckAggregate::default();
+                a.add(ok, ms);
+                (region, t, a)
+            });
+            (step_ms, fold_series(points, from_ms, step_ms))
+        }
+        Some(resolution) => {
+            // A step is whole buckets of the source.
+            let step_ms = (step_ms / resolution.ms()).max(1) * resolution.ms();
+            let from = resolution.bucket_of(from_ms);
+            let rows = store
+                .check_rollups(resolution, &[check_id.to_owned()], from, to_ms)
+                .await?;
+            let points = rows.into_iter().map(|(b, a)| (b.region, b.bucket_ms, a));
+            (step_ms, fold_series(points, from, step_ms))
+        }
+    };
+    Ok(Series {
+        check_id: check_id.to_owned(),
+        from_ms,
+        to_ms,
+        step_ms,
+        source: match source {
+            None => "raw",
+            Some(Resolution::Minute) => "minute",
+            Some(Resolution::Hour) => "hour",
+        },
+        regions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(check: &str, region: &str, hour: i64) -> CheckBucket {
+        CheckBucket {
+            check_id: check.into(),
+            region: region.into(),
+            bucket_ms: hour * 3_600_000,
+        }
+    }
+
+    #[test]
+    fn uptime_windows_count_whole_hours_back_from_the_current_one() {
+        let now = 1000 * 3_600_000 + 5;
+        let hours = vec![
+            (bucket("a", "eu", 1000), 60, 0),
+            (bucket("a", "us", 1000), 60, 6),
+            (bucket("a", "eu", 1000 - 23), 60, 60),
+            (bucket("a", "eu", 1000 - 24), 60, 60),
+            (bucket("a", "eu", 1000 - 2159), 10, 10),
+            (bucket("a", "eu", 1000 - 2160), 10, 10),
+            (bucket("b", "eu", 1000), 1, 0),
+        ];
+        let ids = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let uptime = uptime_from_hours(&ids, &hours, now);
+        let day = &uptime[0].windows["24h"];
+        assert_eq!((day.overall.results, day.overall.failures), (180, 66));
+        assert_eq!(day.regions["us"].uptime_pct, Some(90.0));
+        let ninety = &uptime[0].windows["90d"];
+        assert_eq!(
+            (ninety.overall.results, ninety.overall.failures),
+            (250, 136)
+        );
+        assert_eq!(uptime[1].windows["7d"].overall.uptime_pct, Some(100.0));
+        assert_eq!(uptime[2].windows["30d"].overall.uptime_pct, None);
+        assert!(uptime[2].windows["30d"].regions.is_empty());
+    }
+
+    #[test]
+    fn series_come_from_raw_minutes_or_hours_as_the_range_demands() {
+        let keep = Retention {
+            raw_ms: 7 * 86_400_000,
+            minute_ms: 14 * 86_400_000,
+            hour_ms: 400 * 86_400_000,
+        };
+        let now = 100 * 86_400_000;
+        assert_eq!(series_source(now - 3_600_000, now, 10_000, &keep), None);
+        assert_eq!(
+            series_source(now - 3_600_000, now, 60_000, &keep),
+            Some(Resolution::Minute)
+        );
+        assert_eq!(
+            series_source(now - 3 * 86_400_000, now, 300_000, &keep),
+            Some(Resolution::Minute)
+        );
+        assert_eq!(
+            series_source(now - 30 * 86_400_000, now, 300_000, &keep),
+            Some(Resolution::Hour)
+        );
+    }
+
+    #[test]
+    fn folding_merges_buckets_into_steps() {
+        let mut a = CheckAggregate::default();
+        a.add(true, 10.0);
+        let mut b = CheckAggregate::default();
+        b.add(true, 30.0);
+        b.add(false, 0.0);
+        let rows = vec![
+            ("eu".to_owned(), 0, a.clone()),
+            ("eu".to_owned(), 60_000, b),
+            ("eu".to_owned(), 120_000, a),
+        ];
+        let series = fold_series(rows.into_iter(), 0, 120_000);
+        let points = &series["eu"];
+        assert_eq!(points.len(), 2);
+        assert_eq!((points[0].results, points[0].failures), (3, 1));
+        assert_eq!(points[0].avg_ms, Some(20.0));
+        assert_eq!((points[1].t_ms, points[1].max_ms), (120_000, Some(10.0)));
+    }
+}
