@@ -23,6 +23,7 @@ mod run_now;
 mod secrets;
 mod security;
 mod spine;
+mod sqlite_load;
 mod systemd_install;
 mod verdicts;
 

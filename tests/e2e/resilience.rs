@@ -84,7 +84,10 @@ async fn killed_agent_goes_offline_and_its_seq_continues(backend: Backend) -> an
 }
 
 /// Every seq stored for `agent` across results, metrics and events.
-async fn stored_seqs(pool: &sqlx::AnyPool, agent: &str) -> anyhow::Result<BTreeSet<i64>> {
+pub(crate) async fn stored_seqs(
+    pool: &sqlx::AnyPool,
+    agent: &str,
+) -> anyhow::Result<BTreeSet<i64>> {
     let mut seqs = BTreeSet::new();
     let mut total = 0usize;
     for table in ["results", "host_metrics", "events"] {

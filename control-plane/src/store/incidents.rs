@@ -10,7 +10,7 @@
 use serde::Serialize;
 use vantage_mqtt::{CheckState, CheckVerdictView, IncidentChange, IncidentSubject, IncidentView};
 
-use super::{Store, StoreError, on_pool, random_id};
+use super::{BeginWrite, Store, StoreError, on_pool, random_id};
 
 /// An incident as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -243,7 +243,7 @@ impl Store {
         changes: &[(Option<VerdictWrite<'_>>, Option<&IncidentRequest>)],
     ) -> Result<Vec<Option<IncidentOutcome>>, StoreError> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut outcomes = Vec::with_capacity(changes.len());
             // Verdicts and transitions as multi-row statements: a burst of thousands of
             // changes costs a few statements, not two per change.
@@ -583,7 +583,7 @@ impl Store {
         at_ms: i64,
     ) -> Result<Option<IncidentRow>, StoreError> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let n = if change == IncidentChange::Acknowledged {
                 sqlx::query(
                     "UPDATE incidents SET acknowledged_at_ms = COALESCE(acknowledged_at_ms, $2), \

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 use vantage_mqtt::{CheckResult, Event, HostMetrics};
 
-use super::{Store, StoreError, rollups};
+use super::{BeginWrite, Store, StoreError, rollups};
 use crate::rollup::{CheckBucket, MetricBucket, Resolution};
 use crate::sketch::{CheckAggregate, GaugeAggregate};
 
@@ -194,7 +194,7 @@ impl Store {
         let max_seqs = batch.max_seq_per_agent();
         match self {
             Store::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let fresh = commit_postgres(&mut tx, batch).await?;
                 for resolution in Resolution::ALL {
                     rollups::merge_checks_postgres(
@@ -222,7 +222,7 @@ impl Store {
                 tx.commit().await?;
             }
             Store::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 let fresh = commit_sqlite(&mut tx, batch).await?;
                 for resolution in Resolution::ALL {
                     rollups::merge_checks_sqlite(

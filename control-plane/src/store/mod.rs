@@ -67,6 +67,29 @@ macro_rules! on_pool {
 #[allow(unused_imports)]
 pub(crate) use on_pool;
 
+/// Opens a transaction that writes. On SQLite it takes the write lock at `BEGIN`
+/// (`BEGIN IMMEDIATE`), so a transaction that reads first never has to upgrade its lock
+/// later, which SQLite refuses at once ("database is locked") instead of waiting for the busy
+/// timeout when another connection wrote in between.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
 /// Stored check rows left out of listings because they do not decode (process-wide; exported
 /// as `vantage_store_rows_corrupt_total{table="checks"}`).
 pub static CORRUPT_CHECK_ROWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -303,7 +326,7 @@ impl Store {
                       cert_not_after_ms, state, enrolled_at_ms) \
                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'offline', $10)";
         let enrolled: Option<AgentRow> = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let granted: Option<(String, String)> = sqlx::query_as(spend)
                 .bind(&hash)
                 .bind(now)
@@ -818,7 +841,7 @@ impl Store {
             return Ok(());
         }
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             for chunk in removed.chunks(ASSIGNMENT_CHUNK_ROWS) {
                 let mut query = sqlx::QueryBuilder::new(
                     "DELETE FROM assignments WHERE (check_id, agent_id) IN (",
