@@ -102,6 +102,22 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Back up the store and the CA into a new directory while the server runs (SQLite
+    /// with `VACUUM INTO`; for PostgreSQL it saves the CA and prints the `pg_dump` line).
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Restore a backup into an empty data dir (the server stopped); agents come back
+    /// online with their certificates, without enrolling again.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, env = "VANTAGE_DATA_DIR", default_value = "vantage-data")]
+        data_dir: PathBuf,
+    },
     /// Print #cloud-config user-data that installs and enrolls an agent on a new node, with
     /// a fresh limited enrollment token and the CA and release key pinned.
     #[command(name = "cloud-init")]
@@ -629,6 +645,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ..
         } => incident(action).await,
         Command::Channels(command) => channels(command).await,
+        Command::Backup { out, store } => {
+            let opened = store.open().await?;
+            let report = crate::backup::backup(&opened, &store.data_dir, &out).await;
+            opened.close().await;
+            let report = report?;
+            println!(
+                "Backup of the {} store written to {} ({} files)",
+                report.manifest.backend,
+                report.dir.display(),
+                report.manifest.files.len()
+            );
+            for file in &report.manifest.files {
+                println!("  {file}");
+            }
+            if let Some(hint) = report.pg_dump_hint {
+                println!("Dump the PostgreSQL store beside it with:\n  {hint}");
+            }
+            Ok(())
+        }
+        Command::Restore { from, data_dir } => {
+            let report = crate::backup::restore(&from, &data_dir).await?;
+            println!(
+                "Restored the {} backup of {} ms into {} ({} files)",
+                report.manifest.backend,
+                report.manifest.created_at_ms,
+                data_dir.display(),
+                report.files.len()
+            );
+            if report.manifest.backend == "postgres" {
+                println!(
+                    "Restore the PostgreSQL dump with: pg_restore --clean --if-exists --dbname \"$DATABASE_URL\" vantage.pgdump"
+                );
+            }
+            Ok(())
+        }
         Command::Checks(ChecksCommand::Uptime { checks, api }) => uptime(checks, api).await,
         Command::Series {
             check,

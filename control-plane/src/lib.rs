@@ -20,6 +20,7 @@ pub mod api;
 pub mod apiclient;
 pub mod app;
 pub mod assign;
+pub mod backup;
 pub mod broker;
 pub mod checks;
 pub mod cli;

@@ -1,7 +1,8 @@
 # scripts/lib/postgres.sh: install (when missing) and start a throwaway PostgreSQL cluster.
 #
 # Source it, then call `start_postgres`: it exports VANTAGE_TEST_PG_URL for a trust-auth
-# cluster on a free loopback port in a temporary directory, and stops and removes the
+# cluster on a free loopback port in a temporary directory (fsync off unless PG_FSYNC=on),
+# and stops and removes the
 # cluster when the calling shell exits.
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -32,7 +33,7 @@ start_postgres() {
     log "Starting a throwaway PostgreSQL ($("$PG_BIN/postgres" --version)) on 127.0.0.1:$port"
     run_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U vantage --auth=trust -E UTF8 >/dev/null
     run_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
-        -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null
+        -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=${PG_FSYNC:-off}" start >/dev/null
     export VANTAGE_TEST_PG_URL="postgres://vantage@127.0.0.1:$port/postgres"
 }
 

@@ -4,6 +4,7 @@
 //! scripts run once, on SQLite, and say so.
 
 mod api;
+mod backup;
 mod bad_input;
 mod cert_renewal;
 mod check_types;
