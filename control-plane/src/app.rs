@@ -55,6 +55,10 @@ impl Application {
         .await
         .context("cannot open the store")?;
         store.migrate().await.context("migrations failed")?;
+        store
+            .prepare_partitions(&settings.retention(), crate::store::now_ms())
+            .await
+            .context("cannot make the day partitions")?;
         store.mark_all_offline().await?;
         bootstrap_admin_token(&store, &settings.data_dir).await?;
 

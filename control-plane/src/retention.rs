@@ -12,10 +12,12 @@ use crate::store::rollups::Expired;
 /// # Errors
 /// Store errors; rows deleted before the error stay deleted and are counted on the next pass.
 pub async fn run_once(state: &AppState) -> Result<Expired, crate::store::StoreError> {
-    let expired = state
-        .store
-        .expire(&state.settings.retention(), crate::store::now_ms())
-        .await?;
+    let (keep, now) = (state.settings.retention(), crate::store::now_ms());
+    let made = state.store.prepare_partitions(&keep, now).await?;
+    if !made.is_empty() {
+        tracing::info!(?made, "Day partitions made");
+    }
+    let expired = state.store.expire(&keep, now).await?;
     let c = &state.counters;
     c.expired_results
         .fetch_add(expired.results, Ordering::Relaxed);

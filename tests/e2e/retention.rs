@@ -158,7 +158,43 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
             ))
             .await?;
     }
+    let keep = Retention {
+        raw_ms: 7 * DAY_MS,
+        minute_ms: 14 * DAY_MS,
+        hour_ms: 365 * DAY_MS,
+    };
     let (batches, raw) = generated(now);
+    // The newest batch before any day partition exists: on PostgreSQL its rows wait in the
+    // default partition and move into their days when those are made.
+    store.commit_batch(batches.last().expect("batches")).await?;
+    // PostgreSQL: day partitions from the oldest kept day to 3 days ahead (22 with both
+    // tables); older rows go to the default partition.
+    let made = store.prepare_partitions(&keep, now).await?;
+    assert_eq!(
+        made.len(),
+        if backend == Backend::Postgres { 22 } else { 0 }
+    );
+    assert!(store.prepare_partitions(&keep, now).await?.is_empty());
+    // Where retention cuts at `at`: SQLite to the millisecond, PostgreSQL at the start of
+    // the day partition holding the cut (a day is dropped whole once it is all past).
+    let cut = |at: i64| match backend {
+        Backend::Sqlite => at - keep.raw_ms,
+        Backend::Postgres => (at - keep.raw_ms).div_euclid(DAY_MS) * DAY_MS,
+    };
+    if backend == Backend::Postgres {
+        let left = count(
+            &store,
+            &format!(
+                "SELECT COUNT(*) FROM results_default WHERE measured_at_ms >= {}",
+                cut(now)
+            ),
+        )
+        .await?;
+        assert_eq!(
+            left, 0,
+            "rows of partitioned days left in the default partition"
+        );
+    }
     for batch in &batches {
         store.commit_batch(batch).await?;
     }
@@ -230,21 +266,16 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
     }
 
     // Retention: raw 7 days, minutes 14 days, hours a year.
-    let keep = Retention {
-        raw_ms: 7 * DAY_MS,
-        minute_ms: 14 * DAY_MS,
-        hour_ms: 365 * DAY_MS,
-    };
     let pages_before = sqlite_pages(&store).await?;
     let expired = store.expire(&keep, now).await?;
-    let raw_kept = raw.iter().filter(|r| r.2 >= now - keep.raw_ms).count() as i64;
+    let raw_kept = raw.iter().filter(|r| r.2 >= cut(now)).count() as i64;
     assert_eq!(expired.results as i64, n_raw - raw_kept);
     assert_eq!(
         count(&store, "SELECT COUNT(*) FROM results").await?,
         raw_kept
     );
     let oldest = count(&store, "SELECT MIN(measured_at_ms) FROM results").await?;
-    assert!(oldest >= now - keep.raw_ms, "a raw row of {oldest} is left");
+    assert!(oldest >= cut(now), "a raw row of {oldest} is left");
     let oldest_minute = count(&store, "SELECT MIN(bucket_ms) FROM rollup_checks_minute").await?;
     assert!(oldest_minute >= now - keep.minute_ms - 60_000);
     assert!(expired.host_metrics > 0 && expired.rollup_minute > 0);
@@ -263,6 +294,31 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
     }
     // A second pass finds nothing more.
     assert_eq!(store.expire(&keep, now).await?, Default::default());
+    // Three days later the next days go (on PostgreSQL as whole partitions).
+    let later = now + 3 * DAY_MS;
+    let expired = store.expire(&keep, later).await?;
+    let gone = raw
+        .iter()
+        .filter(|r| r.2 >= cut(now) && r.2 < cut(later))
+        .count() as u64;
+    assert_eq!(expired.results, gone);
+    let oldest = count(&store, "SELECT MIN(measured_at_ms) FROM results").await?;
+    assert!(oldest >= cut(later), "a raw row of {oldest} is left");
+    if backend == Backend::Postgres {
+        let (n,): (i64,) = match &store {
+            Store::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT COUNT(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
+                 WHERE p.relname = 'results'",
+                )
+                .fetch_one(pool)
+                .await?
+            }
+            Store::Sqlite(_) => unreachable!(),
+        };
+        // 11 day partitions made, 3 dropped, and the default.
+        assert_eq!(n, 11 - 3 + 1);
+    }
 
     // Uptime from the hours equals the raw rows' share of successes over the same hours.
     let uptime = rollup::uptime(&store, None, now).await?;

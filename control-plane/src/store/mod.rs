@@ -9,6 +9,7 @@
 pub mod incidents;
 pub mod ingest;
 pub mod models;
+pub mod partitions;
 pub mod rollups;
 
 use std::collections::BTreeMap;

@@ -489,8 +489,27 @@ impl Store {
         }
     }
 
-    /// Deletes raw rows and rollups older than their retention at `now_ms`, in batches, then
-    /// lets SQLite hand the freed pages back to the file system.
+    /// Makes the raw tables' day partitions (PostgreSQL) from the oldest day still kept to a
+    /// few days ahead of `now_ms`; nothing to do on SQLite. Returns the partitions made.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn prepare_partitions(
+        &self,
+        keep: &crate::rollup::Retention,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                super::partitions::ensure(pool, now_ms - keep.raw_ms, now_ms).await
+            }
+            Store::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Deletes raw rows and rollups older than their retention at `now_ms` (on PostgreSQL,
+    /// whole day partitions of raw rows, then the default partition's old rows), in batches,
+    /// then lets SQLite hand the freed pages back to the file system.
     ///
     /// # Errors
     /// Database errors; what was deleted before stays deleted.
@@ -500,13 +519,28 @@ impl Store {
         now_ms: i64,
     ) -> Result<Expired, StoreError> {
         let raw_before = now_ms - keep.raw_ms;
+        let (results, host_metrics) = match self {
+            // Whole days go with their partition; the default partition row by row.
+            Store::Postgres(pool) => (
+                super::partitions::drop_before(pool, "results", raw_before).await?
+                    + self
+                        .expire_all("results_default", "measured_at_ms", raw_before)
+                        .await?,
+                super::partitions::drop_before(pool, "host_metrics", raw_before).await?
+                    + self
+                        .expire_all("host_metrics_default", "measured_at_ms", raw_before)
+                        .await?,
+            ),
+            Store::Sqlite(_) => (
+                self.expire_all("results", "measured_at_ms", raw_before)
+                    .await?,
+                self.expire_all("host_metrics", "measured_at_ms", raw_before)
+                    .await?,
+            ),
+        };
         let expired = Expired {
-            results: self
-                .expire_all("results", "measured_at_ms", raw_before)
-                .await?,
-            host_metrics: self
-                .expire_all("host_metrics", "measured_at_ms", raw_before)
-                .await?,
+            results,
+            host_metrics,
             rollup_minute: self
                 .expire_all("rollup_checks_minute", "bucket_ms", now_ms - keep.minute_ms)
                 .await?
