@@ -483,6 +483,7 @@ impl Judge {
         };
         let mut channels = crate::incidents::Channels::default();
         let mut judged = Vec::new();
+        let plan = state.plan.borrow().clone();
         for (check_id, rows) in by_check {
             let in_memory = tracks.contains_key(check_id);
             let Some(mut track) = tracks.remove(check_id).or_else(|| loaded.remove(check_id))
@@ -528,17 +529,23 @@ impl Judge {
                 .counters
                 .verdict_results
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Results move a verdict only by flipping a region between failing and not, or by
-            // being a PENDING check's first; the other inputs (fallback, maintenance, policy)
-            // are re-judged by `rejudge_all`. A track just built from the store is judged in
-            // any case.
+            // Results move a verdict only by flipping a region between failing and not, by
+            // being a PENDING check's first, or by arriving while a region's fallback differs
+            // from the verdict's (the plan changed and `rejudge_all` has not run yet); the
+            // other inputs (maintenance, policy) are re-judged by `rejudge_all`. A track just
+            // built from the store is judged in any case.
             let moved = !in_memory
                 || track.view.state == CheckState::Pending
                 || track
                     .regions
                     .values()
                     .map(|r| r.failing)
-                    .ne(failing_before.iter().copied());
+                    .ne(failing_before.iter().copied())
+                || track
+                    .view
+                    .regions
+                    .iter()
+                    .any(|r| r.fallback != plan.on_fallback(check_id, &r.region));
             if !moved {
                 judged.push((check_id.to_owned(), track, None));
                 continue;

@@ -581,15 +581,23 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
         rc["status"] == "degraded: fallback" && rc["n_online"] == 0,
         "{rc}"
     );
-    let view = verdict(&cp, "web").await?;
+    // The verdict follows the committed results on the judging task: it names the fallback
+    // within moments.
+    let view = wait_for(
+        "the verdict naming the fallback",
+        Duration::from_secs(5),
+        || async {
+            let view = verdict(&cp, "web").await.ok()?;
+            view["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("degraded: fallback (the control plane runs it) in rc")
+                .then_some(view)
+        },
+    )
+    .await
+    .with_context(|| cp.log_tail())?;
     anyhow::ensure!(view["state"] == "up", "{view}");
-    anyhow::ensure!(
-        view["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("degraded: fallback (the control plane runs it) in rc"),
-        "{view}"
-    );
     wait_for(
         "agent and region incidents",
         Duration::from_secs(20),
