@@ -53,6 +53,3 @@ CREATE TABLE rollup_metrics_hour (
     PRIMARY KEY (agent_id, metric, bucket_ms)
 );
 CREATE INDEX rollup_metrics_hour_time ON rollup_metrics_hour(bucket_ms);
-
--- Retention deletes raw results by age.
-CREATE INDEX results_time ON results(measured_at_ms);

@@ -6,7 +6,6 @@
 ALTER TABLE results RENAME TO results_unpartitioned;
 ALTER INDEX results_pkey RENAME TO results_unpartitioned_pkey;
 ALTER INDEX results_check_time RENAME TO results_unpartitioned_check_time;
-ALTER INDEX results_time RENAME TO results_unpartitioned_time;
 CREATE TABLE results (
     agent_id TEXT NOT NULL,
     seq BIGINT NOT NULL,

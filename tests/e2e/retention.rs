@@ -195,6 +195,16 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
             "rows of partitioned days left in the default partition"
         );
     }
+    // Part of a batch before the whole of it: the whole is then part replay, part new.
+    let second = &batches[1];
+    store
+        .commit_batch(&IngestBatch {
+            results: second.results[..second.results.len() / 2].to_vec(),
+            metrics: second.metrics[..second.metrics.len() / 3].to_vec(),
+            events: vec![],
+            received_at_ms: now,
+        })
+        .await?;
     for batch in &batches {
         store.commit_batch(batch).await?;
     }

@@ -5,7 +5,7 @@
 //! statements in chunks that stay under its bind-parameter limit, in the same transaction.
 //! Replays of rows already stored change nothing: the primary key is (agent, seq).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 use vantage_mqtt::{CheckResult, Event, HostMetrics};
@@ -148,12 +148,63 @@ fn net_totals(m: &HostMetrics) -> (f64, f64) {
 
 const SQLITE_CHUNK_ROWS: usize = 1000;
 
-/// The (agent, seq) of the rows a batch actually stored (a replay stores nothing): only these
-/// are added to the rollups, so a row counts once however often it is sent.
+/// The rows of one table a batch did not store because they were there already (replays):
+/// they are left out of the rollups, so a row counts once however often it is sent. When
+/// every row was new (the usual case) the returned keys are not even decoded.
+#[derive(Debug, Default)]
+struct Stored {
+    /// Per agent, the seqs not stored.
+    skipped: HashMap<String, HashSet<i64>>,
+}
+
+impl Stored {
+    /// Notes what one statement stored (`returned`: its `RETURNING agent_id, seq`) of the
+    /// rows it was sent.
+    fn note<'a, R: Row>(
+        &mut self,
+        returned: Vec<R>,
+        sent: impl ExactSizeIterator<Item = (&'a str, u64)>,
+    ) -> Result<(), sqlx::Error>
+    where
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        if returned.len() == sent.len() {
+            return Ok(());
+        }
+        let mut stored: HashMap<String, HashSet<i64>> = HashMap::new();
+        for row in returned {
+            stored
+                .entry(row.try_get(0)?)
+                .or_default()
+                .insert(row.try_get(1)?);
+        }
+        for (agent, seq) in sent {
+            let seq = seq as i64;
+            if !stored.get(agent).is_some_and(|s| s.contains(&seq)) {
+                self.skipped
+                    .entry(agent.to_owned())
+                    .or_default()
+                    .insert(seq);
+            }
+        }
+        Ok(())
+    }
+
+    fn holds(&self, agent: &str, seq: u64) -> bool {
+        !self
+            .skipped
+            .get(agent)
+            .is_some_and(|s| s.contains(&(seq as i64)))
+    }
+}
+
+/// What a batch stored, per table.
 #[derive(Debug, Default)]
 struct Fresh {
-    results: HashSet<(String, i64)>,
-    metrics: HashSet<(String, i64)>,
+    results: Stored,
+    metrics: Stored,
 }
 
 impl Fresh {
@@ -165,7 +216,7 @@ impl Fresh {
         let stored = batch
             .results
             .iter()
-            .filter(|(agent, _, r)| self.results.contains(&(agent.clone(), r.seq as i64)))
+            .filter(|(agent, _, r)| self.results.holds(agent, r.seq))
             .map(|(_, region, r)| (region.as_str(), r));
         crate::rollup::check_rollups(stored, resolution)
     }
@@ -178,7 +229,7 @@ impl Fresh {
         let stored = batch
             .metrics
             .iter()
-            .filter(|(agent, _, m)| self.metrics.contains(&(agent.clone(), m.seq as i64)))
+            .filter(|(agent, _, m)| self.metrics.holds(agent, m.seq))
             .map(|(agent, _, m)| (agent.as_str(), m));
         crate::rollup::metric_rollups(stored, resolution)
     }
@@ -286,9 +337,9 @@ async fn commit_postgres(
         .bind(rows.iter().map(|(_, _, r)| values_json(r)).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
-        for row in stored {
-            fresh.results.insert((row.try_get(0)?, row.try_get(1)?));
-        }
+        fresh
+            .results
+            .note(stored, rows.iter().map(|(a, _, r)| (a.as_str(), r.seq)))?;
     }
     if !batch.metrics.is_empty() {
         let rows = &batch.metrics;
@@ -323,9 +374,9 @@ async fn commit_postgres(
         .bind(rows.iter().map(|(_, _, m)| metrics_detail(m)).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
-        for row in stored {
-            fresh.metrics.insert((row.try_get(0)?, row.try_get(1)?));
-        }
+        fresh
+            .metrics
+            .note(stored, rows.iter().map(|(a, _, m)| (a.as_str(), m.seq)))?;
     }
     if !batch.events.is_empty() {
         let rows = &batch.events;
@@ -372,9 +423,10 @@ async fn commit_sqlite(
                 .push_bind(values_json(r));
         });
         query.push(" ON CONFLICT DO NOTHING RETURNING agent_id, seq");
-        for row in query.build().fetch_all(&mut **tx).await? {
-            fresh.results.insert((row.try_get(0)?, row.try_get(1)?));
-        }
+        let stored = query.build().fetch_all(&mut **tx).await?;
+        fresh
+            .results
+            .note(stored, chunk.iter().map(|(a, _, r)| (a.as_str(), r.seq)))?;
     }
     for chunk in batch.metrics.chunks(SQLITE_CHUNK_ROWS) {
         let mut query = QueryBuilder::<Sqlite>::new(
@@ -403,9 +455,10 @@ async fn commit_sqlite(
                 .push_bind(metrics_detail(m));
         });
         query.push(" ON CONFLICT DO NOTHING RETURNING agent_id, seq");
-        for row in query.build().fetch_all(&mut **tx).await? {
-            fresh.metrics.insert((row.try_get(0)?, row.try_get(1)?));
-        }
+        let stored = query.build().fetch_all(&mut **tx).await?;
+        fresh
+            .metrics
+            .note(stored, chunk.iter().map(|(a, _, m)| (a.as_str(), m.seq)))?;
     }
     for chunk in batch.events.chunks(SQLITE_CHUNK_ROWS) {
         let mut query = QueryBuilder::<Sqlite>::new(
