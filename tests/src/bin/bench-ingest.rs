@@ -65,6 +65,9 @@ fn parse_args() -> anyhow::Result<Args> {
 struct Mix {
     judged_checks: u64,
     flip_every: u64,
+    /// Measurement time of seq 0: an hour before the run, so rows land in the day
+    /// partitions a control plane makes (as live rows do), not in the default one.
+    start_ms: i64,
 }
 
 fn result_item(mix: Mix, seq: u64) -> serde_json::Value {
@@ -74,7 +77,7 @@ fn result_item(mix: Mix, seq: u64) -> serde_json::Value {
         let failing = mix.flip_every > 0 && (seq / mix.flip_every) % 2 == 1;
         (format!("ck-{:05}", seq % mix.judged_checks), !failing)
     };
-    json!({"seq": seq, "measured_at_ms": 1_790_000_000_000_i64 + seq as i64, "check_id": check_id,
+    json!({"seq": seq, "measured_at_ms": mix.start_ms + seq as i64, "check_id": check_id,
         "ok": ok, "reason": if ok { "status 200" } else { "status 503" }, "status_code": if ok { 200 } else { 503 },
         "timings": {"dns_ms": 0.05, "connect_ms": 0.4, "ttfb_ms": 1.2, "transfer_ms": 0.1, "total_ms": 1.8}})
 }
@@ -164,7 +167,8 @@ async fn run_agent(agent: SimulatedAgent, mix: Mix, rows: u64, batch: u64) -> an
     }
 }
 
-/// Loads the same rows with `psql \copy` into a copy of the results table; rows/s.
+/// Loads the same rows with `psql \copy` into a copy of the results table (same migrations,
+/// same day partitions); rows/s.
 async fn copy_baseline(
     pg_admin_url: &str,
     mix: Mix,
@@ -175,6 +179,9 @@ async fn copy_baseline(
     let url = store.url.context("postgres url")?;
     let pool = sqlx::PgPool::connect(&url).await?;
     sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+    // The same day partitions a control plane makes at start.
+    let now = vantage_tests::now_ms();
+    vantage_control_plane::store::partitions::ensure(&pool, now - 7 * 86_400_000, now).await?;
     drop(pool);
     let dir = tempfile::tempdir()?;
     let csv_path = dir.path().join("rows.csv");
@@ -188,7 +195,7 @@ async fn copy_baseline(
                 "{agent},{seq},{},bench,{},{},{},1.8,{},{},\"{timings}\"",
                 item["check_id"].as_str().unwrap_or_default(),
                 item["measured_at_ms"],
-                1_790_000_000_000_i64,
+                mix.start_ms,
                 item["ok"],
                 item["status_code"],
                 item["reason"].as_str().unwrap_or_default()
@@ -251,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
     let mix = Mix {
         judged_checks: args.judged_checks,
         flip_every: args.flip_every,
+        start_ms: vantage_tests::now_ms() - 3_600_000,
     };
     // The checks the rows name, before the agents connect: an agent's session is not polled
     // until its run starts, and creating 10,000 checks takes longer than a keepalive.
