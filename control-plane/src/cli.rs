@@ -267,7 +267,7 @@ async fn uptime(checks: Vec<String>, api: ApiArgs) -> anyhow::Result<()> {
     let answer = ApiClient::connect(&api)?
         .call(reqwest::Method::GET, &path, None)
         .await?;
-    let windows = crate::rollup::UPTIME_WINDOWS.map(|(name, _)| name);
+    let windows = crate::rollup::UPTIME_WINDOWS.map(|w| w.name);
     println!("CHECK\tREGION\t{}", windows.join("\t"));
     for check in answer.as_array().into_iter().flatten() {
         let id = check["check_id"].as_str().unwrap_or_default();

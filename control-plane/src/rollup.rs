@@ -112,6 +112,24 @@ pub fn check_rollups<'a>(
     out
 }
 
+/// Per-day (check, region) result and failure counts of an hour rollup's additions.
+pub fn day_counts(
+    hours: &BTreeMap<CheckBucket, CheckAggregate>,
+) -> BTreeMap<CheckBucket, (u64, u64)> {
+    let mut days: BTreeMap<CheckBucket, (u64, u64)> = BTreeMap::new();
+    for (hour, aggregate) in hours {
+        let day = CheckBucket {
+            check_id: hour.check_id.clone(),
+            region: hour.region.clone(),
+            bucket_ms: hour.bucket_ms.div_euclid(CountSource::Day.ms()) * CountSource::Day.ms(),
+        };
+        let sum = days.entry(day).or_default();
+        sum.0 += aggregate.count;
+        sum.1 += aggregate.failures;
+    }
+    days
+}
+
 /// What a set of host metric samples adds to the rollup at `resolution`.
 pub fn metric_rollups<'a>(
     samples: impl Iterator<Item = (&'a str, &'a HostMetrics)>,
@@ -153,9 +171,71 @@ impl Availability {
     }
 }
 
-/// The windows uptime is answered for, in hours: 24 h, 7 d, 30 d, 90 d.
-pub const UPTIME_WINDOWS: [(&str, i64); 4] =
-    [("24h", 24), ("7d", 168), ("30d", 720), ("90d", 2160)];
+/// The rollup a window's counts are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountSource {
+    Hour,
+    Day,
+}
+
+impl CountSource {
+    pub fn ms(self) -> i64 {
+        match self {
+            CountSource::Hour => 3_600_000,
+            CountSource::Day => 86_400_000,
+        }
+    }
+}
+
+/// An uptime window: the last `buckets` hours or UTC days, the current one included
+/// (rollups are current at every commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UptimeWindow {
+    pub name: &'static str,
+    pub source: CountSource,
+    pub buckets: i64,
+}
+
+impl UptimeWindow {
+    /// The first bucket of the window that ends now.
+    pub fn from_ms(&self, now_ms: i64) -> i64 {
+        let size = self.source.ms();
+        now_ms.div_euclid(size) * size - (self.buckets - 1) * size
+    }
+}
+
+/// The windows uptime is answered for: 24 hours, 7, 30 and 90 days.
+pub const UPTIME_WINDOWS: [UptimeWindow; 4] = [
+    UptimeWindow {
+        name: "24h",
+        source: CountSource::Hour,
+        buckets: 24,
+    },
+    UptimeWindow {
+        name: "7d",
+        source: CountSource::Day,
+        buckets: 7,
+    },
+    UptimeWindow {
+        name: "30d",
+        source: CountSource::Day,
+        buckets: 30,
+    },
+    UptimeWindow {
+        name: "90d",
+        source: CountSource::Day,
+        buckets: 90,
+    },
+];
+
+/// Result and failure counts of one (check, region) over a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowCount {
+    pub check_id: String,
+    pub region: String,
+    pub results: u64,
+    pub failures: u64,
+}
 
 /// One check's uptime per window, overall and per region.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -171,42 +251,34 @@ pub struct WindowUptime {
     pub regions: BTreeMap<String, Availability>,
 }
 
-/// Uptime of each check from hourly (check, region, hour) counts, for every window of
-/// [`UPTIME_WINDOWS`] ending in the hour of `now_ms` (the current hour included: hourly
-/// rollups are current at every commit).
-pub fn uptime_from_hours(
+/// Uptime of each of `check_ids` from each window's (check, region) counts.
+pub fn uptime_from_counts(
     check_ids: &[String],
-    hours: &[(CheckBucket, u64, u64)],
-    now_ms: i64,
+    windows: &[(&'static str, Vec<WindowCount>)],
 ) -> Vec<CheckUptime> {
-    let current_hour = Resolution::Hour.bucket_of(now_ms);
-    let mut sums: BTreeMap<(&str, &str, usize), (u64, u64)> = BTreeMap::new();
-    for (bucket, n, failures) in hours {
-        for (i, (_, window_h)) in UPTIME_WINDOWS.iter().enumerate() {
-            if bucket.bucket_ms > current_hour - window_h * 3_600_000 {
-                let sum = sums
-                    .entry((&bucket.check_id, &bucket.region, i))
-                    .or_default();
-                sum.0 += n;
-                sum.1 += failures;
-            }
+    let mut by_check: BTreeMap<&str, BTreeMap<&str, BTreeMap<String, Availability>>> =
+        BTreeMap::new();
+    for (name, counts) in windows {
+        for count in counts {
+            by_check
+                .entry(count.check_id.as_str())
+                .or_default()
+                .entry(name)
+                .or_default()
+                .insert(
+                    count.region.clone(),
+                    Availability::of(count.results, count.failures),
+                );
         }
     }
     check_ids
         .iter()
         .map(|check_id| {
-            let windows = UPTIME_WINDOWS
+            let mut mine = by_check.remove(check_id.as_str()).unwrap_or_default();
+            let windows = windows
                 .iter()
-                .enumerate()
-                .map(|(i, (name, _))| {
-                    let regions: BTreeMap<String, Availability> = sums
-                        .range((check_id.as_str(), "", i)..)
-                        .take_while(|((c, _, _), _)| *c == check_id)
-                        .filter(|((_, _, w), _)| *w == i)
-                        .map(|((_, region, _), (n, f))| {
-                            ((*region).to_owned(), Availability::of(*n, *f))
-                        })
-                        .collect();
+                .map(|(name, _)| {
+                    let regions = mine.remove(name).unwrap_or_default();
                     let (n, f) = regions
                         .values()
                         .fold((0, 0), |(n, f), a| (n + a.results, f + a.failures));
@@ -323,17 +395,35 @@ pub enum RollupError {
     Store(#[from] StoreError),
 }
 
-/// Uptime of `check_ids` (every check when `None`) over [`UPTIME_WINDOWS`], one query over
-/// the hourly rollups.
+/// Uptime of `check_ids` (every check when `None`) over the named windows (every one of
+/// [`UPTIME_WINDOWS`] when `None`): per window one grouped query over the hour or day counts.
 ///
 /// # Errors
-/// Unknown checks (when named) and store errors.
+/// Unknown checks (when named) or windows, and store errors.
 pub async fn uptime(
     store: &Store,
     check_ids: Option<Vec<String>>,
+    window_names: Option<Vec<String>>,
     now_ms: i64,
 ) -> Result<Vec<CheckUptime>, RollupError> {
-    let ids = match check_ids {
+    let windows: Vec<UptimeWindow> = match window_names {
+        None => UPTIME_WINDOWS.to_vec(),
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                UPTIME_WINDOWS
+                    .iter()
+                    .find(|w| w.name == name)
+                    .copied()
+                    .ok_or_else(|| {
+                        RollupError::Invalid(format!(
+                            "window {name:?} is not one of 24h, 7d, 30d, 90d"
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let (ids, filter) = match check_ids {
         Some(ids) => {
             let known = store
                 .get_checks(&ids.iter().map(String::as_str).collect::<Vec<_>>())
@@ -341,14 +431,18 @@ pub async fn uptime(
             if let Some(missing) = ids.iter().find(|id| !known.iter().any(|c| &c.id == *id)) {
                 return Err(RollupError::NotFound(missing.clone()));
             }
-            ids
+            (ids.clone(), Some(ids))
         }
-        None => store.check_ids().await?,
+        None => (store.check_ids().await?, None),
     };
-    let longest_h = UPTIME_WINDOWS.iter().map(|(_, h)| *h).max().unwrap_or(0);
-    let from = Resolution::Hour.bucket_of(now_ms) - (longest_h - 1) * 3_600_000;
-    let hours = store.hourly_counts(&ids, from).await?;
-    Ok(uptime_from_hours(&ids, &hours, now_ms))
+    let mut counts = Vec::new();
+    for window in windows {
+        let rows = store
+            .window_counts(window.source, window.from_ms(now_ms), filter.as_deref())
+            .await?;
+        counts.push((window.name, rows));
+    }
+    Ok(uptime_from_counts(&ids, &counts))
 }
 
 /// A check's latency series over `[from_ms, to_ms)` in steps of `step_ms` (default: the range
@@ -422,39 +516,47 @@ pub async fn series(
 mod tests {
     use super::*;
 
-    fn bucket(check: &str, region: &str, hour: i64) -> CheckBucket {
-        CheckBucket {
+    fn count(check: &str, region: &str, results: u64, failures: u64) -> WindowCount {
+        WindowCount {
             check_id: check.into(),
             region: region.into(),
-            bucket_ms: hour * 3_600_000,
+            results,
+            failures,
         }
     }
 
     #[test]
-    fn uptime_windows_count_whole_hours_back_from_the_current_one() {
-        let now = 1000 * 3_600_000 + 5;
-        let hours = vec![
-            (bucket("a", "eu", 1000), 60, 0),
-            (bucket("a", "us", 1000), 60, 6),
-            (bucket("a", "eu", 1000 - 23), 60, 60),
-            (bucket("a", "eu", 1000 - 24), 60, 60),
-            (bucket("a", "eu", 1000 - 2159), 10, 10),
-            (bucket("a", "eu", 1000 - 2160), 10, 10),
-            (bucket("b", "eu", 1000), 1, 0),
+    fn uptime_sums_regions_per_window_and_names_every_check() {
+        let windows = vec![
+            (
+                "24h",
+                vec![count("a", "eu", 120, 60), count("a", "us", 60, 6)],
+            ),
+            (
+                "90d",
+                vec![count("a", "eu", 200, 70), count("b", "eu", 1, 0)],
+            ),
         ];
         let ids = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
-        let uptime = uptime_from_hours(&ids, &hours, now);
+        let uptime = uptime_from_counts(&ids, &windows);
         let day = &uptime[0].windows["24h"];
         assert_eq!((day.overall.results, day.overall.failures), (180, 66));
         assert_eq!(day.regions["us"].uptime_pct, Some(90.0));
-        let ninety = &uptime[0].windows["90d"];
+        assert_eq!(uptime[0].windows["90d"].overall.uptime_pct, Some(65.0));
+        assert_eq!(uptime[1].windows["24h"].overall.uptime_pct, None);
+        assert_eq!(uptime[1].windows["90d"].overall.uptime_pct, Some(100.0));
+        assert!(uptime[2].windows["90d"].regions.is_empty());
+        assert_eq!(uptime[2].windows.len(), 2);
+    }
+
+    #[test]
+    fn windows_start_whole_hours_or_days_back() {
+        let now = 100 * 86_400_000 + 5 * 3_600_000 + 7;
         assert_eq!(
-            (ninety.overall.results, ninety.overall.failures),
-            (250, 136)
+            UPTIME_WINDOWS[0].from_ms(now),
+            100 * 86_400_000 + 5 * 3_600_000 - 23 * 3_600_000
         );
-        assert_eq!(uptime[1].windows["7d"].overall.uptime_pct, Some(100.0));
-        assert_eq!(uptime[2].windows["30d"].overall.uptime_pct, None);
-        assert!(uptime[2].windows["30d"].regions.is_empty());
+        assert_eq!(UPTIME_WINDOWS[2].from_ms(now), 71 * 86_400_000);
     }
 
     #[test]

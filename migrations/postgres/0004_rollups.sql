@@ -29,6 +29,17 @@ CREATE TABLE rollup_checks_hour (
 );
 CREATE INDEX rollup_checks_hour_time ON rollup_checks_hour(bucket_ms);
 
+-- Per day: result and failure counts only, what uptime over weeks and months reads.
+CREATE TABLE rollup_checks_day (
+    check_id TEXT NOT NULL,
+    region TEXT NOT NULL,
+    bucket_ms BIGINT NOT NULL,
+    n BIGINT NOT NULL,
+    failures BIGINT NOT NULL,
+    PRIMARY KEY (check_id, region, bucket_ms)
+);
+CREATE INDEX rollup_checks_day_time ON rollup_checks_day(bucket_ms);
+
 -- metric: 0 cpu_pct, 1 mem_used_pct, 2 load1, 3 net_rx_bytes_per_s, 4 net_tx_bytes_per_s.
 CREATE TABLE rollup_metrics_minute (
     agent_id TEXT NOT NULL,

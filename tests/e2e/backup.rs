@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use serde_json::json;
 use vantage_tests::{Agent, Backend, ControlPlane, TestStore, bin, wait_for};
 
@@ -154,6 +156,27 @@ async fn a_backup_taken_during_ingest_restores_and_agents_return_without_enrolli
         .map(|a| a.log().matches("Enrolled").count())
         .collect();
     assert_eq!(enrollments_after, enrollments_before);
+    // The restored history answers: uptime and a latency series through the CLI.
+    let (ok, text, err) = cp.cli(&["checks", "uptime", "b1"])?;
+    assert!(ok, "{text}{err}");
+    let overall = text
+        .lines()
+        .find(|l| l.starts_with("b1\t*\t"))
+        .with_context(|| text.clone())?;
+    assert!(overall.matches('%').count() == 4, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("b1\tbk\t")), "{text}");
+    let (ok, text, err) = cp.cli(&["series", "b1", "--range", "10m", "--step", "1m"])?;
+    assert!(ok, "{text}{err}");
+    assert!(
+        text.starts_with("# b1 from minute data, step 60000 ms"),
+        "{text}"
+    );
+    assert!(
+        text.lines().filter(|l| l.starts_with("bk\t")).count() >= 1,
+        "{text}"
+    );
+    let (ok, _, err) = cp.cli(&["series", "nope"])?;
+    assert!(!ok && err.contains("404"), "{err}");
     // And their new rows arrive.
     let pool = cp.store_pool().await?;
     wait_for(

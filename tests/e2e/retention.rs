@@ -215,7 +215,11 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
     }
     let n_raw = raw.len() as i64;
     assert_eq!(count(&store, "SELECT COUNT(*) FROM results").await?, n_raw);
-    for table in ["rollup_checks_minute", "rollup_checks_hour"] {
+    for table in [
+        "rollup_checks_minute",
+        "rollup_checks_hour",
+        "rollup_checks_day",
+    ] {
         let sum = count(
             &store,
             &format!("SELECT CAST(SUM(n) AS BIGINT) FROM {table}"),
@@ -330,13 +334,13 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
         assert_eq!(n, 11 - 3 + 1);
     }
 
-    // Uptime from the hours equals the raw rows' share of successes over the same hours.
-    let uptime = rollup::uptime(&store, None, now).await?;
+    // Uptime from the hour and day counts equals the raw rows' share of successes over the
+    // same hours and days.
+    let uptime = rollup::uptime(&store, None, None, now).await?;
     assert_eq!(uptime.len(), CHECKS.len());
-    let current_hour = Resolution::Hour.bucket_of(now);
     for check in &uptime {
-        for (window, hours_back) in rollup::UPTIME_WINDOWS {
-            let from = current_hour - (hours_back - 1) * 3_600_000;
+        for w in rollup::UPTIME_WINDOWS {
+            let (window, from) = (w.name, w.from_ms(now));
             let rows: Vec<_> = raw
                 .iter()
                 .filter(|r| r.0 == check.check_id && r.2 >= from)
@@ -352,9 +356,23 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
         }
     }
     assert!(matches!(
-        rollup::uptime(&store, Some(vec!["nope".into()]), now).await,
+        rollup::uptime(&store, Some(vec!["nope".into()]), None, now).await,
         Err(rollup::RollupError::NotFound(_))
     ));
+    assert!(matches!(
+        rollup::uptime(&store, None, Some(vec!["1y".into()]), now).await,
+        Err(rollup::RollupError::Invalid(_))
+    ));
+    let thirty = rollup::uptime(
+        &store,
+        Some(vec!["web".into()]),
+        Some(vec!["30d".into()]),
+        now,
+    )
+    .await?;
+    assert_eq!(thirty.len(), 1);
+    assert_eq!(thirty[0].windows.keys().collect::<Vec<_>>(), ["30d"]);
+    assert_eq!(thirty[0].windows["30d"], uptime[2].windows["30d"]);
 
     // A 30-day series comes from the hours, a 2-hour one from raw rows; both hold every
     // result of their range.

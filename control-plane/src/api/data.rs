@@ -107,25 +107,37 @@ fn scrub(reason: &mut String) {
 pub struct UptimeQuery {
     /// Comma-separated check ids (default: every check).
     pub checks: Option<String>,
+    /// Comma-separated windows among 24h, 7d, 30d, 90d (default: all four).
+    pub window: Option<String>,
 }
 
-/// `GET /api/v1/uptime`: uptime over 24 h, 7 d, 30 d and 90 d of every (or the named)
-/// check, overall and per region.
+/// The items of a comma-separated list.
+fn list(text: Option<String>) -> Option<Vec<String>> {
+    text.map(|text| {
+        text.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+/// `GET /api/v1/uptime`: uptime over 24 h, 7 d, 30 d and 90 d (or the named windows) of
+/// every (or the named) check, overall and per region.
 pub async fn uptime(
     caller: Caller,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<UptimeQuery>,
 ) -> Result<Json<Vec<crate::rollup::CheckUptime>>, ApiError> {
     caller.require(Role::Viewer)?;
-    let ids = query.checks.map(|text| {
-        text.split(',')
-            .map(str::trim)
-            .filter(|id| !id.is_empty())
-            .map(str::to_owned)
-            .collect()
-    });
     Ok(Json(
-        crate::rollup::uptime(&state.store, ids, now_ms()).await?,
+        crate::rollup::uptime(
+            &state.store,
+            list(query.checks),
+            list(query.window),
+            now_ms(),
+        )
+        .await?,
     ))
 }
 
@@ -136,7 +148,8 @@ pub async fn check_uptime(
     Path(id): Path<String>,
 ) -> Result<Json<crate::rollup::CheckUptime>, ApiError> {
     caller.require(Role::Viewer)?;
-    let mut all = crate::rollup::uptime(&state.store, Some(vec![id.clone()]), now_ms()).await?;
+    let mut all =
+        crate::rollup::uptime(&state.store, Some(vec![id.clone()]), None, now_ms()).await?;
     all.pop()
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("check {id:?}")))

@@ -54,7 +54,7 @@ pub async fn document() -> Json<Value> {
             "/healthz": { "get": op("Liveness and store backend", None, &["200"]) },
             "/metrics": { "get": op("Prometheus counters", None, &["200"]) },
             "/api/v1/enroll": { "post": op("Enroll an agent: token + CSR → id, certificate, CA, broker address", None, &["201", "400", "401", "422"]) },
-            "/api/v1/uptime": { "get": op("Uptime over 24h, 7d, 30d and 90d of every check or of ?checks=a,b, overall and per region, from hourly rollups", Some("viewer"), &["200", "400", "401", "403", "404"]) },
+            "/api/v1/uptime": { "get": op("Uptime over 24h, 7d, 30d and 90d (or ?window=30d,…) of every check or of ?checks=a,b, overall and per region, from hourly and daily rollups", Some("viewer"), &["200", "400", "401", "403", "404"]) },
             "/api/v1/checks/{id}/uptime": { "get": op("One check's uptime over 24h, 7d, 30d and 90d", Some("viewer"), &["200", "401", "403", "404"]) },
             "/api/v1/checks/{id}/series": { "get": op("A check's latency (min/avg/max, p50/p95/p99) and failures per region in steps (?from_ms=&to_ms=&step_ms=), from raw rows, minute or hour rollups", Some("viewer"), &["200", "400", "401", "403", "404"]) },
             "/api/v1/agents": { "get": op("List agents (?region=)", Some("viewer"), &read) },

@@ -248,12 +248,12 @@ impl Store {
                 let mut tx = pool.begin_write().await?;
                 let fresh = commit_postgres(&mut tx, batch).await?;
                 for resolution in Resolution::ALL {
-                    rollups::merge_checks_postgres(
-                        &mut tx,
-                        resolution,
-                        fresh.check_rollups(batch, resolution),
-                    )
-                    .await?;
+                    let adds = fresh.check_rollups(batch, resolution);
+                    if resolution == Resolution::Hour {
+                        rollups::merge_days_postgres(&mut tx, crate::rollup::day_counts(&adds))
+                            .await?;
+                    }
+                    rollups::merge_checks_postgres(&mut tx, resolution, adds).await?;
                     rollups::merge_metrics_postgres(
                         &mut tx,
                         resolution,
@@ -276,12 +276,12 @@ impl Store {
                 let mut tx = pool.begin_write().await?;
                 let fresh = commit_sqlite(&mut tx, batch).await?;
                 for resolution in Resolution::ALL {
-                    rollups::merge_checks_sqlite(
-                        &mut tx,
-                        resolution,
-                        fresh.check_rollups(batch, resolution),
-                    )
-                    .await?;
+                    let adds = fresh.check_rollups(batch, resolution);
+                    if resolution == Resolution::Hour {
+                        rollups::merge_days_sqlite(&mut tx, crate::rollup::day_counts(&adds))
+                            .await?;
+                    }
+                    rollups::merge_checks_sqlite(&mut tx, resolution, adds).await?;
                     rollups::merge_metrics_sqlite(
                         &mut tx,
                         resolution,

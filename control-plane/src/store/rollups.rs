@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
 use super::{Store, StoreError, on_pool};
-use crate::rollup::{CheckBucket, HostMetric, MetricBucket, Resolution};
+use crate::rollup::{CheckBucket, CountSource, HostMetric, MetricBucket, Resolution, WindowCount};
 use crate::sketch::{CheckAggregate, GaugeAggregate, Sketch};
 
 /// Stored sketches that did not decode and were started again from empty (exported as
@@ -202,6 +202,56 @@ pub(super) async fn merge_checks_sqlite(
     Ok(())
 }
 
+/// Adds per-day (check, region) counts in one upsert (PostgreSQL).
+pub(super) async fn merge_days_postgres(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    days: BTreeMap<CheckBucket, (u64, u64)>,
+) -> Result<(), StoreError> {
+    if days.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO rollup_checks_day (check_id, region, bucket_ms, n, failures) SELECT * FROM \
+         UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+         ON CONFLICT (check_id, region, bucket_ms) DO UPDATE SET n = rollup_checks_day.n + excluded.n, \
+         failures = rollup_checks_day.failures + excluded.failures",
+    )
+    .bind(days.keys().map(|k| k.check_id.as_str()).collect::<Vec<_>>())
+    .bind(days.keys().map(|k| k.region.as_str()).collect::<Vec<_>>())
+    .bind(days.keys().map(|k| k.bucket_ms).collect::<Vec<_>>())
+    .bind(days.values().map(|(n, _)| *n as i64).collect::<Vec<_>>())
+    .bind(days.values().map(|(_, f)| *f as i64).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// [`merge_days_postgres`] for SQLite.
+pub(super) async fn merge_days_sqlite(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    days: BTreeMap<CheckBucket, (u64, u64)>,
+) -> Result<(), StoreError> {
+    let rows: Vec<(CheckBucket, (u64, u64))> = days.into_iter().collect();
+    for chunk in rows.chunks(SQLITE_CHUNK_KEYS) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO rollup_checks_day (check_id, region, bucket_ms, n, failures) ",
+        );
+        query.push_values(chunk, |mut row, (key, (n, f))| {
+            row.push_bind(key.check_id.as_str())
+                .push_bind(key.region.as_str())
+                .push_bind(key.bucket_ms)
+                .push_bind(*n as i64)
+                .push_bind(*f as i64);
+        });
+        query.push(
+            " ON CONFLICT (check_id, region, bucket_ms) DO UPDATE SET n = rollup_checks_day.n + excluded.n, \
+             failures = rollup_checks_day.failures + excluded.failures",
+        );
+        query.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Merges `adds` into the metric rollup at `resolution` in one upsert (PostgreSQL).
 pub(super) async fn merge_metrics_postgres(
     tx: &mut sqlx::Transaction<'_, Postgres>,
@@ -327,60 +377,64 @@ impl Store {
         Ok(out)
     }
 
-    /// Hourly (check, region) result and failure counts of `check_ids` from `from_ms` on:
-    /// what uptime is computed from, without reading sketches.
+    /// (check, region) result and failure counts summed over the hour or day rollup from
+    /// `from_ms` on, for `check_ids` or every check: what uptime reads, without sketches.
     ///
     /// # Errors
     /// Database errors only.
-    pub async fn hourly_counts(
+    pub async fn window_counts(
         &self,
-        check_ids: &[String],
+        source: CountSource,
         from_ms: i64,
-    ) -> Result<Vec<(CheckBucket, u64, u64)>, StoreError> {
-        let mut out = Vec::new();
-        let decode = |check_id: String, region: String, bucket_ms: i64, n: i64, f: i64| {
-            (
-                CheckBucket {
+        check_ids: Option<&[String]>,
+    ) -> Result<Vec<WindowCount>, StoreError> {
+        let table = match source {
+            CountSource::Hour => "rollup_checks_hour",
+            CountSource::Day => "rollup_checks_day",
+        };
+        let select = format!(
+            "SELECT check_id, region, CAST(SUM(n) AS BIGINT), CAST(SUM(failures) AS BIGINT) FROM {table} \
+             WHERE bucket_ms >= "
+        );
+        let decode = |rows: Vec<(String, String, i64, i64)>| {
+            rows.into_iter()
+                .map(|(check_id, region, n, f)| WindowCount {
                     check_id,
                     region,
-                    bucket_ms,
-                },
-                n.max(0) as u64,
-                f.max(0) as u64,
-            )
+                    results: n.max(0) as u64,
+                    failures: f.max(0) as u64,
+                })
         };
-        for chunk in check_ids.chunks(super::IN_LIST_CHUNK) {
+        let all = [None];
+        let chunks: Vec<Option<&[String]>> = match check_ids {
+            Some(ids) => ids.chunks(super::IN_LIST_CHUNK).map(Some).collect(),
+            None => all.to_vec(),
+        };
+        let mut out = Vec::new();
+        for chunk in chunks {
             match self {
                 Store::Postgres(pool) => {
-                    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
-                        "SELECT check_id, region, bucket_ms, n, failures FROM rollup_checks_hour \
-                         WHERE check_id = ANY($1) AND bucket_ms >= $2",
-                    )
-                    .bind(chunk)
-                    .bind(from_ms)
-                    .fetch_all(pool)
-                    .await?;
-                    out.extend(
-                        rows.into_iter()
-                            .map(|(c, g, b, n, f)| decode(c, g, b, n, f)),
-                    );
+                    let mut query = QueryBuilder::<Postgres>::new(&select);
+                    query.push_bind(from_ms);
+                    if let Some(ids) = chunk {
+                        query.push(" AND check_id = ANY(").push_bind(ids).push(")");
+                    }
+                    query.push(" GROUP BY check_id, region");
+                    out.extend(decode(query.build_query_as().fetch_all(pool).await?));
                 }
                 Store::Sqlite(pool) => {
-                    let mut query = QueryBuilder::<Sqlite>::new(
-                        "SELECT check_id, region, bucket_ms, n, failures FROM rollup_checks_hour WHERE bucket_ms >= ",
-                    );
-                    query.push_bind(from_ms).push(" AND check_id IN (");
-                    let mut ids = query.separated(", ");
-                    for id in chunk {
-                        ids.push_bind(id.as_str());
+                    let mut query = QueryBuilder::<Sqlite>::new(&select);
+                    query.push_bind(from_ms);
+                    if let Some(ids) = chunk {
+                        query.push(" AND check_id IN (");
+                        let mut list = query.separated(", ");
+                        for id in ids {
+                            list.push_bind(id.as_str());
+                        }
+                        query.push(")");
                     }
-                    query.push(")");
-                    let rows: Vec<(String, String, i64, i64, i64)> =
-                        query.build_query_as().fetch_all(pool).await?;
-                    out.extend(
-                        rows.into_iter()
-                            .map(|(c, g, b, n, f)| decode(c, g, b, n, f)),
-                    );
+                    query.push(" GROUP BY check_id, region");
+                    out.extend(decode(query.build_query_as().fetch_all(pool).await?));
                 }
             }
         }
@@ -591,6 +645,9 @@ impl Store {
             rollup_hour: self
                 .expire_all("rollup_checks_hour", "bucket_ms", now_ms - keep.hour_ms)
                 .await?
+                + self
+                    .expire_all("rollup_checks_day", "bucket_ms", now_ms - keep.hour_ms)
+                    .await?
                 + self
                     .expire_all("rollup_metrics_hour", "bucket_ms", now_ms - keep.hour_ms)
                     .await?,
