@@ -8,6 +8,7 @@ mod backup;
 mod bad_input;
 mod cert_renewal;
 mod check_types;
+mod compact_rows;
 mod demo;
 mod durability;
 mod edge_image;

@@ -185,7 +185,7 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
         let left = count(
             &store,
             &format!(
-                "SELECT COUNT(*) FROM results_default WHERE measured_at_ms >= {}",
+                "SELECT COUNT(*) FROM result_rows_default WHERE measured_at_ms >= {}",
                 cut(now)
             ),
         )
@@ -323,7 +323,7 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
             Store::Postgres(pool) => {
                 sqlx::query_as(
                     "SELECT COUNT(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-                 WHERE p.relname = 'results'",
+                 WHERE p.relname = 'result_rows'",
                 )
                 .fetch_one(pool)
                 .await?

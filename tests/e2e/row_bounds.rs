@@ -196,7 +196,7 @@ crate::both_backends!(
     a_batch_the_store_refuses_is_counted_and_never_acknowledged
 );
 
-/// The store refuses every insert into `results` (a trigger injects the fault): ingest retries,
+/// The store refuses every insert into `result_rows` (a trigger injects the fault): ingest retries,
 /// gives the batch up, counts it, and acknowledges nothing, so the agent keeps the rows; once
 /// the fault is gone the same rows, sent again, are stored and acknowledged.
 async fn a_batch_the_store_refuses_is_counted_and_never_acknowledged(
@@ -207,7 +207,7 @@ async fn a_batch_the_store_refuses_is_counted_and_never_acknowledged(
     let identity = MqttIdentity::enroll(&cp, "europe").await?;
     let agent = identity.agent_id.clone();
     let (client, mut acks) = identity.listen("results/ack").await?;
-    cp.inject_insert_fault("results").await?;
+    cp.inject_insert_fault("result_rows").await?;
     let batch = serde_json::to_vec(&json!({"v": 1, "items": [
         {"seq": 1, "measured_at_ms": 1_700_000_000_001_i64, "check_id": "web", "ok": true,
          "reason": "status 200", "timings": {"total_ms": 1.0}},
@@ -235,7 +235,7 @@ async fn a_batch_the_store_refuses_is_counted_and_never_acknowledged(
         "rows the store refused were acknowledged"
     );
 
-    cp.clear_insert_fault("results").await?;
+    cp.clear_insert_fault("result_rows").await?;
     client
         .publish(&topic, rumqttc::QoS::AtLeastOnce, false, batch)
         .await?;

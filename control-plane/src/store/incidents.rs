@@ -502,7 +502,7 @@ impl Store {
             let rows: Vec<super::ResultRow> = on_pool!(self, pool => {
                 let mut query = sqlx::QueryBuilder::new(
                     "SELECT agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, total_ms, \
-                     status_code, reason, timings, result_values FROM results WHERE measured_at_ms >= ",
+                     status_code, reason, dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms, result_values FROM results WHERE measured_at_ms >= ",
                 );
                 query.push_bind(since_ms).push(" AND check_id IN (");
                 let mut list = query.separated(", ");

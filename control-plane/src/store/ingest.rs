@@ -3,13 +3,17 @@
 //! PostgreSQL gets one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING` per table
 //! (one cached statement, one round trip, no bind limit). SQLite gets multi-row `VALUES`
 //! statements in chunks that stay under its bind-parameter limit, in the same transaction.
-//! Replays of rows already stored change nothing: the primary key is (agent, seq).
+//! Rows go to the compact tables (`result_rows`, `metric_rows`): names become the integer
+//! keys [`BatchKeys`] resolves in the same transaction, timings integer microseconds.
+//! Replays of rows already stored change nothing: a row sent again has the same primary key
+//! (check or agent, measurement time, agent, seq) and conflicts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 use vantage_mqtt::{CheckResult, Event, HostMetrics};
 
+use super::keys::BatchKeys;
 use super::{BeginWrite, Store, StoreError, rollups};
 use crate::rollup::{CheckBucket, MetricBucket, Resolution};
 use crate::sketch::{CheckAggregate, GaugeAggregate};
@@ -128,12 +132,53 @@ async fn upsert_status_sqlite(
     Ok(())
 }
 
-fn timings_json(result: &CheckResult) -> String {
-    serde_json::to_string(&result.timings).unwrap_or_else(|_| "{}".into())
+/// Milliseconds as the integer microseconds the compact tables hold (within `i32`).
+pub fn micros(ms: f64) -> i64 {
+    if ms.is_finite() {
+        (ms * 1000.0)
+            .round()
+            .clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i64
+    } else {
+        0
+    }
 }
 
-fn values_json(result: &CheckResult) -> String {
-    serde_json::to_string(&result.values).unwrap_or_else(|_| "{}".into())
+/// The probe's values as JSON, or nothing when it has none (most probes).
+fn values_json(result: &CheckResult) -> Option<String> {
+    (!result.values.is_empty())
+        .then(|| serde_json::to_string(&result.values).unwrap_or_else(|_| "{}".into()))
+}
+
+/// The keys of one result row.
+struct ResultKeys {
+    check: i64,
+    agent: i64,
+    region: i64,
+    reason: i64,
+}
+
+fn result_keys(keys: &BatchKeys, batch: &IngestBatch) -> Result<Vec<ResultKeys>, StoreError> {
+    batch
+        .results
+        .iter()
+        .map(|(agent, region, r)| {
+            Ok(ResultKeys {
+                check: keys.check(&r.check_id)?,
+                agent: keys.agent(agent)?,
+                region: keys.region(region)?,
+                reason: keys.reason(&r.reason)?,
+            })
+        })
+        .collect()
+}
+
+/// (agent, region) keys of each metrics row.
+fn metric_keys(keys: &BatchKeys, batch: &IngestBatch) -> Result<Vec<(i64, i64)>, StoreError> {
+    batch
+        .metrics
+        .iter()
+        .map(|(agent, region, _)| Ok((keys.agent(agent)?, keys.region(region)?)))
+        .collect()
 }
 
 fn metrics_detail(m: &HostMetrics) -> String {
@@ -158,15 +203,15 @@ struct Stored {
 }
 
 impl Stored {
-    /// Notes what one statement stored (`returned`: its `RETURNING agent_id, seq`) of the
+    /// Notes what one statement stored (`returned`: its `RETURNING agent_key, seq`) of the
     /// rows it was sent.
     fn note<'a, R: Row>(
         &mut self,
+        keys: &BatchKeys,
         returned: Vec<R>,
         sent: impl ExactSizeIterator<Item = (&'a str, u64)>,
     ) -> Result<(), sqlx::Error>
     where
-        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         usize: sqlx::ColumnIndex<R>,
     {
@@ -175,8 +220,9 @@ impl Stored {
         }
         let mut stored: HashMap<String, HashSet<i64>> = HashMap::new();
         for row in returned {
+            let agent = keys.agent_id(row.try_get(0)?).unwrap_or_default();
             stored
-                .entry(row.try_get(0)?)
+                .entry(agent.to_owned())
                 .or_default()
                 .insert(row.try_get(1)?);
         }
@@ -205,6 +251,8 @@ impl Stored {
 struct Fresh {
     results: Stored,
     metrics: Stored,
+    /// The keys the batch's rows were stored under, for its rollups.
+    keys: BatchKeys,
 }
 
 impl Fresh {
@@ -250,12 +298,17 @@ impl Store {
                 for resolution in Resolution::ALL {
                     let adds = fresh.check_rollups(batch, resolution);
                     if resolution == Resolution::Hour {
-                        rollups::merge_days_postgres(&mut tx, crate::rollup::day_counts(&adds))
-                            .await?;
+                        rollups::merge_days_postgres(
+                            &mut tx,
+                            &fresh.keys,
+                            crate::rollup::day_counts(&adds),
+                        )
+                        .await?;
                     }
-                    rollups::merge_checks_postgres(&mut tx, resolution, adds).await?;
+                    rollups::merge_checks_postgres(&mut tx, &fresh.keys, resolution, adds).await?;
                     rollups::merge_metrics_postgres(
                         &mut tx,
+                        &fresh.keys,
                         resolution,
                         fresh.metric_rollups(batch, resolution),
                     )
@@ -278,12 +331,17 @@ impl Store {
                 for resolution in Resolution::ALL {
                     let adds = fresh.check_rollups(batch, resolution);
                     if resolution == Resolution::Hour {
-                        rollups::merge_days_sqlite(&mut tx, crate::rollup::day_counts(&adds))
-                            .await?;
+                        rollups::merge_days_sqlite(
+                            &mut tx,
+                            &fresh.keys,
+                            crate::rollup::day_counts(&adds),
+                        )
+                        .await?;
                     }
-                    rollups::merge_checks_sqlite(&mut tx, resolution, adds).await?;
+                    rollups::merge_checks_sqlite(&mut tx, &fresh.keys, resolution, adds).await?;
                     rollups::merge_metrics_sqlite(
                         &mut tx,
+                        &fresh.keys,
                         resolution,
                         fresh.metric_rollups(batch, resolution),
                     )
@@ -310,74 +368,94 @@ async fn commit_postgres(
 ) -> Result<Fresh, StoreError> {
     let received = batch.received_at_ms;
     let mut fresh = Fresh::default();
+    let keys = BatchKeys::resolve_postgres(tx, batch).await?;
     if !batch.results.is_empty() {
         let rows = &batch.results;
+        let rk = result_keys(&keys, batch)?;
+        let timing = |f: fn(&vantage_mqtt::Timings) -> Option<f64>| {
+            rows.iter()
+                .map(|(_, _, r)| f(&r.timings).map(micros))
+                .collect::<Vec<_>>()
+        };
         let stored = sqlx::query(
-            "INSERT INTO results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, \
-             total_ms, status_code, reason, timings, result_values) \
-             SELECT a, s, c, r, m, $6, o, t, sc, re, ti, va FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
-             $4::text[], $5::bigint[], $7::boolean[], $8::float8[], $9::bigint[], $10::text[], $11::text[], \
-             $12::text[]) AS u(a, s, c, r, m, o, t, sc, re, ti, va) ON CONFLICT DO NOTHING RETURNING agent_id, seq",
+            "INSERT INTO result_rows (measured_at_ms, seq, received_at_ms, check_key, agent_key, region_key, \
+             reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, status_code, ok, \
+             result_values) \
+             SELECT m, s, $3, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va FROM UNNEST($1::bigint[], \
+             $2::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], \
+             $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
+             $15::boolean[], $16::text[]) AS u(m, s, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va) \
+             ON CONFLICT DO NOTHING RETURNING agent_key::bigint, seq",
         )
-        .bind(rows.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, r)| r.seq as i64).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, r)| r.check_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, g, _)| g.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, r)| r.measured_at_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, r)| r.seq as i64).collect::<Vec<_>>())
         .bind(received)
-        .bind(rows.iter().map(|(_, _, r)| r.ok).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, r)| r.timings.total_ms).collect::<Vec<_>>())
+        .bind(rk.iter().map(|k| k.check).collect::<Vec<_>>())
+        .bind(rk.iter().map(|k| k.agent).collect::<Vec<_>>())
+        .bind(rk.iter().map(|k| k.region).collect::<Vec<_>>())
+        .bind(rk.iter().map(|k| k.reason).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, r)| micros(r.timings.total_ms)).collect::<Vec<_>>())
+        .bind(timing(|t| t.dns_ms))
+        .bind(timing(|t| t.connect_ms))
+        .bind(timing(|t| t.tls_ms))
+        .bind(timing(|t| t.ttfb_ms))
+        .bind(timing(|t| t.transfer_ms))
         .bind(
             rows.iter()
                 .map(|(_, _, r)| r.status_code.map(i64::from))
                 .collect::<Vec<_>>(),
         )
-        .bind(rows.iter().map(|(_, _, r)| r.reason.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, r)| timings_json(r)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, r)| r.ok).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, r)| values_json(r)).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
-        fresh
-            .results
-            .note(stored, rows.iter().map(|(a, _, r)| (a.as_str(), r.seq)))?;
+        fresh.results.note(
+            &keys,
+            stored,
+            rows.iter().map(|(a, _, r)| (a.as_str(), r.seq)),
+        )?;
     }
     if !batch.metrics.is_empty() {
         let rows = &batch.metrics;
+        let mk = metric_keys(&keys, batch)?;
         let nets: Vec<(f64, f64)> = rows.iter().map(|(_, _, m)| net_totals(m)).collect();
         let stored = sqlx::query(
-            "INSERT INTO host_metrics (agent_id, seq, region, measured_at_ms, received_at_ms, cpu_pct, \
-             mem_total_bytes, mem_used_bytes, swap_total_bytes, swap_used_bytes, load1, load5, load15, \
-             uptime_s, net_rx_bytes_per_s, net_tx_bytes_per_s, detail) \
-             SELECT a, s, r, m, $5, c, mt, mu, st, su, l1, l5, l15, up, rx, tx, d FROM UNNEST( \
-             $1::text[], $2::bigint[], $3::text[], $4::bigint[], $6::float8[], $7::bigint[], $8::bigint[], \
-             $9::bigint[], $10::bigint[], $11::float8[], $12::float8[], $13::float8[], $14::bigint[], \
-             $15::float8[], $16::float8[], $17::text[]) \
-             AS u(a, s, r, m, c, mt, mu, st, su, l1, l5, l15, up, rx, tx, d) ON CONFLICT DO NOTHING \
-             RETURNING agent_id, seq",
+            "INSERT INTO metric_rows (measured_at_ms, seq, received_at_ms, mem_total_bytes, mem_used_bytes, \
+             swap_total_bytes, swap_used_bytes, uptime_s, agent_key, region_key, cpu_pct, load1, load5, \
+             load15, net_rx_bytes_per_s, net_tx_bytes_per_s, detail) \
+             SELECT m, s, $3, mt, mu, st, su, up, a, g, c, l1, l5, l15, rx, tx, d FROM UNNEST( \
+             $1::bigint[], $2::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], \
+             $8::bigint[], $9::bigint[], $10::bigint[], $11::float4[], $12::float4[], $13::float4[], \
+             $14::float4[], $15::float4[], $16::float4[], $17::text[]) \
+             AS u(m, s, mt, mu, st, su, up, a, g, c, l1, l5, l15, rx, tx, d) ON CONFLICT DO NOTHING \
+             RETURNING agent_key::bigint, seq",
         )
-        .bind(rows.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, m)| m.seq as i64).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, g, _)| g.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| m.measured_at_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.seq as i64).collect::<Vec<_>>())
         .bind(received)
-        .bind(rows.iter().map(|(_, _, m)| f64::from(m.cpu_pct)).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| m.mem_total_bytes as i64).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| m.mem_used_bytes as i64).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| m.swap_total_bytes as i64).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| m.swap_used_bytes as i64).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, m)| m.load1).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, m)| m.load5).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, m)| m.load15).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| m.uptime_s as i64).collect::<Vec<_>>())
-        .bind(nets.iter().map(|n| n.0).collect::<Vec<_>>())
-        .bind(nets.iter().map(|n| n.1).collect::<Vec<_>>())
+        .bind(mk.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(mk.iter().map(|k| k.1).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.cpu_pct).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.load1 as f32).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.load5 as f32).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.load15 as f32).collect::<Vec<_>>())
+        .bind(nets.iter().map(|n| n.0 as f32).collect::<Vec<_>>())
+        .bind(nets.iter().map(|n| n.1 as f32).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| metrics_detail(m)).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
-        fresh
-            .metrics
-            .note(stored, rows.iter().map(|(a, _, m)| (a.as_str(), m.seq)))?;
+        fresh.metrics.note(
+            &keys,
+            stored,
+            rows.iter().map(|(a, _, m)| (a.as_str(), m.seq)),
+        )?;
     }
+    fresh.keys = keys;
     if !batch.events.is_empty() {
         let rows = &batch.events;
         sqlx::query(
@@ -403,43 +481,62 @@ async fn commit_sqlite(
 ) -> Result<Fresh, StoreError> {
     let received = batch.received_at_ms;
     let mut fresh = Fresh::default();
-    for chunk in batch.results.chunks(SQLITE_CHUNK_ROWS) {
+    let keys = BatchKeys::resolve_sqlite(tx, batch).await?;
+    let rk = result_keys(&keys, batch)?;
+    for (chunk, chunk_keys) in batch
+        .results
+        .chunks(SQLITE_CHUNK_ROWS)
+        .zip(rk.chunks(SQLITE_CHUNK_ROWS))
+    {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, \
-             total_ms, status_code, reason, timings, result_values) ",
+            "INSERT INTO result_rows (check_key, measured_at_ms, agent_key, seq, region_key, received_at_ms, \
+             ok, status_code, reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, \
+             result_values) ",
         );
-        query.push_values(chunk, |mut row, (agent, region, r)| {
-            row.push_bind(agent.as_str())
-                .push_bind(r.seq as i64)
-                .push_bind(r.check_id.as_str())
-                .push_bind(region.as_str())
+        query.push_values(chunk.iter().zip(chunk_keys), |mut row, ((_, _, r), k)| {
+            let t = &r.timings;
+            row.push_bind(k.check)
                 .push_bind(r.measured_at_ms)
+                .push_bind(k.agent)
+                .push_bind(r.seq as i64)
+                .push_bind(k.region)
                 .push_bind(received)
                 .push_bind(r.ok)
-                .push_bind(r.timings.total_ms)
                 .push_bind(r.status_code.map(i64::from))
-                .push_bind(r.reason.as_str())
-                .push_bind(timings_json(r))
+                .push_bind(k.reason)
+                .push_bind(micros(t.total_ms))
+                .push_bind(t.dns_ms.map(micros))
+                .push_bind(t.connect_ms.map(micros))
+                .push_bind(t.tls_ms.map(micros))
+                .push_bind(t.ttfb_ms.map(micros))
+                .push_bind(t.transfer_ms.map(micros))
                 .push_bind(values_json(r));
         });
-        query.push(" ON CONFLICT DO NOTHING RETURNING agent_id, seq");
+        query.push(" ON CONFLICT DO NOTHING RETURNING agent_key, seq");
         let stored = query.build().fetch_all(&mut **tx).await?;
-        fresh
-            .results
-            .note(stored, chunk.iter().map(|(a, _, r)| (a.as_str(), r.seq)))?;
+        fresh.results.note(
+            &keys,
+            stored,
+            chunk.iter().map(|(a, _, r)| (a.as_str(), r.seq)),
+        )?;
     }
-    for chunk in batch.metrics.chunks(SQLITE_CHUNK_ROWS) {
+    let mk = metric_keys(&keys, batch)?;
+    for (chunk, chunk_keys) in batch
+        .metrics
+        .chunks(SQLITE_CHUNK_ROWS)
+        .zip(mk.chunks(SQLITE_CHUNK_ROWS))
+    {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO host_metrics (agent_id, seq, region, measured_at_ms, received_at_ms, cpu_pct, \
+            "INSERT INTO metric_rows (agent_key, measured_at_ms, seq, region_key, received_at_ms, cpu_pct, \
              mem_total_bytes, mem_used_bytes, swap_total_bytes, swap_used_bytes, load1, load5, load15, \
              uptime_s, net_rx_bytes_per_s, net_tx_bytes_per_s, detail) ",
         );
-        query.push_values(chunk, |mut row, (agent, region, m)| {
+        query.push_values(chunk.iter().zip(chunk_keys), |mut row, ((_, _, m), k)| {
             let (rx, tx) = net_totals(m);
-            row.push_bind(agent.as_str())
-                .push_bind(m.seq as i64)
-                .push_bind(region.as_str())
+            row.push_bind(k.0)
                 .push_bind(m.measured_at_ms)
+                .push_bind(m.seq as i64)
+                .push_bind(k.1)
                 .push_bind(received)
                 .push_bind(f64::from(m.cpu_pct))
                 .push_bind(m.mem_total_bytes as i64)
@@ -454,12 +551,15 @@ async fn commit_sqlite(
                 .push_bind(tx)
                 .push_bind(metrics_detail(m));
         });
-        query.push(" ON CONFLICT DO NOTHING RETURNING agent_id, seq");
+        query.push(" ON CONFLICT DO NOTHING RETURNING agent_key, seq");
         let stored = query.build().fetch_all(&mut **tx).await?;
-        fresh
-            .metrics
-            .note(stored, chunk.iter().map(|(a, _, m)| (a.as_str(), m.seq)))?;
+        fresh.metrics.note(
+            &keys,
+            stored,
+            chunk.iter().map(|(a, _, m)| (a.as_str(), m.seq)),
+        )?;
     }
+    fresh.keys = keys;
     for chunk in batch.events.chunks(SQLITE_CHUNK_ROWS) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO events (agent_id, seq, measured_at_ms, source, severity, message) ",

@@ -8,6 +8,7 @@
 
 pub mod incidents;
 pub mod ingest;
+pub mod keys;
 pub mod models;
 pub mod partitions;
 pub mod rollups;
@@ -886,7 +887,7 @@ impl Store {
     /// Database errors only.
     pub async fn query_results(&self, filter: &SeriesFilter) -> Result<Vec<ResultRow>, StoreError> {
         let sql = "SELECT agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, total_ms, \
-                   status_code, reason, timings, result_values FROM results \
+                   status_code, reason, dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms, result_values FROM results \
                    WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR check_id = $2) \
                    AND ($3 IS NULL OR region = $3) AND measured_at_ms >= $4 AND measured_at_ms <= $5 \
                    ORDER BY measured_at_ms DESC, seq DESC LIMIT $6";

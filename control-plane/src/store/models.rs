@@ -342,12 +342,29 @@ pub struct ResultRow {
     pub total_ms: f64,
     pub status_code: Option<i64>,
     pub reason: String,
-    /// JSON of the wire `Timings` (an object in API answers).
-    #[serde(serialize_with = "as_json")]
-    pub timings: String,
+    /// Phase timings (stored as integer microseconds).
+    #[sqlx(flatten)]
+    pub timings: PhaseTimings,
     /// JSON object of the probe's numeric values (an object in API answers).
     #[serde(serialize_with = "as_json")]
     pub result_values: String,
+}
+
+/// A stored result's phase timings in milliseconds; absent phases are `None` and left out
+/// of API answers, as on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, sqlx::FromRow)]
+pub struct PhaseTimings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_ms: Option<f64>,
+    pub total_ms: f64,
 }
 
 /// Serializes a stored JSON text as the JSON value it holds.

@@ -1,4 +1,4 @@
-//! Day partitions of the raw tables on PostgreSQL: `results` and `host_metrics` are
+//! Day partitions of the raw tables on PostgreSQL: `result_rows` and `metric_rows` are
 //! partitioned by `measured_at_ms`, one partition per UTC day (`{table}_pYYYYMMDD`), with a
 //! default partition for rows outside every day that exists (a spool replayed long after, a
 //! clock far off). Partitions are made ahead of time; retention drops whole partitions, so
@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use super::StoreError;
 
 /// The partitioned tables.
-pub const TABLES: [&str; 2] = ["results", "host_metrics"];
+pub const TABLES: [&str; 2] = ["result_rows", "metric_rows"];
 const DAY_MS: i64 = 86_400_000;
 /// Days made ahead of today.
 const AHEAD_DAYS: i64 = 3;

@@ -4,11 +4,17 @@
 //! Check rollups carry a sketch that SQL cannot add, so their rows are read, merged in Rust
 //! and written back; on PostgreSQL a transaction-scoped advisory lock serialises these merges
 //! across writers. Metric rollups merge in the upsert itself.
+//!
+//! Writes go to the keyed tables (`check_minutes`, `check_hours`, `check_days`,
+//! `metric_minutes`, `metric_hours`: integer keys, see `keys.rs`); reads go through the views
+//! under the old names (`rollup_checks_minute`, …) that give the keys back as names, or join
+//! the key tables themselves after aggregating.
 
 use std::collections::BTreeMap;
 
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
+use super::keys::BatchKeys;
 use super::{Store, StoreError, on_pool};
 use crate::rollup::{CheckBucket, CountSource, HostMetric, MetricBucket, Resolution, WindowCount};
 use crate::sketch::{CheckAggregate, GaugeAggregate, Sketch};
@@ -23,14 +29,32 @@ const ROLLUP_LOCK: i64 = 0x7661_6e74_0001;
 /// Keys per statement on SQLite (3 or 7 binds a key, well under its bind limit).
 const SQLITE_CHUNK_KEYS: usize = 300;
 
+/// The keyed check rollup table at `resolution` (written).
 fn checks_table(resolution: Resolution) -> &'static str {
+    match resolution {
+        Resolution::Minute => "check_minutes",
+        Resolution::Hour => "check_hours",
+    }
+}
+
+/// The view of [`checks_table`] with names (read).
+fn checks_view(resolution: Resolution) -> &'static str {
     match resolution {
         Resolution::Minute => "rollup_checks_minute",
         Resolution::Hour => "rollup_checks_hour",
     }
 }
 
+/// The keyed metric rollup table at `resolution` (written).
 fn metrics_table(resolution: Resolution) -> &'static str {
+    match resolution {
+        Resolution::Minute => "metric_minutes",
+        Resolution::Hour => "metric_hours",
+    }
+}
+
+/// The view of [`metrics_table`] with names (read).
+fn metrics_view(resolution: Resolution) -> &'static str {
     match resolution {
         Resolution::Minute => "rollup_metrics_minute",
         Resolution::Hour => "rollup_metrics_hour",
@@ -39,29 +63,82 @@ fn metrics_table(resolution: Resolution) -> &'static str {
 
 const CHECK_COLUMNS: &str =
     "check_id, region, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch";
+const KEYED_CHECK_COLUMNS: &str =
+    "check_key, region_key, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch";
 
-fn decode_check_row(row: &impl RowLike) -> Result<(CheckBucket, CheckAggregate), sqlx::Error> {
+fn decode_aggregate(row: &impl RowLike) -> Result<CheckAggregate, sqlx::Error> {
     let sketch_bytes: Vec<u8> = row.get_col("sketch")?;
     let sketch = Sketch::decode(&sketch_bytes).unwrap_or_else(|error| {
         CORRUPT_SKETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::error!(%error, "Stored rollup sketch does not decode; its percentiles restart");
         Sketch::default()
     });
+    Ok(CheckAggregate {
+        count: row.get_col::<i64>("n")?.max(0) as u64,
+        failures: row.get_col::<i64>("failures")?.max(0) as u64,
+        sum_ms: row.get_col("sum_ms")?,
+        min_ms: row.get_col("min_ms")?,
+        max_ms: row.get_col("max_ms")?,
+        sketch,
+    })
+}
+
+/// A row of a check rollup view (names).
+fn decode_check_row(row: &impl RowLike) -> Result<(CheckBucket, CheckAggregate), sqlx::Error> {
     Ok((
         CheckBucket {
             check_id: row.get_col("check_id")?,
             region: row.get_col("region")?,
             bucket_ms: row.get_col("bucket_ms")?,
         },
-        CheckAggregate {
-            count: row.get_col::<i64>("n")?.max(0) as u64,
-            failures: row.get_col::<i64>("failures")?.max(0) as u64,
-            sum_ms: row.get_col("sum_ms")?,
-            min_ms: row.get_col("min_ms")?,
-            max_ms: row.get_col("max_ms")?,
-            sketch,
-        },
+        decode_aggregate(row)?,
     ))
+}
+
+/// A row of a keyed check rollup table: its (check key, region key, bucket) and aggregate.
+fn decode_keyed_row(row: &impl RowLike) -> Result<(CheckKey, CheckAggregate), sqlx::Error> {
+    Ok((
+        (
+            row.get_col("check_key")?,
+            row.get_col("region_key")?,
+            row.get_col("bucket_ms")?,
+        ),
+        decode_aggregate(row)?,
+    ))
+}
+
+/// (check key, region key, bucket start) of a check rollup row.
+type CheckKey = (i64, i64, i64);
+/// (agent key, metric code, bucket start) of a metric rollup row.
+type MetricKey = (i64, i16, i64);
+
+/// The adds of a merge under their keys.
+fn keyed<V>(
+    keys: &BatchKeys,
+    adds: BTreeMap<CheckBucket, V>,
+) -> Result<BTreeMap<CheckKey, V>, StoreError> {
+    adds.into_iter()
+        .map(|(k, v)| {
+            Ok((
+                (
+                    keys.check(&k.check_id)?,
+                    keys.region(&k.region)?,
+                    k.bucket_ms,
+                ),
+                v,
+            ))
+        })
+        .collect()
+}
+
+/// Metric adds under their keys.
+fn keyed_metrics(
+    keys: &BatchKeys,
+    adds: BTreeMap<MetricBucket, GaugeAggregate>,
+) -> Result<Vec<(MetricKey, GaugeAggregate)>, StoreError> {
+    adds.into_iter()
+        .map(|(k, v)| Ok(((keys.agent(&k.agent_id)?, k.metric.code(), k.bucket_ms), v)))
+        .collect()
 }
 
 /// Column access shared by both backends' rows.
@@ -101,42 +178,47 @@ impl RowLike for sqlx::sqlite::SqliteRow {
 /// Merges `adds` into the check rollup at `resolution`, inside `tx` (PostgreSQL).
 pub(super) async fn merge_checks_postgres(
     tx: &mut sqlx::Transaction<'_, Postgres>,
+    keys: &BatchKeys,
     resolution: Resolution,
-    mut adds: BTreeMap<CheckBucket, CheckAggregate>,
+    adds: BTreeMap<CheckBucket, CheckAggregate>,
 ) -> Result<(), StoreError> {
     if adds.is_empty() {
         return Ok(());
     }
+    let mut adds = keyed(keys, adds)?;
     let table = checks_table(resolution);
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(ROLLUP_LOCK)
         .execute(&mut **tx)
         .await?;
     let stored = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {CHECK_COLUMNS} FROM {table} t JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) AS u(c, g, b) \
-         ON t.check_id = u.c AND t.region = u.g AND t.bucket_ms = u.b"
+        "SELECT t.check_key::bigint AS check_key, t.region_key::bigint AS region_key, t.bucket_ms, t.n, \
+         t.failures, t.sum_ms, t.min_ms, t.max_ms, t.sketch FROM {table} t \
+         JOIN UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS u(c, g, b) \
+         ON t.check_key = u.c AND t.region_key = u.g AND t.bucket_ms = u.b"
     )))
-    .bind(adds.keys().map(|k| k.check_id.as_str()).collect::<Vec<_>>())
-    .bind(adds.keys().map(|k| k.region.as_str()).collect::<Vec<_>>())
-    .bind(adds.keys().map(|k| k.bucket_ms).collect::<Vec<_>>())
+    .bind(adds.keys().map(|k| k.0).collect::<Vec<_>>())
+    .bind(adds.keys().map(|k| k.1).collect::<Vec<_>>())
+    .bind(adds.keys().map(|k| k.2).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     for row in &stored {
-        let (key, old) = decode_check_row(row)?;
+        let (key, old) = decode_keyed_row(row)?;
         if let Some(add) = adds.get_mut(&key) {
             add.merge(&old);
         }
     }
     let sketches: Vec<Vec<u8>> = adds.values().map(|a| a.sketch.encode()).collect();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} ({CHECK_COLUMNS}) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], \
-         $4::bigint[], $5::bigint[], $6::float8[], $7::float8[], $8::float8[], $9::bytea[]) \
-         ON CONFLICT (check_id, region, bucket_ms) DO UPDATE SET n = excluded.n, failures = excluded.failures, \
-         sum_ms = excluded.sum_ms, min_ms = excluded.min_ms, max_ms = excluded.max_ms, sketch = excluded.sketch"
+        "INSERT INTO {table} ({KEYED_CHECK_COLUMNS}) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], \
+         $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[], $7::float8[], $8::float8[], $9::bytea[]) \
+         ON CONFLICT (check_key, region_key, bucket_ms) DO UPDATE SET n = excluded.n, \
+         failures = excluded.failures, sum_ms = excluded.sum_ms, min_ms = excluded.min_ms, \
+         max_ms = excluded.max_ms, sketch = excluded.sketch"
     )))
-    .bind(adds.keys().map(|k| k.check_id.as_str()).collect::<Vec<_>>())
-    .bind(adds.keys().map(|k| k.region.as_str()).collect::<Vec<_>>())
-    .bind(adds.keys().map(|k| k.bucket_ms).collect::<Vec<_>>())
+    .bind(adds.keys().map(|k| k.0).collect::<Vec<_>>())
+    .bind(adds.keys().map(|k| k.1).collect::<Vec<_>>())
+    .bind(adds.keys().map(|k| k.2).collect::<Vec<_>>())
     .bind(adds.values().map(|a| a.count as i64).collect::<Vec<_>>())
     .bind(adds.values().map(|a| a.failures as i64).collect::<Vec<_>>())
     .bind(adds.values().map(|a| a.sum_ms).collect::<Vec<_>>())
@@ -151,41 +233,43 @@ pub(super) async fn merge_checks_postgres(
 /// [`merge_checks_postgres`] for SQLite (its single writer serialises the merges).
 pub(super) async fn merge_checks_sqlite(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
+    keys: &BatchKeys,
     resolution: Resolution,
-    mut adds: BTreeMap<CheckBucket, CheckAggregate>,
+    adds: BTreeMap<CheckBucket, CheckAggregate>,
 ) -> Result<(), StoreError> {
+    let mut adds = keyed(keys, adds)?;
     let table = checks_table(resolution);
-    let keys: Vec<CheckBucket> = adds.keys().cloned().collect();
-    for chunk in keys.chunks(SQLITE_CHUNK_KEYS) {
+    let wanted: Vec<CheckKey> = adds.keys().copied().collect();
+    for chunk in wanted.chunks(SQLITE_CHUNK_KEYS) {
         let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {CHECK_COLUMNS} FROM {table} WHERE (check_id, region, bucket_ms) IN (VALUES "
+            "SELECT {KEYED_CHECK_COLUMNS} FROM {table} WHERE (check_key, region_key, bucket_ms) IN (VALUES "
         ));
         let mut values = query.separated(", ");
         for key in chunk {
             values.push("(");
-            values.push_bind_unseparated(key.check_id.as_str());
+            values.push_bind_unseparated(key.0);
             values.push_unseparated(", ");
-            values.push_bind_unseparated(key.region.as_str());
+            values.push_bind_unseparated(key.1);
             values.push_unseparated(", ");
-            values.push_bind_unseparated(key.bucket_ms);
+            values.push_bind_unseparated(key.2);
             values.push_unseparated(")");
         }
         query.push(")");
         for row in query.build().fetch_all(&mut **tx).await? {
-            let (key, old) = decode_check_row(&row)?;
+            let (key, old) = decode_keyed_row(&row)?;
             if let Some(add) = adds.get_mut(&key) {
                 add.merge(&old);
             }
         }
     }
-    let rows: Vec<(CheckBucket, CheckAggregate)> = adds.into_iter().collect();
+    let rows: Vec<(CheckKey, CheckAggregate)> = adds.into_iter().collect();
     for chunk in rows.chunks(SQLITE_CHUNK_KEYS) {
         let mut query =
-            QueryBuilder::<Sqlite>::new(format!("INSERT INTO {table} ({CHECK_COLUMNS}) "));
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO {table} ({KEYED_CHECK_COLUMNS}) "));
         query.push_values(chunk, |mut row, (key, a)| {
-            row.push_bind(key.check_id.as_str())
-                .push_bind(key.region.as_str())
-                .push_bind(key.bucket_ms)
+            row.push_bind(key.0)
+                .push_bind(key.1)
+                .push_bind(key.2)
                 .push_bind(a.count as i64)
                 .push_bind(a.failures as i64)
                 .push_bind(a.sum_ms)
@@ -194,8 +278,9 @@ pub(super) async fn merge_checks_sqlite(
                 .push_bind(a.sketch.encode());
         });
         query.push(
-            " ON CONFLICT (check_id, region, bucket_ms) DO UPDATE SET n = excluded.n, failures = excluded.failures, \
-             sum_ms = excluded.sum_ms, min_ms = excluded.min_ms, max_ms = excluded.max_ms, sketch = excluded.sketch",
+            " ON CONFLICT (check_key, region_key, bucket_ms) DO UPDATE SET n = excluded.n, \
+             failures = excluded.failures, sum_ms = excluded.sum_ms, min_ms = excluded.min_ms, \
+             max_ms = excluded.max_ms, sketch = excluded.sketch",
         );
         query.build().execute(&mut **tx).await?;
     }
@@ -205,20 +290,22 @@ pub(super) async fn merge_checks_sqlite(
 /// Adds per-day (check, region) counts in one upsert (PostgreSQL).
 pub(super) async fn merge_days_postgres(
     tx: &mut sqlx::Transaction<'_, Postgres>,
+    keys: &BatchKeys,
     days: BTreeMap<CheckBucket, (u64, u64)>,
 ) -> Result<(), StoreError> {
     if days.is_empty() {
         return Ok(());
     }
+    let days = keyed(keys, days)?;
     sqlx::query(
-        "INSERT INTO rollup_checks_day (check_id, region, bucket_ms, n, failures) SELECT * FROM \
-         UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
-         ON CONFLICT (check_id, region, bucket_ms) DO UPDATE SET n = rollup_checks_day.n + excluded.n, \
-         failures = rollup_checks_day.failures + excluded.failures",
+        "INSERT INTO check_days (check_key, region_key, bucket_ms, n, failures) SELECT * FROM \
+         UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+         ON CONFLICT (check_key, region_key, bucket_ms) DO UPDATE SET n = check_days.n + excluded.n, \
+         failures = check_days.failures + excluded.failures",
     )
-    .bind(days.keys().map(|k| k.check_id.as_str()).collect::<Vec<_>>())
-    .bind(days.keys().map(|k| k.region.as_str()).collect::<Vec<_>>())
-    .bind(days.keys().map(|k| k.bucket_ms).collect::<Vec<_>>())
+    .bind(days.keys().map(|k| k.0).collect::<Vec<_>>())
+    .bind(days.keys().map(|k| k.1).collect::<Vec<_>>())
+    .bind(days.keys().map(|k| k.2).collect::<Vec<_>>())
     .bind(days.values().map(|(n, _)| *n as i64).collect::<Vec<_>>())
     .bind(days.values().map(|(_, f)| *f as i64).collect::<Vec<_>>())
     .execute(&mut **tx)
@@ -229,23 +316,24 @@ pub(super) async fn merge_days_postgres(
 /// [`merge_days_postgres`] for SQLite.
 pub(super) async fn merge_days_sqlite(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
+    keys: &BatchKeys,
     days: BTreeMap<CheckBucket, (u64, u64)>,
 ) -> Result<(), StoreError> {
-    let rows: Vec<(CheckBucket, (u64, u64))> = days.into_iter().collect();
+    let rows: Vec<(CheckKey, (u64, u64))> = keyed(keys, days)?.into_iter().collect();
     for chunk in rows.chunks(SQLITE_CHUNK_KEYS) {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO rollup_checks_day (check_id, region, bucket_ms, n, failures) ",
+            "INSERT INTO check_days (check_key, region_key, bucket_ms, n, failures) ",
         );
         query.push_values(chunk, |mut row, (key, (n, f))| {
-            row.push_bind(key.check_id.as_str())
-                .push_bind(key.region.as_str())
-                .push_bind(key.bucket_ms)
+            row.push_bind(key.0)
+                .push_bind(key.1)
+                .push_bind(key.2)
                 .push_bind(*n as i64)
                 .push_bind(*f as i64);
         });
         query.push(
-            " ON CONFLICT (check_id, region, bucket_ms) DO UPDATE SET n = rollup_checks_day.n + excluded.n, \
-             failures = rollup_checks_day.failures + excluded.failures",
+            " ON CONFLICT (check_key, region_key, bucket_ms) DO UPDATE SET n = check_days.n + excluded.n, \
+             failures = check_days.failures + excluded.failures",
         );
         query.build().execute(&mut **tx).await?;
     }
@@ -255,27 +343,29 @@ pub(super) async fn merge_days_sqlite(
 /// Merges `adds` into the metric rollup at `resolution` in one upsert (PostgreSQL).
 pub(super) async fn merge_metrics_postgres(
     tx: &mut sqlx::Transaction<'_, Postgres>,
+    keys: &BatchKeys,
     resolution: Resolution,
     adds: BTreeMap<MetricBucket, GaugeAggregate>,
 ) -> Result<(), StoreError> {
     if adds.is_empty() {
         return Ok(());
     }
+    let adds = keyed_metrics(keys, adds)?;
     let table = metrics_table(resolution);
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} (agent_id, metric, bucket_ms, n, sum, min, max) SELECT * FROM UNNEST($1::text[], \
+        "INSERT INTO {table} (agent_key, metric, bucket_ms, n, sum, min, max) SELECT * FROM UNNEST($1::bigint[], \
          $2::smallint[], $3::bigint[], $4::bigint[], $5::float8[], $6::float8[], $7::float8[]) \
-         ON CONFLICT (agent_id, metric, bucket_ms) DO UPDATE SET n = {table}.n + excluded.n, \
+         ON CONFLICT (agent_key, metric, bucket_ms) DO UPDATE SET n = {table}.n + excluded.n, \
          sum = {table}.sum + excluded.sum, min = LEAST({table}.min, excluded.min), \
          max = GREATEST({table}.max, excluded.max)"
     )))
-    .bind(adds.keys().map(|k| k.agent_id.as_str()).collect::<Vec<_>>())
-    .bind(adds.keys().map(|k| k.metric.code()).collect::<Vec<_>>())
-    .bind(adds.keys().map(|k| k.bucket_ms).collect::<Vec<_>>())
-    .bind(adds.values().map(|a| a.count as i64).collect::<Vec<_>>())
-    .bind(adds.values().map(|a| a.sum).collect::<Vec<_>>())
-    .bind(adds.values().map(|a| a.min).collect::<Vec<_>>())
-    .bind(adds.values().map(|a| a.max).collect::<Vec<_>>())
+    .bind(adds.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+    .bind(adds.iter().map(|(k, _)| k.1).collect::<Vec<_>>())
+    .bind(adds.iter().map(|(k, _)| k.2).collect::<Vec<_>>())
+    .bind(adds.iter().map(|(_, a)| a.count as i64).collect::<Vec<_>>())
+    .bind(adds.iter().map(|(_, a)| a.sum).collect::<Vec<_>>())
+    .bind(adds.iter().map(|(_, a)| a.min).collect::<Vec<_>>())
+    .bind(adds.iter().map(|(_, a)| a.max).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -284,26 +374,27 @@ pub(super) async fn merge_metrics_postgres(
 /// [`merge_metrics_postgres`] for SQLite.
 pub(super) async fn merge_metrics_sqlite(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
+    keys: &BatchKeys,
     resolution: Resolution,
     adds: BTreeMap<MetricBucket, GaugeAggregate>,
 ) -> Result<(), StoreError> {
     let table = metrics_table(resolution);
-    let rows: Vec<(MetricBucket, GaugeAggregate)> = adds.into_iter().collect();
+    let rows = keyed_metrics(keys, adds)?;
     for chunk in rows.chunks(SQLITE_CHUNK_KEYS) {
         let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "INSERT INTO {table} (agent_id, metric, bucket_ms, n, sum, min, max) "
+            "INSERT INTO {table} (agent_key, metric, bucket_ms, n, sum, min, max) "
         ));
         query.push_values(chunk, |mut row, (key, a)| {
-            row.push_bind(key.agent_id.as_str())
-                .push_bind(key.metric.code())
-                .push_bind(key.bucket_ms)
+            row.push_bind(key.0)
+                .push_bind(key.1)
+                .push_bind(key.2)
                 .push_bind(a.count as i64)
                 .push_bind(a.sum)
                 .push_bind(a.min)
                 .push_bind(a.max);
         });
         query.push(format!(
-            " ON CONFLICT (agent_id, metric, bucket_ms) DO UPDATE SET n = {table}.n + excluded.n, \
+            " ON CONFLICT (agent_key, metric, bucket_ms) DO UPDATE SET n = {table}.n + excluded.n, \
              sum = {table}.sum + excluded.sum, min = MIN({table}.min, excluded.min), \
              max = MAX({table}.max, excluded.max)"
         ));
@@ -317,6 +408,8 @@ pub(super) async fn merge_metrics_sqlite(
 pub struct Expired {
     pub results: u64,
     pub host_metrics: u64,
+    /// Reason texts no kept result uses any more.
+    pub reasons: u64,
     pub rollup_minute: u64,
     pub rollup_hour: u64,
 }
@@ -336,7 +429,7 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(CheckBucket, CheckAggregate)>, StoreError> {
-        let table = checks_table(resolution);
+        let table = checks_view(resolution);
         let mut out = Vec::new();
         for chunk in check_ids.chunks(super::IN_LIST_CHUNK) {
             match self {
@@ -389,13 +482,16 @@ impl Store {
         check_ids: Option<&[String]>,
     ) -> Result<Vec<WindowCount>, StoreError> {
         let table = match source {
-            CountSource::Hour => "rollup_checks_hour",
-            CountSource::Day => "rollup_checks_day",
+            CountSource::Hour => "check_hours",
+            CountSource::Day => "check_days",
         };
+        // Sums over keys first, names joined to the sums after.
         let select = format!(
-            "SELECT check_id, region, CAST(SUM(n) AS BIGINT), CAST(SUM(failures) AS BIGINT) FROM {table} \
-             WHERE bucket_ms >= "
+            "SELECT c.id, g.id, s.n, s.f FROM (SELECT check_key, region_key, CAST(SUM(n) AS BIGINT) AS n, \
+             CAST(SUM(failures) AS BIGINT) AS f FROM {table} WHERE bucket_ms >= "
         );
+        let tail = " GROUP BY check_key, region_key) s JOIN check_keys c ON c.key = s.check_key \
+                    JOIN region_keys g ON g.key = s.region_key";
         let decode = |rows: Vec<(String, String, i64, i64)>| {
             rows.into_iter()
                 .map(|(check_id, region, n, f)| WindowCount {
@@ -417,23 +513,26 @@ impl Store {
                     let mut query = QueryBuilder::<Postgres>::new(&select);
                     query.push_bind(from_ms);
                     if let Some(ids) = chunk {
-                        query.push(" AND check_id = ANY(").push_bind(ids).push(")");
+                        query
+                            .push(" AND check_key IN (SELECT key FROM check_keys WHERE id = ANY(")
+                            .push_bind(ids)
+                            .push("))");
                     }
-                    query.push(" GROUP BY check_id, region");
+                    query.push(tail);
                     out.extend(decode(query.build_query_as().fetch_all(pool).await?));
                 }
                 Store::Sqlite(pool) => {
                     let mut query = QueryBuilder::<Sqlite>::new(&select);
                     query.push_bind(from_ms);
                     if let Some(ids) = chunk {
-                        query.push(" AND check_id IN (");
+                        query.push(" AND check_key IN (SELECT key FROM check_keys WHERE id IN (");
                         let mut list = query.separated(", ");
                         for id in ids {
                             list.push_bind(id.as_str());
                         }
-                        query.push(")");
+                        query.push("))");
                     }
-                    query.push(" GROUP BY check_id, region");
+                    query.push(tail);
                     out.extend(decode(query.build_query_as().fetch_all(pool).await?));
                 }
             }
@@ -473,7 +572,7 @@ impl Store {
         let sql = format!(
             "SELECT metric, bucket_ms, n, sum, min, max FROM {} WHERE agent_id = $1 AND bucket_ms >= $2 \
              AND bucket_ms < $3 ORDER BY bucket_ms",
-            metrics_table(resolution)
+            metrics_view(resolution)
         );
         let rows: Vec<(i16, i64, i64, f64, f64, f64)> = on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(agent_id).bind(from_ms).bind(to_ms).fetch_all(pool).await?);
         Ok(rows
@@ -496,83 +595,75 @@ impl Store {
             .collect())
     }
 
-    /// Deletes up to [`EXPIRE_BATCH_ROWS`] rows of `table` older than `before_ms` on
-    /// `time_column` (which an index covers) and returns how many it deleted.
-    async fn expire_some(
+    /// Deletes the rows of a keyed table (`key_column` first in its primary key) older than
+    /// `before_ms` on `time_column`, key by key: one index seek finds each next key, and each
+    /// statement deletes at most about [`EXPIRE_BATCH_ROWS`] of its oldest rows, a short
+    /// transaction each.
+    async fn expire_keyed(
         &self,
         table: &'static str,
+        key_column: &'static str,
         time_column: &'static str,
         before_ms: i64,
     ) -> Result<u64, StoreError> {
-        let deleted = match self {
-            Store::Postgres(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {time_column} < $1 LIMIT $2))"
-            )))
-            .bind(before_ms)
-            .bind(EXPIRE_BATCH_ROWS)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-            Store::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {time_column} < $1 LIMIT $2)"
-            )))
-            .bind(before_ms)
-            .bind(EXPIRE_BATCH_ROWS)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-        };
-        Ok(deleted)
-    }
-
-    /// Deletes SQLite's results older than `before_ms` check by check through
-    /// `results_check_time` (no index on time alone, which would cost every insert), a batch
-    /// per transaction. The checks are walked with one index seek each.
-    async fn expire_sqlite_results(
-        pool: &sqlx::SqlitePool,
-        before_ms: i64,
-    ) -> Result<u64, StoreError> {
+        let next = format!(
+            "SELECT CAST(MIN({key_column}) AS BIGINT) FROM {table} WHERE {key_column} > $1"
+        );
+        // Up to the time of the key's EXPIRE_BATCH_ROWS-th oldest expired row (all of them
+        // when it has fewer).
+        let delete = format!(
+            "DELETE FROM {table} WHERE {key_column} = $1 AND {time_column} < $2 AND {time_column} <= \
+             COALESCE((SELECT {time_column} FROM {table} WHERE {key_column} = $1 AND {time_column} < $2 \
+             ORDER BY {time_column} LIMIT 1 OFFSET $3), $2)"
+        );
         let mut total = 0;
-        let mut after = String::new();
-        while let Some(check) = sqlx::query_scalar::<_, Option<String>>(
-            "SELECT MIN(check_id) FROM results WHERE check_id > $1",
-        )
-        .bind(&after)
-        .fetch_one(pool)
-        .await?
-        {
+        let mut after = i64::MIN;
+        loop {
+            let key: Option<i64> = on_pool!(self, pool => sqlx::query_scalar::<_, Option<i64>>(
+                sqlx::AssertSqlSafe(next.clone()),
+            )
+            .bind(after)
+            .fetch_one(pool)
+            .await?);
+            let Some(key) = key else {
+                return Ok(total);
+            };
             loop {
-                let deleted = sqlx::query(
-                    "DELETE FROM results WHERE rowid IN (SELECT rowid FROM results \
-                     WHERE check_id = $1 AND measured_at_ms < $2 LIMIT $3)",
-                )
-                .bind(&check)
-                .bind(before_ms)
-                .bind(EXPIRE_BATCH_ROWS)
-                .execute(pool)
-                .await?
-                .rows_affected();
+                let deleted = on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(delete.clone()))
+                    .bind(key)
+                    .bind(before_ms)
+                    .bind(EXPIRE_BATCH_ROWS - 1)
+                    .execute(pool)
+                    .await?
+                    .rows_affected());
                 total += deleted;
                 if deleted < EXPIRE_BATCH_ROWS as u64 {
                     break;
                 }
                 tokio::task::yield_now().await;
             }
-            after = check;
+            after = key;
         }
-        Ok(total)
     }
 
-    /// Deletes every row of `table` older than `before_ms`, a batch per transaction.
+    /// Deletes every row of a PostgreSQL default partition older than `before_ms` on
+    /// `time_column` (which its own index covers), a batch per transaction.
     async fn expire_all(
-        &self,
+        pool: &sqlx::PgPool,
         table: &'static str,
         time_column: &'static str,
         before_ms: i64,
     ) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let deleted = self.expire_some(table, time_column, before_ms).await?;
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {time_column} < $1 LIMIT $2))"
+            )))
+            .bind(before_ms)
+            .bind(EXPIRE_BATCH_ROWS)
+            .execute(pool)
+            .await?
+            .rows_affected();
             total += deleted;
             if deleted < EXPIRE_BATCH_ROWS as u64 {
                 return Ok(total);
@@ -614,42 +705,40 @@ impl Store {
         let (results, host_metrics) = match self {
             // Whole days go with their partition; the default partition row by row.
             Store::Postgres(pool) => (
-                super::partitions::drop_before(pool, "results", raw_before).await?
-                    + self
-                        .expire_all("results_default", "measured_at_ms", raw_before)
+                super::partitions::drop_before(pool, "result_rows", raw_before).await?
+                    + Self::expire_all(pool, "result_rows_default", "measured_at_ms", raw_before)
                         .await?,
-                super::partitions::drop_before(pool, "host_metrics", raw_before).await?
-                    + self
-                        .expire_all("host_metrics_default", "measured_at_ms", raw_before)
+                super::partitions::drop_before(pool, "metric_rows", raw_before).await?
+                    + Self::expire_all(pool, "metric_rows_default", "measured_at_ms", raw_before)
                         .await?,
             ),
-            Store::Sqlite(pool) => (
-                Self::expire_sqlite_results(pool, raw_before).await?,
-                self.expire_all("host_metrics", "measured_at_ms", raw_before)
+            Store::Sqlite(_) => (
+                self.expire_keyed("result_rows", "check_key", "measured_at_ms", raw_before)
+                    .await?,
+                self.expire_keyed("metric_rows", "agent_key", "measured_at_ms", raw_before)
                     .await?,
             ),
         };
+        let minute_before = now_ms - keep.minute_ms;
+        let hour_before = now_ms - keep.hour_ms;
         let expired = Expired {
             results,
             host_metrics,
+            reasons: super::keys::expire_reasons(self, raw_before).await?,
             rollup_minute: self
-                .expire_all("rollup_checks_minute", "bucket_ms", now_ms - keep.minute_ms)
+                .expire_keyed("check_minutes", "check_key", "bucket_ms", minute_before)
                 .await?
                 + self
-                    .expire_all(
-                        "rollup_metrics_minute",
-                        "bucket_ms",
-                        now_ms - keep.minute_ms,
-                    )
+                    .expire_keyed("metric_minutes", "agent_key", "bucket_ms", minute_before)
                     .await?,
             rollup_hour: self
-                .expire_all("rollup_checks_hour", "bucket_ms", now_ms - keep.hour_ms)
+                .expire_keyed("check_hours", "check_key", "bucket_ms", hour_before)
                 .await?
                 + self
-                    .expire_all("rollup_checks_day", "bucket_ms", now_ms - keep.hour_ms)
+                    .expire_keyed("check_days", "check_key", "bucket_ms", hour_before)
                     .await?
                 + self
-                    .expire_all("rollup_metrics_hour", "bucket_ms", now_ms - keep.hour_ms)
+                    .expire_keyed("metric_hours", "agent_key", "bucket_ms", hour_before)
                     .await?,
         };
         if let Store::Sqlite(pool) = self {

@@ -17,6 +17,7 @@
 //! also says when judging caught up (the checks-judged counter stopped moving) and how many
 //! committed batches had to wait because the judging queue was full.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -167,8 +168,8 @@ async fn run_agent(agent: SimulatedAgent, mix: Mix, rows: u64, batch: u64) -> an
     }
 }
 
-/// Loads the same rows with `psql \copy` into a copy of the results table (same migrations,
-/// same day partitions); rows/s.
+/// Loads the same rows with `psql \copy` into a copy of the compact results table (same
+/// migrations, same day partitions, keys made beforehand); rows/s.
 async fn copy_baseline(
     pg_admin_url: &str,
     mix: Mix,
@@ -183,25 +184,76 @@ async fn copy_baseline(
     let now = vantage_tests::now_ms();
     vantage_control_plane::store::partitions::ensure(&pool, now - 7 * 86_400_000, now).await?;
     drop(pool);
+    // The same rows as the control plane stores them: compact, under integer keys that are
+    // made here before the timed load (a handful of names).
+    let mut checks: BTreeMap<String, i64> = BTreeMap::new();
+    let mut reasons: BTreeMap<String, i64> = BTreeMap::new();
     let dir = tempfile::tempdir()?;
     let csv_path = dir.path().join("rows.csv");
     let mut csv = std::io::BufWriter::new(std::fs::File::create(&csv_path)?);
-    for agent in agents {
+    let us = |v: &serde_json::Value| {
+        v.as_f64()
+            .map(|ms| ((ms * 1000.0).round() as i64).to_string())
+            .unwrap_or_default()
+    };
+    for a in 0..agents.len() {
         for seq in 1..=rows_per_agent {
             let item = result_item(mix, seq);
-            let timings = item["timings"].to_string().replace('"', "\"\"");
+            let n = checks.len() as i64 + 1;
+            let check = *checks
+                .entry(item["check_id"].as_str().unwrap_or_default().to_owned())
+                .or_insert(n);
+            let n = reasons.len() as i64 + 1;
+            let reason = *reasons
+                .entry(item["reason"].as_str().unwrap_or_default().to_owned())
+                .or_insert(n);
+            let t = &item["timings"];
+            // measured_at_ms, seq, received_at_ms, check_key, agent_key, region_key, reason_key,
+            // total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, status_code, ok
             writeln!(
                 csv,
-                "{agent},{seq},{},bench,{},{},{},1.8,{},{},\"{timings}\"",
-                item["check_id"].as_str().unwrap_or_default(),
+                "{},{seq},{},{check},{},1,{reason},{},{},{},{},{},{},{},{}",
                 item["measured_at_ms"],
                 mix.start_ms,
-                item["ok"],
+                a + 1,
+                us(&t["total_ms"]),
+                us(&t["dns_ms"]),
+                us(&t["connect_ms"]),
+                us(&t["tls_ms"]),
+                us(&t["ttfb_ms"]),
+                us(&t["transfer_ms"]),
                 item["status_code"],
-                item["reason"].as_str().unwrap_or_default()
+                item["ok"],
             )?;
         }
     }
+    let pool = sqlx::PgPool::connect(&url).await?;
+    for (a, agent) in agents.iter().enumerate() {
+        sqlx::query("INSERT INTO agent_keys (key, id) VALUES ($1, $2)")
+            .bind((a + 1) as i32)
+            .bind(agent)
+            .execute(&pool)
+            .await?;
+    }
+    sqlx::query("INSERT INTO region_keys (key, id) VALUES (1, 'bench')")
+        .execute(&pool)
+        .await?;
+    for (id, key) in &checks {
+        sqlx::query("INSERT INTO check_keys (key, id) VALUES ($1, $2)")
+            .bind(*key as i32)
+            .bind(id)
+            .execute(&pool)
+            .await?;
+    }
+    for (text, key) in &reasons {
+        sqlx::query("INSERT INTO reasons (key, text, last_seen_ms) VALUES ($1, $2, $3)")
+            .bind(*key as i32)
+            .bind(text)
+            .bind(mix.start_ms)
+            .execute(&pool)
+            .await?;
+    }
+    drop(pool);
     csv.flush()?;
     drop(csv);
     let _ = pg_admin_url;
@@ -212,7 +264,9 @@ async fn copy_baseline(
         .arg("ON_ERROR_STOP=1")
         .arg("-c")
         .arg(format!(
-            "\\copy results (agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, total_ms, status_code, reason, timings) FROM '{}' WITH (FORMAT csv)",
+            "\\copy result_rows (measured_at_ms, seq, received_at_ms, check_key, agent_key, region_key, \
+             reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, status_code, ok) \
+             FROM '{}' WITH (FORMAT csv)",
             csv_path.display()
         ))
         .output()

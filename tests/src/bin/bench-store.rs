@@ -124,10 +124,19 @@ async fn size_on_disk(store: &Store, dir: &std::path::Path) -> anyhow::Result<u6
     })
 }
 
-/// Sizes of the largest relations (PostgreSQL; partitions summed into their table).
+/// Sizes of the largest tables with their indexes (PostgreSQL: partitions summed into their
+/// table; SQLite: b-trees by name from `dbstat`, when the library has it).
 async fn table_sizes(store: &Store) -> anyhow::Result<Vec<(String, i64)>> {
-    let Store::Postgres(pool) = store else {
-        return Ok(Vec::new());
+    let pool = match store {
+        Store::Postgres(pool) => pool,
+        Store::Sqlite(pool) => {
+            return Ok(sqlx::query_as(
+                "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 8",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default());
+        }
     };
     Ok(sqlx::query_as(
         "SELECT COALESCE(p.relname, c.relname)::text AS t, SUM(pg_total_relation_size(c.oid))::bigint \
@@ -319,8 +328,18 @@ async fn seed_counts(store: &Store, n: usize, now: i64) -> anyhow::Result<()> {
     match store {
         Store::Postgres(pool) => {
             sqlx::query(
-                "INSERT INTO rollup_checks_hour (check_id, region, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch) \
-                 SELECT 'q' || lpad(c::text, 5, '0'), 'eu', h, 60, (c + h / 3600000) % 3, 3000, 40, 120, $4 \
+                "INSERT INTO check_keys (key, id) SELECT c + 1, 'q' || lpad(c::text, 5, '0') \
+                 FROM generate_series(0, $1 - 1) c",
+            )
+            .bind(n as i64)
+            .execute(pool)
+            .await?;
+            sqlx::query("INSERT INTO region_keys (key, id) VALUES (1, 'eu')")
+                .execute(pool)
+                .await?;
+            sqlx::query(
+                "INSERT INTO check_hours (check_key, region_key, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch) \
+                 SELECT c + 1, 1, h, 60, (c + h / 3600000) % 3, 3000, 40, 120, $4 \
                  FROM generate_series(0, $1 - 1) c, generate_series($2::bigint, $3::bigint, 3600000) h",
             )
             .bind(n as i64)
@@ -330,8 +349,8 @@ async fn seed_counts(store: &Store, n: usize, now: i64) -> anyhow::Result<()> {
             .execute(pool)
             .await?;
             sqlx::query(
-                "INSERT INTO rollup_checks_day (check_id, region, bucket_ms, n, failures) \
-                 SELECT 'q' || lpad(c::text, 5, '0'), 'eu', d, 1440, (c + d / 86400000) % 7 \
+                "INSERT INTO check_days (check_key, region_key, bucket_ms, n, failures) \
+                 SELECT c + 1, 1, d, 1440, (c + d / 86400000) % 7 \
                  FROM generate_series(0, $1 - 1) c, generate_series($2::bigint, $3::bigint, 86400000) d",
             )
             .bind(n as i64)
@@ -343,10 +362,20 @@ async fn seed_counts(store: &Store, n: usize, now: i64) -> anyhow::Result<()> {
         }
         Store::Sqlite(pool) => {
             sqlx::query(
+                "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < $1) \
+                 INSERT INTO check_keys (key, id) SELECT i + 1, printf('q%05d', i) FROM c",
+            )
+            .bind(n as i64)
+            .execute(pool)
+            .await?;
+            sqlx::query("INSERT INTO region_keys (key, id) VALUES (1, 'eu')")
+                .execute(pool)
+                .await?;
+            sqlx::query(
                 "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < $1), \
                  h(t) AS (SELECT $2 UNION ALL SELECT t + 3600000 FROM h WHERE t + 3600000 <= $3) \
-                 INSERT INTO rollup_checks_hour (check_id, region, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch) \
-                 SELECT printf('q%05d', i), 'eu', t, 60, (i + t / 3600000) % 3, 3000, 40, 120, $4 FROM c, h",
+                 INSERT INTO check_hours (check_key, region_key, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch) \
+                 SELECT i + 1, 1, t, 60, (i + t / 3600000) % 3, 3000, 40, 120, $4 FROM c, h",
             )
             .bind(n as i64)
             .bind(hour_from)
@@ -357,8 +386,8 @@ async fn seed_counts(store: &Store, n: usize, now: i64) -> anyhow::Result<()> {
             sqlx::query(
                 "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < $1), \
                  d(t) AS (SELECT $2 UNION ALL SELECT t + 86400000 FROM d WHERE t + 86400000 <= $3) \
-                 INSERT INTO rollup_checks_day (check_id, region, bucket_ms, n, failures) \
-                 SELECT printf('q%05d', i), 'eu', t, 1440, (i + t / 86400000) % 7 FROM c, d",
+                 INSERT INTO check_days (check_key, region_key, bucket_ms, n, failures) \
+                 SELECT i + 1, 1, t, 1440, (i + t / 86400000) % 7 FROM c, d",
             )
             .bind(n as i64)
             .bind(day_from)

@@ -1,0 +1,279 @@
+//! Small integer keys of the compact tables: the agents, checks and regions a batch names and
+//! the reason texts it carries, looked up or made inside the batch's own transaction (so a key
+//! exists exactly when a row that uses it is committed).
+//!
+//! Agent, check and region keys are never deleted: a key is a few bytes per name ever seen.
+//! Reason texts are target-controlled and many, so each carries `last_seen_ms` (the newest
+//! measurement or arrival of a row that used it, refreshed at most once an hour) and retention
+//! deletes the texts that no kept row can use ([`expire_reasons`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sqlx::{Postgres, QueryBuilder, Sqlite};
+
+use super::StoreError;
+use super::ingest::IngestBatch;
+
+/// How stale `last_seen_ms` may be before a batch that uses the text refreshes it.
+pub const REASON_REFRESH_MS: i64 = 3_600_000;
+/// How much longer than the raw rows a reason text is kept: far more than the refresh, so a
+/// text a batch has just looked up is never the one retention deletes.
+pub const REASON_GRACE_MS: i64 = 86_400_000;
+/// Names per statement on SQLite.
+const SQLITE_CHUNK: usize = 500;
+
+/// The dictionaries of the compact tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTable {
+    Agents,
+    Checks,
+    Regions,
+}
+
+impl KeyTable {
+    fn table(self) -> &'static str {
+        match self {
+            KeyTable::Agents => "agent_keys",
+            KeyTable::Checks => "check_keys",
+            KeyTable::Regions => "region_keys",
+        }
+    }
+}
+
+/// The keys of every name and reason text in one batch.
+#[derive(Debug, Default)]
+pub struct BatchKeys {
+    agents: HashMap<String, i64>,
+    checks: HashMap<String, i64>,
+    regions: HashMap<String, i64>,
+    reasons: HashMap<String, i64>,
+    /// Agent keys back to ids, for what `RETURNING` names.
+    agent_ids: HashMap<i64, String>,
+}
+
+fn missing(what: &'static str, name: &str) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: format!("no key for {name:?} after it was made"),
+    }
+}
+
+/// What a batch names: (agents, checks, regions, reason texts with the newest time of a row
+/// that uses each).
+type Names<'a> = (
+    BTreeSet<&'a str>,
+    BTreeSet<&'a str>,
+    BTreeSet<&'a str>,
+    BTreeMap<&'a str, i64>,
+);
+
+fn names(batch: &IngestBatch) -> Names<'_> {
+    let mut agents = BTreeSet::new();
+    let mut checks = BTreeSet::new();
+    let mut regions = BTreeSet::new();
+    let mut reasons: BTreeMap<&str, i64> = BTreeMap::new();
+    for (agent, region, r) in &batch.results {
+        agents.insert(agent.as_str());
+        regions.insert(region.as_str());
+        checks.insert(r.check_id.as_str());
+        let seen = r.measured_at_ms.max(batch.received_at_ms);
+        let slot = reasons.entry(r.reason.as_str()).or_insert(seen);
+        *slot = (*slot).max(seen);
+    }
+    for (agent, region, _) in &batch.metrics {
+        agents.insert(agent.as_str());
+        regions.insert(region.as_str());
+    }
+    (agents, checks, regions, reasons)
+}
+
+impl BatchKeys {
+    pub fn agent(&self, id: &str) -> Result<i64, StoreError> {
+        self.agents
+            .get(id)
+            .copied()
+            .ok_or_else(|| missing("agent key", id))
+    }
+
+    pub fn check(&self, id: &str) -> Result<i64, StoreError> {
+        self.checks
+            .get(id)
+            .copied()
+            .ok_or_else(|| missing("check key", id))
+    }
+
+    pub fn region(&self, id: &str) -> Result<i64, StoreError> {
+        self.regions
+            .get(id)
+            .copied()
+            .ok_or_else(|| missing("region key", id))
+    }
+
+    pub fn reason(&self, text: &str) -> Result<i64, StoreError> {
+        self.reasons
+            .get(text)
+            .copied()
+            .ok_or_else(|| missing("reason key", text))
+    }
+
+    /// The agent id of a key this batch resolved.
+    pub fn agent_id(&self, key: i64) -> Option<&str> {
+        self.agent_ids.get(&key).map(String::as_str)
+    }
+
+    fn finish(mut self) -> Self {
+        self.agent_ids = self.agents.iter().map(|(k, v)| (*v, k.clone())).collect();
+        self
+    }
+
+    /// Looks up or makes the keys of everything `batch` names (PostgreSQL).
+    pub async fn resolve_postgres(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        batch: &IngestBatch,
+    ) -> Result<Self, StoreError> {
+        let (agents, checks, regions, reasons) = names(batch);
+        let mut keys = BatchKeys {
+            agents: names_postgres(tx, KeyTable::Agents, &agents).await?,
+            checks: names_postgres(tx, KeyTable::Checks, &checks).await?,
+            regions: names_postgres(tx, KeyTable::Regions, &regions).await?,
+            ..Default::default()
+        };
+        if !reasons.is_empty() {
+            let texts: Vec<&str> = reasons.keys().copied().collect();
+            let seen: Vec<i64> = reasons.values().copied().collect();
+            // Refresh first: a text retention is deleting right now is either kept (the delete
+            // re-checks the refreshed row) or gone before the insert below makes it again.
+            sqlx::query(
+                "UPDATE reasons SET last_seen_ms = u.s FROM UNNEST($1::text[], $2::bigint[]) AS u(t, s) \
+                 WHERE reasons.text = u.t AND reasons.last_seen_ms < u.s - $3",
+            )
+            .bind(&texts)
+            .bind(&seen)
+            .bind(REASON_REFRESH_MS)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO reasons (text, last_seen_ms) SELECT u.t, u.s FROM UNNEST($1::text[], $2::bigint[]) \
+                 AS u(t, s) WHERE NOT EXISTS (SELECT 1 FROM reasons r WHERE r.text = u.t) ORDER BY u.t \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&texts)
+            .bind(&seen)
+            .execute(&mut **tx)
+            .await?;
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT text, key::bigint FROM reasons WHERE text = ANY($1)")
+                    .bind(&texts)
+                    .fetch_all(&mut **tx)
+                    .await?;
+            keys.reasons = rows.into_iter().collect();
+        }
+        Ok(keys.finish())
+    }
+
+    /// Looks up or makes the keys of everything `batch` names (SQLite).
+    pub async fn resolve_sqlite(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        batch: &IngestBatch,
+    ) -> Result<Self, StoreError> {
+        let (agents, checks, regions, reasons) = names(batch);
+        let mut keys = BatchKeys {
+            agents: names_sqlite(tx, KeyTable::Agents, &agents).await?,
+            checks: names_sqlite(tx, KeyTable::Checks, &checks).await?,
+            regions: names_sqlite(tx, KeyTable::Regions, &regions).await?,
+            ..Default::default()
+        };
+        let all: Vec<(&str, i64)> = reasons.into_iter().collect();
+        for chunk in all.chunks(SQLITE_CHUNK) {
+            let mut insert =
+                QueryBuilder::<Sqlite>::new("INSERT INTO reasons (text, last_seen_ms) ");
+            insert.push_values(chunk, |mut row, (text, seen)| {
+                row.push_bind(*text).push_bind(*seen);
+            });
+            insert.push(
+                " ON CONFLICT (text) DO UPDATE SET last_seen_ms = excluded.last_seen_ms \
+                 WHERE reasons.last_seen_ms < excluded.last_seen_ms - ",
+            );
+            insert.push_bind(REASON_REFRESH_MS);
+            insert.build().execute(&mut **tx).await?;
+            let mut select =
+                QueryBuilder::<Sqlite>::new("SELECT text, key FROM reasons WHERE text IN (");
+            let mut list = select.separated(", ");
+            for (text, _) in chunk {
+                list.push_bind(*text);
+            }
+            select.push(")");
+            let rows: Vec<(String, i64)> = select.build_query_as().fetch_all(&mut **tx).await?;
+            keys.reasons.extend(rows);
+        }
+        Ok(keys.finish())
+    }
+}
+
+async fn names_postgres(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    table: KeyTable,
+    names: &BTreeSet<&str>,
+) -> Result<HashMap<String, i64>, StoreError> {
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let table = table.table();
+    let names: Vec<&str> = names.iter().copied().collect();
+    // NOT EXISTS first: an insert that conflicts would still take a value of the sequence.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (id) SELECT x FROM UNNEST($1::text[]) AS x WHERE NOT EXISTS \
+         (SELECT 1 FROM {table} k WHERE k.id = x) ORDER BY x ON CONFLICT DO NOTHING"
+    )))
+    .bind(&names)
+    .execute(&mut **tx)
+    .await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, key::bigint FROM {table} WHERE id = ANY($1)"
+    )))
+    .bind(&names)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn names_sqlite(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    table: KeyTable,
+    names: &BTreeSet<&str>,
+) -> Result<HashMap<String, i64>, StoreError> {
+    let table = table.table();
+    let names: Vec<&str> = names.iter().copied().collect();
+    let mut out = HashMap::with_capacity(names.len());
+    for chunk in names.chunks(SQLITE_CHUNK) {
+        let mut insert =
+            QueryBuilder::<Sqlite>::new(format!("INSERT OR IGNORE INTO {table} (id) "));
+        insert.push_values(chunk, |mut row, name| {
+            row.push_bind(*name);
+        });
+        insert.build().execute(&mut **tx).await?;
+        let mut select =
+            QueryBuilder::<Sqlite>::new(format!("SELECT id, key FROM {table} WHERE id IN ("));
+        let mut list = select.separated(", ");
+        for name in chunk {
+            list.push_bind(*name);
+        }
+        select.push(")");
+        let rows: Vec<(String, i64)> = select.build_query_as().fetch_all(&mut **tx).await?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// Deletes the reason texts no kept raw row can use: last seen before the raw rows' cutoff
+/// less [`REASON_GRACE_MS`]. Returns how many it deleted.
+pub(super) async fn expire_reasons(
+    store: &super::Store,
+    raw_before_ms: i64,
+) -> Result<u64, StoreError> {
+    let sql = "DELETE FROM reasons WHERE last_seen_ms < $1";
+    let before = raw_before_ms - REASON_GRACE_MS;
+    Ok(
+        super::on_pool!(store, pool => sqlx::query(sql).bind(before).execute(pool).await?.rows_affected()),
+    )
+}
