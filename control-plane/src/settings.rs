@@ -121,7 +121,7 @@ pub struct Settings {
     #[arg(long, env = "VANTAGE_RETENTION_RAW", default_value = "7d", value_parser = parse_retention)]
     pub retention_raw_s: i64,
     /// How long per-minute rollups are kept.
-    #[arg(long, env = "VANTAGE_RETENTION_MINUTE", default_value = "14d", value_parser = parse_retention)]
+    #[arg(long, env = "VANTAGE_RETENTION_MINUTE", default_value = "7d", value_parser = parse_retention)]
     pub retention_minute_s: i64,
     /// How long per-hour rollups are kept.
     #[arg(long, env = "VANTAGE_RETENTION_HOUR", default_value = "400d", value_parser = parse_retention)]
@@ -201,7 +201,7 @@ impl Settings {
             notify_max_attempts: 12,
             resolve_after_s: 60,
             retention_raw_s: 7 * 86_400,
-            retention_minute_s: 14 * 86_400,
+            retention_minute_s: 7 * 86_400,
             retention_hour_s: 400 * 86_400,
             retention_interval_s: 600,
         }

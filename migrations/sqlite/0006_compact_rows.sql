@@ -1,6 +1,6 @@
 -- Compact rows: raw results, host metrics and rollups keyed by small integers for agents,
--- checks and regions, phase timings as integer microseconds, each distinct reason text stored
--- once. Every keyed table has one b-tree (WITHOUT ROWID, primary key first by check or agent
+-- checks and regions, phase timings and rollup latencies as integer microseconds, each
+-- distinct reason text and probe-values text stored once. Every keyed table has one b-tree (WITHOUT ROWID, primary key first by check or agent
 -- then time): the key serves replays (a row sent again is the same row and conflicts),
 -- per-check and per-agent ranges, and retention, which walks it key by key.
 -- The old tables' names become views that present the rows as before (texts, milliseconds)
@@ -8,9 +8,10 @@
 CREATE TABLE agent_keys (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 CREATE TABLE check_keys (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 CREATE TABLE region_keys (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
--- last_seen_ms: the newest measurement or arrival of a row that used the text (refreshed at
--- most hourly); retention deletes texts no kept row can use.
-CREATE TABLE reasons (
+-- Reason texts and probe-values texts (JSON), each stored once. last_seen_ms: the newest
+-- measurement or arrival of a row that used the text (refreshed at most hourly); retention
+-- deletes texts no kept row can use.
+CREATE TABLE texts (
     key INTEGER PRIMARY KEY,
     text TEXT NOT NULL UNIQUE,
     last_seen_ms BIGINT NOT NULL
@@ -26,8 +27,13 @@ INSERT INTO region_keys (id)
     SELECT region FROM results UNION SELECT region FROM host_metrics
     UNION SELECT region FROM rollup_checks_minute UNION SELECT region FROM rollup_checks_hour
     UNION SELECT region FROM rollup_checks_day;
-INSERT INTO reasons (text, last_seen_ms)
-    SELECT reason, MAX(MAX(measured_at_ms), MAX(received_at_ms)) FROM results GROUP BY reason;
+INSERT INTO texts (text, last_seen_ms)
+    SELECT t, MAX(seen) FROM (
+        SELECT reason AS t, MAX(MAX(measured_at_ms), MAX(received_at_ms)) AS seen FROM results GROUP BY reason
+        UNION ALL
+        SELECT result_values, MAX(MAX(measured_at_ms), MAX(received_at_ms)) FROM results
+        WHERE result_values <> '{}' GROUP BY result_values
+    ) GROUP BY t;
 
 CREATE TABLE result_rows (
     check_key INTEGER NOT NULL,
@@ -45,7 +51,7 @@ CREATE TABLE result_rows (
     tls_us INTEGER,
     ttfb_us INTEGER,
     transfer_us INTEGER,
-    result_values TEXT,
+    values_key INTEGER,
     PRIMARY KEY (check_key, measured_at_ms, agent_key, seq)
 ) WITHOUT ROWID;
 INSERT INTO result_rows
@@ -56,12 +62,13 @@ INSERT INTO result_rows
         CAST(ROUND(json_extract(r.timings, '$.tls_ms') * 1000) AS INTEGER),
         CAST(ROUND(json_extract(r.timings, '$.ttfb_ms') * 1000) AS INTEGER),
         CAST(ROUND(json_extract(r.timings, '$.transfer_ms') * 1000) AS INTEGER),
-        NULLIF(r.result_values, '{}')
+        v.key
     FROM results r
     JOIN check_keys c ON c.id = r.check_id
     JOIN agent_keys a ON a.id = r.agent_id
     JOIN region_keys g ON g.id = r.region
-    JOIN reasons s ON s.text = r.reason
+    JOIN texts s ON s.text = r.reason
+    LEFT JOIN texts v ON v.text = r.result_values AND r.result_values <> '{}'
     WHERE true
     ON CONFLICT DO NOTHING;
 DROP TABLE results;
@@ -71,12 +78,13 @@ CREATE VIEW results AS
         COALESCE(s.text, '') AS reason, r.dns_us / 1000.0 AS dns_ms,
         r.connect_us / 1000.0 AS connect_ms, r.tls_us / 1000.0 AS tls_ms,
         r.ttfb_us / 1000.0 AS ttfb_ms, r.transfer_us / 1000.0 AS transfer_ms,
-        COALESCE(r.result_values, '{}') AS result_values
+        COALESCE(v.text, '{}') AS result_values
     FROM result_rows r
     JOIN check_keys c ON c.key = r.check_key
     JOIN agent_keys a ON a.key = r.agent_key
     JOIN region_keys g ON g.key = r.region_key
-    LEFT JOIN reasons s ON s.key = r.reason_key;
+    LEFT JOIN texts s ON s.key = r.reason_key
+    LEFT JOIN texts v ON v.key = r.values_key;
 
 CREATE TABLE metric_rows (
     agent_key INTEGER NOT NULL,
@@ -122,9 +130,9 @@ CREATE TABLE check_minutes (
     bucket_ms INTEGER NOT NULL,
     n INTEGER NOT NULL,
     failures INTEGER NOT NULL,
-    sum_ms REAL NOT NULL,
-    min_ms REAL,
-    max_ms REAL,
+    sum_us INTEGER NOT NULL,
+    min_us INTEGER,
+    max_us INTEGER,
     sketch BLOB NOT NULL,
     PRIMARY KEY (check_key, region_key, bucket_ms)
 ) WITHOUT ROWID;
@@ -134,9 +142,9 @@ CREATE TABLE check_hours (
     bucket_ms INTEGER NOT NULL,
     n INTEGER NOT NULL,
     failures INTEGER NOT NULL,
-    sum_ms REAL NOT NULL,
-    min_ms REAL,
-    max_ms REAL,
+    sum_us INTEGER NOT NULL,
+    min_us INTEGER,
+    max_us INTEGER,
     sketch BLOB NOT NULL,
     PRIMARY KEY (check_key, region_key, bucket_ms)
 ) WITHOUT ROWID;
@@ -149,10 +157,12 @@ CREATE TABLE check_days (
     PRIMARY KEY (check_key, region_key, bucket_ms)
 ) WITHOUT ROWID;
 INSERT INTO check_minutes
-    SELECT c.key, g.key, t.bucket_ms, t.n, t.failures, t.sum_ms, t.min_ms, t.max_ms, t.sketch
+    SELECT c.key, g.key, t.bucket_ms, t.n, t.failures, CAST(ROUND(t.sum_ms * 1000) AS INTEGER),
+        CAST(ROUND(t.min_ms * 1000) AS INTEGER), CAST(ROUND(t.max_ms * 1000) AS INTEGER), t.sketch
     FROM rollup_checks_minute t JOIN check_keys c ON c.id = t.check_id JOIN region_keys g ON g.id = t.region;
 INSERT INTO check_hours
-    SELECT c.key, g.key, t.bucket_ms, t.n, t.failures, t.sum_ms, t.min_ms, t.max_ms, t.sketch
+    SELECT c.key, g.key, t.bucket_ms, t.n, t.failures, CAST(ROUND(t.sum_ms * 1000) AS INTEGER),
+        CAST(ROUND(t.min_ms * 1000) AS INTEGER), CAST(ROUND(t.max_ms * 1000) AS INTEGER), t.sketch
     FROM rollup_checks_hour t JOIN check_keys c ON c.id = t.check_id JOIN region_keys g ON g.id = t.region;
 INSERT INTO check_days
     SELECT c.key, g.key, t.bucket_ms, t.n, t.failures
@@ -161,12 +171,12 @@ DROP TABLE rollup_checks_minute;
 DROP TABLE rollup_checks_hour;
 DROP TABLE rollup_checks_day;
 CREATE VIEW rollup_checks_minute AS
-    SELECT c.id AS check_id, g.id AS region, t.bucket_ms, t.n, t.failures, t.sum_ms, t.min_ms,
-        t.max_ms, t.sketch
+    SELECT c.id AS check_id, g.id AS region, t.bucket_ms, t.n, t.failures, t.sum_us / 1000.0 AS sum_ms,
+        t.min_us / 1000.0 AS min_ms, t.max_us / 1000.0 AS max_ms, t.sketch
     FROM check_minutes t JOIN check_keys c ON c.key = t.check_key JOIN region_keys g ON g.key = t.region_key;
 CREATE VIEW rollup_checks_hour AS
-    SELECT c.id AS check_id, g.id AS region, t.bucket_ms, t.n, t.failures, t.sum_ms, t.min_ms,
-        t.max_ms, t.sketch
+    SELECT c.id AS check_id, g.id AS region, t.bucket_ms, t.n, t.failures, t.sum_us / 1000.0 AS sum_ms,
+        t.min_us / 1000.0 AS min_ms, t.max_us / 1000.0 AS max_ms, t.sketch
     FROM check_hours t JOIN check_keys c ON c.key = t.check_key JOIN region_keys g ON g.key = t.region_key;
 CREATE VIEW rollup_checks_day AS
     SELECT c.id AS check_id, g.id AS region, t.bucket_ms, t.n, t.failures

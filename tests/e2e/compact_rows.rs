@@ -174,11 +174,11 @@ async fn rows_stored_before_compact_rows_read_the_same_after_it(
         1
     );
 
-    // Two agents, two checks, two regions, three reason texts: each stored once.
+    // Two agents, two checks, two regions, two reason texts and one values text: each once.
     assert_eq!(count(&store, "SELECT COUNT(*) FROM agent_keys").await?, 2);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM check_keys").await?, 2);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM region_keys").await?, 2);
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM reasons").await?, 2);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM texts").await?, 3);
 
     // A row committed now reuses the migrated keys and makes only the new ones.
     let batch = IngestBatch {
@@ -207,7 +207,7 @@ async fn rows_stored_before_compact_rows_read_the_same_after_it(
     store.commit_batch(&batch).await?;
     assert_eq!(count(&store, "SELECT COUNT(*) FROM results").await?, 4);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM agent_keys").await?, 2);
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM reasons").await?, 2);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM texts").await?, 3);
     let web = store
         .query_results(&SeriesFilter {
             check: Some("web".into()),

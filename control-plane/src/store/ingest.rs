@@ -4,7 +4,8 @@
 //! (one cached statement, one round trip, no bind limit). SQLite gets multi-row `VALUES`
 //! statements in chunks that stay under its bind-parameter limit, in the same transaction.
 //! Rows go to the compact tables (`result_rows`, `metric_rows`): names become the integer
-//! keys [`BatchKeys`] resolves in the same transaction, timings integer microseconds.
+//! keys [`BatchKeys`] resolves in the same transaction (reason and probe-values texts too,
+//! each stored once), timings integer microseconds.
 //! Replays of rows already stored change nothing: a row sent again has the same primary key
 //! (check or agent, measurement time, agent, seq) and conflicts.
 
@@ -155,18 +156,25 @@ struct ResultKeys {
     agent: i64,
     region: i64,
     reason: i64,
+    values: Option<i64>,
 }
 
-fn result_keys(keys: &BatchKeys, batch: &IngestBatch) -> Result<Vec<ResultKeys>, StoreError> {
+fn result_keys(
+    keys: &BatchKeys,
+    batch: &IngestBatch,
+    values: &[Option<String>],
+) -> Result<Vec<ResultKeys>, StoreError> {
     batch
         .results
         .iter()
-        .map(|(agent, region, r)| {
+        .zip(values)
+        .map(|((agent, region, r), values)| {
             Ok(ResultKeys {
                 check: keys.check(&r.check_id)?,
                 agent: keys.agent(agent)?,
                 region: keys.region(region)?,
-                reason: keys.reason(&r.reason)?,
+                reason: keys.text(&r.reason)?,
+                values: values.as_deref().map(|v| keys.text(v)).transpose()?,
             })
         })
         .collect()
@@ -368,10 +376,15 @@ async fn commit_postgres(
 ) -> Result<Fresh, StoreError> {
     let received = batch.received_at_ms;
     let mut fresh = Fresh::default();
-    let keys = BatchKeys::resolve_postgres(tx, batch).await?;
+    let values: Vec<Option<String>> = batch
+        .results
+        .iter()
+        .map(|(_, _, r)| values_json(r))
+        .collect();
+    let keys = BatchKeys::resolve_postgres(tx, batch, &values).await?;
     if !batch.results.is_empty() {
         let rows = &batch.results;
-        let rk = result_keys(&keys, batch)?;
+        let rk = result_keys(&keys, batch, &values)?;
         let timing = |f: fn(&vantage_mqtt::Timings) -> Option<f64>| {
             rows.iter()
                 .map(|(_, _, r)| f(&r.timings).map(micros))
@@ -380,11 +393,11 @@ async fn commit_postgres(
         let stored = sqlx::query(
             "INSERT INTO result_rows (measured_at_ms, seq, received_at_ms, check_key, agent_key, region_key, \
              reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, status_code, ok, \
-             result_values) \
+             values_key) \
              SELECT m, s, $3, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va FROM UNNEST($1::bigint[], \
              $2::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], \
              $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
-             $15::boolean[], $16::text[]) AS u(m, s, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va) \
+             $15::boolean[], $16::bigint[]) AS u(m, s, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va) \
              ON CONFLICT DO NOTHING RETURNING agent_key::bigint, seq",
         )
         .bind(rows.iter().map(|(_, _, r)| r.measured_at_ms).collect::<Vec<_>>())
@@ -406,7 +419,7 @@ async fn commit_postgres(
                 .collect::<Vec<_>>(),
         )
         .bind(rows.iter().map(|(_, _, r)| r.ok).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, r)| values_json(r)).collect::<Vec<_>>())
+        .bind(rk.iter().map(|k| k.values).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
         fresh.results.note(
@@ -481,8 +494,13 @@ async fn commit_sqlite(
 ) -> Result<Fresh, StoreError> {
     let received = batch.received_at_ms;
     let mut fresh = Fresh::default();
-    let keys = BatchKeys::resolve_sqlite(tx, batch).await?;
-    let rk = result_keys(&keys, batch)?;
+    let values: Vec<Option<String>> = batch
+        .results
+        .iter()
+        .map(|(_, _, r)| values_json(r))
+        .collect();
+    let keys = BatchKeys::resolve_sqlite(tx, batch, &values).await?;
+    let rk = result_keys(&keys, batch, &values)?;
     for (chunk, chunk_keys) in batch
         .results
         .chunks(SQLITE_CHUNK_ROWS)
@@ -491,7 +509,7 @@ async fn commit_sqlite(
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO result_rows (check_key, measured_at_ms, agent_key, seq, region_key, received_at_ms, \
              ok, status_code, reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, \
-             result_values) ",
+             values_key) ",
         );
         query.push_values(chunk.iter().zip(chunk_keys), |mut row, ((_, _, r), k)| {
             let t = &r.timings;
@@ -510,7 +528,7 @@ async fn commit_sqlite(
                 .push_bind(t.tls_ms.map(micros))
                 .push_bind(t.ttfb_ms.map(micros))
                 .push_bind(t.transfer_ms.map(micros))
-                .push_bind(values_json(r));
+                .push_bind(k.values);
         });
         query.push(" ON CONFLICT DO NOTHING RETURNING agent_key, seq");
         let stored = query.build().fetch_all(&mut **tx).await?;

@@ -1,11 +1,11 @@
 //! Small integer keys of the compact tables: the agents, checks and regions a batch names and
-//! the reason texts it carries, looked up or made inside the batch's own transaction (so a key
-//! exists exactly when a row that uses it is committed).
+//! the texts it carries (reasons, probe values as JSON), looked up or made inside the batch's
+//! own transaction (so a key exists exactly when a row that uses it is committed).
 //!
 //! Agent, check and region keys are never deleted: a key is a few bytes per name ever seen.
-//! Reason texts are target-controlled and many, so each carries `last_seen_ms` (the newest
+//! Texts are target-controlled and many, so each carries `last_seen_ms` (the newest
 //! measurement or arrival of a row that used it, refreshed at most once an hour) and retention
-//! deletes the texts that no kept row can use ([`expire_reasons`]).
+//! deletes the texts that no kept row can use ([`expire_texts`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -15,10 +15,10 @@ use super::StoreError;
 use super::ingest::IngestBatch;
 
 /// How stale `last_seen_ms` may be before a batch that uses the text refreshes it.
-pub const REASON_REFRESH_MS: i64 = 3_600_000;
-/// How much longer than the raw rows a reason text is kept: far more than the refresh, so a
-/// text a batch has just looked up is never the one retention deletes.
-pub const REASON_GRACE_MS: i64 = 86_400_000;
+pub const TEXT_REFRESH_MS: i64 = 3_600_000;
+/// How much longer than the raw rows a text is kept: far more than the refresh, so a text a
+/// batch has just looked up is never the one retention deletes.
+pub const TEXT_GRACE_MS: i64 = 86_400_000;
 /// Names per statement on SQLite.
 const SQLITE_CHUNK: usize = 500;
 
@@ -40,13 +40,13 @@ impl KeyTable {
     }
 }
 
-/// The keys of every name and reason text in one batch.
+/// The keys of every name and text in one batch.
 #[derive(Debug, Default)]
 pub struct BatchKeys {
     agents: HashMap<String, i64>,
     checks: HashMap<String, i64>,
     regions: HashMap<String, i64>,
-    reasons: HashMap<String, i64>,
+    texts: HashMap<String, i64>,
     /// Agent keys back to ids, for what `RETURNING` names.
     agent_ids: HashMap<i64, String>,
 }
@@ -58,8 +58,8 @@ fn missing(what: &'static str, name: &str) -> StoreError {
     }
 }
 
-/// What a batch names: (agents, checks, regions, reason texts with the newest time of a row
-/// that uses each).
+/// What a batch names: (agents, checks, regions, texts with the newest time of a row that
+/// uses each).
 type Names<'a> = (
     BTreeSet<&'a str>,
     BTreeSet<&'a str>,
@@ -67,24 +67,27 @@ type Names<'a> = (
     BTreeMap<&'a str, i64>,
 );
 
-fn names(batch: &IngestBatch) -> Names<'_> {
+/// `values`: each result's probe values as JSON, when it has any.
+fn names<'a>(batch: &'a IngestBatch, values: &'a [Option<String>]) -> Names<'a> {
     let mut agents = BTreeSet::new();
     let mut checks = BTreeSet::new();
     let mut regions = BTreeSet::new();
-    let mut reasons: BTreeMap<&str, i64> = BTreeMap::new();
-    for (agent, region, r) in &batch.results {
+    let mut texts: BTreeMap<&str, i64> = BTreeMap::new();
+    for ((agent, region, r), values) in batch.results.iter().zip(values) {
         agents.insert(agent.as_str());
         regions.insert(region.as_str());
         checks.insert(r.check_id.as_str());
         let seen = r.measured_at_ms.max(batch.received_at_ms);
-        let slot = reasons.entry(r.reason.as_str()).or_insert(seen);
-        *slot = (*slot).max(seen);
+        for text in std::iter::once(r.reason.as_str()).chain(values.as_deref()) {
+            let slot = texts.entry(text).or_insert(seen);
+            *slot = (*slot).max(seen);
+        }
     }
     for (agent, region, _) in &batch.metrics {
         agents.insert(agent.as_str());
         regions.insert(region.as_str());
     }
-    (agents, checks, regions, reasons)
+    (agents, checks, regions, texts)
 }
 
 impl BatchKeys {
@@ -109,11 +112,11 @@ impl BatchKeys {
             .ok_or_else(|| missing("region key", id))
     }
 
-    pub fn reason(&self, text: &str) -> Result<i64, StoreError> {
-        self.reasons
+    pub fn text(&self, text: &str) -> Result<i64, StoreError> {
+        self.texts
             .get(text)
             .copied()
-            .ok_or_else(|| missing("reason key", text))
+            .ok_or_else(|| missing("text key", text))
     }
 
     /// The agent id of a key this batch resolved.
@@ -126,35 +129,37 @@ impl BatchKeys {
         self
     }
 
-    /// Looks up or makes the keys of everything `batch` names (PostgreSQL).
+    /// Looks up or makes the keys of everything `batch` names and of `values`, its results'
+    /// probe values as JSON (PostgreSQL).
     pub async fn resolve_postgres(
         tx: &mut sqlx::Transaction<'_, Postgres>,
         batch: &IngestBatch,
+        values: &[Option<String>],
     ) -> Result<Self, StoreError> {
-        let (agents, checks, regions, reasons) = names(batch);
+        let (agents, checks, regions, texts) = names(batch, values);
         let mut keys = BatchKeys {
             agents: names_postgres(tx, KeyTable::Agents, &agents).await?,
             checks: names_postgres(tx, KeyTable::Checks, &checks).await?,
             regions: names_postgres(tx, KeyTable::Regions, &regions).await?,
             ..Default::default()
         };
-        if !reasons.is_empty() {
-            let texts: Vec<&str> = reasons.keys().copied().collect();
-            let seen: Vec<i64> = reasons.values().copied().collect();
+        if !texts.is_empty() {
+            let seen: Vec<i64> = texts.values().copied().collect();
+            let texts: Vec<&str> = texts.keys().copied().collect();
             // Refresh first: a text retention is deleting right now is either kept (the delete
             // re-checks the refreshed row) or gone before the insert below makes it again.
             sqlx::query(
-                "UPDATE reasons SET last_seen_ms = u.s FROM UNNEST($1::text[], $2::bigint[]) AS u(t, s) \
-                 WHERE reasons.text = u.t AND reasons.last_seen_ms < u.s - $3",
+                "UPDATE texts SET last_seen_ms = u.s FROM UNNEST($1::text[], $2::bigint[]) AS u(t, s) \
+                 WHERE texts.text = u.t AND texts.last_seen_ms < u.s - $3",
             )
             .bind(&texts)
             .bind(&seen)
-            .bind(REASON_REFRESH_MS)
+            .bind(TEXT_REFRESH_MS)
             .execute(&mut **tx)
             .await?;
             sqlx::query(
-                "INSERT INTO reasons (text, last_seen_ms) SELECT u.t, u.s FROM UNNEST($1::text[], $2::bigint[]) \
-                 AS u(t, s) WHERE NOT EXISTS (SELECT 1 FROM reasons r WHERE r.text = u.t) ORDER BY u.t \
+                "INSERT INTO texts (text, last_seen_ms) SELECT u.t, u.s FROM UNNEST($1::text[], $2::bigint[]) \
+                 AS u(t, s) WHERE NOT EXISTS (SELECT 1 FROM texts x WHERE x.text = u.t) ORDER BY u.t \
                  ON CONFLICT DO NOTHING",
             )
             .bind(&texts)
@@ -162,49 +167,49 @@ impl BatchKeys {
             .execute(&mut **tx)
             .await?;
             let rows: Vec<(String, i64)> =
-                sqlx::query_as("SELECT text, key::bigint FROM reasons WHERE text = ANY($1)")
+                sqlx::query_as("SELECT text, key::bigint FROM texts WHERE text = ANY($1)")
                     .bind(&texts)
                     .fetch_all(&mut **tx)
                     .await?;
-            keys.reasons = rows.into_iter().collect();
+            keys.texts = rows.into_iter().collect();
         }
         Ok(keys.finish())
     }
 
-    /// Looks up or makes the keys of everything `batch` names (SQLite).
+    /// [`Self::resolve_postgres`] for SQLite.
     pub async fn resolve_sqlite(
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         batch: &IngestBatch,
+        values: &[Option<String>],
     ) -> Result<Self, StoreError> {
-        let (agents, checks, regions, reasons) = names(batch);
+        let (agents, checks, regions, texts) = names(batch, values);
         let mut keys = BatchKeys {
             agents: names_sqlite(tx, KeyTable::Agents, &agents).await?,
             checks: names_sqlite(tx, KeyTable::Checks, &checks).await?,
             regions: names_sqlite(tx, KeyTable::Regions, &regions).await?,
             ..Default::default()
         };
-        let all: Vec<(&str, i64)> = reasons.into_iter().collect();
+        let all: Vec<(&str, i64)> = texts.into_iter().collect();
         for chunk in all.chunks(SQLITE_CHUNK) {
-            let mut insert =
-                QueryBuilder::<Sqlite>::new("INSERT INTO reasons (text, last_seen_ms) ");
+            let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO texts (text, last_seen_ms) ");
             insert.push_values(chunk, |mut row, (text, seen)| {
                 row.push_bind(*text).push_bind(*seen);
             });
             insert.push(
                 " ON CONFLICT (text) DO UPDATE SET last_seen_ms = excluded.last_seen_ms \
-                 WHERE reasons.last_seen_ms < excluded.last_seen_ms - ",
+                 WHERE texts.last_seen_ms < excluded.last_seen_ms - ",
             );
-            insert.push_bind(REASON_REFRESH_MS);
+            insert.push_bind(TEXT_REFRESH_MS);
             insert.build().execute(&mut **tx).await?;
             let mut select =
-                QueryBuilder::<Sqlite>::new("SELECT text, key FROM reasons WHERE text IN (");
+                QueryBuilder::<Sqlite>::new("SELECT text, key FROM texts WHERE text IN (");
             let mut list = select.separated(", ");
             for (text, _) in chunk {
                 list.push_bind(*text);
             }
             select.push(")");
             let rows: Vec<(String, i64)> = select.build_query_as().fetch_all(&mut **tx).await?;
-            keys.reasons.extend(rows);
+            keys.texts.extend(rows);
         }
         Ok(keys.finish())
     }
@@ -265,14 +270,14 @@ async fn names_sqlite(
     Ok(out)
 }
 
-/// Deletes the reason texts no kept raw row can use: last seen before the raw rows' cutoff
-/// less [`REASON_GRACE_MS`]. Returns how many it deleted.
-pub(super) async fn expire_reasons(
+/// Deletes the texts no kept raw row can use: last seen before the raw rows' cutoff less
+/// [`TEXT_GRACE_MS`]. Returns how many it deleted.
+pub(super) async fn expire_texts(
     store: &super::Store,
     raw_before_ms: i64,
 ) -> Result<u64, StoreError> {
-    let sql = "DELETE FROM reasons WHERE last_seen_ms < $1";
-    let before = raw_before_ms - REASON_GRACE_MS;
+    let sql = "DELETE FROM texts WHERE last_seen_ms < $1";
+    let before = raw_before_ms - TEXT_GRACE_MS;
     Ok(
         super::on_pool!(store, pool => sqlx::query(sql).bind(before).execute(pool).await?.rows_affected()),
     )

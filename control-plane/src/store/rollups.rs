@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
+use super::ingest::micros;
 use super::keys::BatchKeys;
 use super::{Store, StoreError, on_pool};
 use crate::rollup::{CheckBucket, CountSource, HostMetric, MetricBucket, Resolution, WindowCount};
@@ -63,22 +64,39 @@ fn metrics_view(resolution: Resolution) -> &'static str {
 
 const CHECK_COLUMNS: &str =
     "check_id, region, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch";
+/// The keyed tables hold latencies as integer microseconds.
 const KEYED_CHECK_COLUMNS: &str =
-    "check_key, region_key, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch";
+    "check_key, region_key, bucket_ms, n, failures, sum_us, min_us, max_us, sketch";
 
-fn decode_aggregate(row: &impl RowLike) -> Result<CheckAggregate, sqlx::Error> {
+/// A rollup row's aggregate, from a view (`micros` false: `sum_ms`, …) or a keyed table
+/// (`micros` true: `sum_us`, …).
+fn decode_aggregate(row: &impl RowLike, micros: bool) -> Result<CheckAggregate, sqlx::Error> {
     let sketch_bytes: Vec<u8> = row.get_col("sketch")?;
     let sketch = Sketch::decode(&sketch_bytes).unwrap_or_else(|error| {
         CORRUPT_SKETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::error!(%error, "Stored rollup sketch does not decode; its percentiles restart");
         Sketch::default()
     });
+    let (sum_ms, min_ms, max_ms) = if micros {
+        let ms = |us: i64| us as f64 / 1000.0;
+        (
+            ms(row.get_col("sum_us")?),
+            row.get_col::<Option<i64>>("min_us")?.map(ms),
+            row.get_col::<Option<i64>>("max_us")?.map(ms),
+        )
+    } else {
+        (
+            row.get_col("sum_ms")?,
+            row.get_col("min_ms")?,
+            row.get_col("max_ms")?,
+        )
+    };
     Ok(CheckAggregate {
         count: row.get_col::<i64>("n")?.max(0) as u64,
         failures: row.get_col::<i64>("failures")?.max(0) as u64,
-        sum_ms: row.get_col("sum_ms")?,
-        min_ms: row.get_col("min_ms")?,
-        max_ms: row.get_col("max_ms")?,
+        sum_ms,
+        min_ms,
+        max_ms,
         sketch,
     })
 }
@@ -91,7 +109,7 @@ fn decode_check_row(row: &impl RowLike) -> Result<(CheckBucket, CheckAggregate),
             region: row.get_col("region")?,
             bucket_ms: row.get_col("bucket_ms")?,
         },
-        decode_aggregate(row)?,
+        decode_aggregate(row, false)?,
     ))
 }
 
@@ -103,8 +121,17 @@ fn decode_keyed_row(row: &impl RowLike) -> Result<(CheckKey, CheckAggregate), sq
             row.get_col("region_key")?,
             row.get_col("bucket_ms")?,
         ),
-        decode_aggregate(row)?,
+        decode_aggregate(row, true)?,
     ))
+}
+
+/// A sum of latencies in milliseconds as integer microseconds (not bounded to `i32`).
+fn sum_micros(ms: f64) -> i64 {
+    if ms.is_finite() {
+        (ms * 1000.0).round() as i64
+    } else {
+        0
+    }
 }
 
 /// (check key, region key, bucket start) of a check rollup row.
@@ -193,7 +220,7 @@ pub(super) async fn merge_checks_postgres(
         .await?;
     let stored = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT t.check_key::bigint AS check_key, t.region_key::bigint AS region_key, t.bucket_ms, t.n, \
-         t.failures, t.sum_ms, t.min_ms, t.max_ms, t.sketch FROM {table} t \
+         t.failures, t.sum_us, t.min_us::bigint AS min_us, t.max_us::bigint AS max_us, t.sketch FROM {table} t \
          JOIN UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS u(c, g, b) \
          ON t.check_key = u.c AND t.region_key = u.g AND t.bucket_ms = u.b"
     )))
@@ -211,19 +238,19 @@ pub(super) async fn merge_checks_postgres(
     let sketches: Vec<Vec<u8>> = adds.values().map(|a| a.sketch.encode()).collect();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {table} ({KEYED_CHECK_COLUMNS}) SELECT * FROM UNNEST($1::bigint[], $2::bigint[], \
-         $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[], $7::float8[], $8::float8[], $9::bytea[]) \
+         $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[]) \
          ON CONFLICT (check_key, region_key, bucket_ms) DO UPDATE SET n = excluded.n, \
-         failures = excluded.failures, sum_ms = excluded.sum_ms, min_ms = excluded.min_ms, \
-         max_ms = excluded.max_ms, sketch = excluded.sketch"
+         failures = excluded.failures, sum_us = excluded.sum_us, min_us = excluded.min_us, \
+         max_us = excluded.max_us, sketch = excluded.sketch"
     )))
     .bind(adds.keys().map(|k| k.0).collect::<Vec<_>>())
     .bind(adds.keys().map(|k| k.1).collect::<Vec<_>>())
     .bind(adds.keys().map(|k| k.2).collect::<Vec<_>>())
     .bind(adds.values().map(|a| a.count as i64).collect::<Vec<_>>())
     .bind(adds.values().map(|a| a.failures as i64).collect::<Vec<_>>())
-    .bind(adds.values().map(|a| a.sum_ms).collect::<Vec<_>>())
-    .bind(adds.values().map(|a| a.min_ms).collect::<Vec<_>>())
-    .bind(adds.values().map(|a| a.max_ms).collect::<Vec<_>>())
+    .bind(adds.values().map(|a| sum_micros(a.sum_ms)).collect::<Vec<_>>())
+    .bind(adds.values().map(|a| a.min_ms.map(micros)).collect::<Vec<_>>())
+    .bind(adds.values().map(|a| a.max_ms.map(micros)).collect::<Vec<_>>())
     .bind(sketches)
     .execute(&mut **tx)
     .await?;
@@ -272,15 +299,15 @@ pub(super) async fn merge_checks_sqlite(
                 .push_bind(key.2)
                 .push_bind(a.count as i64)
                 .push_bind(a.failures as i64)
-                .push_bind(a.sum_ms)
-                .push_bind(a.min_ms)
-                .push_bind(a.max_ms)
+                .push_bind(sum_micros(a.sum_ms))
+                .push_bind(a.min_ms.map(micros))
+                .push_bind(a.max_ms.map(micros))
                 .push_bind(a.sketch.encode());
         });
         query.push(
             " ON CONFLICT (check_key, region_key, bucket_ms) DO UPDATE SET n = excluded.n, \
-             failures = excluded.failures, sum_ms = excluded.sum_ms, min_ms = excluded.min_ms, \
-             max_ms = excluded.max_ms, sketch = excluded.sketch",
+             failures = excluded.failures, sum_us = excluded.sum_us, min_us = excluded.min_us, \
+             max_us = excluded.max_us, sketch = excluded.sketch",
         );
         query.build().execute(&mut **tx).await?;
     }
@@ -408,8 +435,8 @@ pub(super) async fn merge_metrics_sqlite(
 pub struct Expired {
     pub results: u64,
     pub host_metrics: u64,
-    /// Reason texts no kept result uses any more.
-    pub reasons: u64,
+    /// Reason and probe-values texts no kept result uses any more.
+    pub texts: u64,
     pub rollup_minute: u64,
     pub rollup_hour: u64,
 }
@@ -724,7 +751,7 @@ impl Store {
         let expired = Expired {
             results,
             host_metrics,
-            reasons: super::keys::expire_reasons(self, raw_before).await?,
+            texts: super::keys::expire_texts(self, raw_before).await?,
             rollup_minute: self
                 .expire_keyed("check_minutes", "check_key", "bucket_ms", minute_before)
                 .await?

@@ -246,7 +246,7 @@ async fn copy_baseline(
             .await?;
     }
     for (text, key) in &reasons {
-        sqlx::query("INSERT INTO reasons (key, text, last_seen_ms) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO texts (key, text, last_seen_ms) VALUES ($1, $2, $3)")
             .bind(*key as i32)
             .bind(text)
             .bind(mix.start_ms)
