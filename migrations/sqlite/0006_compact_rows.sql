@@ -16,6 +16,7 @@ CREATE TABLE texts (
     text TEXT NOT NULL UNIQUE,
     last_seen_ms BIGINT NOT NULL
 );
+CREATE INDEX texts_last_seen ON texts(last_seen_ms);
 
 INSERT INTO agent_keys (id)
     SELECT agent_id FROM results UNION SELECT agent_id FROM host_metrics
@@ -134,7 +135,7 @@ CREATE TABLE check_minutes (
     min_us INTEGER,
     max_us INTEGER,
     sketch BLOB NOT NULL,
-    PRIMARY KEY (check_key, region_key, bucket_ms)
+    PRIMARY KEY (check_key, bucket_ms, region_key)
 ) WITHOUT ROWID;
 CREATE TABLE check_hours (
     check_key INTEGER NOT NULL,
@@ -146,7 +147,7 @@ CREATE TABLE check_hours (
     min_us INTEGER,
     max_us INTEGER,
     sketch BLOB NOT NULL,
-    PRIMARY KEY (check_key, region_key, bucket_ms)
+    PRIMARY KEY (check_key, bucket_ms, region_key)
 ) WITHOUT ROWID;
 CREATE TABLE check_days (
     check_key INTEGER NOT NULL,
@@ -154,8 +155,11 @@ CREATE TABLE check_days (
     bucket_ms INTEGER NOT NULL,
     n INTEGER NOT NULL,
     failures INTEGER NOT NULL,
-    PRIMARY KEY (check_key, region_key, bucket_ms)
+    PRIMARY KEY (check_key, bucket_ms, region_key)
 ) WITHOUT ROWID;
+-- Uptime over every check reads a window of hours or days across all keys.
+CREATE INDEX check_hours_time ON check_hours(bucket_ms);
+CREATE INDEX check_days_time ON check_days(bucket_ms);
 INSERT INTO check_minutes
     SELECT c.key, g.key, t.bucket_ms, t.n, t.failures, CAST(ROUND(t.sum_ms * 1000) AS INTEGER),
         CAST(ROUND(t.min_ms * 1000) AS INTEGER), CAST(ROUND(t.max_ms * 1000) AS INTEGER), t.sketch
@@ -190,7 +194,7 @@ CREATE TABLE metric_minutes (
     sum REAL NOT NULL,
     min REAL NOT NULL,
     max REAL NOT NULL,
-    PRIMARY KEY (agent_key, metric, bucket_ms)
+    PRIMARY KEY (agent_key, bucket_ms, metric)
 ) WITHOUT ROWID;
 CREATE TABLE metric_hours (
     agent_key INTEGER NOT NULL,
@@ -200,7 +204,7 @@ CREATE TABLE metric_hours (
     sum REAL NOT NULL,
     min REAL NOT NULL,
     max REAL NOT NULL,
-    PRIMARY KEY (agent_key, metric, bucket_ms)
+    PRIMARY KEY (agent_key, bucket_ms, metric)
 ) WITHOUT ROWID;
 INSERT INTO metric_minutes
     SELECT a.key, t.metric, t.bucket_ms, t.n, t.sum, t.min, t.max

@@ -49,7 +49,7 @@ INSERT INTO results (agent_id, seq, check_id, region, measured_at_ms, received_a
 INSERT INTO host_metrics (agent_id, seq, region, measured_at_ms, received_at_ms, cpu_pct,
     mem_total_bytes, mem_used_bytes, swap_total_bytes, swap_used_bytes, load1, load5, load15,
     uptime_s, net_rx_bytes_per_s, net_tx_bytes_per_s, detail) VALUES
-  ('ag-1', 3, 'eu', 5000, 5500, 12.5, 2048, 1024, 0, 0, 0.5, 0.25, 0.125, 99, 1000.0, 500.0,
+  ('ag-1', 3, 'eu', 5000, 5500, 12.5, 2048, 1024, 0, 0, 0.1, 0.25, 0.125, 99, 1000.7, 500.0,
    '{\"disks\":[]}');
 INSERT INTO rollup_checks_hour (check_id, region, bucket_ms, n, failures, sum_ms, min_ms, max_ms,
     sketch) VALUES ('web', 'eu', 0, 2, 1, 10.5, 10.5, 10.5, X'00');
@@ -155,7 +155,7 @@ async fn rows_stored_before_compact_rows_read_the_same_after_it(
     assert_eq!((m.seq, m.measured_at_ms, m.received_at_ms), (3, 5000, 5500));
     assert_eq!(
         (m.cpu_pct, m.load1, m.net_rx_bytes_per_s),
-        (12.5, 0.5, 1000.0)
+        (12.5, 0.1, 1000.7)
     );
     assert_eq!((m.mem_used_bytes, m.uptime_s), (1024, 99));
 

@@ -438,8 +438,8 @@ async fn commit_postgres(
              load15, net_rx_bytes_per_s, net_tx_bytes_per_s, detail) \
              SELECT m, s, $3, mt, mu, st, su, up, a, g, c, l1, l5, l15, rx, tx, d FROM UNNEST( \
              $1::bigint[], $2::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], \
-             $8::bigint[], $9::bigint[], $10::bigint[], $11::float4[], $12::float4[], $13::float4[], \
-             $14::float4[], $15::float4[], $16::float4[], $17::text[]) \
+             $8::bigint[], $9::bigint[], $10::bigint[], $11::float4[], $12::float8[], $13::float8[], \
+             $14::float8[], $15::float8[], $16::float8[], $17::text[]) \
              AS u(m, s, mt, mu, st, su, up, a, g, c, l1, l5, l15, rx, tx, d) ON CONFLICT DO NOTHING \
              RETURNING agent_key::bigint, seq",
         )
@@ -454,11 +454,11 @@ async fn commit_postgres(
         .bind(mk.iter().map(|k| k.0).collect::<Vec<_>>())
         .bind(mk.iter().map(|k| k.1).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| m.cpu_pct).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, m)| m.load1 as f32).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, m)| m.load5 as f32).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, m)| m.load15 as f32).collect::<Vec<_>>())
-        .bind(nets.iter().map(|n| n.0 as f32).collect::<Vec<_>>())
-        .bind(nets.iter().map(|n| n.1 as f32).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.load1).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.load5).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, _, m)| m.load15).collect::<Vec<_>>())
+        .bind(nets.iter().map(|n| n.0).collect::<Vec<_>>())
+        .bind(nets.iter().map(|n| n.1).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| metrics_detail(m)).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;

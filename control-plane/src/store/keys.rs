@@ -16,9 +16,12 @@ use super::ingest::IngestBatch;
 
 /// How stale `last_seen_ms` may be before a batch that uses the text refreshes it.
 pub const TEXT_REFRESH_MS: i64 = 3_600_000;
-/// How much longer than the raw rows a text is kept: far more than the refresh, so a text a
-/// batch has just looked up is never the one retention deletes.
-pub const TEXT_GRACE_MS: i64 = 86_400_000;
+/// How much longer than the raw rows a text is kept: more than the refresh plus the day
+/// PostgreSQL keeps past the cut (it drops whole day partitions), so no kept row loses its
+/// text and a text a batch has just looked up is never the one retention deletes.
+pub const TEXT_GRACE_MS: i64 = 2 * 86_400_000;
+/// Texts deleted per statement.
+const EXPIRE_BATCH: i64 = 5000;
 /// Names per statement on SQLite.
 const SQLITE_CHUNK: usize = 500;
 
@@ -271,14 +274,27 @@ async fn names_sqlite(
 }
 
 /// Deletes the texts no kept raw row can use: last seen before the raw rows' cutoff less
-/// [`TEXT_GRACE_MS`]. Returns how many it deleted.
+/// [`TEXT_GRACE_MS`], a batch per statement through `texts_last_seen`. Returns how many it
+/// deleted.
 pub(super) async fn expire_texts(
     store: &super::Store,
     raw_before_ms: i64,
 ) -> Result<u64, StoreError> {
-    let sql = "DELETE FROM texts WHERE last_seen_ms < $1";
+    let sql = "DELETE FROM texts WHERE key IN \
+               (SELECT key FROM texts WHERE last_seen_ms < $1 LIMIT $2)";
     let before = raw_before_ms - TEXT_GRACE_MS;
-    Ok(
-        super::on_pool!(store, pool => sqlx::query(sql).bind(before).execute(pool).await?.rows_affected()),
-    )
+    let mut total = 0;
+    loop {
+        let deleted = super::on_pool!(store, pool => sqlx::query(sql)
+            .bind(before)
+            .bind(EXPIRE_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        total += deleted;
+        if deleted < EXPIRE_BATCH as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
 }

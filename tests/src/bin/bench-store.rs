@@ -10,7 +10,7 @@
 //! 10 s, for `--days` days up to now, generated and committed through the ingest path's own
 //! transaction (`Store::commit_batch`: raw rows, rollups, day partitions) at full speed, in
 //! batches of about 5,000 rows. It prints the store's size with every raw row kept, then
-//! runs retention with the defaults (raw 7 d, minutes 14 d, hours 400 d) and prints the size
+//! runs retention with the defaults (raw 7 d, minutes 7 d, hours 400 d) and prints the size
 //! after it. On PostgreSQL the expired minute rollups are deleted row by row, whose space
 //! autovacuum hands to new rows rather than to the file system; the size after retention is
 //! taken after `VACUUM FULL`, i.e. the size the store keeps in steady state.
@@ -149,6 +149,11 @@ async fn table_sizes(store: &Store) -> anyhow::Result<Vec<(String, i64)>> {
     .await?)
 }
 
+/// The control plane's default retention (raw 7 d, minutes 7 d, hours 400 d).
+fn default_retention() -> Retention {
+    vantage_control_plane::settings::Settings::ephemeral(std::path::PathBuf::new()).retention()
+}
+
 fn mb(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / 1_048_576.0)
 }
@@ -274,11 +279,7 @@ async fn bench_size(args: &Args) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     let kept_raw = size_on_disk(&store, dir.path()).await?;
     let tables_raw = table_sizes(&store).await?;
-    let keep = Retention {
-        raw_ms: 7 * DAY_MS,
-        minute_ms: 14 * DAY_MS,
-        hour_ms: 400 * DAY_MS,
-    };
+    let keep = default_retention();
     let expire_started = Instant::now();
     let expired = store.expire(&keep, now).await?;
     let expire_s = expire_started.elapsed().as_secs_f64();
@@ -338,8 +339,8 @@ async fn seed_counts(store: &Store, n: usize, now: i64) -> anyhow::Result<()> {
                 .execute(pool)
                 .await?;
             sqlx::query(
-                "INSERT INTO check_hours (check_key, region_key, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch) \
-                 SELECT c + 1, 1, h, 60, (c + h / 3600000) % 3, 3000, 40, 120, $4 \
+                "INSERT INTO check_hours (check_key, region_key, bucket_ms, n, failures, sum_us, min_us, max_us, sketch) \
+                 SELECT c + 1, 1, h, 60, (c + h / 3600000) % 3, 3000000, 40000, 120000, $4 \
                  FROM generate_series(0, $1 - 1) c, generate_series($2::bigint, $3::bigint, 3600000) h",
             )
             .bind(n as i64)
@@ -374,8 +375,8 @@ async fn seed_counts(store: &Store, n: usize, now: i64) -> anyhow::Result<()> {
             sqlx::query(
                 "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i + 1 < $1), \
                  h(t) AS (SELECT $2 UNION ALL SELECT t + 3600000 FROM h WHERE t + 3600000 <= $3) \
-                 INSERT INTO check_hours (check_key, region_key, bucket_ms, n, failures, sum_ms, min_ms, max_ms, sketch) \
-                 SELECT i + 1, 1, t, 60, (i + t / 3600000) % 3, 3000, 40, 120, $4 FROM c, h",
+                 INSERT INTO check_hours (check_key, region_key, bucket_ms, n, failures, sum_us, min_us, max_us, sketch) \
+                 SELECT i + 1, 1, t, 60, (i + t / 3600000) % 3, 3000000, 40000, 120000, $4 FROM c, h",
             )
             .bind(n as i64)
             .bind(hour_from)
@@ -430,11 +431,7 @@ async fn bench_query(args: &Args) -> anyhow::Result<()> {
     let seeding = Instant::now();
     seed_counts(&store, args.query_checks, now).await?;
     let seed_s = seeding.elapsed().as_secs_f64();
-    let keep = Retention {
-        raw_ms: 7 * DAY_MS,
-        minute_ms: 14 * DAY_MS,
-        hour_ms: 400 * DAY_MS,
-    };
+    let keep = default_retention();
     let (u30_med, u30_max, u30) = time(7, || async {
         Ok(rollup::uptime(&store, None, Some(vec!["30d".into()]), now).await?)
     })
