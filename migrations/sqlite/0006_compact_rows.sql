@@ -8,7 +8,9 @@
 CREATE TABLE agent_keys (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 CREATE TABLE check_keys (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
 CREATE TABLE region_keys (key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
--- Reason texts and probe-values texts (JSON), each stored once. last_seen_ms: the newest
+-- Reason texts and probe-values texts (JSON) that repeat, each stored once (a text seen only
+-- once stays inline in its row: result_rows.reason, result_rows.result_values; see
+-- control-plane/src/store/keys.rs). last_seen_ms: the newest
 -- measurement or arrival of a row that used the text (refreshed at most hourly); retention
 -- deletes texts no kept row can use.
 CREATE TABLE texts (
@@ -45,7 +47,7 @@ CREATE TABLE result_rows (
     received_at_ms INTEGER NOT NULL,
     ok BOOLEAN NOT NULL,
     status_code INTEGER,
-    reason_key INTEGER NOT NULL,
+    reason_key INTEGER,
     total_us INTEGER NOT NULL,
     dns_us INTEGER,
     connect_us INTEGER,
@@ -53,6 +55,8 @@ CREATE TABLE result_rows (
     ttfb_us INTEGER,
     transfer_us INTEGER,
     values_key INTEGER,
+    reason TEXT,
+    result_values TEXT,
     PRIMARY KEY (check_key, measured_at_ms, agent_key, seq)
 ) WITHOUT ROWID;
 INSERT INTO result_rows
@@ -63,7 +67,7 @@ INSERT INTO result_rows
         CAST(ROUND(json_extract(r.timings, '$.tls_ms') * 1000) AS INTEGER),
         CAST(ROUND(json_extract(r.timings, '$.ttfb_ms') * 1000) AS INTEGER),
         CAST(ROUND(json_extract(r.timings, '$.transfer_ms') * 1000) AS INTEGER),
-        v.key
+        v.key, NULL, NULL
     FROM results r
     JOIN check_keys c ON c.id = r.check_id
     JOIN agent_keys a ON a.id = r.agent_id
@@ -76,10 +80,10 @@ DROP TABLE results;
 CREATE VIEW results AS
     SELECT a.id AS agent_id, r.seq, c.id AS check_id, g.id AS region, r.measured_at_ms,
         r.received_at_ms, r.ok, r.total_us / 1000.0 AS total_ms, r.status_code,
-        COALESCE(s.text, '') AS reason, r.dns_us / 1000.0 AS dns_ms,
+        COALESCE(s.text, r.reason, '') AS reason, r.dns_us / 1000.0 AS dns_ms,
         r.connect_us / 1000.0 AS connect_ms, r.tls_us / 1000.0 AS tls_ms,
         r.ttfb_us / 1000.0 AS ttfb_ms, r.transfer_us / 1000.0 AS transfer_ms,
-        COALESCE(v.text, '{}') AS result_values
+        COALESCE(v.text, r.result_values, '{}') AS result_values
     FROM result_rows r
     JOIN check_keys c ON c.key = r.check_key
     JOIN agent_keys a ON a.key = r.agent_key

@@ -180,7 +180,8 @@ async fn rows_stored_before_compact_rows_read_the_same_after_it(
     assert_eq!(count(&store, "SELECT COUNT(*) FROM region_keys").await?, 2);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM texts").await?, 3);
 
-    // A row committed now reuses the migrated keys and makes only the new ones.
+    // A row committed now reuses the migrated keys; its texts, seen once by this process,
+    // stay inline in the row (a text goes into `texts` once it repeats).
     let batch = IngestBatch {
         results: vec![(
             "ag-1".to_owned(),
@@ -197,17 +198,20 @@ async fn rows_stored_before_compact_rows_read_the_same_after_it(
                     ..Timings::default()
                 },
                 status_code: Some(200),
-                values: BTreeMap::new(),
+                values: BTreeMap::from([("rtt_avg_ms".to_owned(), 1.25)]),
             },
         )],
         received_at_ms: 121_000,
         ..IngestBatch::default()
     };
     store.commit_batch(&batch).await?;
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM texts").await?, 3);
+    // Sent again: stored once; its values text now repeats and gets its dictionary row (which
+    // retention deletes when no row uses it).
     store.commit_batch(&batch).await?;
     assert_eq!(count(&store, "SELECT COUNT(*) FROM results").await?, 4);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM agent_keys").await?, 2);
-    assert_eq!(count(&store, "SELECT COUNT(*) FROM texts").await?, 3);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM texts").await?, 4);
     let web = store
         .query_results(&SeriesFilter {
             check: Some("web".into()),
@@ -217,7 +221,9 @@ async fn rows_stored_before_compact_rows_read_the_same_after_it(
     assert_eq!(web.len(), 3);
     assert_eq!(web[0].seq, 4, "newest first");
     assert_eq!(web[0].timings.tls_ms, Some(3.125));
-    assert_eq!(web[0].result_values, "{}");
+    assert_eq!(web[0].reason, "status 200");
+    let values: BTreeMap<String, f64> = serde_json::from_str(&web[0].result_values)?;
+    assert_eq!(values, BTreeMap::from([("rtt_avg_ms".to_owned(), 1.25)]));
     store.close().await;
     Ok(())
 }

@@ -155,7 +155,8 @@ struct ResultKeys {
     check: i64,
     agent: i64,
     region: i64,
-    reason: i64,
+    /// The reason's key in `texts`, or `None` when it is kept inline.
+    reason: Option<i64>,
     values: Option<i64>,
 }
 
@@ -173,8 +174,8 @@ fn result_keys(
                 check: keys.check(&r.check_id)?,
                 agent: keys.agent(agent)?,
                 region: keys.region(region)?,
-                reason: keys.text(&r.reason)?,
-                values: values.as_deref().map(|v| keys.text(v)).transpose()?,
+                reason: keys.text(&r.reason),
+                values: values.as_deref().and_then(|v| keys.text(v)),
             })
         })
         .collect()
@@ -393,11 +394,12 @@ async fn commit_postgres(
         let stored = sqlx::query(
             "INSERT INTO result_rows (measured_at_ms, seq, received_at_ms, check_key, agent_key, region_key, \
              reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, status_code, ok, \
-             values_key) \
-             SELECT m, s, $3, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va FROM UNNEST($1::bigint[], \
+             values_key, reason, result_values) \
+             SELECT m, s, $3, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va, rt, vt FROM UNNEST($1::bigint[], \
              $2::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], \
              $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
-             $15::boolean[], $16::bigint[]) AS u(m, s, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va) \
+             $15::boolean[], $16::bigint[], $17::text[], $18::text[]) \
+             AS u(m, s, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va, rt, vt) \
              ON CONFLICT DO NOTHING RETURNING agent_key::bigint, seq",
         )
         .bind(rows.iter().map(|(_, _, r)| r.measured_at_ms).collect::<Vec<_>>())
@@ -420,6 +422,19 @@ async fn commit_postgres(
         )
         .bind(rows.iter().map(|(_, _, r)| r.ok).collect::<Vec<_>>())
         .bind(rk.iter().map(|k| k.values).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .zip(&rk)
+                .map(|((_, _, r), k)| k.reason.is_none().then_some(r.reason.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            values
+                .iter()
+                .zip(&rk)
+                .map(|(v, k)| v.as_deref().filter(|_| k.values.is_none()))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut **tx)
         .await?;
         fresh.results.note(
@@ -501,6 +516,7 @@ async fn commit_sqlite(
         .collect();
     let keys = BatchKeys::resolve_sqlite(tx, batch, &values).await?;
     let rk = result_keys(&keys, batch, &values)?;
+    let mut chunk_start = 0;
     for (chunk, chunk_keys) in batch
         .results
         .chunks(SQLITE_CHUNK_ROWS)
@@ -509,9 +525,12 @@ async fn commit_sqlite(
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO result_rows (check_key, measured_at_ms, agent_key, seq, region_key, received_at_ms, \
              ok, status_code, reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, \
-             values_key) ",
+             values_key, reason, result_values) ",
         );
-        query.push_values(chunk.iter().zip(chunk_keys), |mut row, ((_, _, r), k)| {
+        let chunk_values = &values[chunk_start..chunk_start + chunk.len()];
+        chunk_start += chunk.len();
+        let rows = chunk.iter().zip(chunk_keys).zip(chunk_values);
+        query.push_values(rows, |mut row, (((_, _, r), k), v)| {
             let t = &r.timings;
             row.push_bind(k.check)
                 .push_bind(r.measured_at_ms)
@@ -528,7 +547,9 @@ async fn commit_sqlite(
                 .push_bind(t.tls_ms.map(micros))
                 .push_bind(t.ttfb_ms.map(micros))
                 .push_bind(t.transfer_ms.map(micros))
-                .push_bind(k.values);
+                .push_bind(k.values)
+                .push_bind(k.reason.is_none().then_some(r.reason.as_str()))
+                .push_bind(v.as_deref().filter(|_| k.values.is_none()));
         });
         query.push(" ON CONFLICT DO NOTHING RETURNING agent_key, seq");
         let stored = query.build().fetch_all(&mut **tx).await?;

@@ -6,6 +6,11 @@
 //! Texts are target-controlled and many, so each carries `last_seen_ms` (the newest
 //! measurement or arrival of a row that used it, refreshed at most once an hour) and retention
 //! deletes the texts that no kept row can use ([`expire_texts`]).
+//!
+//! A text goes into `texts` only once it repeats: twice in a batch, or seen before in a
+//! recent batch (a bounded set of hashes, [`SEEN_ONCE_CAP`]). A text seen once stays inline
+//! in its row, so texts that change with every result (ICMP round-trip times, SMTP phase
+//! times, chain heights) never cost a dictionary row and its indexes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -24,6 +29,39 @@ pub const TEXT_GRACE_MS: i64 = 2 * 86_400_000;
 const EXPIRE_BATCH: i64 = 5000;
 /// Names per statement on SQLite.
 const SQLITE_CHUNK: usize = 500;
+/// Hashes of texts seen once that are remembered; the set starts again when full.
+pub const SEEN_ONCE_CAP: usize = 16_384;
+
+/// Hashes of texts seen once lately (see the module's documentation).
+static SEEN_ONCE: std::sync::Mutex<Option<std::collections::HashSet<u64>>> =
+    std::sync::Mutex::new(None);
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(text)
+}
+
+/// Keeps the texts of `counts` (text → uses in this batch) that repeat: used twice here or
+/// seen in an earlier batch; notes the others as seen once.
+fn repeated(counts: BTreeMap<&str, (usize, i64)>) -> BTreeMap<&str, i64> {
+    let mut guard = SEEN_ONCE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let seen = guard.get_or_insert_with(Default::default);
+    let mut out = BTreeMap::new();
+    for (text, (uses, last_seen)) in counts {
+        let hash = text_hash(text);
+        if uses >= 2 || seen.contains(&hash) {
+            out.insert(text, last_seen);
+        } else {
+            if seen.len() >= SEEN_ONCE_CAP {
+                seen.clear();
+            }
+            seen.insert(hash);
+        }
+    }
+    out
+}
 
 /// The dictionaries of the compact tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +99,8 @@ fn missing(what: &'static str, name: &str) -> StoreError {
     }
 }
 
-/// What a batch names: (agents, checks, regions, texts with the newest time of a row that
-/// uses each).
+/// What a batch names: (agents, checks, regions, the texts that go into `texts` with the
+/// newest time of a row that uses each).
 type Names<'a> = (
     BTreeSet<&'a str>,
     BTreeSet<&'a str>,
@@ -75,22 +113,23 @@ fn names<'a>(batch: &'a IngestBatch, values: &'a [Option<String>]) -> Names<'a> 
     let mut agents = BTreeSet::new();
     let mut checks = BTreeSet::new();
     let mut regions = BTreeSet::new();
-    let mut texts: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut texts: BTreeMap<&str, (usize, i64)> = BTreeMap::new();
     for ((agent, region, r), values) in batch.results.iter().zip(values) {
         agents.insert(agent.as_str());
         regions.insert(region.as_str());
         checks.insert(r.check_id.as_str());
         let seen = r.measured_at_ms.max(batch.received_at_ms);
         for text in std::iter::once(r.reason.as_str()).chain(values.as_deref()) {
-            let slot = texts.entry(text).or_insert(seen);
-            *slot = (*slot).max(seen);
+            let slot = texts.entry(text).or_insert((0, seen));
+            slot.0 += 1;
+            slot.1 = slot.1.max(seen);
         }
     }
     for (agent, region, _) in &batch.metrics {
         agents.insert(agent.as_str());
         regions.insert(region.as_str());
     }
-    (agents, checks, regions, texts)
+    (agents, checks, regions, repeated(texts))
 }
 
 impl BatchKeys {
@@ -115,11 +154,9 @@ impl BatchKeys {
             .ok_or_else(|| missing("region key", id))
     }
 
-    pub fn text(&self, text: &str) -> Result<i64, StoreError> {
-        self.texts
-            .get(text)
-            .copied()
-            .ok_or_else(|| missing("text key", text))
+    /// The key of a text that goes into `texts`; `None` for one kept inline in its row.
+    pub fn text(&self, text: &str) -> Option<i64> {
+        self.texts.get(text).copied()
     }
 
     /// The agent id of a key this batch resolved.
@@ -296,5 +333,31 @@ pub(super) async fn expire_texts(
             return Ok(total);
         }
         tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_goes_into_the_dictionary_once_it_repeats() {
+        let unique = format!("rtt avg {} ms", std::process::id());
+        let once = || BTreeMap::from([(unique.as_str(), (1, 20))]);
+        // Used twice in one batch: at once. Used once: inline, then from its next use on.
+        assert_eq!(
+            repeated(BTreeMap::from([("status 200", (2, 10))])).get("status 200"),
+            Some(&10)
+        );
+        assert!(!repeated(once()).contains_key(unique.as_str()));
+        assert_eq!(repeated(once()).get(unique.as_str()), Some(&20));
+        // The set of texts seen once stays bounded: filling it forgets what it held.
+        for i in 0..SEEN_ONCE_CAP {
+            repeated(BTreeMap::from([(format!("x{i}").as_str(), (1, 0))]));
+        }
+        let seen = SEEN_ONCE.lock().unwrap().as_ref().map_or(0, |s| s.len());
+        assert!(seen <= SEEN_ONCE_CAP);
+        let fresh = format!("fresh {}", std::process::id());
+        assert!(!repeated(BTreeMap::from([(fresh.as_str(), (1, 0))])).contains_key(fresh.as_str()));
     }
 }
