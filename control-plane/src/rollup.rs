@@ -108,7 +108,7 @@ pub fn check_rollups<'a>(
             bucket_ms: resolution.bucket_of(r.measured_at_ms),
         };
         // To the microsecond, as the raw row is kept, so a rollup equals the rows it sums.
-        let total_ms = crate::store::ingest::micros(r.timings.total_ms) as f64 / 1000.0;
+        let total_ms = crate::store::micros(r.timings.total_ms) as f64 / 1000.0;
         out.entry(key).or_default().add(r.ok, total_ms);
     }
     out

@@ -161,9 +161,6 @@ CREATE TABLE check_days (
     failures INTEGER NOT NULL,
     PRIMARY KEY (check_key, bucket_ms, region_key)
 ) WITHOUT ROWID;
--- Uptime over every check reads a window of hours or days across all keys.
-CREATE INDEX check_hours_time ON check_hours(bucket_ms);
-CREATE INDEX check_days_time ON check_days(bucket_ms);
 INSERT INTO check_minutes
     SELECT c.key, g.key, t.bucket_ms, t.n, t.failures, CAST(ROUND(t.sum_ms * 1000) AS INTEGER),
         CAST(ROUND(t.min_ms * 1000) AS INTEGER), CAST(ROUND(t.max_ms * 1000) AS INTEGER), t.sketch

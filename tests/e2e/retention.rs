@@ -244,7 +244,7 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
         .await?;
     let mut expected: BTreeMap<(String, String, i64), (CheckAggregate, Vec<f64>)> = BTreeMap::new();
     for (check, region, t, ok, ms) in &raw {
-        let ms = &(vantage_control_plane::store::ingest::micros(*ms) as f64 / 1000.0);
+        let ms = &(vantage_control_plane::store::micros(*ms) as f64 / 1000.0);
         let entry = expected
             .entry((
                 check.clone(),

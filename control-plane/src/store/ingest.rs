@@ -12,55 +12,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
-use vantage_mqtt::{CheckResult, Event, HostMetrics};
+use vantage_mqtt::{CheckResult, HostMetrics};
 
 use super::keys::BatchKeys;
+pub use super::models::IngestBatch;
+use super::models::micros;
 use super::{BeginWrite, Store, StoreError, rollups};
 use crate::rollup::{CheckBucket, MetricBucket, Resolution};
 use crate::sketch::{CheckAggregate, GaugeAggregate};
-
-/// Rows from many agents, committed together.
-#[derive(Debug, Default)]
-pub struct IngestBatch {
-    pub results: Vec<(String, String, CheckResult)>,
-    pub metrics: Vec<(String, String, HostMetrics)>,
-    pub events: Vec<(String, String, Event)>,
-    pub received_at_ms: i64,
-}
-
-impl IngestBatch {
-    /// Number of rows in the batch.
-    pub fn len(&self) -> usize {
-        self.results.len() + self.metrics.len() + self.events.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Every seq per agent in this batch: exactly what may be acknowledged after commit.
-    pub fn seqs_per_agent(&self) -> BTreeMap<String, Vec<u64>> {
-        let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        let all = self
-            .results
-            .iter()
-            .map(|(a, _, r)| (a, r.seq))
-            .chain(self.metrics.iter().map(|(a, _, m)| (a, m.seq)))
-            .chain(self.events.iter().map(|(a, _, e)| (a, e.seq)));
-        for (agent, seq) in all {
-            seqs.entry(agent.clone()).or_default().push(seq);
-        }
-        seqs
-    }
-
-    /// The highest seq per agent in this batch.
-    pub fn max_seq_per_agent(&self) -> BTreeMap<String, u64> {
-        self.seqs_per_agent()
-            .into_iter()
-            .map(|(agent, seqs)| (agent, seqs.into_iter().max().unwrap_or(0)))
-            .collect()
-    }
-}
 
 /// The newest result per (check, region) in the batch.
 pub fn latest_per_check_region(batch: &IngestBatch) -> Vec<&(String, String, CheckResult)> {
@@ -131,17 +90,6 @@ async fn upsert_status_sqlite(
         query.build().execute(&mut **tx).await?;
     }
     Ok(())
-}
-
-/// Milliseconds as the integer microseconds the compact tables hold (within `i32`).
-pub fn micros(ms: f64) -> i64 {
-    if ms.is_finite() {
-        (ms * 1000.0)
-            .round()
-            .clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i64
-    } else {
-        0
-    }
 }
 
 /// The probe's values as JSON, or nothing when it has none (most probes).

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 
 use super::StoreError;
-use super::ingest::IngestBatch;
+use super::models::IngestBatch;
 
 /// How stale `last_seen_ms` may be before a batch that uses the text refreshes it.
 pub const TEXT_REFRESH_MS: i64 = 3_600_000;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use vantage_mqtt::{CheckKind, CheckSpec, NodeState};
+use vantage_mqtt::{CheckKind, CheckResult, CheckSpec, Event, HostMetrics, NodeState};
 
 /// A region with its agent counts.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -350,6 +350,17 @@ pub struct ResultRow {
     pub result_values: String,
 }
 
+/// Milliseconds as the integer microseconds the compact tables hold (within `i32`).
+pub fn micros(ms: f64) -> i64 {
+    if ms.is_finite() {
+        (ms * 1000.0)
+            .round()
+            .clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i64
+    } else {
+        0
+    }
+}
+
 /// A stored result's phase timings in milliseconds; absent phases are `None` and left out
 /// of API answers, as on the wire.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, sqlx::FromRow)]
@@ -418,4 +429,47 @@ pub struct CheckStatusRow {
     pub reason: String,
     pub total_ms: f64,
     pub measured_at_ms: i64,
+}
+
+/// Rows from many agents, committed together.
+#[derive(Debug, Default)]
+pub struct IngestBatch {
+    pub results: Vec<(String, String, CheckResult)>,
+    pub metrics: Vec<(String, String, HostMetrics)>,
+    pub events: Vec<(String, String, Event)>,
+    pub received_at_ms: i64,
+}
+
+impl IngestBatch {
+    /// Number of rows in the batch.
+    pub fn len(&self) -> usize {
+        self.results.len() + self.metrics.len() + self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every seq per agent in this batch: exactly what may be acknowledged after commit.
+    pub fn seqs_per_agent(&self) -> BTreeMap<String, Vec<u64>> {
+        let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let all = self
+            .results
+            .iter()
+            .map(|(a, _, r)| (a, r.seq))
+            .chain(self.metrics.iter().map(|(a, _, m)| (a, m.seq)))
+            .chain(self.events.iter().map(|(a, _, e)| (a, e.seq)));
+        for (agent, seq) in all {
+            seqs.entry(agent.clone()).or_default().push(seq);
+        }
+        seqs
+    }
+
+    /// The highest seq per agent in this batch.
+    pub fn max_seq_per_agent(&self) -> BTreeMap<String, u64> {
+        self.seqs_per_agent()
+            .into_iter()
+            .map(|(agent, seqs)| (agent, seqs.into_iter().max().unwrap_or(0)))
+            .collect()
+    }
 }

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
-use super::ingest::micros;
 use super::keys::BatchKeys;
+use super::models::micros;
 use super::{Store, StoreError, on_pool};
 use crate::rollup::{CheckBucket, CountSource, HostMetric, MetricBucket, Resolution, WindowCount};
 use crate::sketch::{CheckAggregate, GaugeAggregate, Sketch};
@@ -512,12 +512,16 @@ impl Store {
             CountSource::Hour => "check_hours",
             CountSource::Day => "check_days",
         };
-        // Sums over keys first, names joined to the sums after.
-        let select = format!(
-            "SELECT c.id, g.id, s.n, s.f FROM (SELECT check_key, region_key, CAST(SUM(n) AS BIGINT) AS n, \
-             CAST(SUM(failures) AS BIGINT) AS f FROM {table} WHERE bucket_ms >= "
-        );
-        let tail = " GROUP BY check_key, region_key) s JOIN check_keys c ON c.key = s.check_key \
+        // Check by check, each a range of its primary key (check, time, region) from `from_ms`
+        // on (SQLite's CROSS JOIN keeps that order), summed; names joined to the sums after.
+        let select = |join: &str| {
+            format!(
+                "SELECT c.id, g.id, s.n, s.f FROM (SELECT t.check_key, t.region_key, \
+                 CAST(SUM(t.n) AS BIGINT) AS n, CAST(SUM(t.failures) AS BIGINT) AS f \
+                 FROM check_keys k {join} {table} t ON t.check_key = k.key AND t.bucket_ms >= "
+            )
+        };
+        let tail = " GROUP BY t.check_key, t.region_key) s JOIN check_keys c ON c.key = s.check_key \
                     JOIN region_keys g ON g.key = s.region_key";
         let decode = |rows: Vec<(String, String, i64, i64)>| {
             rows.into_iter()
@@ -537,27 +541,24 @@ impl Store {
         for chunk in chunks {
             match self {
                 Store::Postgres(pool) => {
-                    let mut query = QueryBuilder::<Postgres>::new(&select);
+                    let mut query = QueryBuilder::<Postgres>::new(select("JOIN"));
                     query.push_bind(from_ms);
                     if let Some(ids) = chunk {
-                        query
-                            .push(" AND check_key IN (SELECT key FROM check_keys WHERE id = ANY(")
-                            .push_bind(ids)
-                            .push("))");
+                        query.push(" WHERE k.id = ANY(").push_bind(ids).push(")");
                     }
                     query.push(tail);
                     out.extend(decode(query.build_query_as().fetch_all(pool).await?));
                 }
                 Store::Sqlite(pool) => {
-                    let mut query = QueryBuilder::<Sqlite>::new(&select);
+                    let mut query = QueryBuilder::<Sqlite>::new(select("CROSS JOIN"));
                     query.push_bind(from_ms);
                     if let Some(ids) = chunk {
-                        query.push(" AND check_key IN (SELECT key FROM check_keys WHERE id IN (");
+                        query.push(" WHERE k.id IN (");
                         let mut list = query.separated(", ");
                         for id in ids {
                             list.push_bind(id.as_str());
                         }
-                        query.push("))");
+                        query.push(")");
                     }
                     query.push(tail);
                     out.extend(decode(query.build_query_as().fetch_all(pool).await?));
