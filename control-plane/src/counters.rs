@@ -119,6 +119,7 @@ counters! {
     expired_host_metrics => ("vantage_retention_deleted_rows_total", "Rows deleted after their retention window, by table.", "{table=\"host_metrics\"}"),
     expired_rollup_minute => ("vantage_retention_deleted_rows_total", "Rows deleted after their retention window, by table.", "{table=\"rollup_minute\"}"),
     expired_rollup_hour => ("vantage_retention_deleted_rows_total", "Rows deleted after their retention window, by table.", "{table=\"rollup_hour\"}"),
+    packed_rows => ("vantage_packed_rows_total", "Rows of days that are over moved into day packs (PostgreSQL).", ""),
     retention_errors => ("vantage_retention_errors_total", "Retention passes that failed (the next pass goes on)."),
 }
 

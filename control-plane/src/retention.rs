@@ -1,5 +1,5 @@
 //! Retention: a background task that deletes raw rows and rollups past their window, in
-//! small transactions, and counts what it deleted.
+//! small transactions, packs the days that are over (PostgreSQL), and counts both.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -27,6 +27,7 @@ pub async fn run_once(state: &AppState) -> Result<Expired, crate::store::StoreEr
         .fetch_add(expired.rollup_minute, Ordering::Relaxed);
     c.expired_rollup_hour
         .fetch_add(expired.rollup_hour, Ordering::Relaxed);
+    c.packed_rows.fetch_add(expired.packed, Ordering::Relaxed);
     Ok(expired)
 }
 

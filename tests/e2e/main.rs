@@ -14,6 +14,7 @@ mod durability;
 mod edge_image;
 mod http_limits;
 mod install;
+mod packs;
 mod probe_cli;
 mod provision_cloud;
 mod quiet_start;

@@ -9,6 +9,7 @@ use serde_json::json;
 use vantage_control_plane::rollup::{self, Resolution, Retention};
 use vantage_control_plane::sketch::{CheckAggregate, RELATIVE_ERROR};
 use vantage_control_plane::store::ingest::IngestBatch;
+use vantage_control_plane::store::packs::PACK_AFTER_MS;
 use vantage_control_plane::store::{Store, now_ms};
 use vantage_mqtt::{CheckResult, HostMetrics, NetUsage, Timings};
 use vantage_tests::{Backend, TestStore};
@@ -167,12 +168,12 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
     // The newest batch before any day partition exists: on PostgreSQL its rows wait in the
     // default partition and move into their days when those are made.
     store.commit_batch(batches.last().expect("batches")).await?;
-    // PostgreSQL: day partitions from the oldest kept day to 3 days ahead (22 with both
-    // tables); older rows go to the default partition.
+    // PostgreSQL: day partitions from the oldest kept day to 3 days ahead: 11 for each raw
+    // table, 18 for the minute rollups (kept 14 days); older rows go to the default partition.
     let made = store.prepare_partitions(&keep, now).await?;
     assert_eq!(
         made.len(),
-        if backend == Backend::Postgres { 22 } else { 0 }
+        if backend == Backend::Postgres { 40 } else { 0 }
     );
     assert!(store.prepare_partitions(&keep, now).await?.is_empty());
     // Where retention cuts at `at`: SQLite to the millisecond, PostgreSQL at the start of
@@ -292,8 +293,26 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
     );
     let oldest = count(&store, "SELECT MIN(measured_at_ms) FROM results").await?;
     assert!(oldest >= cut(now), "a raw row of {oldest} is left");
+    // Minute rollups: SQLite to the minute, PostgreSQL by whole day partitions.
     let oldest_minute = count(&store, "SELECT MIN(bucket_ms) FROM rollup_checks_minute").await?;
-    assert!(oldest_minute >= now - keep.minute_ms - 60_000);
+    let minute_cut = match backend {
+        Backend::Sqlite => now - keep.minute_ms - 60_000,
+        Backend::Postgres => (now - keep.minute_ms).div_euclid(DAY_MS) * DAY_MS,
+    };
+    assert!(
+        oldest_minute >= minute_cut,
+        "a minute rollup of {oldest_minute} is left"
+    );
+    if backend == Backend::Postgres {
+        // The kept days that are over were packed: the partitions hold only the rest.
+        let unpacked_from = (now - PACK_AFTER_MS).div_euclid(DAY_MS) * DAY_MS;
+        let unpacked = raw.iter().filter(|r| r.2 >= unpacked_from).count() as i64;
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM result_rows").await?,
+            unpacked
+        );
+        assert_eq!(expired.packed > 0, raw_kept > unpacked);
+    }
     assert!(expired.host_metrics > 0 && expired.rollup_minute > 0);
     assert_eq!(expired.rollup_hour, 0);
     // The hours are all still there and unchanged by the expiry.

@@ -504,7 +504,11 @@ impl Store {
                     "SELECT agent_id, seq, check_id, region, measured_at_ms, received_at_ms, ok, total_ms, \
                      status_code, reason, dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms, result_values FROM results WHERE measured_at_ms >= ",
                 );
-                query.push_bind(since_ms).push(" AND check_id IN (");
+                query
+                    .push_bind(since_ms)
+                    .push(" AND day_ms >= ")
+                    .push_bind(super::packs::day_start(since_ms))
+                    .push(" AND check_id IN (");
                 let mut list = query.separated(", ");
                 for id in chunk {
                     list.push_bind(*id);

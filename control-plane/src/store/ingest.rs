@@ -7,7 +7,8 @@
 //! keys [`BatchKeys`] resolves in the same transaction (reason and probe-values texts too,
 //! each stored once), timings integer microseconds.
 //! Replays of rows already stored change nothing: a row sent again has the same primary key
-//! (check or agent, measurement time, agent, seq) and conflicts.
+//! (check or agent, measurement time, agent, seq) and conflicts, or, on PostgreSQL, is found
+//! in its day's pack (`packs.rs`: only rows measured over an hour ago are looked up there).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -325,6 +326,23 @@ async fn commit_postgres(
 ) -> Result<Fresh, StoreError> {
     let received = batch.received_at_ms;
     let mut fresh = Fresh::default();
+    // Rows this old may belong to a day being packed (packs.rs): wait for packing to finish,
+    // then skip those already in their day's pack. Newer rows skip the check.
+    let careful_before = super::now_ms() - super::packs::CAREFUL_AFTER_MS;
+    let careful = batch
+        .results
+        .iter()
+        .any(|(_, _, r)| r.measured_at_ms < careful_before)
+        || batch
+            .metrics
+            .iter()
+            .any(|(_, _, m)| m.measured_at_ms < careful_before);
+    if careful {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(super::packs::PACK_LOCK)
+            .execute(&mut **tx)
+            .await?;
+    }
     let values: Vec<Option<String>> = batch
         .results
         .iter()
@@ -348,6 +366,9 @@ async fn commit_postgres(
              $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
              $15::boolean[], $16::bigint[], $17::text[], $18::text[]) \
              AS u(m, s, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va, rt, vt) \
+             WHERE u.m >= $19 OR NOT EXISTS (SELECT 1 FROM result_packs p WHERE p.check_key = u.c \
+             AND p.day_ms = u.m - (((u.m % 86400000) + 86400000) % 86400000) AND p.agent_key = u.a \
+             AND u.s = ANY(p.seq)) \
              ON CONFLICT DO NOTHING RETURNING agent_key::bigint, seq",
         )
         .bind(rows.iter().map(|(_, _, r)| r.measured_at_ms).collect::<Vec<_>>())
@@ -383,6 +404,7 @@ async fn commit_postgres(
                 .map(|(v, k)| v.as_deref().filter(|_| k.values.is_none()))
                 .collect::<Vec<_>>(),
         )
+        .bind(careful_before)
         .fetch_all(&mut **tx)
         .await?;
         fresh.results.note(
@@ -403,8 +425,10 @@ async fn commit_postgres(
              $1::bigint[], $2::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], \
              $8::bigint[], $9::bigint[], $10::bigint[], $11::float4[], $12::float8[], $13::float8[], \
              $14::float8[], $15::float8[], $16::float8[], $17::text[]) \
-             AS u(m, s, mt, mu, st, su, up, a, g, c, l1, l5, l15, rx, tx, d) ON CONFLICT DO NOTHING \
-             RETURNING agent_key::bigint, seq",
+             AS u(m, s, mt, mu, st, su, up, a, g, c, l1, l5, l15, rx, tx, d) \
+             WHERE u.m >= $18 OR NOT EXISTS (SELECT 1 FROM metric_packs p WHERE p.agent_key = u.a \
+             AND p.day_ms = u.m - (((u.m % 86400000) + 86400000) % 86400000) AND u.s = ANY(p.seq)) \
+             ON CONFLICT DO NOTHING RETURNING agent_key::bigint, seq",
         )
         .bind(rows.iter().map(|(_, _, m)| m.measured_at_ms).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| m.seq as i64).collect::<Vec<_>>())
@@ -423,6 +447,7 @@ async fn commit_postgres(
         .bind(nets.iter().map(|n| n.0).collect::<Vec<_>>())
         .bind(nets.iter().map(|n| n.1).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, _, m)| metrics_detail(m)).collect::<Vec<_>>())
+        .bind(careful_before)
         .fetch_all(&mut **tx)
         .await?;
         fresh.metrics.note(

@@ -10,6 +10,7 @@ pub mod incidents;
 pub mod ingest;
 pub mod keys;
 pub mod models;
+pub mod packs;
 pub mod partitions;
 pub mod rollups;
 
@@ -890,6 +891,7 @@ impl Store {
                    status_code, reason, dns_ms, connect_ms, tls_ms, ttfb_ms, transfer_ms, result_values FROM results \
                    WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR check_id = $2) \
                    AND ($3 IS NULL OR region = $3) AND measured_at_ms >= $4 AND measured_at_ms <= $5 \
+                   AND day_ms >= $7 AND day_ms <= $5 \
                    ORDER BY measured_at_ms DESC, seq DESC LIMIT $6";
         Ok(on_pool!(self, pool => sqlx::query_as(sql)
             .bind(&filter.agent)
@@ -898,6 +900,7 @@ impl Store {
             .bind(filter.from_ms)
             .bind(filter.to_ms)
             .bind(filter.limit)
+            .bind(packs::day_start(filter.from_ms))
             .fetch_all(pool)
             .await?))
     }
@@ -914,7 +917,7 @@ impl Store {
                    mem_used_bytes, swap_total_bytes, swap_used_bytes, load1, load5, load15, uptime_s, \
                    net_rx_bytes_per_s, net_tx_bytes_per_s, detail FROM host_metrics \
                    WHERE ($1 IS NULL OR agent_id = $1) AND ($2 IS NULL OR region = $2) \
-                   AND measured_at_ms >= $3 AND measured_at_ms <= $4 \
+                   AND measured_at_ms >= $3 AND measured_at_ms <= $4 AND day_ms >= $6 AND day_ms <= $4 \
                    ORDER BY measured_at_ms DESC, seq DESC LIMIT $5";
         Ok(on_pool!(self, pool => sqlx::query_as(sql)
             .bind(&filter.agent)
@@ -922,6 +925,7 @@ impl Store {
             .bind(filter.from_ms)
             .bind(filter.to_ms)
             .bind(filter.limit)
+            .bind(packs::day_start(filter.from_ms))
             .fetch_all(pool)
             .await?))
     }

@@ -1,17 +1,35 @@
-//! Day partitions of the raw tables on PostgreSQL: `result_rows` and `metric_rows` are
-//! partitioned by `measured_at_ms`, one partition per UTC day (`{table}_pYYYYMMDD`), with a
-//! default partition for rows outside every day that exists (a spool replayed long after, a
-//! clock far off). Partitions are made ahead of time; retention drops whole partitions, so
-//! expiring a day is a catalogue change, never a mass DELETE; the default partition, which
-//! holds few rows, is expired in small batches.
+//! Day partitions on PostgreSQL: the raw tables `result_rows` and `metric_rows` by
+//! `measured_at_ms`, and the minute rollups `check_minutes` by `bucket_ms`, one partition per
+//! UTC day (`{table}_pYYYYMMDD`), with a default partition for rows outside every day that
+//! exists (a spool replayed long after, a clock far off). Partitions are made ahead of time;
+//! retention drops whole partitions, so expiring a day is a catalogue change, never a mass
+//! DELETE; the default partition, which holds few rows, is expired in small batches. A day
+//! that is over is packed (`packs.rs`): its partition is emptied, not dropped.
 
 use sqlx::PgPool;
 
 use super::StoreError;
 
-/// The partitioned tables.
-pub const TABLES: [&str; 2] = ["result_rows", "metric_rows"];
-const DAY_MS: i64 = 86_400_000;
+/// A table partitioned by day on `time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitioned {
+    pub table: &'static str,
+    pub time: &'static str,
+}
+
+pub const RESULTS: Partitioned = Partitioned {
+    table: "result_rows",
+    time: "measured_at_ms",
+};
+pub const METRICS: Partitioned = Partitioned {
+    table: "metric_rows",
+    time: "measured_at_ms",
+};
+pub const MINUTES: Partitioned = Partitioned {
+    table: "check_minutes",
+    time: "bucket_ms",
+};
+pub const DAY_MS: i64 = 86_400_000;
 /// Days made ahead of today.
 const AHEAD_DAYS: i64 = 3;
 
@@ -43,7 +61,7 @@ pub fn partition_day(table: &str, name: &str) -> Option<i64> {
 }
 
 /// The day partitions of `table` that exist, as (name, day start).
-async fn existing(pool: &PgPool, table: &str) -> Result<Vec<(String, i64)>, StoreError> {
+pub async fn existing(pool: &PgPool, table: &str) -> Result<Vec<(String, i64)>, StoreError> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
          JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1",
@@ -57,62 +75,66 @@ async fn existing(pool: &PgPool, table: &str) -> Result<Vec<(String, i64)>, Stor
         .collect())
 }
 
-/// Makes the day partitions of every table from the day of `from_ms` to `AHEAD_DAYS` after
+/// Makes the day partitions of `spec` from the day of `from_ms` to `AHEAD_DAYS` after
 /// `now_ms`. Rows of such a day already in the default partition are moved into the new one
 /// in the same transaction. Returns the partitions made.
 ///
 /// # Errors
 /// Database errors; partitions made before the error stay.
-pub async fn ensure(pool: &PgPool, from_ms: i64, now_ms: i64) -> Result<Vec<String>, StoreError> {
+pub async fn ensure(
+    pool: &PgPool,
+    spec: Partitioned,
+    from_ms: i64,
+    now_ms: i64,
+) -> Result<Vec<String>, StoreError> {
+    let Partitioned { table, time } = spec;
     let mut made = Vec::new();
     let first = from_ms.div_euclid(DAY_MS) * DAY_MS;
     let last = now_ms.div_euclid(DAY_MS) * DAY_MS + AHEAD_DAYS * DAY_MS;
-    for table in TABLES {
-        let have: Vec<i64> = existing(pool, table)
-            .await?
-            .into_iter()
-            .map(|(_, d)| d)
-            .collect();
-        let mut day = first;
-        while day <= last {
-            if !have.contains(&day) {
-                let name = partition_name(table, day);
-                let mut tx = pool.begin().await?;
-                // Serialises makers across replicas; a second one finds the table made.
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                    .bind(&name)
-                    .execute(&mut *tx)
-                    .await?;
-                let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-                    .bind(&name)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if !exists {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS)"
-                    )))
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "WITH moved AS (DELETE FROM {table}_default WHERE measured_at_ms >= $1 \
-                         AND measured_at_ms < $2 RETURNING *) INSERT INTO {name} SELECT * FROM moved"
-                    )))
-                    .bind(day)
-                    .bind(day + DAY_MS)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ({day}) TO ({})",
-                        day + DAY_MS
-                    )))
-                    .execute(&mut *tx)
-                    .await?;
-                    made.push(name);
-                }
-                tx.commit().await?;
+    let have: Vec<i64> = existing(pool, table)
+        .await?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let mut day = first;
+    while day <= last {
+        if !have.contains(&day) {
+            let name = partition_name(table, day);
+            let mut tx = pool.begin().await?;
+            // Serialises makers across replicas; a second one finds the table made.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(&name)
+                .execute(&mut *tx)
+                .await?;
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(&name)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !exists {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS)"
+                )))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "WITH moved AS (DELETE FROM {table}_default WHERE {time} >= $1 \
+                     AND {time} < $2 RETURNING *) INSERT INTO {name} SELECT * FROM moved"
+                )))
+                .bind(day)
+                .bind(day + DAY_MS)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ({day}) TO ({})",
+                    day + DAY_MS
+                )))
+                .execute(&mut *tx)
+                .await?;
+                made.push(name);
             }
-            day += DAY_MS;
+            tx.commit().await?;
         }
+        day += DAY_MS;
     }
     Ok(made)
 }

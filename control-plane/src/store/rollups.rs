@@ -430,7 +430,7 @@ pub(super) async fn merge_metrics_sqlite(
     Ok(())
 }
 
-/// What one retention pass deleted, per table.
+/// What one retention pass deleted, per table, and what it packed (PostgreSQL).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Expired {
     pub results: u64,
@@ -439,6 +439,8 @@ pub struct Expired {
     pub texts: u64,
     pub rollup_minute: u64,
     pub rollup_hour: u64,
+    /// Rows of days that are over moved into day packs (results, metrics, minute rollups).
+    pub packed: u64,
 }
 
 /// Rows deleted per statement: short transactions that never hold the writer for long.
@@ -457,13 +459,21 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<(CheckBucket, CheckAggregate)>, StoreError> {
         let table = checks_view(resolution);
+        // Minute rollups are packed by day on PostgreSQL: open only the packs of the range.
+        let days = match resolution {
+            Resolution::Minute => format!(
+                " AND day_ms >= {} AND day_ms < {to_ms}",
+                super::packs::day_start(from_ms)
+            ),
+            Resolution::Hour => String::new(),
+        };
         let mut out = Vec::new();
         for chunk in check_ids.chunks(super::IN_LIST_CHUNK) {
             match self {
                 Store::Postgres(pool) => {
                     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "SELECT {CHECK_COLUMNS} FROM {table} WHERE check_id = ANY($1) AND bucket_ms >= $2 \
-                         AND bucket_ms < $3"
+                         AND bucket_ms < $3{days}"
                     )))
                     .bind(chunk)
                     .bind(from_ms)
@@ -481,7 +491,8 @@ impl Store {
                     query
                         .push_bind(from_ms)
                         .push(" AND bucket_ms < ")
-                        .push_bind(to_ms);
+                        .push_bind(to_ms)
+                        .push(days.as_str());
                     query.push(" AND check_id IN (");
                     let mut ids = query.separated(", ");
                     for id in chunk {
@@ -580,9 +591,10 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<(String, i64, bool, f64)>, StoreError> {
         let sql = "SELECT region, measured_at_ms, ok, total_ms FROM results WHERE check_id = $1 \
-                   AND measured_at_ms >= $2 AND measured_at_ms < $3";
+                   AND measured_at_ms >= $2 AND measured_at_ms < $3 AND day_ms >= $4 AND day_ms < $3";
+        let day = super::packs::day_start(from_ms);
         Ok(
-            on_pool!(self, pool => sqlx::query_as(sql).bind(check_id).bind(from_ms).bind(to_ms).fetch_all(pool).await?),
+            on_pool!(self, pool => sqlx::query_as(sql).bind(check_id).bind(from_ms).bind(to_ms).bind(day).fetch_all(pool).await?),
         )
     }
 
@@ -712,50 +724,80 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         match self {
             Store::Postgres(pool) => {
-                super::partitions::ensure(pool, now_ms - keep.raw_ms, now_ms).await
+                use super::partitions::{METRICS, MINUTES, RESULTS, ensure};
+                let mut made = ensure(pool, RESULTS, now_ms - keep.raw_ms, now_ms).await?;
+                made.extend(ensure(pool, METRICS, now_ms - keep.raw_ms, now_ms).await?);
+                made.extend(ensure(pool, MINUTES, now_ms - keep.minute_ms, now_ms).await?);
+                Ok(made)
             }
             Store::Sqlite(_) => Ok(Vec::new()),
         }
     }
 
-    /// Deletes raw rows and rollups older than their retention at `now_ms` (on PostgreSQL,
-    /// whole day partitions of raw rows, then the default partition's old rows), in batches,
-    /// then lets SQLite hand the freed pages back to the file system.
+    /// Deletes raw rows and rollups older than their retention at `now_ms`, in batches, then
+    /// lets SQLite hand the freed pages back to the file system. On PostgreSQL whole day
+    /// partitions and day packs go, then the default partitions' old rows; then the days that
+    /// are over are packed (`packs.rs`).
     ///
     /// # Errors
-    /// Database errors; what was deleted before stays deleted.
+    /// Database errors; what was deleted or packed before the error stays so.
     pub async fn expire(
         &self,
         keep: &crate::rollup::Retention,
         now_ms: i64,
     ) -> Result<Expired, StoreError> {
         let raw_before = now_ms - keep.raw_ms;
-        let (results, host_metrics) = match self {
-            // Whole days go with their partition; the default partition row by row.
-            Store::Postgres(pool) => (
-                super::partitions::drop_before(pool, "result_rows", raw_before).await?
-                    + Self::expire_all(pool, "result_rows_default", "measured_at_ms", raw_before)
-                        .await?,
-                super::partitions::drop_before(pool, "metric_rows", raw_before).await?
-                    + Self::expire_all(pool, "metric_rows_default", "measured_at_ms", raw_before)
-                        .await?,
-            ),
+        let minute_before = now_ms - keep.minute_ms;
+        let hour_before = now_ms - keep.hour_ms;
+        let (results, host_metrics, check_minutes) = match self {
+            Store::Postgres(pool) => {
+                use super::partitions::drop_before;
+                let (packed_results, packed_metrics, packed_minutes) =
+                    super::packs::expire(pool, raw_before, minute_before).await?;
+                (
+                    drop_before(pool, "result_rows", raw_before).await?
+                        + Self::expire_all(
+                            pool,
+                            "result_rows_default",
+                            "measured_at_ms",
+                            raw_before,
+                        )
+                        .await?
+                        + packed_results,
+                    drop_before(pool, "metric_rows", raw_before).await?
+                        + Self::expire_all(
+                            pool,
+                            "metric_rows_default",
+                            "measured_at_ms",
+                            raw_before,
+                        )
+                        .await?
+                        + packed_metrics,
+                    drop_before(pool, "check_minutes", minute_before).await?
+                        + Self::expire_all(
+                            pool,
+                            "check_minutes_default",
+                            "bucket_ms",
+                            minute_before,
+                        )
+                        .await?
+                        + packed_minutes,
+                )
+            }
             Store::Sqlite(_) => (
                 self.expire_keyed("result_rows", "check_key", "measured_at_ms", raw_before)
                     .await?,
                 self.expire_keyed("metric_rows", "agent_key", "measured_at_ms", raw_before)
                     .await?,
+                self.expire_keyed("check_minutes", "check_key", "bucket_ms", minute_before)
+                    .await?,
             ),
         };
-        let minute_before = now_ms - keep.minute_ms;
-        let hour_before = now_ms - keep.hour_ms;
-        let expired = Expired {
+        let mut expired = Expired {
             results,
             host_metrics,
             texts: super::keys::expire_texts(self, raw_before).await?,
-            rollup_minute: self
-                .expire_keyed("check_minutes", "check_key", "bucket_ms", minute_before)
-                .await?
+            rollup_minute: check_minutes
                 + self
                     .expire_keyed("metric_minutes", "agent_key", "bucket_ms", minute_before)
                     .await?,
@@ -768,11 +810,19 @@ impl Store {
                 + self
                     .expire_keyed("metric_hours", "agent_key", "bucket_ms", hour_before)
                     .await?,
+            packed: 0,
         };
-        if let Store::Sqlite(pool) = self {
-            sqlx::query("PRAGMA incremental_vacuum")
-                .execute(pool)
-                .await?;
+        match self {
+            Store::Postgres(pool) => {
+                let packed =
+                    super::packs::pack_all(pool, raw_before, minute_before, now_ms).await?;
+                expired.packed = packed.results + packed.metrics + packed.minutes;
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query("PRAGMA incremental_vacuum")
+                    .execute(pool)
+                    .await?;
+            }
         }
         Ok(expired)
     }

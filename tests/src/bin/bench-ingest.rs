@@ -182,7 +182,12 @@ async fn copy_baseline(
     sqlx::migrate!("../migrations/postgres").run(&pool).await?;
     // The same day partitions a control plane makes at start.
     let now = vantage_tests::now_ms();
-    vantage_control_plane::store::partitions::ensure(&pool, now - 7 * 86_400_000, now).await?;
+    {
+        use vantage_control_plane::store::partitions::{METRICS, MINUTES, RESULTS, ensure};
+        for table in [RESULTS, METRICS, MINUTES] {
+            ensure(&pool, table, now - 7 * 86_400_000, now).await?;
+        }
+    }
     drop(pool);
     // The same rows as the control plane stores them: compact, under integer keys that are
     // made here before the timed load (a handful of names).
