@@ -55,15 +55,18 @@ pub enum HostMetric {
     Load1,
     NetRxBytesPerS,
     NetTxBytesPerS,
+    /// The fullest disk's used share: the one that fills first is the one that matters.
+    DiskUsedPct,
 }
 
 impl HostMetric {
-    pub const ALL: [HostMetric; 5] = [
+    pub const ALL: [HostMetric; 6] = [
         HostMetric::CpuPct,
         HostMetric::MemUsedPct,
         HostMetric::Load1,
         HostMetric::NetRxBytesPerS,
         HostMetric::NetTxBytesPerS,
+        HostMetric::DiskUsedPct,
     ];
 
     pub fn code(self) -> i16 {
@@ -83,6 +86,12 @@ impl HostMetric {
             HostMetric::Load1 => Some(m.load1),
             HostMetric::NetRxBytesPerS => Some(m.nets.iter().map(|n| n.rx_bytes_per_s).sum()),
             HostMetric::NetTxBytesPerS => Some(m.nets.iter().map(|n| n.tx_bytes_per_s).sum()),
+            HostMetric::DiskUsedPct => m
+                .disks
+                .iter()
+                .filter(|d| d.total_bytes > 0)
+                .map(|d| d.used_bytes as f64 * 100.0 / d.total_bytes as f64)
+                .reduce(f64::max),
         }
     }
 }
@@ -517,6 +526,33 @@ pub async fn series(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_metrics_roll_up_the_fullest_disk_and_skip_what_a_sample_lacks() {
+        let mut m: HostMetrics = serde_json::from_value(serde_json::json!({
+            "seq": 1, "measured_at_ms": 90_000, "cpu_pct": 12.5, "mem_total_bytes": 0,
+            "mem_used_bytes": 0, "swap_total_bytes": 0, "swap_used_bytes": 0, "load1": 0.5,
+            "load5": 0.5, "load15": 0.5, "uptime_s": 1,
+            "disks": [
+                {"mount": "/", "total_bytes": 1000, "used_bytes": 250},
+                {"mount": "/var", "total_bytes": 200, "used_bytes": 180},
+                {"mount": "/empty", "total_bytes": 0, "used_bytes": 0}
+            ],
+            "nets": []
+        }))
+        .expect("a sample");
+        assert_eq!(HostMetric::DiskUsedPct.value(&m), Some(90.0));
+        assert_eq!(HostMetric::MemUsedPct.value(&m), None);
+        let rolled = metric_rollups([("ag", &m)].into_iter(), Resolution::Minute);
+        let metrics: Vec<HostMetric> = rolled.keys().map(|k| k.metric).collect();
+        assert!(metrics.contains(&HostMetric::DiskUsedPct));
+        assert!(!metrics.contains(&HostMetric::MemUsedPct));
+        m.disks.clear();
+        assert_eq!(HostMetric::DiskUsedPct.value(&m), None);
+        for metric in HostMetric::ALL {
+            assert_eq!(HostMetric::from_code(metric.code()), Some(metric));
+        }
+    }
 
     fn count(check: &str, region: &str, results: u64, failures: u64) -> WindowCount {
         WindowCount {

@@ -19,6 +19,7 @@ pub mod live;
 pub mod openapi;
 pub mod run;
 pub mod server;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -58,6 +59,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("too many requests")]
     TooManyRequests,
+    /// A request signed in by the dashboard's cookie that did not come from this origin.
+    #[error("cross-site request refused: it must come from this origin")]
+    CrossSite,
     /// Something we called on the caller's behalf (a notification receiver) failed.
     #[error("{0}")]
     BadGateway(String),
@@ -150,6 +154,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::CrossSite => (StatusCode::FORBIDDEN, "cross_site"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "API request failed");
@@ -221,7 +226,22 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = token_from_parts(parts).ok_or(ApiError::Unauthorized)?;
+        let Some(token) = token_from_parts(parts) else {
+            // The dashboard's session cookie, from this origin only.
+            let secret = ui::session_cookie(&parts.headers).ok_or(ApiError::Unauthorized)?;
+            if !ui::same_origin(parts) {
+                return Err(ApiError::CrossSite);
+            }
+            let found = state
+                .store
+                .session(&secret)
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
+            return Ok(Caller {
+                role: found.role,
+                token_id: found.id,
+            });
+        };
         if token.is_empty() || token.len() > 200 {
             return Err(ApiError::Unauthorized);
         }
@@ -409,6 +429,12 @@ pub fn router(state: AppState) -> Router {
         .route("/live", get(live::live))
         .route("/openapi.json", get(openapi::document));
     Router::new()
+        .route("/", get(ui::index))
+        .route(
+            "/ui/session",
+            get(ui::whoami).post(ui::sign_in).delete(ui::sign_out),
+        )
+        .route("/ui/{*path}", get(ui::file))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
         .route("/dist/{file}", get(dist::file))

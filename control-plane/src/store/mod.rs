@@ -13,6 +13,7 @@ pub mod models;
 pub mod packs;
 pub mod partitions;
 pub mod rollups;
+pub mod sessions;
 
 use std::collections::BTreeMap;
 use std::path::Path;

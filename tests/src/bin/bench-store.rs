@@ -229,7 +229,7 @@ async fn bench_size(args: &Args) -> anyhow::Result<()> {
     // A control plane that ran for these days made each day's partition as it came.
     let all_days = Retention {
         raw_ms: (args.days + 1) * DAY_MS,
-        minute_ms: 0,
+        minute_ms: (args.days + 1) * DAY_MS,
         hour_ms: 0,
     };
     store.prepare_partitions(&all_days, now).await?;
@@ -291,7 +291,7 @@ async fn bench_size(args: &Args) -> anyhow::Result<()> {
     println!(
         "size backend={} checks={} days={} agents={} results={n_results} metric_samples={n_metrics} \
          ingest_rows_per_s={:.0} all_raw_mb={} with_retention_mb={} goal_mb=300 expire_s={expire_s:.1} \
-         expired_results={} expired_metrics={} expired_minute_rollups={}",
+         expired_results={} expired_metrics={} expired_minute_rollups={} packed_rows={}",
         args.backend.name(),
         args.checks,
         args.days,
@@ -302,6 +302,7 @@ async fn bench_size(args: &Args) -> anyhow::Result<()> {
         expired.results,
         expired.host_metrics,
         expired.rollup_minute,
+        expired.packed,
     );
     for (label, sizes) in [("all raw", tables_raw), ("with retention", tables)] {
         let listed: Vec<String> = sizes

@@ -1,0 +1,567 @@
+// Vantage dashboard: one page whose views (overview, check, nodes, incidents, sign-in) are
+// drawn from the API and kept current by the live feed. No build step, no dependencies but
+// the vendored uPlot; every text from the API goes into the page as text, never as HTML.
+'use strict';
+
+(() => {
+  const ROW = 28;
+  // Worst first: the order of "sort by state".
+  const SEVERITY = { down: 0, degraded: 1, pending: 2, maintenance: 3, paused: 4, up: 5, none: 6 };
+  const PHASES = ['dns', 'connect', 'tls', 'ttfb', 'transfer'];
+  const COLOURS = ['#7fb4ff', '#f2a65a', '#9ad17b', '#e07ad8', '#5fd3d3', '#e0d35f', '#ff7f7f'];
+
+  const app = {
+    role: null,
+    checks: [],
+    verdicts: new Map(),
+    regions: [],
+    ws: null,
+    route: '',
+    overview: null,
+    pending: false,
+  };
+
+  // ---- helpers -------------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === 'class') node.className = value;
+      else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+      else if (key === 'data') Object.assign(node.dataset, value);
+      else node.setAttribute(key, value === true ? '' : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  const view = () => document.getElementById('view');
+  const canWrite = () => app.role === 'operator' || app.role === 'admin';
+  const fmtMs = (ms) => (ms === null || ms === undefined ? '–' : `${ms < 10 ? ms.toFixed(2) : ms.toFixed(0)} ms`);
+  const fmtTime = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : '–');
+  const fmtPct = (p) => (p === null || p === undefined ? '–' : `${p.toFixed(p >= 99.9 && p < 100 ? 3 : 2)} %`);
+
+  class ApiError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  async function api(path, options = {}) {
+    const init = { credentials: 'same-origin', method: options.method || 'GET', headers: {} };
+    if (options.body !== undefined) {
+      init.headers['content-type'] = 'application/json';
+      init.body = JSON.stringify(options.body);
+    }
+    const response = await fetch(path, init);
+    if (response.status === 204) return null;
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    if (!response.ok) {
+      const message = (body && (body.message || (body.error && (body.error.message || body.error)))) || response.statusText;
+      if (response.status === 401 && path !== '/ui/session') {
+        signedOut();
+      }
+      throw new ApiError(response.status, String(message));
+    }
+    return body;
+  }
+
+  // ---- session -------------------------------------------------------------------------
+
+  function showLogin(message) {
+    document.getElementById('nav').hidden = true;
+    document.getElementById('signout').hidden = true;
+    document.getElementById('who').textContent = '';
+    const error = el('p', { class: 'error', id: 'login-error' }, message || '');
+    const input = el('input', { type: 'password', id: 'token', name: 'token', autocomplete: 'off', required: true, placeholder: 'vat_…' });
+    const form = el('form', { class: 'stack', id: 'login' },
+      el('label', {}, 'API token', input),
+      el('button', { type: 'submit' }, 'Sign in'),
+      error);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      try {
+        const who = await api('/ui/session', { method: 'POST', body: { token: input.value } });
+        input.value = '';
+        await started(who.role);
+      } catch (e) {
+        error.textContent = e.status === 401 ? 'That token is not valid.' : e.message;
+      }
+    });
+    view().replaceChildren(el('div', { class: 'login' }, el('h2', {}, 'Sign in to Vantage'), form));
+    input.focus();
+  }
+
+  function signedOut() {
+    app.role = null;
+    if (app.ws) {
+      app.ws.onclose = null;
+      app.ws.close();
+      app.ws = null;
+    }
+    setLive(false);
+    showLogin('Signed out.');
+  }
+
+  async function started(role) {
+    app.role = role;
+    document.getElementById('nav').hidden = false;
+    document.getElementById('signout').hidden = false;
+    document.getElementById('who').textContent = `signed in: ${role}`;
+    await loadCore();
+    connectLive();
+    await route();
+  }
+
+  async function loadCore() {
+    const [checks, verdicts, regions] = await Promise.all([
+      api('/api/v1/checks'),
+      api('/api/v1/verdicts'),
+      api('/api/v1/regions'),
+    ]);
+    app.checks = checks;
+    app.verdicts = new Map(verdicts.map((v) => [v.check_id, v]));
+    const names = new Set((regions || []).map((r) => (typeof r === 'string' ? r : r.region || r.id || r.name)));
+    for (const check of checks) for (const region of check.regions) names.add(region);
+    app.regions = [...names].filter(Boolean).sort();
+  }
+
+  // ---- live feed -----------------------------------------------------------------------
+
+  function setLive(on) {
+    const badge = document.getElementById('live');
+    badge.classList.toggle('on', on);
+    badge.classList.toggle('off', !on);
+  }
+
+  function connectLive() {
+    if (app.ws || !app.role) return;
+    const ws = new WebSocket(`wss://${location.host}/api/v1/live`);
+    app.ws = ws;
+    ws.onopen = () => setLive(true);
+    ws.onmessage = (message) => {
+      let event;
+      try {
+        event = JSON.parse(message.data);
+      } catch (_) {
+        return;
+      }
+      onLive(event);
+    };
+    ws.onclose = () => {
+      app.ws = null;
+      setLive(false);
+      if (app.role) setTimeout(connectLive, 1000);
+    };
+  }
+
+  function onLive(event) {
+    if (event.kind === 'verdict' && event.data && event.check_id) {
+      app.verdicts.set(event.check_id, event.data);
+      if (app.route === 'overview') scheduleMatrix();
+      else if (app.route === `check:${event.check_id}`) updateDetailState();
+    } else if (event.kind === 'lagged') {
+      // Updates were missed: read the current state again.
+      api('/api/v1/verdicts').then((verdicts) => {
+        app.verdicts = new Map(verdicts.map((v) => [v.check_id, v]));
+        if (app.route === 'overview') scheduleMatrix();
+      }).catch(() => {});
+    } else if (event.kind === 'incident' && app.route === 'incidents') {
+      route();
+    }
+  }
+
+  // ---- routing -------------------------------------------------------------------------
+
+  async function route() {
+    if (!app.role) return;
+    const hash = location.hash || '#/';
+    for (const link of document.querySelectorAll('#nav a')) {
+      link.classList.toggle('active', link.getAttribute('href') === hash);
+    }
+    try {
+      if (hash.startsWith('#/checks/')) {
+        await showCheck(decodeURIComponent(hash.slice('#/checks/'.length)));
+      } else if (hash === '#/nodes') {
+        await showNodes();
+      } else if (hash === '#/incidents') {
+        await showIncidents();
+      } else if (hash === '#/new') {
+        showCheckForm(null);
+      } else {
+        showOverview();
+      }
+    } catch (e) {
+      if (e.status !== 401) view().replaceChildren(el('p', { class: 'error' }, e.message));
+    }
+  }
+
+  // ---- overview ------------------------------------------------------------------------
+
+  function regionState(verdict, region) {
+    if (!verdict) return 'pending';
+    if (verdict.state === 'paused') return 'paused';
+    const evidence = (verdict.regions || []).find((r) => r.region === region);
+    if (!evidence) return 'none';
+    if (evidence.maintenance) return 'maintenance';
+    if (evidence.failing) return 'down';
+    if (!evidence.last) return 'pending';
+    // Failing results not yet enough to count the region as failing.
+    return evidence.last.ok ? 'up' : 'degraded';
+  }
+
+  function overallState(check) {
+    const verdict = app.verdicts.get(check.id);
+    if (!check.enabled) return 'paused';
+    return verdict ? verdict.state : 'pending';
+  }
+
+  function labelText(check) {
+    return Object.entries(check.labels || {}).map(([k, v]) => `${k}=${v}`).join(' ');
+  }
+
+  function showOverview() {
+    app.route = 'overview';
+    const o = app.overview || { filter: '', state: '', region: '', sort: 'name' };
+    app.overview = o;
+    const filter = el('input', { id: 'filter', type: 'search', placeholder: 'filter: name, label=value, region', value: o.filter });
+    const stateSelect = el('select', { id: 'state' },
+      el('option', { value: '' }, 'every state'),
+      ...['down', 'degraded', 'up', 'maintenance', 'pending', 'paused'].map((s) => el('option', { value: s, selected: o.state === s }, s)));
+    const regionSelect = el('select', { id: 'region' },
+      el('option', { value: '' }, 'all regions (aggregate)'),
+      ...app.regions.map((r) => el('option', { value: r, selected: o.region === r }, `region ${r}`)));
+    const sortSelect = el('select', { id: 'sort' },
+      ...[['name', 'sort by name'], ['state', 'sort by state'], ['label', 'sort by labels']]
+        .map(([v, t]) => el('option', { value: v, selected: o.sort === v }, t)));
+    const count = el('span', { class: 'count', id: 'count' });
+    const controls = el('div', { class: 'controls' }, filter, stateSelect, regionSelect, sortSelect,
+      canWrite() ? el('a', { href: '#/new' }, el('button', { type: 'button', id: 'new-check' }, 'New check')) : null,
+      count);
+    const matrix = el('div', { class: 'matrix', id: 'matrix' });
+    view().replaceChildren(controls, matrix);
+    const changed = (name) => () => {
+      const started = performance.now();
+      o.filter = filter.value;
+      o.state = stateSelect.value;
+      o.region = regionSelect.value;
+      o.sort = sortSelect.value;
+      o.rows = null;
+      drawMatrix();
+      performance.measure(`vantage:${name}`, { start: started });
+    };
+    filter.addEventListener('input', changed('filter'));
+    stateSelect.addEventListener('change', changed('filter'));
+    regionSelect.addEventListener('change', changed('region'));
+    sortSelect.addEventListener('change', changed('sort'));
+    matrix.addEventListener('scroll', () => scheduleMatrix(false));
+    o.rows = null;
+    drawMatrix();
+    performance.mark('vantage:overview');
+  }
+
+  function matrixRows(o) {
+    const tokens = o.filter.toLowerCase().split(/\s+/).filter(Boolean);
+    const columns = o.region ? [o.region] : app.regions;
+    let rows = app.checks.filter((check) => {
+      if (o.region && !check.regions.includes(o.region)) return false;
+      const state = o.region ? regionState(app.verdicts.get(check.id), o.region) : overallState(check);
+      if (o.state && state !== o.state) return false;
+      if (!tokens.length) return true;
+      const text = `${check.name} ${check.id} ${labelText(check)} ${check.regions.join(' ')}`.toLowerCase();
+      return tokens.every((t) => text.includes(t));
+    });
+    const key = (check) => (o.region ? regionState(app.verdicts.get(check.id), o.region) : overallState(check));
+    if (o.sort === 'state') {
+      rows = rows.map((c) => [SEVERITY[key(c)] ?? 9, c]).sort((a, b) => a[0] - b[0] || a[1].name.localeCompare(b[1].name)).map((p) => p[1]);
+    } else if (o.sort === 'label') {
+      rows = rows.map((c) => [labelText(c), c]).sort((a, b) => a[0].localeCompare(b[0]) || a[1].name.localeCompare(b[1].name)).map((p) => p[1]);
+    } else {
+      rows = rows.slice().sort((a, b) => a.name.localeCompare(b.name));
+    }
+    return { rows, columns };
+  }
+
+  function scheduleMatrix(resort = true) {
+    if (resort && app.overview && app.overview.sort === 'state') app.overview.rows = null;
+    if (app.overview && app.overview.state) app.overview.rows = null;
+    if (app.pending) return;
+    app.pending = true;
+    requestAnimationFrame(() => {
+      app.pending = false;
+      if (app.route === 'overview') drawMatrix();
+    });
+  }
+
+  function drawMatrix() {
+    const matrix = document.getElementById('matrix');
+    if (!matrix) return;
+    const o = app.overview;
+    if (!o.rows) {
+      const { rows, columns } = matrixRows(o);
+      o.rows = rows;
+      o.columns = columns;
+    }
+    const { rows, columns } = o;
+    const template = `minmax(180px, 2fr) 90px ${columns.map(() => 'minmax(70px, 1fr)').join(' ')}`;
+    document.getElementById('count').textContent = `${rows.length} of ${app.checks.length} checks`;
+    const head = el('div', { class: 'head', style: `grid-template-columns: ${template}` },
+      el('span', { class: 'name' }, 'check'), el('span', {}, o.region ? 'region' : 'overall'),
+      ...columns.map((r) => el('span', {}, r)));
+    const spacer = el('div', { style: `height: ${rows.length * ROW}px` });
+    const top = Math.max(0, Math.floor(matrix.scrollTop / ROW) - 5);
+    const visible = Math.ceil((matrix.clientHeight || 600) / ROW) + 10;
+    const drawn = [];
+    for (let i = top; i < Math.min(rows.length, top + visible); i += 1) {
+      const check = rows[i];
+      const verdict = app.verdicts.get(check.id);
+      const overall = o.region ? regionState(verdict, o.region) : overallState(check);
+      drawn.push(el('div', { class: 'row', style: `top: ${ROW + i * ROW}px; grid-template-columns: ${template}`, data: { check: check.id } },
+        el('a', { class: 'name', href: `#/checks/${encodeURIComponent(check.id)}`, title: labelText(check) }, check.name),
+        el('span', { class: `cell s-${overall}`, data: { check: check.id, region: '' } }, overall),
+        ...columns.map((region) => {
+          const state = check.regions.includes(region) ? regionState(verdict, region) : 'none';
+          return el('span', { class: `cell s-${state}`, data: { check: check.id, region }, title: `${region}: ${state}` },
+            state === 'none' ? '' : state);
+        })));
+    }
+    matrix.replaceChildren(head, spacer, ...drawn);
+  }
+
+  // ---- check detail --------------------------------------------------------------------
+
+  function badge(state) {
+    return el('span', { class: `badge s-${state}`, id: 'check-state' }, state);
+  }
+
+  function updateDetailState() {
+    const id = app.route.slice('check:'.length);
+    const verdict = app.verdicts.get(id);
+    const node = document.getElementById('check-state');
+    if (node && verdict) node.replaceWith(badge(verdict.state));
+    const reason = document.getElementById('check-reason');
+    if (reason && verdict) reason.textContent = verdict.reason;
+  }
+
+  async function showCheck(id) {
+    const started = performance.now();
+    app.route = `check:${id}`;
+    const now = Date.now();
+    const [check, uptime, series, results, incidents] = await Promise.all([
+      api(`/api/v1/checks/${encodeURIComponent(id)}`),
+      api(`/api/v1/checks/${encodeURIComponent(id)}/uptime`),
+      api(`/api/v1/checks/${encodeURIComponent(id)}/series?from_ms=${now - 86_400_000}&to_ms=${now}`),
+      api(`/api/v1/results?check=${encodeURIComponent(id)}&limit=500`),
+      api('/api/v1/incidents?limit=200'),
+    ]);
+    if (app.route !== `check:${id}`) return;
+    const verdict = app.verdicts.get(id);
+    const windows = (uptime && uptime.windows) || {};
+    const cards = el('div', { class: 'cards', id: 'uptime' },
+      ...['24h', '7d', '30d', '90d'].filter((w) => windows[w]).map((w) => el('div', { class: 'card' },
+        el('h3', {}, `uptime ${w}`), el('div', { data: { window: w } }, fmtPct(windows[w].overall.uptime_pct)))));
+    const chart = el('div', { class: 'chart', id: 'latency-chart' });
+    const failures = (results || []).filter((r) => !r.ok).slice(0, 20);
+    const phases = phaseBreakdown(results || []);
+    const mine = (incidents || []).filter((i) => i.subject_id === id).slice(0, 10);
+    const actions = canWrite()
+      ? el('div', { class: 'controls' },
+        el('button', { type: 'button', id: 'run-now', onclick: () => runNow(id) }, 'Run now'),
+        el('a', { href: '#/new', onclick: (e) => { e.preventDefault(); showCheckForm(check); } },
+          el('button', { type: 'button', id: 'edit-check' }, 'Edit')),
+        el('span', { id: 'run-result', class: 'muted' }))
+      : null;
+    view().replaceChildren(
+      el('h2', {}, check.name, ' ', badge(verdict ? verdict.state : 'pending')),
+      el('p', { class: 'muted', id: 'check-reason' }, verdict ? verdict.reason : 'no verdict yet'),
+      el('p', { class: 'muted' }, `${check.kind.type} · every ${check.interval_s} s · regions ${check.regions.join(', ')} · quorum ${check.quorum ?? 'majority'} · retries ${check.retries}`),
+      actions,
+      cards,
+      el('h3', {}, 'Latency per region, last 24 h'),
+      chart,
+      el('h3', {}, 'Phases (mean of recent results)'),
+      phases,
+      el('h3', {}, 'Recent failures'),
+      failures.length
+        ? el('table', { class: 'list', id: 'failures' }, el('tr', {}, el('th', {}, 'measured'), el('th', {}, 'region'), el('th', {}, 'agent'), el('th', {}, 'reason')),
+          ...failures.map((r) => el('tr', {}, el('td', {}, fmtTime(r.measured_at_ms)), el('td', {}, r.region), el('td', {}, r.agent_id), el('td', {}, r.reason))))
+        : el('p', { class: 'muted', id: 'failures' }, 'none'),
+      el('h3', {}, 'Incidents'),
+      mine.length
+        ? el('table', { class: 'list' }, ...mine.map((i) => el('tr', {}, el('td', {}, fmtTime(i.opened_at_ms)), el('td', {}, i.open ? 'open' : 'resolved'), el('td', {}, i.title || i.summary || ''))))
+        : el('p', { class: 'muted' }, 'none'));
+    drawSeries(chart, series);
+    performance.measure('vantage:open-check', { start: started });
+  }
+
+  function phaseBreakdown(results) {
+    const sums = Object.fromEntries(PHASES.map((p) => [p, 0]));
+    let n = 0;
+    for (const r of results) {
+      if (!r.ok) continue;
+      const t = r.timings || r;
+      let any = false;
+      for (const p of PHASES) {
+        const v = t[`${p}_ms`];
+        if (typeof v === 'number') {
+          sums[p] += v;
+          any = true;
+        }
+      }
+      if (any) n += 1;
+    }
+    if (!n) return el('p', { class: 'muted', id: 'phases' }, 'no phase timings');
+    const total = PHASES.reduce((a, p) => a + sums[p], 0) || 1;
+    return el('div', { id: 'phases' },
+      el('div', { class: 'phases' }, ...PHASES.map((p) => el('span', { class: `p-${p}`, style: `width: ${(100 * sums[p]) / total}%`, title: `${p} ${fmtMs(sums[p] / n)}` }))),
+      el('p', { class: 'muted' }, PHASES.map((p) => `${p} ${fmtMs(sums[p] / n)}`).join(' · ')));
+  }
+
+  function drawSeries(container, series) {
+    const regions = Object.keys((series && series.regions) || {});
+    if (!regions.length || typeof uPlot === 'undefined') {
+      container.append(el('p', { class: 'muted' }, 'no results in this range'));
+      return;
+    }
+    const times = new Set();
+    for (const r of regions) for (const p of series.regions[r]) times.add(p.t_ms);
+    const xs = [...times].sort((a, b) => a - b);
+    const index = new Map(xs.map((t, i) => [t, i]));
+    const data = [xs.map((t) => t / 1000)];
+    for (const r of regions) {
+      const ys = new Array(xs.length).fill(null);
+      for (const p of series.regions[r]) ys[index.get(p.t_ms)] = p.avg_ms ?? null;
+      data.push(ys);
+    }
+    const width = Math.max(320, container.clientWidth - 16);
+    // eslint-disable-next-line no-new
+    new uPlot({
+      width,
+      height: 240,
+      series: [{}, ...regions.map((r, i) => ({ label: r, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true }))],
+      axes: [{ stroke: '#8a96a3', grid: { stroke: '#26303a' } }, { stroke: '#8a96a3', grid: { stroke: '#26303a' }, values: (u, v) => v.map((x) => `${x} ms`) }],
+    }, data, container);
+  }
+
+  async function runNow(id) {
+    const out = document.getElementById('run-result');
+    out.textContent = 'running…';
+    try {
+      const answer = await api(`/api/v1/checks/${encodeURIComponent(id)}/run`, { method: 'POST', body: {} });
+      const regions = (answer && (answer.regions || answer.results)) || [];
+      out.textContent = Array.isArray(regions)
+        ? regions.map((r) => `${r.region}: ${r.ok ? 'ok' : 'failed'}`).join(' · ')
+        : JSON.stringify(answer).slice(0, 200);
+    } catch (e) {
+      out.textContent = e.message;
+    }
+  }
+
+  function showCheckForm(check) {
+    app.route = 'form';
+    const editing = Boolean(check);
+    const name = el('input', { name: 'name', required: true, value: check ? check.name : '' });
+    const url = el('input', { name: 'url', type: 'url', placeholder: 'https://example.com/health', value: check && check.kind.type === 'http' ? check.kind.url || '' : '' });
+    const interval = el('input', { name: 'interval_s', type: 'number', min: 1, value: check ? check.interval_s : 60 });
+    const quorum = el('input', { name: 'quorum', type: 'number', min: 1, placeholder: 'majority', value: check && check.quorum ? check.quorum : '' });
+    const retries = el('input', { name: 'retries', type: 'number', min: 1, value: check ? check.retries : 2 });
+    const boxes = app.regions.map((r) => el('label', {}, el('input', { type: 'checkbox', name: 'region', value: r, checked: check ? check.regions.includes(r) : true }), ` ${r}`));
+    const error = el('p', { class: 'error', id: 'form-error' });
+    const form = el('form', { class: 'stack', id: 'check-form' },
+      el('label', {}, 'Name', name),
+      editing && check.kind.type !== 'http' ? el('p', { class: 'muted' }, `probe: ${check.kind.type} (kept)`) : el('label', {}, 'URL (HTTP check)', url),
+      el('label', {}, 'Interval (s)', interval),
+      el('fieldset', { id: 'regions' }, el('legend', {}, 'Regions'), ...boxes),
+      el('label', {}, 'Quorum (regions that must fail for DOWN)', quorum),
+      el('label', {}, 'Retries (failures in a row before a region fails)', retries),
+      el('button', { type: 'submit' }, editing ? 'Save' : 'Create'), error);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const regions = boxes.map((b) => b.querySelector('input')).filter((i) => i.checked).map((i) => i.value);
+      const body = {
+        ...(check || {}),
+        name: name.value,
+        interval_s: Number(interval.value),
+        retries: Number(retries.value),
+        regions,
+      };
+      if (!editing || check.kind.type === 'http') body.kind = { ...(check ? check.kind : {}), type: 'http', url: url.value };
+      if (quorum.value) body.quorum = Number(quorum.value);
+      else delete body.quorum;
+      try {
+        const saved = editing
+          ? await api(`/api/v1/checks/${encodeURIComponent(check.id)}`, { method: 'PUT', body })
+          : await api('/api/v1/checks', { method: 'POST', body });
+        await loadCore();
+        location.hash = `#/checks/${encodeURIComponent(saved.id || check.id)}`;
+      } catch (e) {
+        error.textContent = e.message;
+      }
+    });
+    view().replaceChildren(el('h2', {}, editing ? `Edit ${check.name}` : 'New check'), form);
+  }
+
+  // ---- nodes ---------------------------------------------------------------------------
+
+  async function showNodes() {
+    app.route = 'nodes';
+    const agents = await api('/api/v1/agents');
+    const now = Date.now();
+    const rows = agents.map((a) => el('tr', { data: { agent: a.id } },
+      el('td', {}, a.id), el('td', {}, a.hostname), el('td', {}, a.region),
+      el('td', {}, el('span', { class: `badge s-${a.state === 'online' ? 'up' : 'down'}` }, a.state)),
+      el('td', {}, a.version), el('td', {}, a.arch),
+      el('td', {}, a.last_seen_ms ? fmtTime(a.last_seen_ms) : '–'),
+      el('td', {}, `${Math.floor((a.cert_not_after_ms - now) / 86_400_000)} d`),
+      el('td', {}, `${a.spool_dropped_total ?? 0} / ${a.spool_unsendable_total ?? 0}`)));
+    view().replaceChildren(el('h2', {}, `Nodes (${agents.length})`),
+      el('table', { class: 'list', id: 'nodes' },
+        el('tr', {}, ...['agent', 'host', 'region', 'state', 'version', 'arch', 'last seen', 'certificate', 'spool dropped / unsendable'].map((h) => el('th', {}, h))),
+        ...rows));
+  }
+
+  // ---- incidents -----------------------------------------------------------------------
+
+  async function showIncidents() {
+    app.route = 'incidents';
+    const incidents = await api('/api/v1/incidents?limit=200');
+    const rows = incidents.map((i) => el('tr', { data: { incident: i.id } },
+      el('td', {}, fmtTime(i.opened_at_ms)), el('td', {}, `${i.subject}: ${i.subject_id}`),
+      el('td', {}, i.open ? 'open' : 'resolved'), el('td', {}, i.acknowledged_at_ms ? 'acknowledged' : ''),
+      el('td', {}, i.title || i.summary || ''),
+      el('td', {}, canWrite() && i.open && !i.acknowledged_at_ms
+        ? el('button', { type: 'button', onclick: async () => { await api(`/api/v1/incidents/${encodeURIComponent(i.id)}/ack`, { method: 'POST', body: {} }); route(); } }, 'Acknowledge')
+        : null)));
+    view().replaceChildren(el('h2', {}, 'Incidents'),
+      incidents.length ? el('table', { class: 'list', id: 'incidents' }, ...rows) : el('p', { class: 'muted', id: 'incidents' }, 'No incidents.'));
+  }
+
+  // ---- start ---------------------------------------------------------------------------
+
+  document.getElementById('signout').addEventListener('click', async () => {
+    try {
+      await api('/ui/session', { method: 'DELETE' });
+    } finally {
+      signedOut();
+    }
+  });
+  window.addEventListener('hashchange', () => route());
+  (async () => {
+    try {
+      const who = await api('/ui/session');
+      await started(who.role);
+    } catch (e) {
+      showLogin(e.status === 401 ? '' : e.message);
+    }
+  })();
+})();
