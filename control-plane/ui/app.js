@@ -14,6 +14,8 @@
     role: null,
     checks: [],
     verdicts: new Map(),
+    // The latest result per "check|region": whether it succeeded and when it was measured.
+    latest: new Map(),
     regions: [],
     ws: null,
     route: '',
@@ -124,13 +126,15 @@
   }
 
   async function loadCore() {
-    const [checks, verdicts, regions] = await Promise.all([
+    const [checks, verdicts, regions, latest] = await Promise.all([
       api('/api/v1/checks'),
       api('/api/v1/verdicts'),
       api('/api/v1/regions'),
+      api('/api/v1/status/checks'),
     ]);
     app.checks = checks;
     app.verdicts = new Map(verdicts.map((v) => [v.check_id, v]));
+    app.latest = new Map(latest.map((s) => [`${s.check_id}|${s.region}`, { ok: s.ok, at: s.measured_at_ms }]));
     const names = new Set((regions || []).map((r) => (typeof r === 'string' ? r : r.region || r.id || r.name)));
     for (const check of checks) for (const region of check.regions) names.add(region);
     app.regions = [...names].filter(Boolean).sort();
@@ -166,7 +170,16 @@
   }
 
   function onLive(event) {
-    if (event.kind === 'verdict' && event.data && event.check_id) {
+    if (event.kind === 'result' && event.data && event.check_id) {
+      const key = `${event.check_id}|${event.region}`;
+      const known = app.latest.get(key);
+      const at = event.data.measured_at_ms;
+      if (!known || known.at <= at) {
+        const changed = !known || known.ok !== event.data.ok;
+        app.latest.set(key, { ok: event.data.ok, at });
+        if (changed && app.route === 'overview') scheduleMatrix();
+      }
+    } else if (event.kind === 'verdict' && event.data && event.check_id) {
       app.verdicts.set(event.check_id, event.data);
       if (app.route === 'overview') scheduleMatrix();
       else if (app.route === `check:${event.check_id}`) updateDetailState();
@@ -208,16 +221,17 @@
 
   // ---- overview ------------------------------------------------------------------------
 
-  function regionState(verdict, region) {
-    if (!verdict) return 'pending';
-    if (verdict.state === 'paused') return 'paused';
-    const evidence = (verdict.regions || []).find((r) => r.region === region);
-    if (!evidence) return 'none';
-    if (evidence.maintenance) return 'maintenance';
-    if (evidence.failing) return 'down';
-    if (!evidence.last) return 'pending';
-    // Failing results not yet enough to count the region as failing.
-    return evidence.last.ok ? 'up' : 'degraded';
+  // A region's state for a check: failing (DOWN) and maintenance come from the verdict; else
+  // its latest result says UP, or DEGRADED when it failed but not yet enough times to count.
+  function regionState(verdict, region, checkId) {
+    if (verdict && verdict.state === 'paused') return 'paused';
+    const evidence = verdict && (verdict.regions || []).find((r) => r.region === region);
+    if (evidence && evidence.maintenance) return 'maintenance';
+    if (evidence && evidence.failing) return 'down';
+    const latest = app.latest.get(`${checkId || (verdict && verdict.check_id)}|${region}`);
+    const last = latest || (evidence && evidence.last);
+    if (!last) return 'pending';
+    return last.ok ? 'up' : 'degraded';
   }
 
   function overallState(check) {
@@ -275,13 +289,13 @@
     const columns = o.region ? [o.region] : app.regions;
     let rows = app.checks.filter((check) => {
       if (o.region && !check.regions.includes(o.region)) return false;
-      const state = o.region ? regionState(app.verdicts.get(check.id), o.region) : overallState(check);
+      const state = o.region ? regionState(app.verdicts.get(check.id), o.region, check.id) : overallState(check);
       if (o.state && state !== o.state) return false;
       if (!tokens.length) return true;
       const text = `${check.name} ${check.id} ${labelText(check)} ${check.regions.join(' ')}`.toLowerCase();
       return tokens.every((t) => text.includes(t));
     });
-    const key = (check) => (o.region ? regionState(app.verdicts.get(check.id), o.region) : overallState(check));
+    const key = (check) => (o.region ? regionState(app.verdicts.get(check.id), o.region, check.id) : overallState(check));
     if (o.sort === 'state') {
       rows = rows.map((c) => [SEVERITY[key(c)] ?? 9, c]).sort((a, b) => a[0] - b[0] || a[1].name.localeCompare(b[1].name)).map((p) => p[1]);
     } else if (o.sort === 'label') {
@@ -325,12 +339,12 @@
     for (let i = top; i < Math.min(rows.length, top + visible); i += 1) {
       const check = rows[i];
       const verdict = app.verdicts.get(check.id);
-      const overall = o.region ? regionState(verdict, o.region) : overallState(check);
+      const overall = o.region ? regionState(verdict, o.region, check.id) : overallState(check);
       drawn.push(el('div', { class: 'row', style: `top: ${ROW + i * ROW}px; grid-template-columns: ${template}`, data: { check: check.id } },
         el('a', { class: 'name', href: `#/checks/${encodeURIComponent(check.id)}`, title: labelText(check) }, check.name),
         el('span', { class: `cell s-${overall}`, data: { check: check.id, region: '' } }, overall),
         ...columns.map((region) => {
-          const state = check.regions.includes(region) ? regionState(verdict, region) : 'none';
+          const state = check.regions.includes(region) ? regionState(verdict, region, check.id) : 'none';
           return el('span', { class: `cell s-${state}`, data: { check: check.id, region }, title: `${region}: ${state}` },
             state === 'none' ? '' : state);
         })));
@@ -369,7 +383,7 @@
     const windows = (uptime && uptime.windows) || {};
     const cards = el('div', { class: 'cards', id: 'uptime' },
       ...['24h', '7d', '30d', '90d'].filter((w) => windows[w]).map((w) => el('div', { class: 'card' },
-        el('h3', {}, `uptime ${w}`), el('div', { data: { window: w } }, fmtPct(windows[w].overall.uptime_pct)))));
+        el('h3', {}, `uptime ${w}`), el('div', { data: { window: w } }, fmtPct(windows[w].uptime_pct)))));
     const chart = el('div', { class: 'chart', id: 'latency-chart' });
     const failures = (results || []).filter((r) => !r.ok).slice(0, 20);
     const phases = phaseBreakdown(results || []);
@@ -473,6 +487,7 @@
     const name = el('input', { name: 'name', required: true, value: check ? check.name : '' });
     const url = el('input', { name: 'url', type: 'url', placeholder: 'https://example.com/health', value: check && check.kind.type === 'http' ? check.kind.url || '' : '' });
     const interval = el('input', { name: 'interval_s', type: 'number', min: 1, value: check ? check.interval_s : 60 });
+    const timeout = el('input', { name: 'timeout_ms', type: 'number', min: 1, value: check ? check.timeout_ms : 5000 });
     const quorum = el('input', { name: 'quorum', type: 'number', min: 1, placeholder: 'majority', value: check && check.quorum ? check.quorum : '' });
     const retries = el('input', { name: 'retries', type: 'number', min: 1, value: check ? check.retries : 2 });
     const boxes = app.regions.map((r) => el('label', {}, el('input', { type: 'checkbox', name: 'region', value: r, checked: check ? check.regions.includes(r) : true }), ` ${r}`));
@@ -481,6 +496,7 @@
       el('label', {}, 'Name', name),
       editing && check.kind.type !== 'http' ? el('p', { class: 'muted' }, `probe: ${check.kind.type} (kept)`) : el('label', {}, 'URL (HTTP check)', url),
       el('label', {}, 'Interval (s)', interval),
+      el('label', {}, 'Timeout (ms, at most the interval)', timeout),
       el('fieldset', { id: 'regions' }, el('legend', {}, 'Regions'), ...boxes),
       el('label', {}, 'Quorum (regions that must fail for DOWN)', quorum),
       el('label', {}, 'Retries (failures in a row before a region fails)', retries),
@@ -492,6 +508,7 @@
         ...(check || {}),
         name: name.value,
         interval_s: Number(interval.value),
+        timeout_ms: Number(timeout.value),
         retries: Number(retries.value),
         regions,
       };
@@ -559,7 +576,8 @@
   (async () => {
     try {
       const who = await api('/ui/session');
-      await started(who.role);
+      if (who && who.role) await started(who.role);
+      else showLogin('');
     } catch (e) {
       showLogin(e.status === 401 ? '' : e.message);
     }

@@ -9,6 +9,7 @@ mod bad_input;
 mod cert_renewal;
 mod check_types;
 mod compact_rows;
+mod dashboard;
 mod demo;
 mod durability;
 mod edge_image;

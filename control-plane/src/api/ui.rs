@@ -121,22 +121,27 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// Whether a request's `Origin` names this server (`None` without an `Origin`). Over HTTP/2
+/// the host is the URI's authority, not a `Host` header.
+fn origin_is_ours(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<bool> {
+    let origin = headers.get(ORIGIN)?.to_str().ok();
+    let host = headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    Some(match (origin, host) {
+        (Some(origin), Some(host)) => origin.eq_ignore_ascii_case(&format!("https://{host}")),
+        _ => false,
+    })
+}
+
 /// Whether a cookie-authenticated request may act: one that changes anything must name this
 /// origin in `Origin` (browsers always send it on such requests), and any request that
 /// names an origin must name this one. SameSite=Strict already keeps the cookie off
 /// cross-site requests; this holds even for a browser that ignores it.
 pub fn same_origin(parts: &Parts) -> bool {
-    let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let Some(origin) = origin else {
-        return safe;
-    };
-    let host = parts
-        .headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
-    host.is_some_and(|host| origin.eq_ignore_ascii_case(&format!("https://{host}")))
+    origin_is_ours(&parts.headers, &parts.uri).unwrap_or(safe)
 }
 
 fn cookie(value: &str, max_age_s: i64) -> HeaderValue {
@@ -156,17 +161,12 @@ pub struct SignIn {
 pub async fn sign_in(
     State(state): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     ApiJson(body): ApiJson<SignIn>,
 ) -> Result<Response, ApiError> {
     // A sign-in form on another site must not plant its own session here.
-    if let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers
-            .get(HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !origin.eq_ignore_ascii_case(&format!("https://{host}")) {
-            return Err(ApiError::CrossSite);
-        }
+    if origin_is_ours(&headers, &uri) == Some(false) {
+        return Err(ApiError::CrossSite);
     }
     let token = body.token.trim();
     if token.is_empty() || token.len() > 200 {
@@ -188,9 +188,14 @@ pub async fn sign_in(
     Ok(response)
 }
 
-/// `GET /ui/session`: the signed-in role.
-pub async fn whoami(caller: Caller) -> Json<serde_json::Value> {
-    Json(json!({"role": caller.role.as_str()}))
+/// `GET /ui/session`: the signed-in role, or `null` when nobody is (the page then shows the
+/// sign-in form; a refusal here would only be noise in the browser's console).
+pub async fn whoami(caller: Result<Caller, ApiError>) -> Result<Json<serde_json::Value>, ApiError> {
+    match caller {
+        Ok(caller) => Ok(Json(json!({"role": caller.role.as_str()}))),
+        Err(ApiError::Unauthorized) => Ok(Json(json!({"role": null}))),
+        Err(other) => Err(other),
+    }
 }
 
 /// `DELETE /ui/session`: signs out (the session ends on the server, the cookie is cleared).

@@ -1,0 +1,398 @@
+//! The dashboard in a real browser (Debian's chromium driven by playwright-core through
+//! `tests/browser/run.mjs`, both installed by `scripts/test` via `scripts/lib/browser.sh`),
+//! against a real control plane with two agents in two regions: sign-in and sign-out with the
+//! session cookie, a matrix cell turning red within a second of the verdict, a drawn chart, a
+//! check created in the form running only in the regions ticked, and a viewer that can write
+//! nothing and sees no secret.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore, wait_for};
+
+const SECRET: &str = "s3cret-pass";
+
+/// Runs one browser session of `steps` and returns each step's value.
+async fn browser(steps: Value) -> anyhow::Result<Vec<Value>> {
+    let dir = std::env::var("VANTAGE_BROWSER_DIR")
+        .context("VANTAGE_BROWSER_DIR is not set: run scripts/test, which installs chromium and playwright-core (scripts/lib/browser.sh)")?;
+    std::env::var("VANTAGE_CHROMIUM")
+        .context("VANTAGE_CHROMIUM is not set: see scripts/lib/browser.sh")?;
+    let mut steps = steps;
+    // What the page showed when a step failed, for whoever reads the failure.
+    let shot = std::env::temp_dir().join(format!("vantage-dashboard-{}.png", std::process::id()));
+    steps["failure_screenshot"] = json!(shot);
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), serde_json::to_vec(&steps)?)?;
+    let output = tokio::process::Command::new("node")
+        .arg("run.mjs")
+        .arg(file.path())
+        .current_dir(&dir)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    let report: Value = serde_json::from_str(line).with_context(|| {
+        format!(
+            "the browser run printed no report: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    anyhow::ensure!(
+        report["ok"] == true,
+        "the browser run failed (screenshot: {}): {report}",
+        shot.display()
+    );
+    Ok(report["results"]
+        .as_array()
+        .context("results")?
+        .iter()
+        .map(|r| r["value"].clone())
+        .collect())
+}
+
+fn step(op: &str, args: Value) -> Value {
+    let mut step = json!({ "op": op });
+    if let (Some(step), Some(args)) = (step.as_object_mut(), args.as_object()) {
+        step.extend(args.clone());
+    }
+    step
+}
+
+/// An HTTP target that answers 200 while up, else 503.
+struct Target {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Target {
+    async fn start() -> anyhow::Result<Target> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 2048];
+                    let _ = stream.read(&mut buffer).await;
+                    let answer: &[u8] = if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    } else {
+                        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    };
+                    let _ = stream.write_all(answer).await;
+                });
+            }
+        });
+        Ok(Target { port, up })
+    }
+}
+
+async fn verdict_state(cp: &ControlPlane, check: &str) -> Option<String> {
+    let (_, views) = cp.get("/api/v1/verdicts").await.ok()?;
+    views
+        .as_array()?
+        .iter()
+        .find(|v| v["check_id"] == check)
+        .and_then(|v| v["state"].as_str().map(str::to_owned))
+}
+
+/// The cookie named `vantage_session` among a `cookies` step's value.
+fn session_cookie(cookies: &Value) -> Option<Value> {
+    cookies
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "vantage_session")
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_read_only()
+-> anyhow::Result<()> {
+    let store = TestStore::create(Backend::Sqlite).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let target = Target::start().await?;
+    let mut agents = Vec::new();
+    for region in ["r1", "r2"] {
+        let token = cp.enrollment_token(region, 1).await?;
+        agents.push(Agent::start(&cp, &token, "")?);
+    }
+    for agent in &agents {
+        agent.wait_enrolled().await?;
+    }
+    for region in ["r1", "r2"] {
+        cp.wait_online_in(region, Duration::from_secs(20)).await?;
+    }
+    let url = format!("http://127.0.0.1:{}/", target.port);
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks",
+            json!({"id": "web", "name": "web", "interval_s": 1, "timeout_ms": 900,
+                "kind": {"type": "http", "url": url,
+                    "headers": {"Authorization": format!("Bearer {SECRET}")}},
+                "regions": ["r1", "r2"], "retries": 1, "recovery": 1}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {body}");
+    wait_for("web up", Duration::from_secs(20), || async {
+        (verdict_state(&cp, "web").await.as_deref() == Some("up")).then_some(())
+    })
+    .await
+    .with_context(|| cp.log_tail())?;
+
+    let base = cp.url("/");
+    let target_url = format!("http://127.0.0.1:{}/", target.port);
+    let cell = |region: &str, state: &str| {
+        format!(".cell.s-{state}[data-check=\"web\"][data-region=\"{region}\"]")
+    };
+    // Resolves with the time the overall cell of `web` turned red.
+    let red_at = format!(
+        "() => new Promise((resolve, reject) => {{ const started = Date.now(); \
+         const tick = () => {{ if (document.querySelector('{}')) return resolve(Date.now()); \
+         if (Date.now() - started > 40000) return reject(new Error('never red')); \
+         requestAnimationFrame(tick); }}; tick(); }})",
+        cell("", "down")
+    );
+    let operator_run = browser(json!({
+        "timeout_ms": 15000,
+        "total_timeout_ms": 150000,
+        // The wrong token's refusal (401) is logged by the browser; nothing else may be.
+        "ignore_console_errors": ["status of 401"],
+        "steps": [
+            step("goto", json!({"url": base})),
+            step("wait_for", json!({"selector": "#login"})),
+            step("expect_no_console_errors", json!({})),
+            step("fill", json!({"selector": "#token", "value": "vat_not-a-token"})),
+            step("click", json!({"selector": "#login button[type=submit]"})),
+            step("wait_for_text", json!({"selector": "#login-error", "text": "not valid"})),
+            step("fill", json!({"selector": "#token", "value": cp.admin_token})),
+            step("click", json!({"selector": "#login button[type=submit]"})),
+            step("wait_for", json!({"selector": cell("r1", "up"), "state": "attached"})),
+            step("cookies", json!({})),
+            // 10: the Rust side now makes the target fail and notes the verdict's time.
+            step("eval", json!({"js": red_at, "timeout_ms": 45000})),
+            step("eval", json!({"js": "location.hash = '#/checks/web'"})),
+            step("wait_for", json!({"selector": "#latency-chart canvas"})),
+            step("drawn_pixels", json!({"selector": "#latency-chart canvas"})),
+            step("eval", json!({"js": "document.querySelectorAll('#uptime .card').length"})),
+            // A check made in the form, ticked for r1 only.
+            step("eval", json!({"js": "location.hash = '#/new'"})),
+            step("wait_for", json!({"selector": "#check-form"})),
+            step("fill", json!({"selector": "#check-form input[name=name]", "value": "made-in-ui"})),
+            step("fill", json!({"selector": "#check-form input[name=url]", "value": target_url})),
+            step("fill", json!({"selector": "#check-form input[name=interval_s]", "value": "1"})),
+            step("fill", json!({"selector": "#check-form input[name=timeout_ms]", "value": "900"})),
+            step("click", json!({"selector": "#regions input[value=r2]"})),
+            step("click", json!({"selector": "#check-form button[type=submit]"})),
+            step("wait_for_text", json!({"selector": "h2", "text": "made-in-ui"})),
+            step("perf", json!({})),
+            step("expect_no_console_errors", json!({})),
+            step("click", json!({"selector": "#signout"})),
+            step("wait_for", json!({"selector": "#login"})),
+            step("cookies", json!({})),
+            step("goto", json!({"url": base})),
+            step("wait_for", json!({"selector": "#login"})),
+        ]
+    }));
+    // While the browser signs in: once a session exists and the page has had time to open
+    // its live feed, make `web` fail everywhere and note when its verdict turns DOWN.
+    let flip = async {
+        let pool = cp.store_pool().await?;
+        wait_for("a dashboard session", Duration::from_secs(60), || async {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ui_sessions")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            (n > 0).then_some(())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut live = cp.live_socket("kind=verdict&check=web").await?;
+        target.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match live.next().await {
+                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                        let event: Value = serde_json::from_str(&text)?;
+                        if event["data"]["state"] == "down" {
+                            return event["at_ms"].as_i64().context("at_ms");
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    other => anyhow::bail!("live feed ended: {other:?}"),
+                }
+            }
+        })
+        .await
+        .context("no DOWN verdict")?
+    };
+    let (results, down_at) = tokio::join!(operator_run, flip);
+    let results = results.with_context(|| cp.log_tail())?;
+    let down_at = down_at?;
+
+    let cookie = session_cookie(&results[9]).context("no session cookie after sign-in")?;
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["secure"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+    let red = results[10].as_i64().context("red time")?;
+    let lag = red - down_at;
+    println!("matrix cell red {lag} ms after the verdict was published");
+    assert!(
+        (0..=1000).contains(&lag),
+        "the cell turned red {lag} ms after the verdict"
+    );
+    let drawn = results[13]["count"].as_u64().unwrap_or(0);
+    assert!(
+        drawn > 500,
+        "the latency chart drew {drawn} pixels: {}",
+        results[13]
+    );
+    assert_eq!(results[14], 4, "four uptime windows");
+    // Signed out: the cookie is gone from the browser and the session from the server.
+    assert!(session_cookie(&results[28]).is_none(), "{}", results[28]);
+    let stale = format!("vantage_session={}", cookie["value"].as_str().unwrap_or(""));
+    let response = cp
+        .client
+        .get(cp.url("/api/v1/checks"))
+        .header("cookie", &stale)
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 401);
+
+    // The check made in the form runs in r1 only.
+    let (_, checks) = cp.get("/api/v1/checks").await?;
+    let made = checks
+        .as_array()
+        .context("checks")?
+        .iter()
+        .find(|c| c["name"] == "made-in-ui")
+        .cloned()
+        .context("the form's check")?;
+    assert_eq!(made["regions"], json!(["r1"]), "{made}");
+    let id = made["id"].as_str().context("id")?.to_owned();
+    wait_for(
+        "a result of the form's check",
+        Duration::from_secs(20),
+        || async {
+            let (_, rows) = cp.get(&format!("/api/v1/results?check={id}")).await.ok()?;
+            (rows.as_array()?.len() >= 3).then_some(())
+        },
+    )
+    .await?;
+    let (_, rows) = cp.get(&format!("/api/v1/results?check={id}")).await?;
+    let regions: std::collections::BTreeSet<&str> = rows
+        .as_array()
+        .context("rows")?
+        .iter()
+        .filter_map(|r| r["region"].as_str())
+        .collect();
+    assert_eq!(regions, ["r1"].into_iter().collect(), "{rows}");
+
+    // A viewer: reads everything, writes nothing, sees no secret.
+    let (status, body) = cp
+        .post(
+            "/api/v1/api-tokens",
+            json!({"role": "viewer", "name": "wall"}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {body}");
+    let viewer = body["token"].as_str().context("token")?.to_owned();
+    let post_check = "() => fetch('/api/v1/checks', {method: 'POST', headers: {'content-type': \
+                      'application/json'}, body: JSON.stringify({name: 'x', kind: {type: 'tcp', \
+                      host: '127.0.0.1', port: 9}, regions: ['r1']})}).then(r => r.status)";
+    let viewer_run = browser(json!({
+        "timeout_ms": 15000,
+        "total_timeout_ms": 90000,
+        "ignore_console_errors": ["status of 403"],
+        "steps": [
+            step("goto", json!({"url": base})),
+            step("fill", json!({"selector": "#token", "value": viewer})),
+            step("click", json!({"selector": "#login button[type=submit]"})),
+            step("wait_for", json!({"selector": ".cell[data-check=\"web\"]"})),
+            step("eval", json!({"js": "!!document.querySelector('#new-check')"})),
+            step("eval", json!({"js": "location.hash = '#/checks/web'"})),
+            step("wait_for", json!({"selector": "#check-reason"})),
+            step("eval", json!({"js": "!!document.querySelector('#run-now')"})),
+            step("eval", json!({"js": format!("document.documentElement.outerHTML.includes('{SECRET}')")})),
+            step("eval", json!({"js": format!("() => fetch('/api/v1/checks/web').then(r => r.text()).then(t => t.includes('{SECRET}'))")})),
+            step("eval", json!({"js": "location.hash = '#/nodes'"})),
+            step("wait_for", json!({"selector": "#nodes tr[data-agent]"})),
+            step("eval", json!({"js": "location.hash = '#/incidents'"})),
+            step("wait_for", json!({"selector": "#incidents"})),
+            step("expect_no_console_errors", json!({})),
+            step("eval", json!({"js": post_check})),
+        ]
+    }))
+    .await?;
+    assert_eq!(viewer_run[4], false, "a viewer is offered New check");
+    assert_eq!(viewer_run[7], false, "a viewer is offered Run now");
+    assert_eq!(
+        viewer_run[8], false,
+        "the page shows the check's secret to a viewer"
+    );
+    assert_eq!(
+        viewer_run[9], false,
+        "the API shows the check's secret to a viewer"
+    );
+    assert_eq!(viewer_run[15], 403, "a viewer's session created a check");
+
+    // A cookie request that writes must come from this origin.
+    let response = cp
+        .client
+        .post(cp.url("/ui/session"))
+        .json(&json!({"token": cp.admin_token}))
+        .send()
+        .await?;
+    let set = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .context("set-cookie")?
+        .to_owned();
+    let session = set.split(';').next().context("cookie")?.to_owned();
+    let check = json!({"name": "csrf", "kind": {"type": "tcp", "host": "127.0.0.1", "port": 9},
+        "regions": ["r1"]});
+    for origin in [None, Some("https://evil.example")] {
+        let mut request = cp
+            .client
+            .post(cp.url("/api/v1/checks"))
+            .header("cookie", &session)
+            .json(&check);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let status = request.send().await?.status().as_u16();
+        assert_eq!(status, 403, "a cookie POST from origin {origin:?}");
+    }
+    let own = format!("https://127.0.0.1:{}", cp.http_port);
+    let status = cp
+        .client
+        .post(cp.url("/api/v1/checks"))
+        .header("cookie", &session)
+        .header("origin", own)
+        .json(&check)
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    assert_eq!(status, 201, "a same-origin cookie POST");
+    // Signing in from another site is refused.
+    let status = cp
+        .client
+        .post(cp.url("/ui/session"))
+        .header("origin", "https://evil.example")
+        .json(&json!({"token": cp.admin_token}))
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    assert_eq!(status, 403);
+    drop(agents);
+    Ok(())
+}
