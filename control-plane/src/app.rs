@@ -159,6 +159,9 @@ impl Application {
         tasks.push(tokio::spawn(refresh_revoked(state.clone())));
         tasks.push(tokio::spawn(sweep_silent_agents(state.clone())));
         tasks.push(tokio::spawn(crate::assign::worker(state.clone())));
+        // One assignment run at start, so checks of regions with no agent back yet run on the
+        // fallback executor after a restart without waiting for an agent or a check change.
+        state.reassign.notify_one();
         tasks.push(tokio::spawn(crate::verdict::worker(state.clone())));
         tasks.push(tokio::spawn(crate::verdict::judge_worker(
             state.clone(),

@@ -271,3 +271,45 @@ async fn spool_overflow_is_counted_and_reported(backend: Backend) -> anyhow::Res
     );
     Ok(())
 }
+
+/// After a restart with no agent back, the control plane runs the checks of dark regions
+/// itself at once (it assigns once at start), not only once an agent or a check changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_runs_dark_regions_checks_itself() -> anyhow::Result<()> {
+    let store = TestStore::create(Backend::Sqlite).await?;
+    // Heartbeats every 2 s: the fallback waits three of them after a start.
+    let mut cp = ControlPlane::start_with(&store, &[("VANTAGE_HEARTBEAT_INTERVAL_S", "2")]).await?;
+    // The region exists (its token made it) but no agent ever enrolls.
+    cp.enrollment_token("dark", 1).await?;
+    let (status, body) = cp
+        .post(
+            "/api/v1/checks",
+            json!({"id": "lone", "name": "lone", "interval_s": 1, "timeout_ms": 500,
+                "kind": {"type": "tcp", "host": "127.0.0.1", "port": 9}, "regions": ["dark"]}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {body}");
+    async fn results_after(cp: &ControlPlane, since: i64) -> Option<()> {
+        let (_, rows) = cp
+            .get(&format!("/api/v1/results?check=lone&from_ms={since}"))
+            .await
+            .ok()?;
+        (!rows.as_array()?.is_empty()).then_some(())
+    }
+    wait_for("fallback results", Duration::from_secs(15), || {
+        results_after(&cp, vantage_tests::now_ms() - 60_000)
+    })
+    .await
+    .with_context(|| cp.log_tail())?;
+    cp.kill();
+    cp.spawn().await?;
+    let restarted = vantage_tests::now_ms();
+    wait_for(
+        "fallback results after the restart",
+        Duration::from_secs(15),
+        || results_after(&cp, restarted),
+    )
+    .await
+    .with_context(|| cp.log_tail())?;
+    Ok(())
+}

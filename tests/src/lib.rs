@@ -234,6 +234,35 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// Like [`Self::start_with`] on an existing data dir `data_dir` (for SQLite, a store
+    /// seeded there beforehand: `vantage.db`). The caller keeps the directory.
+    ///
+    /// # Errors
+    /// The process does not become healthy.
+    pub async fn start_in(
+        store: &TestStore,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ControlPlane> {
+        let mut cp = ControlPlane {
+            data_dir: data_dir.to_owned(),
+            http_port: 0,
+            mqtt_port: 0,
+            admin_token: String::new(),
+            client: reqwest::Client::new(),
+            ca_pem: String::new(),
+            database_url: store.url.clone(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            child: None,
+            _temp: None,
+        };
+        cp.spawn().await?;
+        Ok(cp)
+    }
+
     /// Starts the process (again) on the same data dir, store and ports.
     ///
     /// # Errors
