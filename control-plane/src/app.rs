@@ -106,6 +106,7 @@ impl Application {
             store: store.clone(),
             pki: pki.clone(),
             hub: Hub::default(),
+            latest: Arc::default(),
             counters: counters.clone(),
             publisher: broker.publisher.clone(),
             registry: registry.clone(),

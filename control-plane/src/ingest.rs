@@ -592,6 +592,7 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
 /// Publishes every row of a committed batch on the live feed.
 fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
     for (agent, region, result) in &batch.results {
+        state.latest.observe(region, result);
         state.hub.publish(LiveEvent {
             kind: "result",
             agent_id: agent.clone(),

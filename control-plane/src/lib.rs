@@ -28,6 +28,7 @@ pub mod cloudinit;
 pub mod counters;
 pub mod demo;
 pub mod enrollment;
+pub mod exporter;
 pub mod fallback;
 pub mod frontdoor;
 pub mod hub;
@@ -58,6 +59,9 @@ pub struct AppState {
     pub store: store::Store,
     pub pki: Arc<pki::Pki>,
     pub hub: hub::Hub,
+    /// Phases and certificate days of each (check, region)'s latest result, for
+    /// `/metrics/checks`.
+    pub latest: Arc<exporter::Latest>,
     pub counters: Arc<counters::Counters>,
     pub publisher: broker::Publisher,
     pub registry: Arc<frontdoor::Registry>,

@@ -54,6 +54,30 @@ async fn browser(steps: Value) -> anyhow::Result<Vec<Value>> {
         .collect())
 }
 
+/// `promtool check metrics` on an exposition: valid, and clean of its lint.
+async fn promtool_check(text: &str) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let promtool = vantage_tests::find_program(&["promtool"])
+        .context("promtool is missing: scripts/test installs Debian's prometheus package")?;
+    let mut child = tokio::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    stdin.write_all(text.as_bytes()).await?;
+    drop(stdin);
+    let checked = child.wait_with_output().await?;
+    anyhow::ensure!(
+        checked.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    Ok(())
+}
+
 fn step(op: &str, args: Value) -> Value {
     let mut step = json!({ "op": op });
     if let (Some(step), Some(args)) = (step.as_object_mut(), args.as_object()) {
@@ -393,6 +417,64 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
         .status()
         .as_u16();
     assert_eq!(status, 403);
+
+    // Per-check series for Prometheus, for a viewer's token, valid for promtool.
+    let scrape = |token: Option<&str>| {
+        let mut request = cp.client.get(cp.url("/metrics/checks"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(scrape(None).await?.status().as_u16(), 401);
+    let response = scrape(Some(&viewer)).await?;
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await?;
+    for line in [
+        "vantage_check_up{check=\"web\",region=\"r1\"} 0",
+        "vantage_check_up{check=\"web\",region=\"r2\"} 0",
+        "vantage_check_state{check=\"web\",state=\"down\"} 1",
+        "vantage_check_state{check=\"web\",state=\"up\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+    }
+    for part in [
+        "vantage_build_info{version=",
+        "vantage_check_duration_seconds{check=\"web\",region=\"r1\",phase=\"total\"}",
+        &format!(
+            "vantage_check_duration_seconds{{check=\"{id}\",region=\"r1\",phase=\"connect\"}}"
+        ),
+        "vantage_check_result_timestamp_seconds{check=\"web\",region=\"r1\"}",
+    ] {
+        assert!(text.contains(part), "no {part} in\n{text}");
+    }
+    assert!(!text.contains(SECRET));
+    promtool_check(&text).await?;
+    // The certificate series too (these checks serve none): the same renderer, one sample.
+    let extras = std::collections::HashMap::from([(
+        ("tls".to_owned(), "r1".to_owned()),
+        vantage_control_plane::exporter::Extras {
+            measured_at_ms: 1,
+            phases: vec![("tls", 0.02)],
+            cert_days_left: Some(61.5),
+        },
+    )]);
+    let sample = vantage_control_plane::exporter::render(
+        "0.1.0",
+        &[vantage_control_plane::exporter::Status {
+            check_id: "tls".into(),
+            region: "r1".into(),
+            ok: true,
+            total_ms: 40.0,
+            measured_at_ms: 1,
+        }],
+        &extras,
+        &std::collections::BTreeMap::new(),
+    );
+    assert!(
+        sample.contains("vantage_check_cert_expiry_seconds{check=\"tls\",region=\"r1\"} 5313600")
+    );
+    promtool_check(&sample).await?;
     drop(agents);
     Ok(())
 }

@@ -357,6 +357,54 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `GET /metrics/checks`: per-check series in the blackbox style ([`crate::exporter`]),
+/// for a viewer's token (check names are the fleet's map).
+async fn check_metrics(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let checks = crate::checks::list(&state).await?;
+    let ids: std::collections::HashSet<&str> =
+        checks.iter().filter_map(|c| c.id.as_deref()).collect();
+    let statuses: Vec<crate::exporter::Status> = state
+        .store
+        .list_check_status()
+        .await?
+        .into_iter()
+        .filter(|s| ids.contains(s.check_id.as_str()))
+        .map(|s| crate::exporter::Status {
+            check_id: s.check_id,
+            region: s.region,
+            ok: s.ok,
+            total_ms: s.total_ms,
+            measured_at_ms: s.measured_at_ms,
+        })
+        .collect();
+    let verdicts = state
+        .store
+        .list_verdicts()
+        .await?
+        .into_iter()
+        .filter(|v| ids.contains(v.check_id.as_str()))
+        .map(|v| (v.check_id, v.state))
+        .collect();
+    let text = crate::exporter::render(
+        env!("CARGO_PKG_VERSION"),
+        &statuses,
+        &state.latest.snapshot(&ids),
+        &verdicts,
+    );
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("route".into())
 }
@@ -437,6 +485,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/{*path}", get(ui::file))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .route("/metrics/checks", get(check_metrics))
         .route("/dist/{file}", get(dist::file))
         .nest("/api/v1", api)
         .fallback(not_found)

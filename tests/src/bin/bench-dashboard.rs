@@ -232,7 +232,10 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     for _ in 0..args.rounds {
-        steps.push(step("click", json!({"selector": ".matrix .row a.name"})));
+        steps.push(step(
+            "click",
+            json!({"selector": ".matrix .row a.name >> nth=0"}),
+        ));
         steps.push(step(
             "wait_for",
             json!({"selector": "#latency-chart", "state": "attached"}),
