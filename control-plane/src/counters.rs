@@ -109,6 +109,8 @@ counters! {
     cert_renewals_failed => ("vantage_cert_renewals_failed_total", "Agent certificate renewals not completed for a fault of ours (store or publish failed; the agent asks again)."),
     verdict_results => ("vantage_verdict_checks_judged_total", "Checks judged after a committed batch (once per check per batch)."),
     judge_queue_full => ("vantage_judge_queue_full_total", "Committed batches that waited for the judging task because its queue was full (judging slowed ingest)."),
+    live_coalesced => ("vantage_live_coalesced_total", "Live-feed events replaced by a newer one of their key before a slow client was sent them."),
+    live_missed => ("vantage_live_missed_total", "Live-feed events a slow client was told it missed (events without a key past its queue's bound, or past the hub's)."),
     verdict_transitions => ("vantage_verdict_transitions_total", "Check state changes stored with their evidence."),
     notify_delivered => ("vantage_notifications_total", "Notification delivery outcomes, by outcome.", "{outcome=\"delivered\"}"),
     notify_retried => ("vantage_notifications_total", "Notification delivery outcomes, by outcome.", "{outcome=\"retried\"}"),

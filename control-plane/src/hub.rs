@@ -1,17 +1,28 @@
 //! The in-process live hub: every committed update fans out from here to WebSocket and SSE
 //! clients. Ingest publishes only after its transaction commits, so the feed never shows data
-//! the store does not hold. A slow subscriber lags and is told how many updates it missed;
-//! it never slows ingest. Viewers get each event through [`LiveEvent::for_viewers`].
+//! the store does not hold. Viewers get each event through [`Shared::for_viewers`].
+//!
+//! State-like events (a check's latest result per agent and region, its verdict, an agent's
+//! hello, status and metrics) have a [`key`](LiveEvent::key): the hub keeps the latest event
+//! per key, and a client that subscribes gets those first ([`Hub::subscribe`] takes both in
+//! one cut, so nothing falls between them). Each client has its own [`Outbox`]: while the
+//! client is slow, a newer event replaces the waiting one of its key, and events without a
+//! key (incidents, integration events) queue up to a bound past which they are counted and
+//! the client told how many it missed. Nothing a slow client causes grows without bound, and
+//! it never slows ingest.
 
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 /// One live update.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveEvent {
-    /// `result`, `metrics`, `status`, `hello` or `event`.
+    /// `result`, `metrics`, `status`, `hello`, `verdict`, `incident` or `event`.
     pub kind: &'static str,
     pub agent_id: String,
     pub region: String,
@@ -23,9 +34,41 @@ pub struct LiveEvent {
 }
 
 impl LiveEvent {
+    /// Whether a newer event of the same kind, agent, check and region supersedes this one
+    /// (the kinds that carry a state); incidents and integration events do not.
+    pub fn keyed(&self) -> bool {
+        matches!(
+            self.kind,
+            "result" | "metrics" | "status" | "hello" | "verdict"
+        )
+    }
+}
+
+/// An event as the hub carries it: serialised once, for every client that gets it.
+#[derive(Debug)]
+pub struct Shared {
+    pub event: LiveEvent,
+    json: OnceLock<Utf8Bytes>,
+}
+
+impl Shared {
+    fn new(event: LiveEvent) -> Arc<Shared> {
+        Arc::new(Shared {
+            event,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The event as JSON text (serialised on first use).
+    pub fn json(&self) -> Utf8Bytes {
+        self.json
+            .get_or_init(|| Utf8Bytes::from(serde_json::to_string(&self.event).unwrap_or_default()))
+            .clone()
+    }
+
     /// This event as a viewer may see it: every URL in its data scrubbed
     /// ([`vantage_mqtt::redact::scrub_json`]); the same `Arc` when there is none.
-    pub fn for_viewers(event: Arc<LiveEvent>) -> Arc<LiveEvent> {
+    pub fn for_viewers(shared: Arc<Shared>) -> Arc<Shared> {
         fn holds_url(value: &serde_json::Value) -> bool {
             match value {
                 serde_json::Value::String(text) => text.contains("://"),
@@ -34,15 +77,38 @@ impl LiveEvent {
                 _ => false,
             }
         }
-        if !holds_url(&event.data) {
-            return event;
+        if !holds_url(&shared.event.data) {
+            return shared;
         }
-        let mut shown = LiveEvent::clone(&event);
+        let mut shown = shared.event.clone();
         if vantage_mqtt::redact::scrub_json(&mut shown.data) {
-            Arc::new(shown)
+            Shared::new(shown)
         } else {
-            event
+            shared
         }
+    }
+}
+
+/// A keyed event, hashed and compared by its key (kind, agent, check, region) alone.
+#[derive(Debug, Clone)]
+struct ByKey(Arc<Shared>);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.0.event, &other.0.event);
+        a.kind == b.kind
+            && a.agent_id == b.agent_id
+            && a.check_id == b.check_id
+            && a.region == b.region
+    }
+}
+
+impl Eq for ByKey {}
+
+impl Hash for ByKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let e = &self.0.event;
+        (e.kind, &e.agent_id, &e.check_id, &e.region).hash(state);
     }
 }
 
@@ -68,10 +134,29 @@ impl LiveFilter {
     }
 }
 
+/// Most keys the hub keeps the latest event of; past it the oldest tenth is forgotten
+/// (keys of deleted checks and agents age out this way).
+pub const MAX_LATEST: usize = 500_000;
+
+/// The latest event per key.
+#[derive(Debug, Default)]
+struct Latest {
+    events: HashSet<ByKey>,
+    /// Keys forgotten to stay within [`MAX_LATEST`].
+    forgotten: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    sender: broadcast::Sender<Arc<Shared>>,
+    latest: Mutex<Latest>,
+    max_latest: usize,
+}
+
 /// The broadcast hub.
 #[derive(Debug, Clone)]
 pub struct Hub {
-    sender: broadcast::Sender<Arc<LiveEvent>>,
+    inner: Arc<Inner>,
 }
 
 impl Default for Hub {
@@ -80,26 +165,199 @@ impl Default for Hub {
     }
 }
 
+/// A new client's subscription: the latest event per key at the moment it subscribed, and
+/// everything published after.
+pub struct Subscription {
+    pub snapshot: Vec<Arc<Shared>>,
+    pub receiver: broadcast::Receiver<Arc<Shared>>,
+}
+
 impl Hub {
     /// A hub whose subscribers may fall `capacity` updates behind before they lag.
     pub fn new(capacity: usize) -> Hub {
+        Hub::with_limits(capacity, MAX_LATEST)
+    }
+
+    /// [`Hub::new`] keeping the latest event of at most `max_latest` keys.
+    pub fn with_limits(capacity: usize, max_latest: usize) -> Hub {
         let (sender, _) = broadcast::channel(capacity);
-        Hub { sender }
+        Hub {
+            inner: Arc::new(Inner {
+                sender,
+                latest: Mutex::new(Latest::default()),
+                max_latest: max_latest.max(1),
+            }),
+        }
     }
 
-    /// Publishes an update to every current subscriber.
+    /// Publishes an update to every current subscriber (and keeps it when it has a key).
     pub fn publish(&self, event: LiveEvent) {
-        let _ = self.sender.send(Arc::new(event));
+        let shared = Shared::new(event);
+        let mut latest = self
+            .inner
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shared.event.keyed() {
+            if latest.events.len() >= self.inner.max_latest
+                && !latest.events.contains(&ByKey(shared.clone()))
+            {
+                forget_oldest(&mut latest, self.inner.max_latest);
+            }
+            latest.events.replace(ByKey(shared.clone()));
+        }
+        // Sent under the lock, so a subscription's snapshot and its receiver cut the
+        // stream at one point.
+        let _ = self.inner.sender.send(shared);
     }
 
-    /// A new subscription.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
-        self.sender.subscribe()
+    /// A new subscription with the latest state.
+    pub fn subscribe(&self) -> Subscription {
+        let latest = self
+            .inner
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let receiver = self.inner.sender.subscribe();
+        let snapshot = latest.events.iter().map(|k| k.0.clone()).collect();
+        Subscription { snapshot, receiver }
+    }
+
+    /// The latest event of every key passing `filter` (what a client that lagged is sent again).
+    pub fn latest_matching(&self, filter: &LiveFilter) -> Vec<Arc<Shared>> {
+        let latest = self
+            .inner
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        latest
+            .events
+            .iter()
+            .filter(|k| filter.matches(&k.0.event))
+            .map(|k| k.0.clone())
+            .collect()
+    }
+
+    /// Keys whose latest event is kept, and keys forgotten to stay within the bound.
+    pub fn latest_len(&self) -> (usize, u64) {
+        let latest = self
+            .inner
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (latest.events.len(), latest.forgotten)
     }
 
     /// Number of live subscribers.
     pub fn n_subscribers(&self) -> usize {
-        self.sender.receiver_count()
+        self.inner.sender.receiver_count()
+    }
+}
+
+/// Forgets the oldest tenth of the kept keys (by publish time).
+fn forget_oldest(latest: &mut Latest, max: usize) {
+    let n = (max / 10).max(1);
+    let mut times: Vec<i64> = latest.events.iter().map(|k| k.0.event.at_ms).collect();
+    let cut_index = n.min(times.len()) - 1;
+    let (_, cut, _) = times.select_nth_unstable(cut_index);
+    let cut = *cut;
+    let mut removed = 0;
+    latest.events.retain(|k| {
+        let keep = removed >= n || k.0.event.at_ms > cut;
+        if !keep {
+            removed += 1;
+        }
+        keep
+    });
+    latest.forgotten += removed as u64;
+}
+
+/// Most events without a key one client's outbox holds.
+pub const MAX_UNKEYED: usize = 1024;
+/// Most keys one client's outbox holds waiting.
+pub const MAX_KEYED: usize = 200_000;
+
+/// What a client is sent next.
+#[derive(Debug)]
+pub enum Next {
+    Event(Arc<Shared>),
+    /// Events without a key dropped because the client was too slow, or events the hub
+    /// could not hand this client (it fell behind the broadcast), since the last notice.
+    Lagged {
+        missed: u64,
+    },
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// A key waiting; its newest event is in `Outbox::waiting`.
+    Keyed(ByKey),
+    Unkeyed(Arc<Shared>),
+}
+
+/// One client's queue: the latest event per key, and a bounded queue of the others, in the
+/// order they first waited.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    waiting: HashSet<ByKey>,
+    order: VecDeque<Slot>,
+    unkeyed: usize,
+    missed: u64,
+    /// Events replaced by a newer one of their key before they were sent.
+    pub coalesced: u64,
+}
+
+impl Outbox {
+    /// Queues an event for the client.
+    pub fn push(&mut self, shared: Arc<Shared>) {
+        if shared.event.keyed() {
+            let key = ByKey(shared);
+            if self.waiting.contains(&key) {
+                self.waiting.replace(key);
+                self.coalesced += 1;
+            } else if self.waiting.len() >= MAX_KEYED {
+                self.missed += 1;
+            } else {
+                self.waiting.insert(key.clone());
+                self.order.push_back(Slot::Keyed(key));
+            }
+        } else if self.unkeyed >= MAX_UNKEYED {
+            self.missed += 1;
+        } else {
+            self.unkeyed += 1;
+            self.order.push_back(Slot::Unkeyed(shared));
+        }
+    }
+
+    /// Counts events the client could not be handed.
+    pub fn missed(&mut self, n: u64) {
+        self.missed += n;
+    }
+
+    /// The next thing to send: a notice of what was missed first, then events in order.
+    pub fn pop(&mut self) -> Option<Next> {
+        if self.missed > 0 {
+            return Some(Next::Lagged {
+                missed: std::mem::take(&mut self.missed),
+            });
+        }
+        match self.order.pop_front()? {
+            Slot::Keyed(key) => self.waiting.take(&key).map(|k| Next::Event(k.0)),
+            Slot::Unkeyed(shared) => {
+                self.unkeyed -= 1;
+                Some(Next::Event(shared))
+            }
+        }
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty() && self.missed == 0
     }
 }
 
@@ -142,20 +400,107 @@ mod tests {
         let mut secret = event("result", "asia", Some("c"));
         secret.data =
             serde_json::json!({"ok": false, "reason": "redirect loop at http://u:pw@h/x"});
-        let shown = LiveEvent::for_viewers(Arc::new(secret));
+        let shown = Shared::for_viewers(Shared::new(secret));
         assert_eq!(
-            shown.data["reason"],
+            shown.event.data["reason"],
             "redirect loop at http://<redacted>@h/x"
         );
-        let plain = Arc::new(event("metrics", "asia", None));
-        assert!(Arc::ptr_eq(&LiveEvent::for_viewers(plain.clone()), &plain));
+        assert!(!shown.json().contains("pw@"));
+        let plain = Shared::new(event("metrics", "asia", None));
+        assert!(Arc::ptr_eq(&Shared::for_viewers(plain.clone()), &plain));
+    }
+
+    fn numbered(kind: &'static str, check: &str, n: i64) -> LiveEvent {
+        let mut e = event(kind, "asia", Some(check));
+        e.at_ms = n;
+        e.data = serde_json::json!({ "n": n });
+        e
     }
 
     #[tokio::test]
-    async fn subscribers_receive_published_events() {
-        let hub = Hub::new(4);
-        let mut rx = hub.subscribe();
-        hub.publish(event("result", "asia", Some("c")));
-        assert_eq!(rx.recv().await.unwrap().region, "asia");
+    async fn a_subscription_starts_with_the_latest_event_per_key_then_follows() {
+        let hub = Hub::new(16);
+        for n in 0..30 {
+            hub.publish(numbered("result", &format!("c{}", n % 3), n));
+        }
+        hub.publish(numbered("incident", "c0", 30));
+        let Subscription {
+            snapshot,
+            mut receiver,
+        } = hub.subscribe();
+        let mut latest: Vec<(String, i64)> = snapshot
+            .iter()
+            .map(|s| {
+                (
+                    s.event.check_id.clone().unwrap_or_default(),
+                    s.event.data["n"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect();
+        latest.sort();
+        assert_eq!(
+            latest,
+            [("c0".into(), 27), ("c1".into(), 28), ("c2".into(), 29)]
+        );
+        hub.publish(numbered("result", "c0", 31));
+        assert_eq!(receiver.recv().await.unwrap().event.data["n"], 31);
+        assert_eq!(hub.latest_len(), (3, 0));
+        assert_eq!(hub.n_subscribers(), 1);
+    }
+
+    #[test]
+    fn the_hub_forgets_its_oldest_keys_past_its_bound() {
+        let hub = Hub::with_limits(4, 10);
+        for n in 0..25 {
+            hub.publish(numbered("result", &format!("c{n}"), n));
+        }
+        let (kept, forgotten) = hub.latest_len();
+        assert!(kept <= 10, "{kept}");
+        assert_eq!(kept as u64 + forgotten, 25);
+        let newest = hub.latest_matching(&LiveFilter {
+            check: Some("c24".into()),
+            ..LiveFilter::default()
+        });
+        assert_eq!(newest.len(), 1);
+        assert!(
+            hub.latest_matching(&LiveFilter {
+                check: Some("c0".into()),
+                ..LiveFilter::default()
+            })
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_slow_clients_outbox_keeps_the_latest_per_key_and_bounds_the_rest() {
+        let mut outbox = Outbox::default();
+        for n in 0..10_000 {
+            outbox.push(Shared::new(numbered("result", &format!("c{}", n % 10), n)));
+        }
+        assert_eq!(outbox.len(), 10);
+        assert_eq!(outbox.coalesced, 9_990);
+        let mut sent = Vec::new();
+        while let Some(next) = outbox.pop() {
+            match next {
+                Next::Event(e) => sent.push(e.event.data["n"].as_i64().unwrap_or(-1)),
+                Next::Lagged { missed } => panic!("nothing was missed, told {missed}"),
+            }
+        }
+        assert_eq!(sent, (9_990..10_000).collect::<Vec<_>>());
+        assert!(outbox.is_empty());
+
+        let extra = 5;
+        for n in 0..(MAX_UNKEYED + extra) {
+            outbox.push(Shared::new(numbered("incident", "c0", n as i64)));
+        }
+        assert!(matches!(outbox.pop(), Some(Next::Lagged { missed }) if missed == extra as u64));
+        let mut events = 0;
+        while let Some(Next::Event(e)) = outbox.pop() {
+            assert_eq!(e.event.data["n"], events);
+            events += 1;
+        }
+        assert_eq!(events, MAX_UNKEYED as i64);
+        outbox.missed(3);
+        assert!(matches!(outbox.pop(), Some(Next::Lagged { missed: 3 })));
     }
 }

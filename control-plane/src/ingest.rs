@@ -559,10 +559,9 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
             })
             .collect();
     let _ = state.publisher.publish_many(statuses).await;
-    // Live events for every row, built only when someone listens.
-    if state.hub.n_subscribers() > 0 {
-        publish_live(state, &batch, now);
-    }
+    // Live events for every row, always: the hub keeps the latest per key for clients that
+    // connect later, and `/metrics/checks` the latest phases.
+    publish_live(state, &batch, now);
     // Then judging, on its own task: the next commit does not wait for it. The queue is
     // bounded; when judging falls behind, ingest waits here (results are never skipped).
     let IngestBatch {

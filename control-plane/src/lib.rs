@@ -47,6 +47,7 @@ pub mod runnow;
 pub mod settings;
 pub mod signals;
 pub mod sketch;
+pub mod status_page;
 pub mod store;
 pub mod telemetry;
 pub mod verdict;

@@ -156,7 +156,8 @@ fn has_labels(labels: &BTreeMap<String, String>, wanted: &BTreeMap<String, Strin
 }
 
 impl Scope {
-    fn covers_check(&self, id: &str, labels: &BTreeMap<String, String>) -> bool {
+    /// Whether the window covers the check `id` with `labels` (by id or by label).
+    pub fn covers_check(&self, id: &str, labels: &BTreeMap<String, String>) -> bool {
         self.checks.iter().any(|c| c == id) || has_labels(labels, &self.check_labels)
     }
 
@@ -250,6 +251,14 @@ pub async fn create(state: &AppState, mut window: Window) -> Result<Window, Main
 /// The store.
 pub async fn list(state: &AppState) -> Result<Vec<Window>, StoreError> {
     load(&state.store).await
+}
+
+/// [`list`] from a store.
+///
+/// # Errors
+/// The store.
+pub async fn list_from(store: &crate::store::Store) -> Result<Vec<Window>, StoreError> {
+    load(store).await
 }
 
 async fn load(store: &crate::store::Store) -> Result<Vec<Window>, StoreError> {

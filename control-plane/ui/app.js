@@ -159,9 +159,15 @@
 
   function connectLive() {
     if (app.ws || !app.role) return;
-    const ws = new WebSocket(`wss://${location.host}/api/v1/live`);
+    // The page has just read the current state; after a reconnect it reads it again.
+    const ws = new WebSocket(`wss://${location.host}/api/v1/live?latest=false`);
+    const reconnect = app.liveOpened === true;
     app.ws = ws;
-    ws.onopen = () => setLive(true);
+    ws.onopen = () => {
+      setLive(true);
+      if (reconnect) refreshVerdicts();
+      app.liveOpened = true;
+    };
     ws.onmessage = (message) => {
       let event;
       try {
@@ -176,6 +182,13 @@
       setLive(false);
       if (app.role) setTimeout(connectLive, 1000);
     };
+  }
+
+  function refreshVerdicts() {
+    api('/api/v1/verdicts').then((verdicts) => {
+      app.verdicts = new Map(verdicts.map((v) => [v.check_id, v]));
+      if (app.route === 'overview') scheduleMatrix();
+    }).catch(() => {});
   }
 
   function onLive(event) {
@@ -194,10 +207,7 @@
       else if (app.route === `check:${event.check_id}`) updateDetailState();
     } else if (event.kind === 'lagged') {
       // Updates were missed: read the current state again.
-      api('/api/v1/verdicts').then((verdicts) => {
-        app.verdicts = new Map(verdicts.map((v) => [v.check_id, v]));
-        if (app.route === 'overview') scheduleMatrix();
-      }).catch(() => {});
+      refreshVerdicts();
     } else if (event.kind === 'incident' && app.route === 'incidents') {
       route();
     }

@@ -2,8 +2,9 @@
 //! `tests/browser/run.mjs`, both installed by `scripts/test` via `scripts/lib/browser.sh`),
 //! against a real control plane with two agents in two regions: sign-in and sign-out with the
 //! session cookie, a matrix cell turning red within a second of the verdict, a drawn chart, a
-//! check created in the form running only in the regions ticked, and a viewer that can write
-//! nothing and sees no secret.
+//! check created in the form running only in the regions ticked, a viewer that can write
+//! nothing and sees no secret, and the public status page and badges showing only the checks
+//! labelled for them, and a live client getting the latest state on connect.
 
 use std::time::Duration;
 
@@ -160,7 +161,8 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
             json!({"id": "web", "name": "web", "interval_s": 1, "timeout_ms": 900,
                 "kind": {"type": "http", "url": url,
                     "headers": {"Authorization": format!("Bearer {SECRET}")}},
-                "regions": ["r1", "r2"], "retries": 1, "recovery": 1}),
+                "regions": ["r1", "r2"], "retries": 1, "recovery": 1,
+                "labels": {"status_page": "public"}}),
         )
         .await?;
     anyhow::ensure!(status == 201, "{status} {body}");
@@ -365,6 +367,113 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
         "the API shows the check's secret to a viewer"
     );
     assert_eq!(viewer_run[15], 403, "a viewer's session created a check");
+
+    // The public status page: no login, only the checks labelled for it, nothing secret.
+    let now = vantage_control_plane::store::now_ms();
+    for (name, scope) in [
+        (
+            "db upgrade",
+            json!({"check_labels": {"status_page": "public"}}),
+        ),
+        ("private window", json!({"checks": [id]})),
+    ] {
+        let (status, body) = cp
+            .post(
+                "/api/v1/maintenance",
+                json!({"name": name, "scope": scope, "schedule": {"type": "once",
+                    "starts_at_ms": now + 86_400_000, "ends_at_ms": now + 90_000_000}}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {body}");
+    }
+    let public_run = browser(json!({
+        "timeout_ms": 15000,
+        "total_timeout_ms": 60000,
+        "steps": [
+            step("goto", json!({"url": cp.url("/status/public")})),
+            step("wait_for", json!({"selector": "#summary"})),
+            step("eval", json!({"js": "[...document.querySelectorAll('section.check')].map(s => s.dataset.check)"})),
+            step("eval", json!({"js": "document.querySelectorAll('section.check[data-check=web] .bars span').length"})),
+            step("eval", json!({"js": "document.querySelector('section.check[data-check=web] .bars span:last-child').className"})),
+            step("eval", json!({"js": "document.querySelector('#summary').dataset.state"})),
+            step("wait_for", json!({"selector": "#incidents li[data-check=web]", "state": "attached"})),
+            step("eval", json!({"js": "document.querySelector('#maintenance').textContent"})),
+            step("eval", json!({"js": "document.documentElement.outerHTML"})),
+            step("expect_no_console_errors", json!({})),
+        ]
+    }))
+    .await?;
+    assert_eq!(public_run[2], json!(["web"]), "only the public check");
+    assert_eq!(public_run[3], 90, "90 daily bars");
+    assert_ne!(public_run[4], "b-none", "today's bar has results");
+    assert_eq!(public_run[5], "down");
+    let maintenance = public_run[7].as_str().unwrap_or("");
+    assert!(maintenance.contains("db upgrade"), "{maintenance}");
+    assert!(!maintenance.contains("private window"), "{maintenance}");
+    let html = public_run[8].as_str().unwrap_or("");
+    for hidden in [SECRET, "made-in-ui", &format!("127.0.0.1:{}", target.port)] {
+        assert!(!html.contains(hidden), "the status page shows {hidden:?}");
+    }
+    let public_get = |path: String| cp.client.get(cp.url(&path)).send();
+    let data = public_get("/status/public/data".into())
+        .await?
+        .text()
+        .await?;
+    for hidden in [SECRET, "made-in-ui", id.as_str(), "private window", "r1"] {
+        assert!(
+            !data.contains(hidden),
+            "the page's data shows {hidden:?}: {data}"
+        );
+    }
+    let badge = public_get("/status/public/badge/web.svg".into()).await?;
+    assert_eq!(badge.status().as_u16(), 200);
+    assert_eq!(
+        badge
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("image/svg+xml; charset=utf-8")
+    );
+    let svg = badge.text().await?;
+    assert!(
+        svg.starts_with("<svg") && svg.contains("web: down"),
+        "{svg}"
+    );
+    for (path, status) in [
+        (format!("/status/public/badge/{id}.svg"), 404),
+        ("/status/other/badge/web.svg".into(), 404),
+        ("/status/public/badge/web.png".into(), 404),
+        ("/status/nobody/data".into(), 404),
+        ("/status/Not%20a%20page/data".into(), 400),
+    ] {
+        let got = public_get(path.clone()).await?.status().as_u16();
+        assert_eq!(got, status, "{path}");
+    }
+
+    // A live client gets the latest state on connect: web's verdict, DOWN since long before
+    // it connected (no transition comes while it listens); with latest=false it does not.
+    let cp_ref = &cp;
+    let first_verdict = |query: &'static str| async move {
+        let mut live = cp_ref.live_socket(query).await?;
+        let first = tokio::time::timeout(Duration::from_secs(3), live.next()).await;
+        anyhow::Ok(match first {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) => {
+                Some(serde_json::from_str::<Value>(&text)?)
+            }
+            Ok(other) => anyhow::bail!("live feed ended: {other:?}"),
+            Err(_) => None,
+        })
+    };
+    let on_connect = first_verdict("kind=verdict&check=web")
+        .await?
+        .context("no verdict on connect")?;
+    assert_eq!(on_connect["data"]["state"], "down", "{on_connect}");
+    assert!(
+        first_verdict("kind=verdict&check=web&latest=false")
+            .await?
+            .is_none(),
+        "latest=false still sent the latest state"
+    );
 
     // A cookie request that writes must come from this origin.
     let response = cp

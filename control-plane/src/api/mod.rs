@@ -8,7 +8,8 @@
 //!
 //! Files: [`agents`] (agents, enrollment, tokens), [`checks`], [`data`] (results,
 //! metrics, status), [`incidents`] (regions, verdicts, incidents, channels, outbox), [`live`] (WebSocket and SSE), [`openapi`], [`server`] (TLS serving),
-//! [`dist`] (release artifacts under `/dist`, no token).
+//! [`dist`] (release artifacts under `/dist`, no token), [`ui`] (the dashboard and its
+//! sessions), [`status`] (public status pages and badges, no token).
 
 pub mod agents;
 pub mod checks;
@@ -19,6 +20,7 @@ pub mod live;
 pub mod openapi;
 pub mod run;
 pub mod server;
+pub mod status;
 pub mod ui;
 
 use std::collections::HashMap;
@@ -483,6 +485,9 @@ pub fn router(state: AppState) -> Router {
             get(ui::whoami).post(ui::sign_in).delete(ui::sign_out),
         )
         .route("/ui/{*path}", get(ui::file))
+        .route("/status/{page}", get(status::html))
+        .route("/status/{page}/data", get(status::data))
+        .route("/status/{page}/badge/{file}", get(status::badge))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
         .route("/metrics/checks", get(check_metrics))

@@ -42,6 +42,16 @@ const ASSETS: &[Asset] = &[
         include_bytes!("../../ui/app.css"),
     ),
     (
+        "status.html",
+        "text/html; charset=utf-8",
+        include_bytes!("../../ui/status.html"),
+    ),
+    (
+        "status.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../ui/status.js"),
+    ),
+    (
         "vendor/uplot/uPlot.iife.min.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../ui/vendor/uplot/uPlot.iife.min.js"),
@@ -93,6 +103,11 @@ fn asset(path: &str) -> Option<&'static Asset> {
 /// `GET /`: the dashboard's page (every view is drawn from it).
 pub async fn index() -> Response {
     file_response(asset("index.html"))
+}
+
+/// One embedded file by name (404 when there is none).
+pub fn serve(name: &str) -> Response {
+    file_response(asset(name))
 }
 
 /// `GET /ui/{*path}`: one embedded file.

@@ -537,6 +537,45 @@ impl Store {
         )
     }
 
+    /// Incidents of the checks `check_ids` opened or still open since `since_ms`, newest
+    /// first, at most `limit` (what a status page lists).
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn check_incidents_since(
+        &self,
+        check_ids: &[String],
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<IncidentRow>, StoreError> {
+        let mut out: Vec<IncidentRow> = Vec::new();
+        for chunk in check_ids.chunks(super::IN_LIST_CHUNK) {
+            let rows: Vec<IncidentRow> = on_pool!(self, pool => {
+                let mut query = sqlx::QueryBuilder::new(INCIDENT_COLUMNS);
+                query
+                    .push(" WHERE subject = 'check' AND (open OR opened_at_ms >= ")
+                    .push_bind(since_ms)
+                    .push(") AND subject_id IN (");
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.as_str());
+                }
+                query
+                    .push(") ORDER BY opened_at_ms DESC, id LIMIT ")
+                    .push_bind(limit);
+                query.build_query_as().fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        out.sort_by(|a, b| {
+            b.opened_at_ms
+                .cmp(&a.opened_at_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        out.truncate(usize::try_from(limit).unwrap_or(0));
+        Ok(out)
+    }
+
     /// One incident.
     ///
     /// # Errors

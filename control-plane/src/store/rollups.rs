@@ -508,6 +508,37 @@ impl Store {
         Ok(out)
     }
 
+    /// Result and failure counts per (check, day) from `from_ms` on, summed over regions,
+    /// for `check_ids`: what status pages draw their uptime bars from.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn day_counts(
+        &self,
+        check_ids: &[String],
+        from_ms: i64,
+    ) -> Result<Vec<(String, i64, i64, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in check_ids.chunks(super::IN_LIST_CHUNK) {
+            let rows: Vec<(String, i64, i64, i64)> = on_pool!(self, pool => {
+                let mut query = sqlx::QueryBuilder::new(
+                    "SELECT k.id, t.bucket_ms, CAST(SUM(t.n) AS BIGINT), \
+                     CAST(SUM(t.failures) AS BIGINT) FROM check_keys k JOIN check_days t \
+                     ON t.check_key = k.key AND t.bucket_ms >= ",
+                );
+                query.push_bind(from_ms).push(" WHERE k.id IN (");
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.as_str());
+                }
+                query.push(") GROUP BY k.id, t.bucket_ms ORDER BY k.id, t.bucket_ms");
+                query.build_query_as().fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
     /// (check, region) result and failure counts summed over the hour or day rollup from
     /// `from_ms` on, for `check_ids` or every check: what uptime reads, without sketches.
     ///
