@@ -5,13 +5,15 @@
 //! State-like events (a check's latest result per agent and region, its verdict, an agent's
 //! hello, status and metrics) have a [`key`](LiveEvent::key): the hub keeps the latest event
 //! per key, and a client that subscribes gets those first ([`Hub::subscribe`] takes both in
-//! one cut, so nothing falls between them). Each client has its own [`Outbox`]: while the
+//! one cut, so nothing falls between them). Events published together (a committed batch's
+//! rows) travel as one [`Batch`], numbered, so a client that falls behind knows how many it
+//! skipped. Each client has its own [`Outbox`]: while the
 //! client is slow, a newer event replaces the waiting one of its key, and events without a
 //! key (incidents, integration events) queue up to a bound past which they are counted and
 //! the client told how many it missed. Nothing a slow client causes grows without bound, and
 //! it never slows ingest.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -48,13 +50,16 @@ impl LiveEvent {
 #[derive(Debug)]
 pub struct Shared {
     pub event: LiveEvent,
+    /// The hub's number for the event (events published before it).
+    pub seq: u64,
     json: OnceLock<Utf8Bytes>,
 }
 
 impl Shared {
-    fn new(event: LiveEvent) -> Arc<Shared> {
+    fn new(event: LiveEvent, seq: u64) -> Arc<Shared> {
         Arc::new(Shared {
             event,
+            seq,
             json: OnceLock::new(),
         })
     }
@@ -82,7 +87,7 @@ impl Shared {
         }
         let mut shown = shared.event.clone();
         if vantage_mqtt::redact::scrub_json(&mut shown.data) {
-            Shared::new(shown)
+            Shared::new(shown, shared.seq)
         } else {
             shared
         }
@@ -134,23 +139,57 @@ impl LiveFilter {
     }
 }
 
-/// Most keys the hub keeps the latest event of; past it the oldest tenth is forgotten
-/// (keys of deleted checks and agents age out this way).
+/// Most keys the hub keeps the latest event of; past it the tenth least recently updated is
+/// forgotten (keys of deleted checks and agents age out this way).
 pub const MAX_LATEST: usize = 500_000;
 
-/// The latest event per key.
+/// The latest event per key, also in the order they were published.
 #[derive(Debug, Default)]
 struct Latest {
     events: HashSet<ByKey>,
+    by_seq: BTreeMap<u64, Arc<Shared>>,
     /// Keys forgotten to stay within [`MAX_LATEST`].
     forgotten: u64,
+    /// Events published so far.
+    published: u64,
+    /// Events without a key published so far.
+    unkeyed: u64,
+}
+
+impl Latest {
+    fn keep(&mut self, shared: &Arc<Shared>, max: usize) {
+        if let Some(old) = self.events.replace(ByKey(shared.clone())) {
+            self.by_seq.remove(&old.0.seq);
+        }
+        self.by_seq.insert(shared.seq, shared.clone());
+        if self.events.len() > max {
+            let n = (max / 10).max(1);
+            for _ in 0..n {
+                let Some((_, oldest)) = self.by_seq.pop_first() else {
+                    break;
+                };
+                self.events.remove(&ByKey(oldest));
+                self.forgotten += 1;
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Inner {
-    sender: broadcast::Sender<Arc<Shared>>,
+    sender: broadcast::Sender<Batch>,
     latest: Mutex<Latest>,
     max_latest: usize,
+}
+
+/// Events published together (a committed ingest batch's rows), carried as one message.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// How many events the hub had published before this batch.
+    pub first_seq: u64,
+    /// How many events without a key the hub had published before this batch.
+    pub unkeyed_before: u64,
+    pub events: Arc<[Arc<Shared>]>,
 }
 
 /// The broadcast hub.
@@ -165,15 +204,19 @@ impl Default for Hub {
     }
 }
 
-/// A new client's subscription: the latest event per key at the moment it subscribed, and
-/// everything published after.
+/// A client's subscription: the latest event of each key updated since the number it asked
+/// from (every key for a new client), and everything published after, cut at one point.
 pub struct Subscription {
     pub snapshot: Vec<Arc<Shared>>,
-    pub receiver: broadcast::Receiver<Arc<Shared>>,
+    pub receiver: broadcast::Receiver<Batch>,
+    /// Events published before the cut (the first the receiver gets has this number).
+    pub seq: u64,
+    /// Events without a key published before the cut.
+    pub unkeyed: u64,
 }
 
 impl Hub {
-    /// A hub whose subscribers may fall `capacity` updates behind before they lag.
+    /// A hub whose subscribers may fall `capacity` batches behind before they lag.
     pub fn new(capacity: usize) -> Hub {
         Hub::with_limits(capacity, MAX_LATEST)
     }
@@ -192,59 +235,83 @@ impl Hub {
 
     /// Publishes an update to every current subscriber (and keeps it when it has a key).
     pub fn publish(&self, event: LiveEvent) {
-        let shared = Shared::new(event);
-        let mut latest = self
-            .inner
-            .latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if shared.event.keyed() {
-            if latest.events.len() >= self.inner.max_latest
-                && !latest.events.contains(&ByKey(shared.clone()))
-            {
-                forget_oldest(&mut latest, self.inner.max_latest);
-            }
-            latest.events.replace(ByKey(shared.clone()));
+        self.publish_many(vec![event]);
+    }
+
+    /// Publishes updates as one message (a client wakes once for all of them).
+    pub fn publish_many(&self, events: Vec<LiveEvent>) {
+        if events.is_empty() {
+            return;
         }
+        let mut latest = self.lock();
+        let first_seq = latest.published;
+        let unkeyed_before = latest.unkeyed;
+        let events: Arc<[Arc<Shared>]> = events
+            .into_iter()
+            .zip(first_seq..)
+            .map(|(event, seq)| Shared::new(event, seq))
+            .collect();
+        for shared in events.iter() {
+            if shared.event.keyed() {
+                latest.keep(shared, self.inner.max_latest);
+            } else {
+                latest.unkeyed += 1;
+            }
+        }
+        latest.published += events.len() as u64;
         // Sent under the lock, so a subscription's snapshot and its receiver cut the
         // stream at one point.
-        let _ = self.inner.sender.send(shared);
+        let _ = self.inner.sender.send(Batch {
+            first_seq,
+            unkeyed_before,
+            events,
+        });
     }
 
-    /// A new subscription with the latest state.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Latest> {
+        self.inner
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new subscription with the latest state of every key.
     pub fn subscribe(&self) -> Subscription {
-        let latest = self
-            .inner
-            .latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let receiver = self.inner.sender.subscribe();
-        let snapshot = latest.events.iter().map(|k| k.0.clone()).collect();
-        Subscription { snapshot, receiver }
+        self.subscribe_from(0)
     }
 
-    /// The latest event of every key passing `filter` (what a client that lagged is sent again).
+    /// A subscription at the present with the latest event of every key updated from event
+    /// number `from_seq` on: how a client that fell behind catches up, at a cost of the keys
+    /// that changed, whatever the number of events.
+    pub fn subscribe_from(&self, from_seq: u64) -> Subscription {
+        let latest = self.lock();
+        let receiver = self.inner.sender.subscribe();
+        let snapshot = latest
+            .by_seq
+            .range(from_seq..)
+            .map(|(_, shared)| shared.clone())
+            .collect();
+        Subscription {
+            snapshot,
+            receiver,
+            seq: latest.published,
+            unkeyed: latest.unkeyed,
+        }
+    }
+
+    /// The latest event of every key passing `filter`.
     pub fn latest_matching(&self, filter: &LiveFilter) -> Vec<Arc<Shared>> {
-        let latest = self
-            .inner
-            .latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        latest
-            .events
-            .iter()
-            .filter(|k| filter.matches(&k.0.event))
-            .map(|k| k.0.clone())
+        self.lock()
+            .by_seq
+            .values()
+            .filter(|s| filter.matches(&s.event))
+            .cloned()
             .collect()
     }
 
     /// Keys whose latest event is kept, and keys forgotten to stay within the bound.
     pub fn latest_len(&self) -> (usize, u64) {
-        let latest = self
-            .inner
-            .latest
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let latest = self.lock();
         (latest.events.len(), latest.forgotten)
     }
 
@@ -252,24 +319,6 @@ impl Hub {
     pub fn n_subscribers(&self) -> usize {
         self.inner.sender.receiver_count()
     }
-}
-
-/// Forgets the oldest tenth of the kept keys (by publish time).
-fn forget_oldest(latest: &mut Latest, max: usize) {
-    let n = (max / 10).max(1);
-    let mut times: Vec<i64> = latest.events.iter().map(|k| k.0.event.at_ms).collect();
-    let cut_index = n.min(times.len()) - 1;
-    let (_, cut, _) = times.select_nth_unstable(cut_index);
-    let cut = *cut;
-    let mut removed = 0;
-    latest.events.retain(|k| {
-        let keep = removed >= n || k.0.event.at_ms > cut;
-        if !keep {
-            removed += 1;
-        }
-        keep
-    });
-    latest.forgotten += removed as u64;
 }
 
 /// Most events without a key one client's outbox holds.
@@ -400,13 +449,13 @@ mod tests {
         let mut secret = event("result", "asia", Some("c"));
         secret.data =
             serde_json::json!({"ok": false, "reason": "redirect loop at http://u:pw@h/x"});
-        let shown = Shared::for_viewers(Shared::new(secret));
+        let shown = Shared::for_viewers(Shared::new(secret, 0));
         assert_eq!(
             shown.event.data["reason"],
             "redirect loop at http://<redacted>@h/x"
         );
         assert!(!shown.json().contains("pw@"));
-        let plain = Shared::new(event("metrics", "asia", None));
+        let plain = Shared::new(event("metrics", "asia", None), 0);
         assert!(Arc::ptr_eq(&Shared::for_viewers(plain.clone()), &plain));
     }
 
@@ -427,7 +476,10 @@ mod tests {
         let Subscription {
             snapshot,
             mut receiver,
+            seq,
+            unkeyed,
         } = hub.subscribe();
+        assert_eq!((seq, unkeyed), (31, 1));
         let mut latest: Vec<(String, i64)> = snapshot
             .iter()
             .map(|s| {
@@ -443,9 +495,34 @@ mod tests {
             [("c0".into(), 27), ("c1".into(), 28), ("c2".into(), 29)]
         );
         hub.publish(numbered("result", "c0", 31));
-        assert_eq!(receiver.recv().await.unwrap().event.data["n"], 31);
+        let batch = receiver.recv().await.unwrap();
+        assert_eq!(batch.first_seq, 31);
+        assert_eq!(batch.events[0].event.data["n"], 31);
         assert_eq!(hub.latest_len(), (3, 0));
         assert_eq!(hub.n_subscribers(), 1);
+    }
+
+    #[test]
+    fn a_client_behind_catches_up_with_the_keys_updated_since_its_place() {
+        let hub = Hub::new(16);
+        for n in 0..30 {
+            hub.publish(numbered("result", &format!("c{}", n % 3), n));
+        }
+        hub.publish(numbered("incident", "c0", 30));
+        let since = |seq| {
+            let mut got: Vec<i64> = hub
+                .subscribe_from(seq)
+                .snapshot
+                .iter()
+                .map(|s| s.event.data["n"].as_i64().unwrap_or(-1))
+                .collect();
+            got.sort_unstable();
+            got
+        };
+        assert_eq!(since(0), [27, 28, 29]);
+        assert_eq!(since(28), [28, 29]);
+        assert_eq!(since(30), Vec::<i64>::new());
+        assert_eq!(hub.subscribe_from(28).unkeyed, 1);
     }
 
     #[test]
@@ -475,7 +552,10 @@ mod tests {
     fn a_slow_clients_outbox_keeps_the_latest_per_key_and_bounds_the_rest() {
         let mut outbox = Outbox::default();
         for n in 0..10_000 {
-            outbox.push(Shared::new(numbered("result", &format!("c{}", n % 10), n)));
+            outbox.push(Shared::new(
+                numbered("result", &format!("c{}", n % 10), n),
+                n as u64,
+            ));
         }
         assert_eq!(outbox.len(), 10);
         assert_eq!(outbox.coalesced, 9_990);
@@ -491,7 +571,7 @@ mod tests {
 
         let extra = 5;
         for n in 0..(MAX_UNKEYED + extra) {
-            outbox.push(Shared::new(numbered("incident", "c0", n as i64)));
+            outbox.push(Shared::new(numbered("incident", "c0", n as i64), n as u64));
         }
         assert!(matches!(outbox.pop(), Some(Next::Lagged { missed }) if missed == extra as u64));
         let mut events = 0;

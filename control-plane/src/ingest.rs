@@ -588,11 +588,13 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
     }
 }
 
-/// Publishes every row of a committed batch on the live feed.
+/// Publishes every row of a committed batch on the live feed, as one message.
 fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
+    let mut events =
+        Vec::with_capacity(batch.results.len() + batch.metrics.len() + batch.events.len());
     for (agent, region, result) in &batch.results {
         state.latest.observe(region, result);
-        state.hub.publish(LiveEvent {
+        events.push(LiveEvent {
             kind: "result",
             agent_id: agent.clone(),
             region: region.clone(),
@@ -602,7 +604,7 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
         });
     }
     for (agent, region, metrics) in &batch.metrics {
-        state.hub.publish(LiveEvent {
+        events.push(LiveEvent {
             kind: "metrics",
             agent_id: agent.clone(),
             region: region.clone(),
@@ -612,7 +614,7 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
         });
     }
     for (agent, region, event) in &batch.events {
-        state.hub.publish(LiveEvent {
+        events.push(LiveEvent {
             kind: "event",
             agent_id: agent.clone(),
             region: region.clone(),
@@ -621,4 +623,5 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
             data: serde_json::to_value(event).unwrap_or_default(),
         });
     }
+    state.hub.publish_many(events);
 }

@@ -7,8 +7,8 @@
 //! ([`Shared::for_viewers`]). Revoking the caller's API token ends the feed.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -17,16 +17,18 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 
 use super::{ApiError, ApiQuery, Caller};
 use crate::AppState;
 use crate::counters::Counters;
-use crate::hub::{Hub, LiveFilter, Next, Outbox, Shared, Subscription};
+use crate::hub::{Batch, Hub, LiveFilter, Next, Outbox, Shared, Subscription};
 use crate::store::Role;
 
-/// Messages sent to a WebSocket client before one flush.
-const BATCH: usize = 64;
+/// Most messages sent to a WebSocket client before one flush.
+const BATCH: usize = 256;
+/// Read buffer and largest message a WebSocket client may send.
+const CLIENT_BUFFER: usize = 4096;
 /// A WebSocket client that takes longer than this to take one batch is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -71,7 +73,11 @@ pub async fn live(
         let (mut parts, _body) = request.into_parts();
         let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &state)
             .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?
+            // Clients send nothing but control frames: small buffers, small messages.
+            .read_buffer_size(CLIENT_BUFFER)
+            .max_message_size(CLIENT_BUFFER)
+            .max_frame_size(CLIENT_BUFFER);
         let (hub, counters) = (state.hub.clone(), state.counters.clone());
         return Ok(upgrade.on_upgrade(move |socket| async move {
             let feed = Feed::start(&hub, shown, counters);
@@ -79,7 +85,7 @@ pub async fn live(
         }));
     }
     let feed = Feed::start(&state.hub, shown, state.counters.clone());
-    let stream = futures_util::stream::unfold(feed, |feed| async move {
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let sse = match feed.next().await? {
             Next::Event(shared) => Event::default()
                 .event(shared.event.kind)
@@ -116,105 +122,126 @@ impl Shown {
     }
 }
 
-/// One client's outbox and the task that fills it from the hub.
+/// One client's subscription and outbox. The client's own task drains the hub's stream into
+/// the outbox each time it is ready to send, so a client costs work in proportion to what it
+/// is sent: while it writes, new events wait in the hub's ring, and a keyed event that waits
+/// in the outbox is replaced by a newer one of its key. A client more than [`BEHIND`] batches
+/// behind (or a whole ring) skips them: it subscribes again at the present with the latest
+/// event of each key updated since its place ([`Hub::subscribe_from`]), and is told how many
+/// events without a key it skipped.
 struct Feed {
-    inner: Arc<FeedInner>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-struct FeedInner {
-    outbox: Mutex<Outbox>,
-    ready: Notify,
-    closed: AtomicBool,
+    hub: Hub,
+    receiver: broadcast::Receiver<Batch>,
+    /// The number of the next event this client expects from the hub.
+    next_seq: u64,
+    /// Events without a key the hub had published up to `next_seq`.
+    unkeyed_seen: u64,
+    shown: Shown,
+    outbox: Outbox,
     counters: Arc<Counters>,
+    closed: bool,
 }
 
-impl FeedInner {
-    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
-        self.outbox
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Batches waiting in the ring past which a client catches up through the hub instead.
+const BEHIND: usize = 16;
+
+impl Feed {
+    /// Subscribes and queues the latest state the filter passes (unless it asked not to).
+    fn start(hub: &Hub, shown: Shown, counters: Arc<Counters>) -> Feed {
+        let subscription = hub.subscribe_from(if shown.latest { 0 } else { u64::MAX });
+        let mut feed = Feed {
+            hub: hub.clone(),
+            receiver: subscription.receiver,
+            next_seq: subscription.seq,
+            unkeyed_seen: subscription.unkeyed,
+            shown,
+            outbox: Outbox::default(),
+            counters,
+            closed: false,
+        };
+        for shared in subscription.snapshot {
+            feed.accept(shared);
+        }
+        feed
     }
 
-    /// Queues events, counting those a newer one replaced.
-    fn push(&self, events: impl IntoIterator<Item = Arc<Shared>>, missed: u64) {
-        let mut outbox = self.outbox();
-        let before = outbox.coalesced;
-        outbox.missed(missed);
-        for event in events {
-            outbox.push(event);
+    fn accept(&mut self, shared: Arc<Shared>) {
+        if let Some(shared) = self.shown.show(shared) {
+            self.outbox.push(shared);
         }
-        let coalesced = outbox.coalesced - before;
-        drop(outbox);
+    }
+
+    /// Skips to the present: the latest event of each key updated since this client's place,
+    /// and a count of the events without a key it skipped.
+    fn catch_up(&mut self) {
+        let Subscription {
+            snapshot,
+            receiver,
+            seq,
+            unkeyed,
+        } = self.hub.subscribe_from(self.next_seq);
+        self.outbox
+            .missed(unkeyed.saturating_sub(self.unkeyed_seen));
+        self.receiver = receiver;
+        self.next_seq = seq;
+        self.unkeyed_seen = unkeyed;
+        for shared in snapshot {
+            self.accept(shared);
+        }
+    }
+
+    fn accept_batch(&mut self, batch: Batch) {
+        self.next_seq = batch.first_seq + batch.events.len() as u64;
+        self.unkeyed_seen =
+            batch.unkeyed_before + batch.events.iter().filter(|s| !s.event.keyed()).count() as u64;
+        for shared in batch.events.iter() {
+            self.accept(shared.clone());
+        }
+    }
+
+    fn take(&mut self, received: Result<Batch, broadcast::error::RecvError>) {
+        match received {
+            Ok(batch) => self.accept_batch(batch),
+            Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up(),
+            Err(broadcast::error::RecvError::Closed) => self.closed = true,
+        }
+    }
+
+    /// Moves everything the hub has ready into the outbox.
+    fn drain(&mut self) {
+        let before = self.outbox.coalesced;
+        if self.receiver.len() > BEHIND {
+            self.catch_up();
+        }
+        loop {
+            match self.receiver.try_recv() {
+                Ok(batch) => self.accept_batch(batch),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.catch_up(),
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    self.closed = true;
+                    break;
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+            }
+        }
+        let coalesced = self.outbox.coalesced - before;
         if coalesced > 0 {
             self.counters
                 .live_coalesced
                 .fetch_add(coalesced, Ordering::Relaxed);
         }
-        self.ready.notify_one();
-    }
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-impl Feed {
-    /// Subscribes, queues the latest state the filter passes, and starts following the hub.
-    fn start(hub: &Hub, shown: Shown, counters: Arc<Counters>) -> Feed {
-        let Subscription {
-            snapshot,
-            mut receiver,
-        } = hub.subscribe();
-        let inner = Arc::new(FeedInner {
-            outbox: Mutex::new(Outbox::default()),
-            ready: Notify::new(),
-            closed: AtomicBool::new(false),
-            counters,
-        });
-        if shown.latest {
-            inner.push(snapshot.into_iter().filter_map(|s| shown.show(s)), 0);
-        }
-        let hub = hub.clone();
-        let filling = inner.clone();
-        let reader = tokio::spawn(async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(shared) => {
-                        if let Some(shared) = shown.show(shared) {
-                            filling.push([shared], 0);
-                        }
-                    }
-                    // This task fell behind the hub: the client is told how many events it
-                    // missed and gets the latest of every key again.
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        let latest = hub.latest_matching(&shown.filter);
-                        filling.push(latest.into_iter().filter_map(|s| shown.show(s)), missed);
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        filling.closed.store(true, Ordering::Release);
-                        filling.ready.notify_one();
-                        return;
-                    }
-                }
-            }
-        });
-        Feed { inner, reader }
     }
 
     /// Up to `max` things to send, waiting for the first; empty once the hub is gone.
-    async fn next_batch(&self, max: usize) -> Vec<Next> {
+    /// Cancel-safe: nothing is taken from the hub or the outbox across an await.
+    async fn next_batch(&mut self, max: usize) -> Vec<Next> {
         loop {
+            self.drain();
             let mut batch = Vec::new();
-            {
-                let mut outbox = self.inner.outbox();
-                while batch.len() < max {
-                    match outbox.pop() {
-                        Some(next) => batch.push(next),
-                        None => break,
-                    }
+            while batch.len() < max {
+                match self.outbox.pop() {
+                    Some(next) => batch.push(next),
+                    None => break,
                 }
             }
             if !batch.is_empty() {
@@ -226,22 +253,22 @@ impl Feed {
                     })
                     .sum();
                 if missed > 0 {
-                    self.inner
-                        .counters
+                    self.counters
                         .live_missed
                         .fetch_add(missed, Ordering::Relaxed);
                 }
                 return batch;
             }
-            if self.inner.closed.load(Ordering::Acquire) {
+            if self.closed {
                 return batch;
             }
-            self.inner.ready.notified().await;
+            let received = self.receiver.recv().await;
+            self.take(received);
         }
     }
 
     /// The next thing to send, `None` once the hub is gone.
-    async fn next(&self) -> Option<Next> {
+    async fn next(&mut self) -> Option<Next> {
         self.next_batch(1).await.pop()
     }
 }
@@ -255,8 +282,28 @@ fn message(next: Next) -> Message {
     }
 }
 
-async fn websocket(socket: WebSocket, feed: Feed, revoked: impl Future<Output = ()>) {
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn websocket(socket: WebSocket, mut feed: Feed, revoked: impl Future<Output = ()>) {
     let (mut sink, mut incoming) = socket.split();
+    // The client's own messages (it needs send none) are read by a task of their own, woken
+    // only when some arrive; it ends when the client closes or goes away.
+    let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
+    let _reader = AbortOnDrop(tokio::spawn(async move {
+        while let Some(Ok(message)) = incoming.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+        let _ = gone_tx.send(());
+    }));
     let mut revoked = std::pin::pin!(revoked);
     loop {
         tokio::select! {
@@ -264,6 +311,7 @@ async fn websocket(socket: WebSocket, feed: Feed, revoked: impl Future<Output = 
                 let _ = sink.send(Message::Close(None)).await;
                 return;
             }
+            _ = &mut gone => return,
             batch = feed.next_batch(BATCH) => {
                 if batch.is_empty() {
                     return;
@@ -279,10 +327,6 @@ async fn websocket(socket: WebSocket, feed: Feed, revoked: impl Future<Output = 
                     Ok(Err(_)) | Err(_) => return,
                 }
             }
-            message = incoming.next() => match message {
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                Some(Ok(_)) => {}
-            },
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Live-feed fan-out: many WebSocket clients of `/api/v1/live?kind=result` (in a child process
 //! of this binary, so the control plane's memory and CPU are its own) and a publisher putting
 //! results on the hub of a control plane run in this process, at a set rate over a set number
-//! of keys (checks). Each event carries the microsecond it was published; the clients report
+//! of keys (checks), what is due each millisecond as one batch (as ingest publishes a
+//! committed batch). Each event carries the microsecond it was published; the clients report
 //! publish → client latency (p50, p99, max), what they received, and `lagged` notices; this
 //! process prints those beside the control plane's RSS and CPU and its coalescing counter.
 //!
@@ -139,9 +140,11 @@ async fn server(args: Args) -> anyhow::Result<()> {
     while published < total {
         tick.tick().await;
         let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
+        // What is due goes out as one batch, as a committed ingest batch does.
+        let mut batch = Vec::new();
         while published < due.min(total) {
             let key = published % args.keys;
-            state.hub.publish(LiveEvent {
+            batch.push(LiveEvent {
                 kind: "result",
                 agent_id: "bench".into(),
                 region: "r1".into(),
@@ -152,6 +155,7 @@ async fn server(args: Args) -> anyhow::Result<()> {
             });
             published += 1;
         }
+        state.hub.publish_many(batch);
     }
     let publishing_s = started.elapsed().as_secs_f64();
     // Let the clients drain, then tell them the run is over.
@@ -220,9 +224,12 @@ async fn clients(args: Args) -> anyhow::Result<()> {
         request
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
+        // A small read buffer: the default 128 KiB one is zeroed on every read.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(16 * 1024);
         let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
             request,
-            None,
+            Some(config),
             true,
             Some(tokio_tungstenite::Connector::Rustls(tls.clone())),
         )
