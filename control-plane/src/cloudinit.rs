@@ -1,4 +1,5 @@
-//! `vantage cloud-init`: `#cloud-config` user-data that installs and enrolls an agent on a new
+//! `vantage cloud-init` and the dashboard's enrollment page: `#cloud-config` user-data (or
+//! the same as a script for a root shell) that installs and enrolls an agent on a new
 //! node — the CA and the release key pinned, a fresh limited enrollment token, and a runcmd
 //! that verifies the signed artifacts before anything runs.
 //!
@@ -48,10 +49,10 @@ fn indented(text: &str, spaces: usize) -> String {
         .collect()
 }
 
-/// Renders the user-data. URLs must have passed [`check_url`]; the token and PEMs are
-/// base64/PEM text and need no quoting.
-pub fn render(data: &UserData<'_>) -> String {
-    let script = format!(
+/// The script that fetches, verifies and runs `install.sh`, once the CA, the release key and
+/// the token file are in `/etc/vantage`.
+fn install_script(data: &UserData<'_>) -> String {
+    format!(
         r#"set -eu
 d=$(mktemp -d)
 # The token goes whatever happens: a failed first boot must not leave it on disk.
@@ -66,7 +67,31 @@ sh "$d/install.sh" --artifacts "{artifacts}" --server-url "{server}" --ca-file /
 "#,
         artifacts = data.artifacts_url,
         server = data.server_url,
-    );
+    )
+}
+
+/// The same installation as a script to paste into a root shell on a node: it writes the
+/// CA, the release key and the token (mode 0600, deleted afterwards) and runs what the
+/// user-data runs. URLs must have passed [`check_url`]; the token and PEMs need no quoting.
+pub fn shell(data: &UserData<'_>) -> String {
+    format!(
+        "# {comment}\n(\nset -eu\nmkdir -p /etc/vantage\numask 022\n\
+         cat > /etc/vantage/ca.pem <<'VANTAGE_PEM'\n{ca}\nVANTAGE_PEM\n\
+         cat > /etc/vantage/release.pub <<'VANTAGE_PEM'\n{key}\nVANTAGE_PEM\n\
+         (umask 077; echo 'VANTAGE_ENROLLMENT_TOKEN={token}' > /etc/vantage/enrollment-token)\n\
+         {script})\n",
+        comment = data.comment,
+        ca = data.ca_pem.trim_end(),
+        key = data.release_pub_pem.trim_end(),
+        token = data.token,
+        script = install_script(data),
+    )
+}
+
+/// Renders the user-data. URLs must have passed [`check_url`]; the token and PEMs are
+/// base64/PEM text and need no quoting.
+pub fn render(data: &UserData<'_>) -> String {
+    let script = install_script(data);
     let mut out = String::from("#cloud-config\n");
     out.push_str(&format!("# {}\n", data.comment));
     out.push_str("packages:\n  - ca-certificates\n  - curl\n  - openssl\n");
@@ -125,5 +150,36 @@ mod tests {
         let runcmd = &text[text.find("runcmd:").unwrap()..];
         assert!(!runcmd.contains("vet_secret"));
         assert!(runcmd.contains("--token-file /etc/vantage/enrollment-token"));
+    }
+
+    #[test]
+    fn the_shell_snippet_writes_the_same_files_and_parses() {
+        let data = UserData {
+            server_url: "https://cp.example.net:8443",
+            artifacts_url: "https://cp.example.net:8443/dist",
+            ca_pem: "-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n",
+            release_pub_pem: "-----BEGIN PUBLIC KEY-----\nREVG\n-----END PUBLIC KEY-----\n",
+            token: "vet_secret",
+            comment: "token et-1",
+        };
+        let text = shell(&data);
+        for part in [
+            "cat > /etc/vantage/ca.pem <<'VANTAGE_PEM'\n-----BEGIN CERTIFICATE-----",
+            "cat > /etc/vantage/release.pub <<'VANTAGE_PEM'\n-----BEGIN PUBLIC KEY-----",
+            "(umask 077; echo 'VANTAGE_ENROLLMENT_TOKEN=vet_secret' > /etc/vantage/enrollment-token)",
+            "openssl pkeyutl -verify",
+            "--server-url \"https://cp.example.net:8443\"",
+        ] {
+            assert!(text.contains(part), "no {part:?} in\n{text}");
+        }
+        let checked = std::process::Command::new("sh")
+            .args(["-n", "-c", &text])
+            .output()
+            .expect("sh runs");
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
     }
 }

@@ -230,6 +230,8 @@
         await showIncidents();
       } else if (hash === '#/new') {
         showCheckForm(null);
+      } else if (hash === '#/enroll') {
+        showEnroll();
       } else {
         showOverview();
       }
@@ -562,10 +564,55 @@
       el('td', {}, a.last_seen_ms ? fmtTime(a.last_seen_ms) : '–'),
       el('td', {}, `${Math.floor((a.cert_not_after_ms - now) / 86_400_000)} d`),
       el('td', {}, `${a.spool_dropped_total ?? 0} / ${a.spool_unsendable_total ?? 0}`)));
-    view().replaceChildren(el('h2', {}, `Nodes (${agents.length})`),
+    view().replaceChildren(el('h2', {}, `Nodes (${agents.length})`,
+      canWrite() ? el('a', { href: '#/enroll', id: 'enroll-link' }, ' ', el('button', { type: 'button' }, 'Enroll nodes')) : null),
       el('table', { class: 'list', id: 'nodes' },
         el('tr', {}, ...['agent', 'host', 'region', 'state', 'version', 'arch', 'last seen', 'certificate', 'spool dropped / unsendable'].map((h) => el('th', {}, h))),
         ...rows));
+  }
+
+  // ---- enrollment ----------------------------------------------------------------------
+
+  // A form that creates an enrollment token, then the ways to put an agent on a node with it.
+  function showEnroll() {
+    app.route = 'enroll';
+    if (!canWrite()) {
+      view().replaceChildren(el('p', { class: 'muted' }, 'Enrolling nodes needs the operator role.'));
+      return;
+    }
+    const out = el('div', { id: 'enroll-out' });
+    const error = el('p', { class: 'error', id: 'enroll-error' });
+    const form = el('form', { class: 'stack', id: 'enroll-form' },
+      el('label', {}, 'Region', el('input', { name: 'region', required: true, placeholder: 'eu-west' })),
+      el('label', {}, 'Agents that may enroll with it', el('input', { name: 'uses', type: 'number', min: 1, max: 10000, value: 1 })),
+      el('label', {}, 'Valid for (hours)', el('input', { name: 'hours', type: 'number', min: 1, max: 8760, value: 24 })),
+      el('button', { type: 'submit' }, 'Create token'), error);
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      error.textContent = '';
+      const data = new FormData(form);
+      try {
+        const made = await api('/api/v1/enrollment-tokens', { method: 'POST', body: {
+          region: String(data.get('region')).trim(),
+          uses: Number(data.get('uses')),
+          ttl_s: Number(data.get('hours')) * 3600,
+        } });
+        const snippets = made.snippets || {};
+        const block = (title, id, text) => (text ? el('section', {},
+          el('h3', {}, title, ' ', el('button', { type: 'button', onclick: () => navigator.clipboard.writeText(text).catch(() => {}) }, 'Copy')),
+          el('pre', { class: 'snippet', id }, text)) : null);
+        out.replaceChildren(
+          el('p', {}, `Token ${made.id} for region ${made.region}: ${made.uses_left} use(s), until ${fmtTime(made.expires_at_ms)}. It is shown once.`),
+          el('pre', { class: 'snippet', id: 'enroll-token' }, made.token),
+          block('Install in a root shell on the node', 'snippet-shell', snippets.shell),
+          block('cloud-init user-data', 'snippet-cloud-init', snippets.cloud_init),
+          block('Install over SSH from this machine', 'snippet-ssh', snippets.ssh_install),
+          snippets.unavailable ? el('p', { class: 'muted', id: 'snippet-unavailable' }, snippets.unavailable) : null);
+      } catch (err) {
+        error.textContent = err.message;
+      }
+    });
+    view().replaceChildren(el('h2', {}, 'Enroll nodes'), form, out);
   }
 
   // ---- incidents -----------------------------------------------------------------------

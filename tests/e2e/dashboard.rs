@@ -4,7 +4,8 @@
 //! session cookie, a matrix cell turning red within a second of the verdict, a drawn chart, a
 //! check created in the form running only in the regions ticked, a viewer that can write
 //! nothing and sees no secret, and the public status page and badges showing only the checks
-//! labelled for them, and a live client getting the latest state on connect.
+//! labelled for them, the enrollment page's token enrolling an agent, and a live client
+//! getting the latest state on connect.
 
 use std::time::Duration;
 
@@ -367,6 +368,47 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
         "the API shows the check's secret to a viewer"
     );
     assert_eq!(viewer_run[15], 403, "a viewer's session created a check");
+
+    // The enrollment page makes a token and the snippets that use it; an agent enrolls with it.
+    let enroll_run = browser(json!({
+        "timeout_ms": 15000,
+        "total_timeout_ms": 60000,
+        "steps": [
+            step("goto", json!({"url": base})),
+            step("fill", json!({"selector": "#token", "value": cp.admin_token})),
+            step("click", json!({"selector": "#login button[type=submit]"})),
+            step("wait_for", json!({"selector": ".cell[data-check=\"web\"]", "state": "attached"})),
+            step("eval", json!({"js": "location.hash = '#/nodes'"})),
+            step("click", json!({"selector": "#enroll-link button"})),
+            step("fill", json!({"selector": "#enroll-form input[name=region]", "value": "r3"})),
+            step("click", json!({"selector": "#enroll-form button[type=submit]"})),
+            step("wait_for", json!({"selector": "#enroll-token"})),
+            step("eval", json!({"js": "document.querySelector('#enroll-token').textContent"})),
+            step("eval", json!({"js": "document.querySelector('#snippet-ssh').textContent"})),
+            step("eval", json!({"js": "(document.querySelector('#snippet-shell') || document.querySelector('#snippet-unavailable')).textContent"})),
+            step("expect_no_console_errors", json!({})),
+        ]
+    }))
+    .await?;
+    let enrollment = enroll_run[9].as_str().unwrap_or("").to_owned();
+    assert!(enrollment.starts_with("vet_"), "{enrollment}");
+    let ssh = enroll_run[10].as_str().unwrap_or("");
+    assert!(
+        ssh.contains(&format!("VANTAGE_ENROLLMENT_TOKEN={enrollment}"))
+            && ssh.contains(&format!("--server-url https://127.0.0.1:{}", cp.http_port)),
+        "{ssh}"
+    );
+    let shell = enroll_run[11].as_str().unwrap_or("");
+    assert!(
+        shell.contains("openssl pkeyutl -verify") || shell.contains("--dist-dir"),
+        "{shell}"
+    );
+    let third = Agent::start(&cp, &enrollment, "")?;
+    third.wait_enrolled().await?;
+    cp.wait_online_in("r3", Duration::from_secs(20))
+        .await
+        .with_context(|| third.log())?;
+    agents.push(third);
 
     // The public status page: no login, only the checks labelled for it, nothing secret.
     let now = vantage_control_plane::store::now_ms();

@@ -126,15 +126,70 @@ pub async fn enroll(
 pub async fn create_token(
     caller: Caller,
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
     ApiJson(request): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     caller.require(Role::Operator)?;
     let (row, secret) = crate::enrollment::create_token(&state.store, &request).await?;
+    let comment = format!(
+        "Vantage agent for region {}: enrollment token {} ({} uses, expires at {} ms since the epoch)",
+        row.region, row.id, row.uses_left, row.expires_at_ms
+    );
     Ok((
         StatusCode::CREATED,
         Json(json!({ "token": secret, "id": row.id, "region": row.region,
-            "uses_left": row.uses_left, "expires_at_ms": row.expires_at_ms })),
+            "uses_left": row.uses_left, "expires_at_ms": row.expires_at_ms,
+            "snippets": snippets(&state, &headers, &uri, &secret, &comment) })),
     ))
+}
+
+/// Ways to put an agent on a node with a new token, to copy: a script for a root shell and
+/// cloud-init user-data (both need the release key of `--dist-dir`), and the `ssh-install`
+/// line. The server URL is the one the caller reached this API at.
+fn snippets(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+    token: &str,
+    comment: &str,
+) -> serde_json::Value {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let server_url = format!("https://{host}");
+    if let Err(reason) = crate::cloudinit::check_url("the Host header", &server_url) {
+        return json!({ "unavailable": reason });
+    }
+    let ca_file = state.settings.data_dir.join("pki").join("ca.pem");
+    let ssh_install = format!(
+        "VANTAGE_ENROLLMENT_TOKEN={token} provision/ssh-install --dist dist \\\n    --server-url {server_url} --ca-file {} root@NODE",
+        ca_file.display()
+    );
+    let release_pub = state
+        .settings
+        .dist_dir
+        .as_ref()
+        .and_then(|dir| std::fs::read_to_string(dir.join("release.pub")).ok())
+        .filter(|pem| pem.contains("-----BEGIN PUBLIC KEY-----"));
+    let Some(release_pub) = release_pub else {
+        return json!({ "ssh_install": ssh_install,
+            "unavailable": "no release key: serve the artifacts with --dist-dir (image/build's output) for the shell and cloud-init snippets" });
+    };
+    let artifacts_url = format!("{server_url}/dist");
+    let data = crate::cloudinit::UserData {
+        server_url: &server_url,
+        artifacts_url: &artifacts_url,
+        ca_pem: state.pki.ca_pem(),
+        release_pub_pem: &release_pub,
+        token,
+        comment,
+    };
+    json!({ "shell": crate::cloudinit::shell(&data),
+        "cloud_init": crate::cloudinit::render(&data),
+        "ssh_install": ssh_install })
 }
 
 /// `GET /api/v1/enrollment-tokens`.
