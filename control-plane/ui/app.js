@@ -563,12 +563,60 @@
       el('td', {}, a.version), el('td', {}, a.arch),
       el('td', {}, a.last_seen_ms ? fmtTime(a.last_seen_ms) : '–'),
       el('td', {}, `${Math.floor((a.cert_not_after_ms - now) / 86_400_000)} d`),
-      el('td', {}, `${a.spool_dropped_total ?? 0} / ${a.spool_unsendable_total ?? 0}`)));
+      el('td', {}, `${a.spool_dropped_total ?? 0} / ${a.spool_unsendable_total ?? 0}`),
+      ...SPARKS.map((spark) => el('td', { class: 'spark-cell', data: { spark: spark.name } }))));
     view().replaceChildren(el('h2', {}, `Nodes (${agents.length})`,
       canWrite() ? el('a', { href: '#/enroll', id: 'enroll-link' }, ' ', el('button', { type: 'button' }, 'Enroll nodes')) : null),
       el('table', { class: 'list', id: 'nodes' },
-        el('tr', {}, ...['agent', 'host', 'region', 'state', 'version', 'arch', 'last seen', 'certificate', 'spool dropped / unsendable'].map((h) => el('th', {}, h))),
+        el('tr', {}, ...['agent', 'host', 'region', 'state', 'version', 'arch', 'last seen', 'certificate', 'spool dropped / unsendable', ...SPARKS.map((s) => `${s.name} (1 h)`)].map((h) => el('th', {}, h))),
         ...rows));
+    // The last hour of each node's metrics as sparklines, for the first nodes listed.
+    const route0 = app.route;
+    for (const a of agents.slice(0, MAX_SPARK_NODES)) {
+      if (app.route !== route0) return;
+      const samples = await api(`/api/v1/metrics?agent=${encodeURIComponent(a.id)}&from_ms=${now - 3_600_000}&limit=720`).catch(() => []);
+      const row = document.querySelector(`#nodes tr[data-agent="${CSS.escape(a.id)}"]`);
+      if (!row) continue;
+      samples.sort((x, y) => x.measured_at_ms - y.measured_at_ms);
+      for (const spark of SPARKS) {
+        const cell = row.querySelector(`td[data-spark="${spark.name}"]`);
+        const values = samples.map(spark.value).filter((v) => Number.isFinite(v));
+        if (cell) cell.replaceChildren(sparkline(values, spark.max), el('span', { class: 'muted' }, values.length ? ` ${spark.fmt(values[values.length - 1])}` : ' –'));
+      }
+    }
+  }
+
+  // Node metrics drawn as sparklines: what each shows and how its last value reads.
+  const MAX_SPARK_NODES = 100;
+  const diskPct = (m) => {
+    const disks = (m.detail && m.detail.disks) || [];
+    const total = disks.reduce((n, d) => n + d.total_bytes, 0);
+    return total > 0 ? (100 * disks.reduce((n, d) => n + d.used_bytes, 0)) / total : NaN;
+  };
+  const SPARKS = [
+    { name: 'cpu', value: (m) => m.cpu_pct, max: 100, fmt: (v) => `${v.toFixed(0)} %` },
+    { name: 'memory', value: (m) => (m.mem_total_bytes > 0 ? (100 * m.mem_used_bytes) / m.mem_total_bytes : NaN), max: 100, fmt: (v) => `${v.toFixed(0)} %` },
+    { name: 'disk', value: diskPct, max: 100, fmt: (v) => `${v.toFixed(0)} %` },
+    { name: 'network', value: (m) => m.net_rx_bytes_per_s + m.net_tx_bytes_per_s, max: null, fmt: (v) => `${(v / 1024).toFixed(0)} KiB/s` },
+  ];
+
+  // An SVG polyline of values (scaled to max, or to their own largest when max is null).
+  function sparkline(values, max) {
+    const ns = 'http://www.w3.org/2000/svg';
+    const svg = document.createElementNS(ns, 'svg');
+    svg.setAttribute('width', '80');
+    svg.setAttribute('height', '18');
+    svg.setAttribute('class', 'spark');
+    if (values.length < 2) return svg;
+    const top = max || Math.max(...values) || 1;
+    const points = values.map((v, i) => `${((i / (values.length - 1)) * 80).toFixed(1)},${(17 - (Math.min(v, top) / top) * 16).toFixed(1)}`);
+    const line = document.createElementNS(ns, 'polyline');
+    line.setAttribute('points', points.join(' '));
+    line.setAttribute('fill', 'none');
+    line.setAttribute('stroke', '#7fb4ff');
+    line.setAttribute('stroke-width', '1.2');
+    svg.append(line);
+    return svg;
   }
 
   // ---- enrollment ----------------------------------------------------------------------

@@ -147,7 +147,7 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
     let mut agents = Vec::new();
     for region in ["r1", "r2"] {
         let token = cp.enrollment_token(region, 1).await?;
-        agents.push(Agent::start(&cp, &token, "")?);
+        agents.push(Agent::start(&cp, &token, "metrics_interval_s = 1")?);
     }
     for agent in &agents {
         agent.wait_enrolled().await?;
@@ -354,6 +354,10 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
             step("wait_for", json!({"selector": "#incidents"})),
             step("expect_no_console_errors", json!({})),
             step("eval", json!({"js": post_check})),
+            // 16: each node's last hour of metrics as sparklines.
+            step("eval", json!({"js": "location.hash = '#/nodes'"})),
+            step("wait_for", json!({"selector": "#nodes td[data-spark=cpu] svg polyline", "state": "attached"})),
+            step("eval", json!({"js": "document.querySelectorAll('#nodes td[data-spark] svg polyline').length"})),
         ]
     }))
     .await?;
@@ -368,6 +372,11 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
         "the API shows the check's secret to a viewer"
     );
     assert_eq!(viewer_run[15], 403, "a viewer's session created a check");
+    let lines = viewer_run[18].as_u64().unwrap_or(0);
+    assert!(
+        lines >= 6,
+        "{lines} sparklines for two nodes' cpu, memory, network (and disk)"
+    );
 
     // The enrollment page makes a token and the snippets that use it; an agent enrolls with it.
     let enroll_run = browser(json!({
