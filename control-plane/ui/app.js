@@ -228,6 +228,8 @@
         await showNodes();
       } else if (hash === '#/incidents') {
         await showIncidents();
+      } else if (hash.startsWith('#/incidents/')) {
+        await showIncident(decodeURIComponent(hash.slice('#/incidents/'.length)));
       } else if (hash === '#/new') {
         showCheckForm(null);
       } else if (hash === '#/enroll') {
@@ -669,7 +671,7 @@
     app.route = 'incidents';
     const incidents = await api('/api/v1/incidents?limit=200');
     const rows = incidents.map((i) => el('tr', { data: { incident: i.id } },
-      el('td', {}, fmtTime(i.opened_at_ms)), el('td', {}, `${i.subject}: ${i.subject_id}`),
+      el('td', {}, fmtTime(i.opened_at_ms)), el('td', {}, el('a', { href: `#/incidents/${encodeURIComponent(i.id)}` }, `${i.subject}: ${i.subject_id}`)),
       el('td', {}, i.open ? 'open' : 'resolved'), el('td', {}, i.acknowledged_at_ms ? 'acknowledged' : ''),
       el('td', {}, i.title || i.summary || ''),
       el('td', {}, canWrite() && i.open && !i.acknowledged_at_ms
@@ -677,6 +679,46 @@
         : null)));
     view().replaceChildren(el('h2', {}, 'Incidents'),
       incidents.length ? el('table', { class: 'list', id: 'incidents' }, ...rows) : el('p', { class: 'muted', id: 'incidents' }, 'No incidents.'));
+  }
+
+  // One incident: its timeline (changes, acknowledgements, notes) and, for operators, a
+  // note form and Acknowledge.
+  async function showIncident(id) {
+    app.route = `incident:${id}`;
+    const { incident, timeline } = await api(`/api/v1/incidents/${encodeURIComponent(id)}`);
+    const path = `/api/v1/incidents/${encodeURIComponent(id)}`;
+    const error = el('p', { class: 'error', id: 'note-error' });
+    const actions = [];
+    if (canWrite() && incident.open && !incident.acknowledged_at_ms) {
+      actions.push(el('button', { type: 'button', id: 'ack', onclick: async () => { await api(`${path}/ack`, { method: 'POST', body: {} }); route(); } }, 'Acknowledge'));
+    }
+    if (canWrite()) {
+      const form = el('form', { class: 'stack', id: 'note-form' },
+        el('label', {}, 'Note', el('textarea', { name: 'text', rows: 3, maxlength: 4096, required: true })),
+        el('button', { type: 'submit' }, 'Add note'), error);
+      form.addEventListener('submit', async (e) => {
+        e.preventDefault();
+        try {
+          await api(`${path}/notes`, { method: 'POST', body: { text: String(new FormData(form).get('text')) } });
+          route();
+        } catch (err) {
+          error.textContent = err.message;
+        }
+      });
+      actions.push(form);
+    }
+    view().replaceChildren(
+      el('h2', {}, incident.title),
+      el('p', {}, `${incident.subject}: ${incident.subject_id} · `,
+        el('span', { class: `badge s-${incident.open ? 'down' : 'up'}` }, incident.open ? 'open' : 'resolved'),
+        ` · opened ${fmtTime(incident.opened_at_ms)}`,
+        incident.resolved_at_ms ? ` · resolved ${fmtTime(incident.resolved_at_ms)}` : '',
+        incident.acknowledged_at_ms ? ` · acknowledged ${fmtTime(incident.acknowledged_at_ms)}` : ''),
+      el('table', { class: 'list', id: 'timeline' },
+        el('tr', {}, ...['time', 'change', 'text', 'by'].map((h) => el('th', {}, h))),
+        ...timeline.map((t) => el('tr', { data: { change: t.change } },
+          el('td', {}, fmtTime(t.at_ms)), el('td', {}, t.change), el('td', {}, t.text), el('td', {}, t.author)))),
+      ...actions);
   }
 
   // ---- start ---------------------------------------------------------------------------

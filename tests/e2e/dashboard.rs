@@ -357,7 +357,10 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
             // 16: each node's last hour of metrics as sparklines.
             step("eval", json!({"js": "location.hash = '#/nodes'"})),
             step("wait_for", json!({"selector": "#nodes td[data-spark=cpu] svg polyline", "state": "attached"})),
-            step("eval", json!({"js": "document.querySelectorAll('#nodes td[data-spark] svg polyline').length"})),
+            // The nodes' sparklines load one node after another: wait for both nodes'.
+            step("eval", json!({"js": "() => new Promise((resolve) => { const started = Date.now(); \
+                const tick = () => { const n = document.querySelectorAll('#nodes td[data-spark] svg polyline').length; \
+                if (n >= 6 || Date.now() - started > 10000) return resolve(n); setTimeout(tick, 50); }; tick(); })"})),
         ]
     }))
     .await?;
@@ -396,6 +399,14 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
             step("eval", json!({"js": "document.querySelector('#snippet-ssh').textContent"})),
             step("eval", json!({"js": "(document.querySelector('#snippet-shell') || document.querySelector('#snippet-unavailable')).textContent"})),
             step("expect_no_console_errors", json!({})),
+            // 13: web's incident, its timeline, and a note added to it.
+            step("eval", json!({"js": "location.hash = '#/incidents'"})),
+            step("click", json!({"selector": "#incidents a:has-text(\"check: web\") >> nth=0"})),
+            step("wait_for", json!({"selector": "#timeline tr[data-change]"})),
+            step("fill", json!({"selector": "#note-form textarea", "value": "rolled back the deploy"})),
+            step("click", json!({"selector": "#note-form button[type=submit]"})),
+            step("wait_for_text", json!({"selector": "#timeline tr[data-change=note]", "text": "rolled back the deploy"})),
+            step("expect_no_console_errors", json!({})),
         ]
     }))
     .await?;
@@ -411,6 +422,26 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
     assert!(
         shell.contains("openssl pkeyutl -verify") || shell.contains("--dist-dir"),
         "{shell}"
+    );
+    let (_, incidents) = cp.get("/api/v1/incidents").await?;
+    let noted = incidents
+        .as_array()
+        .context("incidents")?
+        .iter()
+        .find(|i| i["subject_id"] == "web")
+        .and_then(|i| i["id"].as_str())
+        .context("web's incident")?
+        .to_owned();
+    let (_, incident) = cp.get(&format!("/api/v1/incidents/{noted}")).await?;
+    let notes: Vec<&Value> = incident["timeline"]
+        .as_array()
+        .context("timeline")?
+        .iter()
+        .filter(|t| t["change"] == "note")
+        .collect();
+    assert!(
+        notes.len() == 1 && notes[0]["text"] == "rolled back the deploy",
+        "{incident}"
     );
     let third = Agent::start(&cp, &enrollment, "")?;
     third.wait_enrolled().await?;
