@@ -98,6 +98,15 @@ const STATES: [(CheckState, &str); 6] = [
     (CheckState::Paused, "paused"),
 ];
 
+/// The `check` and `region` labels of a series.
+fn check_region(check: &str, region: &str) -> String {
+    format!("check=\"{}\",region=\"{}\"", escape(check), escape(region))
+}
+
+fn labels(s: &Status) -> String {
+    check_region(&s.check_id, &s.region)
+}
+
 /// The scrape's text: `statuses` (latest per (check, region)), `extras` (phases and
 /// certificates), `verdicts` (check → state).
 pub fn render(
@@ -114,21 +123,11 @@ pub fn render(
     );
     out.push_str("# HELP vantage_check_up Whether the latest result of the check in the region succeeded (1) or failed (0).\n# TYPE vantage_check_up gauge\n");
     for s in statuses {
-        let _ = writeln!(
-            out,
-            "vantage_check_up{{check=\"{}\",region=\"{}\"}} {}",
-            escape(&s.check_id),
-            escape(&s.region),
-            u8::from(s.ok)
-        );
+        let _ = writeln!(out, "vantage_check_up{{{}}} {}", labels(s), u8::from(s.ok));
     }
     out.push_str("# HELP vantage_check_duration_seconds Duration of the latest result of the check in the region, by phase (total: the whole run).\n# TYPE vantage_check_duration_seconds gauge\n");
     for s in statuses {
-        let labels = format!(
-            "check=\"{}\",region=\"{}\"",
-            escape(&s.check_id),
-            escape(&s.region)
-        );
+        let labels = labels(s);
         let _ = writeln!(
             out,
             "vantage_check_duration_seconds{{{labels},phase=\"total\"}} {}",
@@ -147,9 +146,8 @@ pub fn render(
     for s in statuses {
         let _ = writeln!(
             out,
-            "vantage_check_result_timestamp_seconds{{check=\"{}\",region=\"{}\"}} {}",
-            escape(&s.check_id),
-            escape(&s.region),
+            "vantage_check_result_timestamp_seconds{{{}}} {}",
+            labels(s),
             s.measured_at_ms as f64 / 1000.0
         );
     }
@@ -162,9 +160,8 @@ pub fn render(
     for ((check, region), days) in certs {
         let _ = writeln!(
             out,
-            "vantage_check_cert_expiry_seconds{{check=\"{}\",region=\"{}\"}} {}",
-            escape(check),
-            escape(region),
+            "vantage_check_cert_expiry_seconds{{{}}} {}",
+            check_region(check, region),
             days * 86_400.0
         );
     }

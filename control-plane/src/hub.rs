@@ -53,6 +53,9 @@ pub struct Shared {
     /// The hub's number for the event (events published before it).
     pub seq: u64,
     json: OnceLock<Utf8Bytes>,
+    /// What viewers get: `None` when it is this event itself (worked out once, for every
+    /// viewer client).
+    for_viewers: OnceLock<Option<Arc<Shared>>>,
 }
 
 impl Shared {
@@ -61,6 +64,7 @@ impl Shared {
             event,
             seq,
             json: OnceLock::new(),
+            for_viewers: OnceLock::new(),
         })
     }
 
@@ -74,6 +78,15 @@ impl Shared {
     /// This event as a viewer may see it: every URL in its data scrubbed
     /// ([`vantage_mqtt::redact::scrub_json`]); the same `Arc` when there is none.
     pub fn for_viewers(shared: Arc<Shared>) -> Arc<Shared> {
+        shared
+            .for_viewers
+            .get_or_init(|| Shared::redacted(&shared))
+            .clone()
+            .unwrap_or(shared)
+    }
+
+    /// The scrubbed copy of `shared`, `None` when nothing needs scrubbing.
+    fn redacted(shared: &Shared) -> Option<Arc<Shared>> {
         fn holds_url(value: &serde_json::Value) -> bool {
             match value {
                 serde_json::Value::String(text) => text.contains("://"),
@@ -83,14 +96,10 @@ impl Shared {
             }
         }
         if !holds_url(&shared.event.data) {
-            return shared;
+            return None;
         }
         let mut shown = shared.event.clone();
-        if vantage_mqtt::redact::scrub_json(&mut shown.data) {
-            Shared::new(shown, shared.seq)
-        } else {
-            shared
-        }
+        vantage_mqtt::redact::scrub_json(&mut shown.data).then(|| Shared::new(shown, shared.seq))
     }
 }
 

@@ -213,8 +213,32 @@ impl ControlPlane {
         env: &[(&str, &str)],
     ) -> anyhow::Result<ControlPlane> {
         let temp = tempfile::tempdir()?;
+        let data_dir = temp.path().join("data");
+        Self::launch(store, data_dir, env, Some(temp)).await
+    }
+
+    /// Like [`Self::start_with`] on an existing data dir `data_dir` (for SQLite, a store
+    /// seeded there beforehand: `vantage.db`). The caller keeps the directory.
+    ///
+    /// # Errors
+    /// The process does not become healthy.
+    pub async fn start_in(
+        store: &TestStore,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ControlPlane> {
+        Self::launch(store, data_dir.to_owned(), env, None).await
+    }
+
+    /// Starts a control plane on `data_dir`, keeping `temp` (its parent, if it owns one).
+    async fn launch(
+        store: &TestStore,
+        data_dir: PathBuf,
+        env: &[(&str, &str)],
+        temp: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<ControlPlane> {
         let mut cp = ControlPlane {
-            data_dir: temp.path().join("data"),
+            data_dir,
             // Port 0 at first start: the control plane binds, then names its ports in
             // ports.json; restarts reuse them.
             http_port: 0,
@@ -228,36 +252,7 @@ impl ControlPlane {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             child: None,
-            _temp: Some(temp),
-        };
-        cp.spawn().await?;
-        Ok(cp)
-    }
-
-    /// Like [`Self::start_with`] on an existing data dir `data_dir` (for SQLite, a store
-    /// seeded there beforehand: `vantage.db`). The caller keeps the directory.
-    ///
-    /// # Errors
-    /// The process does not become healthy.
-    pub async fn start_in(
-        store: &TestStore,
-        data_dir: &std::path::Path,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<ControlPlane> {
-        let mut cp = ControlPlane {
-            data_dir: data_dir.to_owned(),
-            http_port: 0,
-            mqtt_port: 0,
-            admin_token: String::new(),
-            client: reqwest::Client::new(),
-            ca_pem: String::new(),
-            database_url: store.url.clone(),
-            extra_env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            child: None,
-            _temp: None,
+            _temp: temp,
         };
         cp.spawn().await?;
         Ok(cp)
