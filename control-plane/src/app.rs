@@ -127,6 +127,7 @@ impl Application {
                 .user_agent(concat!("vantage/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .context("cannot build the notification HTTP client")?,
+            hosts: Arc::default(),
         };
         republish_retained(&state).await?;
 

@@ -152,6 +152,8 @@ pub async fn enroll(
     let labels = row.labels.0;
     let grant_region = row.region;
     tracing::info!(agent = %agent_id, region = %grant_region, "Agent enrolled");
+    // Events naming the new agent's host map to it from now on.
+    state.hosts.invalidate().await;
     Ok(EnrollResponse {
         agent_id,
         region: grant_region,

@@ -30,6 +30,9 @@ pub struct LiveEvent {
     pub region: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check_id: Option<String>,
+    /// An event's source (integration events and agent-relayed events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// When the control plane published the update.
     pub at_ms: i64,
     pub data: serde_json::Value,
@@ -133,6 +136,7 @@ pub struct LiveFilter {
     pub agent: Option<String>,
     pub check: Option<String>,
     pub kind: Option<String>,
+    pub source: Option<String>,
 }
 
 impl LiveFilter {
@@ -145,6 +149,10 @@ impl LiveFilter {
                 .as_deref()
                 .is_none_or(|c| event.check_id.as_deref() == Some(c))
             && self.kind.as_deref().is_none_or(|k| k == event.kind)
+            && self
+                .source
+                .as_deref()
+                .is_none_or(|s| event.source.as_deref() == Some(s))
     }
 }
 
@@ -429,6 +437,7 @@ mod tests {
             agent_id: "a1".into(),
             region: region.into(),
             check_id: check.map(Into::into),
+            source: None,
             at_ms: 0,
             data: serde_json::Value::Null,
         }

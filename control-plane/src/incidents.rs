@@ -49,7 +49,7 @@ fn incident_op(
 }
 
 /// The enabled channels every opening and resolution is sent to.
-async fn channels(state: &AppState) -> Result<Vec<String>, StoreError> {
+pub async fn channels(state: &AppState) -> Result<Vec<String>, StoreError> {
     Ok(state
         .store
         .list_channels()
@@ -188,6 +188,7 @@ pub async fn record_verdicts(
             agent_id: String::new(),
             region: String::new(),
             check_id: Some(next.check_id.clone()),
+            source: None,
             at_ms: now_ms(),
             data: serde_json::to_value(next).unwrap_or_default(),
         });
@@ -220,6 +221,7 @@ pub async fn announce(state: &AppState, outcome: &IncidentOutcome) {
             String::new()
         },
         check_id: (view.subject == IncidentSubject::Check).then(|| view.subject_id.clone()),
+        source: None,
         at_ms,
         data: serde_json::to_value(&view).unwrap_or_default(),
     });

@@ -365,6 +365,7 @@ async fn on_hello(
         agent_id: id.to_owned(),
         region: region.to_owned(),
         check_id: None,
+        source: None,
         at_ms: now_ms(),
         data: serde_json::to_value(&hello).unwrap_or_default(),
     });
@@ -434,6 +435,7 @@ pub async fn publish_status(state: &AppState, id: &str, region: &str, node_state
         agent_id: id.to_owned(),
         region: region.to_owned(),
         check_id: None,
+        source: None,
         at_ms: view.at_ms,
         data: serde_json::to_value(&view).unwrap_or_default(),
     });
@@ -599,6 +601,7 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
             agent_id: agent.clone(),
             region: region.clone(),
             check_id: Some(result.check_id.clone()),
+            source: None,
             at_ms: now,
             data: serde_json::to_value(result).unwrap_or_default(),
         });
@@ -609,6 +612,7 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
             agent_id: agent.clone(),
             region: region.clone(),
             check_id: None,
+            source: None,
             at_ms: now,
             data: serde_json::to_value(metrics).unwrap_or_default(),
         });
@@ -619,6 +623,7 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
             agent_id: agent.clone(),
             region: region.clone(),
             check_id: None,
+            source: Some(event.source.clone()),
             at_ms: now,
             data: serde_json::to_value(event).unwrap_or_default(),
         });

@@ -34,6 +34,7 @@ pub mod frontdoor;
 pub mod hub;
 pub mod incidents;
 pub mod ingest;
+pub mod integrations;
 pub mod maintenance;
 pub mod memory;
 pub mod notify;
@@ -93,4 +94,6 @@ pub struct AppState {
     pub notify_outbox: Arc<tokio::sync::Notify>,
     /// The HTTP client notifications are delivered with.
     pub http_client: reqwest::Client,
+    /// Agents by the host names integration sources know them by.
+    pub hosts: Arc<integrations::HostMap>,
 }

@@ -1,4 +1,5 @@
-//! Retention: a background task that deletes raw rows and rollups past their window, in
+//! Retention: a background task that deletes raw rows, rollups and integration events past
+//! their window, in
 //! small transactions, packs the days that are over (PostgreSQL), and counts both.
 
 use std::sync::atomic::Ordering;
@@ -28,7 +29,12 @@ pub async fn run_once(state: &AppState) -> Result<Expired, crate::store::StoreEr
     c.expired_rollup_hour
         .fetch_add(expired.rollup_hour, Ordering::Relaxed);
     c.packed_rows.fetch_add(expired.packed, Ordering::Relaxed);
-    Ok(expired)
+    let events = state
+        .store
+        .expire_events(now - state.settings.retention_events_s * 1000)
+        .await?;
+    c.expired_events.fetch_add(events, Ordering::Relaxed);
+    Ok(Expired { events, ..expired })
 }
 
 /// Runs a retention pass every `retention_interval_s`, the first one a minute after start.

@@ -126,6 +126,10 @@ pub struct Settings {
     /// How long per-hour rollups are kept.
     #[arg(long, env = "VANTAGE_RETENTION_HOUR", default_value = "400d", value_parser = parse_retention)]
     pub retention_hour_s: i64,
+    /// How long events from integration sources (and the external nodes they named) are
+    /// kept.
+    #[arg(long, env = "VANTAGE_RETENTION_EVENTS", default_value = "90d", value_parser = parse_retention)]
+    pub retention_events_s: i64,
     /// How often expired rows are deleted.
     #[arg(long, env = "VANTAGE_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_retention)]
     pub retention_interval_s: i64,
@@ -203,6 +207,7 @@ impl Settings {
             retention_raw_s: 7 * 86_400,
             retention_minute_s: 7 * 86_400,
             retention_hour_s: 400 * 86_400,
+            retention_events_s: 90 * 86_400,
             retention_interval_s: 600,
         }
     }

@@ -511,6 +511,8 @@ pub enum IncidentSubject {
     Region,
     /// A host-metric rule on one agent, or a check's response-time anomaly in one region.
     Rule,
+    /// A problem reported by an integration source (a Zabbix trigger), id `{source}/{event id}`.
+    Event,
 }
 
 impl IncidentSubject {
@@ -521,6 +523,7 @@ impl IncidentSubject {
             IncidentSubject::Agent => "agent",
             IncidentSubject::Region => "region",
             IncidentSubject::Rule => "rule",
+            IncidentSubject::Event => "event",
         }
     }
 }
@@ -539,6 +542,7 @@ impl TryFrom<String> for IncidentSubject {
             "agent" => Ok(IncidentSubject::Agent),
             "region" => Ok(IncidentSubject::Region),
             "rule" => Ok(IncidentSubject::Rule),
+            "event" => Ok(IncidentSubject::Event),
             _ => Err(UnknownIncidentSubject(name)),
         }
     }
@@ -614,4 +618,208 @@ pub struct IncidentView {
     pub resolved_at_ms: Option<i64>,
     pub acknowledged_at_ms: Option<i64>,
     pub at_ms: i64,
+}
+
+/// What sends events to a source's webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Zabbix's webhook media type (`provision/zabbix/`): a bearer secret or an HMAC.
+    Zabbix,
+    /// Helius's Solana webhooks: the configured `Authorization` header.
+    Helius,
+    /// Alchemy's notify webhooks: `X-Alchemy-Signature`, HMAC-SHA256 of the body.
+    Alchemy,
+    /// Anything else that signs its body: `X-Vantage-Signature: sha256=<hex HMAC>`.
+    Hmac,
+}
+
+impl SourceKind {
+    /// Every kind, in the order the API documents them.
+    pub const ALL: [SourceKind; 4] = [
+        SourceKind::Zabbix,
+        SourceKind::Helius,
+        SourceKind::Alchemy,
+        SourceKind::Hmac,
+    ];
+
+    /// The kind's name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Zabbix => "zabbix",
+            SourceKind::Helius => "helius",
+            SourceKind::Alchemy => "alchemy",
+            SourceKind::Hmac => "hmac",
+        }
+    }
+
+    /// The kind named `name`, if any.
+    pub fn parse(name: &str) -> Option<SourceKind> {
+        SourceKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// A stored name that is not one of an enum's (source kinds, event states, severities).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {name:?}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub name: String,
+}
+
+impl TryFrom<String> for SourceKind {
+    type Error = UnknownName;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        SourceKind::parse(&name).ok_or(UnknownName {
+            what: "source kind",
+            name,
+        })
+    }
+}
+
+/// Where an event stands: a problem that began, its resolution, an update to it (a comment,
+/// an acknowledgement in the sender), or a plain occurrence (an on-chain transaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    Problem,
+    Resolved,
+    Update,
+    Info,
+}
+
+impl EventStatus {
+    /// Every status.
+    pub const ALL: [EventStatus; 4] = [
+        EventStatus::Problem,
+        EventStatus::Resolved,
+        EventStatus::Update,
+        EventStatus::Info,
+    ];
+
+    /// The status's name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Problem => "problem",
+            EventStatus::Resolved => "resolved",
+            EventStatus::Update => "update",
+            EventStatus::Info => "info",
+        }
+    }
+
+    /// The status named `name`, if any.
+    pub fn parse(name: &str) -> Option<EventStatus> {
+        EventStatus::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl TryFrom<String> for EventStatus {
+    type Error = UnknownName;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        EventStatus::parse(&name).ok_or(UnknownName {
+            what: "event status",
+            name,
+        })
+    }
+}
+
+/// An event's severity, in Zabbix's six steps (its `nseverity` 0-5), lowest first.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EventSeverity {
+    NotClassified,
+    Information,
+    Warning,
+    Average,
+    High,
+    Disaster,
+}
+
+impl EventSeverity {
+    /// Every severity, lowest first (index = Zabbix's `nseverity`).
+    pub const ALL: [EventSeverity; 6] = [
+        EventSeverity::NotClassified,
+        EventSeverity::Information,
+        EventSeverity::Warning,
+        EventSeverity::Average,
+        EventSeverity::High,
+        EventSeverity::Disaster,
+    ];
+
+    /// The severity's name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSeverity::NotClassified => "not_classified",
+            EventSeverity::Information => "information",
+            EventSeverity::Warning => "warning",
+            EventSeverity::Average => "average",
+            EventSeverity::High => "high",
+            EventSeverity::Disaster => "disaster",
+        }
+    }
+
+    /// The severity named `name`, if any.
+    pub fn parse(name: &str) -> Option<EventSeverity> {
+        EventSeverity::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Zabbix's `nseverity` (0-5).
+    pub fn from_zabbix(n: i64) -> Option<EventSeverity> {
+        usize::try_from(n)
+            .ok()
+            .and_then(|i| EventSeverity::ALL.get(i).copied())
+    }
+}
+
+impl TryFrom<String> for EventSeverity {
+    type Error = UnknownName;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        EventSeverity::parse(&name).ok_or(UnknownName {
+            what: "event severity",
+            name,
+        })
+    }
+}
+
+/// An event accepted from an integration source, as `events/{source}` (not retained), the
+/// live feed (`kind=event`) and `GET /api/v1/events` carry it. The raw payload is served
+/// only by `GET /api/v1/events/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEventView {
+    pub v: u32,
+    /// The store's number for the event.
+    pub id: i64,
+    pub source: String,
+    pub kind: SourceKind,
+    pub status: EventStatus,
+    pub severity: EventSeverity,
+    /// The sender's id: Zabbix's event id, a transaction's signature or hash.
+    pub external_id: String,
+    pub title: String,
+    /// The host the sender named (Zabbix's `host.host`), if any.
+    pub host: Option<String>,
+    /// The agent that host maps to, if any.
+    pub node: Option<String>,
+    /// When it happened, by the sender's clock.
+    pub occurred_at_ms: i64,
+    /// When the control plane stored it.
+    pub received_at_ms: i64,
+    /// A chain event's slot (Solana) or block number (EVM).
+    pub block: Option<i64>,
+    /// Accounts or addresses the event touches (chain events).
+    pub accounts: Vec<String>,
+    /// The sender's tags (Zabbix's event tags), in its order.
+    pub tags: Vec<(String, String)>,
+    /// A resolution or an update: the stored problem it belongs to.
+    pub problem_id: Option<i64>,
+    /// A problem: when its resolution was stored.
+    pub resolved_at_ms: Option<i64>,
+    /// The incident it opened, resolved or updated.
+    pub incident_id: Option<String>,
 }

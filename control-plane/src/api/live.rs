@@ -1,5 +1,5 @@
 //! `GET /api/v1/live`: the live feed, as a WebSocket when the request asks to upgrade and as
-//! Server-Sent Events otherwise. Filters: `region`, `agent`, `check`, `kind`. Each message is
+//! Server-Sent Events otherwise. Filters: `region`, `agent`, `check`, `kind`, `source`. Each message is
 //! one JSON [`LiveEvent`](crate::hub::LiveEvent). A client first gets the latest event of
 //! every key its filter passes (unless `latest=false`), then each update; a slow client gets the latest event per
 //! key (its [`Outbox`] coalesces) and a `lagged` message counting what it missed of the rest.
@@ -39,6 +39,8 @@ pub struct LiveQuery {
     pub agent: Option<String>,
     pub check: Option<String>,
     pub kind: Option<String>,
+    /// An event's source (`kind=event&source=zabbix`).
+    pub source: Option<String>,
     /// API token, for clients that cannot set headers (browsers' EventSource, WebSocket).
     pub token: Option<String>,
     /// Whether the latest event of every key the filter passes comes first (default true).
@@ -59,6 +61,7 @@ pub async fn live(
             agent: query.agent,
             check: query.check,
             kind: query.kind,
+            source: query.source,
         },
         redact: caller.role < Role::Operator,
         latest: query.latest.unwrap_or(true),

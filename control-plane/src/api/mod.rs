@@ -9,13 +9,15 @@
 //! Files: [`agents`] (agents, enrollment, tokens), [`checks`], [`data`] (results,
 //! metrics, status), [`incidents`] (regions, verdicts, incidents, channels, outbox), [`live`] (WebSocket and SSE), [`openapi`], [`server`] (TLS serving),
 //! [`dist`] (release artifacts under `/dist`, no token), [`ui`] (the dashboard and its
-//! sessions), [`status`] (public status pages and badges, no token).
+//! sessions), [`status`] (public status pages and badges, no token), [`integrations`]
+//! (sources, their webhooks, which take a source's secret instead of a token, and events).
 
 pub mod agents;
 pub mod checks;
 pub mod data;
 pub mod dist;
 pub mod incidents;
+pub mod integrations;
 pub mod live;
 pub mod openapi;
 pub mod run;
@@ -61,6 +63,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("too many requests")]
     TooManyRequests,
+    /// A body over the route's limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// A request signed in by the dashboard's cookie that did not come from this origin.
     #[error("cross-site request refused: it must come from this origin")]
     CrossSite,
@@ -156,6 +161,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::CrossSite => (StatusCode::FORBIDDEN, "cross_site"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
             ApiError::Internal(error) => {
@@ -477,6 +483,19 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(data::metrics))
         .route("/status/checks", get(data::check_status))
         .route("/live", get(live::live))
+        .route(
+            "/sources",
+            get(integrations::list_sources).post(integrations::create_source),
+        )
+        .route(
+            "/sources/{id}",
+            axum::routing::delete(integrations::delete_source),
+        )
+        .route("/integrations/zabbix", post(integrations::zabbix_webhook))
+        .route("/integrations/{source}", post(integrations::source_webhook))
+        .route("/events", get(integrations::list_events))
+        .route("/events/{id}", get(integrations::get_event))
+        .route("/external-nodes", get(integrations::external_nodes))
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .route("/", get(ui::index))

@@ -31,6 +31,7 @@ fn code_text(code: &str) -> &'static str {
         "404" => "Not found",
         "409" => "Conflict",
         "422" => "Invalid field",
+        "413" => "Body too large",
         "429" => "Too many requests",
         "502" => "The receiver refused or could not be reached",
         _ => "Other",
@@ -40,7 +41,7 @@ fn code_text(code: &str) -> &'static str {
 /// The document.
 pub async fn document() -> Json<Value> {
     let read = ["200", "401", "403"];
-    Json(json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": { "title": "Vantage API", "version": env!("CARGO_PKG_VERSION") },
         "components": {
@@ -113,8 +114,25 @@ pub async fn document() -> Json<Value> {
             "/api/v1/results": { "get": op("Results (?agent, check, region, from_ms, to_ms, limit); for viewers URLs in reasons lose credentials and query values", Some("viewer"), &["200", "400", "401", "403"]) },
             "/api/v1/metrics": { "get": op("Host metrics (?agent, region, from_ms, to_ms, limit)", Some("viewer"), &["200", "400", "401", "403"]) },
             "/api/v1/status/checks": { "get": op("Latest result per check and region", Some("viewer"), &read) },
-            "/api/v1/live": { "get": op("Live feed: WebSocket on upgrade, else SSE (?region, agent, check, kind, token)", Some("viewer"), &["101", "200", "401", "403"]) },
+            "/api/v1/live": { "get": op("Live feed: WebSocket on upgrade, else SSE (?region, agent, check, kind, source, token, latest)", Some("viewer"), &["101", "200", "401", "403"]) },
             "/api/v1/openapi.json": { "get": op("This document", None, &["200"]) }
         }
-    }))
+    });
+    // Integrations, in a second literal (one would pass the macro's recursion limit).
+    let integrations = json!({
+            "/api/v1/sources": {
+                "get": op("Integration sources (never a secret)", Some("viewer"), &read),
+                "post": op("Create a source {id, kind: zabbix|helius|alchemy|hmac, secret?, incident_severity?}; the answer holds its secret, shown once", Some("admin"), &["201", "400", "401", "403", "409", "422"])
+            },
+            "/api/v1/sources/{id}": { "delete": op("Delete a source (its events stay)", Some("admin"), &["204", "401", "403", "404"]) },
+            "/api/v1/integrations/zabbix": { "post": op("Zabbix webhook media type (provision/zabbix/): Authorization: Bearer <a Zabbix source's secret>; answers {event_id, duplicate, incident_id, incident_url}", None, &["200", "400", "401", "413", "429"]) },
+            "/api/v1/integrations/{source}": { "post": op("A source's webhook: Zabbix (bearer or X-Vantage-Signature), Helius (its Authorization header), Alchemy (X-Alchemy-Signature), hmac (X-Vantage-Signature: sha256=<hex>); answers per-row outcomes", None, &["200", "400", "401", "413", "429"]) },
+            "/api/v1/events": { "get": op("Events from sources, newest first (?source, status, before, limit)", Some("viewer"), &["200", "400", "401", "403"]) },
+            "/api/v1/events/{id}": { "get": op("One event with the sender's payload (bounded)", Some("viewer"), &["200", "400", "401", "403", "404"]) },
+            "/api/v1/external-nodes": { "get": op("Hosts sources named that map to no agent", Some("viewer"), &read) }
+    });
+    if let (Some(paths), Value::Object(more)) = (document["paths"].as_object_mut(), integrations) {
+        paths.extend(more);
+    }
+    Json(document)
 }

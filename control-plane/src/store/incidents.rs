@@ -10,7 +10,7 @@
 use serde::Serialize;
 use vantage_mqtt::{CheckState, CheckVerdictView, IncidentChange, IncidentSubject, IncidentView};
 
-use super::{BeginWrite, Store, StoreError, on_pool, random_id};
+use super::{BeginWrite, Store, StoreError, on_pool};
 
 /// An incident as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -208,12 +208,108 @@ impl DefinitionTable {
 /// both engines' bind limits).
 const VERDICT_CHUNK_ROWS: usize = 1000;
 
-const INCIDENT_COLUMNS: &str = "SELECT id, subject, subject_id, title, open, dependent, opened_at_ms, \
+pub(crate) const INCIDENT_COLUMNS: &str = "SELECT id, subject, subject_id, title, open, dependent, opened_at_ms, \
     resolved_at_ms, acknowledged_at_ms, acknowledged_by, n_changes FROM incidents";
 const OUTBOX_COLUMNS: &str = "SELECT id, dedup_key, incident_id, channel_id, change, body, state, \
     attempts, next_attempt_at_ms, last_error, created_at_ms, delivered_at_ms FROM outbox";
 const CHANNEL_COLUMNS: &str = "SELECT id, name, kind, config, enabled, reminder_s, max_per_hour, \
     created_at_ms, updated_at_ms FROM channels";
+
+/// Applies one [`IncidentRequest`] inside the open transaction `$tx` (of either backend):
+/// opens, updates or resolves the subject's incident, adds the timeline entry and queues one
+/// outbox row per channel for an opening or a resolution. Evaluates to the
+/// `Option<IncidentOutcome>`; a database error returns from the enclosing function.
+macro_rules! apply_incident {
+    ($tx:ident, $request:ident) => {{
+        let mut outcome: Option<$crate::store::IncidentOutcome> = None;
+        let open: Option<$crate::store::IncidentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{} WHERE subject = $1 AND subject_id = $2 AND open", $crate::store::incidents::INCIDENT_COLUMNS)))
+        .bind($request.subject.as_str())
+        .bind(&$request.subject_id)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        let step = match (&$request.op, open) {
+            ($crate::store::IncidentOp::Open { title, dependent }, None) => {
+                let id = $crate::store::random_id("in-", 8);
+                sqlx::query(
+                    "INSERT INTO incidents (id, subject, subject_id, title, open, dependent, opened_at_ms, n_changes) \
+                     VALUES ($1, $2, $3, $4, TRUE, $5, $6, 1)",
+                )
+                .bind(&id)
+                .bind($request.subject.as_str())
+                .bind(&$request.subject_id)
+                .bind(title)
+                .bind(*dependent)
+                .bind($request.at_ms)
+                .execute(&mut *$tx)
+                .await?;
+                Some((id, vantage_mqtt::IncidentChange::Opened))
+            }
+            ($crate::store::IncidentOp::Open { .. } | $crate::store::IncidentOp::Update, Some(open)) => {
+                sqlx::query("UPDATE incidents SET n_changes = n_changes + 1 WHERE id = $1")
+                    .bind(&open.id)
+                    .execute(&mut *$tx)
+                    .await?;
+                Some((open.id, vantage_mqtt::IncidentChange::Updated))
+            }
+            ($crate::store::IncidentOp::Resolve, Some(open)) => {
+                sqlx::query(
+                    "UPDATE incidents SET open = FALSE, resolved_at_ms = $2, n_changes = n_changes + 1 WHERE id = $1",
+                )
+                .bind(&open.id)
+                .bind($request.at_ms)
+                .execute(&mut *$tx)
+                .await?;
+                Some((open.id, vantage_mqtt::IncidentChange::Resolved))
+            }
+            ($crate::store::IncidentOp::Update | $crate::store::IncidentOp::Resolve, None) => None,
+        };
+        if let Some((id, change)) = step {
+            sqlx::query(
+                "INSERT INTO incident_events (incident_id, at_ms, change, text, author) VALUES ($1, $2, $3, $4, '')",
+            )
+            .bind(&id)
+            .bind($request.at_ms)
+            .bind(change.as_str())
+            .bind(&$request.text)
+            .execute(&mut *$tx)
+            .await?;
+            let row: $crate::store::IncidentRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{} WHERE id = $1", $crate::store::incidents::INCIDENT_COLUMNS)))
+                .bind(&id)
+                .fetch_one(&mut *$tx)
+                .await?;
+            let mut n_queued = 0;
+            let notify = matches!(change, vantage_mqtt::IncidentChange::Opened | vantage_mqtt::IncidentChange::Resolved);
+            if notify && !row.dependent {
+                let body = serde_json::to_string(&row.view(change, &$request.text, $request.at_ms))
+                    .unwrap_or_default();
+                for channel in &$request.channels {
+                    sqlx::query(
+                        "INSERT INTO outbox (dedup_key, incident_id, channel_id, change, body, state, attempts, \
+                         next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) \
+                         ON CONFLICT (dedup_key) DO NOTHING",
+                    )
+                    .bind(format!("{}/{}/{channel}", row.id, row.n_changes))
+                    .bind(&row.id)
+                    .bind(channel)
+                    .bind(change.as_str())
+                    .bind(&body)
+                    .bind($request.at_ms)
+                    .execute(&mut *$tx)
+                    .await?;
+                    n_queued += 1;
+                }
+            }
+            outcome = Some($crate::store::IncidentOutcome {
+                incident: row,
+                change,
+                text: $request.text.clone(),
+                n_queued,
+            });
+        }
+        outcome
+    }};
+}
+pub(crate) use apply_incident;
 
 impl Store {
     /// Stores a verdict and/or an incident change, with the transition, the timeline entry
@@ -301,95 +397,10 @@ impl Store {
                 query.build().execute(&mut *tx).await?;
             }
             for (_, incident) in changes {
-            let mut outcome = None;
-            if let Some(request) = *incident {
-                let open: Option<IncidentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "{INCIDENT_COLUMNS} WHERE subject = $1 AND subject_id = $2 AND open"
-                )))
-                .bind(request.subject.as_str())
-                .bind(&request.subject_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let step = match (&request.op, open) {
-                    (IncidentOp::Open { title, dependent }, None) => {
-                        let id = random_id("in-", 8);
-                        sqlx::query(
-                            "INSERT INTO incidents (id, subject, subject_id, title, open, dependent, opened_at_ms, n_changes) \
-                             VALUES ($1, $2, $3, $4, TRUE, $5, $6, 1)",
-                        )
-                        .bind(&id)
-                        .bind(request.subject.as_str())
-                        .bind(&request.subject_id)
-                        .bind(title)
-                        .bind(*dependent)
-                        .bind(request.at_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                        Some((id, IncidentChange::Opened))
-                    }
-                    (IncidentOp::Open { .. } | IncidentOp::Update, Some(open)) => {
-                        sqlx::query("UPDATE incidents SET n_changes = n_changes + 1 WHERE id = $1")
-                            .bind(&open.id)
-                            .execute(&mut *tx)
-                            .await?;
-                        Some((open.id, IncidentChange::Updated))
-                    }
-                    (IncidentOp::Resolve, Some(open)) => {
-                        sqlx::query(
-                            "UPDATE incidents SET open = FALSE, resolved_at_ms = $2, n_changes = n_changes + 1 WHERE id = $1",
-                        )
-                        .bind(&open.id)
-                        .bind(request.at_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                        Some((open.id, IncidentChange::Resolved))
-                    }
-                    (IncidentOp::Update | IncidentOp::Resolve, None) => None,
+                let outcome = match *incident {
+                    Some(request) => apply_incident!(tx, request),
+                    None => None,
                 };
-                if let Some((id, change)) = step {
-                    sqlx::query(
-                        "INSERT INTO incident_events (incident_id, at_ms, change, text, author) VALUES ($1, $2, $3, $4, '')",
-                    )
-                    .bind(&id)
-                    .bind(request.at_ms)
-                    .bind(change.as_str())
-                    .bind(&request.text)
-                    .execute(&mut *tx)
-                    .await?;
-                    let row: IncidentRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{INCIDENT_COLUMNS} WHERE id = $1")))
-                        .bind(&id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let mut n_queued = 0;
-                    let notify = matches!(change, IncidentChange::Opened | IncidentChange::Resolved);
-                    if notify && !row.dependent {
-                        let body = serde_json::to_string(&row.view(change, &request.text, request.at_ms))
-                            .unwrap_or_default();
-                        for channel in &request.channels {
-                            sqlx::query(
-                                "INSERT INTO outbox (dedup_key, incident_id, channel_id, change, body, state, attempts, \
-                                 next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6) \
-                                 ON CONFLICT (dedup_key) DO NOTHING",
-                            )
-                            .bind(format!("{}/{}/{channel}", row.id, row.n_changes))
-                            .bind(&row.id)
-                            .bind(channel)
-                            .bind(change.as_str())
-                            .bind(&body)
-                            .bind(request.at_ms)
-                            .execute(&mut *tx)
-                            .await?;
-                            n_queued += 1;
-                        }
-                    }
-                    outcome = Some(IncidentOutcome {
-                        incident: row,
-                        change,
-                        text: request.text.clone(),
-                        n_queued,
-                    });
-                }
-            }
             outcomes.push(outcome);
             }
             tx.commit().await?;

@@ -6,6 +6,7 @@
 //! The store is the source of truth: the broker's retained messages are rebuilt from it at
 //! start. It knows nothing of HTTP or MQTT.
 
+pub mod events;
 pub mod incidents;
 pub mod ingest;
 pub mod keys;
@@ -26,6 +27,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
+pub use events::*;
 pub use incidents::*;
 pub use models::*;
 

@@ -441,6 +441,8 @@ pub struct Expired {
     pub rollup_hour: u64,
     /// Rows of days that are over moved into day packs (results, metrics, minute rollups).
     pub packed: u64,
+    /// Events from integration sources.
+    pub events: u64,
 }
 
 /// Rows deleted per statement: short transactions that never hold the writer for long.
@@ -842,6 +844,7 @@ impl Store {
                     .expire_keyed("metric_hours", "agent_key", "bucket_ms", hour_before)
                     .await?,
             packed: 0,
+            events: 0,
         };
         match self {
             Store::Postgres(pool) => {

@@ -149,6 +149,7 @@ async fn server(args: Args) -> anyhow::Result<()> {
                 agent_id: "bench".into(),
                 region: "r1".into(),
                 check_id: Some(format!("c{key}")),
+                source: None,
                 at_ms: now_us() / 1000,
                 data: json!({"check_id": format!("c{key}"), "ok": true, "seq": published,
                     "sent_us": now_us(), "timings": {"total_ms": 12.5}}),
@@ -166,6 +167,7 @@ async fn server(args: Args) -> anyhow::Result<()> {
         agent_id: "bench".into(),
         region: "r1".into(),
         check_id: Some(END.into()),
+        source: None,
         at_ms: now_us() / 1000,
         data: json!({"check_id": END}),
     });

@@ -1,0 +1,295 @@
+//! Integration sources and their webhooks: `/api/v1/sources` (admins define senders and get
+//! each one's secret once), `POST /api/v1/integrations/zabbix` (the Zabbix media type; the
+//! bearer secret picks the source) and `POST /api/v1/integrations/{source}` (any source by
+//! name, checked by its kind's secret or signature), and the events they leave:
+//! `/api/v1/events` and `/api/v1/external-nodes`. The webhooks take no API token: a source's
+//! secret is its credential. The domain is [`crate::integrations`].
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use vantage_mqtt::{EventSeverity, EventStatus, SourceKind};
+
+use super::{ApiError, ApiJson, ApiQuery, Caller};
+use crate::AppState;
+use crate::integrations::{
+    self, Credentials, IntegrationError, MAX_CHAIN_BODY_BYTES, MAX_ZABBIX_BODY_BYTES, NewSource,
+    RowOutcome,
+};
+use crate::store::{EventRow, Role, SourceRow};
+
+impl From<IntegrationError> for ApiError {
+    fn from(error: IntegrationError) -> Self {
+        match error {
+            IntegrationError::Invalid(reason) => ApiError::Unprocessable(reason),
+            IntegrationError::NotFound(id) => ApiError::NotFound(format!("source {id:?}")),
+            IntegrationError::Unauthorized => ApiError::Unauthorized,
+            IntegrationError::Malformed(reason) => ApiError::BadRequest(reason),
+            IntegrationError::Store(error) => error.into(),
+        }
+    }
+}
+
+/// A source as listed: never its secret.
+fn source_json(row: &SourceRow) -> Value {
+    json!({
+        "id": row.id,
+        "kind": row.kind,
+        "incident_severity": row.incident_severity,
+        "created_at_ms": row.created_at_ms,
+        "webhook_path": webhook_path(row),
+    })
+}
+
+fn webhook_path(row: &SourceRow) -> String {
+    match row.kind {
+        SourceKind::Zabbix if row.id == "zabbix" => "/api/v1/integrations/zabbix".into(),
+        _ => format!("/api/v1/integrations/{}", row.id),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSource {
+    pub id: String,
+    pub kind: SourceKind,
+    pub secret: Option<String>,
+    pub incident_severity: Option<EventSeverity>,
+}
+
+/// `POST /api/v1/sources`: answers the source with its secret, shown this once.
+pub async fn create_source(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateSource>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let row = integrations::create_source(
+        &state,
+        NewSource {
+            id: body.id,
+            kind: body.kind,
+            secret: body.secret,
+            incident_severity: body.incident_severity,
+        },
+    )
+    .await?;
+    let mut answer = source_json(&row);
+    answer["secret"] = json!(row.secret);
+    answer["how"] = json!(match row.kind {
+        SourceKind::Zabbix =>
+            "Zabbix media type: vantage_endpoint = https://<this host><webhook_path>, vantage_token = secret (sent as Authorization: Bearer)",
+        SourceKind::Helius => "Helius webhook: URL https://<this host><webhook_path>, authHeader = secret",
+        SourceKind::Alchemy =>
+            "Alchemy webhook: URL https://<this host><webhook_path>; its signing key is the secret (X-Alchemy-Signature)",
+        SourceKind::Hmac =>
+            "POST JSON to https://<this host><webhook_path> with X-Vantage-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>",
+    });
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// `GET /api/v1/sources`.
+pub async fn list_sources(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let rows = state.store.list_sources().await?;
+    Ok(Json(Value::Array(rows.iter().map(source_json).collect())))
+}
+
+/// `DELETE /api/v1/sources/{id}`: its events stay.
+pub async fn delete_source(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    integrations::delete_source(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/integrations/zabbix`: the source is the Zabbix source whose secret is the
+/// bearer token.
+pub async fn zabbix_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    webhook(state, None, headers, body).await
+}
+
+/// `POST /api/v1/integrations/{source}`.
+pub async fn source_webhook(
+    State(state): State<AppState>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    webhook(state, Some(source), headers, body).await
+}
+
+async fn webhook(
+    state: AppState,
+    source_id: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // A Zabbix body is small; chain batches may be large. The source's kind is not known
+    // before the body is read (an HMAC covers it), so a named source may send the larger.
+    let limit = if source_id.is_none() {
+        MAX_ZABBIX_BODY_BYTES
+    } else {
+        MAX_CHAIN_BODY_BYTES
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        state
+            .counters
+            .webhooks_oversize
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::TooLarge(format!(
+            "body over {limit} bytes (or cut off)"
+        )));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let credentials = Credentials {
+        authorization: header("authorization"),
+        vantage_signature: header("x-vantage-signature"),
+        alchemy_signature: header("x-alchemy-signature"),
+    };
+    let result = async {
+        let source =
+            integrations::authenticate(&state, source_id.as_deref(), credentials, &bytes).await?;
+        let outcomes = integrations::accept(&state, &source, &bytes).await?;
+        Ok::<_, IntegrationError>((source, outcomes))
+    }
+    .await;
+    let (source, outcomes) = match result {
+        Ok(done) => done,
+        Err(error) => {
+            integrations::count_refusal(&state, &error);
+            return Err(error.into());
+        }
+    };
+    let host = header("host").unwrap_or("<this host>");
+    let rows: Vec<Value> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            RowOutcome::Stored { id, incident_id } => json!({
+                "event_id": id,
+                "duplicate": false,
+                "incident_id": incident_id,
+                "incident_url": incident_id.as_ref().map(|i| format!("https://{host}/#/incidents/{i}")),
+            }),
+            RowOutcome::Duplicate { id } => json!({ "event_id": id, "duplicate": true }),
+            RowOutcome::Refused { reason } => json!({ "error": reason }),
+        })
+        .collect();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, RowOutcome::Refused { .. }))
+        .count();
+    if refused == outcomes.len() {
+        // Nothing stored: the sender's body is wrong, not a partial batch.
+        let reason = rows
+            .first()
+            .and_then(|r| r["error"].as_str())
+            .unwrap_or("no events in the body")
+            .to_owned();
+        state
+            .counters
+            .webhooks_malformed
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::BadRequest(reason));
+    }
+    if source.kind == SourceKind::Zabbix
+        && let Some(row) = rows.first()
+    {
+        // The media type reads incident_id and incident_url from the top level.
+        return Ok(Json(row.clone()).into_response());
+    }
+    let stored = outcomes
+        .iter()
+        .filter(|o| matches!(o, RowOutcome::Stored { .. }))
+        .count();
+    Ok(Json(json!({
+        "stored": stored,
+        "duplicates": outcomes.len() - stored - refused,
+        "refused": refused,
+        "rows": rows,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    pub source: Option<String>,
+    pub status: Option<EventStatus>,
+    /// Events stored before this id (the next page).
+    pub before: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+fn event_json(row: &EventRow, with_payload: bool) -> Value {
+    let mut value = serde_json::to_value(row.view()).unwrap_or_default();
+    if with_payload {
+        value["payload"] = serde_json::from_str(&row.payload).unwrap_or(json!(row.payload));
+        value["payload_truncated"] = json!(row.payload_truncated);
+    }
+    value
+}
+
+/// `GET /api/v1/events`: newest first.
+pub async fn list_events(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be 1-1000".into()));
+    }
+    let rows = state
+        .store
+        .list_events(query.source.as_deref(), query.status, query.before, limit)
+        .await?;
+    Ok(Json(Value::Array(
+        rows.iter().map(|r| event_json(r, false)).collect(),
+    )))
+}
+
+/// `GET /api/v1/events/{id}`: with the sender's raw payload (bounded).
+pub async fn get_event(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("event id must be a number, got {id:?}")))?;
+    let row = state
+        .store
+        .get_event(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
+    Ok(Json(event_json(&row, true)))
+}
+
+/// `GET /api/v1/external-nodes`: hosts sources named that map to no agent.
+pub async fn external_nodes(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let rows = state.store.list_external_nodes().await?;
+    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
+}

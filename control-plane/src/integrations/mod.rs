@@ -1,0 +1,502 @@
+//! Integration sources and the events they send: who may send (a source and its secret),
+//! what a sender's body means ([`zabbix`], [`chain`]), and the one path every accepted event
+//! takes: stored (deduplicated, paired with its problem or resolution, its host mapped to an
+//! agent or kept as an external node, its incident opened or resolved, in one transaction),
+//! then published on the live feed (`kind=event`, `source=…`) and on MQTT `events/{source}`.
+//!
+//! It knows nothing of HTTP: the API hands it the credentials it found and the body.
+//! Each row of a body is stored or refused on its own: one bad transaction in a batch of a
+//! hundred refuses that one, counted, and the rest are stored.
+
+pub mod chain;
+pub mod zabbix;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::Mutex;
+use vantage_mqtt::{EventSeverity, EventStatus, IncidentSubject, SourceKind, encode, topic};
+
+use crate::AppState;
+use crate::hub::LiveEvent;
+use crate::store::{
+    IncidentOp, IncidentRequest, NewEvent, Pairing, Recorded, SourceRow, StoreError, now_ms,
+    random_id,
+};
+
+/// Longest event title, in bytes.
+pub const MAX_TITLE_BYTES: usize = 512;
+/// Longest host name, address, tag or external id, in bytes.
+pub const MAX_FIELD_BYTES: usize = 255;
+/// Most tags of one event; more are dropped.
+pub const MAX_TAGS: usize = 32;
+/// Most accounts of one chain event; more are dropped.
+pub const MAX_ACCOUNTS: usize = 64;
+/// Longest raw payload kept with an event, in bytes; a longer one is cut and marked.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+/// Most events in one body; a longer batch is refused whole (the sender splits it).
+pub const MAX_EVENTS_PER_BODY: usize = 1000;
+/// Largest Zabbix webhook body.
+pub const MAX_ZABBIX_BODY_BYTES: usize = 64 * 1024;
+/// Largest chain webhook body (a batch of transactions).
+pub const MAX_CHAIN_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// How a source's id may be spelled (it appears in URLs and topics).
+fn valid_source_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// What can go wrong defining a source or accepting a body.
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrationError {
+    /// A source definition the API refuses.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("source {0:?} not found")]
+    NotFound(String),
+    /// No source, or a wrong secret or signature: nothing is stored.
+    #[error("missing or wrong secret or signature for this source")]
+    Unauthorized,
+    /// A body that is not what the source's sender sends.
+    #[error("{0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A source to create.
+#[derive(Debug, Clone)]
+pub struct NewSource {
+    pub id: String,
+    pub kind: SourceKind,
+    /// Alchemy's signing key, or a Helius auth header value of the operator's choosing;
+    /// generated when absent (not allowed for Alchemy, whose key Alchemy issues).
+    pub secret: Option<String>,
+    pub incident_severity: Option<EventSeverity>,
+}
+
+/// Creates a source; returns it with its secret (shown this once).
+///
+/// # Errors
+/// [`IntegrationError::Invalid`] for a bad id or secret, a conflict when the id is taken.
+pub async fn create_source(
+    state: &AppState,
+    new: NewSource,
+) -> Result<SourceRow, IntegrationError> {
+    if !valid_source_id(&new.id) {
+        return Err(IntegrationError::Invalid(
+            "id must be 1-64 lower-case letters, digits, '-' or '_', starting with a letter or digit"
+                .into(),
+        ));
+    }
+    if new.id == "zabbix" && new.kind != SourceKind::Zabbix {
+        return Err(IntegrationError::Invalid(
+            "the id \"zabbix\" is kept for a Zabbix source (POST /api/v1/integrations/zabbix)"
+                .into(),
+        ));
+    }
+    let secret = match (new.secret, new.kind) {
+        (Some(secret), _) => {
+            if !(16..=256).contains(&secret.len())
+                || secret.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(IntegrationError::Invalid(
+                    "secret must be 16-256 characters without spaces".into(),
+                ));
+            }
+            secret
+        }
+        (None, SourceKind::Alchemy) => {
+            return Err(IntegrationError::Invalid(
+                "an Alchemy source needs secret: the webhook's signing key from Alchemy".into(),
+            ));
+        }
+        (None, _) => random_id("vsrc_", 24),
+    };
+    let row = SourceRow {
+        id: new.id,
+        kind: new.kind,
+        secret,
+        incident_severity: new.incident_severity.map(|s| s.as_str().to_owned()),
+        created_at_ms: now_ms(),
+    };
+    state.store.insert_source(&row).await?;
+    Ok(row)
+}
+
+/// Deletes a source; its events stay.
+///
+/// # Errors
+/// [`IntegrationError::NotFound`], store errors.
+pub async fn delete_source(state: &AppState, id: &str) -> Result<(), IntegrationError> {
+    if state.store.delete_source(id).await? {
+        Ok(())
+    } else {
+        Err(IntegrationError::NotFound(id.to_owned()))
+    }
+}
+
+/// What a sender presented, as the API found it in the request's headers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// The whole `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// `X-Vantage-Signature` (`sha256=<hex>`).
+    pub vantage_signature: Option<&'a str>,
+    /// `X-Alchemy-Signature` (hex).
+    pub alchemy_signature: Option<&'a str>,
+}
+
+/// Whether `signature` (hex, optionally `sha256=`) is the HMAC-SHA256 of `body` with `key`;
+/// compared in constant time.
+pub fn signature_matches(key: &str, body: &[u8], signature: &str) -> bool {
+    let hex_text = signature.trim();
+    let hex_text = hex_text.strip_prefix("sha256=").unwrap_or(hex_text);
+    let Ok(tag) = hex::decode(hex_text) else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+    ring::hmac::verify(&key, body, &tag).is_ok()
+}
+
+/// Whether two secrets are equal, compared through their digests (no early exit on the
+/// secret's own bytes).
+fn secret_matches(expected: &str, presented: &str) -> bool {
+    let a = ring::digest::digest(&ring::digest::SHA256, expected.as_bytes());
+    let b = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
+    a.as_ref() == b.as_ref()
+}
+
+/// Finds the source a request is for and checks its secret or signature.
+///
+/// `source_id` is the source named in the URL; without one (the Zabbix media type's
+/// `POST /api/v1/integrations/zabbix`) the bearer secret picks the Zabbix source.
+///
+/// # Errors
+/// [`IntegrationError::Unauthorized`] for an unknown source or a wrong secret (the same
+/// answer, so a caller cannot probe for names); store errors.
+pub async fn authenticate(
+    state: &AppState,
+    source_id: Option<&str>,
+    credentials: Credentials<'_>,
+    body: &[u8],
+) -> Result<SourceRow, IntegrationError> {
+    let bearer = credentials
+        .authorization
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256);
+    let Some(source_id) = source_id else {
+        let bearer = bearer.ok_or(IntegrationError::Unauthorized)?;
+        return state
+            .store
+            .source_by_secret(SourceKind::Zabbix, bearer)
+            .await?
+            .ok_or(IntegrationError::Unauthorized);
+    };
+    let source = state
+        .store
+        .get_source(source_id)
+        .await?
+        .ok_or(IntegrationError::Unauthorized)?;
+    let ok = match source.kind {
+        SourceKind::Zabbix => {
+            bearer.is_some_and(|t| secret_matches(&source.secret, t))
+                || credentials
+                    .vantage_signature
+                    .is_some_and(|s| signature_matches(&source.secret, body, s))
+        }
+        // Helius sends the configured auth header verbatim (with or without a scheme).
+        SourceKind::Helius => credentials.authorization.is_some_and(|a| {
+            secret_matches(&source.secret, a.trim())
+                || bearer.is_some_and(|t| secret_matches(&source.secret, t))
+        }),
+        SourceKind::Alchemy => credentials
+            .alchemy_signature
+            .is_some_and(|s| signature_matches(&source.secret, body, s)),
+        SourceKind::Hmac => credentials
+            .vantage_signature
+            .is_some_and(|s| signature_matches(&source.secret, body, s)),
+    };
+    if ok { Ok(source) } else { Err(IntegrationError::Unauthorized) }
+}
+
+/// One row of a body, after parsing: an event to store or why it was refused.
+pub type Parsed = Result<NewEvent, String>;
+
+/// What happened to one row of an accepted body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOutcome {
+    Stored {
+        id: i64,
+        incident_id: Option<String>,
+    },
+    /// Stored before (a replay, or a retry after a lost answer): nothing changed.
+    Duplicate { id: i64 },
+    Refused { reason: String },
+}
+
+/// Parses `body` as `source`'s sender writes it and takes every row the one path: stored,
+/// then published. Rows are answered in body order.
+///
+/// # Errors
+/// [`IntegrationError::Malformed`] when the body as a whole is not what the sender sends
+/// (nothing is stored); store errors (rows before the failing one stay stored, and a retry
+/// finds them as duplicates).
+pub async fn accept(
+    state: &AppState,
+    source: &SourceRow,
+    body: &[u8],
+) -> Result<Vec<RowOutcome>, IntegrationError> {
+    let rows = match source.kind {
+        SourceKind::Zabbix => vec![zabbix::parse_webhook(body)?],
+        SourceKind::Helius => chain::parse_helius(body)?,
+        SourceKind::Alchemy => chain::parse_alchemy(body)?,
+        SourceKind::Hmac => chain::parse_generic(body)?,
+    };
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let outcome = match row {
+            Ok(event) => record(state, source, &event).await?,
+            Err(reason) => {
+                state.counters.events_refused.fetch_add(1, Ordering::Relaxed);
+                RowOutcome::Refused { reason }
+            }
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// Counts a request refused before its rows were read.
+pub fn count_refusal(state: &AppState, error: &IntegrationError) {
+    let counter = match error {
+        IntegrationError::Unauthorized => &state.counters.webhooks_unauthorized,
+        IntegrationError::Malformed(_) => &state.counters.webhooks_malformed,
+        IntegrationError::Invalid(_)
+        | IntegrationError::NotFound(_)
+        | IntegrationError::Store(_) => return,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The incident an event of `source` opens, updates or resolves, given how it paired.
+fn incident_for(
+    source: &SourceRow,
+    event: &NewEvent,
+    pairing: &Pairing,
+    channels: &[String],
+    at_ms: i64,
+) -> Option<IncidentRequest> {
+    let least = source
+        .incident_severity
+        .as_deref()
+        .and_then(EventSeverity::parse)?;
+    let on = |host: &Option<String>| host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
+    let (op, text) = match event.status {
+        EventStatus::Problem if event.severity >= least && pairing.resolved_before.is_none() => (
+            IncidentOp::Open {
+                title: format!("{}{}", event.title, on(&event.host)),
+                dependent: false,
+            },
+            format!(
+                "{} problem from {}: {} (event {})",
+                event.severity.as_str(),
+                source.id,
+                event.title,
+                event.external_id
+            ),
+        ),
+        EventStatus::Resolved => (
+            IncidentOp::Resolve,
+            format!("resolved in {} (event {})", source.id, event.external_id),
+        ),
+        EventStatus::Update => (IncidentOp::Update, format!("update: {}", event.title)),
+        EventStatus::Problem | EventStatus::Info => return None,
+    };
+    Some(IncidentRequest {
+        subject: IncidentSubject::Event,
+        subject_id: format!("{}/{}", source.id, event.external_id),
+        op,
+        text,
+        at_ms,
+        channels: channels.to_vec(),
+    })
+}
+
+/// Stores one event and publishes it (and its incident change).
+async fn record(
+    state: &AppState,
+    source: &SourceRow,
+    event: &NewEvent,
+) -> Result<RowOutcome, IntegrationError> {
+    let at_ms = now_ms();
+    let mut node = None;
+    if event.host.is_some() {
+        for name in [
+            event.host.as_deref(),
+            Some(event.host_name.as_str()),
+            Some(event.host_address.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|n| !n.is_empty())
+        {
+            node = state.hosts.lookup(state, name).await;
+            if node.is_some() {
+                break;
+            }
+        }
+    }
+    let external = match (&node, &event.host) {
+        (None, Some(_)) => Some((event.host_name.as_str(), event.host_address.as_str())),
+        _ => None,
+    };
+    let channels = if source.incident_severity.is_some() && event.status != EventStatus::Info {
+        crate::incidents::channels(state).await?
+    } else {
+        Vec::new()
+    };
+    let decide = |pairing: &Pairing| incident_for(source, event, pairing, &channels, at_ms);
+    let recorded = state
+        .store
+        .record_event(
+            source,
+            event,
+            node.as_deref(),
+            external,
+            at_ms,
+            &decide,
+        )
+        .await?;
+    match recorded {
+        Recorded::Duplicate { id } => {
+            state
+                .counters
+                .events_duplicate
+                .fetch_add(1, Ordering::Relaxed);
+            Ok(RowOutcome::Duplicate { id })
+        }
+        Recorded::Stored { event, incident } => {
+            state.counters.events_accepted.fetch_add(1, Ordering::Relaxed);
+            let view = event.view();
+            let _ = state
+                .publisher
+                .publish(&topic::events(&event.source), encode(&view), false)
+                .await;
+            state.hub.publish(LiveEvent {
+                kind: "event",
+                agent_id: event.node.clone().unwrap_or_default(),
+                region: String::new(),
+                check_id: None,
+                source: Some(event.source.clone()),
+                at_ms,
+                data: serde_json::to_value(&view).unwrap_or_default(),
+            });
+            if let Some(outcome) = &incident {
+                crate::incidents::announce(state, outcome).await;
+            }
+            Ok(RowOutcome::Stored {
+                id: event.id,
+                incident_id: event.incident_id,
+            })
+        }
+    }
+}
+
+/// Agents by the names a sender may know them by: id, hostname, the `zabbix_host` label and
+/// the `address` label. Read again at most every [`HOSTS_REFRESH_MS`].
+#[derive(Debug, Default)]
+pub struct HostMap {
+    inner: Mutex<(Option<i64>, HashMap<String, String>)>,
+}
+
+/// How long the host map is kept before the agents are read again.
+pub const HOSTS_REFRESH_MS: i64 = 30_000;
+
+impl HostMap {
+    /// The agent a host maps to (names compare case-insensitively), if any.
+    pub async fn lookup(&self, state: &AppState, host: &str) -> Option<String> {
+        let mut inner = self.inner.lock().await;
+        let now = now_ms();
+        if inner.0.is_none_or(|at| now - at > HOSTS_REFRESH_MS) {
+            match state.store.list_agents(None).await {
+                Ok(agents) => {
+                    let mut map = HashMap::new();
+                    for agent in agents.iter().filter(|a| a.revoked_at_ms.is_none()) {
+                        for name in [
+                            Some(agent.id.as_str()),
+                            Some(agent.hostname.as_str()),
+                            agent.labels.0.get("zabbix_host").map(String::as_str),
+                            agent.labels.0.get("address").map(String::as_str),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .filter(|n| !n.is_empty())
+                        {
+                            map.entry(name.to_lowercase())
+                                .or_insert_with(|| agent.id.clone());
+                        }
+                    }
+                    *inner = (Some(now), map);
+                }
+                Err(error) => tracing::warn!(%error, "Cannot read the agents to map event hosts"),
+            }
+        }
+        inner.1.get(&host.to_lowercase()).cloned()
+    }
+
+    /// Forgets the map (an agent enrolled or was revoked).
+    pub async fn invalidate(&self) {
+        self.inner.lock().await.0 = None;
+    }
+}
+
+/// Cuts a text a sender controls to `max` bytes (see [`vantage_mqtt::text::bound_text`]).
+pub(crate) fn bounded(mut text: String, max: usize) -> String {
+    vantage_mqtt::text::bound_text(&mut text, max);
+    text
+}
+
+/// The raw JSON of one row, bounded: `(text, cut)`.
+pub(crate) fn raw_payload(value: &serde_json::Value) -> (String, bool) {
+    let mut text = value.to_string();
+    let cut = vantage_mqtt::text::bound_text(&mut text, MAX_PAYLOAD_BYTES).cut;
+    (text, cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_match_only_the_right_key_and_body() {
+        let key = "whsec_test_key_0123456789";
+        let body = br#"{"id":"a"}"#;
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes()),
+            body,
+        );
+        let hex_tag = hex::encode(tag.as_ref());
+        assert!(signature_matches(key, body, &hex_tag));
+        assert!(signature_matches(key, body, &format!("sha256={hex_tag}")));
+        assert!(!signature_matches("another_key_0123456789", body, &hex_tag));
+        assert!(!signature_matches(key, br#"{"id":"b"}"#, &hex_tag));
+        assert!(!signature_matches(key, body, "not hex"));
+        assert!(!signature_matches(key, body, ""));
+    }
+
+    #[test]
+    fn source_ids_are_url_and_topic_safe() {
+        for good in ["zabbix", "helius-main", "a", "prod_1"] {
+            assert!(valid_source_id(good), "{good}");
+        }
+        for bad in ["", "-a", "A", "a/b", "a+b", "a#", &"x".repeat(65), "é"] {
+            assert!(!valid_source_id(bad), "{bad}");
+        }
+    }
+}

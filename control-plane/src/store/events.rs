@@ -1,0 +1,431 @@
+//! Integration sources, the events they send, and the hosts they name that map to no agent,
+//! as stored.
+//!
+//! [`Store::record_event`] is the one write that matters: the event (unless its dedup key was
+//! seen: a replay changes nothing), its pairing with its problem or resolution, and the
+//! incident change it causes are committed together, so an acknowledged event always has
+//! its incident and a crash before the commit leaves the sender to retry.
+
+use serde::Serialize;
+use vantage_mqtt::{EventSeverity, EventStatus, SourceEventView, SourceKind};
+
+use super::incidents::apply_incident;
+use super::{BeginWrite, IncidentOutcome, IncidentRequest, Store, StoreError, hash_secret, on_pool};
+
+/// An integration source as stored. Its secret is read only to check a signature.
+#[derive(Clone, sqlx::FromRow)]
+pub struct SourceRow {
+    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub kind: SourceKind,
+    pub secret: String,
+    /// The least severity of a problem that opens an incident (`None`: never).
+    pub incident_severity: Option<String>,
+    pub created_at_ms: i64,
+}
+
+impl std::fmt::Debug for SourceRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceRow")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("secret", &"<redacted>")
+            .field("incident_severity", &self.incident_severity)
+            .finish()
+    }
+}
+
+/// An event to store (its id and pairing are the store's to fill).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub dedup_key: String,
+    pub external_id: String,
+    pub status: EventStatus,
+    pub severity: EventSeverity,
+    pub title: String,
+    pub host: Option<String>,
+    /// The host's visible name and address, as the sender gave them ("" when it did not).
+    pub host_name: String,
+    pub host_address: String,
+    pub occurred_at_ms: i64,
+    pub block: Option<i64>,
+    pub accounts: Vec<String>,
+    pub tags: Vec<(String, String)>,
+    /// The sender's JSON for this event, bounded.
+    pub payload: String,
+    pub payload_truncated: bool,
+}
+
+/// A host a source named, to keep as a node of its own when no agent is it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ExternalNodeRow {
+    pub source: String,
+    pub host: String,
+    pub name: String,
+    pub address: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub source: String,
+    #[sqlx(try_from = "String")]
+    pub kind: SourceKind,
+    pub dedup_key: String,
+    pub external_id: String,
+    #[sqlx(try_from = "String")]
+    pub status: EventStatus,
+    #[sqlx(try_from = "String")]
+    pub severity: EventSeverity,
+    pub title: String,
+    pub host: Option<String>,
+    pub node: Option<String>,
+    pub occurred_at_ms: i64,
+    pub received_at_ms: i64,
+    pub block: Option<i64>,
+    pub accounts: String,
+    pub tags: String,
+    pub payload: String,
+    pub payload_truncated: bool,
+    pub problem_id: Option<i64>,
+    pub resolved_at_ms: Option<i64>,
+    pub incident_id: Option<String>,
+}
+
+impl EventRow {
+    /// The event as the feed, the `events/{source}` topic and the API carry it.
+    pub fn view(&self) -> SourceEventView {
+        SourceEventView {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            id: self.id,
+            source: self.source.clone(),
+            kind: self.kind,
+            status: self.status,
+            severity: self.severity,
+            external_id: self.external_id.clone(),
+            title: self.title.clone(),
+            host: self.host.clone(),
+            node: self.node.clone(),
+            occurred_at_ms: self.occurred_at_ms,
+            received_at_ms: self.received_at_ms,
+            block: self.block,
+            accounts: serde_json::from_str(&self.accounts).unwrap_or_default(),
+            tags: serde_json::from_str(&self.tags).unwrap_or_default(),
+            problem_id: self.problem_id,
+            resolved_at_ms: self.resolved_at_ms,
+            incident_id: self.incident_id.clone(),
+        }
+    }
+}
+
+/// What [`Store::record_event`] did.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// Stored now, with the incident change it caused.
+    Stored {
+        event: EventRow,
+        incident: Option<IncidentOutcome>,
+    },
+    /// Its dedup key was already stored: nothing changed.
+    Duplicate { id: i64 },
+}
+
+/// What decides an event's incident once the store has paired it: the request to apply when
+/// the event is new, given its pairing.
+pub type IncidentFor<'a> = &'a (dyn Fn(&Pairing) -> Option<IncidentRequest> + Sync);
+
+/// How a new event pairs with what is stored under its external id.
+#[derive(Debug, Clone, Default)]
+pub struct Pairing {
+    /// A problem: its resolution was stored before it (out of order); it is resolved at once.
+    pub resolved_before: Option<i64>,
+    /// A resolution or an update: the stored problem it belongs to.
+    pub problem: Option<i64>,
+}
+
+const EVENT_COLUMNS: &str = "SELECT id, source, kind, dedup_key, external_id, status, severity, title, host, \
+    node, occurred_at_ms, received_at_ms, block, accounts, tags, payload, payload_truncated, problem_id, \
+    resolved_at_ms, incident_id FROM source_events";
+
+const SOURCE_COLUMNS: &str =
+    "SELECT id, kind, secret, incident_severity, created_at_ms FROM sources";
+
+impl Store {
+    /// Adds a source.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the id is taken; database errors.
+    pub async fn insert_source(&self, row: &SourceRow) -> Result<(), StoreError> {
+        let sql = "INSERT INTO sources (id, kind, secret, secret_hash, incident_severity, created_at_ms) \
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING";
+        let n = on_pool!(self, pool => sqlx::query(sql)
+            .bind(&row.id)
+            .bind(row.kind.as_str())
+            .bind(&row.secret)
+            .bind(hash_secret(&row.secret))
+            .bind(&row.incident_severity)
+            .bind(row.created_at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        if n == 0 {
+            return Err(StoreError::Conflict {
+                what: "source",
+                id: row.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every source, by id.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn list_sources(&self) -> Result<Vec<SourceRow>, StoreError> {
+        let sql = format!("{SOURCE_COLUMNS} ORDER BY id");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await?))
+    }
+
+    /// One source.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn get_source(&self, id: &str) -> Result<Option<SourceRow>, StoreError> {
+        let sql = format!("{SOURCE_COLUMNS} WHERE id = $1");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// The source of `kind` whose secret is `secret` (bearer secrets).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn source_by_secret(
+        &self,
+        kind: SourceKind,
+        secret: &str,
+    ) -> Result<Option<SourceRow>, StoreError> {
+        let sql = format!("{SOURCE_COLUMNS} WHERE secret_hash = $1 AND kind = $2");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(hash_secret(secret))
+            .bind(kind.as_str())
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    /// Removes a source (its events stay); whether it existed.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn delete_source(&self, id: &str) -> Result<bool, StoreError> {
+        let n = on_pool!(self, pool => sqlx::query("DELETE FROM sources WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(n > 0)
+    }
+
+    /// Stores one event of `source` unless its dedup key is stored already, pairs it with its
+    /// problem or resolution, records `node` (the agent its host maps to) or else its host as
+    /// an external node, and applies the incident change `incident` decides, all in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// Database errors; then nothing was written.
+    pub async fn record_event(
+        &self,
+        source: &SourceRow,
+        event: &NewEvent,
+        node: Option<&str>,
+        external: Option<(&str, &str)>,
+        received_at_ms: i64,
+        incident: IncidentFor<'_>,
+    ) -> Result<Recorded, StoreError> {
+        let accounts = serde_json::to_string(&event.accounts).unwrap_or_else(|_| "[]".into());
+        let tags = serde_json::to_string(&event.tags).unwrap_or_else(|_| "[]".into());
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let seen: Option<(i64,)> = sqlx::query_as(
+                "SELECT id FROM source_events WHERE source = $1 AND dedup_key = $2",
+            )
+            .bind(&source.id)
+            .bind(&event.dedup_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((id,)) = seen {
+                return Ok(Recorded::Duplicate { id });
+            }
+            // The other half of the pair, stored under the same external id.
+            let mut pairing = Pairing::default();
+            match event.status {
+                EventStatus::Problem => {
+                    let found: Option<(i64, i64)> = sqlx::query_as(
+                        "SELECT id, received_at_ms FROM source_events WHERE source = $1 AND external_id = $2 \
+                         AND status = 'resolved' ORDER BY id LIMIT 1",
+                    )
+                    .bind(&source.id)
+                    .bind(&event.external_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    pairing.resolved_before = found.map(|(_, at)| at);
+                }
+                EventStatus::Resolved | EventStatus::Update => {
+                    let found: Option<(i64,)> = sqlx::query_as(
+                        "SELECT id FROM source_events WHERE source = $1 AND external_id = $2 \
+                         AND status = 'problem' ORDER BY id LIMIT 1",
+                    )
+                    .bind(&source.id)
+                    .bind(&event.external_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    pairing.problem = found.map(|(id,)| id);
+                }
+                EventStatus::Info => {}
+            }
+            let request = incident(&pairing);
+            let outcome = match &request {
+                Some(request) => apply_incident!(tx, request),
+                None => None,
+            };
+            let incident_id = outcome.as_ref().map(|o| o.incident.id.clone());
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO source_events (source, kind, dedup_key, external_id, status, severity, title, host, node, \
+                 occurred_at_ms, received_at_ms, block, accounts, tags, payload, payload_truncated, problem_id, \
+                 resolved_at_ms, incident_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id",
+            )
+            .bind(&source.id)
+            .bind(source.kind.as_str())
+            .bind(&event.dedup_key)
+            .bind(&event.external_id)
+            .bind(event.status.as_str())
+            .bind(event.severity.as_str())
+            .bind(&event.title)
+            .bind(&event.host)
+            .bind(node)
+            .bind(event.occurred_at_ms)
+            .bind(received_at_ms)
+            .bind(event.block)
+            .bind(&accounts)
+            .bind(&tags)
+            .bind(&event.payload)
+            .bind(event.payload_truncated)
+            .bind(pairing.problem)
+            .bind(pairing.resolved_before)
+            .bind(&incident_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if event.status == EventStatus::Resolved {
+                sqlx::query(
+                    "UPDATE source_events SET resolved_at_ms = $3 WHERE source = $1 AND external_id = $2 \
+                     AND status = 'problem' AND resolved_at_ms IS NULL",
+                )
+                .bind(&source.id)
+                .bind(&event.external_id)
+                .bind(received_at_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some((name, address)) = external
+                && let Some(host) = &event.host
+            {
+                sqlx::query(
+                    "INSERT INTO external_nodes (source, host, name, address, first_seen_ms, last_seen_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (source, host) DO UPDATE SET \
+                     name = excluded.name, address = excluded.address, last_seen_ms = excluded.last_seen_ms",
+                )
+                .bind(&source.id)
+                .bind(host)
+                .bind(name)
+                .bind(address)
+                .bind(received_at_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let row: EventRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{EVENT_COLUMNS} WHERE id = $1")))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Recorded::Stored { event: row, incident: outcome })
+        })
+    }
+
+    /// Events, newest first: of `source` if given, with `status` if given, received before
+    /// `before_id` if given; at most `limit`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn list_events(
+        &self,
+        source: Option<&str>,
+        status: Option<EventStatus>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let sql = format!(
+            "{EVENT_COLUMNS} WHERE ($1 IS NULL OR source = $1) AND ($2 IS NULL OR status = $2) \
+             AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+        );
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(source)
+            .bind(status.map(EventStatus::as_str))
+            .bind(before_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// One event.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn get_event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
+        let sql = format!("{EVENT_COLUMNS} WHERE id = $1");
+        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Hosts that sources named and no agent is, by source and host.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn list_external_nodes(&self) -> Result<Vec<ExternalNodeRow>, StoreError> {
+        let sql = "SELECT source, host, name, address, first_seen_ms, last_seen_ms FROM external_nodes \
+                   ORDER BY source, host";
+        Ok(on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?))
+    }
+
+    /// Deletes events received before `before_ms` (and external nodes last seen then), in
+    /// short transactions of [`super::rollups::EXPIRE_BATCH_ROWS`]; how many events.
+    ///
+    /// # Errors
+    /// Database errors; what was deleted before stays deleted.
+    pub async fn expire_events(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let batch = super::rollups::EXPIRE_BATCH_ROWS;
+        let mut total = 0;
+        loop {
+            let n = on_pool!(self, pool => sqlx::query(
+                "DELETE FROM source_events WHERE id IN \
+                 (SELECT id FROM source_events WHERE received_at_ms < $1 LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected());
+            total += n;
+            if n < batch as u64 {
+                break;
+            }
+        }
+        on_pool!(self, pool => sqlx::query("DELETE FROM external_nodes WHERE last_seen_ms < $1")
+            .bind(before_ms)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(total)
+    }
+}
