@@ -726,9 +726,7 @@ impl TryFrom<String> for EventStatus {
 }
 
 /// An event's severity, in Zabbix's six steps (its `nseverity` 0-5), lowest first.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventSeverity {
     NotClassified,

@@ -15,6 +15,7 @@ mod durability;
 mod edge_image;
 mod http_limits;
 mod install;
+mod integrations;
 mod packs;
 mod probe_cli;
 mod provision_cloud;

@@ -85,7 +85,8 @@ pub async fn create_source(
     answer["how"] = json!(match row.kind {
         SourceKind::Zabbix =>
             "Zabbix media type: vantage_endpoint = https://<this host><webhook_path>, vantage_token = secret (sent as Authorization: Bearer)",
-        SourceKind::Helius => "Helius webhook: URL https://<this host><webhook_path>, authHeader = secret",
+        SourceKind::Helius =>
+            "Helius webhook: URL https://<this host><webhook_path>, authHeader = secret",
         SourceKind::Alchemy =>
             "Alchemy webhook: URL https://<this host><webhook_path>; its signing key is the secret (X-Alchemy-Signature)",
         SourceKind::Hmac =>

@@ -170,7 +170,10 @@ fn helius_row(tx: &Value) -> Parsed {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|k| k.as_str().or_else(|| k.get("pubkey").and_then(Value::as_str)));
+        .filter_map(|k| {
+            k.as_str()
+                .or_else(|| k.get("pubkey").and_then(Value::as_str))
+        });
     let found = accounts(fee_payer.into_iter().chain(enhanced).chain(raw_keys));
     Ok(info_event(
         signature.clone(),
@@ -201,9 +204,7 @@ pub fn parse_alchemy(body: &[u8]) -> Result<Vec<Parsed>, IntegrationError> {
     };
     let network = text(event, "/network").unwrap_or_default();
     let Some(activity) = event.get("activity").and_then(Value::as_array) else {
-        let block = event
-            .pointer("/data/block/number")
-            .and_then(Value::as_i64);
+        let block = event.pointer("/data/block/number").and_then(Value::as_i64);
         let row = id_of(Some(id), "id").map(|id| {
             info_event(
                 id.clone(),
@@ -244,9 +245,8 @@ fn alchemy_activity(activity: &Value, network: &str, occurred: Option<i64>) -> P
             format!("{hash}:{category}")
         }
     };
-    let block = text(activity, "/blockNum").and_then(|b| {
-        i64::from_str_radix(b.trim_start_matches("0x"), 16).ok()
-    });
+    let block = text(activity, "/blockNum")
+        .and_then(|b| i64::from_str_radix(b.trim_start_matches("0x"), 16).ok());
     let from = text(activity, "/fromAddress").unwrap_or_default();
     let to = text(activity, "/toAddress").unwrap_or_default();
     let amount = match activity.get("value") {
@@ -413,12 +413,18 @@ mod tests {
         )
         .unwrap();
         let (p, r) = (rows[0].as_ref().unwrap(), rows[1].as_ref().unwrap());
-        assert_eq!((p.status, p.severity), (EventStatus::Problem, EventSeverity::High));
+        assert_eq!(
+            (p.status, p.severity),
+            (EventStatus::Problem, EventSeverity::High)
+        );
         assert_eq!(p.external_id, r.external_id);
         assert_ne!(p.dedup_key, r.dedup_key);
         assert!(rows[2].as_ref().unwrap_err().contains("id is missing"));
         assert!(rows[3].as_ref().unwrap_err().contains("status must be"));
-        let many = format!("[{}]", vec![r#"{"id":"a"}"#; MAX_EVENTS_PER_BODY + 1].join(","));
+        let many = format!(
+            "[{}]",
+            vec![r#"{"id":"a"}"#; MAX_EVENTS_PER_BODY + 1].join(",")
+        );
         assert!(matches!(
             parse_generic(many.as_bytes()),
             Err(IntegrationError::Malformed(_))

@@ -222,7 +222,11 @@ pub async fn authenticate(
             .vantage_signature
             .is_some_and(|s| signature_matches(&source.secret, body, s)),
     };
-    if ok { Ok(source) } else { Err(IntegrationError::Unauthorized) }
+    if ok {
+        Ok(source)
+    } else {
+        Err(IntegrationError::Unauthorized)
+    }
 }
 
 /// One row of a body, after parsing: an event to store or why it was refused.
@@ -236,8 +240,12 @@ pub enum RowOutcome {
         incident_id: Option<String>,
     },
     /// Stored before (a replay, or a retry after a lost answer): nothing changed.
-    Duplicate { id: i64 },
-    Refused { reason: String },
+    Duplicate {
+        id: i64,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// Parses `body` as `source`'s sender writes it and takes every row the one path: stored,
@@ -263,7 +271,10 @@ pub async fn accept(
         let outcome = match row {
             Ok(event) => record(state, source, &event).await?,
             Err(reason) => {
-                state.counters.events_refused.fetch_add(1, Ordering::Relaxed);
+                state
+                    .counters
+                    .events_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 RowOutcome::Refused { reason }
             }
         };
@@ -296,7 +307,11 @@ fn incident_for(
         .incident_severity
         .as_deref()
         .and_then(EventSeverity::parse)?;
-    let on = |host: &Option<String>| host.as_deref().map(|h| format!(" on {h}")).unwrap_or_default();
+    // Zabbix's event names usually name the host already.
+    let on = |host: &Option<String>| match host.as_deref() {
+        Some(h) if !event.title.contains(h) => format!(" on {h}"),
+        _ => String::new(),
+    };
     let (op, text) = match event.status {
         EventStatus::Problem if event.severity >= least && pairing.resolved_before.is_none() => (
             IncidentOp::Open {
@@ -364,14 +379,7 @@ async fn record(
     let decide = |pairing: &Pairing| incident_for(source, event, pairing, &channels, at_ms);
     let recorded = state
         .store
-        .record_event(
-            source,
-            event,
-            node.as_deref(),
-            external,
-            at_ms,
-            &decide,
-        )
+        .record_event(source, event, node.as_deref(), external, at_ms, &decide)
         .await?;
     match recorded {
         Recorded::Duplicate { id } => {
@@ -382,7 +390,10 @@ async fn record(
             Ok(RowOutcome::Duplicate { id })
         }
         Recorded::Stored { event, incident } => {
-            state.counters.events_accepted.fetch_add(1, Ordering::Relaxed);
+            state
+                .counters
+                .events_accepted
+                .fetch_add(1, Ordering::Relaxed);
             let view = event.view();
             let _ = state
                 .publisher

@@ -180,9 +180,7 @@ fn event_of(hook: Webhook, raw: &serde_json::Value) -> Parsed {
         }
     };
     let mut title = if event.name.is_empty() {
-        hook.trigger
-            .map(|t| t.description)
-            .unwrap_or_default()
+        hook.trigger.map(|t| t.description).unwrap_or_default()
     } else {
         event.name
     };
@@ -280,18 +278,20 @@ mod tests {
         for (bad, expect) in [
             (b"not json".to_vec(), "not JSON"),
             (br#"{"v":1}"#.to_vec(), "media type"),
-            (br#"{"v":2,"event":{"id":"1","status":"problem"}}"#.to_vec(), "version 2"),
+            (
+                br#"{"v":2,"event":{"id":"1","status":"problem"}}"#.to_vec(),
+                "version 2",
+            ),
         ] {
             match parse_webhook(&bad) {
                 Err(IntegrationError::Malformed(m)) => assert!(m.contains(expect), "{m}"),
                 other => panic!("{other:?}"),
             }
         }
-        let row = parse_webhook(br#"{"v":1,"event":{"id":"{EVENT.ID}","status":"problem"}}"#)
-            .unwrap();
-        assert!(row.unwrap_err().contains("numeric event id"));
         let row =
-            parse_webhook(br#"{"v":1,"event":{"id":"7","status":"exploded"}}"#).unwrap();
+            parse_webhook(br#"{"v":1,"event":{"id":"{EVENT.ID}","status":"problem"}}"#).unwrap();
+        assert!(row.unwrap_err().contains("numeric event id"));
+        let row = parse_webhook(br#"{"v":1,"event":{"id":"7","status":"exploded"}}"#).unwrap();
         assert!(row.unwrap_err().contains("problem, resolved or update"));
     }
 

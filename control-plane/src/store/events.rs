@@ -10,7 +10,9 @@ use serde::Serialize;
 use vantage_mqtt::{EventSeverity, EventStatus, SourceEventView, SourceKind};
 
 use super::incidents::apply_incident;
-use super::{BeginWrite, IncidentOutcome, IncidentRequest, Store, StoreError, hash_secret, on_pool};
+use super::{
+    BeginWrite, IncidentOutcome, IncidentRequest, Store, StoreError, hash_secret, on_pool,
+};
 
 /// An integration source as stored. Its secret is read only to check a signature.
 #[derive(Clone, sqlx::FromRow)]
@@ -195,7 +197,9 @@ impl Store {
     /// Database errors.
     pub async fn get_source(&self, id: &str) -> Result<Option<SourceRow>, StoreError> {
         let sql = format!("{SOURCE_COLUMNS} WHERE id = $1");
-        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?),
+        )
     }
 
     /// The source of `kind` whose secret is `secret` (bearer secrets).
@@ -208,11 +212,13 @@ impl Store {
         secret: &str,
     ) -> Result<Option<SourceRow>, StoreError> {
         let sql = format!("{SOURCE_COLUMNS} WHERE secret_hash = $1 AND kind = $2");
-        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(hash_secret(secret))
             .bind(kind.as_str())
             .fetch_optional(pool)
-            .await?))
+            .await?),
+        )
     }
 
     /// Removes a source (its events stay); whether it existed.
@@ -370,13 +376,15 @@ impl Store {
             "{EVENT_COLUMNS} WHERE ($1 IS NULL OR source = $1) AND ($2 IS NULL OR status = $2) \
              AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
         );
-        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(source)
             .bind(status.map(EventStatus::as_str))
             .bind(before_id)
             .bind(limit)
             .fetch_all(pool)
-            .await?))
+            .await?),
+        )
     }
 
     /// One event.
@@ -385,7 +393,9 @@ impl Store {
     /// Database errors.
     pub async fn get_event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
         let sql = format!("{EVENT_COLUMNS} WHERE id = $1");
-        Ok(on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?))
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?),
+        )
     }
 
     /// Hosts that sources named and no agent is, by source and host.
