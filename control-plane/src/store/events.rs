@@ -128,7 +128,7 @@ impl EventRow {
 pub enum Recorded {
     /// Stored now, with the incident change it caused.
     Stored {
-        event: EventRow,
+        event: Box<EventRow>,
         incident: Option<IncidentOutcome>,
     },
     /// Its dedup key was already stored: nothing changed.
@@ -356,7 +356,7 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(Recorded::Stored { event: row, incident: outcome })
+            Ok(Recorded::Stored { event: Box::new(row), incident: outcome })
         })
     }
 
