@@ -21,6 +21,8 @@
     route: '',
     overview: null,
     pending: false,
+    // The events page's source filter.
+    eventSource: null,
   };
 
   // ---- helpers -------------------------------------------------------------------------
@@ -210,6 +212,8 @@
       refreshVerdicts();
     } else if (event.kind === 'incident' && app.route === 'incidents') {
       route();
+    } else if (event.kind === 'event' && app.route === 'events' && event.data && event.data.id) {
+      addEventRow(event.data);
     }
   }
 
@@ -228,6 +232,8 @@
         await showNodes();
       } else if (hash === '#/incidents') {
         await showIncidents();
+      } else if (hash === '#/events' || hash.startsWith('#/events?')) {
+        await showEvents(new URLSearchParams(hash.slice('#/events'.length).replace(/^\?/, '')).get('source'));
       } else if (hash.startsWith('#/incidents/')) {
         await showIncident(decodeURIComponent(hash.slice('#/incidents/'.length)));
       } else if (hash === '#/new') {
@@ -663,6 +669,56 @@
       }
     });
     view().replaceChildren(el('h2', {}, 'Enroll nodes'), form, out);
+  }
+
+  // ---- events --------------------------------------------------------------------------
+
+  // Rows the events page keeps: the newest first; live events push the oldest out.
+  const EVENT_ROWS = 500;
+
+  function eventRow(e) {
+    return el('tr', { class: `ev-${e.status}`, data: { event: String(e.id) } },
+      el('td', {}, fmtTime(e.received_at_ms)),
+      el('td', {}, e.source),
+      el('td', {}, el('span', { class: `sev sev-${e.severity}` }, e.severity.replace('_', ' '))),
+      el('td', {}, e.status),
+      el('td', {}, e.title),
+      el('td', {}, e.node ? el('a', { href: '#/nodes' }, e.node) : (e.host || '')),
+      el('td', {}, e.block === null || e.block === undefined ? '' : String(e.block)),
+      el('td', {}, e.incident_id ? el('a', { href: `#/incidents/${encodeURIComponent(e.incident_id)}` }, 'incident') : ''));
+  }
+
+  // A live event on the events page: first in the table, if it passes the source filter.
+  function addEventRow(e) {
+    const table = document.getElementById('events');
+    if (!table || (app.eventSource && e.source !== app.eventSource)) return;
+    if (table.querySelector(`tr[data-event="${e.id}"]`)) return;
+    table.tBodies[0].prepend(eventRow(e));
+    while (table.tBodies[0].rows.length > EVENT_ROWS) table.tBodies[0].lastElementChild.remove();
+    document.getElementById('events-empty')?.remove();
+  }
+
+  // Events from the integration sources (Zabbix, chain webhooks), newest first and live.
+  async function showEvents(source) {
+    app.route = 'events';
+    app.eventSource = source || null;
+    const query = source ? `&source=${encodeURIComponent(source)}` : '';
+    const [events, sources] = await Promise.all([
+      api(`/api/v1/events?limit=200${query}`),
+      api('/api/v1/sources'),
+    ]);
+    const pick = el('select', { id: 'event-source', onchange: (e) => {
+      location.hash = e.target.value ? `#/events?source=${encodeURIComponent(e.target.value)}` : '#/events';
+    } }, el('option', { value: '' }, 'every source'),
+    ...sources.map((s) => el('option', { value: s.id, selected: s.id === source }, `${s.id} (${s.kind})`)));
+    const table = el('table', { class: 'list', id: 'events' },
+      el('thead', {}, el('tr', {}, ...['Received', 'Source', 'Severity', 'Status', 'Title', 'Node', 'Block', ''].map((h) => el('th', {}, h)))),
+      el('tbody', {}, ...events.map(eventRow)));
+    view().replaceChildren(el('h2', {}, 'Events'),
+      el('div', { class: 'controls' }, el('label', {}, 'Source ', pick),
+        el('span', { class: 'count' }, sources.length ? `${sources.length} sources` : 'No sources yet: an admin adds one with POST /api/v1/sources')),
+      table,
+      events.length ? null : el('p', { class: 'muted', id: 'events-empty' }, 'No events yet.'));
   }
 
   // ---- incidents -----------------------------------------------------------------------

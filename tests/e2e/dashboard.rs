@@ -381,6 +381,44 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
         "{lines} sparklines for two nodes' cpu, memory, network (and disk)"
     );
 
+    // The events page: events from a Zabbix source, the stored ones and then live ones (a
+    // task posts one a second while the browser watches).
+    let (status, source) = cp
+        .post("/api/v1/sources", json!({"id": "zabbix", "kind": "zabbix"}))
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {source}");
+    let zabbix_secret = source["secret"].as_str().context("secret")?.to_owned();
+    let zabbix_event = |id: u64, name: &str| {
+        json!({"v": 1, "event": {"id": id.to_string(), "name": name, "status": "problem",
+            "nseverity": 4, "timestamp": 1_735_812_672}, "host": {"host": "db-7", "name": "", "ip": ""}})
+    };
+    let (status, body) = cp
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/integrations/zabbix",
+            Some(&zabbix_secret),
+            Some(zabbix_event(1, "stored before the page opened")),
+        )
+        .await?;
+    anyhow::ensure!(status == 200, "{status} {body}");
+    let poster = {
+        let (url, secret) = (cp.url("/api/v1/integrations/zabbix"), zabbix_secret.clone());
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(cp.ca_pem.as_bytes())?)
+            .build()?;
+        tokio::spawn(async move {
+            for n in 2..120_u64 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = client
+                    .post(&url)
+                    .bearer_auth(&secret)
+                    .json(&zabbix_event(n, &format!("live event {n}")))
+                    .send()
+                    .await;
+            }
+        })
+    };
+
     // The enrollment page makes a token and the snippets that use it; an agent enrolls with it.
     let enroll_run = browser(json!({
         "timeout_ms": 15000,
@@ -407,9 +445,24 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
             step("click", json!({"selector": "#note-form button[type=submit]"})),
             step("wait_for_text", json!({"selector": "#timeline tr[data-change=note]", "text": "rolled back the deploy"})),
             step("expect_no_console_errors", json!({})),
+            // The events page: the stored event, then a live one arriving while it is open.
+            step("eval", json!({"js": "location.hash = '#/events'"})),
+            step("wait_for_text", json!({"selector": "#events tbody", "text": "stored before the page opened"})),
+            step("eval", json!({"js": "window.__first = Number(document.querySelector('#events tbody tr').dataset.event)"})),
+            step("eval", json!({"js": "() => new Promise((resolve) => { const started = Date.now(); \
+                const tick = () => { const top = document.querySelector('#events tbody tr'); \
+                if (Number(top.dataset.event) > window.__first && top.textContent.includes('live event')) return resolve(true); \
+                if (Date.now() - started > 10000) return resolve(false); setTimeout(tick, 50); }; tick(); })"})),
+            step("expect_no_console_errors", json!({})),
         ]
     }))
     .await?;
+    poster.abort();
+    assert_eq!(
+        enroll_run.get(enroll_run.len() - 2),
+        Some(&json!(true)),
+        "no live row on the events page: {enroll_run:?}"
+    );
     let enrollment = enroll_run[9].as_str().unwrap_or("").to_owned();
     assert!(enrollment.starts_with("vet_"), "{enrollment}");
     let ssh = enroll_run[10].as_str().unwrap_or("");
