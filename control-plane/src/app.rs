@@ -128,6 +128,7 @@ impl Application {
                 .build()
                 .context("cannot build the notification HTTP client")?,
             hosts: Arc::default(),
+            sources: Arc::default(),
         };
         republish_retained(&state).await?;
 

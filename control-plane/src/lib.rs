@@ -96,4 +96,6 @@ pub struct AppState {
     pub http_client: reqwest::Client,
     /// Agents by the host names integration sources know them by.
     pub hosts: Arc<integrations::HostMap>,
+    /// Integration sources, cached for their webhooks.
+    pub sources: Arc<integrations::SourceCache>,
 }

@@ -79,6 +79,13 @@ pub struct Settings {
     /// Burst of API requests one client address may make above that rate.
     #[arg(long, env = "VANTAGE_API_RATE_BURST", default_value_t = 400.0)]
     pub api_rate_burst: f64,
+    /// Webhook requests (`/api/v1/integrations/…`) per second allowed from one client
+    /// address: a sender such as a Zabbix server posts bursts of events, apart from the API.
+    #[arg(long, env = "VANTAGE_WEBHOOK_RATE_PER_S", default_value_t = 2000.0)]
+    pub webhook_rate_per_s: f64,
+    /// Burst of webhook requests one client address may make above that rate.
+    #[arg(long, env = "VANTAGE_WEBHOOK_RATE_BURST", default_value_t = 4000.0)]
+    pub webhook_rate_burst: f64,
     /// Most HTTPS connections open at once (live feeds included); more are closed at accept.
     #[arg(long, env = "VANTAGE_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -195,6 +202,8 @@ impl Settings {
             ingest_batch_rows: 5000,
             api_rate_per_s: 200.0,
             api_rate_burst: 400.0,
+            webhook_rate_per_s: 2000.0,
+            webhook_rate_burst: 4000.0,
             dist_dir: None,
             http_max_connections: 1024,
             http_handshake_timeout_ms: 10_000,

@@ -72,7 +72,7 @@ api() {
         '{jsonrpc: "2.0", method: $m, params: $p, id: 1} + (if $a == "" then {} else {auth: $a} end)')
     if [ -n "$TRACE" ]; then
         jq -c --arg a "$AUTH" 'if .auth then .auth = "<token from user.login>" else . end
-            | if .params.source then .params.source = "<the YAML text>" else . end
+            | if .method == "configuration.import" then .params.source = "<the YAML text>" else . end
             | if .params.passwd then .params.passwd = "<password>" else . end
             | if .params.password and .method != "user.login" then .params.password = "<password>" else . end' \
             <<<"$body" >>"$TRACE"
@@ -282,7 +282,7 @@ round() {
     if [ "$trusted" = no ]; then
         if [ -n "$problem_post" ]; then
             info "FINDING: the webhook POSTed to a listener whose CA is NOT in the bundle:"
-            info "Zabbix 6.0's HttpRequest does not verify the peer (CURLOPT_SSL_VERIFYPEER 0)."
+            info "this Zabbix's HttpRequest does not verify the peer (upstream's httprequest.c sets CURLOPT_SSL_VERIFYPEER 0)."
             UNTRUSTED_WEBHOOK=delivered
         else
             info "FINDING: the webhook did not reach the untrusted listener within ${wait_s} s"

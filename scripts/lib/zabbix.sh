@@ -18,11 +18,15 @@
 #   VANTAGE_TEST_ZABBIX_TRAPPER    127.0.0.1:PORT (zabbix_sender -z 127.0.0.1 -p PORT)
 #   VANTAGE_TEST_ZABBIX_CA_BUNDLE  a PEM file, first a copy of the system bundle: append a CA
 #                                  to it (never replace the file: the bind mount holds its
-#                                  inode) and zabbix_server's libcurl trusts it from then on
+#                                  inode) and zabbix_server's libcurl trusts it from its next
+#                                  connection on (seen with HTTP agent items, verify_peer 1).
+#                                  Webhooks do not need it: Zabbix 6.0's HttpRequest does not
+#                                  verify certificates at all (a webhook POSTs to any CA).
 #   VANTAGE_TEST_ZABBIX_SERVER_LOG the server's log (webhook errors land there)
 # and chains its cleanup before the EXIT trap already set (postgres.sh's stop_postgres):
 # on exit the Zabbix processes are stopped, then PostgreSQL, and the temporary files removed.
 # Needs root (mount namespaces, package installs); the daemons themselves run as `zabbix`.
+# The first load of Debian's data takes ~15-20 s; it is then cached as a dump (zbx_load_db).
 # Debian 12 has no zabbix-sender package: zabbix_sender comes with zabbix-agent.
 
 ZBX_DB_NAME=${ZBX_DB_NAME:-zabbix}
@@ -61,7 +65,7 @@ zbx_php_fpm_bin() { { ls /usr/sbin/php-fpm* 2>/dev/null || true; } | sort -V | t
 # started or enabled: the tests run their own processes.
 zbx_quiet_system_services() {
     local svc
-    for svc in zabbix-server zabbix-agent nginx $(cd /etc/init.d 2>/dev/null && ls -d php*-fpm 2>/dev/null || true); do
+    for svc in zabbix-server zabbix-agent nginx $(cd /etc/init.d 2>/dev/null && ls -d php*-fpm 2>/dev/null); do
         if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
             if systemctl list-unit-files "$svc.service" >/dev/null 2>&1; then
                 systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
@@ -91,6 +95,7 @@ ensure_zabbix() {
     command -v curl >/dev/null || missing+=(curl)
     command -v psql >/dev/null || missing+=(postgresql-client)
     { command -v unshare >/dev/null && command -v setpriv >/dev/null; } || missing+=(util-linux)
+    [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
     [ ${#missing[@]} -gt 0 ] || return 0
 
     [ "$(id -u)" = 0 ] || zbx_die "installing ${missing[*]} needs root" || return 1
@@ -276,8 +281,7 @@ EOF
     # 127.0.0.1:10050 (a system agent or nothing): disable it, the tests bring their own hosts.
     psql -q -X -v ON_ERROR_STOP=1 "$db_url" -c "UPDATE hosts SET status = 1 WHERE host = 'Zabbix server'" >/dev/null
 
-    local attempt
-    for attempt in 1 2 3; do
+    for _ in 1 2 3; do
         trapper_port=$(zbx_free_low_port)
         cat >"$ZBX_DIR/zabbix_server.conf" <<EOF
 LogType=file
@@ -325,9 +329,9 @@ EOF
         ZBX_BINDS="$VANTAGE_TEST_ZABBIX_CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt" \
             zbx_spawn zabbix_server /usr/sbin/zabbix_server -f -c "$ZBX_DIR/zabbix_server.conf"
         ZBX_SERVER_PID=${ZBX_PIDS[-1]}
-        # Started when the trapper answers and every process has logged its start.
-        local i ok=0
-        for i in $(seq 1 300); do
+        # Started when the trapper port answers and the trappers and alerters have logged their start.
+        local ok=0
+        for _ in $(seq 1 300); do
             if ! kill -0 "$ZBX_SERVER_PID" 2>/dev/null; then
                 break
             fi
@@ -386,7 +390,7 @@ EOF
 
     # The API answers apiinfo.version and a login (which reads the database).
     local version='' answer=''
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         answer=$(zbx_api apiinfo.version '{}' 2>/dev/null) || answer=''
         version=$(jq -r '.result // empty' <<<"$answer" 2>/dev/null) || version=''
         [ -z "$version" ] || break
@@ -409,9 +413,9 @@ EOF
 
 # Stop one process group (its leader is PID) gracefully, then for good.
 zbx_stop_pid() {
-    local pid=$1 i
+    local pid=$1
     kill -TERM -- "-$pid" 2>/dev/null || return 0
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         kill -0 -- "-$pid" 2>/dev/null || break
         sleep 0.1
     done

@@ -304,10 +304,12 @@ impl RateLimiter {
     }
 }
 
-/// What the rate-limit layer holds: the buckets and the counter of refusals.
+/// What the rate-limit layer holds: the buckets (the API's and the webhooks') and the counter
+/// of refusals.
 #[derive(Clone)]
 struct RateLimit {
     limiter: Arc<RateLimiter>,
+    webhooks: Arc<RateLimiter>,
     counters: Arc<crate::counters::Counters>,
 }
 
@@ -316,8 +318,13 @@ async fn rate_limit(State(limit): State<RateLimit>, request: Request, next: Next
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
+    let limiter = if request.uri().path().starts_with("/api/v1/integrations/") {
+        &limit.webhooks
+    } else {
+        &limit.limiter
+    };
     if let Some(ip) = ip
-        && !limit.limiter.allow(ip)
+        && !limiter.allow(ip)
     {
         limit
             .counters
@@ -518,6 +525,10 @@ pub fn router(state: AppState) -> Router {
                 limiter: Arc::new(RateLimiter::new(
                     state.settings.api_rate_per_s,
                     state.settings.api_rate_burst,
+                )),
+                webhooks: Arc::new(RateLimiter::new(
+                    state.settings.webhook_rate_per_s,
+                    state.settings.webhook_rate_burst,
                 )),
                 counters: state.counters.clone(),
             },

@@ -125,6 +125,7 @@ pub async fn create_source(
         created_at_ms: now_ms(),
     };
     state.store.insert_source(&row).await?;
+    state.sources.invalidate();
     Ok(row)
 }
 
@@ -134,6 +135,7 @@ pub async fn create_source(
 /// [`IntegrationError::NotFound`], store errors.
 pub async fn delete_source(state: &AppState, id: &str) -> Result<(), IntegrationError> {
     if state.store.delete_source(id).await? {
+        state.sources.invalidate();
         Ok(())
     } else {
         Err(IntegrationError::NotFound(id.to_owned()))
@@ -193,14 +195,14 @@ pub async fn authenticate(
     let Some(source_id) = source_id else {
         let bearer = bearer.ok_or(IntegrationError::Unauthorized)?;
         return state
-            .store
-            .source_by_secret(SourceKind::Zabbix, bearer)
+            .sources
+            .by_secret(state, SourceKind::Zabbix, bearer)
             .await?
             .ok_or(IntegrationError::Unauthorized);
     };
     let source = state
-        .store
-        .get_source(source_id)
+        .sources
+        .by_id(state, source_id)
         .await?
         .ok_or(IntegrationError::Unauthorized)?;
     let ok = match source.kind {
@@ -415,6 +417,65 @@ async fn record(
                 id: event.id,
                 incident_id: event.incident_id,
             })
+        }
+    }
+}
+
+/// The sources, read from the store at most every [`SOURCES_REFRESH_MS`] and at once after
+/// this process adds or deletes one: a webhook costs no query to find its source.
+#[derive(Debug, Default)]
+pub struct SourceCache {
+    inner: std::sync::RwLock<Option<(i64, Vec<SourceRow>)>>,
+}
+
+/// How long the sources are kept before they are read again (another replica's changes).
+pub const SOURCES_REFRESH_MS: i64 = 10_000;
+
+impl SourceCache {
+    async fn sources(&self, state: &AppState) -> Result<Vec<SourceRow>, StoreError> {
+        let now = now_ms();
+        if let Ok(inner) = self.inner.read()
+            && let Some((at, rows)) = inner.as_ref()
+            && now - at <= SOURCES_REFRESH_MS
+        {
+            return Ok(rows.clone());
+        }
+        let rows = state.store.list_sources().await?;
+        if let Ok(mut inner) = self.inner.write() {
+            *inner = Some((now, rows.clone()));
+        }
+        Ok(rows)
+    }
+
+    /// The source named `id`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn by_id(&self, state: &AppState, id: &str) -> Result<Option<SourceRow>, StoreError> {
+        Ok(self.sources(state).await?.into_iter().find(|s| s.id == id))
+    }
+
+    /// The source of `kind` whose secret is `secret`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn by_secret(
+        &self,
+        state: &AppState,
+        kind: SourceKind,
+        secret: &str,
+    ) -> Result<Option<SourceRow>, StoreError> {
+        Ok(self
+            .sources(state)
+            .await?
+            .into_iter()
+            .find(|s| s.kind == kind && secret_matches(&s.secret, secret)))
+    }
+
+    /// Reads the sources again at the next request.
+    pub fn invalidate(&self) {
+        if let Ok(mut inner) = self.inner.write() {
+            *inner = None;
         }
     }
 }

@@ -148,6 +148,11 @@ pub struct Pairing {
     pub problem: Option<i64>,
 }
 
+/// The columns of an [`EventRow`], for `RETURNING`.
+const EVENT_RETURNING: &str = "id, source, kind, dedup_key, external_id, status, severity, title, host, \
+    node, occurred_at_ms, received_at_ms, block, accounts, tags, payload, payload_truncated, problem_id, \
+    resolved_at_ms, incident_id";
+
 const EVENT_COLUMNS: &str = "SELECT id, source, kind, dedup_key, external_id, status, severity, title, host, \
     node, occurred_at_ms, received_at_ms, block, accounts, tags, payload, payload_truncated, problem_id, \
     resolved_at_ms, incident_id FROM source_events";
@@ -234,7 +239,8 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Stores one event of `source` unless its dedup key is stored already, pairs it with its
+    /// Stores one event of `source` unless its dedup key is stored already (then it answers the
+    /// stored event's id and writes nothing), pairs it with its
     /// problem or resolution, records `node` (the agent its host maps to) or else its host as
     /// an external node, and applies the incident change `incident` decides, all in one
     /// transaction.
@@ -254,55 +260,36 @@ impl Store {
         let tags = serde_json::to_string(&event.tags).unwrap_or_else(|_| "[]".into());
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let seen: Option<(i64,)> = sqlx::query_as(
-                "SELECT id FROM source_events WHERE source = $1 AND dedup_key = $2",
-            )
-            .bind(&source.id)
-            .bind(&event.dedup_key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((id,)) = seen {
-                return Ok(Recorded::Duplicate { id });
-            }
             // The other half of the pair, stored under the same external id.
             let mut pairing = Pairing::default();
-            match event.status {
-                EventStatus::Problem => {
-                    let found: Option<(i64, i64)> = sqlx::query_as(
-                        "SELECT id, received_at_ms FROM source_events WHERE source = $1 AND external_id = $2 \
-                         AND status = 'resolved' ORDER BY id LIMIT 1",
-                    )
-                    .bind(&source.id)
-                    .bind(&event.external_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    pairing.resolved_before = found.map(|(_, at)| at);
-                }
-                EventStatus::Resolved | EventStatus::Update => {
-                    let found: Option<(i64,)> = sqlx::query_as(
-                        "SELECT id FROM source_events WHERE source = $1 AND external_id = $2 \
-                         AND status = 'problem' ORDER BY id LIMIT 1",
-                    )
-                    .bind(&source.id)
-                    .bind(&event.external_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    pairing.problem = found.map(|(id,)| id);
-                }
-                EventStatus::Info => {}
-            }
-            let request = incident(&pairing);
-            let outcome = match &request {
-                Some(request) => apply_incident!(tx, request),
-                None => None,
+            let other = match event.status {
+                EventStatus::Problem => Some("resolved"),
+                EventStatus::Resolved | EventStatus::Update => Some("problem"),
+                EventStatus::Info => None,
             };
-            let incident_id = outcome.as_ref().map(|o| o.incident.id.clone());
-            let (id,): (i64,) = sqlx::query_as(
+            if let Some(other) = other {
+                let found: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT id, received_at_ms FROM source_events WHERE source = $1 AND external_id = $2 \
+                     AND status = $3 ORDER BY id LIMIT 1",
+                )
+                .bind(&source.id)
+                .bind(&event.external_id)
+                .bind(other)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match event.status {
+                    EventStatus::Problem => pairing.resolved_before = found.map(|(_, at)| at),
+                    _ => pairing.problem = found.map(|(id, _)| id),
+                }
+            }
+            // A dedup key seen before inserts nothing: a replay changes nothing.
+            let inserted: Option<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO source_events (source, kind, dedup_key, external_id, status, severity, title, host, node, \
                  occurred_at_ms, received_at_ms, block, accounts, tags, payload, payload_truncated, problem_id, \
                  resolved_at_ms, incident_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING id",
-            )
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, NULL) \
+                 ON CONFLICT (source, dedup_key) DO NOTHING RETURNING {EVENT_RETURNING}"
+            )))
             .bind(&source.id)
             .bind(source.kind.as_str())
             .bind(&event.dedup_key)
@@ -321,9 +308,32 @@ impl Store {
             .bind(event.payload_truncated)
             .bind(pairing.problem)
             .bind(pairing.resolved_before)
-            .bind(&incident_id)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+            let Some(mut row) = inserted else {
+                tx.rollback().await?;
+                let (id,): (i64,) = sqlx::query_as(
+                    "SELECT id FROM source_events WHERE source = $1 AND dedup_key = $2",
+                )
+                .bind(&source.id)
+                .bind(&event.dedup_key)
+                .fetch_one(pool)
+                .await?;
+                return Ok(Recorded::Duplicate { id });
+            };
+            let request = incident(&pairing);
+            let outcome = match &request {
+                Some(request) => apply_incident!(tx, request),
+                None => None,
+            };
+            if let Some(outcome) = &outcome {
+                sqlx::query("UPDATE source_events SET incident_id = $2 WHERE id = $1")
+                    .bind(row.id)
+                    .bind(&outcome.incident.id)
+                    .execute(&mut *tx)
+                    .await?;
+                row.incident_id = Some(outcome.incident.id.clone());
+            }
             if event.status == EventStatus::Resolved {
                 sqlx::query(
                     "UPDATE source_events SET resolved_at_ms = $3 WHERE source = $1 AND external_id = $2 \
@@ -351,10 +361,6 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            let row: EventRow = sqlx::query_as(sqlx::AssertSqlSafe(format!("{EVENT_COLUMNS} WHERE id = $1")))
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
             tx.commit().await?;
             Ok(Recorded::Stored { event: Box::new(row), incident: outcome })
         })
