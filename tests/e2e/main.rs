@@ -31,6 +31,7 @@ mod spine;
 mod sqlite_load;
 mod systemd_install;
 mod verdicts;
+mod zabbix;
 
 /// Defines `<name>_sqlite` and `<name>_postgres` tests that call `body(Backend)`.
 #[macro_export]

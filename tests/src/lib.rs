@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 pub mod receiver;
 pub mod regions;
 pub mod smtp;
+pub mod zabbix;
 
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,178 @@
+//! A real Zabbix 6.0 (Debian's packages, started by `scripts/lib/zabbix.sh`) sending to a
+//! real control plane through the media type in `provision/zabbix/`: a trigger fired with
+//! `zabbix_sender` arrives once as a problem (opening an incident, on the node of the agent
+//! its host is), an acknowledgement once as an update, and the resolution once (resolving the
+//! incident); Zabbix records Vantage's answer as the event's tags.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use vantage_tests::zabbix::Zabbix;
+use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, wait_for};
+
+use crate::both_backends;
+
+/// Events of the source `zabbix`, oldest first.
+async fn events(cp: &ControlPlane) -> anyhow::Result<Vec<Value>> {
+    let (status, body) = cp.get("/api/v1/events?source=zabbix&limit=1000").await?;
+    anyhow::ensure!(status == 200, "{status} {body}");
+    let mut rows = body.as_array().context("events")?.clone();
+    rows.reverse();
+    Ok(rows)
+}
+
+async fn wait_for_status(cp: &ControlPlane, status: &str, n: usize) -> anyhow::Result<Vec<Value>> {
+    wait_for(
+        &format!("{n} {status} event(s) from Zabbix"),
+        Duration::from_secs(60),
+        || async {
+            let rows = events(cp).await.ok()?;
+            (rows.iter().filter(|e| e["status"] == status).count() >= n).then_some(rows)
+        },
+    )
+    .await
+}
+
+async fn webhook(backend: Backend) -> anyhow::Result<()> {
+    let zabbix = Zabbix::connect().await?;
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let (status, source) = cp
+        .post(
+            "/api/v1/sources",
+            json!({"id": "zabbix", "kind": "zabbix", "incident_severity": "high"}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {source}");
+    let secret = source["secret"].as_str().context("secret")?;
+    // The Zabbix host is an enrolled agent: its events land on that node.
+    let agent = MqttIdentity::enroll(&cp, "r1").await?;
+    let name = format!("vantage-e2e-{}-{}", backend.name(), agent.agent_id);
+    let setup = zabbix
+        .setup(
+            &name,
+            &agent.agent_id,
+            &cp.url("/api/v1/integrations/zabbix"),
+            secret,
+        )
+        .await?;
+
+    // The trigger fires: one problem, High, on the agent's node, with an incident.
+    zabbix.send(&setup.host, 10).await?;
+    let rows = wait_for_status(&cp, "problem", 1).await?;
+    let problem = rows
+        .iter()
+        .find(|e| e["status"] == "problem")
+        .context("problem")?
+        .clone();
+    anyhow::ensure!(
+        problem["severity"] == "high"
+            && problem["host"] == setup.host.as_str()
+            && problem["node"] == agent.agent_id.as_str()
+            && problem["title"]
+                .as_str()
+                .unwrap_or("")
+                .contains("value is high"),
+        "{problem}"
+    );
+    let incident_id = problem["incident_id"]
+        .as_str()
+        .context("an incident")?
+        .to_owned();
+    let zabbix_event = problem["external_id"]
+        .as_str()
+        .context("event id")?
+        .to_owned();
+
+    // Zabbix kept Vantage's answer as the event's tags (the media type's process_tags).
+    let tags = wait_for(
+        "Vantage's tags on the Zabbix event",
+        Duration::from_secs(30),
+        || async {
+            let found = zabbix
+                .call(
+                    "event.get",
+                    json!({"eventids": [zabbix_event], "selectTags": "extend"}),
+                )
+                .await
+                .ok()?;
+            let tags = found[0]["tags"].as_array()?.clone();
+            tags.iter()
+                .any(|t| t["tag"] == "__vantage_incident_id")
+                .then_some(tags)
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        tags.iter()
+            .any(|t| t["tag"] == "__vantage_incident_id" && t["value"] == incident_id.as_str()),
+        "{tags:?}"
+    );
+
+    // An acknowledgement in Zabbix arrives as an update on the incident's timeline.
+    zabbix
+        .call(
+            "event.acknowledge",
+            json!({"eventids": [zabbix_event], "action": 6, "message": "looking at it"}),
+        )
+        .await?;
+    let rows = wait_for_status(&cp, "update", 1).await?;
+    let update = rows
+        .iter()
+        .find(|e| e["status"] == "update")
+        .context("update")?;
+    anyhow::ensure!(
+        update["problem_id"] == problem["id"]
+            && update["title"]
+                .as_str()
+                .unwrap_or("")
+                .contains("looking at it"),
+        "{update}"
+    );
+
+    // The value drops: the resolution pairs with the problem and resolves the incident.
+    zabbix.send(&setup.host, 1).await?;
+    let rows = wait_for_status(&cp, "resolved", 1).await?;
+    let resolved = rows
+        .iter()
+        .find(|e| e["status"] == "resolved")
+        .context("resolved")?;
+    anyhow::ensure!(
+        resolved["external_id"] == zabbix_event.as_str() && resolved["problem_id"] == problem["id"],
+        "{resolved}"
+    );
+    let (_, incident) = cp.get(&format!("/api/v1/incidents/{incident_id}")).await?;
+    anyhow::ensure!(incident["incident"]["open"] == false, "{incident}");
+
+    // Exactly once each: nothing more arrives, and Zabbix never had to retry.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = events(&cp).await?;
+    let count = |status: &str| rows.iter().filter(|e| e["status"] == status).count();
+    anyhow::ensure!(
+        (count("problem"), count("update"), count("resolved")) == (1, 1, 1),
+        "events: {rows:?}"
+    );
+    anyhow::ensure!(
+        cp.counter("vantage_events_total{outcome=\"duplicate\"}")
+            .await?
+            == 0
+    );
+    let alerts = zabbix
+        .call(
+            "alert.get",
+            json!({"output": ["status", "error", "retries"], "mediatypeids": [setup.mediatypeid]}),
+        )
+        .await?;
+    let alerts = alerts.as_array().context("alerts")?;
+    anyhow::ensure!(
+        alerts.len() == 3
+            && alerts
+                .iter()
+                .all(|a| a["status"] == "1" && a["retries"] == "0"),
+        "Zabbix's deliveries: {alerts:?}"
+    );
+    Ok(())
+}
+
+both_backends!(zabbix_events_arrive_once_through_the_media_type, webhook);
