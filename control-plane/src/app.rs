@@ -174,6 +174,9 @@ impl Application {
         tasks.push(tokio::spawn(crate::notify::worker(state.clone())));
         tasks.push(tokio::spawn(crate::fallback::worker(state.clone())));
         tasks.push(tokio::spawn(crate::retention::worker(state.clone())));
+        tasks.push(tokio::spawn(crate::integrations::poller::supervise(
+            state.clone(),
+        )));
         // Where to reach this process, for scripts and tests that start it on port 0.
         let ports = serde_json::json!({ "http_port": http_port, "mqtt_port": mqtt_port });
         std::fs::write(settings.data_dir.join(PORTS_FILE), ports.to_string())

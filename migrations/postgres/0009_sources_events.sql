@@ -3,13 +3,17 @@
 -- A source is one sender with its own secret: `secret_hash` finds a bearer secret's source;
 -- `secret` itself is kept because checking an HMAC signature needs it (it is never served).
 -- `incident_severity` (NULL: never) is the least severity of a problem that opens an
--- incident.
+-- incident. A Zabbix source may also be polled: `poll` holds the API's URL, token and interval
+-- (JSON; the token is never served) and `poll_cursor` the last Zabbix event id stored, so a
+-- restarted poller catches up from there.
 CREATE TABLE sources (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     secret TEXT NOT NULL,
     secret_hash TEXT NOT NULL,
     incident_severity TEXT,
+    poll TEXT,
+    poll_cursor BIGINT,
     created_at_ms BIGINT NOT NULL
 );
 CREATE INDEX sources_secret ON sources(secret_hash);

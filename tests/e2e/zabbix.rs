@@ -2,7 +2,9 @@
 //! real control plane through the media type in `provision/zabbix/`: a trigger fired with
 //! `zabbix_sender` arrives once as a problem (opening an incident, on the node of the agent
 //! its host is), an acknowledgement once as an update, and the resolution once (resolving the
-//! incident); Zabbix records Vantage's answer as the event's tags.
+//! incident); Zabbix records Vantage's answer as the event's tags. The API poller finds a
+//! problem that began before it existed, and after the control plane was down, catches up
+//! from its stored cursor: each problem and resolution stored once.
 
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ async fn webhook(backend: Backend) -> anyhow::Result<()> {
         .await?;
 
     // The trigger fires: one problem, High, on the agent's node, with an incident.
-    zabbix.send(&setup.host, 10).await?;
+    zabbix.raise(&setup.host, &setup.hostid, 10).await?;
     let rows = wait_for_status(&cp, "problem", 1).await?;
     let problem = rows
         .iter()
@@ -176,3 +178,121 @@ async fn webhook(backend: Backend) -> anyhow::Result<()> {
 }
 
 both_backends!(zabbix_events_arrive_once_through_the_media_type, webhook);
+
+/// Events of the source `zabbix` with `external_id`, by status.
+async fn statuses(cp: &ControlPlane, external_id: &str) -> anyhow::Result<Vec<String>> {
+    Ok(events(cp)
+        .await?
+        .iter()
+        .filter(|e| e["external_id"] == external_id)
+        .filter_map(|e| e["status"].as_str().map(str::to_owned))
+        .collect())
+}
+
+async fn poller(backend: Backend) -> anyhow::Result<()> {
+    let zabbix = Zabbix::connect().await?;
+    let store = TestStore::create(backend).await?;
+    let mut cp = ControlPlane::start(&store).await?;
+    let agent = MqttIdentity::enroll(&cp, "r1").await?;
+    let name = format!("vantage-poll-{}-{}", backend.name(), agent.agent_id);
+    let (groupid, hostid) = zabbix.create_host(&name, &agent.agent_id).await?;
+    zabbix
+        .create_item_and_trigger(&hostid, &agent.agent_id)
+        .await?;
+    let host = agent.agent_id.as_str();
+    // A problem that began before Vantage polled: the first poll reads the current problems.
+    let first = zabbix.raise(host, &hostid, 10).await?;
+    let api_url = std::env::var("VANTAGE_TEST_ZABBIX_API_URL")?;
+    let (status, source) = cp
+        .post(
+            "/api/v1/sources",
+            json!({"id": "zabbix", "kind": "zabbix", "incident_severity": "high",
+                // Tests share one Zabbix: this poller reads its own host group only.
+                "poll": {"api_url": api_url, "api_token": zabbix.session(), "interval_s": 1, "groupids": [groupid]}}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {source}");
+    let (_, listed) = cp.get("/api/v1/sources").await?;
+    anyhow::ensure!(
+        listed[0]["poll"]["interval_s"] == 1 && !listed.to_string().contains(zabbix.session()),
+        "the poller's token is shown: {listed}"
+    );
+    let (status, body) = cp
+        .post(
+            "/api/v1/sources",
+            json!({"id": "chain", "kind": "helius", "poll": {"api_url": api_url, "api_token": "t", "interval_s": 1}}),
+        )
+        .await?;
+    anyhow::ensure!(
+        status == 422 && body.to_string().contains("only a Zabbix source"),
+        "{status} {body}"
+    );
+    wait_for(
+        "the poller's first problem",
+        Duration::from_secs(30),
+        || async { (statuses(&cp, &first).await.ok()? == ["problem"]).then_some(()) },
+    )
+    .await?;
+    let problem = events(&cp)
+        .await?
+        .into_iter()
+        .find(|e| e["external_id"] == first.as_str())
+        .context("problem")?;
+    anyhow::ensure!(
+        problem["node"] == host
+            && problem["severity"] == "high"
+            && problem["incident_id"].is_string(),
+        "{problem}"
+    );
+
+    // Down while Zabbix resolves it and raises another: on restart the poller catches up
+    // from its stored cursor.
+    let cursor_before = cp.get("/api/v1/sources").await?.1[0]["poll_cursor"].as_i64();
+    anyhow::ensure!(cursor_before.is_some(), "no stored cursor");
+    cp.kill();
+    zabbix.send(host, 1).await?;
+    zabbix.send(host, 20).await?;
+    let second = wait_for(
+        "Zabbix's second problem",
+        Duration::from_secs(30),
+        || async {
+            let found = zabbix
+                .call(
+                    "problem.get",
+                    json!({"output": ["eventid"], "hostids": [hostid]}),
+                )
+                .await
+                .ok()?;
+            found[0]["eventid"]
+                .as_str()
+                .filter(|id| *id != first)
+                .map(str::to_owned)
+        },
+    )
+    .await?;
+    cp.spawn().await?;
+    wait_for("the caught-up events", Duration::from_secs(30), || async {
+        let done = statuses(&cp, &first).await.ok()? == ["problem", "resolved"]
+            && statuses(&cp, &second).await.ok()? == ["problem"];
+        done.then_some(())
+    })
+    .await?;
+    let incident = problem["incident_id"].as_str().context("incident")?;
+    let (_, body) = cp.get(&format!("/api/v1/incidents/{incident}")).await?;
+    anyhow::ensure!(body["incident"]["open"] == false, "{body}");
+
+    // Live again: the second problem's resolution, once.
+    zabbix.send(host, 2).await?;
+    wait_for("the second resolution", Duration::from_secs(30), || async {
+        (statuses(&cp, &second).await.ok()? == ["problem", "resolved"]).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    anyhow::ensure!(statuses(&cp, &first).await? == ["problem", "resolved"]);
+    anyhow::ensure!(statuses(&cp, &second).await? == ["problem", "resolved"]);
+    anyhow::ensure!(events(&cp).await?.len() == 4, "{:?}", events(&cp).await?);
+    anyhow::ensure!(cp.counter("vantage_zabbix_poll_errors_total").await? == 0);
+    Ok(())
+}
+
+both_backends!(the_zabbix_poller_catches_up_from_its_cursor, poller);

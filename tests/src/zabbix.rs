@@ -195,6 +195,49 @@ impl Zabbix {
                 "operations": [first], "recovery_operations": [send], "update_operations": [send]}),
         )
         .await?;
+        let itemid = self.create_item_and_trigger(&hostid, host).await?;
+        Ok(Setup {
+            host: host.to_owned(),
+            hostid,
+            itemid,
+            mediatypeid,
+        })
+    }
+
+    /// A host named `host` in a new host group `group`: the group's id and the host's.
+    ///
+    /// # Errors
+    /// The API refuses.
+    pub async fn create_host(&self, group: &str, host: &str) -> anyhow::Result<(String, String)> {
+        let hostgroup = self
+            .call("hostgroup.create", json!({"name": group}))
+            .await?;
+        let groupid = hostgroup["groupids"][0]
+            .as_str()
+            .context("groupid")?
+            .to_owned();
+        let created = self
+            .call(
+                "host.create",
+                json!({"host": host, "groups": [{"groupid": groupid}]}),
+            )
+            .await?;
+        Ok((
+            groupid,
+            created["hostids"][0].as_str().context("hostid")?.to_owned(),
+        ))
+    }
+
+    /// The trapper item `vantage.test` on the host and a High trigger `last(…)>5`; the item's
+    /// id.
+    ///
+    /// # Errors
+    /// The API refuses.
+    pub async fn create_item_and_trigger(
+        &self,
+        hostid: &str,
+        host: &str,
+    ) -> anyhow::Result<String> {
         let item = self
             .call(
                 "item.create",
@@ -207,12 +250,7 @@ impl Zabbix {
             json!({"description": format!("{host} value is high"), "expression": format!("last(/{host}/vantage.test)>5"), "priority": 4}),
         )
         .await?;
-        Ok(Setup {
-            host: host.to_owned(),
-            hostid,
-            itemid,
-            mediatypeid,
-        })
+        Ok(itemid)
     }
 
     /// Sends `value` for `host`'s `vantage.test` with `zabbix_sender`, retrying until the
@@ -251,6 +289,36 @@ impl Zabbix {
                 String::from_utf8_lossy(&output.stderr)
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Sends `value` (above the trigger's 5) until `hostid` has an open problem, and returns
+    /// its event id: right after the item and trigger are made, the server may process a
+    /// value with the item already in its config cache and the trigger not yet.
+    ///
+    /// # Errors
+    /// No problem within 40 s.
+    pub async fn raise(&self, host: &str, hostid: &str, value: u64) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            self.send(host, value).await?;
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(4) {
+                let found = self
+                    .call(
+                        "problem.get",
+                        json!({"output": ["eventid"], "hostids": [hostid], "sortfield": ["eventid"], "sortorder": "DESC"}),
+                    )
+                    .await?;
+                if let Some(id) = found.get(0).and_then(|p| p["eventid"].as_str()) {
+                    return Ok(id.to_owned());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no problem on {host} after sending {value}"
+            );
         }
     }
 }

@@ -44,6 +44,9 @@ fn source_json(row: &SourceRow) -> Value {
         "incident_severity": row.incident_severity,
         "created_at_ms": row.created_at_ms,
         "webhook_path": webhook_path(row),
+        // The poller's URL and interval, never its token.
+        "poll": row.poll_config().map(|p| json!({"api_url": p.api_url, "interval_s": p.interval_s})),
+        "poll_cursor": row.poll_cursor,
     })
 }
 
@@ -61,6 +64,8 @@ pub struct CreateSource {
     pub kind: SourceKind,
     pub secret: Option<String>,
     pub incident_severity: Option<EventSeverity>,
+    /// A Zabbix source's API poller: `{api_url, api_token, interval_s}`.
+    pub poll: Option<crate::store::PollConfig>,
 }
 
 /// `POST /api/v1/sources`: answers the source with its secret, shown this once.
@@ -77,6 +82,7 @@ pub async fn create_source(
             kind: body.kind,
             secret: body.secret,
             incident_severity: body.incident_severity,
+            poll: body.poll,
         },
     )
     .await?;

@@ -9,6 +9,7 @@
 //! hundred refuses that one, counted, and the rest are stored.
 
 pub mod chain;
+pub mod poller;
 pub mod zabbix;
 
 use std::collections::HashMap;
@@ -20,8 +21,8 @@ use vantage_mqtt::{EventSeverity, EventStatus, IncidentSubject, SourceKind, enco
 use crate::AppState;
 use crate::hub::LiveEvent;
 use crate::store::{
-    IncidentOp, IncidentRequest, NewEvent, Pairing, Recorded, SourceRow, StoreError, now_ms,
-    random_id,
+    IncidentOp, IncidentRequest, NewEvent, Pairing, PollConfig, Recorded, SourceRow, StoreError,
+    now_ms, random_id,
 };
 
 /// Longest event title, in bytes.
@@ -77,6 +78,46 @@ pub struct NewSource {
     /// generated when absent (not allowed for Alchemy, whose key Alchemy issues).
     pub secret: Option<String>,
     pub incident_severity: Option<EventSeverity>,
+    /// A Zabbix source's API poller.
+    pub poll: Option<PollConfig>,
+}
+
+/// Refuses a poller the control plane could not run.
+fn check_poll(kind: SourceKind, poll: &PollConfig) -> Result<(), IntegrationError> {
+    let invalid = |reason: &str| Err(IntegrationError::Invalid(format!("poll: {reason}")));
+    if kind != SourceKind::Zabbix {
+        return invalid("only a Zabbix source is polled");
+    }
+    let url = &poll.api_url;
+    if url.len() > 512
+        || !(url.starts_with("https://") || url.starts_with("http://"))
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+        || reqwest::Url::parse(url).is_err()
+    {
+        return invalid("api_url must be the http(s) URL of Zabbix's api_jsonrpc.php");
+    }
+    if poll.api_token.is_empty()
+        || poll.api_token.len() > 256
+        || poll
+            .api_token
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return invalid("api_token must be 1-256 characters without spaces");
+    }
+    if !(1..=3600).contains(&poll.interval_s) {
+        return invalid("interval_s must be 1-3600");
+    }
+    if let Some(groups) = &poll.groupids
+        && (groups.is_empty()
+            || groups.len() > 1000
+            || groups
+                .iter()
+                .any(|g| g.is_empty() || g.len() > 20 || !g.bytes().all(|b| b.is_ascii_digit())))
+    {
+        return invalid("groupids must be 1-1000 numeric Zabbix host group ids");
+    }
+    Ok(())
 }
 
 /// Creates a source; returns it with its secret (shown this once).
@@ -117,11 +158,19 @@ pub async fn create_source(
         }
         (None, _) => random_id("vsrc_", 24),
     };
+    if let Some(poll) = &new.poll {
+        check_poll(new.kind, poll)?;
+    }
     let row = SourceRow {
         id: new.id,
         kind: new.kind,
         secret,
         incident_severity: new.incident_severity.map(|s| s.as_str().to_owned()),
+        poll: new
+            .poll
+            .as_ref()
+            .map(|p| serde_json::to_string(p).unwrap_or_default()),
+        poll_cursor: None,
         created_at_ms: now_ms(),
     };
     state.store.insert_source(&row).await?;
@@ -346,7 +395,7 @@ fn incident_for(
 }
 
 /// Stores one event and publishes it (and its incident change).
-async fn record(
+pub(crate) async fn record(
     state: &AppState,
     source: &SourceRow,
     event: &NewEvent,

@@ -23,7 +23,46 @@ pub struct SourceRow {
     pub secret: String,
     /// The least severity of a problem that opens an incident (`None`: never).
     pub incident_severity: Option<String>,
+    /// A Zabbix source's API poller, as JSON ([`PollConfig`]); it holds the API token.
+    pub poll: Option<String>,
+    /// The last Zabbix event id the poller stored.
+    pub poll_cursor: Option<i64>,
     pub created_at_ms: i64,
+}
+
+/// How a Zabbix source's API is polled.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// `https://zabbix.example/api_jsonrpc.php`.
+    pub api_url: String,
+    /// An API token (Zabbix 6.0: Administration → API tokens), sent as the request's `auth`.
+    pub api_token: String,
+    /// Seconds between polls (1-3600).
+    pub interval_s: u32,
+    /// Only events of hosts in these host groups (Zabbix's `groupids`); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groupids: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for PollConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollConfig")
+            .field("api_url", &self.api_url)
+            .field("api_token", &"<redacted>")
+            .field("interval_s", &self.interval_s)
+            .field("groupids", &self.groupids)
+            .finish()
+    }
+}
+
+impl SourceRow {
+    /// The poller's settings, if the source is polled (and they decode).
+    pub fn poll_config(&self) -> Option<PollConfig> {
+        self.poll
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+    }
 }
 
 impl std::fmt::Debug for SourceRow {
@@ -33,6 +72,8 @@ impl std::fmt::Debug for SourceRow {
             .field("kind", &self.kind)
             .field("secret", &"<redacted>")
             .field("incident_severity", &self.incident_severity)
+            .field("polled", &self.poll.is_some())
+            .field("poll_cursor", &self.poll_cursor)
             .finish()
     }
 }
@@ -157,8 +198,8 @@ const EVENT_COLUMNS: &str = "SELECT id, source, kind, dedup_key, external_id, st
     node, occurred_at_ms, received_at_ms, block, accounts, tags, payload, payload_truncated, problem_id, \
     resolved_at_ms, incident_id FROM source_events";
 
-const SOURCE_COLUMNS: &str =
-    "SELECT id, kind, secret, incident_severity, created_at_ms FROM sources";
+const SOURCE_COLUMNS: &str = "SELECT id, kind, secret, incident_severity, poll, poll_cursor, \
+    created_at_ms FROM sources";
 
 impl Store {
     /// Adds a source.
@@ -166,14 +207,17 @@ impl Store {
     /// # Errors
     /// [`StoreError::Conflict`] when the id is taken; database errors.
     pub async fn insert_source(&self, row: &SourceRow) -> Result<(), StoreError> {
-        let sql = "INSERT INTO sources (id, kind, secret, secret_hash, incident_severity, created_at_ms) \
-                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING";
+        let sql = "INSERT INTO sources (id, kind, secret, secret_hash, incident_severity, poll, \
+                   poll_cursor, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                   ON CONFLICT (id) DO NOTHING";
         let n = on_pool!(self, pool => sqlx::query(sql)
             .bind(&row.id)
             .bind(row.kind.as_str())
             .bind(&row.secret)
             .bind(hash_secret(&row.secret))
             .bind(&row.incident_severity)
+            .bind(&row.poll)
+            .bind(row.poll_cursor)
             .bind(row.created_at_ms)
             .execute(pool)
             .await?
@@ -224,6 +268,20 @@ impl Store {
             .fetch_optional(pool)
             .await?),
         )
+    }
+
+    /// Records the last Zabbix event id a source's poller stored.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn set_poll_cursor(&self, id: &str, cursor: i64) -> Result<(), StoreError> {
+        on_pool!(self, pool => sqlx::query("UPDATE sources SET poll_cursor = $2 WHERE id = $1")
+            .bind(id)
+            .bind(cursor)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
     }
 
     /// Removes a source (its events stay); whether it existed.
