@@ -9,8 +9,19 @@
 //! role = "web"
 //! [spool]
 //! max_entries = 100000
+//! [zabbix_sender]                               # optional: also send host metrics to Zabbix
+//! server = "zabbix.example.net:10051"           # a Zabbix server or proxy's trapper
+//! host = "web-1"                                # the host's name in Zabbix (default: hostname)
+//! key_prefix = "vantage."                       # item keys: vantage.cpu_pct, …
+//! timeout_ms = 3000                             # one send: connect, write and answer
 //! ```
 //! Unknown keys are an error, so a typo never silently changes behaviour.
+//!
+//! `[zabbix_sender]` (off when absent) sends every host-metrics sample to Zabbix as well, as
+//! trapper items over the Zabbix sender protocol (see [`crate::zabbix_sender`] for the keys
+//! and what happens when Zabbix is slow or down). Link the host in Zabbix to the template
+//! `provision/zabbix/vantage_agent_template.yaml`, which has one trapper item per key with
+//! the default prefix.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,6 +81,147 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/vantage-agent")
 }
 
+/// The Zabbix trapper port, when `server` names none.
+pub const ZABBIX_DEFAULT_PORT: u16 = 10051;
+/// Longest Zabbix host name (the `hosts.host` column of Zabbix 6.0).
+const ZABBIX_MAX_HOST_LEN: usize = 128;
+/// Longest key prefix; the longest key it makes stays far below Zabbix's 2,048.
+const ZABBIX_MAX_PREFIX_LEN: usize = 64;
+
+/// `[zabbix_sender]`: host metrics also sent to a Zabbix server or proxy as trapper items.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZabbixSenderConfig {
+    /// The trapper of a Zabbix server or proxy: `host:port`, or `host` for port 10051; an
+    /// IPv6 address goes in brackets (`[2001:db8::1]:10051`).
+    pub server: String,
+    /// The host's technical name in Zabbix (letters, digits, spaces, `.`, `-`, `_`; at most
+    /// 128 characters); by default the node's hostname.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// What every item key starts with: `vantage.` gives `vantage.cpu_pct` and so on, the
+    /// keys of the shipped template.
+    #[serde(default = "default_zabbix_key_prefix")]
+    pub key_prefix: String,
+    /// How long one send may take, in milliseconds: resolving, connecting, writing and
+    /// reading the answer together (100 to 60,000).
+    #[serde(default = "default_zabbix_timeout_ms")]
+    pub timeout_ms: u32,
+}
+
+fn default_zabbix_key_prefix() -> String {
+    "vantage.".to_owned()
+}
+fn default_zabbix_timeout_ms() -> u32 {
+    3_000
+}
+
+impl ZabbixSenderConfig {
+    /// `server` as host and port (the port 10051 when it names none).
+    ///
+    /// # Errors
+    /// A message saying what is wrong with `server`.
+    pub fn server_addr(&self) -> Result<(String, u16), String> {
+        let server = self.server.trim();
+        let bad = |why: &str| format!("zabbix_sender.server {server:?} {why}");
+        let (host, port) = if let Some(rest) = server.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("has a '[' without its ']'"))?;
+            match after {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("must be [address]:port"))?,
+                    ),
+                ),
+            }
+        } else {
+            match server.matches(':').count() {
+                0 => (server, None),
+                1 => server
+                    .split_once(':')
+                    .map(|(host, port)| (host, Some(port)))
+                    .ok_or_else(|| bad("must be host:port"))?,
+                _ => return Err(bad("must put an IPv6 address in brackets: [address]:port")),
+            }
+        };
+        let bracketed = server.starts_with('[');
+        if bracketed && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("must hold an IPv6 address between '[' and ']'"));
+        }
+        if !crate::probe::valid_host(host) || !bracketed && host.contains(['[', ']']) {
+            return Err(bad("must name a host or address"));
+        }
+        let port = match port {
+            None => ZABBIX_DEFAULT_PORT,
+            Some(text) => match text.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => return Err(bad("must have a port in 1..=65535")),
+            },
+        };
+        Ok((host.to_owned(), port))
+    }
+
+    /// The host name the items are sent for: `host`, or else `hostname`.
+    pub fn host_name(&self, hostname: &str) -> String {
+        self.host.clone().unwrap_or_else(|| hostname.to_owned())
+    }
+
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// A message naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.server_addr()?;
+        if let Some(host) = &self.host
+            && let Err(why) = valid_zabbix_host(host)
+        {
+            return Err(format!("zabbix_sender.host {host:?} {why}"));
+        }
+        if self.key_prefix.len() > ZABBIX_MAX_PREFIX_LEN
+            || !self
+                .key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(format!(
+                "zabbix_sender.key_prefix {:?} may hold only letters, digits, '.', '_' and '-' \
+                 (at most {ZABBIX_MAX_PREFIX_LEN})",
+                self.key_prefix
+            ));
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            return Err(format!(
+                "zabbix_sender.timeout_ms {} must be 100..=60000",
+                self.timeout_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `host` is a name Zabbix accepts for a host: 1 to 128 letters, digits, spaces, dots,
+/// dashes and underscores.
+///
+/// # Errors
+/// Why it is not.
+pub fn valid_zabbix_host(host: &str) -> Result<(), &'static str> {
+    if host.trim().is_empty() || host.len() > ZABBIX_MAX_HOST_LEN {
+        return Err("must be 1 to 128 characters");
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '-' | '_'))
+    {
+        return Err("may hold only letters, digits, spaces, '.', '-' and '_'");
+    }
+    Ok(())
+}
+
 /// The agent's configuration.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +248,9 @@ pub struct AgentConfig {
     pub per_core: bool,
     #[serde(default)]
     pub spool: SpoolConfig,
+    /// Host metrics also sent to Zabbix; off when absent.
+    #[serde(default)]
+    pub zabbix_sender: Option<ZabbixSenderConfig>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -109,6 +264,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("ca_file", &self.ca_file)
             .field("state_dir", &self.state_dir)
             .field("labels", &self.labels)
+            .field("zabbix_sender", &self.zabbix_sender)
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +310,12 @@ impl AgentConfig {
                 path: path.to_owned(),
                 message: format!("server_url {url:?} must start with https://"),
             });
+        }
+        if let Some(zabbix) = &config.zabbix_sender {
+            zabbix.validate().map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
         }
         Ok(config)
     }
@@ -213,5 +375,69 @@ mod tests {
             AgentConfig::load(&dir.path().join("missing.toml")),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn zabbix_sender_is_off_by_default_has_defaults_and_refuses_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "state_dir = \"/tmp/s\"\n").unwrap();
+        assert!(AgentConfig::load(&path).unwrap().zabbix_sender.is_none());
+
+        std::fs::write(&path, "[zabbix_sender]\nserver = \"zabbix.example.net\"\n").unwrap();
+        let zabbix = AgentConfig::load(&path).unwrap().zabbix_sender.unwrap();
+        assert_eq!(
+            zabbix.server_addr().unwrap(),
+            ("zabbix.example.net".to_owned(), 10051)
+        );
+        assert_eq!(zabbix.host_name("node-7"), "node-7");
+        assert_eq!(zabbix.key_prefix, "vantage.");
+        assert_eq!(zabbix.timeout_ms, 3000);
+
+        std::fs::write(
+            &path,
+            "[zabbix_sender]\nserver = \"[2001:db8::1]:10052\"\nhost = \"Web 1\"\nkey_prefix = \"edge.\"\ntimeout_ms = 500\n",
+        )
+        .unwrap();
+        let zabbix = AgentConfig::load(&path).unwrap().zabbix_sender.unwrap();
+        assert_eq!(
+            zabbix.server_addr().unwrap(),
+            ("2001:db8::1".to_owned(), 10052)
+        );
+        assert_eq!(zabbix.host_name("node-7"), "Web 1");
+        assert_eq!(zabbix.key_prefix, "edge.");
+
+        let invalid = [
+            ("server = \"\"", "zabbix_sender.server"),
+            ("server = \"zabbix:0\"", "port"),
+            ("server = \"zabbix:http\"", "port"),
+            ("server = \"zabbix:70000\"", "port"),
+            ("server = \"2001:db8::1\"", "brackets"),
+            ("server = \"[zabbix]:10051\"", "IPv6"),
+            ("server = \"[::1\"", "']'"),
+            (
+                "server = \"zabbix\"\nhost = \"web/1\"",
+                "zabbix_sender.host",
+            ),
+            ("server = \"zabbix\"\nhost = \"\"", "zabbix_sender.host"),
+            ("server = \"zabbix\"\nkey_prefix = \"a b\"", "key_prefix"),
+            ("server = \"zabbix\"\ntimeout_ms = 10", "timeout_ms"),
+        ];
+        for (table, named) in invalid {
+            std::fs::write(&path, format!("[zabbix_sender]\n{table}\n")).unwrap();
+            match AgentConfig::load(&path) {
+                Err(ConfigError::Invalid { message, .. }) => {
+                    assert!(message.contains(named), "{table}: {message}");
+                }
+                other => panic!("{table}: {other:?}"),
+            }
+        }
+        for table in ["host = \"web-1\"", "server = \"z\"\nport = 10051"] {
+            std::fs::write(&path, format!("[zabbix_sender]\n{table}\n")).unwrap();
+            assert!(
+                matches!(AgentConfig::load(&path), Err(ConfigError::Parse { .. })),
+                "{table}"
+            );
+        }
     }
 }

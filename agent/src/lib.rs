@@ -13,6 +13,7 @@
 //! - [`renew`]: client certificate renewal over the MQTT session (schedule, key and CSR, checks
 //!   on the answer, staged and promoted state files).
 //! - [`session`]: the MQTT session, the local scheduler and the reporting loop.
+//! - [`zabbix_sender`]: host metrics also sent to Zabbix as trapper items (`[zabbix_sender]`).
 //!
 //! The agent never touches a database and never links an HTTP server or a broker.
 
@@ -25,6 +26,7 @@ pub mod renew;
 pub mod session;
 pub mod spool;
 pub mod tls;
+pub mod zabbix_sender;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {

@@ -5,10 +5,13 @@
 //! enrolls on first start when an `enrollment_token` is configured, keeps its identity,
 //! spool and last desired config in `state_dir`, then holds one MQTT-over-TLS session to the
 //! control plane: it sends hello, status, heartbeats, host metrics and check results, and
-//! runs the checks the control plane assigns. `enroll` only enrolls. `probe` runs one check
-//! given on the command line and prints its outcome as JSON (exit 0 up, 2 down); `metrics`
-//! prints one host-metrics sample. Neither needs a config or a control plane: operators use
-//! them to debug a check on the node, and the image build runs them as its smoke test.
+//! runs the checks the control plane assigns. With a `[zabbix_sender]` table it also sends
+//! each host-metrics sample to a Zabbix server or proxy as trapper items (the template to
+//! link is `provision/zabbix/vantage_agent_template.yaml`). `enroll` only enrolls. `probe`
+//! runs one check given on the command line and prints its outcome as JSON (exit 0 up, 2
+//! down); `metrics` prints one host-metrics sample. Neither needs a config or a control
+//! plane: operators use them to debug a check on the node, and the image build runs them as
+//! its smoke test.
 //! `RUST_LOG` sets the log filter; logs go to stderr.
 
 use std::path::PathBuf;

@@ -14,7 +14,8 @@
 //! lifetime, and once a checked certificate comes back on `cmd`, a clean DISCONNECT, a wait
 //! for the server to close the old connection, and a reconnect with it (the TLS config is
 //! swapped inside the event loop task; the last will is not sent on a clean disconnect, so
-//! the agent never shows offline).
+//! the agent never shows offline). With `[zabbix_sender]` configured, each metrics sample is
+//! also handed to [`crate::zabbix_sender::ZabbixOut`], which sends it in its own task.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use crate::metrics::Collector;
 use crate::probe::{self, Outcome};
 use crate::renew::Renewal;
 use crate::spool::{Kind, Spool, SpoolError};
+use crate::zabbix_sender::ZabbixOut;
 
 /// Largest batch payload the agent publishes, in bytes.
 const MAX_BATCH_BYTES: usize = 200 * 1024;
@@ -234,6 +236,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         scheduler.apply(&desired.checks);
     }
     let mut collector = Collector::new(config.per_core);
+    // Host metrics also sent to Zabbix, by a task of its own that never holds this loop up.
+    let zabbix = match &config.zabbix_sender {
+        Some(zabbix) => Some(
+            ZabbixOut::start(zabbix, &crate::enroll::hostname())
+                .map_err(|message| anyhow::anyhow!(message))?,
+        ),
+        None => None,
+    };
     let metrics_period = |desired: &Option<DesiredConfig>| {
         let seconds = config
             .metrics_interval_s
@@ -423,6 +433,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 let pushed = spool.push(Kind::Metrics, |seq| {
                     let mut sample = collector.sample(seq, measured_at_ms);
                     sample.bound_texts();
+                    if let Some(zabbix) = &zabbix {
+                        zabbix.offer(&sample);
+                    }
                     String::from_utf8(encode(&sample)).unwrap_or_default()
                 });
                 count_push_error(pushed, &mut write_errors, "metrics");

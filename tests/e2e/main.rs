@@ -32,6 +32,7 @@ mod sqlite_load;
 mod systemd_install;
 mod verdicts;
 mod zabbix;
+mod zabbix_sender;
 
 /// Defines `<name>_sqlite` and `<name>_postgres` tests that call `body(Backend)`.
 #[macro_export]

@@ -64,6 +64,22 @@ impl Zabbix {
     /// # Errors
     /// Transport failures or a JSON-RPC error.
     pub async fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+        // Zabbix answers a database conflict between concurrent writers (tests share it) with
+        // an SQL error: such a call is made again, a few times.
+        let mut tries = 0;
+        loop {
+            match self.call_once(method, params.clone()).await {
+                Err(error) if tries < 3 && error.to_string().contains("SQL") => {
+                    tries += 1;
+                    eprintln!("Zabbix {method} failed ({error}); trying again");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, method: &str, params: Value) -> anyhow::Result<Value> {
         let mut body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1});
         if !self.auth.is_empty() {
             body["auth"] = json!(self.auth);
