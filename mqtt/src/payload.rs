@@ -620,45 +620,6 @@ pub struct IncidentView {
     pub at_ms: i64,
 }
 
-/// What sends events to a source's webhook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    /// Zabbix's webhook media type (`provision/zabbix/`): a bearer secret or an HMAC.
-    Zabbix,
-    /// Helius's Solana webhooks: the configured `Authorization` header.
-    Helius,
-    /// Alchemy's notify webhooks: `X-Alchemy-Signature`, HMAC-SHA256 of the body.
-    Alchemy,
-    /// Anything else that signs its body: `X-Vantage-Signature: sha256=<hex HMAC>`.
-    Hmac,
-}
-
-impl SourceKind {
-    /// Every kind, in the order the API documents them.
-    pub const ALL: [SourceKind; 4] = [
-        SourceKind::Zabbix,
-        SourceKind::Helius,
-        SourceKind::Alchemy,
-        SourceKind::Hmac,
-    ];
-
-    /// The kind's name on the wire and in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Zabbix => "zabbix",
-            SourceKind::Helius => "helius",
-            SourceKind::Alchemy => "alchemy",
-            SourceKind::Hmac => "hmac",
-        }
-    }
-
-    /// The kind named `name`, if any.
-    pub fn parse(name: &str) -> Option<SourceKind> {
-        SourceKind::ALL.into_iter().find(|k| k.as_str() == name)
-    }
-}
-
 /// A stored name that is not one of an enum's (source kinds, event states, severities).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {name:?}")]
@@ -667,120 +628,99 @@ pub struct UnknownName {
     pub name: String,
 }
 
-impl TryFrom<String> for SourceKind {
-    type Error = UnknownName;
-
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        SourceKind::parse(&name).ok_or(UnknownName {
-            what: "source kind",
-            name,
-        })
-    }
-}
-
-/// Where an event stands: a problem that began, its resolution, an update to it (a comment,
-/// an acknowledgement in the sender), or a plain occurrence (an on-chain transaction).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventStatus {
-    Problem,
-    Resolved,
-    Update,
-    Info,
-}
-
-impl EventStatus {
-    /// Every status.
-    pub const ALL: [EventStatus; 4] = [
-        EventStatus::Problem,
-        EventStatus::Resolved,
-        EventStatus::Update,
-        EventStatus::Info,
-    ];
-
-    /// The status's name on the wire and in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventStatus::Problem => "problem",
-            EventStatus::Resolved => "resolved",
-            EventStatus::Update => "update",
-            EventStatus::Info => "info",
+/// A unit enum whose variants have one name each on the wire and in the store: `ALL` (in
+/// declaration order), `as_str`, `parse` and `TryFrom<String>` (for sqlx), written once.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) {
+            $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+
         }
-    }
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
 
-    /// The status named `name`, if any.
-    pub fn parse(name: &str) -> Option<EventStatus> {
-        EventStatus::ALL.into_iter().find(|s| s.as_str() == name)
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name on the wire and in the store.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The variant named `name`, if any.
+            pub fn parse(name: &str) -> Option<$name> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == name)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownName;
+
+            fn try_from(name: String) -> Result<Self, Self::Error> {
+                $name::parse(&name).ok_or(UnknownName { what: $what, name })
+            }
+        }
+    };
+}
+
+named_enum! {
+    /// What sends events to a source's webhook.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum SourceKind ("source kind") {
+        /// Zabbix's webhook media type (`provision/zabbix/`): a bearer secret or an HMAC.
+        Zabbix => "zabbix",
+        /// Helius's Solana webhooks: the configured `Authorization` header.
+        Helius => "helius",
+        /// Alchemy's notify webhooks: `X-Alchemy-Signature`, HMAC-SHA256 of the body.
+        Alchemy => "alchemy",
+        /// Anything else that signs its body: `X-Vantage-Signature: sha256=<hex HMAC>`.
+        Hmac => "hmac",
     }
 }
 
-impl TryFrom<String> for EventStatus {
-    type Error = UnknownName;
-
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        EventStatus::parse(&name).ok_or(UnknownName {
-            what: "event status",
-            name,
-        })
+named_enum! {
+    /// Where an event stands: a problem that began, its resolution, an update to it (a
+    /// comment, an acknowledgement in the sender), or a plain occurrence (an on-chain
+    /// transaction).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum EventStatus ("event status") {
+        Problem => "problem",
+        Resolved => "resolved",
+        Update => "update",
+        Info => "info",
     }
 }
 
-/// An event's severity, in Zabbix's six steps (its `nseverity` 0-5), lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventSeverity {
-    NotClassified,
-    Information,
-    Warning,
-    Average,
-    High,
-    Disaster,
+named_enum! {
+    /// An event's severity, in Zabbix's six steps (its `nseverity` 0-5), lowest first.
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    )]
+    #[serde(rename_all = "snake_case")]
+    pub enum EventSeverity ("event severity") {
+        NotClassified => "not_classified",
+        Information => "information",
+        Warning => "warning",
+        Average => "average",
+        High => "high",
+        Disaster => "disaster",
+    }
 }
 
 impl EventSeverity {
-    /// Every severity, lowest first (index = Zabbix's `nseverity`).
-    pub const ALL: [EventSeverity; 6] = [
-        EventSeverity::NotClassified,
-        EventSeverity::Information,
-        EventSeverity::Warning,
-        EventSeverity::Average,
-        EventSeverity::High,
-        EventSeverity::Disaster,
-    ];
-
-    /// The severity's name on the wire and in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventSeverity::NotClassified => "not_classified",
-            EventSeverity::Information => "information",
-            EventSeverity::Warning => "warning",
-            EventSeverity::Average => "average",
-            EventSeverity::High => "high",
-            EventSeverity::Disaster => "disaster",
-        }
-    }
-
-    /// The severity named `name`, if any.
-    pub fn parse(name: &str) -> Option<EventSeverity> {
-        EventSeverity::ALL.into_iter().find(|s| s.as_str() == name)
-    }
-
-    /// Zabbix's `nseverity` (0-5).
+    /// Zabbix's `nseverity` (0-5): the index in [`EventSeverity::ALL`].
     pub fn from_zabbix(n: i64) -> Option<EventSeverity> {
         usize::try_from(n)
             .ok()
             .and_then(|i| EventSeverity::ALL.get(i).copied())
-    }
-}
-
-impl TryFrom<String> for EventSeverity {
-    type Error = UnknownName;
-
-    fn try_from(name: String) -> Result<Self, Self::Error> {
-        EventSeverity::parse(&name).ok_or(UnknownName {
-            what: "event severity",
-            name,
-        })
     }
 }
 

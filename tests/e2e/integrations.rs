@@ -6,13 +6,15 @@
 //! every bad input (wrong secret or signature, malformed, oversize, replay) answered clearly
 //! with nothing stored.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use vantage_tests::{Backend, ControlPlane, LiveSocket, MqttIdentity, TestStore, wait_for};
+use vantage_tests::{
+    Backend, ControlPlane, LiveSocket, MqttIdentity, TestStore, mosquitto_sub, wait_for,
+};
 
 use crate::both_backends;
 
@@ -138,35 +140,18 @@ fn mosquitto_events(
     token: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<Child> {
-    let xdg = dir.join("xdg");
-    std::fs::create_dir_all(&xdg)?;
-    std::fs::write(xdg.join("mosquitto_sub"), format!("-P {token}\n"))?;
-    let child = Command::new("mosquitto_sub")
-        .env("XDG_CONFIG_HOME", &xdg)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cp.mqtt_port.to_string(),
-            "-V",
-            "mqttv311",
-        ])
-        .arg("--cafile")
-        .arg(cp.data_dir.join("pki").join("ca.pem"))
-        .args([
-            "-u",
-            "viewer",
-            "-i",
-            "event-watcher",
-            "-t",
-            "vantage/v1/events/#",
-            "-v",
-        ])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("events.out"))?)
-        .stderr(std::fs::File::create(dir.join("events.err"))?)
-        .spawn()
-        .context("mosquitto_sub (Debian's mosquitto-clients) must be installed")?;
+    let child = mosquitto_sub(
+        cp,
+        token,
+        &dir.join("xdg"),
+        "event-watcher",
+        "vantage/v1/events/#",
+    )?
+    .arg("-v")
+    .stdout(std::fs::File::create(dir.join("events.out"))?)
+    .stderr(std::fs::File::create(dir.join("events.err"))?)
+    .spawn()
+    .context("mosquitto_sub (Debian's mosquitto-clients) must be installed")?;
     Ok(child)
 }
 

@@ -4,7 +4,7 @@
 //! read by a real `mosquitto_sub`, failover inside a region and the fallback executor.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use vantage_tests::receiver::{Receiver, verify_signature};
 use vantage_tests::regions::{Forward, Region};
 use vantage_tests::smtp::MailServer;
-use vantage_tests::{Agent, Backend, ControlPlane, TestStore, bin, wait_for};
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore, bin, mosquitto_sub, wait_for};
 
 use crate::both_backends;
 
@@ -100,35 +100,6 @@ fn check_incidents(all: &[Value], check: &str) -> Vec<Value> {
         .filter(|i| i["subject"] == "check" && i["subject_id"] == check)
         .cloned()
         .collect()
-}
-
-/// A `mosquitto_sub` on `topic` as a viewer with client id `client`; its password comes from
-/// an options file in `config_dir`, not the command line.
-fn mosquitto_sub(
-    cp: &ControlPlane,
-    token: &str,
-    config_dir: &std::path::Path,
-    client: &str,
-    topic: &str,
-) -> anyhow::Result<Command> {
-    std::fs::create_dir_all(config_dir)?;
-    std::fs::write(config_dir.join("mosquitto_sub"), format!("-P {token}\n"))?;
-    let mut command = Command::new("mosquitto_sub");
-    command
-        .env("XDG_CONFIG_HOME", config_dir)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cp.mqtt_port.to_string(),
-            "-V",
-            "mqttv311",
-        ])
-        .arg("--cafile")
-        .arg(cp.data_dir.join("pki").join("ca.pem"))
-        .args(["-u", "viewer", "-i", client, "-t", topic])
-        .stdin(Stdio::null());
-    Ok(command)
 }
 
 /// `mosquitto_sub` on `incidents` as a viewer, printing into `incidents.out` in `dir`.

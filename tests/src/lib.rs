@@ -970,3 +970,35 @@ pub fn find_program(candidates: &[&'static str]) -> Option<&'static str> {
             .is_ok()
     })
 }
+
+/// A `mosquitto_sub` on `topic` as a viewer with client id `client`; its password comes from
+/// an options file in `config_dir`, not the command line.
+///
+/// # Errors
+/// The options file cannot be written.
+pub fn mosquitto_sub(
+    cp: &ControlPlane,
+    token: &str,
+    config_dir: &std::path::Path,
+    client: &str,
+    topic: &str,
+) -> anyhow::Result<std::process::Command> {
+    std::fs::create_dir_all(config_dir)?;
+    std::fs::write(config_dir.join("mosquitto_sub"), format!("-P {token}\n"))?;
+    let mut command = std::process::Command::new("mosquitto_sub");
+    command
+        .env("XDG_CONFIG_HOME", config_dir)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cp.mqtt_port.to_string(),
+            "-V",
+            "mqttv311",
+        ])
+        .arg("--cafile")
+        .arg(cp.data_dir.join("pki").join("ca.pem"))
+        .args(["-u", "viewer", "-i", client, "-t", topic])
+        .stdin(std::process::Stdio::null());
+    Ok(command)
+}

@@ -65,11 +65,16 @@ impl Zabbix {
     /// Transport failures or a JSON-RPC error.
     pub async fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
         // Zabbix answers a database conflict between concurrent writers (tests share it) with
-        // an SQL error: such a call is made again, a few times.
+        // an SQL error or DBEXECUTE_ERROR, having rolled the call back: it is made again, a few
+        // times.
         let mut tries = 0;
         loop {
             match self.call_once(method, params.clone()).await {
-                Err(error) if tries < 3 && error.to_string().contains("SQL") => {
+                Err(error)
+                    if tries < 5
+                        && (error.to_string().contains("SQL")
+                            || error.to_string().contains("DBEXECUTE_ERROR")) =>
+                {
                     tries += 1;
                     eprintln!("Zabbix {method} failed ({error}); trying again");
                     tokio::time::sleep(Duration::from_millis(300)).await;

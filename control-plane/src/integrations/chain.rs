@@ -21,8 +21,8 @@ use serde_json::Value;
 use vantage_mqtt::{EventSeverity, EventStatus};
 
 use super::{
-    IntegrationError, MAX_ACCOUNTS, MAX_EVENTS_PER_BODY, MAX_FIELD_BYTES, MAX_TAGS,
-    MAX_TITLE_BYTES, Parsed, bounded, raw_payload,
+    IntegrationError, MAX_ACCOUNTS, MAX_EVENTS_PER_BODY, MAX_FIELD_BYTES, MAX_TITLE_BYTES, Parsed,
+    bounded, bounded_tags, raw_payload,
 };
 use crate::store::{NewEvent, now_ms};
 
@@ -320,20 +320,18 @@ fn generic_row(row: &Value) -> Parsed {
             .flatten()
             .filter_map(Value::as_str),
     );
-    let tags = row
-        .get("tags")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .take(MAX_TAGS)
-        .map(|(k, v)| {
-            let value = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-            (
-                bounded(k.clone(), MAX_FIELD_BYTES),
-                bounded(value, MAX_FIELD_BYTES),
-            )
-        })
-        .collect();
+    let tags = bounded_tags(
+        row.get("tags")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                )
+            }),
+    );
     let (payload, payload_truncated) = raw_payload(row);
     Ok(NewEvent {
         dedup_key: format!("{id}:{}", status.as_str()),

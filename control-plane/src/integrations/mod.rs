@@ -474,14 +474,15 @@ pub(crate) async fn record(
 /// this process adds or deletes one: a webhook costs no query to find its source.
 #[derive(Debug, Default)]
 pub struct SourceCache {
-    inner: std::sync::RwLock<Option<(i64, Vec<SourceRow>)>>,
+    inner: std::sync::RwLock<Option<(i64, std::sync::Arc<[SourceRow]>)>>,
 }
 
 /// How long the sources are kept before they are read again (another replica's changes).
 pub const SOURCES_REFRESH_MS: i64 = 10_000;
 
 impl SourceCache {
-    async fn sources(&self, state: &AppState) -> Result<Vec<SourceRow>, StoreError> {
+    /// The sources, shared (a webhook clones one row, not the list).
+    async fn sources(&self, state: &AppState) -> Result<std::sync::Arc<[SourceRow]>, StoreError> {
         let now = now_ms();
         if let Ok(inner) = self.inner.read()
             && let Some((at, rows)) = inner.as_ref()
@@ -489,7 +490,7 @@ impl SourceCache {
         {
             return Ok(rows.clone());
         }
-        let rows = state.store.list_sources().await?;
+        let rows: std::sync::Arc<[SourceRow]> = state.store.list_sources().await?.into();
         if let Ok(mut inner) = self.inner.write() {
             *inner = Some((now, rows.clone()));
         }
@@ -501,7 +502,12 @@ impl SourceCache {
     /// # Errors
     /// Store errors.
     pub async fn by_id(&self, state: &AppState, id: &str) -> Result<Option<SourceRow>, StoreError> {
-        Ok(self.sources(state).await?.into_iter().find(|s| s.id == id))
+        Ok(self
+            .sources(state)
+            .await?
+            .iter()
+            .find(|s| s.id == id)
+            .cloned())
     }
 
     /// The source of `kind` whose secret is `secret`.
@@ -517,8 +523,9 @@ impl SourceCache {
         Ok(self
             .sources(state)
             .await?
-            .into_iter()
-            .find(|s| s.kind == kind && secret_matches(&s.secret, secret)))
+            .iter()
+            .find(|s| s.kind == kind && secret_matches(&s.secret, secret))
+            .cloned())
     }
 
     /// Reads the sources again at the next request.
@@ -581,6 +588,18 @@ impl HostMap {
 pub(crate) fn bounded(mut text: String, max: usize) -> String {
     vantage_mqtt::text::bound_text(&mut text, max);
     text
+}
+
+/// A sender's tags, at most [`MAX_TAGS`], each name and value bounded.
+pub(crate) fn bounded_tags(tags: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    tags.take(MAX_TAGS)
+        .map(|(tag, value)| {
+            (
+                bounded(tag, MAX_FIELD_BYTES),
+                bounded(value, MAX_FIELD_BYTES),
+            )
+        })
+        .collect()
 }
 
 /// The raw JSON of one row, bounded: `(text, cut)`.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use vantage_mqtt::EventStatus;
 
-use super::{MAX_FIELD_BYTES, MAX_TAGS, MAX_TITLE_BYTES, bounded, raw_payload};
+use super::{MAX_FIELD_BYTES, MAX_TITLE_BYTES, bounded, bounded_tags, raw_payload};
 use crate::AppState;
 use crate::store::{NewEvent, PollConfig, now_ms};
 
@@ -125,19 +125,14 @@ fn from_zabbix(problem: &Value, id: i64, status: EventStatus, dated: &Value) -> 
         .map_or_else(now_ms, |s| {
             s * 1000 + number(dated, "ns").unwrap_or(0) / 1_000_000
         });
-    let tags = problem
-        .get("tags")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .take(MAX_TAGS)
-        .map(|t| {
-            (
-                bounded(text(t, "tag"), MAX_FIELD_BYTES),
-                bounded(text(t, "value"), MAX_FIELD_BYTES),
-            )
-        })
-        .collect();
+    let tags = bounded_tags(
+        problem
+            .get("tags")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|t| (text(t, "tag"), text(t, "value"))),
+    );
     let (payload, payload_truncated) = raw_payload(dated);
     let host_name = text(&host, "host");
     NewEvent {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use vantage_mqtt::{EventSeverity, EventStatus};
 
 use super::{
-    IntegrationError, MAX_FIELD_BYTES, MAX_TAGS, MAX_TITLE_BYTES, Parsed, bounded, raw_payload,
+    IntegrationError, MAX_FIELD_BYTES, MAX_TITLE_BYTES, Parsed, bounded, bounded_tags, raw_payload,
 };
 use crate::store::{NewEvent, now_ms};
 
@@ -202,17 +202,7 @@ fn event_of(hook: Webhook, raw: &serde_json::Value) -> Parsed {
         name: String::new(),
         ip: String::new(),
     });
-    let tags = event
-        .tags
-        .into_iter()
-        .take(MAX_TAGS)
-        .map(|t| {
-            (
-                bounded(t.tag, MAX_FIELD_BYTES),
-                bounded(t.value, MAX_FIELD_BYTES),
-            )
-        })
-        .collect();
+    let tags = bounded_tags(event.tags.into_iter().map(|t| (t.tag, t.value)));
     let (payload, payload_truncated) = raw_payload(raw);
     Ok(NewEvent {
         dedup_key,
@@ -305,7 +295,7 @@ mod tests {
         let event = parse_webhook(raw.as_bytes()).unwrap().unwrap();
         assert!(event.title.len() <= MAX_TITLE_BYTES);
         assert!(event.host.unwrap().len() <= MAX_FIELD_BYTES);
-        assert_eq!(event.tags.len(), MAX_TAGS);
+        assert_eq!(event.tags.len(), super::super::MAX_TAGS);
         assert!(event.payload_truncated);
         assert!(event.payload.len() <= super::super::MAX_PAYLOAD_BYTES);
     }
