@@ -1,5 +1,5 @@
 //! Rollups: what a committed batch adds to the per-minute and per-hour aggregates, and the
-//! uptime and latency answers read back from them.
+//! uptime, latency and host metric answers read back from them.
 //!
 //! The aggregates are merged in the same transaction as the raw rows they summarise (only
 //! rows that were new: a replayed row counts once), so they are exact at every commit and
@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use vantage_mqtt::{CheckResult, HostMetrics};
+use vantage_mqtt::{CheckResult, DiskUsage, HostMetrics};
+
+use crate::store::MetricsRow;
 
 use crate::sketch::{CheckAggregate, GaugeAggregate};
 use crate::store::{Store, StoreError};
@@ -86,14 +88,32 @@ impl HostMetric {
             HostMetric::Load1 => Some(m.load1),
             HostMetric::NetRxBytesPerS => Some(m.nets.iter().map(|n| n.rx_bytes_per_s).sum()),
             HostMetric::NetTxBytesPerS => Some(m.nets.iter().map(|n| n.tx_bytes_per_s).sum()),
-            HostMetric::DiskUsedPct => m
-                .disks
-                .iter()
-                .filter(|d| d.total_bytes > 0)
-                .map(|d| d.used_bytes as f64 * 100.0 / d.total_bytes as f64)
-                .reduce(f64::max),
+            HostMetric::DiskUsedPct => fullest_disk_pct(&m.disks),
         }
     }
+
+    /// This metric's value in a stored sample, the same number [`HostMetric::value`] gives
+    /// the sample it was stored from.
+    pub fn value_of_row(self, row: &MetricsRow, disks: &[DiskUsage]) -> Option<f64> {
+        match self {
+            HostMetric::CpuPct => Some(row.cpu_pct),
+            HostMetric::MemUsedPct => (row.mem_total_bytes > 0)
+                .then(|| row.mem_used_bytes as f64 * 100.0 / row.mem_total_bytes as f64),
+            HostMetric::Load1 => Some(row.load1),
+            HostMetric::NetRxBytesPerS => Some(row.net_rx_bytes_per_s),
+            HostMetric::NetTxBytesPerS => Some(row.net_tx_bytes_per_s),
+            HostMetric::DiskUsedPct => fullest_disk_pct(disks),
+        }
+    }
+}
+
+/// The used share of the fullest disk with a size.
+fn fullest_disk_pct(disks: &[DiskUsage]) -> Option<f64> {
+    disks
+        .iter()
+        .filter(|d| d.total_bytes > 0)
+        .map(|d| d.used_bytes as f64 * 100.0 / d.total_bytes as f64)
+        .reduce(f64::max)
 }
 
 /// One (agent, metric, bucket) of a rollup.
@@ -402,6 +422,8 @@ pub enum RollupError {
     Invalid(String),
     #[error("check {0:?} not found")]
     NotFound(String),
+    #[error("agent {0:?} not found")]
+    AgentNotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -456,6 +478,26 @@ pub async fn uptime(
     Ok(uptime_from_counts(&ids, &counts))
 }
 
+/// The step of a series over `[from_ms, to_ms)`: the one asked for, or the range in about
+/// 200 steps; refused when the range is empty, the step under a second or the points too many.
+fn series_step(from_ms: i64, to_ms: i64, step_ms: Option<i64>) -> Result<i64, RollupError> {
+    if from_ms >= to_ms {
+        return Err(RollupError::Invalid("from_ms must be before to_ms".into()));
+    }
+    let range = to_ms.saturating_sub(from_ms);
+    let step_ms = step_ms.unwrap_or((range / 200).max(1000));
+    if step_ms < 1000 {
+        return Err(RollupError::Invalid("step_ms must be at least 1000".into()));
+    }
+    if range / step_ms > MAX_SERIES_POINTS {
+        return Err(RollupError::Invalid(format!(
+            "{} points asked; at most {MAX_SERIES_POINTS}: make step_ms larger",
+            range / step_ms
+        )));
+    }
+    Ok(step_ms)
+}
+
 /// A check's latency series over `[from_ms, to_ms)` in steps of `step_ms` (default: the range
 /// in about 200 steps), read from raw rows, minute or hour rollups as [`series_source`] picks.
 ///
@@ -470,20 +512,7 @@ pub async fn series(
     step_ms: Option<i64>,
     now_ms: i64,
 ) -> Result<Series, RollupError> {
-    if from_ms >= to_ms {
-        return Err(RollupError::Invalid("from_ms must be before to_ms".into()));
-    }
-    let range = to_ms - from_ms;
-    let step_ms = step_ms.unwrap_or((range / 200).max(1000));
-    if step_ms < 1000 {
-        return Err(RollupError::Invalid("step_ms must be at least 1000".into()));
-    }
-    if range / step_ms > MAX_SERIES_POINTS {
-        return Err(RollupError::Invalid(format!(
-            "{} points asked; at most {MAX_SERIES_POINTS}: make step_ms larger",
-            range / step_ms
-        )));
-    }
+    let step_ms = series_step(from_ms, to_ms, step_ms)?;
     if store.get_checks(&[check_id]).await?.is_empty() {
         return Err(RollupError::NotFound(check_id.to_owned()));
     }
@@ -521,6 +550,138 @@ pub async fn series(
         },
         regions,
     })
+}
+
+/// One step of a host metric series.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GaugePoint {
+    pub t_ms: i64,
+    pub samples: u64,
+    pub min: f64,
+    pub avg: f64,
+    pub max: f64,
+}
+
+/// An agent's host metrics over a range, per metric.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MetricSeries {
+    pub agent_id: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub step_ms: i64,
+    /// Where the points came from: `raw`, `minute` or `hour`.
+    pub source: &'static str,
+    pub metrics: BTreeMap<HostMetric, Vec<GaugePoint>>,
+}
+
+/// Most raw samples one metric series reads (six hours at one a second, with room).
+const MAX_RAW_SAMPLES: i64 = 50_000;
+
+/// Folds gauge aggregates of (metric, t) into steps of `step_ms` aligned on `from_ms`.
+pub fn fold_gauges(
+    rows: impl Iterator<Item = (HostMetric, i64, GaugeAggregate)>,
+    from_ms: i64,
+    step_ms: i64,
+) -> BTreeMap<HostMetric, Vec<GaugePoint>> {
+    let step_ms = step_ms.max(1);
+    let mut steps: BTreeMap<(HostMetric, i64), GaugeAggregate> = BTreeMap::new();
+    for (metric, t, aggregate) in rows {
+        let t = from_ms + (t - from_ms).div_euclid(step_ms) * step_ms;
+        steps.entry((metric, t)).or_default().merge(&aggregate);
+    }
+    let mut out: BTreeMap<HostMetric, Vec<GaugePoint>> = BTreeMap::new();
+    for ((metric, t_ms), a) in steps {
+        out.entry(metric).or_default().push(GaugePoint {
+            t_ms,
+            samples: a.count,
+            min: a.min,
+            avg: a.sum / a.count.max(1) as f64,
+            max: a.max,
+        });
+    }
+    out
+}
+
+/// An agent's host metric series over `[from_ms, to_ms)` in steps of `step_ms` (default: the
+/// range in about 200 steps), from raw samples, minute or hour rollups as [`series_source`]
+/// picks, exactly as for a check's latency.
+///
+/// # Errors
+/// A bad range or step, an unknown agent, store errors.
+pub async fn metric_series(
+    store: &Store,
+    keep: &Retention,
+    agent_id: &str,
+    from_ms: i64,
+    to_ms: i64,
+    step_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<MetricSeries, RollupError> {
+    let step_ms = series_step(from_ms, to_ms, step_ms)?;
+    if store.get_agent(agent_id).await?.is_none() {
+        return Err(RollupError::AgentNotFound(agent_id.to_owned()));
+    }
+    let source = series_source(from_ms, now_ms, step_ms, keep);
+    let (step_ms, metrics) = match source {
+        None => {
+            let rows = store
+                .query_metrics(&crate::store::SeriesFilter {
+                    agent: Some(agent_id.to_owned()),
+                    check: None,
+                    region: None,
+                    from_ms,
+                    // The filter's end is inclusive; a series' is not.
+                    to_ms: to_ms - 1,
+                    limit: MAX_RAW_SAMPLES,
+                })
+                .await?;
+            let mut points = Vec::with_capacity(rows.len() * HostMetric::ALL.len());
+            for row in &rows {
+                let disks = stored_disks(&row.detail);
+                for metric in HostMetric::ALL {
+                    if let Some(v) = metric.value_of_row(row, &disks).filter(|v| v.is_finite()) {
+                        let mut a = GaugeAggregate::default();
+                        a.add(v);
+                        points.push((metric, row.measured_at_ms, a));
+                    }
+                }
+            }
+            (step_ms, fold_gauges(points.into_iter(), from_ms, step_ms))
+        }
+        Some(resolution) => {
+            let step_ms = (step_ms / resolution.ms()).max(1) * resolution.ms();
+            let from = resolution.bucket_of(from_ms);
+            let rows = store
+                .metric_rollups(resolution, agent_id, from, to_ms)
+                .await?;
+            let points = rows.into_iter().map(|(b, a)| (b.metric, b.bucket_ms, a));
+            (step_ms, fold_gauges(points, from, step_ms))
+        }
+    };
+    Ok(MetricSeries {
+        agent_id: agent_id.to_owned(),
+        from_ms,
+        to_ms,
+        step_ms,
+        source: match source {
+            None => "raw",
+            Some(Resolution::Minute) => "minute",
+            Some(Resolution::Hour) => "hour",
+        },
+        metrics,
+    })
+}
+
+/// The disks of a stored sample's detail (none when it has no readable list).
+fn stored_disks(detail: &str) -> Vec<DiskUsage> {
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        #[serde(default)]
+        disks: Vec<DiskUsage>,
+    }
+    serde_json::from_str::<Detail>(detail)
+        .map(|d| d.disks)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -230,6 +230,9 @@
         await showCheck(decodeURIComponent(hash.slice('#/checks/'.length)));
       } else if (hash === '#/nodes') {
         await showNodes();
+      } else if (hash.startsWith('#/nodes/')) {
+        const [id, range] = hash.slice('#/nodes/'.length).split('?range=');
+        await showNode(decodeURIComponent(id), range);
       } else if (hash === '#/incidents') {
         await showIncidents();
       } else if (hash === '#/events' || hash.startsWith('#/events?')) {
@@ -566,7 +569,7 @@
     const agents = await api('/api/v1/agents');
     const now = Date.now();
     const rows = agents.map((a) => el('tr', { data: { agent: a.id } },
-      el('td', {}, a.id), el('td', {}, a.hostname), el('td', {}, a.region),
+      el('td', {}, el('a', { href: `#/nodes/${encodeURIComponent(a.id)}` }, a.id)), el('td', {}, a.hostname), el('td', {}, a.region),
       el('td', {}, el('span', { class: `badge s-${a.state === 'online' ? 'up' : 'down'}` }, a.state)),
       el('td', {}, a.version), el('td', {}, a.arch),
       el('td', {}, a.last_seen_ms ? fmtTime(a.last_seen_ms) : '–'),
@@ -625,6 +628,75 @@
     line.setAttribute('stroke-width', '1.2');
     svg.append(line);
     return svg;
+  }
+
+  // One node: what it is, then its host metrics over a range as charts (min–max band and mean
+  // per step), read from raw samples or rollups as the range demands.
+  const NODE_RANGES = { '1h': 3_600_000, '24h': 86_400_000, '7d': 7 * 86_400_000, '30d': 30 * 86_400_000 };
+  const NODE_CHARTS = [
+    { id: 'cpu', title: 'CPU', metrics: [['cpu_pct', 'cpu']], unit: (v) => `${v.toFixed(0)} %` },
+    { id: 'memory', title: 'Memory used', metrics: [['mem_used_pct', 'memory']], unit: (v) => `${v.toFixed(0)} %` },
+    { id: 'disk', title: 'Fullest disk used', metrics: [['disk_used_pct', 'disk']], unit: (v) => `${v.toFixed(0)} %` },
+    { id: 'load', title: 'Load (1 min)', metrics: [['load1', 'load1']], unit: (v) => v.toFixed(2) },
+    { id: 'network', title: 'Network', metrics: [['net_rx_bytes_per_s', 'rx'], ['net_tx_bytes_per_s', 'tx']], unit: (v) => `${(v / 1024).toFixed(0)} KiB/s` },
+  ];
+
+  async function showNode(id, rangeName) {
+    const range = NODE_RANGES[rangeName] ? rangeName : '1h';
+    const routeName = `node:${id}`;
+    app.route = routeName;
+    const now = Date.now();
+    const [agent, series] = await Promise.all([
+      api(`/api/v1/agents/${encodeURIComponent(id)}`),
+      api(`/api/v1/agents/${encodeURIComponent(id)}/series?from_ms=${now - NODE_RANGES[range]}&to_ms=${now}`),
+    ]);
+    if (app.route !== routeName) return;
+    const ranges = el('div', { class: 'controls', id: 'node-ranges' }, ...Object.keys(NODE_RANGES).map((r) =>
+      el('a', { href: `#/nodes/${encodeURIComponent(id)}?range=${r}`, class: r === range ? 'active' : '' }, el('button', { type: 'button', data: { range: r } }, r))));
+    const charts = NODE_CHARTS.map((c) => ({ c, box: el('div', { class: 'chart', id: `node-${c.id}-chart` }) }));
+    view().replaceChildren(
+      el('h2', {}, agent.id, ' ', el('span', { class: `badge s-${agent.state === 'online' ? 'up' : 'down'}` }, agent.state)),
+      el('p', { class: 'muted', id: 'node-facts' }, `${agent.hostname} · region ${agent.region} · ${agent.arch} · version ${agent.version} · last seen ${agent.last_seen_ms ? fmtTime(agent.last_seen_ms) : '–'} · certificate ${Math.floor((agent.cert_not_after_ms - now) / 86_400_000)} d · spool dropped ${agent.spool_dropped_total ?? 0}, unsendable ${agent.spool_unsendable_total ?? 0}`),
+      ranges,
+      el('p', { class: 'muted', id: 'node-source' }, `points of ${Math.round(series.step_ms / 1000)} s from ${series.source === 'raw' ? 'raw samples' : `${series.source} rollups`}`),
+      ...charts.flatMap(({ c, box }) => [el('h3', {}, `${c.title}, last ${range}`), box]));
+    for (const { c, box } of charts) drawGauges(box, series, c);
+  }
+
+  // Draws the named metrics of a metric series: each as its mean line and a min–max band.
+  function drawGauges(container, series, chart) {
+    const present = chart.metrics.filter(([m]) => ((series.metrics || {})[m] || []).length);
+    if (!present.length || typeof uPlot === 'undefined') {
+      container.append(el('p', { class: 'muted' }, 'no samples in this range'));
+      return;
+    }
+    const times = new Set();
+    for (const [m] of present) for (const p of series.metrics[m]) times.add(p.t_ms);
+    const xs = [...times].sort((a, b) => a - b);
+    const index = new Map(xs.map((t, i) => [t, i]));
+    const data = [xs.map((t) => t / 1000)];
+    const lines = [{}];
+    const bands = [];
+    present.forEach(([m, label], i) => {
+      const colour = COLOURS[i % COLOURS.length];
+      const cols = { min: new Array(xs.length).fill(null), avg: new Array(xs.length).fill(null), max: new Array(xs.length).fill(null) };
+      for (const p of series.metrics[m]) for (const k of ['min', 'avg', 'max']) cols[k][index.get(p.t_ms)] = p[k];
+      const base = data.length;
+      data.push(cols.max, cols.avg, cols.min);
+      lines.push({ label: `${label} max`, stroke: `${colour}55`, width: 1, spanGaps: true },
+        { label, stroke: colour, width: 2, spanGaps: true },
+        { label: `${label} min`, stroke: `${colour}55`, width: 1, spanGaps: true });
+      bands.push({ series: [base, base + 2], fill: `${colour}22` });
+    });
+    const width = Math.max(320, container.clientWidth - 16);
+    // eslint-disable-next-line no-new
+    new uPlot({
+      width,
+      height: 180,
+      series: lines,
+      bands,
+      axes: [{ stroke: '#8a96a3', grid: { stroke: '#26303a' } }, { stroke: '#8a96a3', grid: { stroke: '#26303a' }, size: 70, values: (u, v) => v.map((x) => chart.unit(x)) }],
+    }, data, container);
   }
 
   // ---- enrollment ----------------------------------------------------------------------

@@ -361,6 +361,18 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
             step("eval", json!({"js": "() => new Promise((resolve) => { const started = Date.now(); \
                 const tick = () => { const n = document.querySelectorAll('#nodes td[data-spark] svg polyline').length; \
                 if (n >= 6 || Date.now() - started > 10000) return resolve(n); setTimeout(tick, 50); }; tick(); })"})),
+            // 19: a node's own page: its metrics as charts over the last hour (raw samples),
+            // then over 24 h (minute rollups).
+            step("eval", json!({"js": "document.querySelector('#nodes tr[data-agent] a').click()"})),
+            step("wait_for", json!({"selector": "#node-cpu-chart canvas"})),
+            step("drawn_pixels", json!({"selector": "#node-cpu-chart"})),
+            step("eval", json!({"js": "document.querySelector('#node-source').textContent"})),
+            step("eval", json!({"js": "['cpu', 'memory', 'disk', 'load', 'network'].filter((c) => document.querySelector(`#node-${c}-chart canvas`)).length"})),
+            step("click", json!({"selector": "#node-ranges button[data-range=\"24h\"]"})),
+            step("wait_for_text", json!({"selector": "#node-source", "text": "minute"})),
+            step("wait_for", json!({"selector": "#node-network-chart canvas"})),
+            step("drawn_pixels", json!({"selector": "#node-network-chart"})),
+            step("expect_no_console_errors", json!({})),
         ]
     }))
     .await?;
@@ -379,6 +391,21 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
     assert!(
         lines >= 6,
         "{lines} sparklines for two nodes' cpu, memory, network (and disk)"
+    );
+    let drawn = viewer_run[21]["count"].as_u64().unwrap_or(0);
+    assert!(drawn > 500, "the node's CPU chart drew {drawn} pixels");
+    let source = viewer_run[22].as_str().unwrap_or("");
+    assert!(source.contains("raw samples"), "{source}");
+    assert_eq!(
+        viewer_run[23], 5,
+        "a chart each for cpu, memory, disk, load, network"
+    );
+    let source = viewer_run[25].as_str().unwrap_or("");
+    assert!(source.contains("minute rollups"), "24 h: {source}");
+    let drawn = viewer_run[27]["count"].as_u64().unwrap_or(0);
+    assert!(
+        drawn > 500,
+        "the node's 24 h network chart drew {drawn} pixels"
     );
 
     // The events page: events from a Zabbix source, the stored ones and then live ones (a

@@ -1,6 +1,6 @@
 //! Retention and rollups on both stores, with 40 days of generated rows committed through the
 //! ingest path's own transaction: raw rows past the window are deleted, rollups stay and
-//! equal the raw aggregates they replace, uptime and series read them, a replayed batch
+//! equal the raw aggregates they replace, uptime, latency and host metric series read them, a replayed batch
 //! counts once, and the SQLite file shrinks.
 
 use std::collections::BTreeMap;
@@ -413,6 +413,87 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
         let got: u64 = series.regions.values().flatten().map(|p| p.results).sum();
         assert_eq!(got, want, "{source}");
     }
+    // An agent's host metrics over the same three ranges come from the same sources and hold
+    // every sample of their range: its count, min, max and mean.
+    store.ensure_region("eu").await?;
+    count(
+        &store,
+        "INSERT INTO agents (id, region, labels, hostname, arch, os, version, cert_serial, \
+         cert_not_after_ms, state, enrolled_at_ms) VALUES ('ag-eu', 'eu', '{}', 'h', 'x86_64', \
+         'linux', '1', 's1', 0, 'offline', 0) RETURNING CAST(1 AS BIGINT)",
+    )
+    .await?;
+    let start = now - 40 * DAY_MS;
+    let cpu: Vec<(i64, f64)> = (0..)
+        .map(|i: i64| (start + i * STEP_MS, (i % 100) as f64))
+        .take_while(|(t, _)| *t < now)
+        .collect();
+    for (range, source) in [
+        (30 * DAY_MS, "hour"),
+        (2 * 3_600_000, "raw"),
+        (3 * DAY_MS, "minute"),
+    ] {
+        let series =
+            rollup::metric_series(&store, &keep, "ag-eu", now - range, now, None, now).await?;
+        assert_eq!(series.source, source, "{range}");
+        let from = match source {
+            "hour" => Resolution::Hour.bucket_of(now - range),
+            "minute" => Resolution::Minute.bucket_of(now - range),
+            _ => now - range,
+        };
+        let want: Vec<f64> = cpu
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .map(|c| c.1)
+            .collect();
+        let points = &series.metrics[&rollup::HostMetric::CpuPct];
+        let samples: u64 = points.iter().map(|p| p.samples).sum();
+        assert_eq!(samples, want.len() as u64, "{source}");
+        let max = points.iter().map(|p| p.max).fold(f64::MIN, f64::max);
+        let min = points.iter().map(|p| p.min).fold(f64::MAX, f64::min);
+        let mean = points.iter().map(|p| p.avg * p.samples as f64).sum::<f64>() / samples as f64;
+        let want_mean = want.iter().sum::<f64>() / want.len() as f64;
+        assert_eq!(
+            max,
+            want.iter().copied().fold(f64::MIN, f64::max),
+            "{source}"
+        );
+        assert_eq!(
+            min,
+            want.iter().copied().fold(f64::MAX, f64::min),
+            "{source}"
+        );
+        assert!(
+            (mean - want_mean).abs() < 1e-6,
+            "{source}: {mean} vs {want_mean}"
+        );
+        for (metric, value) in [
+            (rollup::HostMetric::MemUsedPct, 50.0),
+            (rollup::HostMetric::NetRxBytesPerS, 10.0),
+            (rollup::HostMetric::NetTxBytesPerS, 20.0),
+        ] {
+            assert!(
+                series.metrics[&metric]
+                    .iter()
+                    .all(|p| p.avg == value && p.min == value),
+                "{source} {metric:?}"
+            );
+        }
+        assert!(
+            !series
+                .metrics
+                .contains_key(&rollup::HostMetric::DiskUsedPct)
+        );
+    }
+    assert!(matches!(
+        rollup::metric_series(&store, &keep, "ag-nope", now - DAY_MS, now, None, now).await,
+        Err(rollup::RollupError::AgentNotFound(_))
+    ));
+    assert!(matches!(
+        rollup::metric_series(&store, &keep, "ag-eu", now, now - 1, None, now).await,
+        Err(rollup::RollupError::Invalid(_))
+    ));
+
     let refused = rollup::series(&store, &keep, "web", now, now - 1, None, now).await;
     assert!(matches!(refused, Err(rollup::RollupError::Invalid(_))));
     let too_many = rollup::series(&store, &keep, "web", now - DAY_MS, now, Some(1000), now).await;

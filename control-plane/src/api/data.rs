@@ -155,7 +155,7 @@ pub async fn check_uptime(
         .ok_or_else(|| ApiError::NotFound(format!("check {id:?}")))
 }
 
-/// Query string of `/checks/{id}/series`.
+/// Query string of `/checks/{id}/series` and `/agents/{id}/series`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSeriesQuery {
@@ -181,6 +181,33 @@ pub async fn check_series(
     let from_ms = query.from_ms.unwrap_or(to_ms - 86_400_000);
     Ok(Json(
         crate::rollup::series(
+            &state.store,
+            &state.settings.retention(),
+            &id,
+            from_ms,
+            to_ms,
+            query.step_ms,
+            now,
+        )
+        .await?,
+    ))
+}
+
+/// `GET /api/v1/agents/{id}/series`: an agent's host metrics (CPU, memory, load, network,
+/// fullest disk) in steps, min/avg/max per step, from raw samples, minute or hour rollups as
+/// the range demands.
+pub async fn agent_series(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<CheckSeriesQuery>,
+) -> Result<Json<crate::rollup::MetricSeries>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let now = now_ms();
+    let to_ms = query.to_ms.unwrap_or(now);
+    let from_ms = query.from_ms.unwrap_or(to_ms - 86_400_000);
+    Ok(Json(
+        crate::rollup::metric_series(
             &state.store,
             &state.settings.retention(),
             &id,

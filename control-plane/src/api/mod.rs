@@ -130,6 +130,7 @@ impl From<crate::rollup::RollupError> for ApiError {
         match error {
             RollupError::Invalid(reason) => ApiError::BadRequest(reason),
             RollupError::NotFound(id) => ApiError::NotFound(format!("check {id:?}")),
+            RollupError::AgentNotFound(id) => ApiError::NotFound(format!("agent {id:?}")),
             RollupError::Store(error) => error.into(),
         }
     }
@@ -484,6 +485,7 @@ pub fn router(state: AppState) -> Router {
         .route("/checks/{id}/run", post(run::run_check))
         .route("/checks/{id}/uptime", get(data::check_uptime))
         .route("/checks/{id}/series", get(data::check_series))
+        .route("/agents/{id}/series", get(data::agent_series))
         .route("/uptime", get(data::uptime))
         .route("/probe", post(run::probe))
         .route("/results", get(data::results))

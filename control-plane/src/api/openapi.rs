@@ -118,8 +118,10 @@ pub async fn document() -> Json<Value> {
             "/api/v1/openapi.json": { "get": op("This document", None, &["200"]) }
         }
     });
-    // Integrations, in a second literal (one would pass the macro's recursion limit).
+    // Integrations and metric series, in a second literal (one would pass the macro's
+    // recursion limit).
     let integrations = json!({
+            "/api/v1/agents/{id}/series": { "get": op("An agent's host metrics (cpu_pct, mem_used_pct, load1, net_rx/tx_bytes_per_s, disk_used_pct of the fullest disk) as min/avg/max per step (?from_ms=&to_ms=&step_ms=), from raw samples, minute or hour rollups", Some("viewer"), &["200", "400", "401", "403", "404"]) },
             "/api/v1/sources": {
                 "get": op("Integration sources (never a secret)", Some("viewer"), &read),
                 "post": op("Create a source {id, kind: zabbix|helius|alchemy|hmac, secret?, incident_severity?}; the answer holds its secret, shown once", Some("admin"), &["201", "400", "401", "403", "409", "422"])
