@@ -14,6 +14,10 @@
 //! host = "web-1"                                # the host's name in Zabbix (default: hostname)
 //! key_prefix = "vantage."                       # item keys: vantage.cpu_pct, …
 //! timeout_ms = 3000                             # one send: connect, write and answer
+//! [relay]                                       # optional: a webhook relay on the node's LAN
+//! listen = "192.168.1.20:8090"                  # where a Zabbix server on the LAN posts
+//! secret = "…"                                  # the Vantage source's secret
+//! source = "zabbix"                             # the Vantage source the events belong to
 //! ```
 //! Unknown keys are an error, so a typo never silently changes behaviour.
 //!
@@ -22,6 +26,10 @@
 //! and what happens when Zabbix is slow or down). Link the host in Zabbix to the template
 //! `provision/zabbix/vantage_agent_template.yaml`, which has one trapper item per key with
 //! the default prefix.
+//!
+//! `[relay]` (off when absent) listens for webhooks on the node's network, for a Zabbix
+//! server that cannot reach the control plane: its bodies are spooled and sent over the
+//! session like results (see [`crate::relay`]). It holds a secret, so keep the file `0600`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -204,6 +212,59 @@ impl ZabbixSenderConfig {
     }
 }
 
+/// `[relay]`: a webhook listener on the node's network whose bodies go over the agent's
+/// session (see [`crate::relay`]).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The address to listen on (plain HTTP; a LAN or loopback address, never the internet).
+    pub listen: std::net::SocketAddr,
+    /// The integration source's secret, as the control plane showed it when the source was
+    /// made: senders give it as `Authorization: Bearer …`, and the agent signs each body
+    /// with it.
+    pub secret: String,
+    /// The integration source the bodies belong to (a Zabbix or hmac source).
+    #[serde(default = "default_relay_source")]
+    pub source: String,
+}
+
+fn default_relay_source() -> String {
+    "zabbix".to_owned()
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("listen", &self.listen)
+            .field("secret", &"<redacted>")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl RelayConfig {
+    /// Checks the secret and source id.
+    ///
+    /// # Errors
+    /// A message saying what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(16..=256).contains(&self.secret.len())
+            || !self.secret.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(
+                "relay.secret must be the source's secret: 16 to 256 printable characters".into(),
+            );
+        }
+        if !vantage_mqtt::topic::valid_id(&self.source) {
+            return Err(format!(
+                "relay.source {:?} is not a source id (letters, digits, '-', '_')",
+                self.source
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Whether `host` is a name Zabbix accepts for a host: 1 to 128 letters, digits, spaces, dots,
 /// dashes and underscores.
 ///
@@ -251,6 +312,9 @@ pub struct AgentConfig {
     /// Host metrics also sent to Zabbix; off when absent.
     #[serde(default)]
     pub zabbix_sender: Option<ZabbixSenderConfig>,
+    /// A webhook relay on the node's network; off when absent.
+    #[serde(default)]
+    pub relay: Option<RelayConfig>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -265,6 +329,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("state_dir", &self.state_dir)
             .field("labels", &self.labels)
             .field("zabbix_sender", &self.zabbix_sender)
+            .field("relay", &self.relay)
             .finish_non_exhaustive()
     }
 }
@@ -313,6 +378,12 @@ impl AgentConfig {
         }
         if let Some(zabbix) = &config.zabbix_sender {
             zabbix.validate().map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
+        }
+        if let Some(relay) = &config.relay {
+            relay.validate().map_err(|message| ConfigError::Invalid {
                 path: path.to_owned(),
                 message,
             })?;

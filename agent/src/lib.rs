@@ -22,6 +22,7 @@ pub mod enroll;
 pub mod files;
 pub mod metrics;
 pub mod probe;
+pub mod relay;
 pub mod renew;
 pub mod session;
 pub mod spool;

@@ -15,7 +15,9 @@
 //! for the server to close the old connection, and a reconnect with it (the TLS config is
 //! swapped inside the event loop task; the last will is not sent on a clean disconnect, so
 //! the agent never shows offline). With `[zabbix_sender]` configured, each metrics sample is
-//! also handed to [`crate::zabbix_sender::ZabbixOut`], which sends it in its own task.
+//! also handed to [`crate::zabbix_sender::ZabbixOut`], which sends it in its own task. With
+//! `[relay]`, webhook bodies the relay listener took ([`crate::relay`]) are spooled as events
+//! and synced before the sender is answered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use crate::config::AgentConfig;
 use crate::enroll::{EnrollError, Identity};
 use crate::metrics::Collector;
 use crate::probe::{self, Outcome};
+use crate::relay::{RelayRequest, Spooled};
 use crate::renew::Renewal;
 use crate::spool::{Kind, Spool, SpoolError};
 use crate::zabbix_sender::ZabbixOut;
@@ -244,6 +247,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Webhooks from the node's network, spooled like results.
+    let mut relay =
+        match &config.relay {
+            Some(relay) => Some(crate::relay::start(relay).await.with_context(|| {
+                format!("cannot listen for relayed webhooks on {}", relay.listen)
+            })?),
+            None => None,
+        };
     let metrics_period = |desired: &Option<DesiredConfig>| {
         let seconds = config
             .metrics_interval_s
@@ -428,6 +439,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     last_flush = std::time::Instant::now();
                 }
             }
+            Some(request) = next_relayed(&mut relay) => {
+                let source = relay.as_ref().map(|r| r.source.clone()).unwrap_or_default();
+                spool_relayed(&mut spool, &mut write_errors, &source, request);
+                if connected {
+                    flush(&client, &id, &mut spool, &mut write_errors);
+                    last_flush = std::time::Instant::now();
+                }
+            }
             _ = metrics_tick.tick() => {
                 let measured_at_ms = crate::now_ms();
                 let pushed = spool.push(Kind::Metrics, |seq| {
@@ -503,6 +522,53 @@ async fn sleep_until_due(due: Option<tokio::time::Instant>) {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }
+}
+
+/// The next body the relay took, or never when there is no relay.
+async fn next_relayed(relay: &mut Option<crate::relay::Relay>) -> Option<RelayRequest> {
+    match relay {
+        Some(relay) => relay.requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Spools a relayed webhook body as an event of `source` and syncs the spool, then tells
+/// the listener, which answers the sender only now.
+fn spool_relayed(spool: &mut Spool, write_errors: &mut u64, source: &str, request: RelayRequest) {
+    let RelayRequest {
+        body,
+        signature,
+        reply,
+    } = request;
+    let measured_at_ms = crate::now_ms();
+    let pushed = spool.push(Kind::Event, |seq| {
+        let event = vantage_mqtt::Event {
+            seq,
+            measured_at_ms,
+            source: source.to_owned(),
+            severity: String::new(),
+            message: String::new(),
+            relayed: Some(vantage_mqtt::RelayedBody { body, signature }),
+        };
+        String::from_utf8(encode(&event)).unwrap_or_default()
+    });
+    let answer = match pushed {
+        Ok(seq) => match spool.sync() {
+            Ok(()) => Spooled::Seq(seq),
+            Err(error) => {
+                *write_errors += 1;
+                tracing::error!(%error, "Cannot sync the spool");
+                Spooled::Failed("the agent cannot sync its spool".into())
+            }
+        },
+        Err(SpoolError::Unsendable { .. }) => Spooled::TooLarge,
+        Err(error @ SpoolError::Io { .. }) => {
+            *write_errors += 1;
+            tracing::error!(%error, "Cannot spool a relayed webhook body");
+            Spooled::Failed("the agent cannot write its spool".into())
+        }
+    };
+    let _ = reply.send(answer);
 }
 
 /// Spools one check result, its texts bounded.

@@ -10,7 +10,9 @@
 //! batch, commits it in one transaction, then — only after the commit — publishes
 //! `results/ack` with each agent's exact committed seq ranges, the retained check statuses,
 //! and the live events, then hands the batch to judging ([`crate::verdict::judge_worker`]) on
-//! a bounded queue and goes on with the next commit. A failed commit acknowledges nothing: agents keep the rows and resend.
+//! a bounded queue and goes on with the next commit. Events that carry a relayed webhook body
+//! skip the batch: each takes its source's webhook path and is acknowledged once stored
+//! there. A failed commit acknowledges nothing: agents keep the rows and resend.
 //! Hello, status and heartbeat messages update the agents table directly; a hello whose
 //! `next_seq` is at or below what the store holds means the agent's state was rewound, and
 //! the agent is told to number on from past it (`Command::RaiseSeq`). A certificate signing
@@ -463,6 +465,8 @@ async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
             ..IngestBatch::default()
         };
         let mut rest = Vec::new();
+        // Webhook bodies agents relayed: they take their source's webhook path, not the batch.
+        let mut relayed: Vec<(String, Event)> = Vec::new();
         for rows in pending.drain(..) {
             if batch.len() >= max_rows {
                 rest.push(rows);
@@ -475,17 +479,66 @@ async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
                 Rows::Metrics(agent, region, b) => batch
                     .metrics
                     .extend(b.into_iter().map(|m| (agent.clone(), region.clone(), m))),
-                Rows::Events(agent, region, b) => batch
-                    .events
-                    .extend(b.into_iter().map(|e| (agent.clone(), region.clone(), e))),
+                Rows::Events(agent, region, b) => {
+                    for event in b {
+                        if event.relayed.is_some() {
+                            relayed.push((agent.clone(), event));
+                        } else {
+                            batch.events.push((agent.clone(), region.clone(), event));
+                        }
+                    }
+                }
             }
         }
         pending = rest;
         // Whatever did not fit stays in `pending` for the next round.
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            commit_with_retry(&state, batch).await;
         }
-        commit_with_retry(&state, batch).await;
+        if !relayed.is_empty() {
+            take_relayed(&state, relayed).await;
+        }
+    }
+}
+
+/// Takes each relayed webhook body through its source's webhook path
+/// ([`crate::integrations::accept_relayed`]: the agent's signature checked, the rows
+/// deduplicated, stored and published), then acknowledges the bodies taken or refused for
+/// good. A body that met a store error is not acknowledged: the agent sends it again, and
+/// the rows stored before the error are then found as duplicates.
+async fn take_relayed(state: &AppState, rows: Vec<(String, Event)>) {
+    use crate::integrations::IntegrationError;
+    let mut acks: HashMap<String, Vec<u64>> = HashMap::new();
+    for (agent, event) in rows {
+        let Some(body) = &event.relayed else {
+            continue;
+        };
+        let counter = match crate::integrations::accept_relayed(state, &event.source, body).await {
+            Ok(_) => &state.counters.events_relayed,
+            Err(IntegrationError::Store(error)) => {
+                tracing::warn!(%agent, source = %event.source, %error, "Cannot store a relayed webhook body; the agent sends it again");
+                state
+                    .counters
+                    .events_relayed_retry
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(
+                error @ (IntegrationError::Unauthorized
+                | IntegrationError::Malformed(_)
+                | IntegrationError::Invalid(_)
+                | IntegrationError::NotFound(_)),
+            ) => {
+                crate::integrations::count_refusal(state, &error);
+                tracing::warn!(%agent, source = %event.source, %error, "Refused a relayed webhook body");
+                &state.counters.events_relayed_refused
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        acks.entry(agent).or_default().push(event.seq);
+    }
+    for (agent, seqs) in acks {
+        publish_ack(state, &agent, seqs).await;
     }
 }
 

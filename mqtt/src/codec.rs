@@ -257,13 +257,27 @@ mod tests {
         });
         round_trip(EventsBatch {
             v: 1,
-            items: vec![Event {
-                seq: 3,
-                measured_at_ms: 4,
-                source: "zabbix".into(),
-                severity: "high".into(),
-                message: "disk full".into(),
-            }],
+            items: vec![
+                Event {
+                    seq: 3,
+                    measured_at_ms: 4,
+                    source: "zabbix".into(),
+                    severity: "high".into(),
+                    message: "disk full".into(),
+                    relayed: None,
+                },
+                Event {
+                    seq: 4,
+                    measured_at_ms: 5,
+                    source: "zabbix".into(),
+                    severity: String::new(),
+                    message: String::new(),
+                    relayed: Some(RelayedBody {
+                        body: "{\"v\":1}".into(),
+                        signature: "sha256=00".into(),
+                    }),
+                },
+            ],
         });
         round_trip(DesiredConfig {
             v: 1,

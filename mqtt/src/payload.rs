@@ -230,7 +230,8 @@ pub struct ResultsBatch {
     pub items: Vec<CheckResult>,
 }
 
-/// One relayed event (Zabbix, chain, agent-local).
+/// One event an agent sends: agent-local (`severity`, `message`), or a webhook body it
+/// received on its network for the integration source `source` (`relayed`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
@@ -239,6 +240,33 @@ pub struct Event {
     pub source: String,
     pub severity: String,
     pub message: String,
+    /// A relayed webhook: the control plane takes it through the source's own webhook path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed: Option<RelayedBody>,
+}
+
+/// Largest webhook body an agent relays, in bytes.
+pub const MAX_RELAYED_BODY_BYTES: usize = 64 * 1024;
+
+/// A webhook body an agent's relay listener received and accepted.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayedBody {
+    /// The body as received: UTF-8, at most [`MAX_RELAYED_BODY_BYTES`].
+    pub body: String,
+    /// `sha256=<hex>`: the HMAC-SHA256 of `body` under the source's secret, made by the agent
+    /// after it checked the sender's bearer against that secret. The control plane checks
+    /// it as it checks a webhook's `X-Vantage-Signature`, so an agent without the secret
+    /// cannot speak for the source.
+    pub signature: String,
+}
+
+impl std::fmt::Debug for RelayedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayedBody")
+            .field("body_bytes", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// `agents/{id}/events`.

@@ -612,3 +612,98 @@ async fn webhooks(backend: Backend) -> anyhow::Result<()> {
 }
 
 both_backends!(webhooks_store_each_event_once_and_publish_it, webhooks);
+
+/// Bodies an agent relays (events with `relayed`, as the agent's `[relay]` spools them) are
+/// taken only with the source's signature: a signed Zabbix body is stored once (its replay
+/// found as a duplicate), a wrong signature, an unknown source or a malformed body refused;
+/// each is acknowledged, so the agent stops sending it.
+async fn relayed_bodies(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let (status, source) = cp
+        .post("/api/v1/sources", json!({"id": "zabbix", "kind": "zabbix"}))
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {source}");
+    let secret = source["secret"].as_str().context("secret")?.to_owned();
+    let identity = MqttIdentity::enroll(&cp, "europe").await?;
+    let (client, mut eventloop) =
+        rumqttc::AsyncClient::new(identity.options(&identity.agent_id)?, 64);
+    vantage_tests::connect(&mut eventloop).await?;
+    let ack_topic = format!("vantage/v1/agents/{}/results/ack", identity.agent_id);
+    client
+        .subscribe(&ack_topic, rumqttc::QoS::AtLeastOnce)
+        .await?;
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)) = event
+                && let Ok(ack) = serde_json::from_slice::<Value>(&p.payload)
+            {
+                let _ = acks_tx.send(ack);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let body = zabbix_body("5501", "problem", 4, "lan-db-1").to_string();
+    let signed = format!("sha256={}", hmac_hex(&secret, body.as_bytes()));
+    let malformed = json!({"v": 1, "nothing": "of Zabbix"}).to_string();
+    let relayed = |seq: u64, source: &str, body: &str, signature: &str| {
+        json!({"seq": seq, "measured_at_ms": 1_735_812_672_000_i64, "source": source,
+            "severity": "", "message": "", "relayed": {"body": body, "signature": signature}})
+    };
+    let batch = json!({"v": 1, "items": [
+        relayed(1, "zabbix", &body, &signed),
+        relayed(2, "zabbix", &body, &signed),
+        relayed(3, "zabbix", &body, &format!("sha256={}", hmac_hex("not-the-secret-0123", body.as_bytes()))),
+        relayed(4, "nope", &body, &signed),
+        relayed(5, "zabbix", &malformed, &format!("sha256={}", hmac_hex(&secret, malformed.as_bytes()))),
+    ]});
+    client
+        .publish(
+            format!("vantage/v1/agents/{}/events", identity.agent_id),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&batch)?,
+        )
+        .await?;
+    // Every seq is acknowledged: taken or refused for good.
+    let mut acked = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while acked.len() < 5 {
+        let ack = tokio::time::timeout_at(deadline, acks.recv())
+            .await
+            .with_context(|| format!("acks so far: {acked:?}"))?
+            .context("ack stream ended")?;
+        for range in ack["ranges"].as_array().context("ranges")? {
+            let (from, to) = (
+                range[0].as_u64().context("from")?,
+                range[1].as_u64().context("to")?,
+            );
+            acked.extend(from..=to);
+        }
+    }
+    assert_eq!(acked, (1..=5).collect());
+    assert_eq!(event_count(&cp, "zabbix").await?, 1);
+    let (_, events) = cp.get("/api/v1/events?source=zabbix").await?;
+    assert_eq!(events[0]["external_id"], "5501", "{events}");
+    assert_eq!(events[0]["host"], "lan-db-1", "{events}");
+    let relayed_total =
+        |outcome: &str| format!("vantage_events_relayed_total{{outcome=\"{outcome}\"}}");
+    assert_eq!(cp.counter(&relayed_total("taken")).await?, 2);
+    assert_eq!(cp.counter(&relayed_total("refused")).await?, 3);
+    assert_eq!(cp.counter(&relayed_total("retry")).await?, 0);
+    assert_eq!(
+        cp.counter("vantage_events_total{outcome=\"duplicate\"}")
+            .await?,
+        1
+    );
+    assert_eq!(
+        cp.counter("vantage_webhooks_refused_total{reason=\"unauthorized\"}")
+            .await?,
+        2
+    );
+    Ok(())
+}
+
+both_backends!(relayed_bodies_need_the_sources_signature, relayed_bodies);

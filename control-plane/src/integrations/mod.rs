@@ -16,7 +16,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::Mutex;
-use vantage_mqtt::{EventSeverity, EventStatus, IncidentSubject, SourceKind, encode, topic};
+use vantage_mqtt::{
+    EventSeverity, EventStatus, IncidentSubject, MAX_RELAYED_BODY_BYTES, RelayedBody, SourceKind,
+    encode, topic,
+};
 
 use crate::AppState;
 use crate::hub::LiveEvent;
@@ -332,6 +335,38 @@ pub async fn accept(
         outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// Takes a webhook body an agent relayed for the source `source_id` the way the source's
+/// own webhook takes it: the agent's signature is checked as an `X-Vantage-Signature` (so a
+/// Zabbix or hmac source; an agent without the source's secret cannot sign), then the rows
+/// are parsed, stored and published as if the sender had posted them here.
+///
+/// # Errors
+/// As [`authenticate`] and [`accept`]; a body over [`MAX_RELAYED_BODY_BYTES`] is refused as
+/// malformed.
+pub async fn accept_relayed(
+    state: &AppState,
+    source_id: &str,
+    relayed: &RelayedBody,
+) -> Result<Vec<RowOutcome>, IntegrationError> {
+    let body = relayed.body.as_bytes();
+    if body.len() > MAX_RELAYED_BODY_BYTES {
+        state
+            .counters
+            .webhooks_oversize
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(IntegrationError::Malformed(format!(
+            "a relayed body is at most {MAX_RELAYED_BODY_BYTES} bytes"
+        )));
+    }
+    let credentials = Credentials {
+        authorization: None,
+        vantage_signature: Some(&relayed.signature),
+        alchemy_signature: None,
+    };
+    let source = authenticate(state, Some(source_id), credentials, body).await?;
+    accept(state, &source, body).await
 }
 
 /// Counts a request refused before its rows were read.
