@@ -4,14 +4,17 @@
 //! its host is), an acknowledgement once as an update, and the resolution once (resolving the
 //! incident); Zabbix records Vantage's answer as the event's tags. The API poller finds a
 //! problem that began before it existed, and after the control plane was down, catches up
-//! from its stored cursor: each problem and resolution stored once.
+//! from its stored cursor: each problem and resolution stored once. A Zabbix whose only way
+//! out is an agent's relay in a network namespace delivers through the agent, while the
+//! agent's link to the control plane is cut too: each problem and resolution arrives once.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
+use vantage_tests::regions::Region;
 use vantage_tests::zabbix::Zabbix;
-use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, wait_for};
+use vantage_tests::{Agent, Backend, ControlPlane, MqttIdentity, TestStore, bin, wait_for};
 
 use crate::both_backends;
 
@@ -296,3 +299,167 @@ async fn poller(backend: Backend) -> anyhow::Result<()> {
 }
 
 both_backends!(the_zabbix_poller_catches_up_from_its_cursor, poller);
+
+/// The Zabbix media type posts to an agent's `[relay]`, which listens inside a network
+/// namespace: Zabbix reaches it only through a door into the namespace, and the agent reaches
+/// the control plane only through forwards out of it. While the agent's MQTT link is cut,
+/// Zabbix's delivery of a problem is still answered (spooled on the agent); once the link is
+/// back the problem arrives, then its resolution: once each, through the relay only.
+async fn relay(backend: Backend) -> anyhow::Result<()> {
+    let zabbix = Zabbix::connect().await?;
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let (status, source) = cp
+        .post(
+            "/api/v1/sources",
+            json!({"id": "zabbix", "kind": "zabbix", "incident_severity": "high"}),
+        )
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {source}");
+    let secret = source["secret"].as_str().context("secret")?.to_owned();
+    let region = Region::new()?;
+    let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let _api = region.forward(cp.http_port, local(cp.http_port))?;
+    let mqtt = region.forward(cp.mqtt_port, local(cp.mqtt_port))?;
+    let relay_port = vantage_tests::free_port();
+    let token = cp.enrollment_token("r1", 1).await?;
+    let agent = Agent::start_command(
+        &cp,
+        &token,
+        &format!("[relay]\nlisten = \"127.0.0.1:{relay_port}\"\nsecret = \"{secret}\"\n"),
+        region.command(&bin("vantage-agent")),
+    )?;
+    let agent_id = agent.wait_enrolled().await?;
+    let door = region.expose(relay_port).await?;
+    let endpoint = format!("http://{}/api/v1/integrations/zabbix", door.addr);
+
+    // The relay answers bad requests itself, and spools none of them.
+    let client = reqwest::Client::new();
+    let problem_body = json!({"v": 1, "event": {"id": "1", "status": "problem"}});
+    let wait_listening = || async {
+        client
+            .post(&endpoint)
+            .json(&problem_body)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    let first = wait_for("the relay listening", Duration::from_secs(30), || async {
+        wait_listening().await
+    })
+    .await
+    .with_context(|| agent.log())?;
+    anyhow::ensure!(first == 401, "no secret: {first}");
+    for (bearer, body, want) in [
+        (
+            Some("wrong-secret-0123456789"),
+            problem_body.to_string(),
+            401,
+        ),
+        (Some(secret.as_str()), "{not json".to_owned(), 400),
+        (Some(secret.as_str()), "[1, 2]".to_owned(), 400),
+        (
+            Some(secret.as_str()),
+            json!({"pad": "x".repeat(70 * 1024)}).to_string(),
+            413,
+        ),
+    ] {
+        let mut request = client.post(&endpoint).body(body);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        anyhow::ensure!(status == want, "{status} (wanted {want}): {text}");
+        anyhow::ensure!(text.contains("\"message\""), "{text}");
+    }
+    let get = client.get(&endpoint).bearer_auth(&secret).send().await?;
+    anyhow::ensure!(get.status().as_u16() == 405, "{}", get.status());
+
+    let name = format!("vantage-relay-{}-{agent_id}", backend.name());
+    let setup = zabbix.setup(&name, &agent_id, &endpoint, &secret).await?;
+    let alerts = || async {
+        let found = zabbix
+            .call(
+                "alert.get",
+                json!({"output": ["status", "error", "retries"], "mediatypeids": [setup.mediatypeid]}),
+            )
+            .await?;
+        Ok::<_, anyhow::Error>(found.as_array().cloned().unwrap_or_default())
+    };
+
+    // The agent's link to the control plane is cut; Zabbix still delivers, to the agent.
+    mqtt.cut();
+    zabbix.raise(&setup.host, &setup.hostid, 10).await?;
+    wait_for(
+        "Zabbix's delivery to the relay",
+        Duration::from_secs(60),
+        || async {
+            let alerts = alerts().await.ok()?;
+            alerts.iter().any(|a| a["status"] == "1").then_some(())
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        events(&cp).await?.is_empty(),
+        "an event arrived with the link cut"
+    );
+    mqtt.restore()?;
+    let rows = wait_for_status(&cp, "problem", 1)
+        .await
+        .with_context(|| agent.log())?;
+    let problem = rows
+        .iter()
+        .find(|e| e["status"] == "problem")
+        .context("problem")?
+        .clone();
+    anyhow::ensure!(
+        problem["severity"] == "high"
+            && problem["node"] == agent_id.as_str()
+            && problem["incident_id"].is_string(),
+        "{problem}"
+    );
+
+    // The value drops: the resolution comes the same way and resolves the incident.
+    zabbix.send(&setup.host, 1).await?;
+    let rows = wait_for_status(&cp, "resolved", 1).await?;
+    let resolved = rows
+        .iter()
+        .find(|e| e["status"] == "resolved")
+        .context("resolved")?;
+    anyhow::ensure!(resolved["problem_id"] == problem["id"], "{resolved}");
+    let incident_id = problem["incident_id"].as_str().context("incident")?;
+    let (_, incident) = cp.get(&format!("/api/v1/incidents/{incident_id}")).await?;
+    anyhow::ensure!(incident["incident"]["open"] == false, "{incident}");
+
+    // Exactly once each, all through the relay, and Zabbix never had to retry.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = events(&cp).await?;
+    let count = |status: &str| rows.iter().filter(|e| e["status"] == status).count();
+    anyhow::ensure!(
+        (count("problem"), count("resolved"), rows.len()) == (1, 1, 2),
+        "events: {rows:?}"
+    );
+    let relayed = |outcome: &str| format!("vantage_events_relayed_total{{outcome=\"{outcome}\"}}");
+    anyhow::ensure!(cp.counter(&relayed("taken")).await? == 2);
+    anyhow::ensure!(cp.counter(&relayed("refused")).await? == 0);
+    anyhow::ensure!(
+        cp.counter("vantage_events_total{outcome=\"duplicate\"}")
+            .await?
+            == 0
+    );
+    let alerts = alerts().await?;
+    anyhow::ensure!(
+        alerts.len() == 2
+            && alerts
+                .iter()
+                .all(|a| a["status"] == "1" && a["retries"] == "0"),
+        "Zabbix's deliveries: {alerts:?}"
+    );
+    drop(agent);
+    Ok(())
+}
+
+both_backends!(zabbix_events_arrive_once_through_an_agents_relay, relay);

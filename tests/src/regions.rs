@@ -5,7 +5,8 @@
 //! [`Forward`]s: TCP listeners bound inside the namespace that relay each connection to an
 //! address in the test's namespace. A forward can add latency in both directions, and can be
 //! cut (listener closed, open connections closed) and restored, so one region can lose its
-//! path to a target while the others keep theirs.
+//! path to a target while the others keep theirs. [`Region::expose`] opens the other way: a
+//! door from the test's namespace to one port inside the region.
 //!
 //! The listener is bound inside the namespace from a short-lived thread that has joined it
 //! with `setns` (network namespaces are per thread); the relay tasks run on the tokio runtime
@@ -122,6 +123,45 @@ impl Region {
             .with_context(|| format!("connect to {addr} inside {}", self.name))
     }
 
+    /// Listens on `127.0.0.1` (a free port) in the test's namespace and relays every
+    /// connection to `127.0.0.1:port` inside the region: the one door through which a
+    /// process outside (a Zabbix server) reaches a listener that lives in the region.
+    ///
+    /// # Errors
+    /// Not called inside a tokio runtime, or no port can be bound.
+    pub async fn expose(&self, port: u16) -> anyhow::Result<Exposed> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let path = self.path.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((mut outside, _)) = listener.accept().await {
+                let path = path.clone();
+                connections.spawn(async move {
+                    let target = SocketAddr::from(([127, 0, 0, 1], port));
+                    let inside = tokio::task::spawn_blocking(move || {
+                        run_in_namespace(&path, move || {
+                            TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
+                        })
+                    })
+                    .await;
+                    let Ok(Ok(Ok(inside))) = inside else {
+                        return;
+                    };
+                    if inside.set_nonblocking(true).is_err() {
+                        return;
+                    }
+                    let Ok(mut inside) = tokio::net::TcpStream::from_std(inside) else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Ok(Exposed { addr, task })
+    }
+
     /// Runs `work` on a short-lived thread that has joined the namespace, so sockets it
     /// creates belong to the namespace.
     ///
@@ -145,6 +185,20 @@ impl Drop for Region {
         if let Err(error) = ip(&["netns", "del", &self.name]) {
             eprintln!("region {}: {error:#}", self.name);
         }
+    }
+}
+
+/// A door from the test's namespace to a port inside a region ([`Region::expose`]); dropping
+/// it closes the door and its connections.
+pub struct Exposed {
+    /// The address to connect to in the test's namespace.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Exposed {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
