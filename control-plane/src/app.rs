@@ -100,6 +100,7 @@ impl Application {
             )
             .context("cannot start the heap trimmer")?;
         }
+        let (event_writes, event_queue) = crate::integrations::EventWrites::new();
         let (judge_queue, judge_batches) =
             tokio::sync::mpsc::channel(crate::verdict::JUDGE_QUEUE_BATCHES);
         let state = AppState {
@@ -129,10 +130,16 @@ impl Application {
                 .context("cannot build the notification HTTP client")?,
             hosts: Arc::default(),
             sources: Arc::default(),
+            event_writes: Arc::new(event_writes),
+            external_seen: Arc::default(),
         };
         republish_retained(&state).await?;
 
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::integrations::EventWrites::run(
+            state.store.clone(),
+            event_queue,
+        )));
         tasks.push(tokio::spawn(crate::ingest::run(
             state.clone(),
             subscription,

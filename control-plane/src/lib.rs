@@ -98,4 +98,8 @@ pub struct AppState {
     pub hosts: Arc<integrations::HostMap>,
     /// Integration sources, cached for their webhooks.
     pub sources: Arc<integrations::SourceCache>,
+    /// The group writer integration events are stored through.
+    pub event_writes: Arc<integrations::EventWrites>,
+    /// External nodes written lately (one write a minute per busy host).
+    pub external_seen: Arc<integrations::ExternalSeen>,
 }

@@ -707,3 +707,71 @@ async fn relayed_bodies(backend: Backend) -> anyhow::Result<()> {
 }
 
 both_backends!(relayed_bodies_need_the_sources_signature, relayed_bodies);
+
+/// Webhooks in parallel share group commits: 40 events, each sent twice by 80 concurrent
+/// requests (a problem and its resolution among them), are stored once each, every request
+/// answered, the resolution paired with its problem whichever commit each landed in.
+async fn parallel_webhooks(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    let (status, source) = cp
+        .post("/api/v1/sources", json!({"id": "zabbix", "kind": "zabbix"}))
+        .await?;
+    anyhow::ensure!(status == 201, "{status} {source}");
+    let bearer = format!("Bearer {}", source["secret"].as_str().context("secret")?);
+    let mut bodies = Vec::new();
+    for n in 0..39 {
+        bodies.push(zabbix_body(
+            &format!("7{n:03}"),
+            "problem",
+            3,
+            &format!("edge-{}", n % 7),
+        ));
+    }
+    bodies.push(zabbix_body("7000", "resolved", 3, "edge-0"));
+    let requests = bodies.iter().chain(bodies.iter()).map(|body| {
+        let (cp, bearer) = (&cp, &bearer);
+        async move {
+            post_raw(
+                cp,
+                "/api/v1/integrations/zabbix",
+                &[("authorization", bearer.as_str())],
+                serde_json::to_vec(body)?,
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let mut duplicates = 0;
+    for answer in answers {
+        let (status, body) = answer?;
+        anyhow::ensure!(status == 200, "{status} {body}");
+        if body["duplicate"] == true {
+            duplicates += 1;
+        }
+    }
+    assert_eq!(duplicates, 40);
+    assert_eq!(event_count(&cp, "zabbix").await?, 40);
+    let (_, events) = cp.get("/api/v1/events?source=zabbix&limit=100").await?;
+    let rows = events.as_array().context("events")?;
+    let of = |status: &str| {
+        rows.iter()
+            .find(|e| e["external_id"] == "7000" && e["status"] == status)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (problem, resolved) = (of("problem"), of("resolved"));
+    assert!(problem["id"].is_i64(), "{events}");
+    assert_eq!(resolved["problem_id"], problem["id"], "{resolved}");
+    assert!(problem["resolved_at_ms"].is_i64(), "{problem}");
+    let (_, nodes) = cp.get("/api/v1/external-nodes").await?;
+    assert_eq!(nodes.as_array().map(Vec::len), Some(7), "{nodes}");
+    assert_eq!(
+        cp.counter("vantage_events_total{outcome=\"duplicate\"}")
+            .await?,
+        40
+    );
+    Ok(())
+}
+
+both_backends!(parallel_webhooks_share_group_commits, parallel_webhooks);

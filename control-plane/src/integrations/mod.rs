@@ -15,7 +15,7 @@ pub mod zabbix;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, oneshot};
 use vantage_mqtt::{
     EventSeverity, EventStatus, IncidentSubject, MAX_RELAYED_BODY_BYTES, RelayedBody, SourceKind,
     encode, topic,
@@ -24,8 +24,8 @@ use vantage_mqtt::{
 use crate::AppState;
 use crate::hub::LiveEvent;
 use crate::store::{
-    IncidentOp, IncidentRequest, NewEvent, Pairing, PollConfig, Recorded, SourceRow, StoreError,
-    now_ms, random_id,
+    EventWrite, IncidentOp, IncidentRequest, NewEvent, Pairing, PollConfig, Recorded, SourceRow,
+    Store, StoreError, now_ms, random_id,
 };
 
 /// Longest event title, in bytes.
@@ -453,8 +453,18 @@ pub(crate) async fn record(
             }
         }
     }
+    // An unmapped host is kept as an external node; written again only when it changed or
+    // its last sighting is older than a minute.
     let external = match (&node, &event.host) {
-        (None, Some(_)) => Some((event.host_name.as_str(), event.host_address.as_str())),
+        (None, Some(host)) => {
+            let seen = ExternalSighting {
+                source: source.id.clone(),
+                host: host.clone(),
+                name: event.host_name.clone(),
+                address: event.host_address.clone(),
+            };
+            (!state.external_seen.fresh(&seen, at_ms)).then_some(seen)
+        }
         _ => None,
     };
     let channels = if source.incident_severity.is_some() && event.status != EventStatus::Info {
@@ -462,11 +472,20 @@ pub(crate) async fn record(
     } else {
         Vec::new()
     };
-    let decide = |pairing: &Pairing| incident_for(source, event, pairing, &channels, at_ms);
-    let recorded = state
-        .store
-        .record_event(source, event, node.as_deref(), external, at_ms, &decide)
-        .await?;
+    let write = Write {
+        source: source.clone(),
+        event: event.clone(),
+        node,
+        external: external
+            .as_ref()
+            .map(|seen| (seen.name.clone(), seen.address.clone())),
+        received_at_ms: at_ms,
+        channels,
+    };
+    let recorded = state.event_writes.record(&state.store, write).await?;
+    if let (Recorded::Stored { .. }, Some(seen)) = (&recorded, external) {
+        state.external_seen.note(seen, at_ms);
+    }
     match recorded {
         Recorded::Duplicate { id } => {
             state
@@ -501,6 +520,165 @@ pub(crate) async fn record(
                 id: event.id,
                 incident_id: event.incident_id,
             })
+        }
+    }
+}
+
+/// How long an external node's sighting stands before it is written again.
+const EXTERNAL_REFRESH_MS: i64 = 60_000;
+/// Most sightings remembered; past it the memory starts over.
+const MAX_SIGHTINGS: usize = 10_000;
+
+/// An unmapped host as an event named it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExternalSighting {
+    source: String,
+    host: String,
+    name: String,
+    address: String,
+}
+
+/// The external nodes written lately, so a busy host costs one write a minute, not one per
+/// event (its `last_seen_ms` is then exact to the minute). Bounded by [`MAX_SIGHTINGS`].
+#[derive(Debug, Default)]
+pub struct ExternalSeen {
+    written: std::sync::Mutex<HashMap<ExternalSighting, i64>>,
+}
+
+impl ExternalSeen {
+    /// Whether `seen` was written within [`EXTERNAL_REFRESH_MS`] of `now_ms`.
+    fn fresh(&self, seen: &ExternalSighting, now_ms: i64) -> bool {
+        self.written.lock().is_ok_and(|written| {
+            written
+                .get(seen)
+                .is_some_and(|at| now_ms - at < EXTERNAL_REFRESH_MS)
+        })
+    }
+
+    /// Notes that `seen` was written at `now_ms`.
+    fn note(&self, seen: ExternalSighting, now_ms: i64) {
+        if let Ok(mut written) = self.written.lock() {
+            if written.len() >= MAX_SIGHTINGS {
+                written.clear();
+            }
+            written.insert(seen, now_ms);
+        }
+    }
+}
+
+/// Most events one group commit takes.
+const MAX_GROUP: usize = 64;
+
+/// An event on its way to the store, with what decides its incident.
+#[derive(Debug)]
+struct Write {
+    source: SourceRow,
+    event: NewEvent,
+    node: Option<String>,
+    external: Option<(String, String)>,
+    received_at_ms: i64,
+    /// The channels an incident it opens notifies.
+    channels: Vec<String>,
+}
+
+type Queued = (Write, oneshot::Sender<Result<Recorded, StoreError>>);
+
+/// The group writer: events that arrive together (webhooks in parallel, a poller's page,
+/// agents' relayed bodies) are stored in one transaction by one task, so they neither wait
+/// on each other's locks nor pay a commit each; each caller is answered after the commit.
+#[derive(Debug)]
+pub struct EventWrites {
+    queue: mpsc::Sender<Queued>,
+}
+
+impl EventWrites {
+    /// The writer's handle and the task to spawn with [`EventWrites::run`].
+    pub fn new() -> (EventWrites, EventQueue) {
+        let (queue, receiver) = mpsc::channel(4 * MAX_GROUP);
+        (EventWrites { queue }, EventQueue(receiver))
+    }
+
+    /// Stores one event through the group writer (directly, should the writer be gone) and
+    /// answers once it is committed.
+    async fn record(&self, store: &Store, write: Write) -> Result<Recorded, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        match self.queue.send((write, reply)).await {
+            Ok(()) => match answer.await {
+                Ok(recorded) => recorded,
+                Err(_) => Err(StoreError::Interrupted("the event writer stopped")),
+            },
+            Err(mpsc::error::SendError((write, _))) => {
+                let mut recorded = write_group(store, std::slice::from_ref(&write)).await;
+                recorded
+                    .pop()
+                    .unwrap_or(Err(StoreError::Interrupted("no answer for the event")))
+            }
+        }
+    }
+
+    /// Runs the writer until every handle is dropped: takes what is queued (up to
+    /// [`MAX_GROUP`]), stores it in one transaction, answers each.
+    pub async fn run(store: Store, queue: EventQueue) {
+        let EventQueue(mut receiver) = queue;
+        let mut queued: Vec<Queued> = Vec::with_capacity(MAX_GROUP);
+        while receiver.recv_many(&mut queued, MAX_GROUP).await > 0 {
+            let (writes, replies): (Vec<Write>, Vec<_>) = queued.drain(..).unzip();
+            let recorded = write_group(&store, &writes).await;
+            for (reply, recorded) in replies.into_iter().zip(recorded) {
+                let _ = reply.send(recorded);
+            }
+        }
+    }
+}
+
+/// The receiving end of [`EventWrites`].
+#[derive(Debug)]
+pub struct EventQueue(mpsc::Receiver<Queued>);
+
+/// Stores `writes` in one transaction; should it fail, each alone, so one event's error is
+/// that event's only. One answer per write, in order.
+async fn write_group(store: &Store, writes: &[Write]) -> Vec<Result<Recorded, StoreError>> {
+    let deciders: Vec<_> = writes
+        .iter()
+        .map(|w| {
+            move |pairing: &Pairing| {
+                incident_for(&w.source, &w.event, pairing, &w.channels, w.received_at_ms)
+            }
+        })
+        .collect();
+    let group: Vec<EventWrite<'_>> = writes
+        .iter()
+        .zip(&deciders)
+        .map(|(w, decide)| EventWrite {
+            source: &w.source,
+            event: &w.event,
+            node: w.node.as_deref(),
+            external: w
+                .external
+                .as_ref()
+                .map(|(name, address)| (name.as_str(), address.as_str())),
+            received_at_ms: w.received_at_ms,
+            incident: decide,
+        })
+        .collect();
+    match store.record_events(&group).await {
+        Ok(recorded) => recorded.into_iter().map(Ok).collect(),
+        Err(error) if group.len() == 1 => vec![Err(error)],
+        Err(error) => {
+            tracing::warn!(%error, n = group.len(), "A group of events did not commit; storing each alone");
+            let mut out = Vec::with_capacity(group.len());
+            for one in &group {
+                out.push(
+                    store
+                        .record_events(std::slice::from_ref(one))
+                        .await
+                        .and_then(|mut r| {
+                            r.pop()
+                                .ok_or(StoreError::Interrupted("no answer for the event"))
+                        }),
+                );
+            }
+            out
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Integration sources, the events they send, and the hosts they name that map to no agent,
 //! as stored.
 //!
-//! [`Store::record_event`] is the one write that matters: the event (unless its dedup key was
-//! seen: a replay changes nothing), its pairing with its problem or resolution, and the
+//! [`Store::record_events`] is the one write that matters: the event (unless its dedup key
+//! was seen: a replay changes nothing), its pairing with its problem or resolution, and the
 //! incident change it causes are committed together, so an acknowledged event always has
-//! its incident and a crash before the commit leaves the sender to retry.
+//! its incident and a crash before the commit leaves the sender to retry. Events that arrive
+//! together share one transaction (a group commit).
 
 use serde::Serialize;
 use vantage_mqtt::{EventSeverity, EventStatus, SourceEventView, SourceKind};
@@ -164,7 +165,20 @@ impl EventRow {
     }
 }
 
-/// What [`Store::record_event`] did.
+/// One event for [`Store::record_events`], with what decides its node and incident.
+#[derive(Clone, Copy)]
+pub struct EventWrite<'a> {
+    pub source: &'a SourceRow,
+    pub event: &'a NewEvent,
+    /// The agent its host maps to.
+    pub node: Option<&'a str>,
+    /// Else the host's (name, address), kept as an external node.
+    pub external: Option<(&'a str, &'a str)>,
+    pub received_at_ms: i64,
+    pub incident: IncidentFor<'a>,
+}
+
+/// What [`Store::record_events`] did with one event.
 #[derive(Debug, Clone)]
 pub enum Recorded {
     /// Stored now, with the incident change it caused.
@@ -297,130 +311,131 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Stores one event of `source` unless its dedup key is stored already (then it answers the
-    /// stored event's id and writes nothing), pairs it with its
-    /// problem or resolution, records `node` (the agent its host maps to) or else its host as
-    /// an external node, and applies the incident change `incident` decides, all in one
-    /// transaction.
+    /// Stores each of `writes` in order, in one transaction (a group commit: one fsync for
+    /// the group). Each event is stored unless its dedup key is stored already, an earlier
+    /// write of the group included (then it answers the stored event's id and writes
+    /// nothing); it is paired with its problem or resolution, records its node (the agent its
+    /// host maps to) or else its host as an external node, and gets the incident change its
+    /// `incident` decides.
     ///
     /// # Errors
-    /// Database errors; then nothing was written.
-    pub async fn record_event(
+    /// Database errors; then nothing of the group was written.
+    pub async fn record_events(
         &self,
-        source: &SourceRow,
-        event: &NewEvent,
-        node: Option<&str>,
-        external: Option<(&str, &str)>,
-        received_at_ms: i64,
-        incident: IncidentFor<'_>,
-    ) -> Result<Recorded, StoreError> {
-        let accounts = serde_json::to_string(&event.accounts).unwrap_or_else(|_| "[]".into());
-        let tags = serde_json::to_string(&event.tags).unwrap_or_else(|_| "[]".into());
+        writes: &[EventWrite<'_>],
+    ) -> Result<Vec<Recorded>, StoreError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            // The other half of the pair, stored under the same external id.
-            let mut pairing = Pairing::default();
-            let other = match event.status {
-                EventStatus::Problem => Some("resolved"),
-                EventStatus::Resolved | EventStatus::Update => Some("problem"),
-                EventStatus::Info => None,
-            };
-            if let Some(other) = other {
-                let found: Option<(i64, i64)> = sqlx::query_as(
-                    "SELECT id, received_at_ms FROM source_events WHERE source = $1 AND external_id = $2 \
-                     AND status = $3 ORDER BY id LIMIT 1",
-                )
+            let mut recorded = Vec::with_capacity(writes.len());
+            for write in writes {
+                let EventWrite { source, event, node, external, received_at_ms, incident } = *write;
+                let accounts = serde_json::to_string(&event.accounts).unwrap_or_else(|_| "[]".into());
+                let tags = serde_json::to_string(&event.tags).unwrap_or_else(|_| "[]".into());
+                // A dedup key seen before inserts nothing: a replay changes nothing. The other
+                // half of the pair, stored under the same external id, is found by the same
+                // statement: a resolution or update gets its problem's id, a problem the time
+                // its resolution arrived if that came first.
+                let inserted: Option<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO source_events (source, kind, dedup_key, external_id, status, severity, title, host, node, \
+                     occurred_at_ms, received_at_ms, block, accounts, tags, payload, payload_truncated, problem_id, \
+                     resolved_at_ms, incident_id) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                     CASE WHEN $5 IN ('resolved', 'update') THEN (SELECT id FROM source_events \
+                       WHERE source = $1 AND external_id = $4 AND status = 'problem' ORDER BY id LIMIT 1) END, \
+                     CASE WHEN $5 = 'problem' THEN (SELECT received_at_ms FROM source_events \
+                       WHERE source = $1 AND external_id = $4 AND status = 'resolved' ORDER BY id LIMIT 1) END, \
+                     NULL WHERE true \
+                     ON CONFLICT (source, dedup_key) DO NOTHING RETURNING {EVENT_RETURNING}"
+                )))
                 .bind(&source.id)
+                .bind(source.kind.as_str())
+                .bind(&event.dedup_key)
                 .bind(&event.external_id)
-                .bind(other)
+                .bind(event.status.as_str())
+                .bind(event.severity.as_str())
+                .bind(&event.title)
+                .bind(&event.host)
+                .bind(node)
+                .bind(event.occurred_at_ms)
+                .bind(received_at_ms)
+                .bind(event.block)
+                .bind(&accounts)
+                .bind(&tags)
+                .bind(&event.payload)
+                .bind(event.payload_truncated)
                 .fetch_optional(&mut *tx)
                 .await?;
-                match event.status {
-                    EventStatus::Problem => pairing.resolved_before = found.map(|(_, at)| at),
-                    _ => pairing.problem = found.map(|(id, _)| id),
+                let Some(mut row) = inserted else {
+                    let (id,): (i64,) = sqlx::query_as(
+                        "SELECT id FROM source_events WHERE source = $1 AND dedup_key = $2",
+                    )
+                    .bind(&source.id)
+                    .bind(&event.dedup_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    recorded.push(Recorded::Duplicate { id });
+                    continue;
+                };
+                let pairing = Pairing {
+                    resolved_before: row.resolved_at_ms.filter(|_| event.status == EventStatus::Problem),
+                    problem: row.problem_id,
+                };
+                let request = incident(&pairing);
+                let outcome = match &request {
+                    Some(request) => apply_incident!(tx, request),
+                    None => None,
+                };
+                if let Some(outcome) = &outcome {
+                    sqlx::query("UPDATE source_events SET incident_id = $2 WHERE id = $1")
+                        .bind(row.id)
+                        .bind(&outcome.incident.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    row.incident_id = Some(outcome.incident.id.clone());
                 }
-            }
-            // A dedup key seen before inserts nothing: a replay changes nothing.
-            let inserted: Option<EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO source_events (source, kind, dedup_key, external_id, status, severity, title, host, node, \
-                 occurred_at_ms, received_at_ms, block, accounts, tags, payload, payload_truncated, problem_id, \
-                 resolved_at_ms, incident_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, NULL) \
-                 ON CONFLICT (source, dedup_key) DO NOTHING RETURNING {EVENT_RETURNING}"
-            )))
-            .bind(&source.id)
-            .bind(source.kind.as_str())
-            .bind(&event.dedup_key)
-            .bind(&event.external_id)
-            .bind(event.status.as_str())
-            .bind(event.severity.as_str())
-            .bind(&event.title)
-            .bind(&event.host)
-            .bind(node)
-            .bind(event.occurred_at_ms)
-            .bind(received_at_ms)
-            .bind(event.block)
-            .bind(&accounts)
-            .bind(&tags)
-            .bind(&event.payload)
-            .bind(event.payload_truncated)
-            .bind(pairing.problem)
-            .bind(pairing.resolved_before)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(mut row) = inserted else {
-                tx.rollback().await?;
-                let (id,): (i64,) = sqlx::query_as(
-                    "SELECT id FROM source_events WHERE source = $1 AND dedup_key = $2",
-                )
-                .bind(&source.id)
-                .bind(&event.dedup_key)
-                .fetch_one(pool)
-                .await?;
-                return Ok(Recorded::Duplicate { id });
-            };
-            let request = incident(&pairing);
-            let outcome = match &request {
-                Some(request) => apply_incident!(tx, request),
-                None => None,
-            };
-            if let Some(outcome) = &outcome {
-                sqlx::query("UPDATE source_events SET incident_id = $2 WHERE id = $1")
+                if pairing.resolved_before.is_some() {
+                    // Its resolution (and any update) came first: they belong to it now.
+                    sqlx::query(
+                        "UPDATE source_events SET problem_id = $3 WHERE source = $1 AND external_id = $2 \
+                         AND status IN ('resolved', 'update') AND problem_id IS NULL",
+                    )
+                    .bind(&source.id)
+                    .bind(&event.external_id)
                     .bind(row.id)
-                    .bind(&outcome.incident.id)
                     .execute(&mut *tx)
                     .await?;
-                row.incident_id = Some(outcome.incident.id.clone());
-            }
-            if event.status == EventStatus::Resolved {
-                sqlx::query(
-                    "UPDATE source_events SET resolved_at_ms = $3 WHERE source = $1 AND external_id = $2 \
-                     AND status = 'problem' AND resolved_at_ms IS NULL",
-                )
-                .bind(&source.id)
-                .bind(&event.external_id)
-                .bind(received_at_ms)
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some((name, address)) = external
-                && let Some(host) = &event.host
-            {
-                sqlx::query(
-                    "INSERT INTO external_nodes (source, host, name, address, first_seen_ms, last_seen_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (source, host) DO UPDATE SET \
-                     name = excluded.name, address = excluded.address, last_seen_ms = excluded.last_seen_ms",
-                )
-                .bind(&source.id)
-                .bind(host)
-                .bind(name)
-                .bind(address)
-                .bind(received_at_ms)
-                .execute(&mut *tx)
-                .await?;
+                }
+                if event.status == EventStatus::Resolved {
+                    sqlx::query(
+                        "UPDATE source_events SET resolved_at_ms = $3 WHERE source = $1 AND external_id = $2 \
+                         AND status = 'problem' AND resolved_at_ms IS NULL",
+                    )
+                    .bind(&source.id)
+                    .bind(&event.external_id)
+                    .bind(received_at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some((name, address)) = external
+                    && let Some(host) = &event.host
+                {
+                    sqlx::query(
+                        "INSERT INTO external_nodes (source, host, name, address, first_seen_ms, last_seen_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (source, host) DO UPDATE SET \
+                         name = excluded.name, address = excluded.address, last_seen_ms = excluded.last_seen_ms",
+                    )
+                    .bind(&source.id)
+                    .bind(host)
+                    .bind(name)
+                    .bind(address)
+                    .bind(received_at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                recorded.push(Recorded::Stored { event: Box::new(row), incident: outcome });
             }
             tx.commit().await?;
-            Ok(Recorded::Stored { event: Box::new(row), incident: outcome })
+            Ok(recorded)
         })
     }
 

@@ -42,6 +42,9 @@ pub enum StoreError {
     Conflict { what: &'static str, id: String },
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// The task a write was handed to stopped before it answered (the process is stopping).
+    #[error("write interrupted: {0}")]
+    Interrupted(&'static str),
 }
 
 /// A connection pool to one of the two backends.
