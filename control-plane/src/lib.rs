@@ -38,6 +38,7 @@ pub mod integrations;
 pub mod maintenance;
 pub mod memory;
 pub mod notify;
+pub mod overview;
 pub mod pki;
 pub mod regions;
 pub mod renew;

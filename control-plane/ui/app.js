@@ -137,18 +137,33 @@
   }
 
   async function loadCore() {
-    const [checks, verdicts, regions, latest] = await Promise.all([
-      api('/api/v1/checks'),
-      api('/api/v1/verdicts'),
-      api('/api/v1/regions'),
-      api('/api/v1/status/checks'),
-    ]);
+    applyOverview(await api('/api/v1/overview'));
+  }
+
+  // The page's checks, verdicts and latest outcomes from the compact overview (see
+  // control-plane/src/overview.rs): check [id, name, enabled, labels, state, reason, cells],
+  // cell [region index, flags (1 failing, 2 maintenance, 4 has latest, 8 latest ok), at].
+  function applyOverview(overview) {
+    const regions = overview.regions || [];
+    const checks = [];
+    const verdicts = new Map();
+    const latest = new Map();
+    for (const [id, name, enabled, labels, state, reason, cells] of overview.checks || []) {
+      const own = [];
+      const evidence = [];
+      for (const [index, flags, at] of cells) {
+        const region = regions[index];
+        own.push(region);
+        evidence.push({ region, failing: (flags & 1) !== 0, maintenance: (flags & 2) !== 0 });
+        if (flags & 4) latest.set(`${id}|${region}`, { ok: (flags & 8) !== 0, at });
+      }
+      checks.push({ id, name, enabled, labels, regions: own });
+      verdicts.set(id, { check_id: id, state, reason, regions: evidence });
+    }
     app.checks = checks;
-    app.verdicts = new Map(verdicts.map((v) => [v.check_id, v]));
-    app.latest = new Map(latest.map((s) => [`${s.check_id}|${s.region}`, { ok: s.ok, at: s.measured_at_ms }]));
-    const names = new Set((regions || []).map((r) => (typeof r === 'string' ? r : r.region || r.id || r.name)));
-    for (const check of checks) for (const region of check.regions) names.add(region);
-    app.regions = [...names].filter(Boolean).sort();
+    app.verdicts = verdicts;
+    app.latest = latest;
+    app.regions = regions;
   }
 
   // ---- live feed -----------------------------------------------------------------------
@@ -187,8 +202,8 @@
   }
 
   function refreshVerdicts() {
-    api('/api/v1/verdicts').then((verdicts) => {
-      app.verdicts = new Map(verdicts.map((v) => [v.check_id, v]));
+    api('/api/v1/overview').then((overview) => {
+      applyOverview(overview);
       if (app.route === 'overview') scheduleMatrix();
     }).catch(() => {});
   }

@@ -263,6 +263,37 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
     let results = results.with_context(|| cp.log_tail())?;
     let down_at = down_at?;
 
+    // The compact overview the page loads agrees with the verdict and the latest results.
+    let (status, overview) = cp.get("/api/v1/overview").await?;
+    anyhow::ensure!(status == 200, "{status} {overview}");
+    let (_, verdict) = cp.get("/api/v1/verdicts").await?;
+    let verdict = verdict
+        .as_array()
+        .and_then(|all| all.iter().find(|v| v["check_id"] == "web"))
+        .cloned()
+        .context("web's verdict")?;
+    let regions = overview["regions"].as_array().context("regions")?;
+    let web = overview["checks"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c[0] == "web"))
+        .cloned()
+        .context("web in the overview")?;
+    assert_eq!(web[4], verdict["state"], "{web}");
+    for cell in web[6].as_array().context("cells")? {
+        let region = &regions[cell[0].as_u64().context("index")? as usize];
+        let evidence = verdict["regions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|e| &e["region"] == region))
+            .context("evidence")?;
+        let flags = cell[1].as_u64().context("flags")?;
+        assert_eq!(
+            flags & 1 == 1,
+            evidence["failing"] == true,
+            "{cell} {evidence}"
+        );
+        assert_eq!(flags & 2 == 2, evidence["maintenance"] == true, "{cell}");
+    }
+
     let cookie = session_cookie(&results[9]).context("no session cookie after sign-in")?;
     assert_eq!(cookie["httpOnly"], true, "{cookie}");
     assert_eq!(cookie["secure"], true, "{cookie}");

@@ -219,3 +219,23 @@ pub async fn agent_series(
         .await?,
     ))
 }
+
+/// `GET /api/v1/overview`: every check's state and each region's flags and latest outcome in
+/// one compact answer ([`crate::overview`]), what the dashboard's overview draws from.
+pub async fn overview(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<crate::overview::Overview>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let viewer = caller.role < Role::Operator;
+    Ok(Json(
+        crate::overview::build(&state.store, |reason| {
+            if viewer {
+                vantage_mqtt::redact::scrub_text(reason).into_owned()
+            } else {
+                reason.to_owned()
+            }
+        })
+        .await?,
+    ))
+}

@@ -491,6 +491,7 @@ pub fn router(state: AppState) -> Router {
         .route("/results", get(data::results))
         .route("/metrics", get(data::metrics))
         .route("/status/checks", get(data::check_status))
+        .route("/overview", get(data::overview))
         .route("/live", get(live::live))
         .route(
             "/sources",

@@ -121,6 +121,7 @@ pub async fn document() -> Json<Value> {
     // Integrations and metric series, in a second literal (one would pass the macro's
     // recursion limit).
     let integrations = json!({
+            "/api/v1/overview": { "get": op("Every check's state and each region's flags and latest outcome, compact: {regions, layout, checks: [[id, name, enabled, labels, state, reason, [[region index, flags, measured_at_ms]]]]}", Some("viewer"), &read) },
             "/api/v1/agents/{id}/series": { "get": op("An agent's host metrics (cpu_pct, mem_used_pct, load1, net_rx/tx_bytes_per_s, disk_used_pct of the fullest disk) as min/avg/max per step (?from_ms=&to_ms=&step_ms=), from raw samples, minute or hour rollups", Some("viewer"), &["200", "400", "401", "403", "404"]) },
             "/api/v1/sources": {
                 "get": op("Integration sources (never a secret)", Some("viewer"), &read),
