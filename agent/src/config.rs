@@ -255,9 +255,10 @@ impl RelayConfig {
                 "relay.secret must be the source's secret: 16 to 256 printable characters".into(),
             );
         }
-        if !vantage_mqtt::topic::valid_id(&self.source) {
+        if !vantage_mqtt::topic::valid_source_id(&self.source) {
             return Err(format!(
-                "relay.source {:?} is not a source id (letters, digits, '-', '_')",
+                "relay.source {:?} is not a source id (1 to 64 lower-case letters, digits, '-' \
+                 and '_', starting with a letter or digit)",
                 self.source
             ));
         }
@@ -413,6 +414,45 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relay_needs_a_real_secret_and_a_source_id_and_never_shows_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let with = |relay: &str| {
+            std::fs::write(&path, format!("ca_pem = \"PEM\"\n[relay]\n{relay}")).unwrap();
+            AgentConfig::load(&path)
+        };
+        let config =
+            with("listen = \"127.0.0.1:8090\"\nsecret = \"vsrc_0123456789abcdef\"\n").unwrap();
+        let relay = config.relay.as_ref().expect("relay");
+        assert_eq!(relay.source, "zabbix");
+        assert_eq!(relay.listen.port(), 8090);
+        assert!(!format!("{config:?}").contains("vsrc_0123456789abcdef"));
+        for (bad, says) in [
+            (
+                "listen = \"127.0.0.1:8090\"\nsecret = \"short\"\n",
+                "relay.secret",
+            ),
+            (
+                "listen = \"127.0.0.1:8090\"\nsecret = \"vsrc 0123456789abcdef\"\n",
+                "relay.secret",
+            ),
+            (
+                "listen = \"127.0.0.1:8090\"\nsecret = \"vsrc_0123456789abcdef\"\nsource = \"Zab.bix\"\n",
+                "relay.source",
+            ),
+            (
+                "listen = \"nowhere\"\nsecret = \"vsrc_0123456789abcdef\"\n",
+                "listen",
+            ),
+            ("secret = \"vsrc_0123456789abcdef\"\n", "listen"),
+        ] {
+            let error = with(bad).unwrap_err().to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+            assert!(!error.contains("0123456789abcdef"), "the secret in {error}");
+        }
+    }
 
     #[test]
     fn loads_a_full_config_and_refuses_unknown_keys_and_plain_http() {

@@ -440,8 +440,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
             }
             Some(request) = next_relayed(&mut relay) => {
-                let source = relay.as_ref().map(|r| r.source.clone()).unwrap_or_default();
-                spool_relayed(&mut spool, &mut write_errors, &source, request);
+                let Some(relay) = relay.as_mut() else { continue };
+                // Whatever else is waiting shares the one sync.
+                let mut requests = vec![request];
+                while requests.len() < 64 {
+                    let Ok(more) = relay.requests.try_recv() else { break };
+                    requests.push(more);
+                }
+                spool_relayed(&mut spool, &mut write_errors, &relay.source, requests);
                 if connected {
                     flush(&client, &id, &mut spool, &mut write_errors);
                     last_flush = std::time::Instant::now();
@@ -532,43 +538,56 @@ async fn next_relayed(relay: &mut Option<crate::relay::Relay>) -> Option<RelayRe
     }
 }
 
-/// Spools a relayed webhook body as an event of `source` and syncs the spool, then tells
-/// the listener, which answers the sender only now.
-fn spool_relayed(spool: &mut Spool, write_errors: &mut u64, source: &str, request: RelayRequest) {
-    let RelayRequest {
+/// Spools relayed webhook bodies as events of `source` and syncs the spool once for them all,
+/// then tells the listener, which answers each sender only now.
+fn spool_relayed(
+    spool: &mut Spool,
+    write_errors: &mut u64,
+    source: &str,
+    requests: Vec<RelayRequest>,
+) {
+    let measured_at_ms = crate::now_ms();
+    let mut answers = Vec::with_capacity(requests.len());
+    for RelayRequest {
         body,
         signature,
         reply,
-    } = request;
-    let measured_at_ms = crate::now_ms();
-    let pushed = spool.push(Kind::Event, |seq| {
-        let event = vantage_mqtt::Event {
-            seq,
-            measured_at_ms,
-            source: source.to_owned(),
-            severity: String::new(),
-            message: String::new(),
-            relayed: Some(vantage_mqtt::RelayedBody { body, signature }),
-        };
-        String::from_utf8(encode(&event)).unwrap_or_default()
-    });
-    let answer = match pushed {
-        Ok(seq) => match spool.sync() {
-            Ok(()) => Spooled::Seq(seq),
-            Err(error) => {
+    } in requests
+    {
+        let pushed = spool.push(Kind::Event, |seq| {
+            let event = vantage_mqtt::Event {
+                seq,
+                measured_at_ms,
+                source: source.to_owned(),
+                severity: String::new(),
+                message: String::new(),
+                relayed: Some(vantage_mqtt::RelayedBody { body, signature }),
+            };
+            String::from_utf8(encode(&event)).unwrap_or_default()
+        });
+        let answer = match pushed {
+            Ok(seq) => Spooled::Seq(seq),
+            Err(SpoolError::Unsendable { .. }) => Spooled::TooLarge,
+            Err(error @ SpoolError::Io { .. }) => {
                 *write_errors += 1;
-                tracing::error!(%error, "Cannot sync the spool");
-                Spooled::Failed("the agent cannot sync its spool".into())
+                tracing::error!(%error, "Cannot spool a relayed webhook body");
+                Spooled::Failed("the agent cannot write its spool".into())
             }
-        },
-        Err(SpoolError::Unsendable { .. }) => Spooled::TooLarge,
-        Err(error @ SpoolError::Io { .. }) => {
-            *write_errors += 1;
-            tracing::error!(%error, "Cannot spool a relayed webhook body");
-            Spooled::Failed("the agent cannot write its spool".into())
-        }
-    };
-    let _ = reply.send(answer);
+        };
+        answers.push((reply, answer));
+    }
+    let synced = spool.sync();
+    if let Err(error) = &synced {
+        *write_errors += 1;
+        tracing::error!(%error, "Cannot sync the spool");
+    }
+    for (reply, answer) in answers {
+        let answer = match (answer, &synced) {
+            (Spooled::Seq(_), Err(_)) => Spooled::Failed("the agent cannot sync its spool".into()),
+            (answer, _) => answer,
+        };
+        let _ = reply.send(answer);
+    }
 }
 
 /// Spools one check result, its texts bounded.

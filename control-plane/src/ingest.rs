@@ -11,8 +11,8 @@
 //! `results/ack` with each agent's exact committed seq ranges, the retained check statuses,
 //! and the live events, then hands the batch to judging ([`crate::verdict::judge_worker`]) on
 //! a bounded queue and goes on with the next commit. Events that carry a relayed webhook body
-//! skip the batch: each takes its source's webhook path and is acknowledged once stored
-//! there. A failed commit acknowledges nothing: agents keep the rows and resend.
+//! skip the batch: they go to a task of their own, where each takes its source's webhook
+//! path and is acknowledged once stored there. A failed commit acknowledges nothing: agents keep the rows and resend.
 //! Hello, status and heartbeat messages update the agents table directly; a hello whose
 //! `next_seq` is at or below what the store holds means the agent's state was rewound, and
 //! the agent is told to number on from past it (`Command::RaiseSeq`). A certificate signing
@@ -175,7 +175,9 @@ async fn publish_ack(state: &AppState, agent: &str, seqs: Vec<u64>) {
 /// Runs ingest until the broker link closes.
 pub async fn run(state: AppState, mut subscription: Subscription) {
     let (sender, receiver) = mpsc::channel::<Rows>(4096);
-    let committer = tokio::spawn(commit_loop(state.clone(), receiver));
+    let (relays, relayed) = mpsc::channel::<(String, Event)>(RELAY_QUEUE);
+    let relayer = tokio::spawn(relay_loop(state.clone(), relayed));
+    let committer = tokio::spawn(commit_loop(state.clone(), receiver, relays));
     let mut regions: HashMap<String, String> = HashMap::new();
     // Agents whose last hello showed a rewound seq: the seqs they reused. Rows in that range
     // are held back (never stored, never acknowledged) until the agent's next hello, by which
@@ -305,6 +307,7 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
     }
     drop(sender);
     let _ = committer.await;
+    let _ = relayer.await;
 }
 
 impl Rows {
@@ -444,7 +447,11 @@ pub async fn publish_status(state: &AppState, id: &str, region: &str, node_state
     state.reassign.notify_one();
 }
 
-async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
+async fn commit_loop(
+    state: AppState,
+    mut receiver: mpsc::Receiver<Rows>,
+    relays: mpsc::Sender<(String, Event)>,
+) {
     let max_rows = state.settings.ingest_batch_rows.max(1);
     let mut pending: Vec<Rows> = Vec::new();
     loop {
@@ -495,9 +502,26 @@ async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
         if !batch.is_empty() {
             commit_with_retry(&state, batch).await;
         }
-        if !relayed.is_empty() {
-            take_relayed(&state, relayed).await;
+        // To their own task (bounded: a flood of them holds this loop up, never memory).
+        for row in relayed {
+            if relays.send(row).await.is_err() {
+                return;
+            }
         }
+    }
+}
+
+/// Relayed bodies waiting for [`relay_loop`].
+const RELAY_QUEUE: usize = 1024;
+/// Relayed bodies taken at once (they share the event writer's group commits).
+const RELAYS_AT_ONCE: usize = 16;
+
+/// Takes relayed webhook bodies off their queue, up to [`RELAYS_AT_ONCE`] at a time, so they
+/// never hold up the commits and acks of results and metrics.
+async fn relay_loop(state: AppState, mut relayed: mpsc::Receiver<(String, Event)>) {
+    let mut taken = Vec::with_capacity(64);
+    while relayed.recv_many(&mut taken, 64).await > 0 {
+        take_relayed(&state, std::mem::take(&mut taken)).await;
     }
 }
 
@@ -507,39 +531,56 @@ async fn commit_loop(state: AppState, mut receiver: mpsc::Receiver<Rows>) {
 /// good. A body that met a store error is not acknowledged: the agent sends it again, and
 /// the rows stored before the error are then found as duplicates.
 async fn take_relayed(state: &AppState, rows: Vec<(String, Event)>) {
-    use crate::integrations::IntegrationError;
+    use futures_util::StreamExt;
+    let outcomes: Vec<(String, u64, bool)> = futures_util::stream::iter(rows)
+        .map(|(agent, event)| async move {
+            let acked = take_one_relayed(state, &agent, &event).await;
+            (agent, event.seq, acked)
+        })
+        .buffer_unordered(RELAYS_AT_ONCE)
+        .collect()
+        .await;
     let mut acks: HashMap<String, Vec<u64>> = HashMap::new();
-    for (agent, event) in rows {
-        let Some(body) = &event.relayed else {
-            continue;
-        };
-        let counter = match crate::integrations::accept_relayed(state, &event.source, body).await {
-            Ok(_) => &state.counters.events_relayed,
-            Err(IntegrationError::Store(error)) => {
-                tracing::warn!(%agent, source = %event.source, %error, "Cannot store a relayed webhook body; the agent sends it again");
-                state
-                    .counters
-                    .events_relayed_retry
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            Err(
-                error @ (IntegrationError::Unauthorized
-                | IntegrationError::Malformed(_)
-                | IntegrationError::Invalid(_)
-                | IntegrationError::NotFound(_)),
-            ) => {
-                crate::integrations::count_refusal(state, &error);
-                tracing::warn!(%agent, source = %event.source, %error, "Refused a relayed webhook body");
-                &state.counters.events_relayed_refused
-            }
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        acks.entry(agent).or_default().push(event.seq);
+    for (agent, seq, acked) in outcomes {
+        if acked {
+            acks.entry(agent).or_default().push(seq);
+        }
     }
     for (agent, seqs) in acks {
         publish_ack(state, &agent, seqs).await;
     }
+}
+
+/// Takes one relayed body; whether it may be acknowledged (taken, or refused for good).
+async fn take_one_relayed(state: &AppState, agent: &str, event: &Event) -> bool {
+    use crate::integrations::IntegrationError;
+    let Some(body) = &event.relayed else {
+        return false;
+    };
+    let counter = match crate::integrations::accept_relayed(state, &event.source, body).await {
+        Ok(_) => &state.counters.events_relayed,
+        Err(IntegrationError::Store(error)) => {
+            tracing::warn!(%agent, source = %event.source, %error, "Cannot store a relayed webhook body; the agent sends it again");
+            state
+                .counters
+                .events_relayed_retry
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        Err(
+            error @ (IntegrationError::Unauthorized
+            | IntegrationError::Malformed(_)
+            | IntegrationError::TooLarge(_)
+            | IntegrationError::Invalid(_)
+            | IntegrationError::NotFound(_)),
+        ) => {
+            crate::integrations::count_refusal(state, &error);
+            tracing::warn!(%agent, source = %event.source, %error, "Refused a relayed webhook body");
+            &state.counters.events_relayed_refused
+        }
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    true
 }
 
 /// Commits a batch (retrying five times), then acknowledges and fans it out.

@@ -125,6 +125,16 @@ pub fn valid_id(id: &str) -> bool {
         })
 }
 
+/// Whether `id` may name an integration source: 1 to 64 lower-case letters, digits, `-` and
+/// `_`, starting with a letter or digit (it appears in webhook URLs and `events/{source}`).
+pub fn valid_source_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+}
+
 /// The full name of a per-agent topic.
 pub fn agent(id: &str, kind: AgentTopic) -> String {
     format!("{PREFIX}agents/{id}/{}", kind.suffix())

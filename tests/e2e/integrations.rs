@@ -775,3 +775,101 @@ async fn parallel_webhooks(backend: Backend) -> anyhow::Result<()> {
 }
 
 both_backends!(parallel_webhooks_share_group_commits, parallel_webhooks);
+
+/// One group commit holds events that belong together: a problem, its resolution, a replay of
+/// the problem and a resolution whose problem comes later in the same group. Stored, paired,
+/// found as a duplicate, and the late problem adopts its resolution: as if sent one by one.
+async fn one_group(backend: Backend) -> anyhow::Result<()> {
+    use vantage_control_plane::store::{EventWrite, NewEvent, Recorded, SourceRow, Store};
+    use vantage_mqtt::{EventSeverity, EventStatus, SourceKind};
+    let test_store = TestStore::create(backend).await?;
+    let dir = tempfile::tempdir()?;
+    let store = Store::connect(test_store.url.as_deref(), dir.path()).await?;
+    store.migrate().await?;
+    let source = SourceRow {
+        id: "zabbix".into(),
+        kind: SourceKind::Zabbix,
+        secret: "vsrc_0123456789abcdef".into(),
+        incident_severity: None,
+        poll: None,
+        poll_cursor: None,
+        created_at_ms: 0,
+    };
+    let event = |id: &str, status: EventStatus| NewEvent {
+        dedup_key: format!("{id}:{}", u8::from(status == EventStatus::Problem)),
+        external_id: id.into(),
+        status,
+        severity: EventSeverity::High,
+        title: format!("event {id}"),
+        host: Some("lan-db-1".into()),
+        host_name: String::new(),
+        host_address: String::new(),
+        occurred_at_ms: 1,
+        block: None,
+        accounts: vec![],
+        tags: vec![],
+        payload: "{}".into(),
+        payload_truncated: false,
+    };
+    let group = [
+        event("1", EventStatus::Problem),
+        event("1", EventStatus::Resolved),
+        event("1", EventStatus::Problem),
+        event("2", EventStatus::Resolved),
+        event("2", EventStatus::Problem),
+    ];
+    let no_incident = |_: &vantage_control_plane::store::Pairing| None;
+    let writes: Vec<EventWrite<'_>> = group
+        .iter()
+        .enumerate()
+        .map(|(i, event)| EventWrite {
+            source: &source,
+            event,
+            node: None,
+            external: (i == 0).then_some(("db one", "192.0.2.7")),
+            received_at_ms: 1_000 + i as i64,
+            incident: &no_incident,
+        })
+        .collect();
+    let recorded = store.record_events(&writes).await?;
+    let stored = |r: &Recorded| match r {
+        Recorded::Stored { event, .. } => Some((**event).clone()),
+        Recorded::Duplicate { .. } => None,
+    };
+    assert_eq!(recorded.len(), 5);
+    let problem = stored(&recorded[0]).context("the problem")?;
+    let resolution = stored(&recorded[1]).context("its resolution")?;
+    assert_eq!(resolution.problem_id, Some(problem.id));
+    assert!(
+        matches!(recorded[2], Recorded::Duplicate { id } if id == problem.id),
+        "{:?}",
+        recorded[2]
+    );
+    let early = stored(&recorded[3]).context("a resolution before its problem")?;
+    let late = stored(&recorded[4]).context("the late problem")?;
+    assert_eq!(early.problem_id, None, "nothing to pair with yet");
+    assert_eq!(late.resolved_at_ms, Some(early.received_at_ms));
+    let rows = store.list_events(Some("zabbix"), None, None, 100).await?;
+    assert_eq!(rows.len(), 4);
+    let adopted = rows.iter().find(|e| e.id == early.id).context("stored")?;
+    assert_eq!(
+        adopted.problem_id,
+        Some(late.id),
+        "the late problem adopts it"
+    );
+    let first = rows.iter().find(|e| e.id == problem.id).context("stored")?;
+    assert_eq!(first.resolved_at_ms, Some(resolution.received_at_ms));
+    let nodes = store.list_external_nodes().await?;
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        (nodes[0].name.as_str(), nodes[0].address.as_str()),
+        ("db one", "192.0.2.7")
+    );
+    store.close().await;
+    Ok(())
+}
+
+both_backends!(
+    a_group_commit_pairs_and_deduplicates_within_itself,
+    one_group
+);

@@ -303,8 +303,9 @@ both_backends!(the_zabbix_poller_catches_up_from_its_cursor, poller);
 /// The Zabbix media type posts to an agent's `[relay]`, which listens inside a network
 /// namespace: Zabbix reaches it only through a door into the namespace, and the agent reaches
 /// the control plane only through forwards out of it. While the agent's MQTT link is cut,
-/// Zabbix's delivery of a problem is still answered (spooled on the agent); once the link is
-/// back the problem arrives, then its resolution: once each, through the relay only.
+/// Zabbix's delivery of a problem is still answered (spooled on the agent), and the agent is
+/// killed -9 and started again; once the link is back the problem arrives, then its
+/// resolution: once each, through the relay only.
 async fn relay(backend: Backend) -> anyhow::Result<()> {
     let zabbix = Zabbix::connect().await?;
     let store = TestStore::create(backend).await?;
@@ -323,7 +324,7 @@ async fn relay(backend: Backend) -> anyhow::Result<()> {
     let mqtt = region.forward(cp.mqtt_port, local(cp.mqtt_port))?;
     let relay_port = vantage_tests::free_port();
     let token = cp.enrollment_token("r1", 1).await?;
-    let agent = Agent::start_command(
+    let mut agent = Agent::start_command(
         &cp,
         &token,
         &format!("[relay]\nlisten = \"127.0.0.1:{relay_port}\"\nsecret = \"{secret}\"\n"),
@@ -406,6 +407,9 @@ async fn relay(backend: Backend) -> anyhow::Result<()> {
         events(&cp).await?.is_empty(),
         "an event arrived with the link cut"
     );
+    // Answered means spooled and synced: the agent killed -9 now still sends it later.
+    agent.kill();
+    agent.spawn()?;
     mqtt.restore()?;
     let rows = wait_for_status(&cp, "problem", 1)
         .await

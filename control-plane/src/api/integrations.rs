@@ -31,6 +31,7 @@ impl From<IntegrationError> for ApiError {
             IntegrationError::NotFound(id) => ApiError::NotFound(format!("source {id:?}")),
             IntegrationError::Unauthorized => ApiError::Unauthorized,
             IntegrationError::Malformed(reason) => ApiError::BadRequest(reason),
+            IntegrationError::TooLarge(reason) => ApiError::TooLarge(reason),
             IntegrationError::Store(error) => error.into(),
         }
     }

@@ -72,6 +72,9 @@ pub enum ApiError {
     /// Something we called on the caller's behalf (a notification receiver) failed.
     #[error("{0}")]
     BadGateway(String),
+    /// The work was handed to a task that stopped (the process is stopping): try again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -82,7 +85,10 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { what, id } => {
                 ApiError::Conflict(format!("{what} {id:?} already exists"))
             }
-            other => ApiError::Internal(other.into()),
+            StoreError::Interrupted(why) => ApiError::Unavailable(format!("{why}; try again")),
+            error @ (StoreError::Database(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt { .. }) => ApiError::Internal(error.into()),
         }
     }
 }
@@ -165,6 +171,7 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::CrossSite => (StatusCode::FORBIDDEN, "cross_site"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "API request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

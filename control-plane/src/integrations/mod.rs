@@ -45,15 +45,6 @@ pub const MAX_ZABBIX_BODY_BYTES: usize = 64 * 1024;
 /// Largest chain webhook body (a batch of transactions).
 pub const MAX_CHAIN_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// How a source's id may be spelled (it appears in URLs and topics).
-fn valid_source_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-}
-
 /// What can go wrong defining a source or accepting a body.
 #[derive(Debug, thiserror::Error)]
 pub enum IntegrationError {
@@ -68,6 +59,9 @@ pub enum IntegrationError {
     /// A body that is not what the source's sender sends.
     #[error("{0}")]
     Malformed(String),
+    /// A body over its bound.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -131,7 +125,7 @@ pub async fn create_source(
     state: &AppState,
     new: NewSource,
 ) -> Result<SourceRow, IntegrationError> {
-    if !valid_source_id(&new.id) {
+    if !topic::valid_source_id(&new.id) {
         return Err(IntegrationError::Invalid(
             "id must be 1-64 lower-case letters, digits, '-' or '_', starting with a letter or digit"
                 .into(),
@@ -343,8 +337,8 @@ pub async fn accept(
 /// are parsed, stored and published as if the sender had posted them here.
 ///
 /// # Errors
-/// As [`authenticate`] and [`accept`]; a body over [`MAX_RELAYED_BODY_BYTES`] is refused as
-/// malformed.
+/// As [`authenticate`] and [`accept`]; a body over [`MAX_RELAYED_BODY_BYTES`] is
+/// [`IntegrationError::TooLarge`].
 pub async fn accept_relayed(
     state: &AppState,
     source_id: &str,
@@ -352,11 +346,7 @@ pub async fn accept_relayed(
 ) -> Result<Vec<RowOutcome>, IntegrationError> {
     let body = relayed.body.as_bytes();
     if body.len() > MAX_RELAYED_BODY_BYTES {
-        state
-            .counters
-            .webhooks_oversize
-            .fetch_add(1, Ordering::Relaxed);
-        return Err(IntegrationError::Malformed(format!(
+        return Err(IntegrationError::TooLarge(format!(
             "a relayed body is at most {MAX_RELAYED_BODY_BYTES} bytes"
         )));
     }
@@ -374,6 +364,7 @@ pub fn count_refusal(state: &AppState, error: &IntegrationError) {
     let counter = match error {
         IntegrationError::Unauthorized => &state.counters.webhooks_unauthorized,
         IntegrationError::Malformed(_) => &state.counters.webhooks_malformed,
+        IntegrationError::TooLarge(_) => &state.counters.webhooks_oversize,
         IntegrationError::Invalid(_)
         | IntegrationError::NotFound(_)
         | IntegrationError::Store(_) => return,
@@ -429,8 +420,23 @@ fn incident_for(
     })
 }
 
-/// Stores one event and publishes it (and its incident change).
+/// Stores one event and publishes it (and its incident change), on a task of its own: a
+/// caller that goes away (a webhook sender that hung up) cannot leave an event stored but
+/// unpublished.
 pub(crate) async fn record(
+    state: &AppState,
+    source: &SourceRow,
+    event: &NewEvent,
+) -> Result<RowOutcome, IntegrationError> {
+    let (state, source, event) = (state.clone(), source.clone(), event.clone());
+    tokio::spawn(async move { record_now(&state, &source, &event).await })
+        .await
+        .unwrap_or(Err(IntegrationError::Store(StoreError::Interrupted(
+            "the event's task stopped",
+        ))))
+}
+
+async fn record_now(
     state: &AppState,
     source: &SourceRow,
     event: &NewEvent,
@@ -846,10 +852,10 @@ mod tests {
     #[test]
     fn source_ids_are_url_and_topic_safe() {
         for good in ["zabbix", "helius-main", "a", "prod_1"] {
-            assert!(valid_source_id(good), "{good}");
+            assert!(topic::valid_source_id(good), "{good}");
         }
         for bad in ["", "-a", "A", "a/b", "a+b", "a#", &"x".repeat(65), "é"] {
-            assert!(!valid_source_id(bad), "{bad}");
+            assert!(!topic::valid_source_id(bad), "{bad}");
         }
     }
 }
