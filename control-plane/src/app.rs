@@ -132,6 +132,7 @@ impl Application {
             sources: Arc::default(),
             event_writes: Arc::new(event_writes),
             external_seen: Arc::default(),
+            source_counters: Arc::default(),
         };
         republish_retained(&state).await?;
 

@@ -101,6 +101,8 @@ pub struct AppState {
     pub sources: Arc<integrations::SourceCache>,
     /// The group writer integration events are stored through.
     pub event_writes: Arc<integrations::EventWrites>,
+    /// Events per source and outcome.
+    pub source_counters: Arc<integrations::SourceCounters>,
     /// External nodes written lately (one write a minute per busy host).
     pub external_seen: Arc<integrations::ExternalSeen>,
 }

@@ -771,6 +771,12 @@ async fn parallel_webhooks(backend: Backend) -> anyhow::Result<()> {
             .await?,
         40
     );
+    let per_source = |outcome: &str| {
+        format!("vantage_source_events_total{{source=\"zabbix\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(cp.counter(&per_source("stored")).await?, 40);
+    assert_eq!(cp.counter(&per_source("duplicate")).await?, 40);
+    assert_eq!(cp.counter(&per_source("refused")).await?, 0);
     Ok(())
 }
 

@@ -363,6 +363,7 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         crate::store::CORRUPT_CHECK_ROWS.load(Ordering::Relaxed),
         crate::store::rollups::CORRUPT_SKETCHES.load(Ordering::Relaxed)
     ));
+    text.push_str(&state.source_counters.render());
     match state.store.soonest_cert_expiry_ms().await {
         Ok(soonest_ms) => text.push_str(&crate::counters::render_cert_expiry(
             soonest_ms,

@@ -323,6 +323,7 @@ pub async fn accept(
                     .counters
                     .events_refused
                     .fetch_add(1, Ordering::Relaxed);
+                state.source_counters.add(&source.id, EventOutcome::Refused);
                 RowOutcome::Refused { reason }
             }
         };
@@ -498,6 +499,9 @@ async fn record_now(
                 .counters
                 .events_duplicate
                 .fetch_add(1, Ordering::Relaxed);
+            state
+                .source_counters
+                .add(&source.id, EventOutcome::Duplicate);
             Ok(RowOutcome::Duplicate { id })
         }
         Recorded::Stored { event, incident } => {
@@ -505,6 +509,7 @@ async fn record_now(
                 .counters
                 .events_accepted
                 .fetch_add(1, Ordering::Relaxed);
+            state.source_counters.add(&source.id, EventOutcome::Stored);
             let view = event.view();
             let _ = state
                 .publisher
@@ -527,6 +532,79 @@ async fn record_now(
                 incident_id: event.incident_id,
             })
         }
+    }
+}
+
+/// What became of one event, as counted per source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    Stored,
+    Duplicate,
+    Refused,
+}
+
+impl EventOutcome {
+    const ALL: [EventOutcome; 3] = [
+        EventOutcome::Stored,
+        EventOutcome::Duplicate,
+        EventOutcome::Refused,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EventOutcome::Stored => "stored",
+            EventOutcome::Duplicate => "duplicate",
+            EventOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// Most sources counted by name; past it the rest count under `source="other"` (one more
+/// series).
+const MAX_SOURCES_COUNTED: usize = 256;
+
+/// Events per source and outcome: `vantage_source_events_total{source, outcome}`.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    counts: std::sync::Mutex<std::collections::BTreeMap<String, [u64; 3]>>,
+}
+
+impl SourceCounters {
+    /// Counts one event of `source`.
+    pub fn add(&self, source: &str, outcome: EventOutcome) {
+        if let Ok(mut counts) = self.counts.lock() {
+            let key = if counts.contains_key(source) || counts.len() < MAX_SOURCES_COUNTED {
+                source
+            } else {
+                "other"
+            };
+            let slot = EventOutcome::ALL
+                .iter()
+                .position(|o| *o == outcome)
+                .unwrap_or(0);
+            counts.entry(key.to_owned()).or_default()[slot] += 1;
+        }
+    }
+
+    /// The counts in the Prometheus text format.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::from(
+            "# HELP vantage_source_events_total Events from integration sources, by source and outcome.\n\
+             # TYPE vantage_source_events_total counter\n",
+        );
+        if let Ok(counts) = self.counts.lock() {
+            for (source, values) in counts.iter() {
+                for (outcome, value) in EventOutcome::ALL.iter().zip(values) {
+                    let _ = writeln!(
+                        out,
+                        "vantage_source_events_total{{source=\"{source}\",outcome=\"{}\"}} {value}",
+                        outcome.as_str()
+                    );
+                }
+            }
+        }
+        out
     }
 }
 
@@ -847,6 +925,34 @@ mod tests {
         assert!(!signature_matches(key, br#"{"id":"b"}"#, &hex_tag));
         assert!(!signature_matches(key, body, "not hex"));
         assert!(!signature_matches(key, body, ""));
+    }
+
+    #[test]
+    fn source_counters_count_per_source_within_a_bound() {
+        let counters = SourceCounters::default();
+        counters.add("zabbix", EventOutcome::Stored);
+        counters.add("zabbix", EventOutcome::Stored);
+        counters.add("zabbix", EventOutcome::Refused);
+        for n in 0..MAX_SOURCES_COUNTED + 5 {
+            counters.add(&format!("s{n}"), EventOutcome::Duplicate);
+        }
+        let text = counters.render();
+        assert!(
+            text.contains("vantage_source_events_total{source=\"zabbix\",outcome=\"stored\"} 2\n")
+        );
+        assert!(
+            text.contains("vantage_source_events_total{source=\"zabbix\",outcome=\"refused\"} 1\n")
+        );
+        assert!(
+            text.contains(
+                "vantage_source_events_total{source=\"other\",outcome=\"duplicate\"} 6\n"
+            )
+        );
+        assert_eq!(text.matches("# TYPE").count(), 1);
+        assert_eq!(
+            text.lines().filter(|l| !l.starts_with('#')).count(),
+            (MAX_SOURCES_COUNTED + 1) * 3
+        );
     }
 
     #[test]
