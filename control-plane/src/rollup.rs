@@ -375,6 +375,15 @@ pub fn series_source(
     }
 }
 
+/// The name of where a series was read from: `raw`, `minute` or `hour`.
+fn source_name(source: Option<Resolution>) -> &'static str {
+    match source {
+        None => "raw",
+        Some(Resolution::Minute) => "minute",
+        Some(Resolution::Hour) => "hour",
+    }
+}
+
 /// How long each kind of row is kept, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -543,11 +552,7 @@ pub async fn series(
         from_ms,
         to_ms,
         step_ms,
-        source: match source {
-            None => "raw",
-            Some(Resolution::Minute) => "minute",
-            Some(Resolution::Hour) => "hour",
-        },
+        source: source_name(source),
         regions,
     })
 }
@@ -663,11 +668,7 @@ pub async fn metric_series(
         from_ms,
         to_ms,
         step_ms,
-        source: match source {
-            None => "raw",
-            Some(Resolution::Minute) => "minute",
-            Some(Resolution::Hour) => "hour",
-        },
+        source: source_name(source),
         metrics,
     })
 }

@@ -441,11 +441,9 @@ async fn the_dashboard_signs_in_turns_red_live_creates_checks_and_keeps_viewers_
 
     // The events page: events from a Zabbix source, the stored ones and then live ones (a
     // task posts one a second while the browser watches).
-    let (status, source) = cp
-        .post("/api/v1/sources", json!({"id": "zabbix", "kind": "zabbix"}))
+    let zabbix_secret = cp
+        .create_source(json!({"id": "zabbix", "kind": "zabbix"}))
         .await?;
-    anyhow::ensure!(status == 201, "{status} {source}");
-    let zabbix_secret = source["secret"].as_str().context("secret")?.to_owned();
     let zabbix_event = |id: u64, name: &str| {
         json!({"v": 1, "event": {"id": id.to_string(), "name": name, "status": "problem",
             "nseverity": 4, "timestamp": 1_735_812_672}, "host": {"host": "db-7", "name": "", "ip": ""}})

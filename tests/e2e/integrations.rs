@@ -620,29 +620,11 @@ both_backends!(webhooks_store_each_event_once_and_publish_it, webhooks);
 async fn relayed_bodies(backend: Backend) -> anyhow::Result<()> {
     let store = TestStore::create(backend).await?;
     let cp = ControlPlane::start(&store).await?;
-    let (status, source) = cp
-        .post("/api/v1/sources", json!({"id": "zabbix", "kind": "zabbix"}))
+    let secret = cp
+        .create_source(json!({"id": "zabbix", "kind": "zabbix"}))
         .await?;
-    anyhow::ensure!(status == 201, "{status} {source}");
-    let secret = source["secret"].as_str().context("secret")?.to_owned();
     let identity = MqttIdentity::enroll(&cp, "europe").await?;
-    let (client, mut eventloop) =
-        rumqttc::AsyncClient::new(identity.options(&identity.agent_id)?, 64);
-    vantage_tests::connect(&mut eventloop).await?;
-    let ack_topic = format!("vantage/v1/agents/{}/results/ack", identity.agent_id);
-    client
-        .subscribe(&ack_topic, rumqttc::QoS::AtLeastOnce)
-        .await?;
-    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)) = event
-                && let Ok(ack) = serde_json::from_slice::<Value>(&p.payload)
-            {
-                let _ = acks_tx.send(ack);
-            }
-        }
-    });
+    let (client, mut acks) = identity.listen("results/ack").await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let body = zabbix_body("5501", "problem", 4, "lan-db-1").to_string();
@@ -668,21 +650,7 @@ async fn relayed_bodies(backend: Backend) -> anyhow::Result<()> {
         )
         .await?;
     // Every seq is acknowledged: taken or refused for good.
-    let mut acked = std::collections::BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while acked.len() < 5 {
-        let ack = tokio::time::timeout_at(deadline, acks.recv())
-            .await
-            .with_context(|| format!("acks so far: {acked:?}"))?
-            .context("ack stream ended")?;
-        for range in ack["ranges"].as_array().context("ranges")? {
-            let (from, to) = (
-                range[0].as_u64().context("from")?,
-                range[1].as_u64().context("to")?,
-            );
-            acked.extend(from..=to);
-        }
-    }
+    let acked = MqttIdentity::acked_seqs(&mut acks, 5, Duration::from_secs(20)).await?;
     assert_eq!(acked, (1..=5).collect());
     assert_eq!(event_count(&cp, "zabbix").await?, 1);
     let (_, events) = cp.get("/api/v1/events?source=zabbix").await?;
@@ -714,11 +682,11 @@ both_backends!(relayed_bodies_need_the_sources_signature, relayed_bodies);
 async fn parallel_webhooks(backend: Backend) -> anyhow::Result<()> {
     let store = TestStore::create(backend).await?;
     let cp = ControlPlane::start(&store).await?;
-    let (status, source) = cp
-        .post("/api/v1/sources", json!({"id": "zabbix", "kind": "zabbix"}))
-        .await?;
-    anyhow::ensure!(status == 201, "{status} {source}");
-    let bearer = format!("Bearer {}", source["secret"].as_str().context("secret")?);
+    let bearer = format!(
+        "Bearer {}",
+        cp.create_source(json!({"id": "zabbix", "kind": "zabbix"}))
+            .await?
+    );
     let mut bodies = Vec::new();
     for n in 0..39 {
         bodies.push(zabbix_body(

@@ -145,24 +145,8 @@ async fn one_bad_row_never_takes_its_batch(backend: Backend) -> anyhow::Result<(
     assert_eq!(by_seq[2].1, "nul\u{FFFD}inside");
 
     // Every seq is acknowledged: 1, 2, 3, 6 as stored, 4 and 5 as refused for good.
-    let mut acked: Vec<u64> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while acked.len() < 6 {
-        let ack = tokio::time::timeout_at(deadline, acks.recv())
-            .await
-            .with_context(|| format!("acks so far: {acked:?}"))?
-            .context("ack stream ended")?;
-        for range in ack["ranges"].as_array().context("ranges")? {
-            let (from, to) = (
-                range[0].as_u64().context("from")?,
-                range[1].as_u64().context("to")?,
-            );
-            acked.extend(from..=to);
-        }
-        acked.sort_unstable();
-        acked.dedup();
-    }
-    assert_eq!(acked, vec![1, 2, 3, 4, 5, 6]);
+    let acked = MqttIdentity::acked_seqs(&mut acks, 6, Duration::from_secs(10)).await?;
+    assert_eq!(acked, (1..=6).collect());
 
     let count = |line: &'static str| {
         let cp = &cp;

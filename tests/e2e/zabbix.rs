@@ -43,14 +43,9 @@ async fn webhook(backend: Backend) -> anyhow::Result<()> {
     let zabbix = Zabbix::connect().await?;
     let store = TestStore::create(backend).await?;
     let cp = ControlPlane::start(&store).await?;
-    let (status, source) = cp
-        .post(
-            "/api/v1/sources",
-            json!({"id": "zabbix", "kind": "zabbix", "incident_severity": "high"}),
-        )
+    let secret = &cp
+        .create_source(json!({"id": "zabbix", "kind": "zabbix", "incident_severity": "high"}))
         .await?;
-    anyhow::ensure!(status == 201, "{status} {source}");
-    let secret = source["secret"].as_str().context("secret")?;
     // The Zabbix host is an enrolled agent: its events land on that node.
     let agent = MqttIdentity::enroll(&cp, "r1").await?;
     let name = format!("vantage-e2e-{}-{}", backend.name(), agent.agent_id);
@@ -310,14 +305,9 @@ async fn relay(backend: Backend) -> anyhow::Result<()> {
     let zabbix = Zabbix::connect().await?;
     let store = TestStore::create(backend).await?;
     let cp = ControlPlane::start(&store).await?;
-    let (status, source) = cp
-        .post(
-            "/api/v1/sources",
-            json!({"id": "zabbix", "kind": "zabbix", "incident_severity": "high"}),
-        )
+    let secret = cp
+        .create_source(json!({"id": "zabbix", "kind": "zabbix", "incident_severity": "high"}))
         .await?;
-    anyhow::ensure!(status == 201, "{status} {source}");
-    let secret = source["secret"].as_str().context("secret")?.to_owned();
     let region = Region::new()?;
     let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let _api = region.forward(cp.http_port, local(cp.http_port))?;

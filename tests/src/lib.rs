@@ -436,6 +436,19 @@ impl ControlPlane {
         ))
     }
 
+    /// Creates an integration source (`POST /api/v1/sources`); its secret, shown this once.
+    ///
+    /// # Errors
+    /// The API refuses.
+    pub async fn create_source(&self, definition: Value) -> anyhow::Result<String> {
+        let (status, body) = self.post("/api/v1/sources", definition).await?;
+        anyhow::ensure!(status == 201, "creating a source: {status} {body}");
+        Ok(body["secret"]
+            .as_str()
+            .context("the source's secret")?
+            .to_owned())
+    }
+
     /// Creates an enrollment token for `region` with `uses`.
     ///
     /// # Errors
@@ -854,6 +867,34 @@ impl MqttIdentity {
             }
         });
         Ok((client, receiver))
+    }
+
+    /// Reads acks off a [`Self::listen`] channel of `results/ack` until `n` distinct seqs are
+    /// acknowledged; the seqs acknowledged.
+    ///
+    /// # Errors
+    /// Fewer within `within`, or an ack without ranges.
+    pub async fn acked_seqs(
+        acks: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+        n: usize,
+        within: Duration,
+    ) -> anyhow::Result<std::collections::BTreeSet<u64>> {
+        let mut acked = std::collections::BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while acked.len() < n {
+            let ack = tokio::time::timeout_at(deadline, acks.recv())
+                .await
+                .with_context(|| format!("acks so far: {acked:?}"))?
+                .context("ack stream ended")?;
+            for range in ack["ranges"].as_array().context("ranges")? {
+                let (from, to) = (
+                    range[0].as_u64().context("from")?,
+                    range[1].as_u64().context("to")?,
+                );
+                acked.extend(from..=to);
+            }
+        }
+        Ok(acked)
     }
 
     /// rumqttc options for this identity with `client_id`.

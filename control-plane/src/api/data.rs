@@ -167,6 +167,14 @@ pub struct CheckSeriesQuery {
     pub step_ms: Option<i64>,
 }
 
+impl CheckSeriesQuery {
+    /// `(from_ms, to_ms)` with their defaults: the 24 h up to now.
+    fn range(&self, now: i64) -> (i64, i64) {
+        let to_ms = self.to_ms.unwrap_or(now);
+        (self.from_ms.unwrap_or(to_ms - 86_400_000), to_ms)
+    }
+}
+
 /// `GET /api/v1/checks/{id}/series`: latency and failures per region in steps, from raw
 /// rows, minute or hour rollups as the range demands.
 pub async fn check_series(
@@ -177,8 +185,7 @@ pub async fn check_series(
 ) -> Result<Json<crate::rollup::Series>, ApiError> {
     caller.require(Role::Viewer)?;
     let now = now_ms();
-    let to_ms = query.to_ms.unwrap_or(now);
-    let from_ms = query.from_ms.unwrap_or(to_ms - 86_400_000);
+    let (from_ms, to_ms) = query.range(now);
     Ok(Json(
         crate::rollup::series(
             &state.store,
@@ -204,8 +211,7 @@ pub async fn agent_series(
 ) -> Result<Json<crate::rollup::MetricSeries>, ApiError> {
     caller.require(Role::Viewer)?;
     let now = now_ms();
-    let to_ms = query.to_ms.unwrap_or(now);
-    let from_ms = query.from_ms.unwrap_or(to_ms - 86_400_000);
+    let (from_ms, to_ms) = query.range(now);
     Ok(Json(
         crate::rollup::metric_series(
             &state.store,

@@ -57,11 +57,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let store = TestStore::create(backend).await?;
     let cp = ControlPlane::start(&store).await?;
-    let (status, source) = cp
-        .post("/api/v1/sources", json!({"id": "zabbix", "kind": "zabbix"}))
+    let secret = cp
+        .create_source(json!({"id": "zabbix", "kind": "zabbix"}))
         .await?;
-    anyhow::ensure!(status == 201, "{status} {source}");
-    let secret = source["secret"].as_str().context("secret")?.to_owned();
     let mut socket = cp
         .live_socket("kind=event&source=zabbix&latest=false")
         .await?;
