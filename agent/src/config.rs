@@ -346,11 +346,7 @@ impl AgentConfig {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: AgentConfig =
-            toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            })?;
+        let mut config = Self::parse(&text, path)?;
         if let Ok(v) = std::env::var("VANTAGE_AGENT_SERVER_URL") {
             config.server_url = Some(v);
         }
@@ -363,33 +359,46 @@ impl AgentConfig {
         if let Ok(v) = std::env::var("VANTAGE_AGENT_STATE_DIR") {
             config.state_dir = PathBuf::from(v);
         }
-        if config.spool.max_entries == 0 || config.spool.max_bytes < 1024 {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                message: "spool.max_entries must be > 0 and spool.max_bytes >= 1024".into(),
-            });
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parses and checks the text of a config file (`path` only names it in errors); the
+    /// environment is not read.
+    ///
+    /// # Errors
+    /// Invalid TOML, unknown keys, or an unusable combination.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if self.spool.max_entries == 0 || self.spool.max_bytes < 1024 {
+            return Err(invalid(
+                "spool.max_entries must be > 0 and spool.max_bytes >= 1024".into(),
+            ));
         }
-        if let Some(url) = &config.server_url
+        if let Some(url) = &self.server_url
             && !url.starts_with("https://")
         {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                message: format!("server_url {url:?} must start with https://"),
-            });
+            return Err(invalid(format!("server_url {url:?} must start with https://")));
         }
-        if let Some(zabbix) = &config.zabbix_sender {
-            zabbix.validate().map_err(|message| ConfigError::Invalid {
-                path: path.to_owned(),
-                message,
-            })?;
+        if let Some(zabbix) = &self.zabbix_sender {
+            zabbix.validate().map_err(invalid)?;
         }
-        if let Some(relay) = &config.relay {
-            relay.validate().map_err(|message| ConfigError::Invalid {
-                path: path.to_owned(),
-                message,
-            })?;
+        if let Some(relay) = &self.relay {
+            relay.validate().map_err(invalid)?;
         }
-        Ok(config)
+        Ok(())
     }
 
     /// The pinned CA certificate in PEM, from `ca_pem` or `ca_file`.

@@ -91,9 +91,86 @@ impl Drop for PendingSlot {
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Identity {
+pub enum Identity {
+    /// A client certificate from our CA; its CN, an agent id.
     Agent(String),
+    /// No client certificate: an API token as password, read-only.
     Viewer,
+}
+
+/// Why the front door closed a connection after its CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("second CONNECT")]
+    SecondConnect,
+    #[error("publish on foreign topic {0:?}")]
+    ForeignPublish(String),
+    #[error("viewer publish on {0:?}")]
+    ViewerPublish(String),
+    #[error("subscribe to foreign filter {0:?}")]
+    ForeignSubscribe(String),
+    #[error("viewer subscribe to {0:?}")]
+    ViewerSubscribe(String),
+}
+
+impl Refused {
+    /// Counts the refusal where it belongs.
+    fn count(&self, counters: &Counters) {
+        let counter = match self {
+            Refused::SecondConnect => &counters.frontdoor_protocol_errors,
+            Refused::ForeignPublish(_)
+            | Refused::ViewerPublish(_)
+            | Refused::ForeignSubscribe(_)
+            | Refused::ViewerSubscribe(_) => &counters.frontdoor_acl_violations,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Checks one packet after CONNECT against the identity's topic rules: what an agent may
+/// publish and subscribe to ([`topic::agent_may_publish`], [`topic::agent_may_subscribe`]),
+/// and that a viewer only reads ([`topic::viewer_may_subscribe`]).
+///
+/// # Errors
+/// The first rule the packet breaks.
+pub fn police(packet: &Packet, identity: &Identity) -> Result<(), Refused> {
+    match (packet, identity) {
+        (Packet::Connect(_), _) => Err(Refused::SecondConnect),
+        (Packet::Publish(p), Identity::Agent(id)) if !topic::agent_may_publish(id, &p.topic) => {
+            Err(Refused::ForeignPublish(p.topic.clone()))
+        }
+        (Packet::Publish(p), Identity::Viewer) => Err(Refused::ViewerPublish(p.topic.clone())),
+        (Packet::Subscribe(s), Identity::Agent(id)) => match s
+            .filters
+            .iter()
+            .find(|f| !topic::agent_may_subscribe(id, &f.path))
+        {
+            Some(f) => Err(Refused::ForeignSubscribe(f.path.clone())),
+            None => Ok(()),
+        },
+        (Packet::Subscribe(s), Identity::Viewer) => match s
+            .filters
+            .iter()
+            .find(|f| !topic::viewer_may_subscribe(&f.path))
+        {
+            Some(f) => Err(Refused::ViewerSubscribe(f.path.clone())),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Takes the next whole MQTT packet from the bytes read so far: `Ok(None)` when more bytes are
+/// needed. A packet over [`MAX_PACKET_BYTES`] or one that is not MQTT 3.1.1 is an error.
+///
+/// # Errors
+/// What the codec found wrong.
+pub fn next_packet(buffer: &mut BytesMut) -> Result<Option<Packet>, String> {
+    match Packet::read(buffer, MAX_PACKET_BYTES) {
+        Ok(packet) => Ok(Some(packet)),
+        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// Shared state: the revoked sets (agents, API tokens) and the live agent connections.
@@ -369,8 +446,9 @@ impl FrontDoor {
                         return format!("protocol error: {e}");
                     }
                 };
-                if let Err(reason) = self.police(&packet, &identity) {
-                    return reason;
+                if let Err(refused) = police(&packet, &identity) {
+                    refused.count(&self.counters);
+                    return refused.to_string();
                 }
                 out.clear();
                 if packet.write(&mut out, MAX_PACKET_BYTES).is_err()
@@ -475,53 +553,6 @@ impl FrontDoor {
         ));
         Ok((connect, token_id))
     }
-
-    /// Checks one packet after CONNECT against the identity's topic rules.
-    fn police(&self, packet: &Packet, identity: &Identity) -> Result<(), String> {
-        let violation = |what: String| {
-            self.counters
-                .frontdoor_acl_violations
-                .fetch_add(1, Ordering::Relaxed);
-            Err(what)
-        };
-        match (packet, identity) {
-            (Packet::Connect(_), _) => {
-                self.counters
-                    .frontdoor_protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                Err("second CONNECT".into())
-            }
-            (Packet::Publish(p), Identity::Agent(id))
-                if !topic::agent_may_publish(id, &p.topic) =>
-            {
-                violation(format!("publish on foreign topic {:?}", p.topic))
-            }
-            (Packet::Publish(p), Identity::Viewer) => {
-                violation(format!("viewer publish on {:?}", p.topic))
-            }
-            (Packet::Subscribe(s), Identity::Agent(id)) => {
-                match s
-                    .filters
-                    .iter()
-                    .find(|f| !topic::agent_may_subscribe(id, &f.path))
-                {
-                    Some(f) => violation(format!("subscribe to foreign filter {:?}", f.path)),
-                    None => Ok(()),
-                }
-            }
-            (Packet::Subscribe(s), Identity::Viewer) => {
-                match s
-                    .filters
-                    .iter()
-                    .find(|f| !topic::viewer_may_subscribe(&f.path))
-                {
-                    Some(f) => violation(format!("viewer subscribe to {:?}", f.path)),
-                    None => Ok(()),
-                }
-            }
-            _ => Ok(()),
-        }
-    }
 }
 
 enum ReadError {
@@ -535,10 +566,8 @@ async fn read_packet<R: AsyncRead + Unpin>(
     buffer: &mut BytesMut,
 ) -> Result<Packet, ReadError> {
     loop {
-        match Packet::read(buffer, MAX_PACKET_BYTES) {
-            Ok(packet) => return Ok(packet),
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(error) => return Err(ReadError::Protocol(error.to_string())),
+        if let Some(packet) = next_packet(buffer).map_err(ReadError::Protocol)? {
+            return Ok(packet);
         }
         buffer.reserve(4096);
         match reader.read_buf(buffer).await {

@@ -262,11 +262,13 @@ pub fn agent_may_publish(id: &str, topic: &str) -> bool {
 
 /// Whether the agent `id` may subscribe with `filter` (only its own config, cmd, results/ack).
 ///
-/// Wildcards are refused: an agent subscribes to exact topics.
+/// Wildcards are refused: an agent subscribes to exact topics. An id outside the id rules
+/// ([`valid_id`]) may subscribe to nothing, as it may publish nothing.
 pub fn agent_may_subscribe(id: &str, filter: &str) -> bool {
-    [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck]
-        .into_iter()
-        .any(|kind| agent(id, kind) == filter)
+    valid_id(id)
+        && [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck]
+            .into_iter()
+            .any(|kind| agent(id, kind) == filter)
 }
 
 /// Whether a read-only viewer may subscribe with `filter`: `status/#`, `events/#`,
@@ -378,6 +380,10 @@ mod tests {
         assert!(!agent_may_subscribe("a", &agent("b", AgentTopic::Config)));
         assert!(!agent_may_subscribe("a", "vantage/v1/agents/+/config"));
         assert!(!agent_may_subscribe("a", "#"));
+        // Found by the topic fuzz target: an id outside the rules (here empty) could subscribe
+        // to the topics its name builds, though it could publish on none.
+        assert!(!agent_may_subscribe("", "vantage/v1/agents//results/ack"));
+        assert!(!agent_may_subscribe("+", "vantage/v1/agents/+/config"));
     }
 
     #[test]
