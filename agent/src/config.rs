@@ -390,7 +390,9 @@ impl AgentConfig {
         if let Some(url) = &self.server_url
             && !url.starts_with("https://")
         {
-            return Err(invalid(format!("server_url {url:?} must start with https://")));
+            return Err(invalid(format!(
+                "server_url {url:?} must start with https://"
+            )));
         }
         if let Some(zabbix) = &self.zabbix_sender {
             zabbix.validate().map_err(invalid)?;

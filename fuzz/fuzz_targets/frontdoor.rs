@@ -22,7 +22,10 @@ fuzz_target!(|bytes: &[u8]| {
         let forwarded = next_packet(&mut out)
             .expect("a forwarded packet reads back")
             .expect("a forwarded packet is whole");
-        assert_eq!(forwarded, packet, "a packet changed on its way to the broker");
+        assert_eq!(
+            forwarded, packet,
+            "a packet changed on its way to the broker"
+        );
         assert!(out.is_empty(), "bytes left after a forwarded packet");
         for identity in &identities {
             assert_eq!(police(&packet, identity), police(&forwarded, identity));

@@ -34,7 +34,10 @@ fn rows<T: DeserializeOwned + Serialize>(bytes: &[u8], repair: fn(&mut T) -> Rep
         match row {
             Ok(mut row) => {
                 repair(&mut row);
-                assert!(!repair(&mut row).any(), "a repaired row needed repair again");
+                assert!(
+                    !repair(&mut row).any(),
+                    "a repaired row needed repair again"
+                );
                 let again = encode(&row);
                 assert!(
                     serde_json::from_slice::<T>(&again).is_ok(),
@@ -54,7 +57,10 @@ fuzz_target!(|bytes: &[u8]| {
     rows::<Event>(bytes, Event::bound_texts);
     if let Some(mut hello) = whole::<Hello>(bytes) {
         hello.bound_texts();
-        assert!(!hello.bound_texts().any(), "a repaired hello needed repair again");
+        assert!(
+            !hello.bound_texts().any(),
+            "a repaired hello needed repair again"
+        );
     }
     whole::<Status>(bytes);
     whole::<Heartbeat>(bytes);

@@ -36,7 +36,11 @@ fuzz_target!(|bytes: &[u8]| {
     let (id, name) = text.split_once('\n').unwrap_or(("ag-1", text));
 
     if let Ok(parsed) = Topic::parse(name) {
-        assert_eq!(parsed.to_string(), name, "a parsed topic prints back to itself");
+        assert_eq!(
+            parsed.to_string(),
+            name,
+            "a parsed topic prints back to itself"
+        );
     }
 
     if topic::agent_may_publish(id, name) {
@@ -45,7 +49,10 @@ fuzz_target!(|bytes: &[u8]| {
             .into_iter()
             .filter(|kind| kind.is_agent_published())
             .any(|kind| topic::agent(id, kind) == name);
-        assert!(own, "agent {id:?} may publish on {name:?}, not one of its own topics");
+        assert!(
+            own,
+            "agent {id:?} may publish on {name:?}, not one of its own topics"
+        );
     }
 
     if topic::agent_may_subscribe(id, name) {

@@ -313,3 +313,191 @@ async fn a_restarted_control_plane_runs_dark_regions_checks_itself() -> anyhow::
     .with_context(|| cp.log_tail())?;
     Ok(())
 }
+
+/// PostgreSQL stopped at once mid-ingest (as a crash: connections cut mid-transaction), down
+/// for 15 s while the agent keeps measuring, then started again (it replays its WAL). A
+/// commit waits up to the pool's 10 s for a connection, so some fail and are counted; the
+/// control plane stays up, acknowledges nothing it did not commit, and takes the agent's
+/// resends once the store is back: every seq stored once, the rows measured during the
+/// outage with their own measurement times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_mid_ingest_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    let pg = vantage_tests::postgres::PrivatePostgres::start()?;
+    let store = TestStore {
+        backend: Backend::Postgres,
+        url: Some(pg.url()),
+    };
+    let mut cp = ControlPlane::start(&store).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target_port = listener.local_addr()?.port();
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    for i in 0..4 {
+        let (status, body) = cp
+            .post(
+                "/api/v1/checks",
+                json!({"id": format!("tcp-{i}"), "name": "tcp", "interval_s": 1,
+                    "timeout_ms": 500, "regions": ["asia"],
+                    "kind": {"type": "tcp", "host": "127.0.0.1", "port": target_port}}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {body}");
+    }
+    let token = cp.enrollment_token("asia", 1).await?;
+    let agent = Agent::start(&cp, &token, "metrics_interval_s = 1")?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("results flowing", Duration::from_secs(20), || async {
+        let (_, rows) = cp.get(&format!("/api/v1/results?agent={id}")).await.ok()?;
+        (rows.as_array()?.len() >= 8).then_some(())
+    })
+    .await?;
+    let errors_before = cp.counter("vantage_ingest_commit_errors_total").await?;
+
+    pg.stop_immediately()?;
+    let down_at = vantage_agent::now_ms();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(cp.is_running(), "the control plane died with its store");
+    pg.start_again()?;
+    let up_at = vantage_agent::now_ms();
+
+    // The agent's backlog arrives: about 5 rows a second of the outage.
+    let pool = cp.store_pool().await?;
+    let n_outage = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM results WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3) \
+             + (SELECT COUNT(*) FROM host_metrics WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3)",
+        )
+        .bind(&id)
+        .bind(down_at + 500)
+        .bind(up_at - 500)
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        Some(n)
+    };
+    wait_for("the outage's rows", Duration::from_secs(60), || async {
+        n_outage().await.filter(|n| *n >= 60)
+    })
+    .await
+    .with_context(|| format!("{}\n{}", cp.log_tail(), agent.log()))?;
+    let errors = cp.counter("vantage_ingest_commit_errors_total").await? - errors_before;
+    assert!(
+        errors > 0,
+        "no failed commit was counted while the store was down"
+    );
+
+    // Exactly once: every seq from 1 to the highest stored one is there, once (stored_seqs
+    // fails on a doubled seq).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seqs = stored_seqs(&pool, &id).await?;
+    let max = *seqs.iter().next_back().context("no rows")?;
+    let missing: Vec<i64> = (1..=max).filter(|s| !seqs.contains(s)).collect();
+    assert!(missing.is_empty(), "lost seqs: {missing:?}");
+    println!(
+        "PostgreSQL down {} ms: {errors} failed commits, {max} seqs stored once each, {:?} rows measured during the outage",
+        up_at - down_at,
+        n_outage().await
+    );
+    assert!(cp.is_running());
+    Ok(())
+}
+
+/// The agent's path to the control plane goes half-open for 30 s: nftables inside its network
+/// namespace drops every packet of the MQTT connection, silently (no reset, no close), and
+/// the SYNs of its reconnects. The agent notices through its keep-alive, keeps measuring into
+/// its spool, and once packets pass again reconnects and drains it: every seq stored once,
+/// the rows measured inside the hole with their own measurement times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_path_is_noticed_and_loses_nothing() -> anyhow::Result<()> {
+    use vantage_tests::regions::Region;
+    let store = TestStore::create(Backend::Sqlite).await?;
+    let mut cp = ControlPlane::start(&store).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?;
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    let region = Region::new()?;
+    let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let _api = region.forward(cp.http_port, local(cp.http_port))?;
+    let _mqtt = region.forward(cp.mqtt_port, local(cp.mqtt_port))?;
+    let _target = region.forward(target.port(), target)?;
+    for i in 0..2 {
+        let (status, body) = cp
+            .post(
+                "/api/v1/checks",
+                json!({"id": format!("tcp-{i}"), "name": "tcp", "interval_s": 1,
+                    "timeout_ms": 500, "regions": ["r1"],
+                    "kind": {"type": "tcp", "host": "127.0.0.1", "port": target.port()}}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {body}");
+    }
+    let token = cp.enrollment_token("r1", 1).await?;
+    let agent = Agent::start_command(
+        &cp,
+        &token,
+        "metrics_interval_s = 1",
+        region.command(&vantage_tests::bin("vantage-agent")),
+    )?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("results flowing", Duration::from_secs(30), || async {
+        let (_, rows) = cp.get(&format!("/api/v1/results?agent={id}")).await.ok()?;
+        (rows.as_array()?.len() >= 4).then_some(())
+    })
+    .await
+    .with_context(|| agent.log())?;
+
+    let hole = region.black_hole(cp.mqtt_port)?;
+    let hole_at = vantage_agent::now_ms();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    drop(hole);
+    let open_at = vantage_agent::now_ms();
+
+    // About 3 rows a second were measured inside the hole; they arrive once packets pass.
+    let pool = cp.store_pool().await?;
+    let n_inside = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM results WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3) \
+             + (SELECT COUNT(*) FROM host_metrics WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3)",
+        )
+        .bind(&id)
+        .bind(hole_at + 500)
+        .bind(open_at - 500)
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        Some(n)
+    };
+    let drained = wait_for(
+        "the rows measured inside the hole",
+        Duration::from_secs(90),
+        || async { n_inside().await.filter(|n| *n >= 75) },
+    )
+    .await;
+    if drained.is_err() {
+        anyhow::bail!(
+            "{:?} rows measured inside the hole stored\n{}",
+            n_inside().await,
+            agent.log()
+        );
+    }
+    let drained_after_ms = vantage_agent::now_ms() - open_at;
+    // It noticed the dead path (its keep-alive went unanswered) and made a new connection.
+    let log = agent.log();
+    assert!(
+        log.contains("Disconnected") && log.matches("Connected").count() >= 2,
+        "the agent did not notice the dead path and reconnect:\n{log}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seqs = stored_seqs(&pool, &id).await?;
+    let max = *seqs.iter().next_back().context("no rows")?;
+    let missing: Vec<i64> = (1..=max).filter(|s| !seqs.contains(s)).collect();
+    assert!(missing.is_empty(), "lost seqs: {missing:?}");
+    println!(
+        "half-open for {} ms: {:?} rows measured inside it, stored {drained_after_ms} ms after \
+         packets passed again; {max} seqs stored once each",
+        open_at - hole_at,
+        n_inside().await
+    );
+    assert!(cp.is_running());
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //! address in the test's namespace. A forward can add latency in both directions, and can be
 //! cut (listener closed, open connections closed) and restored, so one region can lose its
 //! path to a target while the others keep theirs. [`Region::expose`] opens the other way: a
-//! door from the test's namespace to one port inside the region.
+//! door from the test's namespace to one port inside the region. [`Region::black_hole`]
+//! drops a port's packets silently with nftables, for half-open paths.
 //!
 //! The listener is bound inside the namespace from a short-lived thread that has joined it
 //! with `setns` (network namespaces are per thread); the relay tasks run on the tokio runtime
@@ -174,6 +175,68 @@ impl Region {
     {
         run_in_namespace(&self.path, work)
     }
+
+    /// Drops every packet to and from `port` inside the namespace with nftables, silently (no
+    /// reset, no close): connections through it go half-open and new ones get no answer to
+    /// their SYN, until the returned [`BlackHole`] is dropped. Both ends of a connection to a
+    /// forward are on the namespace's `lo`, so the output hook sees both directions.
+    ///
+    /// # Errors
+    /// `nft` is missing (scripts/test installs Debian's nftables) or refuses the rules.
+    pub fn black_hole(&self, port: u16) -> anyhow::Result<BlackHole> {
+        let table = format!("vantage_hole_{port}");
+        let rules = format!(
+            "table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    tcp dport {port} drop\n    tcp sport {port} drop\n  }}\n}}\n"
+        );
+        nft(&self.name, &["-f", "-"], Some(&rules))?;
+        Ok(BlackHole {
+            namespace: self.name.clone(),
+            table,
+        })
+    }
+}
+
+/// Packets dropped in a region ([`Region::black_hole`]); dropping this lets them through again.
+pub struct BlackHole {
+    namespace: String,
+    table: String,
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        if let Err(error) = nft(
+            &self.namespace,
+            &["delete", "table", "inet", &self.table],
+            None,
+        ) {
+            eprintln!("region {}: {error:#}", self.namespace);
+        }
+    }
+}
+
+/// Runs `nft args` inside the namespace `namespace`, with `input` on its stdin.
+fn nft(namespace: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", namespace, "nft"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run nft (Debian's nftables)")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.unwrap_or("").as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "nft {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 impl Drop for Region {
