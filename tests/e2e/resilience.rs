@@ -501,3 +501,109 @@ async fn a_half_open_path_is_noticed_and_loses_nothing() -> anyhow::Result<()> {
     assert!(cp.is_running());
     Ok(())
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `pid`.
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()?;
+    anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+    Ok(())
+}
+
+crate::both_backends!(
+    a_stalled_control_plane_loses_nothing,
+    a_stalled_control_plane_loses_nothing
+);
+
+/// The control plane stalls for 30 s (SIGSTOP: its listeners still take connections in the
+/// kernel's backlog, but nothing answers them, nor the open sessions). The agent's keep-alive
+/// goes unanswered and its reconnects hang in the TLS handshake; it keeps measuring into its
+/// spool. After SIGCONT the control plane works through the stale connections, the agent
+/// reconnects and drains: every seq stored once, the rows measured during the stall with
+/// their own measurement times.
+async fn a_stalled_control_plane_loses_nothing(backend: Backend) -> anyhow::Result<()> {
+    let store = TestStore::create(backend).await?;
+    let mut cp = ControlPlane::start(&store).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target_port = listener.local_addr()?.port();
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    for i in 0..2 {
+        let (status, body) = cp
+            .post(
+                "/api/v1/checks",
+                json!({"id": format!("tcp-{i}"), "name": "tcp", "interval_s": 1,
+                    "timeout_ms": 500, "regions": ["asia"],
+                    "kind": {"type": "tcp", "host": "127.0.0.1", "port": target_port}}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {body}");
+    }
+    let token = cp.enrollment_token("asia", 1).await?;
+    let agent = Agent::start(&cp, &token, "metrics_interval_s = 1")?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("results flowing", Duration::from_secs(20), || async {
+        let (_, rows) = cp.get(&format!("/api/v1/results?agent={id}")).await.ok()?;
+        (rows.as_array()?.len() >= 4).then_some(())
+    })
+    .await?;
+
+    let pid = cp.pid().context("control plane pid")?;
+    signal(pid, "-STOP")?;
+    let stalled_at = vantage_agent::now_ms();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    signal(pid, "-CONT")?;
+    let resumed_at = vantage_agent::now_ms();
+
+    let pool = cp.store_pool().await?;
+    let n_stalled = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM results WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3) \
+             + (SELECT COUNT(*) FROM host_metrics WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3)",
+        )
+        .bind(&id)
+        .bind(stalled_at + 500)
+        .bind(resumed_at - 500)
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        Some(n)
+    };
+    let drained = wait_for(
+        "the rows measured during the stall",
+        Duration::from_secs(90),
+        || async { n_stalled().await.filter(|n| *n >= 75) },
+    )
+    .await;
+    if drained.is_err() {
+        anyhow::bail!(
+            "{:?} rows measured during the stall stored\n{}\n{}",
+            n_stalled().await,
+            cp.log_tail(),
+            agent.log()
+        );
+    }
+    let drained_after_ms = vantage_agent::now_ms() - resumed_at;
+    let log = agent.log();
+    assert!(
+        log.contains("Disconnected") && log.matches("Connected").count() >= 2,
+        "the agent did not notice the stall and reconnect:\n{log}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seqs = stored_seqs(&pool, &id).await?;
+    let max = *seqs.iter().next_back().context("no rows")?;
+    let missing: Vec<i64> = (1..=max).filter(|s| !seqs.contains(s)).collect();
+    assert!(missing.is_empty(), "lost seqs: {missing:?}");
+    println!(
+        "stalled for {} ms: {:?} rows measured during it, stored {drained_after_ms} ms after \
+         it resumed; {max} seqs stored once each",
+        resumed_at - stalled_at,
+        n_stalled().await
+    );
+    assert!(cp.is_running());
+    let (status, _) = cp.get("/healthz").await?;
+    assert_eq!(status, 200);
+    Ok(())
+}
