@@ -607,3 +607,139 @@ async fn a_stalled_control_plane_loses_nothing(backend: Backend) -> anyhow::Resu
     assert_eq!(status, 200);
     Ok(())
 }
+
+/// Debian's libfaketime (package faketime), for a process whose wall clock the test sets.
+fn libfaketime() -> anyhow::Result<std::path::PathBuf> {
+    std::fs::read_dir("/usr/lib")?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path().join("faketime").join("libfaketimeMT.so.1"))
+        .find(|path| path.exists())
+        .context("no libfaketimeMT.so.1: scripts/test installs Debian's faketime")
+}
+
+/// The agent's wall clock jumps 2 h back for 10 s, then a day forward for 10 s, then back to
+/// the true time, as a badly stepped NTP or a VM restored from a snapshot would do (its
+/// monotonic clock runs on; libfaketime moves only the wall clock). The checks keep their
+/// pace through both jumps, every row carries the time the agent's clock showed when it was
+/// measured, and every seq is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_clock_jumping_back_and_forward_loses_nothing() -> anyhow::Result<()> {
+    const BACK_MS: i64 = 2 * 3600 * 1000;
+    const FORWARD_MS: i64 = 24 * 3600 * 1000;
+    let store = TestStore::create(Backend::Sqlite).await?;
+    let mut cp = ControlPlane::start(&store).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target_port = listener.local_addr()?.port();
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    for i in 0..2 {
+        let (status, body) = cp
+            .post(
+                "/api/v1/checks",
+                json!({"id": format!("tcp-{i}"), "name": "tcp", "interval_s": 1,
+                    "timeout_ms": 500, "regions": ["asia"],
+                    "kind": {"type": "tcp", "host": "127.0.0.1", "port": target_port}}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {body}");
+    }
+    let clock = tempfile::NamedTempFile::new()?;
+    std::fs::write(clock.path(), "+0\n")?;
+    let command = vec![
+        std::path::PathBuf::from("env"),
+        format!("LD_PRELOAD={}", libfaketime()?.display()).into(),
+        format!("FAKETIME_TIMESTAMP_FILE={}", clock.path().display()).into(),
+        "FAKETIME_NO_CACHE=1".into(),
+        "DONT_FAKE_MONOTONIC=1".into(),
+        vantage_tests::bin("vantage-agent"),
+    ];
+    let token = cp.enrollment_token("asia", 1).await?;
+    let agent = Agent::start_command(&cp, &token, "metrics_interval_s = 1", command)?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("results flowing", Duration::from_secs(20), || async {
+        let (_, rows) = cp.get(&format!("/api/v1/results?agent={id}")).await.ok()?;
+        (rows.as_array()?.len() >= 4).then_some(())
+    })
+    .await?;
+
+    std::fs::write(clock.path(), "-2h\n")?;
+    let back_at = vantage_agent::now_ms();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    std::fs::write(clock.path(), "+1d\n")?;
+    let forward_at = vantage_agent::now_ms();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    std::fs::write(clock.path(), "+0\n")?;
+    let true_at = vantage_agent::now_ms();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Rows measured in each window, by the time the agent's clock showed.
+    let pool = cp.store_pool().await?;
+    let count = |table: &'static str, from: i64, to: i64| {
+        let (pool, id) = (&pool, &id);
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {table} WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3"
+            )))
+            .bind(id)
+            .bind(from + 500)
+            .bind(to - 500)
+            .fetch_one(pool)
+            .await?;
+            anyhow::Ok(n)
+        }
+    };
+    let windows =
+        wait_for(
+            "the rows of both jumps",
+            Duration::from_secs(30),
+            || async {
+                let back = count("results", back_at - BACK_MS, forward_at - BACK_MS)
+                    .await
+                    .ok()?;
+                let forward = count("results", forward_at + FORWARD_MS, true_at + FORWARD_MS)
+                    .await
+                    .ok()?;
+                let back_metrics = count("host_metrics", back_at - BACK_MS, forward_at - BACK_MS)
+                    .await
+                    .ok()?;
+                let forward_metrics = count(
+                    "host_metrics",
+                    forward_at + FORWARD_MS,
+                    true_at + FORWARD_MS,
+                )
+                .await
+                .ok()?;
+                // Two checks and metrics each second: 9 s of each window counted.
+                (back >= 14 && forward >= 14 && back_metrics >= 7 && forward_metrics >= 7)
+                    .then_some((back, forward, back_metrics, forward_metrics))
+            },
+        )
+        .await;
+    let windows = match windows {
+        Ok(windows) => windows,
+        Err(error) => anyhow::bail!("{error:#}\n{}", agent.log()),
+    };
+    // And after the clock came back, the checks go on at the true time.
+    wait_for(
+        "rows at the true time again",
+        Duration::from_secs(15),
+        || async {
+            (count("results", true_at, vantage_agent::now_ms())
+                .await
+                .ok()?
+                >= 4)
+                .then_some(())
+        },
+    )
+    .await?;
+
+    let seqs = stored_seqs(&pool, &id).await?;
+    let max = *seqs.iter().next_back().context("no rows")?;
+    let missing: Vec<i64> = (1..=max).filter(|s| !seqs.contains(s)).collect();
+    assert!(missing.is_empty(), "lost seqs: {missing:?}");
+    println!(
+        "clock 2 h back, then 1 d forward: (results, results, metrics, metrics) measured in \
+         the two windows {windows:?}; {max} seqs stored once each"
+    );
+    assert!(cp.is_running());
+    Ok(())
+}
