@@ -743,3 +743,109 @@ async fn the_agents_clock_jumping_back_and_forward_loses_nothing() -> anyhow::Re
     assert!(cp.is_running());
     Ok(())
 }
+
+/// How long [`a_cut_link_loses_nothing`] keeps the link cut: 60 s unless
+/// `VANTAGE_TEST_LINK_CUT_S` says otherwise (BENCHMARKS.md records a 600 s run).
+fn link_cut() -> Duration {
+    let seconds = std::env::var("VANTAGE_TEST_LINK_CUT_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(seconds)
+}
+
+/// The agent's only path to the control plane is cut (connections closed, nothing listening)
+/// while it measures 4 checks and its metrics every second; the control plane stays up. Once
+/// the path is back, the agent reconnects within its backoff and drains its spool: every seq
+/// stored once, each row measured during the cut with its own time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_loses_nothing() -> anyhow::Result<()> {
+    use vantage_tests::regions::Region;
+    let store = TestStore::create(Backend::Sqlite).await?;
+    let mut cp = ControlPlane::start(&store).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target = listener.local_addr()?;
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    let region = Region::new()?;
+    let local = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let _api = region.forward(cp.http_port, local(cp.http_port))?;
+    let mqtt = region.forward(cp.mqtt_port, local(cp.mqtt_port))?;
+    let _target = region.forward(target.port(), target)?;
+    for i in 0..4 {
+        let (status, body) = cp
+            .post(
+                "/api/v1/checks",
+                json!({"id": format!("tcp-{i}"), "name": "tcp", "interval_s": 1,
+                    "timeout_ms": 500, "regions": ["r1"],
+                    "kind": {"type": "tcp", "host": "127.0.0.1", "port": target.port()}}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {body}");
+    }
+    let token = cp.enrollment_token("r1", 1).await?;
+    let agent = Agent::start_command(
+        &cp,
+        &token,
+        "metrics_interval_s = 1",
+        region.command(&vantage_tests::bin("vantage-agent")),
+    )?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("results flowing", Duration::from_secs(30), || async {
+        let (_, rows) = cp.get(&format!("/api/v1/results?agent={id}")).await.ok()?;
+        (rows.as_array()?.len() >= 8).then_some(())
+    })
+    .await
+    .with_context(|| agent.log())?;
+
+    let cut = link_cut();
+    mqtt.cut();
+    let cut_at = vantage_agent::now_ms();
+    tokio::time::sleep(cut).await;
+    mqtt.restore()?;
+    let restored_at = vantage_agent::now_ms();
+
+    // 5 rows a second were measured during the cut; nine tenths of them is the floor.
+    let expected = (cut.as_secs() * 5 * 9 / 10) as i64;
+    let pool = cp.store_pool().await?;
+    let n_cut = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM results WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3) \
+             + (SELECT COUNT(*) FROM host_metrics WHERE agent_id = $1 AND measured_at_ms > $2 AND measured_at_ms < $3)",
+        )
+        .bind(&id)
+        .bind(cut_at + 500)
+        .bind(restored_at - 500)
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        Some(n)
+    };
+    // The agent's backoff is at most 30 s (with jitter), then the spool drains.
+    let drained = wait_for(
+        "the rows measured during the cut",
+        Duration::from_secs(120),
+        || async { n_cut().await.filter(|n| *n >= expected) },
+    )
+    .await;
+    if drained.is_err() {
+        anyhow::bail!(
+            "{:?} of {expected} rows measured during the cut stored\n{}",
+            n_cut().await,
+            agent.log()
+        );
+    }
+    let drained_after_ms = vantage_agent::now_ms() - restored_at;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seqs = stored_seqs(&pool, &id).await?;
+    let max = *seqs.iter().next_back().context("no rows")?;
+    let missing: Vec<i64> = (1..=max).filter(|s| !seqs.contains(s)).collect();
+    assert!(missing.is_empty(), "lost seqs: {missing:?}");
+    println!(
+        "link cut for {} ms: {:?} rows measured during it, stored {drained_after_ms} ms after \
+         the link was back; {max} seqs stored once each",
+        restored_at - cut_at,
+        n_cut().await
+    );
+    assert!(cp.is_running());
+    Ok(())
+}
