@@ -6,28 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::json;
 use vantage_tests::{Agent, Backend, ControlPlane, TestStore, bin, wait_for};
 
-/// Creates `n` TCP checks running every second in `region` against a local listener, so an
-/// agent produces about `n` rows a second.
-async fn fast_checks(cp: &ControlPlane, region: &str, n: usize) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
-    for i in 0..n {
-        let (status, reply) = cp
-            .post(
-                "/api/v1/checks",
-                json!({"id": format!("fast-{i}"), "name": "fast", "interval_s": 1,
-                    "timeout_ms": 500, "regions": [region],
-                    "kind": {"type": "tcp", "host": "127.0.0.1", "port": port}}),
-            )
-            .await?;
-        anyhow::ensure!(status == 201, "{status} {reply}");
-    }
-    Ok(())
-}
+use crate::faults::checks_every_second;
 
 /// Stored result rows of `agent` measured at or after `from_ms`.
 async fn n_results_since(cp: &ControlPlane, agent: &str, from_ms: i64) -> Option<usize> {
@@ -92,7 +73,7 @@ crate::both_backends!(
 async fn a_rewound_state_loses_no_new_row(backend: Backend) -> anyhow::Result<()> {
     let store = TestStore::create(backend).await?;
     let cp = ControlPlane::start(&store).await?;
-    fast_checks(&cp, "europe", 3).await?;
+    checks_every_second(&cp, "europe", 3).await?;
     let token = cp.enrollment_token("europe", 1).await?;
     let mut agent = Agent::start(&cp, &token, "")?;
     let id = agent.wait_enrolled().await?;
@@ -153,7 +134,7 @@ async fn sigterm_syncs_and_appends_are_fsynced_in_groups() -> anyhow::Result<()>
     let store = TestStore::create(Backend::Sqlite).await?;
     let cp = ControlPlane::start(&store).await?;
     // 100 rows a second: far more rows than the at most 20 group commits a second.
-    fast_checks(&cp, "europe", 100).await?;
+    checks_every_second(&cp, "europe", 100).await?;
     let token = cp.enrollment_token("europe", 1).await?;
     let trace_dir = tempfile::tempdir()?;
     let trace = trace_dir.path().join("strace.txt");
@@ -269,7 +250,7 @@ crate::both_backends!(
 async fn a_full_state_dir_is_counted_and_recovered(backend: Backend) -> anyhow::Result<()> {
     let store = TestStore::create(backend).await?;
     let cp = ControlPlane::start_with(&store, &[("VANTAGE_HEARTBEAT_INTERVAL_S", "1")]).await?;
-    fast_checks(&cp, "europe", 3).await?;
+    checks_every_second(&cp, "europe", 3).await?;
     let token = cp.enrollment_token("europe", 1).await?;
     let mut agent = Agent::start(&cp, &token, "")?;
     let id = agent.wait_enrolled().await?;

@@ -13,6 +13,7 @@ mod dashboard;
 mod demo;
 mod durability;
 mod edge_image;
+mod faults;
 mod http_limits;
 mod install;
 mod integrations;
