@@ -186,9 +186,12 @@ impl Region {
     pub fn black_hole(&self, port: u16) -> anyhow::Result<BlackHole> {
         let table = format!("vantage_hole_{port}");
         let rules = format!(
-            "table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    tcp dport {port} drop\n    tcp sport {port} drop\n  }}\n}}\n"
+            "add table inet {table}; \
+             add chain inet {table} out {{ type filter hook output priority 0; policy accept; }}; \
+             add rule inet {table} out tcp dport {port} drop; \
+             add rule inet {table} out tcp sport {port} drop"
         );
-        nft(&self.name, &["-f", "-"], Some(&rules))?;
+        ip(&["netns", "exec", &self.name, "nft", &rules])?;
         Ok(BlackHole {
             namespace: self.name.clone(),
             table,
@@ -204,39 +207,20 @@ pub struct BlackHole {
 
 impl Drop for BlackHole {
     fn drop(&mut self) {
-        if let Err(error) = nft(
+        let delete = [
+            "netns",
+            "exec",
             &self.namespace,
-            &["delete", "table", "inet", &self.table],
-            None,
-        ) {
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            &self.table,
+        ];
+        if let Err(error) = ip(&delete) {
             eprintln!("region {}: {error:#}", self.namespace);
         }
     }
-}
-
-/// Runs `nft args` inside the namespace `namespace`, with `input` on its stdin.
-fn nft(namespace: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", namespace, "nft"])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("cannot run nft (Debian's nftables)")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.unwrap_or("").as_bytes())?;
-    }
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        bail!(
-            "nft {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 impl Drop for Region {
