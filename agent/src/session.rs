@@ -671,9 +671,38 @@ fn flush(client: &AsyncClient, id: &str, spool: &mut Spool, write_errors: &mut u
     }
 }
 
+/// One check's task: its first run at a random offset within its interval (at most 5 s), so
+/// a new check shows a result quickly and agents do not fire together; then every interval,
+/// each outcome sent to the session loop. Ends when the loop is gone.
+///
+/// The probe's future is boxed: it is ~10 KiB (hyper, TLS and DNS states), and a spawned
+/// task keeps its whole future allocated while it sleeps. Boxed, it exists only while the
+/// probe runs, so an idle check costs its timer and spec, not ~10 KiB (2,000 checks: ~20 MiB
+/// before; BENCHMARKS.md, "HTTP throughput of one agent").
+async fn every_interval(spec: Arc<CheckSpec>, results: mpsc::Sender<(String, i64, Outcome)>) {
+    let period = Duration::from_secs(u64::from(spec.interval_s.max(1)));
+    let spread = period.min(Duration::from_secs(5));
+    let offset = spread.mul_f64(rand::rng().random_range(0.0..1.0));
+    tokio::time::sleep(offset).await;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let measured_at_ms = crate::now_ms();
+        let outcome = Box::pin(probe::run_check(&spec)).await;
+        if results
+            .send((spec.id.clone(), measured_at_ms, outcome))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// Runs each assigned check on its own timer, with a random initial offset.
 struct Scheduler {
-    running: HashMap<String, (CheckSpec, JoinHandle<()>)>,
+    running: HashMap<String, (Arc<CheckSpec>, JoinHandle<()>)>,
     results: mpsc::Sender<(String, i64, Outcome)>,
 }
 
@@ -696,7 +725,7 @@ impl Scheduler {
     fn apply(&mut self, checks: &[CheckSpec]) {
         let wanted: HashMap<&str, &CheckSpec> = checks.iter().map(|c| (c.id.as_str(), c)).collect();
         self.running.retain(|id, (spec, handle)| {
-            let keep = wanted.get(id.as_str()).is_some_and(|w| *w == spec);
+            let keep = wanted.get(id.as_str()).is_some_and(|w| *w == &**spec);
             if !keep {
                 handle.abort();
             }
@@ -706,32 +735,34 @@ impl Scheduler {
             if self.running.contains_key(&check.id) {
                 continue;
             }
-            let spec = check.clone();
-            let results = self.results.clone();
-            let handle = tokio::spawn(async move {
-                let period = Duration::from_secs(u64::from(spec.interval_s.max(1)));
-                // First run soon (a new check shows a result quickly), spread over up to 5 s
-                // so agents do not fire together; then every interval.
-                let spread = period.min(Duration::from_secs(5));
-                let offset = spread.mul_f64(rand::rng().random_range(0.0..1.0));
-                tokio::time::sleep(offset).await;
-                let mut tick = tokio::time::interval(period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let measured_at_ms = crate::now_ms();
-                    let outcome = probe::run_check(&spec).await;
-                    if results
-                        .send((spec.id.clone(), measured_at_ms, outcome))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-            self.running
-                .insert(check.id.clone(), (check.clone(), handle));
+            let spec = Arc::new(check.clone());
+            let handle = tokio::spawn(every_interval(spec.clone(), self.results.clone()));
+            self.running.insert(check.id.clone(), (spec, handle));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_check_task_holds_no_probe_state() {
+        let (results, _rx) = mpsc::channel(1);
+        let spec = Arc::new(CheckSpec {
+            id: "c".into(),
+            interval_s: 1,
+            timeout_ms: 1000,
+            kind: vantage_mqtt::CheckKind::Http(vantage_mqtt::HttpCheck::get("http://127.0.0.1/")),
+        });
+        let probe = std::mem::size_of_val(&probe::run_check(&spec));
+        let task = std::mem::size_of_val(&every_interval(spec.clone(), results));
+        // Every assigned check is one such task, asleep almost all the time: 2,000 checks at
+        // the probe's size would be ~20 MiB.
+        assert!(
+            task <= 1024,
+            "a check task's future is {task} bytes (a probe's is {probe})"
+        );
+        assert!(probe > task, "probe {probe} bytes, task {task} bytes");
     }
 }
