@@ -46,6 +46,11 @@ impl Application {
     /// # Errors
     /// Any start-up failure, with context.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        crate::limits::raise_open_files(crate::limits::open_files_needed(
+            settings.max_connections,
+            settings.http_max_connections,
+        ))
+        .context("cannot read the open-file limit")?;
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
         let store = Store::connect(

@@ -35,6 +35,7 @@ pub mod hub;
 pub mod incidents;
 pub mod ingest;
 pub mod integrations;
+pub mod limits;
 pub mod maintenance;
 pub mod memory;
 pub mod notify;

@@ -814,6 +814,18 @@ impl MqttIdentity {
     /// The API refuses.
     pub async fn enroll(cp: &ControlPlane, region: &str) -> anyhow::Result<MqttIdentity> {
         let token = cp.enrollment_token(region, 1).await?;
+        Self::enroll_with(cp, &token, "test").await
+    }
+
+    /// Enrolls a new identity with an existing enrollment `token`, as `hostname`.
+    ///
+    /// # Errors
+    /// The API refuses.
+    pub async fn enroll_with(
+        cp: &ControlPlane,
+        token: &str,
+        hostname: &str,
+    ) -> anyhow::Result<MqttIdentity> {
         let key = rcgen::KeyPair::generate()?;
         let csr = rcgen::CertificateParams::default()
             .serialize_request(&key)?
@@ -823,7 +835,7 @@ impl MqttIdentity {
                 reqwest::Method::POST,
                 "/api/v1/enroll",
                 None,
-                Some(json!({ "token": token, "csr_pem": csr, "hostname": "test" })),
+                Some(json!({ "token": token, "csr_pem": csr, "hostname": hostname })),
             )
             .await?;
         anyhow::ensure!(status == 201, "enroll failed: {status} {body}");

@@ -58,6 +58,10 @@ pub struct DataLog {
     pub native: Slab<Data<PublishData>>,
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
+    /// Vantage patch: the filters with a `+` or `#` level, the only ones a topic must be
+    /// matched against one by one (a concrete filter matches only the topic equal to it, found
+    /// in `filter_indexes` by hash). Filters are never removed, like `filter_indexes`.
+    wildcard_filters: Vec<(Filter, FilterIdx)>,
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
@@ -67,6 +71,7 @@ impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
+        let mut wildcard_filters = Vec::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
 
@@ -77,6 +82,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if is_wildcard(&filter) {
+                    wildcard_filters.push((filter.clone(), idx));
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -86,6 +94,7 @@ impl DataLog {
             native,
             publish_filters,
             filter_indexes,
+            wildcard_filters,
             retained_publishes,
         })
     }
@@ -128,12 +137,21 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
-                    .collect();
+                // Vantage patch: the concrete filter equal to the topic by hash, then only the
+                // wildcard filters one by one (upstream matched every filter, so the first
+                // publish on each of N agents' topics cost O(N) with N agents' own filters).
+                let mut v: Vec<usize> = Vec::new();
+                if !topic.starts_with('$') && !is_wildcard(topic) {
+                    if let Some(filter_idx) = self.filter_indexes.get(topic) {
+                        v.push(*filter_idx);
+                    }
+                }
+                v.extend(
+                    self.wildcard_filters
+                        .iter()
+                        .filter(|(filter, _)| matches(topic, filter))
+                        .map(|(_, filter_idx)| *filter_idx),
+                );
 
                 if !v.is_empty() {
                     self.publish_filters.insert(topic.to_owned(), v.clone());
@@ -158,9 +176,18 @@ impl DataLog {
                 let idx = self.native.insert(data);
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
-                // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
+                // Match new filter to existing topics and add to publish_filters if it matches.
+                // Vantage patch: a concrete filter matches only the topic equal to it, looked
+                // up by hash (upstream matched every known topic, O(N) per agent's filter).
+                if is_wildcard(filter) {
+                    for (topic, filters) in publish_filters.iter_mut() {
+                        if matches(topic, filter) {
+                            filters.push(idx);
+                        }
+                    }
+                    self.wildcard_filters.push((filter.to_owned(), idx));
+                } else if !filter.starts_with('$') {
+                    if let Some(filters) = publish_filters.get_mut(filter) {
                         filters.push(idx);
                     }
                 }
@@ -273,31 +300,32 @@ impl DataLog {
         trace!(info = "reading retain msg", filter = &filter);
         let now = Instant::now();
 
-        // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
-            // Keep data if no properties exists, which implies no message expiry!
-            let Some(properties) = pubdata.properties.as_mut() else {
-                return true;
-            };
-
-            // Keep data if there is no message_expiry_interval
-            let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
-                return true;
-            };
-
-            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
-
-            let is_valid = time_spent < *message_expiry_interval;
-
-            // ignore expired messages
-            if is_valid {
-                // set message_expiry_interval to (original value - time spent waiting in server)
-                // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
-                *message_expiry_interval -= time_spent;
+        // Vantage patch: a concrete filter reads (and expires) only the retained message of
+        // the topic equal to it, by hash; upstream expired and matched every retained message
+        // on every subscription, O(N) per agent's subscription with N agents' retained topics.
+        if !is_wildcard(filter) {
+            if filter.starts_with('$') {
+                return Vec::new();
             }
+            let valid = match self.retained_publishes.get_mut(filter) {
+                Some(pubdata) => still_valid(pubdata, now),
+                None => return Vec::new(),
+            };
+            if !valid {
+                self.retained_publishes.remove(filter);
+                return Vec::new();
+            }
+            return self
+                .retained_publishes
+                .get(filter)
+                .map(|p| (p.publish.clone(), p.properties.clone()))
+                .into_iter()
+                .collect();
+        }
 
-            is_valid
-        });
+        // discard expired retained messages
+        self.retained_publishes
+            .retain(|_, pubdata| still_valid(pubdata, now));
 
         // no need to include timestamp when returning
         self.retained_publishes
@@ -306,6 +334,40 @@ impl DataLog {
             .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
             .collect()
     }
+}
+
+/// Vantage patch: whether a filter has a wildcard level (`+` or `#`). A filter without one
+/// matches exactly the topic equal to it (unless it starts with `$`, which no filter matches).
+fn is_wildcard(filter: &str) -> bool {
+    filter.split('/').any(|level| level == "+" || level == "#")
+}
+
+/// Whether a retained message is still within its expiry, counting down the interval it
+/// will be delivered with (upstream's rule, moved out of `read_retained_messages` so the
+/// concrete and the wildcard paths share it).
+fn still_valid(pubdata: &mut PublishData, now: Instant) -> bool {
+    // Keep data if no properties exists, which implies no message expiry!
+    let Some(properties) = pubdata.properties.as_mut() else {
+        return true;
+    };
+
+    // Keep data if there is no message_expiry_interval
+    let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
+        return true;
+    };
+
+    let time_spent = (now - pubdata.timestamp).as_secs() as u32;
+
+    let is_valid = time_spent < *message_expiry_interval;
+
+    // ignore expired messages
+    if is_valid {
+        // set message_expiry_interval to (original value - time spent waiting in server)
+        // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
+        *message_expiry_interval -= time_spent;
+    }
+
+    is_valid
 }
 
 pub struct Data<T> {
@@ -437,6 +499,99 @@ mod test {
     use super::DataLog;
     use crate::router::shared_subs::Strategy;
     use crate::RouterConfig;
+
+    /// Vantage patch: the indexed matching (concrete filters by hash, wildcard filters one by
+    /// one) gives what upstream's match of every filter against every topic gave, whichever
+    /// comes first, the subscription or the first publish, for `$` topics too.
+    #[test]
+    fn vantage_indexed_matching_agrees_with_matching_every_filter() {
+        use crate::protocol::{matches, Publish};
+        let config = RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: Some(vec!["agents/+/hello".to_owned(), "x/y".to_owned()]),
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        let filters = [
+            "agents/a1/config",
+            "agents/+/results",
+            "$SYS/uptime",
+            "agents/a1/cmd",
+            "agents/#",
+            "+/+/+",
+            "agents/a2/config",
+            "#",
+            "status/+",
+            "x/y",
+            "a/b+c",
+        ];
+        let topics = [
+            "agents/a1/config",
+            "agents/a2/config",
+            "agents/a1/results",
+            "agents/a1/hello",
+            "$SYS/uptime",
+            "status/n1",
+            "a/b/c",
+            "a/b+c",
+            "x/y",
+            "agents/a1/cmd",
+            "nobody/listens/here/at/all",
+        ];
+        let mut data = DataLog::new(config).unwrap();
+        // Half the filters before the first publishes, half after.
+        for filter in &filters[..5] {
+            data.next_native_offset(filter);
+        }
+        for topic in &topics[..6] {
+            data.matches(topic);
+            data.insert_to_retained_publishes(
+                Publish::new(bytes::Bytes::from(topic.to_string()), bytes::Bytes::from_static(b"r"), true),
+                None,
+                topic.to_string(),
+            );
+        }
+        for filter in &filters[5..] {
+            data.next_native_offset(filter);
+        }
+        for topic in &topics[6..] {
+            data.insert_to_retained_publishes(
+                Publish::new(bytes::Bytes::from(topic.to_string()), bytes::Bytes::from_static(b"r"), true),
+                None,
+                topic.to_string(),
+            );
+        }
+        for topic in topics {
+            let mut got = data.matches(topic).unwrap();
+            got.sort_unstable();
+            let mut want: Vec<usize> = data
+                .filter_indexes
+                .iter()
+                .filter(|(filter, _)| matches(topic, filter))
+                .map(|(_, idx)| *idx)
+                .collect();
+            want.sort_unstable();
+            assert_eq!(got, want, "filters matching topic {topic}");
+        }
+        for filter in filters.iter().copied().chain(["agents/+/hello", "nothing"]) {
+            let mut got: Vec<String> = data
+                .read_retained_messages(filter)
+                .into_iter()
+                .map(|(publish, _)| String::from_utf8(publish.topic.to_vec()).unwrap())
+                .collect();
+            got.sort_unstable();
+            let mut want: Vec<String> = topics
+                .iter()
+                .filter(|topic| matches(topic, filter))
+                .map(|topic| topic.to_string())
+                .collect();
+            want.sort_unstable();
+            assert_eq!(got, want, "retained messages for filter {filter}");
+        }
+    }
 
     #[test]
     fn publish_filters_updating_correctly_on_new_topic_subscription() {
