@@ -152,7 +152,7 @@ impl Application {
         )));
         let door = Arc::new(FrontDoor::new(
             tokio_rustls::TlsAcceptor::from(pki.mqtt_server_config()?),
-            broker.addr,
+            broker.streams.clone(),
             broker.credential.clone(),
             registry,
             counters,

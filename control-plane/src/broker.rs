@@ -21,13 +21,74 @@ use rumqttd::{
 use tokio::sync::Mutex;
 use vantage_mqtt::topic;
 
-/// Segment size of each ingest filter's in-memory log in the router.
-const INGEST_SEGMENT_BYTES: usize = 8 * 1024 * 1024;
-/// Segments of each ingest filter's log: at most 32 MiB per filter, whatever the uptime
-/// (only the busy kinds, results, metrics and heartbeats, ever fill theirs).
-const INGEST_SEGMENT_COUNT: usize = 4;
-/// Segment size of every other filter's log (one segment each, plus the newest message).
-const CLIENT_SEGMENT_BYTES: usize = 64 * 1024;
+/// Segment size of each ingest filter's in-memory log in the router, counting each message's
+/// overhead (vendored change 5). The log drops a segment once ingest has read past it
+/// (vendored change 6: ingest is each such filter's only subscriber), so it holds what ingest
+/// has not read yet plus at most this much.
+const INGEST_SEGMENT_BYTES: usize = 1024 * 1024;
+/// Segments of each ingest filter's log: up to 64 MiB per filter that ingest may fall behind
+/// (a storm of logins, a slow commit) before messages are skipped; an agent resends what was
+/// not acknowledged. Memory is spent only while ingest is behind: without the trimming, every
+/// busy kind's log stayed full (10,000 agents: ~160 MiB of messages already stored).
+const INGEST_SEGMENT_COUNT: usize = 64;
+/// Segment size of each agent's own filters' logs (`config`, `cmd`, `results/ack`). Every
+/// agent holds three, so this is paid per agent: with one 64 KiB segment that kept what was
+/// read, an agent's acks alone would have grown its log to ~160 KiB of heap within two hours
+/// (10,000 agents: 1.6 GB). Only that agent subscribes to them (the front door's rules), so
+/// they drop what it has read (`trim_read`) and hold its unread messages plus one segment.
+const AGENT_SEGMENT_BYTES: usize = 1024;
+/// Segments of an agent's own log: at least two, because a log that is full pushes out its
+/// oldest segment when the next message comes, and with one segment that is the active one,
+/// whose newest message the subscriber may not have read yet (an ack published a moment
+/// after another then skips the first: 63 of 10,000 agents starved of one ack each in 600 s).
+/// An agent that falls further behind than this skips messages: a skipped ack costs a resend,
+/// and a config is also retained.
+const AGENT_SEGMENT_COUNT: usize = 4;
+/// Segment size of a viewer filter's log (`status/#`, `events/#`, `incidents`): few filters,
+/// shared by every viewer, with room for a burst of status changes. Also the size of any
+/// other filter's log (none is expected: every topic an agent may publish has an ingest
+/// filter).
+const VIEWER_SEGMENT_BYTES: usize = 32 * 1024;
+/// Segments of a viewer filter's log: two, for the reason given at [`AGENT_SEGMENT_COUNT`].
+const VIEWER_SEGMENT_COUNT: usize = 2;
+
+/// Log sizes of the ingest, agent and viewer filters, as rumqttd takes them: the router
+/// matches a new filter against each pattern, and the last match wins (none: the default).
+fn custom_segments() -> HashMap<String, SegmentConfig> {
+    let ingest = SegmentConfig {
+        max_segment_size: INGEST_SEGMENT_BYTES,
+        max_segment_count: INGEST_SEGMENT_COUNT,
+        trim_read: true,
+    };
+    let agent = SegmentConfig {
+        max_segment_size: AGENT_SEGMENT_BYTES,
+        max_segment_count: AGENT_SEGMENT_COUNT,
+        trim_read: true,
+    };
+    topic::all_agents_filters()
+        .into_iter()
+        .map(|filter| (filter, ingest.clone()))
+        .chain(
+            topic::agent_filter_patterns()
+                .into_iter()
+                .map(|pattern| (pattern, agent.clone())),
+        )
+        .chain(
+            topic::viewer_filter_patterns()
+                .into_iter()
+                .map(|pattern| (pattern, viewer_segment())),
+        )
+        .collect()
+}
+
+/// The log of a viewer filter, and of any filter no pattern names.
+fn viewer_segment() -> SegmentConfig {
+    SegmentConfig {
+        max_segment_size: VIEWER_SEGMENT_BYTES,
+        max_segment_count: VIEWER_SEGMENT_COUNT,
+        trim_read: false,
+    }
+}
 
 /// Errors of the embedded broker.
 #[derive(Debug, thiserror::Error)]
@@ -170,10 +231,41 @@ impl Subscription {
 /// The running embedded broker.
 #[derive(Debug)]
 pub struct Broker {
-    /// The loopback address of rumqttd's listener.
+    /// The loopback address of rumqttd's listener (its readiness probe; sessions use
+    /// [`Broker::streams`]).
     pub addr: SocketAddr,
     pub credential: InternalCredential,
     pub publisher: Publisher,
+    pub streams: Streams,
+}
+
+/// Bytes buffered in each direction of a session's in-process pipe to the broker; a writer
+/// waits when its direction is full, as on a socket.
+const PIPE_BYTES: usize = 16 * 1024;
+
+/// Opens MQTT connections to the router as in-process pipes, not loopback TCP: a session
+/// then holds one descriptor (its client's socket) instead of three, and its packets cost
+/// no loopback syscalls. The broker end is served by rumqttd exactly as an accepted TCP
+/// connection (its CONNECT with the internal credential, auth hook, link, will).
+#[derive(Clone)]
+pub struct Streams {
+    server: rumqttd::StreamServer,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Streams")
+    }
+}
+
+impl Streams {
+    /// A new connection to the router: this end to write MQTT into; rumqttd serves the other
+    /// on a task of its own that ends when either end closes.
+    pub fn connect(&self) -> tokio::io::DuplexStream {
+        let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+        tokio::spawn(self.server.serve(theirs));
+        ours
+    }
 }
 
 fn reserve_loopback_port() -> Result<SocketAddr, BrokerError> {
@@ -212,6 +304,8 @@ impl Broker {
             let ok = username == expected.username && password == expected.password;
             async move { ok }
         });
+        // The in-process sessions get the same settings, internal credential included.
+        let stream_settings = connections.clone();
         let server = ServerSettings {
             name: "loopback".to_owned(),
             listen: addr,
@@ -225,28 +319,11 @@ impl Broker {
                 max_connections: max_connections + 16,
                 max_outgoing_packet_count: 200,
                 // rumqttd keeps an in-memory log per subscription filter, sized by bytes
-                // whether or not the subscriber has read it. The control plane's ingest
-                // filters (one per kind agents publish) carry every agent's traffic: room for
-                // seconds of a backlog at full load.
-                // Every other filter (an agent's config, cmd or acks, a viewer's status) needs
-                // only its newest messages: one small segment, so an agent's log holds its
-                // last config and little more, however often configs change.
-                max_segment_size: INGEST_SEGMENT_BYTES,
-                max_segment_count: INGEST_SEGMENT_COUNT,
-                custom_segment: Some(
-                    topic::per_agent_filter_patterns()
-                        .into_iter()
-                        .map(|pattern| {
-                            (
-                                pattern,
-                                SegmentConfig {
-                                    max_segment_size: CLIENT_SEGMENT_BYTES,
-                                    max_segment_count: 1,
-                                },
-                            )
-                        })
-                        .collect(),
-                ),
+                // whether or not the subscriber has read it (except the ingest filters, which
+                // drop what ingest has read): `custom_segments` sizes each kind.
+                max_segment_size: VIEWER_SEGMENT_BYTES,
+                max_segment_count: VIEWER_SEGMENT_COUNT,
+                custom_segment: Some(custom_segments()),
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
             },
@@ -260,6 +337,9 @@ impl Broker {
             metrics: None,
         };
         let mut broker = rumqttd::Broker::new(config);
+        let streams = Streams {
+            server: broker.stream_server(stream_settings),
+        };
         let (publish_tx, publish_rx) = broker
             .link("vantage-cp-publisher")
             .map_err(|e| BrokerError::Link(e.to_string()))?;
@@ -307,6 +387,7 @@ impl Broker {
                 publisher: Publisher {
                     link: Arc::new(Mutex::new(publish_tx)),
                 },
+                streams,
             },
             Subscription { link: ingest_rx },
         ))
@@ -352,28 +433,43 @@ mod tests {
         assert!(!format!("{:?}", broker.credential).contains(&broker.credential.password));
     }
 
-    /// The router picks a filter's log size by matching the filter against these patterns
-    /// (`rumqttd::protocol::matches`, the last match wins): every filter an agent or viewer
-    /// can hold gets the small log, the ingest filter keeps the large one.
+    /// The router picks a filter's log by matching the filter against the custom patterns
+    /// (`rumqttd::protocol::matches`, the last match wins; none: the default): the ingest
+    /// filters get the large log that drops what was read, an agent's own filters a small
+    /// one that drops what was read, a viewer's (shared) one that keeps it. Every log has
+    /// at least two segments, so a full log never pushes out its active segment.
     #[test]
-    fn only_the_ingest_filter_gets_the_large_log() {
-        let small = |filter: &str| {
-            topic::per_agent_filter_patterns()
+    fn each_filter_gets_the_log_of_its_kind() {
+        let segments = custom_segments();
+        let log = |filter: &str| {
+            let matched: Vec<&SegmentConfig> = segments
                 .iter()
-                .any(|pattern| rumqttd::protocol::matches(filter, pattern))
+                .filter(|(pattern, _)| rumqttd::protocol::matches(filter, pattern))
+                .map(|(_, config)| config)
+                .collect();
+            // No filter matches patterns of two kinds, so "the last match wins" never
+            // decides.
+            assert!(matched.len() <= 1, "{filter} matches {}", matched.len());
+            matched.first().map_or((64 * 1024, false), |config| {
+                (
+                    config.max_segment_size * config.max_segment_count,
+                    config.trim_read,
+                )
+            })
         };
         for filter in topic::all_agents_filters() {
-            assert!(!small(&filter), "{filter}");
+            assert_eq!(log(&filter), (64 * 1024 * 1024, true), "{filter}");
+        }
+        for config in segments.values().chain([&viewer_segment()]) {
+            assert!(config.max_segment_count >= 2, "{config:?}");
         }
         for kind in [
             AgentTopicKind::Config,
             AgentTopicKind::Cmd,
             AgentTopicKind::ResultsAck,
         ] {
-            assert!(
-                small(&topic::agent("ag-0123456789abcdef", kind)),
-                "{kind:?}"
-            );
+            let filter = topic::agent("ag-0123456789abcdef", kind);
+            assert_eq!(log(&filter), (4 * 1024, true), "{kind:?}");
         }
         for viewer in [
             "vantage/v1/status/#",
@@ -381,7 +477,7 @@ mod tests {
             "vantage/v1/events/zabbix",
             "vantage/v1/incidents",
         ] {
-            assert!(small(viewer), "{viewer}");
+            assert_eq!(log(viewer), (64 * 1024, false), "{viewer}");
         }
     }
 }

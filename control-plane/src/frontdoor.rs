@@ -1,4 +1,4 @@
-//! The public MQTT listener: TLS, identity and topic rules in front of the loopback broker.
+//! The public MQTT listener: TLS, identity and topic rules in front of the embedded broker.
 //!
 //! Every accepted TCP connection gets its own task, so a client that never finishes its TLS
 //! handshake delays nobody; the handshake runs under a timeout, the number of open
@@ -10,7 +10,8 @@
 //!   connection is a read-only viewer (its client id is prefixed so it can never take over an
 //!   agent's session).
 //!
-//! The CONNECT is forwarded with the broker's internal credential. From then on every packet
+//! The CONNECT is forwarded with the broker's internal credential, over an in-process pipe
+//! to the router ([`crate::broker::Streams`]: one descriptor per session, the client's). From then on every packet
 //! from the client is parsed with rumqttc's codec and checked: PUBLISH and SUBSCRIBE outside
 //! the identity's topics close the connection and are counted. Bytes from the broker to the
 //! client pass through unchanged. Revoking an agent closes its live connection; revoking an
@@ -31,13 +32,16 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use vantage_mqtt::{AgentTopic, topic};
 
-use crate::broker::InternalCredential;
+use crate::broker::{InternalCredential, Streams};
 use crate::counters::Counters;
 use crate::pki::common_name;
 use crate::store::{Role, Store};
 
 /// Largest MQTT packet accepted from a client, in bytes.
 pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// Bytes the session reads from the broker at a time on their way to the client.
+const DOWNSTREAM_BYTES: usize = 2048;
 
 /// Settings of the front door.
 #[derive(Debug, Clone)]
@@ -257,7 +261,7 @@ impl Registry {
 /// Everything a connection task needs.
 pub struct FrontDoor {
     pub acceptor: TlsAcceptor,
-    pub broker_addr: SocketAddr,
+    pub broker: Streams,
     pub credential: InternalCredential,
     pub registry: Arc<Registry>,
     pub counters: Arc<Counters>,
@@ -270,7 +274,7 @@ impl FrontDoor {
     /// A front door; see the fields of [`FrontDoor`].
     pub fn new(
         acceptor: TlsAcceptor,
-        broker_addr: SocketAddr,
+        broker: Streams,
         credential: InternalCredential,
         registry: Arc<Registry>,
         counters: Arc<Counters>,
@@ -279,7 +283,7 @@ impl FrontDoor {
     ) -> FrontDoor {
         FrontDoor {
             acceptor,
-            broker_addr,
+            broker,
             credential,
             registry,
             counters,
@@ -412,10 +416,7 @@ impl FrontDoor {
                 (Some(sender), receiver)
             }
         };
-        let mut broker = TcpStream::connect(self.broker_addr)
-            .await
-            .map_err(|e| format!("broker unreachable: {e}"))?;
-        let _ = broker.set_nodelay(true);
+        let mut broker = self.broker.connect();
         let mut out = BytesMut::new();
         Packet::Connect(connect)
             .write(&mut out, MAX_PACKET_BYTES)
@@ -429,9 +430,13 @@ impl FrontDoor {
             .fetch_add(1, Ordering::Relaxed);
 
         let (mut client_read, mut client_write) = tokio::io::split(client);
-        let (mut broker_read, mut broker_write) = broker.into_split();
+        let (broker_read, mut broker_write) = tokio::io::split(broker);
         let downstream = async {
-            let _ = tokio::io::copy(&mut broker_read, &mut client_write).await;
+            // A small buffer: tokio's `copy` keeps 8 KiB per session, and the broker's
+            // packets to an agent (acks, configs, commands) are mostly far smaller.
+            let mut broker_read =
+                tokio::io::BufReader::with_capacity(DOWNSTREAM_BYTES, broker_read);
+            let _ = tokio::io::copy_buf(&mut broker_read, &mut client_write).await;
             let _ = client_write.shutdown().await;
         };
         let upstream = async {

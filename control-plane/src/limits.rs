@@ -1,9 +1,9 @@
 //! Process limits: the open-file limit raised to what the configured connections need.
 //!
-//! Every MQTT session holds three descriptors in this process (the client's socket, the front
-//! door's loopback connection to the broker, and the broker's end of it), every HTTPS client
-//! one, and the store and broker a few more. The usual soft limit (1024, systemd's default)
-//! would refuse logins past ~300 agents with `EMFILE`, far below `--max-connections`. So at
+//! Every MQTT session holds one descriptor in this process (the client's socket: the front
+//! door reaches the broker over an in-process pipe), every HTTPS client one, and the store,
+//! listeners and broker a few more. The usual soft limit (1024, systemd's default)
+//! would refuse logins past ~1,000 agents with `EMFILE`, far below `--max-connections`. So at
 //! start the soft limit is raised to what the settings need, up to the hard limit (and the
 //! hard limit too, where the process may); when even that is short, a warning names the
 //! numbers.
@@ -11,7 +11,7 @@
 /// Descriptors the process needs for `max_connections` MQTT sessions and
 /// `http_max_connections` HTTPS clients.
 pub fn open_files_needed(max_connections: usize, http_max_connections: u32) -> u64 {
-    3 * max_connections as u64 + u64::from(http_max_connections) + 256
+    max_connections as u64 + u64::from(http_max_connections) + 256
 }
 
 /// The open-file limits after [`raise_open_files`].
@@ -66,7 +66,7 @@ pub fn raise_open_files(needed: u64) -> std::io::Result<OpenFiles> {
             open_files = files.soft,
             needed,
             "The open-file limit is below what --max-connections and --http-max-connections \
-             need (3 per MQTT session, 1 per HTTPS client); logins past it fail. Raise it \
+             need (1 per MQTT session and per HTTPS client); logins past it fail. Raise it \
              (systemd: LimitNOFILE=)"
         );
     }
@@ -87,6 +87,6 @@ mod tests {
             "{before:?} → {after:?}"
         );
         assert_eq!(after.needed, wanted);
-        assert_eq!(open_files_needed(10_000, 1024), 31_280);
+        assert_eq!(open_files_needed(10_000, 1024), 11_280);
     }
 }

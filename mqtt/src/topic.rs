@@ -168,7 +168,7 @@ pub fn incidents() -> String {
 /// The subscription filters the control plane uses for everything agents publish: one per
 /// agent-published kind, so its ingest log never carries its own `config`, `cmd` or
 /// `results/ack` publishes, and the embedded broker can size those logs apart from the
-/// per-agent filters ([`per_agent_filter_patterns`] match those and not these).
+/// per-agent filters ([`agent_filter_patterns`] match those and not these).
 pub fn all_agents_filters() -> Vec<String> {
     AgentTopic::ALL
         .iter()
@@ -177,14 +177,21 @@ pub fn all_agents_filters() -> Vec<String> {
         .collect()
 }
 
-/// Patterns matching every subscription filter an agent or viewer may hold (an agent's own
-/// `config`, `cmd`, `results/ack`; anything below `status/`, `events/`, and `incidents`) but
-/// none of [`all_agents_filters`].
-pub fn per_agent_filter_patterns() -> [String; 6] {
+/// Patterns matching the subscription filters an agent holds on its own topics (`config`,
+/// `cmd`, `results/ack`): one filter per agent each, so the embedded broker keeps their logs
+/// small. None of them matches [`all_agents_filters`] or [`viewer_filter_patterns`].
+pub fn agent_filter_patterns() -> [String; 3] {
     [
         format!("{PREFIX}agents/+/{}", AgentTopic::Config.suffix()),
         format!("{PREFIX}agents/+/{}", AgentTopic::Cmd.suffix()),
         format!("{PREFIX}agents/+/{}", AgentTopic::ResultsAck.suffix()),
+    ]
+}
+
+/// Patterns matching every subscription filter a viewer may hold (anything below `status/`,
+/// `events/`, and `incidents`): few filters, shared by every viewer that holds them.
+pub fn viewer_filter_patterns() -> [String; 3] {
+    [
         format!("{PREFIX}status/#"),
         format!("{PREFIX}events/#"),
         format!("{PREFIX}incidents"),

@@ -449,7 +449,9 @@ pub struct Expired {
 pub const EXPIRE_BATCH_ROWS: i64 = 5000;
 
 impl Store {
-    /// Check rollup rows of `check_ids` at `resolution` with buckets in `[from_ms, to_ms)`.
+    /// Check rollup rows of `check_ids` at `resolution` with buckets in `[from_ms, to_ms)`,
+    /// ordered by check, region and bucket (whatever order the rows lie in on disk: after
+    /// an expiry PostgreSQL returned them in a different order).
     ///
     /// # Errors
     /// Database errors only.
@@ -507,6 +509,7 @@ impl Store {
                 }
             }
         }
+        out.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         Ok(out)
     }
 

@@ -18,7 +18,7 @@
 //!
 //! Usage: `bench-fleet [--agents 10000] [--backend sqlite|postgres] [--seconds 120]
 //! [--every 10] [--results 2] [--connect-concurrency 200]`. Raises its open-file limit to
-//! fit the agents (the control plane raises its own: three descriptors per session).
+//! fit the agents (the control plane raises its own: one descriptor per session).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -23,7 +23,7 @@ pub use link::local;
 pub use link::meters;
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
 use segments::Storage;
-pub use server::{Broker, LinkType, Server};
+pub use server::{Broker, LinkType, Server, StreamServer};
 
 pub use self::router::shared_subs::Strategy;
 
@@ -208,6 +208,11 @@ pub struct RouterConfig {
 pub struct SegmentConfig {
     pub max_segment_size: usize,
     pub max_segment_count: usize,
+    /// Vantage patch: drop the segments that a read has moved past, so the log holds only
+    /// what is unread (plus its active segment). Only for a filter with one subscriber: any
+    /// other subscriber of it would skip what the first one read.
+    #[serde(default)]
+    pub trim_read: bool,
 }
 
 type ReloadHandle = Handle<EnvFilter, Layered<Layer<Registry, Pretty, Format<Pretty>>, Registry>>;

@@ -336,7 +336,9 @@ impl LinkRx {
             router_tx,
             router_rx,
             send_buffer: outgoing_data_buffer,
-            cache: VecDeque::with_capacity(100),
+            // Vantage patch: grown on demand (upstream reserved 100 notifications, ~25 KiB,
+            // per connection).
+            cache: VecDeque::new(),
         }
     }
 

@@ -51,8 +51,10 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            read: BytesMut::with_capacity(10 * 1024),
-            write: BytesMut::with_capacity(10 * 1024),
+            // Vantage patch: 1 KiB each to start (upstream 10 KiB each); both grow when a
+            // packet needs more (`read_buf` reserves, `Protocol::write` extends).
+            read: BytesMut::with_capacity(1024),
+            write: BytesMut::with_capacity(1024),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we

@@ -120,7 +120,8 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            // Vantage patch: grown on demand, not 100 notifications (25 KB) per connection.
+            notifications: VecDeque::new(),
             will_delay_interval,
         })
     }

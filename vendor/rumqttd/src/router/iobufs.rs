@@ -32,7 +32,10 @@ impl Incoming {
     #[inline]
     pub(crate) fn new(client_id: String) -> Self {
         Self {
-            buffer: Arc::new(Mutex::new(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY))),
+            // Vantage patch: grown on demand (up to MAX_CHANNEL_CAPACITY, checked by length
+            // where packets are queued), not preallocated: 200 packets of 392 bytes were 78 KB
+            // per connection, for agents that send a few packets every few seconds.
+            buffer: Arc::new(Mutex::new(VecDeque::new())),
             meter: Default::default(),
             client_id,
         }
@@ -72,13 +75,12 @@ impl Outgoing {
     #[inline]
     pub(crate) fn new(client_id: String) -> (Self, Receiver<()>) {
         let (handle, rx) = flume::bounded(MAX_CHANNEL_CAPACITY);
-        let data_buffer = VecDeque::with_capacity(MAX_CHANNEL_CAPACITY);
-        let inflight_buffer = VecDeque::with_capacity(MAX_INFLIGHT);
-        let unacked_pubrels = VecDeque::with_capacity(MAX_INFLIGHT);
-
-        // Ensure that there won't be any new allocations
-        assert!(MAX_INFLIGHT <= inflight_buffer.capacity());
-        assert!(MAX_CHANNEL_CAPACITY <= data_buffer.capacity());
+        // Vantage patch: grown on demand, not preallocated (upstream reserved 200
+        // notifications and 100 inflight entries, ~54 KB per connection); the limits are
+        // still enforced by length (MAX_CHANNEL_CAPACITY in routing, MAX_INFLIGHT here).
+        let data_buffer = VecDeque::new();
+        let inflight_buffer = VecDeque::new();
+        let unacked_pubrels = VecDeque::new();
 
         let outgoing = Self {
             client_id,

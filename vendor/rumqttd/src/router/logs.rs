@@ -34,12 +34,19 @@ impl From<PubWithProp> for PublishData {
     }
 }
 
+/// Vantage patch: what a logged message costs besides its topic and payload: its slot in
+/// the segment and the allocator's header of the frame its topic and payload share.
+const ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<PublishData>() + 16;
+
 // TODO: remove this from here
 impl Storage for PublishData {
     // TODO: calculate size of publish properties as well!
+    // Vantage patch: the overhead of an entry is counted, so a log's cap in bytes bounds its
+    // memory (upstream counted topic and payload only: a log of small messages such as
+    // heartbeats held more than twice its cap).
     fn size(&self) -> usize {
         let publish = &self.publish;
-        4 + publish.topic.len() + publish.payload.len()
+        4 + publish.topic.len() + publish.payload.len() + ENTRY_OVERHEAD_BYTES
     }
 }
 
@@ -375,6 +382,8 @@ pub struct Data<T> {
     pub log: CommitLog<T>,
     pub waiters: Waiters<DataRequest>,
     meter: SubscriptionMeter,
+    /// Vantage patch: `SegmentConfig::trim_read` of the filter.
+    pub trim_read: bool,
 }
 
 impl<T> Data<T>
@@ -384,6 +393,7 @@ where
     pub fn new(filter: &str, router_config: &RouterConfig) -> Data<T> {
         let mut max_segment_size = router_config.max_segment_size;
         let mut max_mem_segments = router_config.max_segment_count;
+        let mut trim_read = false;
 
         // Override segment config for selected filter
         if let Some(config) = &router_config.custom_segment {
@@ -392,6 +402,7 @@ where
                     info!("Overriding segment config for filter: {}", filter);
                     max_segment_size = segment_config.max_segment_size;
                     max_mem_segments = segment_config.max_segment_count;
+                    trim_read = segment_config.trim_read;
                 }
             }
         }
@@ -406,6 +417,7 @@ where
             log,
             waiters,
             meter: metrics,
+            trim_read,
         }
     }
 
@@ -441,9 +453,11 @@ pub struct AckLog {
 impl AckLog {
     /// New log
     pub fn new() -> AckLog {
+        // Vantage patch: grown on demand; upstream reserved 100 acks and 100 QoS 2
+        // publishes per connection up front (tens of KB each, for every idle agent).
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 

@@ -140,7 +140,8 @@ impl Router {
             router_rx,
             router_tx,
             router_meters: router_metrics,
-            cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
+            // Vantage patch: empty, as the drained queue is kept (see `handle_device_payload`).
+            cache: Some(VecDeque::new()),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
         }
@@ -880,6 +881,13 @@ impl Router {
             }
         }
 
+        // Vantage patch: the drained queue goes back empty and unallocated. This cache is
+        // swapped into the next connection that sends (`Incoming::exchange`), so a queue that
+        // a burst had grown (the control plane's publisher link pushes thousands of acks and
+        // statuses at once) would otherwise be parked, empty but allocated, in some idle
+        // agent's connection, and every burst grew a new one: the control plane's RSS rose
+        // ~0.3 MiB/s at 10,000 agents.
+        packets.shrink_to(0);
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
@@ -1535,6 +1543,12 @@ fn forward_device_data(
     let filter_idx = request.filter_idx;
     request.read_count += publishes.len();
     request.cursor = next;
+    // Vantage patch: a filter read by one subscriber only keeps what it has not read yet.
+    if let Some(data) = datalog.native.get_mut(filter_idx) {
+        if data.trim_read {
+            data.log.trim_before(next);
+        }
+    }
     // println!("{:?} {:?} {}", start, next, request.read_count);
 
     if publishes.is_empty() {

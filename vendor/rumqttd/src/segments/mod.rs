@@ -143,6 +143,15 @@ where
         (self.tail, absolute_offset)
     }
 
+    /// Vantage patch: drops every segment before the one `cursor` (segment, offset) reads
+    /// next, never the active one: what the log's one reader has read past.
+    pub fn trim_before(&mut self, cursor: (u64, u64)) {
+        while self.head < cursor.0 && self.segments.len() > 1 {
+            self.segments.pop_front();
+            self.head += 1;
+        }
+    }
+
     fn apply_retention(&mut self) {
         if self.active_segment().size() >= self.max_segment_size as u64 {
             // Read absolute_offset before applying memory retention, in case there is only 1
@@ -674,5 +683,42 @@ mod tests {
                 end: (10, 105)
             }
         );
+    }
+
+    /// Vantage patch: trimming drops only the segments a read has moved past, never the
+    /// active one, and what is unread reads on unchanged.
+    #[test]
+    fn vantage_trim_before_drops_only_what_was_read() {
+        let packet_size: u64 = 1024;
+        let mut log: CommitLog<Bytes> = CommitLog::new(10 * 1024, 10).unwrap();
+        for i in 0..35 {
+            log.append(random_payload(i, packet_size));
+        }
+        assert_eq!((log.head, log.tail, log.len()), (0, 3, 4));
+
+        let mut out = Vec::new();
+        let next = match log.readv((0, 0), 25, &mut out).unwrap() {
+            Position::Next { end, .. } | Position::Done { end, .. } => end,
+        };
+        assert_eq!(out.len(), 25);
+        assert_eq!(next, (2, 25));
+        log.trim_before(next);
+        assert_eq!((log.head, log.tail, log.len()), (2, 3, 2));
+
+        out.clear();
+        let end = match log.readv(next, 100, &mut out).unwrap() {
+            Position::Next { end, .. } | Position::Done { end, .. } => end,
+        };
+        assert_eq!(out.len(), 10);
+        for (i, entry) in out.drain(..).enumerate() {
+            verify(25 + i, packet_size, entry);
+        }
+        assert_eq!(end, (3, 35));
+        log.trim_before(end);
+        assert_eq!((log.head, log.tail, log.len()), (3, 3, 1));
+        // The active segment stays, however far the cursor is.
+        log.trim_before((9, 99));
+        assert_eq!(log.len(), 1);
+        assert_eq!(log.append(random_payload(35, packet_size)), (3, 36));
     }
 }

@@ -29,14 +29,17 @@ where
 {
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // Vantage patch: grown on demand (upstream reserved 1,024 entries, ~119 KiB, for
+            // every filter's segment, including each agent's nearly idle ones).
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // Vantage patch: grown on demand, as in `with_offset`.
+            data: Vec::new(),
             absolute_offset: 0,
             total_size: 0,
         }

@@ -155,6 +155,17 @@ impl Broker {
         Ok((link_tx, link_rx))
     }
 
+    /// Vantage patch: a server for MQTT 3.1.1 connections handed over as in-process streams
+    /// with `settings` (see [`StreamServer`]). Like [`Broker::link`], usable before
+    /// [`Broker::start`]: the router already runs.
+    pub fn stream_server(&self, settings: ConnectionSettings) -> StreamServer {
+        StreamServer {
+            config: Arc::new(settings),
+            router_tx: self.router_tx.clone(),
+            awaiting_will_handler: Arc::new(Mutex::new(HashMap::default())),
+        }
+    }
+
     #[tracing::instrument(skip(self))]
     pub fn start(&mut self) -> Result<(), Error> {
         if self.config.v4.is_none()
@@ -463,6 +474,41 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
 
             time::sleep(delay).await;
         }
+    }
+}
+
+/// Vantage patch: serves MQTT 3.1.1 connections that the embedding process hands over as
+/// any `AsyncRead + AsyncWrite` stream (an in-process `tokio::io::duplex`, say) instead of
+/// accepting them on a TCP listener: no socket pair, no descriptors and no loopback
+/// syscalls per connection. Each connection is handled exactly as an accepted TCP one
+/// (`remote`: CONNECT and its auth, the link to the router, wills).
+#[derive(Clone)]
+pub struct StreamServer {
+    config: Arc<ConnectionSettings>,
+    router_tx: Sender<(ConnectionId, Event)>,
+    awaiting_will_handler: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+}
+
+impl StreamServer {
+    /// Serves one connection on `stream` until either side closes it; run it on any tokio
+    /// runtime (spawn it).
+    pub fn serve<S>(&self, stream: S) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        remote(
+            self.config.clone(),
+            None,
+            self.router_tx.clone(),
+            Box::new(stream),
+            V4,
+            self.awaiting_will_handler.clone(),
+        )
+        .instrument(tracing::error_span!(
+            "stream_link",
+            client_id = field::Empty,
+            connection_id = field::Empty,
+        ))
     }
 }
 
