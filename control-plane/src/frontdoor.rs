@@ -11,10 +11,10 @@
 //!   agent's session).
 //!
 //! The CONNECT is forwarded with the broker's internal credential, over an in-process pipe
-//! to the router ([`crate::broker::Streams`]: one descriptor per session, the client's). From then on every packet
-//! from the client is parsed with rumqttc's codec and checked: PUBLISH and SUBSCRIBE outside
-//! the identity's topics close the connection and are counted. Bytes from the broker to the
-//! client pass through unchanged. Revoking an agent closes its live connection; revoking an
+//! to the router ([`crate::broker::Streams`]: one descriptor per session, the client's).
+//! From then on every packet from the client is parsed with rumqttc's codec and checked:
+//! PUBLISH and SUBSCRIBE outside the identity's topics close the connection and are counted.
+//! Bytes from the broker to the client pass through unchanged. Revoking an agent closes its live connection; revoking an
 //! API token closes the viewer sessions that logged in with it.
 
 use std::collections::{HashMap, HashSet};

@@ -587,14 +587,16 @@ async fn remote<P: Protocol>(
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        // Vantage patch: a previous connection that is gone no longer waits for this
+        // (upstream unwrapped, and the new connection's task panicked).
+        let _ = sender.try_send(awaiting_will);
     }
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
     will_handlers
         .lock()
         .unwrap()
-        .insert(client_id.clone(), will_tx);
+        .insert(client_id.clone(), will_tx.clone());
 
     // Start the link
     let mut link = match RemoteLink::new(
@@ -610,9 +612,21 @@ async fn remote<P: Protocol>(
         Ok(l) => l,
         Err(e) => {
             error!(error=?e, "Remote link error");
+            // Vantage patch: take back this connection's will handler, unless a newer
+            // connection of the same client id has replaced it. Upstream left it, and the
+            // next connection of that client id found a handler nobody listened to.
+            let mut handlers = will_handlers.lock().unwrap();
+            if handlers
+                .get(&client_id)
+                .is_some_and(|sender| sender.same_channel(&will_tx))
+            {
+                handlers.remove(&client_id);
+            }
             return;
         }
     };
+    // Only the map keeps the handler from here on, as upstream.
+    drop(will_tx);
 
     let connection_id = link.connection_id;
     let will_delay_interval = link.will_delay_interval;
