@@ -1,3 +1,5 @@
+//! rumqttd's crate root (vendored, see VANTAGE-PATCH.md): its configuration types (`Config`, `RouterConfig`, `SegmentConfig`, `ConnectionSettings`) and the public re-exports.
+
 use std::fmt;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
