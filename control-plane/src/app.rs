@@ -108,6 +108,7 @@ impl Application {
         let (event_writes, event_queue) = crate::integrations::EventWrites::new();
         let (judge_queue, judge_batches) =
             tokio::sync::mpsc::channel(crate::verdict::JUDGE_QUEUE_BATCHES);
+        let lease = crate::lease::Lease::start(&store, counters.clone());
         let state = AppState {
             store: store.clone(),
             pki: pki.clone(),
@@ -138,6 +139,7 @@ impl Application {
             event_writes: Arc::new(event_writes),
             external_seen: Arc::default(),
             source_counters: Arc::default(),
+            lease,
         };
         republish_retained(&state).await?;
 
@@ -173,23 +175,34 @@ impl Application {
             state.counters.clone(),
         )));
         tasks.push(tokio::spawn(refresh_revoked(state.clone())));
-        tasks.push(tokio::spawn(sweep_silent_agents(state.clone())));
         tasks.push(tokio::spawn(crate::assign::worker(state.clone())));
         // One assignment run at start, so checks of regions with no agent back yet run on the
         // fallback executor after a restart without waiting for an agent or a check change.
         state.reassign.notify_one();
-        tasks.push(tokio::spawn(crate::verdict::worker(state.clone())));
         tasks.push(tokio::spawn(crate::verdict::judge_worker(
             state.clone(),
             judge_batches,
         )));
-        tasks.push(tokio::spawn(crate::incidents::agent_worker(state.clone())));
-        tasks.push(tokio::spawn(crate::notify::worker(state.clone())));
         tasks.push(tokio::spawn(crate::fallback::worker(state.clone())));
-        tasks.push(tokio::spawn(crate::retention::worker(state.clone())));
-        tasks.push(tokio::spawn(crate::integrations::poller::supervise(
-            state.clone(),
-        )));
+        // The duties of exactly one replica: the one holding the scheduling lease.
+        tasks.push(lead(&state, "silent agent sweep", |s| {
+            Box::pin(sweep_silent_agents(s))
+        }));
+        tasks.push(lead(&state, "verdict settling", |s| {
+            Box::pin(crate::verdict::worker(s))
+        }));
+        tasks.push(lead(&state, "agent incidents", |s| {
+            Box::pin(crate::incidents::agent_worker(s))
+        }));
+        tasks.push(lead(&state, "notifications", |s| {
+            Box::pin(crate::notify::worker(s))
+        }));
+        tasks.push(lead(&state, "retention", |s| {
+            Box::pin(crate::retention::worker(s))
+        }));
+        tasks.push(lead(&state, "integration pollers", |s| {
+            Box::pin(crate::integrations::poller::supervise(s))
+        }));
         // Where to reach this process, for scripts and tests that start it on port 0.
         let ports = serde_json::json!({ "http_port": http_port, "mqtt_port": mqtt_port });
         std::fs::write(settings.data_dir.join(PORTS_FILE), ports.to_string())
@@ -233,6 +246,17 @@ impl Application {
 }
 
 /// Creates the first admin token when no API token exists and stores it in the data dir.
+/// A worker of the leading replica ([`crate::lease::lead`]).
+type Duty = fn(AppState) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `duty` while this replica holds the scheduling lease.
+fn lead(state: &AppState, name: &'static str, duty: Duty) -> tokio::task::JoinHandle<()> {
+    let shared = state.clone();
+    tokio::spawn(crate::lease::lead(state.lease.clone(), name, move || {
+        duty(shared.clone())
+    }))
+}
+
 async fn bootstrap_admin_token(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
     if store.count_api_tokens().await? > 0 {
         return Ok(());

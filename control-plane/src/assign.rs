@@ -237,13 +237,20 @@ fn digest_of(config: &DesiredConfig) -> u64 {
     )
 }
 
-/// Recomputes every assignment and republishes the configs that changed.
+/// Recomputes every assignment and republishes the configs that changed. A replica that does
+/// not hold the scheduling lease only recomputes its [`Plan`] (its regions view and verdicts
+/// read it); storing and publishing configs is the leader's.
 ///
 /// # Errors
 /// Store errors; nothing is published for a run that failed.
 pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
     let mut published = state.assign_lock.lock().await;
-    if !published.loaded {
+    let leads = state.lease.is_leader();
+    if !leads {
+        // What the leader published is not known here: re-read it when this replica leads.
+        published.loaded = false;
+    }
+    if leads && !published.loaded {
         for stored in state.store.desired_configs().await? {
             if let Ok(config) =
                 decode_limited::<DesiredConfig>(stored.config_json.as_bytes(), MAX_CONFIG_BYTES)
@@ -295,6 +302,9 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
             n_fallback,
             "Checks on fallback (regions without a healthy agent)"
         );
+    }
+    if !leads {
+        return Ok(());
     }
     let added: Vec<(String, String, String)> = assignments
         .iter()
@@ -500,11 +510,23 @@ impl ConfigBudget {
     }
 }
 
-/// Runs [`reconcile`] whenever agents come and go; changes arriving within 50 ms of each
-/// other share one run, so a thousand agents reconnecting do not cause a thousand runs.
+/// How often a replica sharing its store with others re-runs [`reconcile`] unwoken: agents
+/// and checks that other replicas changed are not announced in this process.
+pub const SHARED_RESYNC: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs [`reconcile`] whenever agents come and go and when this replica starts or stops
+/// leading; changes arriving within 50 ms of each other share one run, so a thousand agents
+/// reconnecting do not cause a thousand runs. On a shared store it also runs every
+/// [`SHARED_RESYNC`].
 pub async fn worker(state: AppState) {
+    let mut leading = state.lease.subscribe();
     loop {
-        state.reassign.notified().await;
+        tokio::select! {
+            () = state.reassign.notified() => {}
+            // The sender lives in `state`: this never reports a closed channel.
+            _ = leading.changed() => {}
+            () = tokio::time::sleep(SHARED_RESYNC), if state.lease.is_shared() => {}
+        }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         if let Err(error) = reconcile(&state).await {
             tracing::warn!(%error, "Reassignment failed; retrying in 1 s");

@@ -140,6 +140,7 @@ counters! {
 
 gauges! {
     http_connections_open => ("vantage_http_connections_open", "HTTPS connections open now (TLS handshakes and upgraded live feeds included)."),
+    leader => ("vantage_leader", "1 while this replica holds the scheduling lease (schedules, assigns, notifies), else 0."),
     run_now_pending => ("vantage_run_now_pending", "Run-now answers awaited now (one per asked region of each request in progress)."),
 }
 

@@ -6,9 +6,11 @@
 //! running the check every interval, stopped as soon as an agent of the region takes the
 //! check back. Its results are stored like an agent's, under the agent id
 //! [`FALLBACK_AGENT_ID`] and the region they stand in for, and go through the same commit,
-//! fan-out and verdict path.
-//! Their seqs start at the current time in microseconds and increase by one per result, so
-//! they stay unique across restarts without a lookup.
+//! fan-out and verdict path. Only the replica holding the scheduling lease
+//! ([`crate::lease`]) runs them; a replica that stops leading stops its tasks at once.
+//! Their seqs start at the current time in microseconds when a replica starts leading and
+//! increase by one per result, so they stay unique across restarts and lead switches without a
+//! lookup (as long as the replicas' clocks agree to within the time between two switches).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,18 +55,30 @@ async fn run_one(state: AppState, spec: CheckSpec, region: String, seq: Arc<Atom
 pub async fn worker(state: AppState) {
     let grace = Duration::from_secs(u64::from(state.settings.heartbeat_interval_s.max(1)) * 3);
     tokio::time::sleep(grace).await;
-    let seq = Arc::new(AtomicU64::new(
-        u64::try_from(now_ms()).unwrap_or(0).saturating_mul(1000),
-    ));
+    let seq = Arc::new(AtomicU64::new(0));
     let mut plan = state.plan.subscribe();
+    let mut leading = state.lease.subscribe();
     let mut running: HashMap<(String, String), (CheckSpec, JoinHandle<()>)> = HashMap::new();
     loop {
-        let wanted: HashMap<(String, String), CheckSpec> = plan
-            .borrow_and_update()
-            .fallback
-            .iter()
-            .map(|(spec, region)| ((spec.id.clone(), region.clone()), spec.clone()))
-            .collect();
+        let leads = *leading.borrow_and_update();
+        if leads && running.is_empty() {
+            // Seqs start afresh from the clock on each lead, above any the previous leader
+            // used (it counted up from when it took over, one per result).
+            seq.fetch_max(
+                u64::try_from(now_ms()).unwrap_or(0).saturating_mul(1000),
+                Ordering::Relaxed,
+            );
+        }
+        let wanted: HashMap<(String, String), CheckSpec> = if leads {
+            plan.borrow_and_update()
+                .fallback
+                .iter()
+                .map(|(spec, region)| ((spec.id.clone(), region.clone()), spec.clone()))
+                .collect()
+        } else {
+            // Only the replica holding the scheduling lease runs checks itself.
+            HashMap::new()
+        };
         running.retain(|key, (spec, task)| {
             let keep = wanted.get(key) == Some(spec);
             if !keep {
@@ -86,8 +100,14 @@ pub async fn worker(state: AppState) {
             ));
             running.insert(key, (spec, task));
         }
-        if plan.changed().await.is_err() {
-            break;
+        tokio::select! {
+            changed = plan.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            // The lease's sender lives in `state`: this never reports a closed channel.
+            _ = leading.changed() => {}
         }
     }
     for (_, (_, task)) in running {

@@ -35,6 +35,7 @@ pub mod hub;
 pub mod incidents;
 pub mod ingest;
 pub mod integrations;
+pub mod lease;
 pub mod limits;
 pub mod maintenance;
 pub mod memory;
@@ -106,4 +107,6 @@ pub struct AppState {
     pub source_counters: Arc<integrations::SourceCounters>,
     /// External nodes written lately (one write a minute per busy host).
     pub external_seen: Arc<integrations::ExternalSeen>,
+    /// Whether this replica holds the scheduling lease.
+    pub lease: lease::Lease,
 }

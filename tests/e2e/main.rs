@@ -22,6 +22,7 @@ mod probe_cli;
 mod provision_cloud;
 mod quiet_start;
 mod quiet_writes;
+mod replicas;
 mod resilience;
 mod retention;
 mod row_bounds;

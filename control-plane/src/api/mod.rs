@@ -344,7 +344,11 @@ async fn rate_limit(State(limit): State<RateLimit>, request: Request, next: Next
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "store": state.store.backend() }))
+    Json(json!({
+        "status": "ok",
+        "store": state.store.backend(),
+        "leader": state.lease.is_leader(),
+    }))
 }
 
 async fn prometheus(State(state): State<AppState>) -> Response {

@@ -10,6 +10,7 @@ pub mod events;
 pub mod incidents;
 pub mod ingest;
 pub mod keys;
+pub mod lease;
 pub mod models;
 pub mod packs;
 pub mod partitions;
@@ -202,6 +203,11 @@ impl Store {
             .connect_with(options)
             .await?;
         Ok(Store::Sqlite(pool))
+    }
+
+    /// Whether this is PostgreSQL, the store several replicas may share.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Store::Postgres(_))
     }
 
     /// The backend's name: `postgres` or `sqlite`.

@@ -25,7 +25,7 @@ use crate::sketch::{CheckAggregate, GaugeAggregate, Sketch};
 pub static CORRUPT_SKETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The advisory lock id that serialises check-rollup merges on PostgreSQL.
-const ROLLUP_LOCK: i64 = 0x7661_6e74_0001;
+pub(crate) const ROLLUP_LOCK: i64 = 0x7661_6e74_0001;
 
 /// Keys per statement on SQLite (3 or 7 binds a key, well under its bind limit).
 const SQLITE_CHUNK_KEYS: usize = 300;
