@@ -148,6 +148,7 @@ impl Application {
             state.store.clone(),
             event_queue,
         )));
+        tasks.push(tokio::spawn(crate::livesync::run(state.clone())));
         tasks.push(tokio::spawn(crate::ingest::run(
             state.clone(),
             subscription,

@@ -38,7 +38,17 @@ pub struct LiveEvent {
     pub data: serde_json::Value,
 }
 
+/// Every [`LiveEvent::kind`].
+pub const KINDS: [&str; 7] = [
+    "result", "metrics", "status", "hello", "verdict", "incident", "event",
+];
+
 impl LiveEvent {
+    /// The kind called `name`, if it is one ([`KINDS`]).
+    pub fn kind_named(name: &str) -> Option<&'static str> {
+        KINDS.into_iter().find(|kind| *kind == name)
+    }
+
     /// Whether a newer event of the same kind, agent, check and region supersedes this one
     /// (the kinds that carry a state); incidents and integration events do not.
     pub fn keyed(&self) -> bool {
@@ -197,6 +207,10 @@ struct Inner {
     sender: broadcast::Sender<Batch>,
     latest: Mutex<Latest>,
     max_latest: usize,
+    /// Where events published here also go, for other replicas ([`Hub::relay_to`]).
+    relay: OnceLock<tokio::sync::mpsc::Sender<Arc<[Arc<Shared>]>>>,
+    /// Batches the relay's queue had no room for.
+    relay_dropped: std::sync::atomic::AtomicU64,
 }
 
 /// Events published together (a committed ingest batch's rows), carried as one message.
@@ -245,6 +259,8 @@ impl Hub {
             inner: Arc::new(Inner {
                 sender,
                 latest: Mutex::new(Latest::default()),
+                relay: OnceLock::new(),
+                relay_dropped: std::sync::atomic::AtomicU64::new(0),
                 max_latest: max_latest.max(1),
             }),
         }
@@ -255,10 +271,41 @@ impl Hub {
         self.publish_many(vec![event]);
     }
 
-    /// Publishes updates as one message (a client wakes once for all of them).
+    /// Publishes updates as one message (a client wakes once for all of them), and hands
+    /// them to the relay to other replicas when there is one.
     pub fn publish_many(&self, events: Vec<LiveEvent>) {
+        if let Some(events) = self.publish_here(events)
+            && let Some(relay) = self.inner.relay.get()
+            && relay.try_send(events).is_err()
+        {
+            self.inner
+                .relay_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes updates another replica committed (they are not relayed again).
+    pub fn publish_relayed(&self, events: Vec<LiveEvent>) {
+        self.publish_here(events);
+    }
+
+    /// From now on, hands every batch published here ([`Hub::publish_many`]) to `relay`
+    /// without waiting: a batch it has no room for is counted ([`Hub::relay_dropped`]).
+    /// Only the first call takes effect.
+    pub fn relay_to(&self, relay: tokio::sync::mpsc::Sender<Arc<[Arc<Shared>]>>) {
+        let _ = self.inner.relay.set(relay);
+    }
+
+    /// Batches the relay had no room for.
+    pub fn relay_dropped(&self) -> u64 {
+        self.inner
+            .relay_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn publish_here(&self, events: Vec<LiveEvent>) -> Option<Arc<[Arc<Shared>]>> {
         if events.is_empty() {
-            return;
+            return None;
         }
         let mut latest = self.lock();
         let first_seq = latest.published;
@@ -281,8 +328,9 @@ impl Hub {
         let _ = self.inner.sender.send(Batch {
             first_seq,
             unkeyed_before,
-            events,
+            events: events.clone(),
         });
+        Some(events)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Latest> {

@@ -37,6 +37,7 @@ pub mod ingest;
 pub mod integrations;
 pub mod lease;
 pub mod limits;
+pub mod livesync;
 pub mod maintenance;
 pub mod memory;
 pub mod notify;

@@ -1,13 +1,15 @@
 //! Several control-plane replicas on one PostgreSQL: exactly one holds the scheduling lease
 //! and does the scheduled work (here: running the checks of a region with no agent), and when
-//! it is killed -9 another takes over within one check interval. PostgreSQL only: SQLite is one
-//! process's store.
+//! it is killed -9 another takes over within one check interval; what one replica commits
+//! reaches the live clients of the others. PostgreSQL only: SQLite is one process's store.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 use vantage_tests::{Backend, ControlPlane, TestStore, wait_for};
 
 /// The check interval of the lone check in the dark region.
@@ -58,6 +60,9 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
     share_identity(&first.data_dir, &dir.path().join("data"))?;
     let second = ControlPlane::start_in(&store, &dir.path().join("data"), &env).await?;
 
+    // A live client of the follower: it sees what the leader commits.
+    let mut live = second.live_socket("kind=result&check=lone").await?;
+
     // A region with no agent: its check runs on the fallback executor of the leader only.
     first.enrollment_token("dark", 1).await?;
     let (status, body) = first
@@ -93,6 +98,38 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
         rows.len() as u64 <= ran,
         "{} results stored, {ran} run by the leader",
         rows.len()
+    );
+
+    // The follower ran no check and ingested nothing, yet its client got the leader's
+    // results: relayed through PostgreSQL.
+    let relayed: Value = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match live.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let event: Value = serde_json::from_str(&text)?;
+                    if event["kind"] == "result" && event["check_id"] == "lone" {
+                        return anyhow::Ok(event);
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => anyhow::bail!("live socket ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .context("no relayed result on the follower's live socket within 10 s")??;
+    assert_eq!(relayed["region"], "dark", "{relayed}");
+    assert!(
+        first
+            .counter("vantage_live_relay_events_total{direction=\"sent\"}")
+            .await?
+            >= 1
+    );
+    assert!(
+        second
+            .counter("vantage_live_relay_events_total{direction=\"received\"}")
+            .await?
+            >= 1
     );
 
     // Kill -9 the leader: the other replica takes the lease and runs the check within one

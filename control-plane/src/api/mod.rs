@@ -363,6 +363,10 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         state.hub.n_subscribers()
     ));
     text.push_str(&format!(
+        "vantage_live_relay_dropped_total{{reason=\"backlog\"}} {}\n",
+        state.hub.relay_dropped()
+    ));
+    text.push_str(&format!(
         "# HELP vantage_store_rows_corrupt_total Stored rows left out of listings because they do not decode, by table.\n# TYPE vantage_store_rows_corrupt_total counter\nvantage_store_rows_corrupt_total{{table=\"checks\"}} {}\nvantage_store_rows_corrupt_total{{table=\"rollups\"}} {}\n",
         crate::store::CORRUPT_CHECK_ROWS.load(Ordering::Relaxed),
         crate::store::rollups::CORRUPT_SKETCHES.load(Ordering::Relaxed)

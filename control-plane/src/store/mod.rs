@@ -11,6 +11,7 @@ pub mod incidents;
 pub mod ingest;
 pub mod keys;
 pub mod lease;
+pub mod live;
 pub mod models;
 pub mod packs;
 pub mod partitions;
