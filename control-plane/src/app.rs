@@ -185,12 +185,11 @@ impl Application {
             judge_batches,
         )));
         tasks.push(tokio::spawn(crate::fallback::worker(state.clone())));
+        // Maintenance windows and re-judging on every replica; settling on the leader.
+        tasks.push(tokio::spawn(crate::verdict::worker(state.clone())));
         // The duties of exactly one replica: the one holding the scheduling lease.
         tasks.push(lead(&state, "silent agent sweep", |s| {
             Box::pin(sweep_silent_agents(s))
-        }));
-        tasks.push(lead(&state, "verdict settling", |s| {
-            Box::pin(crate::verdict::worker(s))
         }));
         tasks.push(lead(&state, "agent incidents", |s| {
             Box::pin(crate::incidents::agent_worker(s))

@@ -796,8 +796,8 @@ pub async fn judge_worker(state: AppState, mut queue: tokio::sync::mpsc::Receive
 
 /// Every 2 s (or at once when woken: check changes, agents coming and going): refreshes the
 /// maintenance windows in force and re-judges every check when they changed or it was woken;
-/// then resolves the incidents of checks that stayed UP long enough and queues reminders
-/// ([`crate::incidents::settle`]).
+/// then, on the replica that leads ([`crate::lease`]), resolves the incidents of checks that
+/// stayed UP long enough and queues reminders ([`crate::incidents::settle`]).
 pub async fn worker(state: AppState) {
     loop {
         let woken =
@@ -821,7 +821,9 @@ pub async fn worker(state: AppState) {
             tracing::warn!(%error, "Cannot re-judge the checks; retrying");
             state.rejudge.notify_one();
         }
-        if let Err(error) = crate::incidents::settle(&state).await {
+        if state.lease.is_leader()
+            && let Err(error) = crate::incidents::settle(&state).await
+        {
             tracing::warn!(%error, "Cannot settle incidents; retrying");
         }
     }
