@@ -4,13 +4,15 @@
 //!
 //! [`Lease::start`] keeps the lease: a follower tries to take it every [`TICK`]; the leader
 //! proves its session alive every [`TICK`] and steps down at once when a round trip fails or
-//! takes longer than [`ROUND_TRIP_LIMIT`], closing the session so the lock is released. The
-//! leader thus stops within `TICK + ROUND_TRIP_LIMIT` (3 s) of losing PostgreSQL, while
-//! PostgreSQL keeps a silent holder's lock for at least its keepalive timeout (~10 s), so two
-//! replicas do not lead at once, except in one case: when PostgreSQL itself restarts, the old
-//! leader learns it on its next round trip (up to 1 s) and a follower may take the lock in that
-//! second. Work that a lead switch can cut (a notification in flight) is redone by the next
-//! leader: deliveries are at least once.
+//! takes longer than [`ROUND_TRIP_LIMIT`], closing the session so the lock is released. A
+//! leader thus stops within [`STEP_DOWN_WITHIN`] (3 s) of its session's end, however it ended
+//! (PostgreSQL restarted, the session terminated, the path lost), and a replica that takes the
+//! lock waits [`TAKEOVER_WAIT`], that and a tick of margin for a busy scheduler, before it
+//! acts: two live replicas never lead at once. (A process
+//! frozen for longer, e.g. stopped by a debugger, is not covered: there are no fencing
+//! tokens.) When the path is lost, PostgreSQL keeps the silent holder's lock for its keepalive
+//! timeout (~10 s) before another replica can take it. Work that a lead switch can cut (a
+//! notification in flight) is redone by the next leader: deliveries are at least once.
 //!
 //! [`lead`] runs a worker only while this replica leads and aborts it when leadership is lost.
 
@@ -29,6 +31,15 @@ pub const TICK: Duration = Duration::from_secs(1);
 
 /// A lease round trip slower than this counts as a lost session: the leader steps down.
 pub const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(2);
+
+/// A leader whose session ended has stepped down by this long after the end: its next round
+/// trip comes within a [`TICK`] and fails within [`ROUND_TRIP_LIMIT`]. A replica that takes
+/// the lock waits longer than this before it leads ([`TAKEOVER_WAIT`]).
+pub const STEP_DOWN_WITHIN: Duration = TICK.saturating_add(ROUND_TRIP_LIMIT);
+
+/// How long a replica that took the lock waits before it leads: [`STEP_DOWN_WITHIN`] and a
+/// [`TICK`] of margin for timers that fire late on a busy machine.
+pub const TAKEOVER_WAIT: Duration = STEP_DOWN_WITHIN.saturating_add(TICK);
 
 /// Whether this replica leads, as it changes.
 #[derive(Clone)]
@@ -110,8 +121,19 @@ async fn keep(store: Store, leading: Arc<watch::Sender<bool>>, counters: Arc<Cou
             };
             match round {
                 Ok(Ok(true)) if !leads => {
-                    tracing::info!("This replica leads: it schedules and assigns");
-                    set(true);
+                    // The previous holder may not know yet that its session is gone.
+                    tracing::info!(
+                        wait_ms = TAKEOVER_WAIT.as_millis() as u64,
+                        "Took the scheduling lease; leading once the previous leader has surely stopped"
+                    );
+                    tokio::time::sleep(TAKEOVER_WAIT).await;
+                    match tokio::time::timeout(ROUND_TRIP_LIMIT, session.holds()).await {
+                        Ok(Ok(true)) => {
+                            tracing::info!("This replica leads: it schedules and assigns");
+                            set(true);
+                        }
+                        _ => break,
+                    }
                 }
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) if !leads => {}

@@ -1,6 +1,7 @@
 //! Several control-plane replicas on one PostgreSQL: exactly one holds the scheduling lease
-//! and does the scheduled work (here: running the checks of a region with no agent), and when
-//! it is killed -9 another takes over within one check interval; what one replica commits
+//! and does the scheduled work (here: running the checks of a region with no agent); when the
+//! leader's lease session is cut it steps down before anyone else leads; when the leader is
+//! killed -9 another takes over within one check interval; and what one replica commits
 //! reaches the live clients of the others. PostgreSQL only: SQLite is one process's store.
 
 use std::path::Path;
@@ -10,10 +11,12 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use vantage_control_plane::store::lease::SCHEDULER_LOCK_ID;
 use vantage_tests::{Backend, ControlPlane, TestStore, wait_for};
 
-/// The check interval of the lone check in the dark region.
-const INTERVAL_S: i64 = 3;
+/// The check interval of the lone check in the dark region: longer than a takeover (the new
+/// leader waits `lease::TAKEOVER_WAIT`, 4 s, after taking the lock).
+const INTERVAL_S: i64 = 6;
 
 /// Copies what replicas share besides the store: the CA (agents trust one CA, whichever replica
 /// they reach) and the admin token file (the token itself is in the store).
@@ -32,6 +35,15 @@ async fn leads(cp: &ControlPlane) -> anyhow::Result<bool> {
     health["leader"].as_bool().context("no leader field")
 }
 
+/// Which of the replicas lead now.
+async fn leaders(replicas: &[ControlPlane]) -> anyhow::Result<Vec<bool>> {
+    let mut out = Vec::new();
+    for cp in replicas {
+        out.push(leads(cp).await?);
+    }
+    Ok(out)
+}
+
 /// Fallback results of the lone check measured at or after `since_ms`, oldest first.
 async fn fallback_results(cp: &ControlPlane, since_ms: i64) -> anyhow::Result<Vec<Value>> {
     let (status, rows) = cp
@@ -44,28 +56,30 @@ async fn fallback_results(cp: &ControlPlane, since_ms: i64) -> anyhow::Result<Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> anyhow::Result<()> {
+async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> anyhow::Result<()>
+{
     let store = TestStore::create(Backend::Postgres).await?;
     // Heartbeats every second: the fallback waits three of them after a process starts.
     let env = [("VANTAGE_HEARTBEAT_INTERVAL_S", "1")];
-    let mut first = ControlPlane::start_with(&store, &env).await?;
-    wait_for(
-        "the first replica to lead",
-        Duration::from_secs(10),
-        || async { leads(&first).await.ok().filter(|l| *l) },
-    )
+    let first = ControlPlane::start_with(&store, &env).await?;
+    wait_for("the first replica to lead", Duration::from_secs(15), || async {
+        leads(&first).await.ok().filter(|l| *l)
+    })
     .await
     .with_context(|| first.log_tail())?;
     let dir = tempfile::tempdir()?;
     share_identity(&first.data_dir, &dir.path().join("data"))?;
     let second = ControlPlane::start_in(&store, &dir.path().join("data"), &env).await?;
+    let mut replicas = [first, second];
 
     // A live client of the follower: it sees what the leader commits.
-    let mut live = second.live_socket("kind=result&check=lone").await?;
+    let mut live = replicas[1]
+        .live_socket("kind=result&check=lone")
+        .await?;
 
     // A region with no agent: its check runs on the fallback executor of the leader only.
-    first.enrollment_token("dark", 1).await?;
-    let (status, body) = first
+    replicas[0].enrollment_token("dark", 1).await?;
+    let (status, body) = replicas[0]
         .post(
             "/api/v1/checks",
             json!({"id": "lone", "name": "lone", "interval_s": INTERVAL_S, "timeout_ms": 500,
@@ -74,26 +88,24 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
         .await?;
     anyhow::ensure!(status == 201, "{status} {body}");
     let started = vantage_tests::now_ms();
-    wait_for(
-        "three fallback results",
-        Duration::from_secs(30),
-        || async {
-            let rows = fallback_results(&second, started).await.ok()?;
-            (rows.len() >= 3).then_some(())
-        },
-    )
+    wait_for("two fallback results", Duration::from_secs(30), || async {
+        let rows = fallback_results(&replicas[1], started).await.ok()?;
+        (rows.len() >= 2).then_some(())
+    })
     .await
-    .with_context(|| first.log_tail())?;
+    .with_context(|| replicas[0].log_tail())?;
     // The follower saw the same check and region (its plan has it on fallback too), yet ran
     // nothing: one result per interval reached the store, not two.
-    assert!(leads(&first).await?);
-    assert!(!leads(&second).await?, "two replicas lead");
-    assert_eq!(second.counter("vantage_leader").await?, 0);
-    assert_eq!(first.counter("vantage_leader").await?, 1);
-    assert_eq!(second.counter("vantage_fallback_runs_total").await?, 0);
-    let ran = first.counter("vantage_fallback_runs_total").await?;
-    let rows = fallback_results(&second, started).await?;
-    assert!(ran >= 3, "the leader ran {ran}");
+    assert_eq!(leaders(&replicas).await?, [true, false]);
+    assert_eq!(replicas[1].counter("vantage_leader").await?, 0);
+    assert_eq!(replicas[0].counter("vantage_leader").await?, 1);
+    assert_eq!(
+        replicas[1].counter("vantage_fallback_runs_total").await?,
+        0
+    );
+    let ran = replicas[0].counter("vantage_fallback_runs_total").await?;
+    let rows = fallback_results(&replicas[1], started).await?;
+    assert!(ran >= 2, "the leader ran {ran}");
     assert!(
         rows.len() as u64 <= ran,
         "{} results stored, {ran} run by the leader",
@@ -120,42 +132,74 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
     .context("no relayed result on the follower's live socket within 10 s")??;
     assert_eq!(relayed["region"], "dark", "{relayed}");
     assert!(
-        first
+        replicas[0]
             .counter("vantage_live_relay_events_total{direction=\"sent\"}")
             .await?
             >= 1
     );
     assert!(
-        second
+        replicas[1]
             .counter("vantage_live_relay_events_total{direction=\"received\"}")
             .await?
             >= 1
     );
 
+    // The leader's lease session is cut while its process lives (as a PostgreSQL restart or
+    // a lost path would): PostgreSQL frees the lock at once, the leader learns it on its next
+    // round trip, and whoever takes the lock waits until then. Sampled every 50 ms: never two
+    // leaders, a while with none, then one.
+    let pool = replicas[0].store_pool().await?;
+    let cut = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND granted AND objsubid = 1 \
+         AND ((classid::bigint << 32) | objid::bigint) = {SCHEDULER_LOCK_ID}"
+    )))
+    .execute(&pool)
+    .await?;
+    assert_eq!(cut.rows_affected(), 1, "one session holds the lease");
+    let (mut samples, mut leaderless) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = leaders(&replicas).await?;
+        samples += 1;
+        assert!(now != [true, true], "two replicas lead at once");
+        if now == [false, false] {
+            leaderless += 1;
+        } else if leaderless > 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no single leader 10 s after the cut ({samples} samples, {leaderless} leaderless)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("lease session cut: {leaderless} of {samples} samples leaderless, then one leader");
+
     // Kill -9 the leader: the other replica takes the lease and runs the check within one
     // interval of the kill.
-    first.kill();
+    let leader = usize::from(leads(&replicas[1]).await?);
+    let other = 1 - leader;
+    replicas[leader].kill();
     let killed = Instant::now();
     let killed_ms = vantage_tests::now_ms();
-    wait_for(
-        "the second replica to lead",
-        Duration::from_secs(10),
-        || async { leads(&second).await.ok().filter(|l| *l) },
-    )
+    wait_for("the other replica to lead", Duration::from_secs(15), || async {
+        leads(&replicas[other]).await.ok().filter(|l| *l)
+    })
     .await
-    .with_context(|| second.log_tail())?;
+    .with_context(|| replicas[other].log_tail())?;
     let takeover = killed.elapsed();
     let first_after = wait_for(
         "a fallback result from the new leader",
         Duration::from_secs(20),
         || async {
-            let rows = fallback_results(&second, killed_ms).await.ok()?;
+            let rows = fallback_results(&replicas[other], killed_ms).await.ok()?;
             rows.first().and_then(|r| r["measured_at_ms"].as_i64())
         },
     )
     .await
-    .with_context(|| second.log_tail())?;
-    let last_before = fallback_results(&second, started)
+    .with_context(|| replicas[other].log_tail())?;
+    let last_before = fallback_results(&replicas[other], started)
         .await?
         .iter()
         .filter_map(|r| r["measured_at_ms"].as_i64())
@@ -175,11 +219,16 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
         "the new leader's first result came {} ms after the kill (interval {INTERVAL_S} s)",
         first_after - killed_ms
     );
-    assert!(second.counter("vantage_fallback_runs_total").await? >= 1);
-    assert_eq!(second.counter("vantage_leader").await?, 1);
+    assert!(
+        replicas[other]
+            .counter("vantage_fallback_runs_total")
+            .await?
+            >= 1
+    );
+    assert_eq!(replicas[other].counter("vantage_leader").await?, 1);
 
     // Nothing stored twice: every fallback result has its own seq.
-    let rows = fallback_results(&second, started).await?;
+    let rows = fallback_results(&replicas[other], started).await?;
     let mut seqs: Vec<i64> = rows.iter().filter_map(|r| r["seq"].as_i64()).collect();
     let n = seqs.len();
     seqs.sort_unstable();
