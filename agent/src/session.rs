@@ -654,7 +654,16 @@ fn drain_and_sync(
 /// a seq that went backwards.
 fn flush(client: &AsyncClient, id: &str, spool: &mut Spool, write_errors: &mut u64) {
     sync(spool, write_errors);
-    while let Some((kind, payload)) = spool.next_batch(1000, MAX_BATCH_BYTES) {
+    loop {
+        let (kind, payload) = match spool.next_batch(1000, MAX_BATCH_BYTES) {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return,
+            Err(error) => {
+                // The entries stay unsent: the next flush tries again.
+                tracing::warn!(%error, "Cannot read spooled entries back to send them");
+                return;
+            }
+        };
         let name = match kind {
             Kind::Result => AgentTopic::Results,
             Kind::Metrics => AgentTopic::Metrics,

@@ -10,6 +10,12 @@
 //! plane stored. Compaction writes a new file, fsyncs it, renames it over the journal and
 //! fsyncs the directory.
 //!
+//! Memory holds an entry's text only until it is first sent: then only its seq, kind and
+//! where its text lies in the journal (~50 bytes), and a resend reads the text back. So a
+//! spool at its bounds (100,000 entries, 64 MiB by default: a long outage of a busy agent)
+//! costs a few MiB of memory, not its size, and a busy agent whose acks lag holds only what
+//! it has not sent yet.
+//!
 //! An ack names exact seq ranges and appends an ack line; a drop at a bound appends a cut
 //! line; the journal is rewritten compactly once it holds mostly dead lines. The bounds are
 //! entries and bytes: when one is hit the oldest entries go first and the count of dropped
@@ -25,6 +31,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -42,13 +49,44 @@ pub enum Kind {
     Event,
 }
 
-/// One spooled entry: its seq and the item's JSON (which carries the same seq).
+/// One spooled entry: its seq and where the item's JSON (which carries the same seq) lies in
+/// the journal; the JSON itself too until the entry is first sent.
 #[derive(Debug, Clone)]
-pub struct Entry {
-    pub seq: u64,
-    pub kind: Kind,
-    pub json: String,
+struct Entry {
+    seq: u64,
+    kind: Kind,
+    /// Byte offset of the item's JSON in the journal.
+    at: u64,
+    /// Length of the item's JSON in bytes.
+    len: usize,
+    /// The JSON while it has not been sent (afterwards it is read back from the journal).
+    text: Option<Box<str>>,
     sent_at: Option<Instant>,
+}
+
+/// The journal line of an entry, up to its item's JSON.
+fn entry_line_head(seq: u64, kind: Kind) -> String {
+    let k = match kind {
+        Kind::Result => "r",
+        Kind::Metrics => "m",
+        Kind::Event => "e",
+    };
+    format!("{{\"e\":{{\"seq\":{seq},\"k\":\"{k}\",\"d\":")
+}
+
+/// What closes an entry's journal line after its item's JSON.
+const ENTRY_LINE_TAIL: &str = "}}";
+
+/// Reads an entry's text back from the journal `journal` at `path`.
+fn read_text(journal: &File, path: &Path, entry: &Entry) -> Result<String, SpoolError> {
+    let err = |source| SpoolError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = vec![0u8; entry.len];
+    journal.read_exact_at(&mut bytes, entry.at).map_err(err)?;
+    String::from_utf8(bytes)
+        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// The largest entry that fits a batch payload the control plane accepts, in bytes.
@@ -106,7 +144,8 @@ pub enum SpoolError {
 /// The spool.
 pub struct Spool {
     path: PathBuf,
-    /// The journal, opened for appending; every line goes through [`Spool::append_line`].
+    /// The journal, opened for appending (and reading entries back); every line goes through
+    /// [`Spool::append_line`].
     journal: File,
     /// Length of the journal up to its last whole line.
     journal_len: u64,
@@ -155,11 +194,21 @@ impl Spool {
         let mut lines = 0usize;
         let mut acked: Vec<(u64, u64)> = Vec::new();
         if path.exists() {
-            let reader = BufReader::new(File::open(&path).map_err(err)?);
-            for line in reader.lines() {
-                let Ok(line) = line else { break };
+            let mut reader = BufReader::new(File::open(&path).map_err(err)?);
+            let (mut buf, mut line_at) = (Vec::new(), 0u64);
+            loop {
+                buf.clear();
+                let n = reader.read_until(b'\n', &mut buf).map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                let start = line_at;
+                line_at += n as u64;
+                let Ok(line) = std::str::from_utf8(&buf) else {
+                    break;
+                };
                 lines += 1;
-                let Ok(parsed) = serde_json::from_str::<AnyLine<'_>>(&line) else {
+                let Ok(parsed) = serde_json::from_str::<AnyLine<'_>>(line) else {
                     continue;
                 };
                 if let Some(header) = parsed.h {
@@ -170,10 +219,14 @@ impl Spool {
                 }
                 if let Some(entry) = parsed.e {
                     next_seq = next_seq.max(entry.seq + 1);
+                    // The item's JSON is borrowed from the line: its place in the file.
+                    let within = entry.d.get().as_ptr() as usize - line.as_ptr() as usize;
                     entries.push_back(Entry {
                         seq: entry.seq,
                         kind: entry.k,
-                        json: entry.d.get().to_owned(),
+                        at: start + within as u64,
+                        len: entry.d.get().len(),
+                        text: None,
                         sent_at: None,
                     });
                 }
@@ -194,11 +247,12 @@ impl Spool {
         entries.retain(|e| e.seq > cut && !acked.iter().any(|(a, b)| (*a..=*b).contains(&e.seq)));
         // Entries a bound of an older release let in but no batch can carry.
         let before = entries.len();
-        entries.retain(|e| e.json.len() <= MAX_ENTRY_BYTES);
+        entries.retain(|e| e.len <= MAX_ENTRY_BYTES);
         unsendable += (before - entries.len()) as u64;
-        let bytes = entries.iter().map(|e| e.json.len()).sum();
+        let bytes = entries.iter().map(|e| e.len).sum();
         let journal = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(err)?;
@@ -297,12 +351,18 @@ impl Spool {
                 max: MAX_ENTRY_BYTES,
             });
         }
-        let raw = RawValue::from_string(json.clone()).map_err(|e| SpoolError::Io {
+        // Only valid JSON goes into the journal: a line that does not parse is skipped at open.
+        serde_json::from_str::<&RawValue>(&json).map_err(|e| SpoolError::Io {
             path: self.path.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
-        let line = serde_json::json!({ "e": { "seq": seq, "k": kind, "d": raw } });
-        self.append_line(&line.to_string())?;
+        let head = entry_line_head(seq, kind);
+        let at = self.journal_len + head.len() as u64;
+        let mut line = String::with_capacity(head.len() + json.len() + ENTRY_LINE_TAIL.len());
+        line.push_str(&head);
+        line.push_str(&json);
+        line.push_str(ENTRY_LINE_TAIL);
+        self.append_line(&line)?;
         self.dirty = true;
         // The seq is spent only once the entry is in the journal: a failed write leaves
         // neither a gap nor a line that a later write could complete.
@@ -311,7 +371,9 @@ impl Spool {
         self.entries.push_back(Entry {
             seq,
             kind,
-            json,
+            at,
+            len: json.len(),
+            text: Some(json.into_boxed_str()),
             sent_at: None,
         });
         self.enforce_bounds()?;
@@ -324,7 +386,7 @@ impl Spool {
             || (self.bytes > self.max_bytes && self.entries.len() > 1)
         {
             if let Some(old) = self.entries.pop_front() {
-                self.bytes -= old.json.len();
+                self.bytes -= old.len;
                 self.dropped += 1;
                 cut_to = Some(old.seq);
             }
@@ -351,7 +413,7 @@ impl Spool {
         self.entries.retain(|e| {
             let acked = ranges.iter().any(|(a, b)| (*a..=*b).contains(&e.seq));
             if acked {
-                freed += e.json.len();
+                freed += e.len;
             }
             !acked
         });
@@ -397,8 +459,12 @@ impl Spool {
             // A full disk: leave the journal as it is and free what the attempt took.
             let _ = std::fs::remove_file(&tmp);
         }
-        written?;
+        let offsets = written?;
         std::fs::rename(&tmp, &self.path).map_err(self.err())?;
+        // The entries' texts now lie where the new journal put them.
+        for (entry, at) in self.entries.iter_mut().zip(offsets) {
+            entry.at = at;
+        }
         // The rename is durable only once the directory is synced.
         if let Some(dir) = self.path.parent() {
             File::open(dir)
@@ -407,6 +473,7 @@ impl Spool {
         }
         self.dirty = false;
         self.journal = OpenOptions::new()
+            .read(true)
             .append(true)
             .open(&self.path)
             .map_err(self.err())?;
@@ -415,35 +482,39 @@ impl Spool {
         Ok(())
     }
 
-    /// Writes the header and the live entries to `tmp` and syncs it.
-    fn write_compacted(&self, tmp: &Path) -> Result<(), SpoolError> {
-        {
-            let mut out = BufWriter::new(File::create(tmp).map_err(self.err())?);
-            let header = Header {
-                next_seq: self.next_seq,
-                cut: self.cut,
-                dropped: self.dropped,
-                unsendable: self.unsendable,
+    /// Writes the header and the live entries to `tmp` and syncs it; returns where each
+    /// entry's text lies in it.
+    fn write_compacted(&self, tmp: &Path) -> Result<Vec<u64>, SpoolError> {
+        let mut out = BufWriter::new(File::create(tmp).map_err(self.err())?);
+        let header = Header {
+            next_seq: self.next_seq,
+            cut: self.cut,
+            dropped: self.dropped,
+            unsendable: self.unsendable,
+        };
+        let header = format!("{}\n", serde_json::json!({ "h": header }));
+        out.write_all(header.as_bytes()).map_err(self.err())?;
+        let mut written = header.len() as u64;
+        let mut offsets = Vec::with_capacity(self.entries.len());
+        for entry in &self.entries {
+            let head = entry_line_head(entry.seq, entry.kind);
+            let text;
+            let body = match &entry.text {
+                Some(held) => held,
+                None => {
+                    text = read_text(&self.journal, &self.path, entry)?;
+                    text.as_str()
+                }
             };
-            writeln!(out, "{}", serde_json::json!({ "h": header })).map_err(self.err())?;
-            for entry in &self.entries {
-                writeln!(
-                    out,
-                    "{{\"e\":{{\"seq\":{},\"k\":\"{}\",\"d\":{}}}}}",
-                    entry.seq,
-                    match entry.kind {
-                        Kind::Result => "r",
-                        Kind::Metrics => "m",
-                        Kind::Event => "e",
-                    },
-                    entry.json
-                )
-                .map_err(self.err())?;
+            offsets.push(written + head.len() as u64);
+            for part in [head.as_str(), body, ENTRY_LINE_TAIL, "\n"] {
+                out.write_all(part.as_bytes()).map_err(self.err())?;
+                written += part.len() as u64;
             }
-            out.flush().map_err(self.err())?;
-            out.get_ref().sync_all().map_err(self.err())?;
         }
-        Ok(())
+        out.flush().map_err(self.err())?;
+        out.get_ref().sync_all().map_err(self.err())?;
+        Ok(offsets)
     }
 
     /// The control plane already holds seqs `from..next_seq` from an earlier life of this
@@ -456,17 +527,28 @@ impl Spool {
     pub fn raise_seq(&mut self, from: u64, next_seq: u64) -> Result<usize, SpoolError> {
         let mut fresh = self.next_seq.max(next_seq);
         let mut n = 0;
+        let (journal, path) = (&self.journal, &self.path);
         for entry in &mut self.entries {
             if !(from..next_seq).contains(&entry.seq) {
                 continue;
             }
-            let Ok(mut item) = serde_json::from_str::<serde_json::Value>(&entry.json) else {
+            let text;
+            let held = match &entry.text {
+                Some(held) => held,
+                None => {
+                    text = read_text(journal, path, entry)?;
+                    text.as_str()
+                }
+            };
+            let Ok(mut item) = serde_json::from_str::<serde_json::Value>(held) else {
                 continue;
             };
             if let Some(object) = item.as_object_mut() {
                 object.insert("seq".into(), fresh.into());
             }
-            entry.json = item.to_string();
+            let renumbered = item.to_string();
+            entry.len = renumbered.len();
+            entry.text = Some(renumbered.into_boxed_str());
             entry.seq = fresh;
             entry.sent_at = None;
             fresh += 1;
@@ -475,7 +557,7 @@ impl Spool {
         self.next_seq = fresh;
         // Entries must stay in seq order for batching and cuts.
         self.entries.make_contiguous().sort_by_key(|e| e.seq);
-        self.bytes = self.entries.iter().map(|e| e.json.len()).sum();
+        self.bytes = self.entries.iter().map(|e| e.len).sum();
         self.compact()?;
         Ok(n)
     }
@@ -498,32 +580,51 @@ impl Spool {
     }
 
     /// Takes up to `max_items` unsent entries of one kind, in seq order, as a batch payload
-    /// `{"v":1,"items":[…]}` no larger than about `max_bytes`, marking them sent.
-    pub fn next_batch(&mut self, max_items: usize, max_bytes: usize) -> Option<(Kind, String)> {
+    /// `{"v":1,"items":[…]}` no larger than about `max_bytes`, marking them sent (and
+    /// letting go of their texts, which a resend reads back from the journal).
+    ///
+    /// # Errors
+    /// An entry's text cannot be read back from the journal; nothing is marked sent then.
+    pub fn next_batch(
+        &mut self,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(Kind, String)>, SpoolError> {
         let now = Instant::now();
-        let start = self.entries.iter().position(|e| e.sent_at.is_none())?;
+        let Some(start) = self.entries.iter().position(|e| e.sent_at.is_none()) else {
+            return Ok(None);
+        };
         let kind = self.entries[start].kind;
         let mut payload = format!("{{\"v\":{},\"items\":[", vantage_mqtt::PROTOCOL_VERSION);
-        let mut n = 0;
-        for entry in self.entries.iter_mut().skip(start) {
+        let mut taken = Vec::new();
+        let (journal, path) = (&self.journal, &self.path);
+        for (i, entry) in self.entries.iter().enumerate().skip(start) {
             if entry.sent_at.is_some() {
                 continue;
             }
             if entry.kind != kind
-                || n >= max_items
-                || (n > 0 && payload.len() + entry.json.len() > max_bytes)
+                || taken.len() >= max_items
+                || (!taken.is_empty() && payload.len() + entry.len > max_bytes)
             {
                 break;
             }
-            if n > 0 {
+            if !taken.is_empty() {
                 payload.push(',');
             }
-            payload.push_str(&entry.json);
+            match &entry.text {
+                Some(text) => payload.push_str(text),
+                None => payload.push_str(&read_text(journal, path, entry)?),
+            }
+            taken.push(i);
+        }
+        // Only now, with the whole batch read: sent, and from here on read back when resent.
+        for i in taken {
+            let entry = &mut self.entries[i];
             entry.sent_at = Some(now);
-            n += 1;
+            entry.text = None;
         }
         payload.push_str("]}");
-        Some((kind, payload))
+        Ok(Some((kind, payload)))
     }
 }
 
@@ -547,24 +648,24 @@ mod tests {
         let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
         assert_eq!(spool.len(), 3);
         assert_eq!(spool.next_seq(), 6);
-        let (kind, payload) = spool.next_batch(10, 1 << 20).unwrap();
+        let (kind, payload) = spool.next_batch(10, 1 << 20).unwrap().unwrap();
         assert_eq!(kind, Kind::Result);
         assert_eq!(
             payload,
             "{\"v\":1,\"items\":[{\"seq\":3},{\"seq\":4},{\"seq\":5}]}"
         );
         assert!(
-            spool.next_batch(10, 1 << 20).is_none(),
+            spool.next_batch(10, 1 << 20).unwrap().is_none(),
             "sent entries are not sent twice"
         );
         spool.mark_all_unsent();
-        assert!(spool.next_batch(10, 1 << 20).is_some());
+        assert!(spool.next_batch(10, 1 << 20).unwrap().is_some());
         assert_eq!(spool.ack(&[(3, 3), (5, 5)]).unwrap(), 2);
         drop(spool);
         let mut spool = Spool::open(dir.path(), 100, 1 << 20).unwrap();
         assert_eq!(spool.len(), 1, "only seq 4 is left after exact acks");
         assert_eq!(
-            spool.next_batch(10, 1 << 20).unwrap().1,
+            spool.next_batch(10, 1 << 20).unwrap().unwrap().1,
             "{\"v\":1,\"items\":[{\"seq\":4}]}"
         );
         spool.ack(&[(4, 4)]).unwrap();
@@ -578,6 +679,47 @@ mod tests {
         );
     }
 
+    /// A sent entry keeps no text in memory, and a resend reads the same bytes back from the
+    /// journal, before and after a compaction and a restart.
+    #[test]
+    fn sent_entries_are_read_back_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1000, 1 << 20).unwrap();
+        let long = |seq: u64| format!("{{\"seq\":{seq},\"reason\":\"{}\"}}", "é".repeat(100));
+        for _ in 0..20 {
+            spool.push(Kind::Result, long).unwrap();
+        }
+        assert!(spool.entries.iter().all(|e| e.text.is_some()));
+        let (_, first) = spool.next_batch(1000, 1 << 20).unwrap().unwrap();
+        assert!(
+            spool.entries.iter().all(|e| e.text.is_none()),
+            "sent entries hold their texts"
+        );
+        spool.mark_all_unsent();
+        let (_, again) = spool.next_batch(1000, 1 << 20).unwrap().unwrap();
+        assert_eq!(again, first, "the resend differs from the first send");
+        // Acks make the journal mostly dead lines; a compaction moves every text.
+        spool.ack(&[(1, 5)]).unwrap();
+        spool.compact().unwrap();
+        spool.mark_all_unsent();
+        let (_, compacted) = spool.next_batch(1000, 1 << 20).unwrap().unwrap();
+        let expected: Vec<String> = (6..=20).map(long).collect();
+        assert_eq!(
+            compacted,
+            format!("{{\"v\":1,\"items\":[{}]}}", expected.join(","))
+        );
+        // Entries pushed after the compaction sit behind it in the same file.
+        spool.push(Kind::Result, long).unwrap();
+        drop(spool);
+        let mut spool = Spool::open(dir.path(), 1000, 1 << 20).unwrap();
+        let (_, reopened) = spool.next_batch(1000, 1 << 20).unwrap().unwrap();
+        let expected: Vec<String> = (6..=21).map(long).collect();
+        assert_eq!(
+            reopened,
+            format!("{{\"v\":1,\"items\":[{}]}}", expected.join(","))
+        );
+    }
+
     #[test]
     fn bounds_drop_the_oldest_and_count_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -587,7 +729,7 @@ mod tests {
         }
         assert_eq!(spool.len(), 3);
         assert_eq!(spool.dropped(), 2);
-        let (_, payload) = spool.next_batch(10, 1 << 20).unwrap();
+        let (_, payload) = spool.next_batch(10, 1 << 20).unwrap().unwrap();
         assert!(payload.starts_with("{\"v\":1,\"items\":[{\"seq\":3}"));
         drop(spool);
         let spool = Spool::open(dir.path(), 3, 1 << 20).unwrap();
@@ -603,16 +745,19 @@ mod tests {
         spool.push(Kind::Metrics, item).unwrap();
         spool.push(Kind::Result, item).unwrap();
         assert_eq!(
-            spool.next_batch(1, 1 << 20).unwrap().1,
+            spool.next_batch(1, 1 << 20).unwrap().unwrap().1,
             "{\"v\":1,\"items\":[{\"seq\":1}]}"
         );
         assert_eq!(
-            spool.next_batch(10, 1 << 20).unwrap().1,
+            spool.next_batch(10, 1 << 20).unwrap().unwrap().1,
             "{\"v\":1,\"items\":[{\"seq\":2}]}"
         );
-        assert_eq!(spool.next_batch(10, 1 << 20).unwrap().0, Kind::Metrics);
         assert_eq!(
-            spool.next_batch(10, 1 << 20).unwrap().1,
+            spool.next_batch(10, 1 << 20).unwrap().unwrap().0,
+            Kind::Metrics
+        );
+        assert_eq!(
+            spool.next_batch(10, 1 << 20).unwrap().unwrap().1,
             "{\"v\":1,\"items\":[{\"seq\":4}]}"
         );
     }
@@ -667,7 +812,7 @@ mod tests {
         drop(file);
         let mut spool = Spool::open(dir.path(), 100, 1 << 30).unwrap();
         assert_eq!((spool.len(), spool.unsendable()), (2, 2));
-        let (_, payload) = spool.next_batch(10, 1 << 20).unwrap();
+        let (_, payload) = spool.next_batch(10, 1 << 20).unwrap().unwrap();
         assert_eq!(payload, "{\"v\":1,\"items\":[{\"seq\":1},{\"seq\":2}]}");
     }
 
@@ -681,7 +826,7 @@ mod tests {
         // The store holds seqs up to 9; this life of the state numbered from 3.
         assert_eq!(spool.raise_seq(3, 10).unwrap(), 3);
         assert_eq!(spool.next_seq(), 13);
-        let (_, payload) = spool.next_batch(10, 1 << 20).unwrap();
+        let (_, payload) = spool.next_batch(10, 1 << 20).unwrap().unwrap();
         assert_eq!(
             payload,
             "{\"v\":1,\"items\":[{\"seq\":1},{\"seq\":2},{\"seq\":10},{\"seq\":11},{\"seq\":12}]}"

@@ -56,15 +56,16 @@ async fn fallback_results(cp: &ControlPlane, since_ms: i64) -> anyhow::Result<Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> anyhow::Result<()>
-{
+async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> anyhow::Result<()> {
     let store = TestStore::create(Backend::Postgres).await?;
     // Heartbeats every second: the fallback waits three of them after a process starts.
     let env = [("VANTAGE_HEARTBEAT_INTERVAL_S", "1")];
     let first = ControlPlane::start_with(&store, &env).await?;
-    wait_for("the first replica to lead", Duration::from_secs(15), || async {
-        leads(&first).await.ok().filter(|l| *l)
-    })
+    wait_for(
+        "the first replica to lead",
+        Duration::from_secs(15),
+        || async { leads(&first).await.ok().filter(|l| *l) },
+    )
     .await
     .with_context(|| first.log_tail())?;
     let dir = tempfile::tempdir()?;
@@ -73,9 +74,7 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
     let mut replicas = [first, second];
 
     // A live client of the follower: it sees what the leader commits.
-    let mut live = replicas[1]
-        .live_socket("kind=result&check=lone")
-        .await?;
+    let mut live = replicas[1].live_socket("kind=result&check=lone").await?;
 
     // A region with no agent: its check runs on the fallback executor of the leader only.
     replicas[0].enrollment_token("dark", 1).await?;
@@ -99,10 +98,7 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
     assert_eq!(leaders(&replicas).await?, [true, false]);
     assert_eq!(replicas[1].counter("vantage_leader").await?, 0);
     assert_eq!(replicas[0].counter("vantage_leader").await?, 1);
-    assert_eq!(
-        replicas[1].counter("vantage_fallback_runs_total").await?,
-        0
-    );
+    assert_eq!(replicas[1].counter("vantage_fallback_runs_total").await?, 0);
     let ran = replicas[0].counter("vantage_fallback_runs_total").await?;
     let rows = fallback_results(&replicas[1], started).await?;
     assert!(ran >= 2, "the leader ran {ran}");
@@ -183,9 +179,11 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
     replicas[leader].kill();
     let killed = Instant::now();
     let killed_ms = vantage_tests::now_ms();
-    wait_for("the other replica to lead", Duration::from_secs(15), || async {
-        leads(&replicas[other]).await.ok().filter(|l| *l)
-    })
+    wait_for(
+        "the other replica to lead",
+        Duration::from_secs(15),
+        || async { leads(&replicas[other]).await.ok().filter(|l| *l) },
+    )
     .await
     .with_context(|| replicas[other].log_tail())?;
     let takeover = killed.elapsed();
