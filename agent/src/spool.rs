@@ -11,7 +11,7 @@
 //! fsyncs the directory.
 //!
 //! Memory holds an entry's text only until it is first sent: then only its seq, kind and
-//! where its text lies in the journal (~50 bytes), and a resend reads the text back. So a
+//! where its text lies in the journal (64 bytes), and a resend reads the text back. So a
 //! spool at its bounds (100,000 entries, 64 MiB by default: a long outage of a busy agent)
 //! costs a few MiB of memory, not its size, and a busy agent whose acks lag holds only what
 //! it has not sent yet.
@@ -690,6 +690,12 @@ mod tests {
             spool.push(Kind::Result, long).unwrap();
         }
         assert!(spool.entries.iter().all(|e| e.text.is_some()));
+        // What a waiting entry costs once sent (the module doc and BENCHMARKS.md say 64).
+        assert!(
+            std::mem::size_of::<Entry>() <= 64,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
         let (_, first) = spool.next_batch(1000, 1 << 20).unwrap().unwrap();
         assert!(
             spool.entries.iter().all(|e| e.text.is_none()),
