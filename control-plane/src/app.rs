@@ -245,7 +245,6 @@ impl Application {
     }
 }
 
-/// Creates the first admin token when no API token exists and stores it in the data dir.
 /// A worker of the leading replica ([`crate::lease::lead`]).
 type Duty = fn(AppState) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -257,6 +256,7 @@ fn lead(state: &AppState, name: &'static str, duty: Duty) -> tokio::task::JoinHa
     }))
 }
 
+/// Creates the first admin token when no API token exists and stores it in the data dir.
 async fn bootstrap_admin_token(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
     if store.count_api_tokens().await? > 0 {
         return Ok(());

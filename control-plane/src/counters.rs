@@ -139,6 +139,7 @@ counters! {
     live_relay_sent => ("vantage_live_relay_events_total", "Live updates relayed between replicas through PostgreSQL, by direction.", "{direction=\"sent\"}"),
     live_relay_received => ("vantage_live_relay_events_total", "Live updates relayed between replicas through PostgreSQL, by direction.", "{direction=\"received\"}"),
     live_relay_oversize => ("vantage_live_relay_dropped_total", "Live updates not relayed to other replicas, by reason (backlog: batches the relay queue had no room for).", "{reason=\"oversize\"}"),
+    live_relay_backlog => ("vantage_live_relay_dropped_total", "Live updates not relayed to other replicas, by reason (backlog: batches the relay queue had no room for).", "{reason=\"backlog\"}"),
     live_relay_failed => ("vantage_live_relay_dropped_total", "Live updates not relayed to other replicas, by reason (backlog: batches the relay queue had no room for).", "{reason=\"notify_failed\"}"),
     live_relay_refused => ("vantage_live_relay_refused_total", "Live payloads or events from other replicas that did not decode."),
 }

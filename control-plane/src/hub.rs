@@ -11,7 +11,9 @@
 //! client is slow, a newer event replaces the waiting one of its key, and events without a
 //! key (incidents, integration events) queue up to a bound past which they are counted and
 //! the client told how many it missed. Nothing a slow client causes grows without bound, and
-//! it never slows ingest.
+//! it never slows ingest. With replicas on one PostgreSQL, what is published here also goes to
+//! the relay ([`Hub::relay_to`], [`crate::livesync`]) without waiting for it, and what other
+//! replicas committed arrives through [`Hub::publish_relayed`].
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
