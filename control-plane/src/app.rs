@@ -176,6 +176,9 @@ impl Application {
             state.counters.clone(),
         )));
         tasks.push(tokio::spawn(refresh_revoked(state.clone())));
+        if let Some(urls) = settings.broker_nats_urls.clone() {
+            tasks.push(tokio::spawn(crate::callout::run(state.clone(), urls)));
+        }
         tasks.push(tokio::spawn(crate::assign::worker(state.clone())));
         // One assignment run at start, so checks of regions with no agent back yet run on the
         // fallback executor after a restart without waiting for an agent or a check change.

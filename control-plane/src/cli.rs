@@ -122,6 +122,20 @@ pub enum Command {
     /// a fresh limited enrollment token and the CA and release key pinned.
     #[command(name = "cloud-init")]
     CloudInit(CloudInitArgs),
+    /// Write what the nodes of an external NATS broker cluster need from Vantage into a
+    /// directory: `vantage-auth.conf` (accounts and the auth callout, to include from each
+    /// node's config), `ca.pem`, and `broker.pem`/`broker.key` (a server certificate from
+    /// Vantage's CA for `--name`s). Run it in the data dir of any replica.
+    #[command(name = "broker-config")]
+    BrokerConfig {
+        #[arg(long)]
+        out: PathBuf,
+        /// Host names or addresses the nodes are reached at (repeat the flag).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        #[arg(long, env = "VANTAGE_DATA_DIR", default_value = "vantage-data")]
+        data_dir: PathBuf,
+    },
 }
 
 /// `vantage checks <action>`.
@@ -662,6 +676,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(hint) = report.pg_dump_hint {
                 println!("Dump the PostgreSQL store beside it with:\n  {hint}");
             }
+            Ok(())
+        }
+        Command::BrokerConfig {
+            out,
+            names,
+            data_dir,
+        } => {
+            let pki = crate::pki::Pki::load_or_create(&data_dir, &[])?;
+            let secrets = crate::brokerauth::BrokerSecrets::load_or_create(pki.dir())?;
+            let (cert, key) = pki.issue_broker_server(&names)?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let write = |name: &str, text: &str, mode: u32| {
+                let path = out.join(name);
+                vantage_agent::files::write_atomic(&path, text.as_bytes(), mode)
+                    .with_context(|| format!("cannot write {}", path.display()))
+            };
+            write("vantage-auth.conf", &secrets.auth_config()?, 0o644)?;
+            write("ca.pem", pki.ca_pem(), 0o644)?;
+            write("broker.pem", &cert, 0o644)?;
+            write("broker.key", &key, 0o600)?;
+            println!(
+                "Wrote vantage-auth.conf, ca.pem, broker.pem and broker.key into {}",
+                out.display()
+            );
             Ok(())
         }
         Command::Restore { from, data_dir } => {

@@ -141,6 +141,16 @@ counters! {
     live_relay_oversize => ("vantage_live_relay_dropped_total", "Live updates not relayed to other replicas, by reason (backlog: batches the relay queue had no room for).", "{reason=\"oversize\"}"),
     live_relay_backlog => ("vantage_live_relay_dropped_total", "Live updates not relayed to other replicas, by reason (backlog: batches the relay queue had no room for).", "{reason=\"backlog\"}"),
     live_relay_failed => ("vantage_live_relay_dropped_total", "Live updates not relayed to other replicas, by reason (backlog: batches the relay queue had no room for).", "{reason=\"notify_failed\"}"),
+    broker_allowed_agent => ("vantage_broker_callout_allowed_total", "Connections to the external broker the auth callout allowed, by identity.", "{identity=\"agent\"}"),
+    broker_allowed_control_plane => ("vantage_broker_callout_allowed_total", "Connections to the external broker the auth callout allowed, by identity.", "{identity=\"control_plane\"}"),
+    broker_refused_no_certificate => ("vantage_broker_callout_refused_total", "Connections to the external broker the auth callout refused, by reason.", "{reason=\"no_certificate\"}"),
+    broker_refused_subject => ("vantage_broker_callout_refused_total", "Connections to the external broker the auth callout refused, by reason.", "{reason=\"subject\"}"),
+    broker_refused_not_mqtt => ("vantage_broker_callout_refused_total", "Connections to the external broker the auth callout refused, by reason.", "{reason=\"not_mqtt\"}"),
+    broker_refused_identity => ("vantage_broker_callout_refused_total", "Connections to the external broker the auth callout refused, by reason.", "{reason=\"identity\"}"),
+    broker_refused_revoked => ("vantage_broker_callout_refused_total", "Connections to the external broker the auth callout refused, by reason.", "{reason=\"revoked\"}"),
+    broker_requests_invalid => ("vantage_broker_callout_invalid_total", "Auth callout requests that did not decode or whose signature did not verify (not answered)."),
+    broker_kicks => ("vantage_broker_kicks_total", "Connections of revoked agents the external broker was told to close."),
+    broker_kick_failures => ("vantage_broker_kick_failures_total", "Revoked agents whose broker connections could not be looked up or closed (retried)."),
     live_relay_refused => ("vantage_live_relay_refused_total", "Live payloads or events from other replicas that did not decode."),
 }
 

@@ -233,7 +233,13 @@ impl Registry {
         self.kick(id);
     }
 
-    fn is_revoked(&self, id: &str) -> bool {
+    /// The agents revoked, as last read from the store or revoked here.
+    pub fn revoked_ids(&self) -> HashSet<String> {
+        self.revoked.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Whether the agent `id` is revoked (also when the set cannot be read).
+    pub fn is_revoked(&self, id: &str) -> bool {
         self.revoked.read().map(|r| r.contains(id)).unwrap_or(true)
     }
 

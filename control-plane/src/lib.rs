@@ -22,6 +22,8 @@ pub mod app;
 pub mod assign;
 pub mod backup;
 pub mod broker;
+pub mod brokerauth;
+pub mod callout;
 pub mod checks;
 pub mod cli;
 pub mod cloudinit;

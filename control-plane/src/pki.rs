@@ -6,6 +6,10 @@
 //! only the public key of an agent's CSR: subject, extensions and validity are ours. A
 //! renewal CSR (sent by an enrolled agent over MQTT) must also name no identity but the
 //! agent's own: its subject is exactly `CN=<agent id>` and it asks for no alternative names.
+//! With an external broker, the CA also signs the broker nodes' server certificate
+//! ([`Pki::issue_broker_server`]) and the control plane's own client certificate for it
+//! (`broker-client.pem`, subject `CN=vantage-control-plane, OU=control-plane`: no agent can
+//! hold that subject, an agent's is exactly its CN).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -42,6 +46,10 @@ pub enum PkiError {
     #[error("TLS configuration failed: {0}")]
     Tls(#[from] rustls::Error),
 }
+
+/// The organisational unit in the subject of the control plane's own broker client
+/// certificate ([`Pki::broker_client`]).
+pub const CONTROL_PLANE_OU: &str = "control-plane";
 
 /// The largest CSR accepted, in PEM bytes.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -300,6 +308,84 @@ impl Pki {
             serial_hex,
             not_after_ms: (params.not_after.unix_timestamp_nanos() / 1_000_000) as i64,
         })
+    }
+
+    /// The control plane's client identity towards an external broker, created on first
+    /// use: PEM certificate and key. Its subject carries [`CONTROL_PLANE_OU`], which no
+    /// agent certificate can (agents' subjects are exactly `CN=<agent id>`).
+    ///
+    /// # Errors
+    /// I/O errors, or stored files that do not parse.
+    pub fn broker_client(&self) -> Result<(String, String), PkiError> {
+        let cert_path = self.dir.join("broker-client.pem");
+        let key_path = self.dir.join("broker-client.key");
+        if !cert_path.exists() || !key_path.exists() {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::default();
+            let mut name = DistinguishedName::new();
+            name.push(DnType::CommonName, "vantage-control-plane");
+            name.push(DnType::OrganizationalUnitName, CONTROL_PLANE_OU);
+            params.distinguished_name = name;
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            params.serial_number = Some(random_serial());
+            let now = OffsetDateTime::now_utc();
+            params.not_before = now - Duration::hours(1);
+            params.not_after = now + Duration::days(825);
+            let cert = params.signed_by(&key, &self.issuer)?;
+            write_file(&key_path, &key.serialize_pem(), 0o600)?;
+            write_file(&cert_path, &cert.pem(), 0o644)?;
+        }
+        let cert = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
+        let key = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+        Ok((cert, key))
+    }
+
+    /// A server certificate for the nodes of an external broker cluster, valid for
+    /// `names` (DNS names or IP addresses) and `localhost`/`127.0.0.1`/`::1`, usable for
+    /// both ends of the nodes' routes: PEM certificate and key. Not stored: the caller
+    /// writes it where the broker reads it.
+    ///
+    /// # Errors
+    /// A name rcgen cannot put into a certificate.
+    pub fn issue_broker_server(&self, names: &[String]) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut dns: Vec<String> = vec!["localhost".into()];
+        let mut ips: Vec<std::net::IpAddr> = vec![
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ];
+        for name in names {
+            match name.parse::<std::net::IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) if !dns.contains(name) => dns.push(name.clone()),
+                Err(_) => {}
+            }
+        }
+        let mut params = CertificateParams::new(dns)?;
+        params
+            .subject_alt_names
+            .extend(ips.into_iter().map(SanType::IpAddress));
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "vantage-broker");
+        // Not a lone CN: the callout would read that as an agent id.
+        name.push(DnType::OrganizationalUnitName, "broker");
+        params.distinguished_name = name;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.serial_number = Some(random_serial());
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(825);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// The directory of the CA's files (`<data dir>/pki`, mode 0700).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A root store holding only our CA.

@@ -140,6 +140,11 @@ pub struct Settings {
     /// How often expired rows are deleted.
     #[arg(long, env = "VANTAGE_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_retention)]
     pub retention_interval_s: i64,
+    /// Client URLs of an external NATS broker cluster (`tls://host:4222,tls://…`). When set,
+    /// this replica answers the cluster's auth callout for agents connecting there
+    /// (`vantage broker-config` writes the cluster's auth config).
+    #[arg(long, env = "VANTAGE_BROKER_NATS_URLS")]
+    pub broker_nats_urls: Option<String>,
 }
 
 /// Parses a duration like `3600`, `90s`, `30m`, `12h`, `7d` into seconds.
@@ -218,6 +223,7 @@ impl Settings {
             retention_hour_s: 400 * 86_400,
             retention_events_s: 90 * 86_400,
             retention_interval_s: 600,
+            broker_nats_urls: None,
         }
     }
 

@@ -262,6 +262,27 @@ impl fmt::Display for Topic {
     }
 }
 
+/// The NATS subject an MQTT broker on NATS uses for `topic`: levels joined by `.`, and a
+/// `.` inside a level written as `//` (NATS's own mapping, so that permissions the control
+/// plane grants on subjects match what agents publish as topics). Wildcards map to `*`/`>`.
+pub fn nats_subject(topic: &str) -> String {
+    topic
+        .split('/')
+        .map(|level| match level {
+            "+" => "*".to_owned(),
+            "#" => ">".to_owned(),
+            level => level.replace('.', "//"),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The MQTT client id an agent presents to a broker on NATS: its id with `.` written as
+/// `~` (NATS refuses `.` in client ids; `~` is never part of an id, see [`valid_id`]).
+pub fn nats_client_id(id: &str) -> String {
+    id.replace('.', "~")
+}
+
 /// Whether the agent `id` may publish on `topic` (only its own agent-published topics).
 pub fn agent_may_publish(id: &str, topic: &str) -> bool {
     matches!(Topic::parse(topic), Ok(Topic::Agent { id: ref owner, kind }) if owner == id && kind.is_agent_published())
@@ -298,6 +319,24 @@ pub fn viewer_may_subscribe(filter: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nats_subjects_and_client_ids_follow_the_brokers_mapping() {
+        assert_eq!(
+            super::nats_subject("vantage/v1/agents/edge.1/results/ack"),
+            "vantage.v1.agents.edge//1.results.ack"
+        );
+        assert_eq!(
+            super::nats_subject("vantage/v1/status/#"),
+            "vantage.v1.status.>"
+        );
+        assert_eq!(
+            super::nats_subject("vantage/v1/agents/+/hello"),
+            "vantage.v1.agents.*.hello"
+        );
+        assert_eq!(super::nats_client_id("edge.1.eu"), "edge~1~eu");
+        assert_eq!(super::nats_client_id("ag-7"), "ag-7");
+    }
+
     use super::*;
 
     #[test]

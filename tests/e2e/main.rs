@@ -6,6 +6,7 @@
 mod api;
 mod backup;
 mod bad_input;
+mod broker_cluster;
 mod cert_renewal;
 mod check_types;
 mod compact_rows;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+pub mod nats;
 pub mod postgres;
 pub mod receiver;
 pub mod regions;

@@ -1,0 +1,399 @@
+//! Agents on an external broker cluster (three nats-server 2.15 nodes) whose connections
+//! the control plane authorizes through the broker's auth callout: the front door's attacks
+//! repeated against the cluster (foreign topics, wildcards, another agent's client id, a
+//! last will on a foreign topic, the native port, no or foreign certificates), and a revoked
+//! agent disconnected within seconds and refused after. SQLite: the callout reads the
+//! revoked set, whichever store holds it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use vantage_mqtt::topic;
+use vantage_tests::nats::NatsCluster;
+use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, bin, connect, wait_for};
+
+/// A native client of the cluster holding `cert`/`key` (the control plane's own identity,
+/// or an agent's on the wrong port).
+async fn native(
+    cluster: &NatsCluster,
+    ca: &str,
+    cert: &str,
+    key: &str,
+) -> anyhow::Result<async_nats::Client> {
+    let tls = vantage_agent::tls::mutual_client(ca, cert, key)?;
+    let servers: Vec<async_nats::ServerAddr> = cluster
+        .client_urls()
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    Ok(async_nats::ConnectOptions::new()
+        .tls_client_config(tls)
+        .require_tls(true)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(Some(0))
+        .connect(servers)
+        .await?)
+}
+
+/// Connects `identity` to a node's MQTT port with `client_id` and polls it in the
+/// background; its incoming publishes and its connection errors arrive on the channel.
+async fn mqtt_session(
+    identity: &MqttIdentity,
+    client_id: &str,
+    will: Option<rumqttc::LastWill>,
+) -> anyhow::Result<(
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<Result<(String, Vec<u8>), String>>,
+)> {
+    let mut options = identity.options(client_id)?;
+    if let Some(will) = will {
+        options.set_last_will(will);
+    }
+    options.set_clean_session(true);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+    connect(&mut eventloop).await?;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) => {
+                    let _ = sender.send(Ok((p.topic.clone(), p.payload.to_vec())));
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Incoming::SubAck(ack))) => {
+                    let _ = sender.send(Ok((
+                        "suback".into(),
+                        format!("{:?}", ack.return_codes).into_bytes(),
+                    )));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = sender.send(Err(error.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    Ok((client, receiver))
+}
+
+/// The next SUBACK's return codes on a session's channel.
+async fn next_suback(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Result<(String, Vec<u8>), String>>,
+) -> anyhow::Result<String> {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .context("no SUBACK within 10 s")?
+            .context("session ended")?;
+        match event {
+            Ok((topic, codes)) if topic == "suback" => return Ok(String::from_utf8(codes)?),
+            Ok(_) => {}
+            Err(error) => anyhow::bail!("session closed before its SUBACK: {error}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_on_a_broker_cluster_stay_inside_their_topics_and_revocation_cuts_them_off()
+-> anyhow::Result<()> {
+    let store = TestStore::create(Backend::Sqlite).await?;
+    let temp = tempfile::tempdir()?;
+    let data_dir = temp.path().join("data");
+    let broker_dir = temp.path().join("broker");
+    let output = std::process::Command::new(bin("vantage"))
+        .arg("broker-config")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--out")
+        .arg(&broker_dir)
+        .args(["--name", "127.0.0.1"])
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "broker-config failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let auth = std::fs::read_to_string(broker_dir.join("vantage-auth.conf"))?;
+    let password = std::fs::read_to_string(data_dir.join("pki/broker-users.secret"))?;
+    assert!(
+        !auth.contains(password.trim()),
+        "the broker config holds a password"
+    );
+
+    let mut cluster = NatsCluster::plan(&broker_dir, 3);
+    let urls = cluster.client_urls();
+    let cp =
+        ControlPlane::start_in(&store, &data_dir, &[("VANTAGE_BROKER_NATS_URLS", &urls)]).await?;
+    cluster.start()?;
+    let result = attacks(&cp, &cluster).await;
+    if result.is_err() {
+        eprintln!(
+            "{}\n--- control plane\n{}",
+            cluster.log_tail(),
+            cp.log_tail()
+        );
+    }
+    result
+}
+
+async fn attacks(cp: &ControlPlane, cluster: &NatsCluster) -> anyhow::Result<()> {
+    let ca = &cp.ca_pem;
+    let mut victim = MqttIdentity::enroll(cp, "europe").await?;
+    let mut attacker = MqttIdentity::enroll(cp, "europe").await?;
+    victim.mqtt_port = cluster.nodes[0].mqtt;
+    attacker.mqtt_port = cluster.nodes[1].mqtt;
+
+    // The cluster serves MQTT a few seconds after a fresh start (JetStream elects its
+    // leaders): the victim's first connection waits for that.
+    let started = Instant::now();
+    let (victim_client, mut victim_events) = wait_for(
+        "the cluster's first MQTT session",
+        Duration::from_secs(60),
+        || async {
+            mqtt_session(&victim, &topic::nats_client_id(&victim.agent_id), None)
+                .await
+                .ok()
+        },
+    )
+    .await?;
+    eprintln!("MQTT on the cluster after {:?}", started.elapsed());
+    victim_client
+        .subscribe(
+            topic::agent(&victim.agent_id, topic::AgentTopic::Config),
+            rumqttc::QoS::AtMostOnce,
+        )
+        .await?;
+    assert!(next_suback(&mut victim_events).await?.contains("Success"));
+
+    // The control plane's own certificate reads every agent's subjects natively.
+    let (cp_cert, cp_key) = (
+        std::fs::read_to_string(cp.data_dir.join("pki/broker-client.pem"))?,
+        std::fs::read_to_string(cp.data_dir.join("pki/broker-client.key"))?,
+    );
+    let observer = native(cluster, ca, &cp_cert, &cp_key).await?;
+    let mut seen = observer.subscribe("vantage.v1.agents.>").await?;
+    observer.flush().await?;
+
+    // The attacker is admitted with its own client id ...
+    let (attacker_client, mut attacker_events) =
+        mqtt_session(&attacker, &topic::nats_client_id(&attacker.agent_id), None).await?;
+    let publish = |client: &rumqttc::AsyncClient, topic: String, text: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .publish(
+                    topic,
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    text.as_bytes().to_vec(),
+                )
+                .await
+        }
+    };
+    // ... publishes into the victim's results and its own config (dropped by the broker),
+    publish(
+        &attacker_client,
+        topic::agent(&victim.agent_id, topic::AgentTopic::Results),
+        r#"{"v":1,"items":[{"seq":1,"forged":true}]}"#,
+    )
+    .await?;
+    publish(
+        &attacker_client,
+        topic::agent(&attacker.agent_id, topic::AgentTopic::Config),
+        r#"{"forged":"config"}"#,
+    )
+    .await?;
+    // ... then its own heartbeat, which arrives: a barrier, as the broker keeps one
+    // publisher's order.
+    publish(
+        &attacker_client,
+        topic::agent(&attacker.agent_id, topic::AgentTopic::Heartbeat),
+        r#"{"own":"heartbeat"}"#,
+    )
+    .await?;
+    let own_heartbeat = topic::nats_subject(&topic::agent(
+        &attacker.agent_id,
+        topic::AgentTopic::Heartbeat,
+    ));
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), seen.next())
+            .await
+            .context("the attacker's own heartbeat did not arrive")?
+            .context("observer closed")?;
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        assert!(
+            !payload.contains("forged"),
+            "a forgery passed: {} {payload}",
+            message.subject
+        );
+        if message.subject.as_str() == own_heartbeat {
+            break;
+        }
+    }
+
+    // Subscribing to the victim's config, or to a wildcard, is refused (SUBACK failure).
+    attacker_client
+        .subscribe(
+            topic::agent(&victim.agent_id, topic::AgentTopic::Config),
+            rumqttc::QoS::AtMostOnce,
+        )
+        .await?;
+    assert!(next_suback(&mut attacker_events).await?.contains("Failure"));
+    attacker_client
+        .subscribe("vantage/v1/#", rumqttc::QoS::AtMostOnce)
+        .await?;
+    assert!(next_suback(&mut attacker_events).await?.contains("Failure"));
+
+    // The attacker's certificate with the victim's client id is refused, and the victim's
+    // session is not kicked (it still receives what the control plane publishes to it).
+    let impostor = mqtt_session(&attacker, &topic::nats_client_id(&victim.agent_id), None).await;
+    let error = impostor
+        .err()
+        .context("an impostor client id was admitted")?;
+    assert!(error.to_string().contains("NotAuthorized"), "{error}");
+    observer
+        .publish(
+            topic::nats_subject(&topic::agent(&victim.agent_id, topic::AgentTopic::Config)),
+            "after the impostor".into(),
+        )
+        .await?;
+    observer.flush().await?;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), victim_events.recv())
+            .await
+            .context("the victim got nothing after the impostor tried")?
+            .context("victim session gone")?;
+        match event {
+            Ok((_, payload)) if payload == b"after the impostor" => break,
+            Ok(_) => {}
+            Err(error) => anyhow::bail!("the impostor kicked the victim: {error}"),
+        }
+    }
+
+    // A last will on the victim's status: the will never reaches the victim's subjects.
+    let will = rumqttc::LastWill::new(
+        topic::agent(&victim.agent_id, topic::AgentTopic::Status),
+        r#"{"v":1,"state":"offline","forged":true}"#,
+        rumqttc::QoS::AtLeastOnce,
+        false,
+    );
+    let mut options = attacker.options(&topic::nats_client_id(&attacker.agent_id))?;
+    options.set_last_will(will);
+    let (_will_client, mut will_loop) = rumqttc::AsyncClient::new(options, 16);
+    match connect(&mut will_loop).await {
+        // Admitted: the connection then dies without a DISCONNECT, so the broker publishes
+        // the will if it may (the quiet check below watches for it).
+        Ok(()) => drop(will_loop),
+        Err(error) => assert!(error.to_string().contains("NotAuthorized"), "{error}"),
+    }
+
+    // An agent's certificate on the native port is refused (agents are MQTT-only).
+    let native_agent = native(cluster, ca, &attacker.cert_pem, &attacker.key_pem).await;
+    assert!(
+        native_agent.is_err(),
+        "an agent certificate was admitted on the native port"
+    );
+
+    // No client certificate, or one from another CA: the TLS handshake fails.
+    let stranger = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, victim.agent_id.clone());
+    let foreign = params.self_signed(&stranger)?;
+    let mut forged_identity = MqttIdentity {
+        agent_id: victim.agent_id.clone(),
+        cert_pem: foreign.pem(),
+        key_pem: stranger.serialize_pem(),
+        ca_pem: ca.clone(),
+        mqtt_port: cluster.nodes[2].mqtt,
+    };
+    let error = mqtt_session(
+        &forged_identity,
+        &topic::nats_client_id(&victim.agent_id),
+        None,
+    )
+    .await
+    .err()
+    .context("a certificate from another CA was admitted")?;
+    eprintln!("foreign CA: {error}");
+    forged_identity.cert_pem.clear();
+    assert!(
+        mqtt_session(
+            &forged_identity,
+            &topic::nats_client_id(&victim.agent_id),
+            None
+        )
+        .await
+        .is_err()
+    );
+
+    // Two seconds of quiet: nothing forged reached any agent subject (the will included).
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(message)) = tokio::time::timeout_at(quiet_until, seen.next()).await {
+        let payload = String::from_utf8_lossy(&message.payload).into_owned();
+        assert!(
+            !payload.contains("forged"),
+            "a forgery passed: {} {payload}",
+            message.subject
+        );
+    }
+
+    // Revoking the victim closes its live session within seconds, and it cannot return.
+    let revoked_at = Instant::now();
+    let (status, _) = cp
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/agents/{}", victim.agent_id),
+            Some(&cp.admin_token),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 204);
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), victim_events.recv())
+            .await
+            .context("the revoked victim is still connected after 5 s")?;
+        match event {
+            Some(Err(_)) | None => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    let cut_after = revoked_at.elapsed();
+    eprintln!("revoked agent disconnected after {cut_after:?}");
+    let error = mqtt_session(&victim, &topic::nats_client_id(&victim.agent_id), None)
+        .await
+        .err()
+        .context("a revoked agent reconnected")?;
+    assert!(error.to_string().contains("NotAuthorized"), "{error}");
+
+    // Every refusal was counted by its reason.
+    for (line, at_least) in [
+        (
+            "vantage_broker_callout_refused_total{reason=\"identity\"}",
+            1,
+        ),
+        (
+            "vantage_broker_callout_refused_total{reason=\"not_mqtt\"}",
+            1,
+        ),
+        (
+            "vantage_broker_callout_refused_total{reason=\"revoked\"}",
+            1,
+        ),
+        (
+            "vantage_broker_callout_allowed_total{identity=\"control_plane\"}",
+            1,
+        ),
+        (
+            "vantage_broker_callout_allowed_total{identity=\"agent\"}",
+            2,
+        ),
+        ("vantage_broker_kicks_total", 1),
+    ] {
+        let value = cp.counter(line).await?;
+        assert!(value >= at_least, "{line} = {value}");
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! A three-node nats-server cluster on loopback for the external-broker tests: each node
+//! speaks NATS and MQTT over mutual TLS with the certificates `vantage broker-config`
+//! wrote, includes its `vantage-auth.conf`, and clusters with the others over plain routes.
+//!
+//! The binary comes from `VANTAGE_TEST_NATS_SERVER` (scripts/lib/nats.sh installs
+//! nats-server 2.15 there); without it the tests fail, never skip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+
+use crate::free_port;
+
+/// One node's ports.
+#[derive(Debug, Clone, Copy)]
+pub struct NodePorts {
+    pub client: u16,
+    pub cluster: u16,
+    pub mqtt: u16,
+    pub http: u16,
+}
+
+/// A running cluster; its processes are killed on drop.
+pub struct NatsCluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<NodePorts>,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The nats-server binary.
+///
+/// # Errors
+/// `VANTAGE_TEST_NATS_SERVER` is unset or does not run.
+pub fn server_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("VANTAGE_TEST_NATS_SERVER").context(
+        "VANTAGE_TEST_NATS_SERVER is not set: run the tests through scripts/test, which installs nats-server",
+    )?;
+    let output = Command::new(&path)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {}", Path::new(&path).display()))?;
+    anyhow::ensure!(output.status.success(), "nats-server --version failed");
+    Ok(PathBuf::from(path))
+}
+
+impl NatsCluster {
+    /// Picks ports for `n` nodes whose files (`vantage-auth.conf`, `ca.pem`, `broker.pem`,
+    /// `broker.key`) are in `dir`; [`Self::start`] runs them.
+    pub fn plan(dir: &Path, n: usize) -> NatsCluster {
+        let nodes = (0..n)
+            .map(|_| NodePorts {
+                client: free_port(),
+                cluster: free_port(),
+                mqtt: free_port(),
+                http: free_port(),
+            })
+            .collect();
+        NatsCluster {
+            dir: dir.to_owned(),
+            nodes,
+            children: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    /// The client URLs, comma-separated (what `VANTAGE_BROKER_NATS_URLS` takes).
+    pub fn client_urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("tls://127.0.0.1:{}", node.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Writes every node's config and starts them all.
+    ///
+    /// # Errors
+    /// A config cannot be written or a process not started.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        for index in 0..self.nodes.len() {
+            self.start_node(index)?;
+        }
+        Ok(())
+    }
+
+    /// (Re)starts node `index` with its config.
+    ///
+    /// # Errors
+    /// The config cannot be written or the process not started.
+    pub fn start_node(&mut self, index: usize) -> anyhow::Result<()> {
+        let binary = server_binary()?;
+        let node = self.nodes[index];
+        let dir = &self.dir;
+        let tls = format!(
+            "tls {{\n    cert_file: \"{d}/broker.pem\"\n    key_file: \"{d}/broker.key\"\n    ca_file: \"{d}/ca.pem\"\n    verify: true\n  }}",
+            d = dir.display()
+        );
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(other, _)| *other != index)
+            .map(|(_, other)| format!("nats-route://127.0.0.1:{}", other.cluster))
+            .collect();
+        let config = format!(
+            "server_name: n{index}\n\
+             listen: 127.0.0.1:{client}\n\
+             http: 127.0.0.1:{http}\n\
+             jetstream {{ store_dir: \"{d}/n{index}\", max_memory_store: 64MB, max_file_store: 256MB }}\n\
+             cluster {{\n  name: vantage\n  listen: 127.0.0.1:{cluster}\n  routes: [ {routes} ]\n}}\n\
+             {tls}\n\
+             mqtt {{\n  listen: 127.0.0.1:{mqtt}\n  stream_replicas: 3\n  {tls}\n}}\n\
+             include ./vantage-auth.conf\n",
+            client = node.client,
+            http = node.http,
+            cluster = node.cluster,
+            mqtt = node.mqtt,
+            d = dir.display(),
+            routes = routes.join(", "),
+        );
+        let config_path = dir.join(format!("n{index}.conf"));
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("n{index}.log")))?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start nats-server")?;
+        self.children[index] = Some(child);
+        Ok(())
+    }
+
+    /// Kills node `index` with SIGKILL.
+    pub fn kill_node(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The last lines of every node's log.
+    pub fn log_tail(&self) -> String {
+        (0..self.nodes.len())
+            .map(|index| {
+                let text = std::fs::read_to_string(self.dir.join(format!("n{index}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "--- n{index}\n{}",
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
