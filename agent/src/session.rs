@@ -106,6 +106,49 @@ fn config_path(config: &AgentConfig) -> std::path::PathBuf {
     config.state_dir.join("config.json")
 }
 
+/// The broker addresses of an identity's `mqtt_addr`: one `host:port`, or several separated
+/// by commas (the nodes of a broker cluster, tried in turn).
+///
+/// # Errors
+/// An entry that is not `host:port`, or none at all.
+fn broker_addrs(mqtt_addr: &str) -> anyhow::Result<Vec<(String, u16)>> {
+    let addrs = mqtt_addr
+        .split(',')
+        .map(|addr| {
+            addr.trim()
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                .with_context(|| {
+                    format!("stored mqtt_addr {mqtt_addr:?} is not host:port[,host:port…]")
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!addrs.is_empty(), "stored mqtt_addr is empty");
+    Ok(addrs)
+}
+
+/// The MQTT options of a connection to `addr`: the client id is the agent id (with `.`
+/// written `~`, which the front door and a broker on NATS both take), the last will marks
+/// the agent offline.
+fn mqtt_options(id: &str, addr: &(String, u16), tls: Arc<rustls::ClientConfig>) -> MqttOptions {
+    let mut options = MqttOptions::new(topic::nats_client_id(id), addr.0.clone(), addr.1);
+    options
+        .set_keep_alive(Duration::from_secs(10))
+        .set_clean_session(true)
+        .set_max_packet_size(1024 * 1024, 1024 * 1024)
+        .set_last_will(LastWill::new(
+            topic::agent(id, AgentTopic::Status),
+            encode(&Status {
+                v: vantage_mqtt::PROTOCOL_VERSION,
+                state: NodeState::Offline,
+            }),
+            QoS::AtLeastOnce,
+            true,
+        ))
+        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    options
+}
+
 /// Runs the agent until the process is stopped.
 ///
 /// # Errors
@@ -125,44 +168,31 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .context("cannot read the client certificate")?;
     // The TLS config the next connection uses, when it changes (renewal, or going back).
     let next_tls: Arc<std::sync::Mutex<Option<NextTls>>> = Arc::new(std::sync::Mutex::new(None));
-    let (host, port) = identity
-        .mqtt_addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .with_context(|| format!("stored mqtt_addr {:?} is not host:port", identity.mqtt_addr))?;
+    let addrs = broker_addrs(&identity.mqtt_addr)?;
     let id = identity.agent_id.clone();
-    let mut options = MqttOptions::new(id.clone(), host, port);
-    options
-        .set_keep_alive(Duration::from_secs(10))
-        .set_clean_session(true)
-        .set_max_packet_size(1024 * 1024, 1024 * 1024)
-        .set_last_will(LastWill::new(
-            topic::agent(&id, AgentTopic::Status),
-            encode(&Status {
-                v: vantage_mqtt::PROTOCOL_VERSION,
-                state: NodeState::Offline,
-            }),
-            QoS::AtLeastOnce,
-            true,
-        ))
-        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    let options = mqtt_options(&id, &addrs[0], tls.clone());
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     eventloop.network_options.set_connection_timeout(10);
 
     let (events_tx, mut events) = mpsc::channel::<SessionEvent>(1024);
     let swap_tls = next_tls.clone();
+    let session_id = id.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         // Set after our own DISCONNECT (a renewed certificate): until when to wait for the
         // server to close the old connection before dropping it ourselves.
         let mut closing: Option<tokio::time::Instant> = None;
         let mut tls_generation = 0;
+        let mut current_tls = tls;
+        // Which of the broker addresses the next connection goes to (each failure moves on).
+        let mut addr_index = 0;
         loop {
             if eventloop.network.is_none()
                 && let Some((generation, tls)) =
                     swap_tls.lock().ok().and_then(|mut next| next.take())
             {
                 tls_generation = generation;
+                current_tls = tls.clone();
                 eventloop
                     .mqtt_options
                     .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
@@ -217,6 +247,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     let _ = events_tx
                         .send(SessionEvent::Disconnected(error.to_string()))
                         .await;
+                    if addrs.len() > 1 {
+                        // A node of a broker cluster is gone or refuses: try the next one.
+                        addr_index = (addr_index + 1) % addrs.len();
+                        eventloop.mqtt_options =
+                            mqtt_options(&session_id, &addrs[addr_index], current_tls.clone());
+                    }
                     tokio::time::sleep(jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -293,7 +329,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     tracing::info!(agent = %id, "Connected");
                     connected = true;
                     for kind in [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck] {
-                        let _ = client.try_subscribe(topic::agent(&id, kind), QoS::AtLeastOnce);
+                        // QoS 0: the control plane publishes at QoS 0 (what is lost comes
+                        // again: the retained config at the next subscribe, an ack when the
+                        // agent resends),
+                        // and on a broker on NATS a QoS 1 subscription costs a JetStream
+                        // consumer per topic per agent on every node.
+                        let _ = client.try_subscribe(topic::agent(&id, kind), QoS::AtMostOnce);
                     }
                     let hello = Hello {
                         v: vantage_mqtt::PROTOCOL_VERSION,

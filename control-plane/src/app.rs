@@ -109,15 +109,29 @@ impl Application {
         let (judge_queue, judge_batches) =
             tokio::sync::mpsc::channel(crate::verdict::JUDGE_QUEUE_BATCHES);
         let lease = crate::lease::Lease::start(&store, counters.clone());
+        // With an external broker cluster: the queue of what agents there receive.
+        let mut cluster_queue = settings
+            .broker_mqtt_addrs
+            .as_ref()
+            .map(|_| tokio::sync::mpsc::channel(crate::clusterlink::PUBLISH_QUEUE));
         let state = AppState {
             store: store.clone(),
             pki: pki.clone(),
             hub: Hub::default(),
             latest: Arc::default(),
             counters: counters.clone(),
-            publisher: broker.publisher.clone(),
+            publisher: match &cluster_queue {
+                Some((sender, _)) => broker
+                    .publisher
+                    .clone()
+                    .with_cluster(sender.clone(), counters.clone()),
+                None => broker.publisher.clone(),
+            },
             registry: registry.clone(),
-            mqtt_public_addr: format!("{}:{mqtt_port}", settings.public_host),
+            mqtt_public_addr: settings
+                .broker_mqtt_addrs
+                .clone()
+                .unwrap_or_else(|| format!("{}:{mqtt_port}", settings.public_host)),
             settings: Arc::new(settings.clone()),
             assign_lock: Arc::default(),
             config_budget: Arc::default(),
@@ -141,9 +155,32 @@ impl Application {
             source_counters: Arc::default(),
             lease,
         };
+        let mut tasks = Vec::new();
+        // With an external broker cluster, ingest also takes what agents publish there.
+        let subscription = match &settings.broker_nats_urls {
+            Some(urls) => {
+                let (sender, receiver) = tokio::sync::mpsc::channel(4096);
+                tasks.push(tokio::spawn(crate::clusterlink::consume(
+                    state.clone(),
+                    urls.clone(),
+                    usize::from(settings.broker_stream_replicas),
+                    sender.clone(),
+                )));
+                if let (Some(addrs), Some((_, queue))) =
+                    (settings.broker_mqtt_addrs.clone(), cluster_queue.take())
+                {
+                    tasks.push(tokio::spawn(crate::clusterlink::publish(
+                        state.clone(),
+                        addrs,
+                        queue,
+                    )));
+                }
+                subscription.merge(sender, receiver)
+            }
+            None => subscription,
+        };
         republish_retained(&state).await?;
 
-        let mut tasks = Vec::new();
         tasks.push(tokio::spawn(crate::integrations::EventWrites::run(
             state.store.clone(),
             event_queue,

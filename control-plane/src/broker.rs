@@ -119,10 +119,15 @@ impl std::fmt::Debug for InternalCredential {
     }
 }
 
-/// Publishes into the router from the control plane.
+/// Publishes into the router from the control plane, and what agents receive also to an
+/// external broker cluster when there is one ([`Publisher::with_cluster`]).
 #[derive(Clone)]
 pub struct Publisher {
     link: Arc<Mutex<LinkTx>>,
+    cluster: Option<(
+        tokio::sync::mpsc::Sender<crate::clusterlink::Outgoing>,
+        Arc<crate::counters::Counters>,
+    )>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -132,6 +137,18 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// This publisher, also queueing what agents receive (`config`, `cmd`, `results/ack`)
+    /// for an external broker cluster's publisher ([`crate::clusterlink::publish`]); a full
+    /// queue drops and counts.
+    pub fn with_cluster(
+        mut self,
+        queue: tokio::sync::mpsc::Sender<crate::clusterlink::Outgoing>,
+        counters: Arc<crate::counters::Counters>,
+    ) -> Publisher {
+        self.cluster = Some((queue, counters));
+        self
+    }
+
     /// Publishes `payload` on `topic` (QoS 0), retained when `retain` is set. On the topics
     /// viewers may read (`status/`, `events/`, `incidents`) every URL in the payload's strings
     /// is scrubbed first ([`vantage_mqtt::redact::scrub_payload`]): a probe's reason can echo
@@ -159,6 +176,19 @@ impl Publisher {
         &self,
         messages: Vec<(String, Vec<u8>, bool)>,
     ) -> Result<(), BrokerError> {
+        if let Some((queue, counters)) = &self.cluster {
+            for (topic, payload, retain) in &messages {
+                if crate::clusterlink::for_agents(topic)
+                    && queue
+                        .try_send((topic.clone(), payload.clone(), *retain))
+                        .is_err()
+                {
+                    counters
+                        .broker_publish_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
         let mut packets: Vec<Packet> = messages
             .into_iter()
             .map(|(topic, payload, retain)| {
@@ -198,13 +228,53 @@ pub struct Incoming {
     pub payload: bytes::Bytes,
 }
 
-/// Receives what agents publish, in order.
-pub struct Subscription {
+/// Receives what agents publish, in order: from the router, or (with an external broker
+/// cluster) from both the router and the cluster ([`Subscription::merge`]).
+pub enum Subscription {
+    Router(RouterLink),
+    Merged(tokio::sync::mpsc::Receiver<Incoming>),
+}
+
+/// The router's ingest link.
+pub struct RouterLink {
     link: LinkRx,
 }
 
 impl Subscription {
+    /// Merges what `cluster` brings with what the router brings. The router's messages pass
+    /// through a task of their own, whose queue shares `cluster`'s bound (each source keeps its
+    /// order).
+    pub fn merge(
+        self,
+        cluster_sender: tokio::sync::mpsc::Sender<Incoming>,
+        cluster: tokio::sync::mpsc::Receiver<Incoming>,
+    ) -> Subscription {
+        match self {
+            Subscription::Router(mut router) => {
+                tokio::spawn(async move {
+                    while let Some(message) = router.next().await {
+                        if cluster_sender.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Subscription::Merged(cluster)
+            }
+            Subscription::Merged(_) => self,
+        }
+    }
+
     /// The next message; `None` when the router has stopped.
+    pub async fn next(&mut self) -> Option<Incoming> {
+        match self {
+            Subscription::Router(router) => router.next().await,
+            Subscription::Merged(receiver) => receiver.recv().await,
+        }
+    }
+}
+
+impl RouterLink {
+    /// The next message from the router; `None` when it has stopped.
     pub async fn next(&mut self) -> Option<Incoming> {
         loop {
             match self.link.next().await {
@@ -386,17 +456,18 @@ impl Broker {
                 credential,
                 publisher: Publisher {
                     link: Arc::new(Mutex::new(publish_tx)),
+                    cluster: None,
                 },
                 streams,
             },
-            Subscription { link: ingest_rx },
+            Subscription::Router(RouterLink { link: ingest_rx }),
         ))
     }
 }
 
 /// Reads and discards what the router sends to the publishing link (acks), re-arming it.
 async fn drain(link: LinkRx) {
-    let mut subscription = Subscription { link };
+    let mut subscription = RouterLink { link };
     while subscription.next().await.is_some() {}
 }
 

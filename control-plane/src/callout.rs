@@ -49,12 +49,13 @@ pub enum CalloutError {
     Request(String),
 }
 
-/// Connects to the broker at `urls` (comma-separated) as `user`.
-async fn connect(
+/// Connects to the broker at `urls` (comma-separated) with the control plane's broker
+/// client certificate, as `user` (an auth-config user: user name and password) or, without
+/// one, as the control plane the callout authorizes.
+pub(crate) async fn connect(
     state: &AppState,
-    secrets: &BrokerSecrets,
     urls: &str,
-    user: &str,
+    user: Option<(&str, &str)>,
     name: &str,
 ) -> Result<async_nats::Client, CalloutError> {
     let (cert, key) = state.pki.broker_client()?;
@@ -64,9 +65,12 @@ async fn connect(
         .map(|url| url.trim().parse())
         .collect::<Result<_, _>>()
         .map_err(|e: std::io::Error| CalloutError::Connect(e.to_string()))?;
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = user {
+        options = options.user_and_password(user.to_owned(), password.to_owned());
+    }
+    options
         .name(name)
-        .user_and_password(user.to_owned(), secrets.password().to_owned())
         .tls_client_config(tls)
         .require_tls(true)
         .connection_timeout(Duration::from_secs(5))
@@ -100,9 +104,8 @@ pub async fn run(state: AppState, urls: String) {
 async fn answer(state: &AppState, secrets: &BrokerSecrets, urls: &str) -> Result<(), CalloutError> {
     let client = connect(
         state,
-        secrets,
         urls,
-        brokerauth::CALLOUT_USER,
+        Some((brokerauth::CALLOUT_USER, secrets.password())),
         "vantage callout",
     )
     .await?;
@@ -156,9 +159,8 @@ async fn kick_revoked(state: AppState, secrets: std::sync::Arc<BrokerSecrets>, u
     loop {
         let client = match connect(
             &state,
-            &secrets,
             &urls,
-            brokerauth::SYSTEM_USER,
+            Some((brokerauth::SYSTEM_USER, secrets.password())),
             "vantage revocations",
         )
         .await

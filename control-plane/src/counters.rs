@@ -149,6 +149,8 @@ counters! {
     broker_refused_identity => ("vantage_broker_callout_refused_total", "Connections to the external broker the auth callout refused, by reason.", "{reason=\"identity\"}"),
     broker_refused_revoked => ("vantage_broker_callout_refused_total", "Connections to the external broker the auth callout refused, by reason.", "{reason=\"revoked\"}"),
     broker_requests_invalid => ("vantage_broker_callout_invalid_total", "Auth callout requests that did not decode or whose signature did not verify (not answered)."),
+    broker_ingested => ("vantage_broker_ingested_total", "Agent messages taken from the broker cluster's ingest stream."),
+    broker_publish_dropped => ("vantage_broker_publish_dropped_total", "Messages for agents on the broker cluster dropped because the publisher's queue was full."),
     broker_kicks => ("vantage_broker_kicks_total", "Connections of revoked agents the external broker was told to close."),
     broker_kick_failures => ("vantage_broker_kick_failures_total", "Revoked agents whose broker connections could not be looked up or closed (retried)."),
     live_relay_refused => ("vantage_live_relay_refused_total", "Live payloads or events from other replicas that did not decode."),
@@ -157,6 +159,7 @@ counters! {
 gauges! {
     http_connections_open => ("vantage_http_connections_open", "HTTPS connections open now (TLS handshakes and upgraded live feeds included)."),
     leader => ("vantage_leader", "1 while this replica holds the scheduling lease (schedules, assigns, notifies), else 0."),
+    broker_ingest_reading => ("vantage_broker_ingest_reading", "1 while this replica reads agents' messages from the broker cluster's ingest stream, else 0."),
     run_now_pending => ("vantage_run_now_pending", "Run-now answers awaited now (one per asked region of each request in progress)."),
 }
 

@@ -4,7 +4,8 @@
 //! handshake delays nobody; the handshake runs under a timeout, the number of open
 //! connections is capped, and so is the number of handshakes in progress from one address. After TLS the first packet must be an MQTT 3.1.1 CONNECT:
 //! - with a client certificate from our CA, the identity is the certificate's CN (an agent
-//!   id); the client id must equal it, the agent must not be revoked, and a last will may
+//!   id); the client id must equal it (or its `.`-as-`~` form, [`topic::nats_client_id`],
+//!   which agents use everywhere), the agent must not be revoked, and a last will may
 //!   only target the agent's own `status` topic;
 //! - without a client certificate, the CONNECT must carry an API token as password; the
 //!   connection is a read-only viewer (its client id is prefixed so it can never take over an
@@ -500,7 +501,7 @@ impl FrontDoor {
                         .fetch_add(1, Ordering::Relaxed);
                     return Err((ConnectReturnCode::NotAuthorized, "revoked agent".into()));
                 }
-                if connect.client_id != *id {
+                if connect.client_id != *id && connect.client_id != topic::nats_client_id(id) {
                     self.counters
                         .frontdoor_identity_mismatch
                         .fetch_add(1, Ordering::Relaxed);

@@ -27,6 +27,7 @@ pub mod callout;
 pub mod checks;
 pub mod cli;
 pub mod cloudinit;
+pub mod clusterlink;
 pub mod counters;
 pub mod demo;
 pub mod enrollment;

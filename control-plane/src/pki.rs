@@ -74,6 +74,9 @@ pub struct Pki {
     issuer: Issuer<'static, KeyPair>,
     server_chain: Vec<CertificateDer<'static>>,
     server_key_der: Vec<u8>,
+    /// Held while the broker client identity is created, so that tasks asking for it at
+    /// once do not write one's certificate beside another's key.
+    broker_client_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Pki {
@@ -202,6 +205,7 @@ impl Pki {
             issuer,
             server_chain,
             server_key_der,
+            broker_client_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -319,6 +323,10 @@ impl Pki {
     pub fn broker_client(&self) -> Result<(String, String), PkiError> {
         let cert_path = self.dir.join("broker-client.pem");
         let key_path = self.dir.join("broker-client.key");
+        let _creating = self
+            .broker_client_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !cert_path.exists() || !key_path.exists() {
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::default();

@@ -145,6 +145,15 @@ pub struct Settings {
     /// (`vantage broker-config` writes the cluster's auth config).
     #[arg(long, env = "VANTAGE_BROKER_NATS_URLS")]
     pub broker_nats_urls: Option<String>,
+    /// The MQTT listeners of that cluster (`host:port,host:port,…`): agents enrolled from now
+    /// on are handed these instead of this replica's front door, and the control plane
+    /// publishes configs, commands and acks there. Needs `broker_nats_urls`.
+    #[arg(long, env = "VANTAGE_BROKER_MQTT_ADDRS", requires = "broker_nats_urls")]
+    pub broker_mqtt_addrs: Option<String>,
+    /// Replicas of the cluster's ingest stream (at most the number of nodes).
+    #[arg(long, env = "VANTAGE_BROKER_STREAM_REPLICAS", default_value_t = 3,
+          value_parser = clap::value_parser!(u16).range(1..=5))]
+    pub broker_stream_replicas: u16,
 }
 
 /// Parses a duration like `3600`, `90s`, `30m`, `12h`, `7d` into seconds.
@@ -224,6 +233,8 @@ impl Settings {
             retention_events_s: 90 * 86_400,
             retention_interval_s: 600,
             broker_nats_urls: None,
+            broker_mqtt_addrs: None,
+            broker_stream_replicas: 3,
         }
     }
 

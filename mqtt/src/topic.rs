@@ -277,8 +277,19 @@ pub fn nats_subject(topic: &str) -> String {
         .join(".")
 }
 
-/// The MQTT client id an agent presents to a broker on NATS: its id with `.` written as
-/// `~` (NATS refuses `.` in client ids; `~` is never part of an id, see [`valid_id`]).
+/// The MQTT topic of a NATS subject a broker on NATS carries MQTT messages on: the
+/// inverse of [`nats_subject`] for topics without wildcards.
+pub fn topic_of_nats_subject(subject: &str) -> String {
+    subject
+        .split('.')
+        .map(|level| level.replace("//", "."))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The MQTT client id an agent presents: its id with `.` written as `~` (a broker on NATS
+/// refuses `.` in client ids; `~` is never part of an id, see [`valid_id`], so the mapping
+/// is one to one). Ids without `.` are their own client id.
 pub fn nats_client_id(id: &str) -> String {
     id.replace('.', "~")
 }
@@ -334,6 +345,15 @@ mod tests {
             "vantage.v1.agents.*.hello"
         );
         assert_eq!(super::nats_client_id("edge.1.eu"), "edge~1~eu");
+        for topic in [
+            "vantage/v1/agents/edge.1/results/ack",
+            "vantage/v1/agents/a-1/hello",
+        ] {
+            assert_eq!(
+                super::topic_of_nats_subject(&super::nats_subject(topic)),
+                topic
+            );
+        }
         assert_eq!(super::nats_client_id("ag-7"), "ag-7");
     }
 

@@ -14,12 +14,14 @@ use vantage_tests::nats::NatsCluster;
 use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, bin, connect, wait_for};
 
 /// A native client of the cluster holding `cert`/`key` (the control plane's own identity,
-/// or an agent's on the wrong port).
+/// or an agent's on the wrong port); with `reconnect`, it moves to another node when its
+/// node dies, else it gives up.
 async fn native(
     cluster: &NatsCluster,
     ca: &str,
     cert: &str,
     key: &str,
+    reconnect: bool,
 ) -> anyhow::Result<async_nats::Client> {
     let tls = vantage_agent::tls::mutual_client(ca, cert, key)?;
     let servers: Vec<async_nats::ServerAddr> = cluster
@@ -31,7 +33,7 @@ async fn native(
         .tls_client_config(tls)
         .require_tls(true)
         .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(Some(0))
+        .max_reconnects(if reconnect { None } else { Some(0) })
         .connect(servers)
         .await?)
 }
@@ -122,10 +124,10 @@ async fn agents_on_a_broker_cluster_stay_inside_their_topics_and_revocation_cuts
     );
 
     let mut cluster = NatsCluster::plan(&broker_dir, 3);
+    cluster.start()?;
     let urls = cluster.client_urls();
     let cp =
         ControlPlane::start_in(&store, &data_dir, &[("VANTAGE_BROKER_NATS_URLS", &urls)]).await?;
-    cluster.start()?;
     let result = attacks(&cp, &cluster).await;
     if result.is_err() {
         eprintln!(
@@ -171,7 +173,7 @@ async fn attacks(cp: &ControlPlane, cluster: &NatsCluster) -> anyhow::Result<()>
         std::fs::read_to_string(cp.data_dir.join("pki/broker-client.pem"))?,
         std::fs::read_to_string(cp.data_dir.join("pki/broker-client.key"))?,
     );
-    let observer = native(cluster, ca, &cp_cert, &cp_key).await?;
+    let observer = native(cluster, ca, &cp_cert, &cp_key, false).await?;
     let mut seen = observer.subscribe("vantage.v1.agents.>").await?;
     observer.flush().await?;
 
@@ -289,7 +291,7 @@ async fn attacks(cp: &ControlPlane, cluster: &NatsCluster) -> anyhow::Result<()>
     }
 
     // An agent's certificate on the native port is refused (agents are MQTT-only).
-    let native_agent = native(cluster, ca, &attacker.cert_pem, &attacker.key_pem).await;
+    let native_agent = native(cluster, ca, &attacker.cert_pem, &attacker.key_pem, false).await;
     assert!(
         native_agent.is_err(),
         "an agent certificate was admitted on the native port"
@@ -396,4 +398,203 @@ async fn attacks(cp: &ControlPlane, cluster: &NatsCluster) -> anyhow::Result<()>
         assert!(value >= at_least, "{line} = {value}");
     }
     Ok(())
+}
+
+/// Copies what replicas share besides the store: the CA, the broker secrets and the admin
+/// token file.
+fn share_identity(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to.join("pki"))?;
+    for name in [
+        "ca.pem",
+        "ca.key",
+        "broker-issuer.nk",
+        "broker-users.secret",
+    ] {
+        std::fs::copy(from.join("pki").join(name), to.join("pki").join(name))?;
+    }
+    std::fs::copy(from.join("admin-token"), to.join("admin-token"))?;
+    Ok(())
+}
+
+/// The newest heartbeat's `spool_len` of `agent`, read natively off the cluster.
+async fn spool_len(
+    heartbeats: &mut async_nats::Subscriber,
+    within: Duration,
+) -> anyhow::Result<u64> {
+    let message = tokio::time::timeout(within, heartbeats.next())
+        .await
+        .context("no heartbeat")?
+        .context("subscription ended")?;
+    let heartbeat: serde_json::Value = serde_json::from_slice(&message.payload)?;
+    heartbeat["spool_len"].as_u64().context("spool_len")
+}
+
+/// Two replicas on one PostgreSQL read an agent's rows off the cluster's shared ingest
+/// stream; the broker node the agent is connected to is killed -9 (the agent moves to
+/// another node and its spool drains), then a replica is killed -9 mid-ingest (the other
+/// takes every message): every seq is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_ingest_through_the_cluster_and_survive_node_and_replica_kills()
+-> anyhow::Result<()> {
+    let store = TestStore::create(Backend::Postgres).await?;
+    let temp = tempfile::tempdir()?;
+    let (dir_a, dir_b) = (temp.path().join("a"), temp.path().join("b"));
+    let broker_dir = temp.path().join("broker");
+    let output = std::process::Command::new(bin("vantage"))
+        .arg("broker-config")
+        .arg("--data-dir")
+        .arg(&dir_a)
+        .arg("--out")
+        .arg(&broker_dir)
+        .output()?;
+    anyhow::ensure!(output.status.success(), "broker-config failed");
+    let mut cluster = NatsCluster::plan(&broker_dir, 3);
+    cluster.start()?;
+    let urls = cluster.client_urls();
+    let mqtt_addrs = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("127.0.0.1:{}", node.mqtt))
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = [
+        ("VANTAGE_BROKER_NATS_URLS", urls.as_str()),
+        ("VANTAGE_BROKER_MQTT_ADDRS", mqtt_addrs.as_str()),
+        ("VANTAGE_METRICS_INTERVAL_S", "1"),
+    ];
+    let mut a = ControlPlane::start_in(&store, &dir_a, &env).await?;
+    share_identity(&dir_a, &dir_b)?;
+    let b = ControlPlane::start_in(&store, &dir_b, &env).await?;
+    let result = async {
+        // Both replicas read the ingest stream (one of them created it) before the agent
+        // says hello: a message on a subject no stream holds yet reaches nobody.
+        wait_for(
+            "both replicas reading the cluster",
+            Duration::from_secs(60),
+            || async {
+                let (x, y) = (
+                    a.counter("vantage_broker_ingest_reading").await.ok()?,
+                    b.counter("vantage_broker_ingest_reading").await.ok()?,
+                );
+                (x == 1 && y == 1).then_some(())
+            },
+        )
+        .await?;
+        crate::faults::checks_every_second(&a, "europe", 2).await?;
+        let token = a.enrollment_token("europe", 1).await?;
+        let agent = vantage_tests::Agent::start(&a, &token, "metrics_interval_s = 1")?;
+        let id = agent.wait_enrolled().await?;
+        let stored = |at_least: usize| {
+            let (b, id) = (&b, &id);
+            async move {
+                let (_, rows) = b
+                    .get(&format!("/api/v1/results?agent={id}&limit=5000"))
+                    .await
+                    .ok()?;
+                (rows.as_array()?.len() >= at_least).then_some(())
+            }
+        };
+        wait_for(
+            "results through the cluster",
+            Duration::from_secs(60),
+            || stored(4),
+        )
+        .await
+        .with_context(|| agent.log())?;
+
+        // Both replicas take messages off the shared stream.
+        wait_for(
+            "both replicas ingesting",
+            Duration::from_secs(30),
+            || async {
+                let (x, y) = (
+                    a.counter("vantage_broker_ingested_total").await.ok()?,
+                    b.counter("vantage_broker_ingested_total").await.ok()?,
+                );
+                (x > 0 && y > 0).then_some(())
+            },
+        )
+        .await?;
+
+        let (cp_cert, cp_key) = (
+            std::fs::read_to_string(dir_a.join("pki/broker-client.pem"))?,
+            std::fs::read_to_string(dir_a.join("pki/broker-client.key"))?,
+        );
+        // It reconnects: it may be on the node killed below.
+        let observer = native(&cluster, &a.ca_pem, &cp_cert, &cp_key, true).await?;
+        let mut heartbeats = observer
+            .subscribe(topic::nats_subject(&topic::agent(
+                &id,
+                topic::AgentTopic::Heartbeat,
+            )))
+            .await?;
+
+        // Kill -9 the node the agent is on (it starts with the first address).
+        cluster.kill_node(0);
+        let killed_at = vantage_agent::now_ms();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let pool = b.store_pool().await?;
+        crate::faults::drained(
+            &pool,
+            &id,
+            (killed_at - 2_000, killed_at + 6_000),
+            12,
+            || agent.log(),
+        )
+        .await?;
+        // The spool drains: acks reach the agent through another node.
+        let drain_deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // Heartbeats come every 10 s (the default interval).
+            let n = spool_len(&mut heartbeats, Duration::from_secs(15)).await?;
+            if n <= 10 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < drain_deadline,
+                "the spool holds {n} entries 60 s after the node kill\n{}",
+                agent.log()
+            );
+        }
+
+        crate::faults::reconnected(&agent)?;
+
+        // Kill -9 a replica mid-ingest: the other takes every message.
+        a.kill();
+        let replica_killed_at = vantage_agent::now_ms();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        crate::faults::drained(
+            &pool,
+            &id,
+            (replica_killed_at - 2_000, replica_killed_at + 4_000),
+            10,
+            || agent.log(),
+        )
+        .await?;
+        // Rows the killed replica had taken off the stream but not committed were never
+        // acknowledged to the agent: it sends them again 30 s after their first send
+        // (RESEND_AFTER), through the other replica. Until then a seq may be missing; a
+        // doubled one fails at once.
+        let resent_by = Instant::now() + Duration::from_secs(60);
+        let max = loop {
+            match crate::faults::every_seq_once(&pool, &id).await {
+                Ok(max) => break max,
+                Err(error)
+                    if error.to_string().contains("lost seqs") && Instant::now() < resent_by => {}
+                Err(error) => return Err(error),
+            }
+        };
+        eprintln!("every seq 1..={max} stored once");
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!(
+            "{}\n--- replica a\n{}\n--- replica b\n{}",
+            cluster.log_tail(),
+            a.log_tail(),
+            b.log_tail()
+        );
+    }
+    result
 }

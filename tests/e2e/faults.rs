@@ -101,7 +101,7 @@ async fn rows_measured_inside(
 
 /// Waits until at least `at_least` rows measured inside the window are stored; returns how
 /// long after `ended_ms` they were all there, or fails with `log`.
-async fn drained(
+pub(crate) async fn drained(
     pool: &sqlx::AnyPool,
     agent: &str,
     (from_ms, to_ms): (i64, i64),
@@ -130,7 +130,7 @@ async fn drained(
 
 /// Every seq from 1 to the highest stored is there once (stored_seqs fails on a doubled
 /// one); returns the highest.
-async fn every_seq_once(pool: &sqlx::AnyPool, agent: &str) -> anyhow::Result<i64> {
+pub(crate) async fn every_seq_once(pool: &sqlx::AnyPool, agent: &str) -> anyhow::Result<i64> {
     // Late acks and resends settle first.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let seqs = stored_seqs(pool, agent).await?;
@@ -141,7 +141,7 @@ async fn every_seq_once(pool: &sqlx::AnyPool, agent: &str) -> anyhow::Result<i64
 }
 
 /// The agent noticed a dead connection and made a new one.
-fn reconnected(agent: &Agent) -> anyhow::Result<()> {
+pub(crate) fn reconnected(agent: &Agent) -> anyhow::Result<()> {
     let log = agent.log();
     anyhow::ensure!(
         log.contains("Disconnected") && log.matches("Connected").count() >= 2,

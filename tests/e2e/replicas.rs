@@ -143,11 +143,13 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
     // The leader's lease session is cut while its process lives (as a PostgreSQL restart or
     // a lost path would): PostgreSQL frees the lock at once, the leader learns it on its next
     // round trip, and whoever takes the lock waits until then. Sampled every 50 ms: never two
-    // leaders, a while with none, then one.
+    // leaders, a while with none, then one. (`pg_locks` shows every database's locks: other
+    // tests' replicas hold the same lock id in theirs.)
     let pool = replicas[0].store_pool().await?;
     let cut = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
          AND granted AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          AND ((classid::bigint << 32) | objid::bigint) = {SCHEDULER_LOCK_ID}"
     )))
     .execute(&pool)

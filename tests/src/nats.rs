@@ -18,7 +18,6 @@ pub struct NodePorts {
     pub client: u16,
     pub cluster: u16,
     pub mqtt: u16,
-    pub http: u16,
 }
 
 /// A running cluster; its processes are killed on drop.
@@ -62,7 +61,6 @@ impl NatsCluster {
                 client: free_port(),
                 cluster: free_port(),
                 mqtt: free_port(),
-                http: free_port(),
             })
             .collect();
         NatsCluster {
@@ -81,15 +79,59 @@ impl NatsCluster {
             .join(",")
     }
 
-    /// Writes every node's config and starts them all.
+    /// Writes every node's config and starts them all, listening on every port. A port
+    /// another process took since it was picked (ports are picked free, then released) ends
+    /// its node at start: the whole cluster then starts again on new ports, up to 5 times.
     ///
     /// # Errors
-    /// A config cannot be written or a process not started.
+    /// A config cannot be written, a process not started, or no attempt came up.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        for index in 0..self.nodes.len() {
-            self.start_node(index)?;
+        for attempt in 0..5 {
+            if attempt > 0 {
+                for index in 0..self.nodes.len() {
+                    self.kill_node(index);
+                    let _ = std::fs::remove_dir_all(self.dir.join(format!("n{index}")));
+                }
+                *self = NatsCluster::plan(&self.dir, self.nodes.len());
+            }
+            for index in 0..self.nodes.len() {
+                self.start_node(index)?;
+            }
+            if self.all_listening()? {
+                return Ok(());
+            }
         }
-        Ok(())
+        anyhow::bail!(
+            "the cluster did not come up in 5 attempts:\n{}",
+            self.log_tail()
+        )
+    }
+
+    /// Waits up to 10 s until every node listens on all its ports; false when one died.
+    fn all_listening(&mut self) -> anyhow::Result<bool> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let mut ready = 0;
+            for index in 0..self.nodes.len() {
+                if let Some(child) = self.children[index].as_mut()
+                    && child.try_wait()?.is_some()
+                {
+                    return Ok(false);
+                }
+                let log = std::fs::read_to_string(self.dir.join(format!("n{index}.log")))
+                    .unwrap_or_default();
+                if log.contains("Listening for route connections") {
+                    ready += 1;
+                }
+            }
+            if ready == self.nodes.len() {
+                return Ok(true);
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// (Re)starts node `index` with its config.
@@ -114,14 +156,12 @@ impl NatsCluster {
         let config = format!(
             "server_name: n{index}\n\
              listen: 127.0.0.1:{client}\n\
-             http: 127.0.0.1:{http}\n\
-             jetstream {{ store_dir: \"{d}/n{index}\", max_memory_store: 64MB, max_file_store: 256MB }}\n\
+             jetstream {{ store_dir: \"{d}/n{index}\", max_memory_store: 256MB, max_file_store: 4GB }}\n\
              cluster {{\n  name: vantage\n  listen: 127.0.0.1:{cluster}\n  routes: [ {routes} ]\n}}\n\
              {tls}\n\
              mqtt {{\n  listen: 127.0.0.1:{mqtt}\n  stream_replicas: 3\n  {tls}\n}}\n\
              include ./vantage-auth.conf\n",
             client = node.client,
-            http = node.http,
             cluster = node.cluster,
             mqtt = node.mqtt,
             d = dir.display(),
@@ -129,10 +169,7 @@ impl NatsCluster {
         );
         let config_path = dir.join(format!("n{index}.conf"));
         std::fs::write(&config_path, config)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("n{index}.log")))?;
+        let log = std::fs::File::create(dir.join(format!("n{index}.log")))?;
         let child = Command::new(binary)
             .arg("-c")
             .arg(&config_path)
