@@ -46,6 +46,9 @@ pub const TAKEOVER_WAIT: Duration = STEP_DOWN_WITHIN.saturating_add(TICK);
 pub struct Lease {
     leading: Arc<watch::Sender<bool>>,
     shared: bool,
+    /// Whether another replica shares the store now (the live relay counts the replicas
+    /// listening, [`crate::livesync`]).
+    peers: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Lease {
@@ -54,6 +57,7 @@ impl Lease {
         Lease {
             leading: Arc::new(watch::Sender::new(true)),
             shared: false,
+            peers: Arc::default(),
         }
     }
 
@@ -68,6 +72,7 @@ impl Lease {
         let lease = Lease {
             leading: Arc::new(watch::Sender::new(false)),
             shared: true,
+            peers: Arc::default(),
         };
         tokio::spawn(keep(store.clone(), lease.leading.clone(), counters));
         lease
@@ -82,6 +87,22 @@ impl Lease {
     /// replicas change is not announced in this process and must be re-read.
     pub fn is_shared(&self) -> bool {
         self.shared
+    }
+
+    /// Records whether other replicas share the store now.
+    pub fn set_peers(&self, peers: bool) {
+        self.peers.store(peers, Ordering::Relaxed);
+    }
+
+    /// Whether other replicas were seen sharing the store at the last count.
+    pub fn has_peers(&self) -> bool {
+        self.peers.load(Ordering::Relaxed)
+    }
+
+    /// Whether this replica judges verdicts and host-metric rules: the leader, or any
+    /// replica that is alone (before a replica leads, a lone one judges what it commits).
+    pub fn judges(&self) -> bool {
+        self.is_leader() || !self.has_peers()
     }
 
     /// Follows leadership changes.
@@ -220,11 +241,27 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
 
+    #[test]
+    fn a_follower_judges_only_while_it_is_alone() {
+        let lease = Lease {
+            leading: Arc::new(watch::Sender::new(false)),
+            shared: true,
+            peers: Arc::default(),
+        };
+        assert!(lease.judges(), "a lone replica judges before it leads");
+        lease.set_peers(true);
+        assert!(!lease.judges(), "a follower beside a leader judges nothing");
+        lease.leading.send_replace(true);
+        assert!(lease.judges());
+        assert!(Lease::always().judges());
+    }
+
     #[tokio::test]
     async fn lead_runs_the_worker_only_while_leading() {
         let lease = Lease {
             leading: Arc::new(watch::Sender::new(false)),
             shared: true,
+            peers: Arc::default(),
         };
         let (starts, running) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         struct Running(Arc<AtomicU32>);

@@ -4,6 +4,10 @@
 //! [`MAX_PAYLOAD_BYTES`], and publishes what the other replicas NOTIFY into its own hub
 //! ([`Hub::publish_relayed`], not relayed again). A replica sends only while another replica
 //! listens (checked every [`PEER_CHECK`]), so a lone control plane on PostgreSQL pays nothing.
+//! The leader also hands the relayed results and host metrics to its judge
+//! ([`crate::verdict::judge_worker`]): while replicas share the store, only it judges, and the
+//! count of listening replicas is what tells a replica it is not alone
+//! ([`crate::lease::Lease::set_peers`]).
 //!
 //! Like the hub itself, the relay never slows ingest and holds a bound: a batch the relay
 //! queue has no room for, an event too large for one payload and a payload PostgreSQL refused
@@ -21,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::counters::Counters;
-use crate::hub::{Hub, LiveEvent, Shared};
+use crate::hub::{LiveEvent, Shared};
 use crate::store::live::{LiveListener, LiveSender, MAX_PAYLOAD_BYTES};
 
 /// Published batches waiting to be sent, at most.
@@ -71,8 +75,8 @@ pub async fn run(state: AppState) {
     let (queue, batches) = mpsc::channel(RELAY_QUEUE_BATCHES);
     state.hub.relay_to(queue);
     tokio::join!(
-        send(sender, batches, &origin, &state.counters),
-        receive(listener, &origin, &state.hub, &state.counters),
+        send(sender, batches, &origin, &state.counters, &state.lease),
+        receive(listener, &origin, &state),
     );
 }
 
@@ -81,13 +85,17 @@ async fn send(
     mut batches: mpsc::Receiver<Arc<[Arc<Shared>]>>,
     origin: &str,
     counters: &Counters,
+    lease: &crate::lease::Lease,
 ) {
     let mut peers = false;
     let mut checked: Option<Instant> = None;
     while let Some(batch) = batches.recv().await {
         if checked.is_none_or(|at| at.elapsed() >= PEER_CHECK) {
             match sender.listeners().await {
-                Ok(n) => peers = n > 1,
+                Ok(n) => {
+                    peers = n > 1;
+                    lease.set_peers(peers);
+                }
                 Err(error) => tracing::warn!(%error, "Cannot count the replicas listening"),
             }
             checked = Some(Instant::now());
@@ -152,7 +160,33 @@ fn pack(origin: &str, events: &[impl std::ops::Deref<Target = str>]) -> (Vec<(St
     (payloads, oversize)
 }
 
-async fn receive(mut listener: LiveListener, origin: &str, hub: &Hub, counters: &Counters) {
+/// The results and host metrics among relayed events, as a batch to judge.
+fn to_judge(events: &[LiveEvent]) -> crate::verdict::Judged {
+    let mut judged = crate::verdict::Judged {
+        results: Vec::new(),
+        metrics: Vec::new(),
+    };
+    for event in events {
+        let row = (event.agent_id.clone(), event.region.clone());
+        match event.kind {
+            "result" => {
+                if let Ok(result) = serde_json::from_value(event.data.clone()) {
+                    judged.results.push((row.0, row.1, result));
+                }
+            }
+            "metrics" => {
+                if let Ok(metrics) = serde_json::from_value(event.data.clone()) {
+                    judged.metrics.push((row.0, row.1, metrics));
+                }
+            }
+            _ => {}
+        }
+    }
+    judged
+}
+
+async fn receive(mut listener: LiveListener, origin: &str, state: &AppState) {
+    let (hub, counters) = (&state.hub, &*state.counters);
     loop {
         let payload = match listener.recv().await {
             Ok(payload) => payload,
@@ -192,6 +226,15 @@ async fn receive(mut listener: LiveListener, origin: &str, hub: &Hub, counters: 
         counters
             .live_relay_received
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        if state.lease.is_leader() {
+            // The leader judges what the others committed ([`crate::verdict::judge_worker`]).
+            let judged = to_judge(&events);
+            if !(judged.results.is_empty() && judged.metrics.is_empty())
+                && state.judge_queue.send(judged).await.is_err()
+            {
+                return;
+            }
+        }
         hub.publish_relayed(events);
     }
 }

@@ -733,6 +733,12 @@ impl Judge {
             .collect()
     }
 
+    /// Forgets every track: each is rebuilt from its stored verdict and latest stored
+    /// results on next use (a replica that starts to lead judged nothing while it followed).
+    pub async fn forget_all(&self) {
+        self.tracks.lock().await.clear();
+    }
+
     /// Forgets a deleted check.
     pub async fn forget(&self, check_id: &str) {
         self.tracks.lock().await.remove(check_id);
@@ -782,9 +788,17 @@ pub struct Judged {
 pub const JUDGE_QUEUE_BATCHES: usize = 16;
 
 /// Judges committed batches in commit order: verdicts from results, host-metric rules from
-/// metrics. Ingest hands batches over after each commit and goes on with the next.
+/// metrics. Ingest hands batches over after each commit and goes on with the next; on
+/// PostgreSQL the replica that leads also gets, through the live relay
+/// ([`crate::livesync`]), what the other replicas committed. Only the leader judges while
+/// other replicas share the store ([`crate::lease::Lease::judges`]): with agents' rows spread
+/// over replicas (a broker cluster's shared ingest), a check's regions meet in one place, and
+/// one replica writes its transitions.
 pub async fn judge_worker(state: AppState, mut queue: tokio::sync::mpsc::Receiver<Judged>) {
     while let Some(batch) = queue.recv().await {
+        if !state.lease.judges() {
+            continue;
+        }
         if !batch.results.is_empty() {
             state.judge.observe(&state, &batch.results).await;
         }
@@ -795,10 +809,12 @@ pub async fn judge_worker(state: AppState, mut queue: tokio::sync::mpsc::Receive
 }
 
 /// Every 2 s (or at once when woken: check changes, agents coming and going): refreshes the
-/// maintenance windows in force and re-judges every check when they changed or it was woken;
-/// then, on the replica that leads ([`crate::lease`]), resolves the incidents of checks that
-/// stayed UP long enough and queues reminders ([`crate::incidents::settle`]).
+/// maintenance windows in force; on the replica that judges ([`crate::lease::Lease::judges`]),
+/// re-judges every check when they changed or it was woken; on the leader, resolves the incidents of checks that stayed UP
+/// long enough and queues reminders ([`crate::incidents::settle`]). A replica that starts to
+/// lead forgets its tracks first.
 pub async fn worker(state: AppState) {
+    let mut was_leading = false;
     loop {
         let woken =
             tokio::time::timeout(std::time::Duration::from_secs(2), state.rejudge.notified())
@@ -815,7 +831,14 @@ pub async fn worker(state: AppState) {
                 false
             }
         };
+        let leading = state.lease.judges();
+        if leading && !was_leading && state.lease.has_peers() {
+            // What this replica judged while it followed (nothing) is stale.
+            state.judge.forget_all().await;
+        }
+        was_leading = leading;
         if (woken || changed)
+            && leading
             && let Err(error) = state.judge.rejudge_all(&state).await
         {
             tracing::warn!(%error, "Cannot re-judge the checks; retrying");

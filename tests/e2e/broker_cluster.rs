@@ -481,6 +481,17 @@ async fn replicas_share_ingest_through_the_cluster_and_survive_node_and_replica_
         )
         .await?;
         crate::faults::checks_every_second(&a, "europe", 2).await?;
+        // And a check that fails: judged on the leader from both replicas' rows.
+        let closed = vantage_tests::free_port();
+        let (status, body) = a
+            .post(
+                "/api/v1/checks",
+                serde_json::json!({"id": "closed", "name": "closed", "interval_s": 1,
+                    "timeout_ms": 500, "regions": ["europe"],
+                    "kind": {"type": "tcp", "host": "127.0.0.1", "port": closed}}),
+            )
+            .await?;
+        anyhow::ensure!(status == 201, "{status} {body}");
         let token = a.enrollment_token("europe", 1).await?;
         let agent = vantage_tests::Agent::start(&a, &token, "metrics_interval_s = 1")?;
         let id = agent.wait_enrolled().await?;
@@ -512,6 +523,22 @@ async fn replicas_share_ingest_through_the_cluster_and_survive_node_and_replica_
                     b.counter("vantage_broker_ingested_total").await.ok()?,
                 );
                 (x > 0 && y > 0).then_some(())
+            },
+        )
+        .await?;
+
+        // The failing check goes DOWN once, with one incident, whichever replica took its
+        // rows.
+        wait_for(
+            "the failing check down",
+            Duration::from_secs(60),
+            || async {
+                let (_, views) = b.get("/api/v1/verdicts").await.ok()?;
+                views
+                    .as_array()?
+                    .iter()
+                    .any(|v| v["check_id"] == "closed" && v["state"] == "down")
+                    .then_some(())
             },
         )
         .await?;
@@ -585,6 +612,15 @@ async fn replicas_share_ingest_through_the_cluster_and_survive_node_and_replica_
             }
         };
         eprintln!("every seq 1..={max} stored once");
+        let (_, incidents) = b.get("/api/v1/incidents").await?;
+        let for_closed: Vec<&serde_json::Value> = incidents
+            .as_array()
+            .context("incidents")?
+            .iter()
+            .filter(|i| i["subject"] == "check" && i["subject_id"] == "closed")
+            .collect();
+        assert_eq!(for_closed.len(), 1, "{for_closed:?}");
+        assert_eq!(for_closed[0]["open"], true);
         anyhow::Ok(())
     }
     .await;
