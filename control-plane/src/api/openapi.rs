@@ -52,7 +52,7 @@ pub async fn document() -> Json<Value> {
             }
         },
         "paths": {
-            "/healthz": { "get": op("Liveness and store backend", None, &["200"]) },
+            "/healthz": { "get": op("Liveness, store backend, and whether this replica leads", None, &["200"]) },
             "/metrics": { "get": op("Prometheus counters", None, &["200"]) },
             "/api/v1/enroll": { "post": op("Enroll an agent: token + CSR → id, certificate, CA, broker address", None, &["201", "400", "401", "422"]) },
             "/api/v1/uptime": { "get": op("Uptime over 24h, 7d, 30d and 90d (or ?window=30d,…) of every check or of ?checks=a,b, overall and per region, from hourly and daily rollups", Some("viewer"), &["200", "400", "401", "403", "404"]) },
