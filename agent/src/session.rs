@@ -329,9 +329,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     tracing::info!(agent = %id, "Connected");
                     connected = true;
                     for kind in [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck] {
-                        // QoS 0: the control plane publishes at QoS 0 (what is lost comes
-                        // again: the retained config at the next subscribe, an ack when the
-                        // agent resends),
+                        // QoS 0: what is lost comes again (the retained config at the next
+                        // subscribe, an ack when the agent resends; the embedded broker
+                        // delivers at QoS 0 anyway),
                         // and on a broker on NATS a QoS 1 subscription costs a JetStream
                         // consumer per topic per agent on every node.
                         let _ = client.try_subscribe(topic::agent(&id, kind), QoS::AtMostOnce);

@@ -156,9 +156,11 @@ impl Application {
             lease,
         };
         let mut tasks = Vec::new();
-        // With an external broker cluster, ingest also takes what agents publish there.
-        let subscription = match &settings.broker_nats_urls {
-            Some(urls) => {
+        // With an external broker cluster agents use (its MQTT addresses given), ingest also
+        // takes what agents publish there, and what agents receive is published there too.
+        // (The callout alone runs with the cluster's URLs only.)
+        let subscription = match (&settings.broker_nats_urls, cluster_queue.take()) {
+            (Some(urls), Some((_, queue))) => {
                 let (sender, receiver) = tokio::sync::mpsc::channel(4096);
                 tasks.push(tokio::spawn(crate::clusterlink::consume(
                     state.clone(),
@@ -166,9 +168,7 @@ impl Application {
                     usize::from(settings.broker_stream_replicas),
                     sender.clone(),
                 )));
-                if let (Some(addrs), Some((_, queue))) =
-                    (settings.broker_mqtt_addrs.clone(), cluster_queue.take())
-                {
+                if let Some(addrs) = settings.broker_mqtt_addrs.clone() {
                     tasks.push(tokio::spawn(crate::clusterlink::publish(
                         state.clone(),
                         addrs,
@@ -177,7 +177,7 @@ impl Application {
                 }
                 subscription.merge(sender, receiver)
             }
-            None => subscription,
+            _ => subscription,
         };
         republish_retained(&state).await?;
 

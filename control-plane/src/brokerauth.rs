@@ -47,6 +47,10 @@ pub enum BrokerAuthError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{path} is missing: run `vantage broker-config` in one replica's data dir and copy its pki/broker-* files to the others"
+    )]
+    Missing { path: std::path::PathBuf },
     #[error("the broker issuer key in {path} is not a valid account seed")]
     BadSeed { path: std::path::PathBuf },
     #[error("cannot sign: {0}")]
@@ -75,7 +79,8 @@ impl std::fmt::Debug for BrokerSecrets {
 }
 
 impl BrokerSecrets {
-    /// Loads the secrets from `pki_dir`, creating what is missing.
+    /// Loads the secrets from `pki_dir`, creating what is missing (`vantage broker-config`;
+    /// a replica only loads them, [`BrokerSecrets::load`]).
     ///
     /// # Errors
     /// I/O errors or a stored seed that does not parse.
@@ -116,6 +121,22 @@ impl BrokerSecrets {
             .trim()
             .to_owned();
         Ok(BrokerSecrets { issuer, password })
+    }
+
+    /// Loads the secrets `vantage broker-config` created in `pki_dir` (copied there with the
+    /// CA on every other replica). A replica never creates them: its own would not match the
+    /// broker's config.
+    ///
+    /// # Errors
+    /// A missing file ([`BrokerAuthError::Missing`]), I/O errors, a seed that does not parse.
+    pub fn load(pki_dir: &Path) -> Result<BrokerSecrets, BrokerAuthError> {
+        for name in ["broker-issuer.nk", "broker-users.secret"] {
+            let path = pki_dir.join(name);
+            if !path.exists() {
+                return Err(BrokerAuthError::Missing { path });
+            }
+        }
+        Self::load_or_create(pki_dir)
     }
 
     /// The public key the broker's `auth_callout { issuer }` names.
@@ -228,6 +249,9 @@ pub fn decode_request(jwt: &[u8]) -> Result<AuthRequest, BrokerAuthError> {
         serde_json::from_slice(&unb64(payload)?).map_err(|_| bad("claims are not JSON"))?;
     let issuer = claims["iss"].as_str().ok_or(bad("no issuer"))?;
     let key = nkeys::KeyPair::from_public_key(issuer).map_err(|_| bad("issuer is not an nkey"))?;
+    if key.key_pair_type() != nkeys::KeyPairType::Server {
+        return Err(bad("issuer is not a server key"));
+    }
     key.verify(format!("{header}.{payload}").as_bytes(), &unb64(signature)?)
         .map_err(|_| bad("signature does not verify"))?;
     let nats = &claims["nats"];
@@ -615,6 +639,17 @@ mod tests {
             URL_SAFE_NO_PAD.encode(signature)
         );
         assert!(decode_request(forged.as_bytes()).is_err());
+        // Signed by a key that is no server's (an account's, a user's): refused.
+        let account = nkeys::KeyPair::new_account();
+        let claims = json!({"iss": account.public_key(), "nats": {
+            "type": "authorization_request", "server_id": {"id": account.public_key()},
+            "user_nkey": "UABC", "client_info": {"type": "mqtt", "mqtt_id": "ag-1"}}});
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let signature = account
+            .sign(format!("{header}.{payload}").as_bytes())
+            .unwrap();
+        let by_account = format!("{header}.{payload}.{}", URL_SAFE_NO_PAD.encode(&signature));
+        assert!(decode_request(by_account.as_bytes()).is_err());
         assert!(decode_request(b"not a jwt").is_err());
 
         let answer = respond(

@@ -82,7 +82,7 @@ pub(crate) async fn connect(
 /// Runs the callout and the revocation kicker until the process ends, reconnecting after
 /// any failure.
 pub async fn run(state: AppState, urls: String) {
-    let secrets = match BrokerSecrets::load_or_create(state.pki.dir()) {
+    let secrets = match BrokerSecrets::load(state.pki.dir()) {
         Ok(secrets) => std::sync::Arc::new(secrets),
         Err(error) => {
             tracing::error!(%error, "The broker callout cannot start");

@@ -9,7 +9,8 @@
 //! count of listening replicas is what tells a replica it is not alone
 //! ([`crate::lease::Lease::set_peers`]).
 //!
-//! Like the hub itself, the relay never slows ingest and holds a bound: a batch the relay
+//! Like the hub itself, the relay never slows ingest and holds a bound (on the leader, the
+//! receiving side waits for room in the judge's queue, as ingest's own commits do): a batch the relay
 //! queue has no room for, an event too large for one payload and a payload PostgreSQL refused
 //! are counted, not retried. A replica whose listening session drops misses what was sent
 //! until it is back, as a client misses what happened while it was disconnected; state-like

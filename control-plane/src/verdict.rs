@@ -793,10 +793,19 @@ pub const JUDGE_QUEUE_BATCHES: usize = 16;
 /// ([`crate::livesync`]), what the other replicas committed. Only the leader judges while
 /// other replicas share the store ([`crate::lease::Lease::judges`]): with agents' rows spread
 /// over replicas (a broker cluster's shared ingest), a check's regions meet in one place, and
-/// one replica writes its transitions.
+/// one replica writes its transitions. A replica that starts to judge again forgets its
+/// tracks first.
 pub async fn judge_worker(state: AppState, mut queue: tokio::sync::mpsc::Receiver<Judged>) {
+    let mut judged_last = state.lease.judges();
     while let Some(batch) = queue.recv().await {
-        if !state.lease.judges() {
+        let judges = state.lease.judges();
+        if judges && !judged_last {
+            // What this replica judged before it stopped judging is stale: every track is
+            // rebuilt from the store (stored verdict, latest stored results) on next use.
+            state.judge.forget_all().await;
+        }
+        judged_last = judges;
+        if !judges {
             continue;
         }
         if !batch.results.is_empty() {
@@ -811,10 +820,8 @@ pub async fn judge_worker(state: AppState, mut queue: tokio::sync::mpsc::Receive
 /// Every 2 s (or at once when woken: check changes, agents coming and going): refreshes the
 /// maintenance windows in force; on the replica that judges ([`crate::lease::Lease::judges`]),
 /// re-judges every check when they changed or it was woken; on the leader, resolves the incidents of checks that stayed UP
-/// long enough and queues reminders ([`crate::incidents::settle`]). A replica that starts to
-/// lead forgets its tracks first.
+/// long enough and queues reminders ([`crate::incidents::settle`]).
 pub async fn worker(state: AppState) {
-    let mut was_leading = false;
     loop {
         let woken =
             tokio::time::timeout(std::time::Duration::from_secs(2), state.rejudge.notified())
@@ -831,14 +838,8 @@ pub async fn worker(state: AppState) {
                 false
             }
         };
-        let leading = state.lease.judges();
-        if leading && !was_leading && state.lease.has_peers() {
-            // What this replica judged while it followed (nothing) is stale.
-            state.judge.forget_all().await;
-        }
-        was_leading = leading;
         if (woken || changed)
-            && leading
+            && state.lease.judges()
             && let Err(error) = state.judge.rejudge_all(&state).await
         {
             tracing::warn!(%error, "Cannot re-judge the checks; retrying");
