@@ -46,9 +46,9 @@ pub const TAKEOVER_WAIT: Duration = STEP_DOWN_WITHIN.saturating_add(TICK);
 pub struct Lease {
     leading: Arc<watch::Sender<bool>>,
     shared: bool,
-    /// Whether another replica shares the store now (the live relay counts the replicas
-    /// listening, [`crate::livesync`]).
-    peers: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether another replica held the lock at this replica's last try (then that one
+    /// leads, or is about to).
+    others_hold: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Lease {
@@ -57,7 +57,7 @@ impl Lease {
         Lease {
             leading: Arc::new(watch::Sender::new(true)),
             shared: false,
-            peers: Arc::default(),
+            others_hold: Arc::default(),
         }
     }
 
@@ -72,9 +72,14 @@ impl Lease {
         let lease = Lease {
             leading: Arc::new(watch::Sender::new(false)),
             shared: true,
-            peers: Arc::default(),
+            others_hold: Arc::default(),
         };
-        tokio::spawn(keep(store.clone(), lease.leading.clone(), counters));
+        tokio::spawn(keep(
+            store.clone(),
+            lease.leading.clone(),
+            lease.others_hold.clone(),
+            counters,
+        ));
         lease
     }
 
@@ -89,20 +94,12 @@ impl Lease {
         self.shared
     }
 
-    /// Records whether other replicas share the store now.
-    pub fn set_peers(&self, peers: bool) {
-        self.peers.store(peers, Ordering::Relaxed);
-    }
-
-    /// Whether other replicas were seen sharing the store at the last count.
-    pub fn has_peers(&self) -> bool {
-        self.peers.load(Ordering::Relaxed)
-    }
-
-    /// Whether this replica judges verdicts and host-metric rules: the leader, or any
-    /// replica that is alone (before a replica leads, a lone one judges what it commits).
+    /// Whether this replica judges verdicts and host-metric rules: unless another replica
+    /// held the lease at its last try (that one judges, with what this one commits brought
+    /// to it by the live relay). A replica alone, one that just took the lock and waits to
+    /// lead, and one that has not tried yet judge what they commit.
     pub fn judges(&self) -> bool {
-        self.is_leader() || !self.has_peers()
+        self.is_leader() || !self.others_hold.load(Ordering::Relaxed)
     }
 
     /// Follows leadership changes.
@@ -112,7 +109,12 @@ impl Lease {
 }
 
 /// Takes and holds the lease until the process ends.
-async fn keep(store: Store, leading: Arc<watch::Sender<bool>>, counters: Arc<Counters>) {
+async fn keep(
+    store: Store,
+    leading: Arc<watch::Sender<bool>>,
+    others_hold: Arc<std::sync::atomic::AtomicBool>,
+    counters: Arc<Counters>,
+) {
     let set = |lead: bool| {
         counters
             .gauges
@@ -142,6 +144,7 @@ async fn keep(store: Store, leading: Arc<watch::Sender<bool>>, counters: Arc<Cou
             };
             match round {
                 Ok(Ok(true)) if !leads => {
+                    others_hold.store(false, Ordering::Relaxed);
                     // The previous holder may not know yet that its session is gone.
                     tracing::info!(
                         wait_ms = TAKEOVER_WAIT.as_millis() as u64,
@@ -157,7 +160,7 @@ async fn keep(store: Store, leading: Arc<watch::Sender<bool>>, counters: Arc<Cou
                     }
                 }
                 Ok(Ok(true)) => {}
-                Ok(Ok(false)) if !leads => {}
+                Ok(Ok(false)) if !leads => others_hold.store(true, Ordering::Relaxed),
                 Ok(Ok(false)) => {
                     tracing::error!("The lease session no longer holds the lock: stepping down");
                     set(false);
@@ -242,14 +245,14 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     #[test]
-    fn a_follower_judges_only_while_it_is_alone() {
+    fn a_follower_judges_only_while_another_replica_holds_the_lease() {
         let lease = Lease {
             leading: Arc::new(watch::Sender::new(false)),
             shared: true,
-            peers: Arc::default(),
+            others_hold: Arc::default(),
         };
         assert!(lease.judges(), "a lone replica judges before it leads");
-        lease.set_peers(true);
+        lease.others_hold.store(true, Ordering::Relaxed);
         assert!(!lease.judges(), "a follower beside a leader judges nothing");
         lease.leading.send_replace(true);
         assert!(lease.judges());
@@ -261,7 +264,7 @@ mod tests {
         let lease = Lease {
             leading: Arc::new(watch::Sender::new(false)),
             shared: true,
-            peers: Arc::default(),
+            others_hold: Arc::default(),
         };
         let (starts, running) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         struct Running(Arc<AtomicU32>);

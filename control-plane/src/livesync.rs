@@ -5,9 +5,8 @@
 //! ([`Hub::publish_relayed`], not relayed again). A replica sends only while another replica
 //! listens (checked every [`PEER_CHECK`]), so a lone control plane on PostgreSQL pays nothing.
 //! The leader also hands the relayed results and host metrics to its judge
-//! ([`crate::verdict::judge_worker`]): while replicas share the store, only it judges, and the
-//! count of listening replicas is what tells a replica it is not alone
-//! ([`crate::lease::Lease::set_peers`]).
+//! ([`crate::verdict::judge_worker`]): while another replica leads, a replica judges nothing
+//! ([`crate::lease::Lease::judges`]).
 //!
 //! Like the hub itself, the relay never slows ingest and holds a bound (on the leader, the
 //! receiving side waits for room in the judge's queue, as ingest's own commits do): a batch the relay
@@ -76,7 +75,7 @@ pub async fn run(state: AppState) {
     let (queue, batches) = mpsc::channel(RELAY_QUEUE_BATCHES);
     state.hub.relay_to(queue);
     tokio::join!(
-        send(sender, batches, &origin, &state.counters, &state.lease),
+        send(sender, batches, &origin, &state.counters),
         receive(listener, &origin, &state),
     );
 }
@@ -86,17 +85,13 @@ async fn send(
     mut batches: mpsc::Receiver<Arc<[Arc<Shared>]>>,
     origin: &str,
     counters: &Counters,
-    lease: &crate::lease::Lease,
 ) {
     let mut peers = false;
     let mut checked: Option<Instant> = None;
     while let Some(batch) = batches.recv().await {
         if checked.is_none_or(|at| at.elapsed() >= PEER_CHECK) {
             match sender.listeners().await {
-                Ok(n) => {
-                    peers = n > 1;
-                    lease.set_peers(peers);
-                }
+                Ok(n) => peers = n > 1,
                 Err(error) => tracing::warn!(%error, "Cannot count the replicas listening"),
             }
             checked = Some(Instant::now());

@@ -790,8 +790,8 @@ pub const JUDGE_QUEUE_BATCHES: usize = 16;
 /// Judges committed batches in commit order: verdicts from results, host-metric rules from
 /// metrics. Ingest hands batches over after each commit and goes on with the next; on
 /// PostgreSQL the replica that leads also gets, through the live relay
-/// ([`crate::livesync`]), what the other replicas committed. Only the leader judges while
-/// other replicas share the store ([`crate::lease::Lease::judges`]): with agents' rows spread
+/// ([`crate::livesync`]), what the other replicas committed. While another replica leads,
+/// this one judges nothing ([`crate::lease::Lease::judges`]): with agents' rows spread
 /// over replicas (a broker cluster's shared ingest), a check's regions meet in one place, and
 /// one replica writes its transitions. A replica that starts to judge again forgets its
 /// tracks first.

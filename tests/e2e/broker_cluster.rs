@@ -553,6 +553,19 @@ async fn replicas_share_ingest_through_the_cluster_and_survive_node_and_replica_
             },
         )
         .await?;
+        // Only the leader judged: the follower stored no transition.
+        let (leader, follower) = if a.get("/healthz").await?.1["leader"] == true {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        assert!(leader.counter("vantage_verdict_transitions_total").await? >= 1);
+        assert_eq!(
+            follower
+                .counter("vantage_verdict_transitions_total")
+                .await?,
+            0
+        );
 
         let (cp_cert, cp_key) = (
             std::fs::read_to_string(dir_a.join("pki/broker-client.pem"))?,
