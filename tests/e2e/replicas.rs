@@ -4,7 +4,6 @@
 //! killed -9 another takes over within one check interval; and what one replica commits
 //! reaches the live clients of the others. PostgreSQL only: SQLite is one process's store.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,22 +11,11 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use vantage_control_plane::store::lease::SCHEDULER_LOCK_ID;
-use vantage_tests::{Backend, ControlPlane, TestStore, wait_for};
+use vantage_tests::{Backend, ControlPlane, TestStore, share_replica_identity, wait_for};
 
 /// The check interval of the lone check in the dark region: longer than a takeover (the new
 /// leader waits `lease::TAKEOVER_WAIT`, 4 s, after taking the lock).
 const INTERVAL_S: i64 = 6;
-
-/// Copies what replicas share besides the store: the CA (agents trust one CA, whichever replica
-/// they reach) and the admin token file (the token itself is in the store).
-fn share_identity(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to.join("pki"))?;
-    for name in ["ca.pem", "ca.key"] {
-        std::fs::copy(from.join("pki").join(name), to.join("pki").join(name))?;
-    }
-    std::fs::copy(from.join("admin-token"), to.join("admin-token"))?;
-    Ok(())
-}
 
 async fn leads(cp: &ControlPlane) -> anyhow::Result<bool> {
     let (status, health) = cp.get("/healthz").await?;
@@ -69,7 +57,7 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
     .await
     .with_context(|| first.log_tail())?;
     let dir = tempfile::tempdir()?;
-    share_identity(&first.data_dir, &dir.path().join("data"))?;
+    share_replica_identity(&first.data_dir, &dir.path().join("data"))?;
     let second = ControlPlane::start_in(&store, &dir.path().join("data"), &env).await?;
     let mut replicas = [first, second];
 

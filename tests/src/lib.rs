@@ -174,6 +174,28 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Copies what replicas share besides the store from one replica's data directory to
+/// another's: the CA (agents trust one CA, whichever replica they reach), the broker secrets
+/// when `vantage broker-config` made them, and the admin token file (the token itself is in
+/// the store).
+pub fn share_replica_identity(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to.join("pki"))?;
+    for (name, needed) in [
+        ("ca.pem", true),
+        ("ca.key", true),
+        ("broker-issuer.nk", false),
+        ("broker-users.secret", false),
+    ] {
+        let source = from.join("pki").join(name);
+        if needed || source.exists() {
+            std::fs::copy(&source, to.join("pki").join(name))
+                .with_context(|| format!("copy {}", source.display()))?;
+        }
+    }
+    std::fs::copy(from.join("admin-token"), to.join("admin-token"))?;
+    Ok(())
+}
+
 /// A `vantage serve` child process.
 pub struct ControlPlane {
     pub data_dir: PathBuf,
