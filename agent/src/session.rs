@@ -111,7 +111,7 @@ fn config_path(config: &AgentConfig) -> std::path::PathBuf {
 ///
 /// # Errors
 /// An entry that is not `host:port`, or none at all.
-fn broker_addrs(mqtt_addr: &str) -> anyhow::Result<Vec<(String, u16)>> {
+pub fn broker_addrs(mqtt_addr: &str) -> anyhow::Result<Vec<(String, u16)>> {
     let addrs = mqtt_addr
         .split(',')
         .map(|addr| {
@@ -127,25 +127,37 @@ fn broker_addrs(mqtt_addr: &str) -> anyhow::Result<Vec<(String, u16)>> {
     Ok(addrs)
 }
 
-/// The MQTT options of a connection to `addr`: the client id is the agent id (with `.`
-/// written `~`, which the front door and a broker on NATS both take), the last will marks
-/// the agent offline.
-fn mqtt_options(id: &str, addr: &(String, u16), tls: Arc<rustls::ClientConfig>) -> MqttOptions {
-    let mut options = MqttOptions::new(topic::nats_client_id(id), addr.0.clone(), addr.1);
+/// The options of an MQTT session over mutual TLS to `addr` as `client_id`: a 10 s keep-alive,
+/// a clean session, packets up to 1 MiB either way. The agent's sessions and the control
+/// plane's own session on a broker cluster both start from these.
+pub fn tls_session_options(
+    client_id: String,
+    addr: &(String, u16),
+    tls: Arc<rustls::ClientConfig>,
+) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, addr.0.clone(), addr.1);
     options
         .set_keep_alive(Duration::from_secs(10))
         .set_clean_session(true)
         .set_max_packet_size(1024 * 1024, 1024 * 1024)
-        .set_last_will(LastWill::new(
-            topic::agent(id, AgentTopic::Status),
-            encode(&Status {
-                v: vantage_mqtt::PROTOCOL_VERSION,
-                state: NodeState::Offline,
-            }),
-            QoS::AtLeastOnce,
-            true,
-        ))
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    options
+}
+
+/// The MQTT options of a connection to `addr`: the client id is the agent id (with `.`
+/// written `~`, which the front door and a broker on NATS both take), the last will marks
+/// the agent offline.
+fn mqtt_options(id: &str, addr: &(String, u16), tls: Arc<rustls::ClientConfig>) -> MqttOptions {
+    let mut options = tls_session_options(topic::nats_client_id(id), addr, tls);
+    options.set_last_will(LastWill::new(
+        topic::agent(id, AgentTopic::Status),
+        encode(&Status {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            state: NodeState::Offline,
+        }),
+        QoS::AtLeastOnce,
+        true,
+    ));
     options
 }
 

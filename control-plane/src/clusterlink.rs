@@ -27,7 +27,7 @@ use vantage_mqtt::topic::{self, AgentTopic};
 
 use crate::AppState;
 use crate::broker::Incoming;
-use crate::callout::{CalloutError, connect};
+use crate::callout::{CalloutError, broker_tls, connect};
 
 /// The stream that holds what agents publish until a replica takes it.
 pub const INGEST_STREAM: &str = "VANTAGE_INGEST";
@@ -159,31 +159,10 @@ async fn consume_once(
 /// Publishes what [`crate::broker::Publisher`] queues for agents to the cluster's MQTT
 /// listeners `mqtt_addrs` (`host:port,…`), until the process ends.
 pub async fn publish(state: AppState, mqtt_addrs: String, mut queue: mpsc::Receiver<Outgoing>) {
-    let addrs: Vec<(String, u16)> = mqtt_addrs
-        .split(',')
-        .filter_map(|addr| {
-            let (host, port) = addr.trim().rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect();
-    if addrs.is_empty() {
-        tracing::error!(%mqtt_addrs, "No broker MQTT address to publish to");
-        return;
-    }
-    let tls = match state
-        .pki
-        .broker_client()
-        .map_err(CalloutError::from)
-        .and_then(|(cert, key)| {
-            Ok(vantage_agent::tls::mutual_client(
-                state.pki.ca_pem(),
-                &cert,
-                &key,
-            )?)
-        }) {
-        Ok(tls) => std::sync::Arc::new(tls),
+    let addrs = match vantage_agent::session::broker_addrs(&mqtt_addrs) {
+        Ok(addrs) => addrs,
         Err(error) => {
-            tracing::error!(%error, "The broker publisher cannot start");
+            tracing::error!(%error, "No broker MQTT address to publish to");
             return;
         }
     };
@@ -192,19 +171,26 @@ pub async fn publish(state: AppState, mqtt_addrs: String, mut queue: mpsc::Recei
         rand::fill(&mut bytes[..]);
         format!("vantage-cp-{}", hex::encode(bytes))
     };
-    let options = move |index: usize| {
-        let (host, port) = &addrs[index % addrs.len()];
-        let mut options = rumqttc::MqttOptions::new(client_id.clone(), host.clone(), *port);
-        options
-            .set_keep_alive(Duration::from_secs(10))
-            .set_clean_session(true)
-            .set_max_packet_size(1024 * 1024, 1024 * 1024)
-            .set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(tls.clone()),
-            ));
-        options
+    // The identity is taken anew at every connection, so a renewed one is used from the
+    // next connection on.
+    let options = {
+        let state = state.clone();
+        move |index: usize| -> Result<rumqttc::MqttOptions, CalloutError> {
+            let tls = std::sync::Arc::new(broker_tls(&state.pki)?);
+            Ok(vantage_agent::session::tls_session_options(
+                client_id.clone(),
+                &addrs[index % addrs.len()],
+                tls,
+            ))
+        }
     };
-    let first = options(0);
+    let first = match options(0) {
+        Ok(first) => first,
+        Err(error) => {
+            tracing::error!(%error, "The broker publisher cannot start");
+            return;
+        }
+    };
     let (client, mut eventloop) = rumqttc::AsyncClient::new(first, 1024);
     let driver = tokio::spawn(async move {
         let mut index = 0;
@@ -217,7 +203,12 @@ pub async fn publish(state: AppState, mqtt_addrs: String, mut queue: mpsc::Recei
                 Err(error) => {
                     tracing::warn!(%error, "The broker publisher lost its session");
                     index += 1;
-                    eventloop.mqtt_options = options(index);
+                    match options(index) {
+                        Ok(next) => eventloop.mqtt_options = next,
+                        Err(error) => {
+                            tracing::warn!(%error, "The broker publisher keeps its last identity")
+                        }
+                    }
                     tokio::time::sleep(RETRY).await;
                 }
             }

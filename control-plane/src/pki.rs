@@ -51,6 +51,12 @@ pub enum PkiError {
 /// certificate ([`Pki::broker_client`]).
 pub const CONTROL_PLANE_OU: &str = "control-plane";
 
+/// How long the control plane's broker client certificate is valid.
+pub const BROKER_CLIENT_VALIDITY: Duration = Duration::days(825);
+
+/// How long before its end the control plane's broker client certificate is made anew.
+pub const BROKER_CLIENT_RENEW_BEFORE: Duration = Duration::days(30);
+
 /// The largest CSR accepted, in PEM bytes.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
 
@@ -315,19 +321,32 @@ impl Pki {
     }
 
     /// The control plane's client identity towards an external broker, created on first
-    /// use: PEM certificate and key. Its subject carries [`CONTROL_PLANE_OU`], which no
-    /// agent certificate can (agents' subjects are exactly `CN=<agent id>`).
+    /// use and made anew when the stored one expires within [`BROKER_CLIENT_RENEW_BEFORE`]
+    /// (or cannot be read): PEM certificate and key. Its subject carries
+    /// [`CONTROL_PLANE_OU`], which no agent certificate can (agents' subjects are exactly
+    /// `CN=<agent id>`). Callers take it at each connection, so a renewed identity is used
+    /// from the next one on; a broker checks a certificate only at the handshake.
     ///
     /// # Errors
     /// I/O errors, or stored files that do not parse.
     pub fn broker_client(&self) -> Result<(String, String), PkiError> {
+        self.broker_client_at(OffsetDateTime::now_utc())
+    }
+
+    /// [`Pki::broker_client`] as at `now`.
+    fn broker_client_at(&self, now: OffsetDateTime) -> Result<(String, String), PkiError> {
         let cert_path = self.dir.join("broker-client.pem");
         let key_path = self.dir.join("broker-client.key");
         let _creating = self
             .broker_client_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !cert_path.exists() || !key_path.exists() {
+        let fresh = key_path.exists()
+            && fs::read(&cert_path)
+                .ok()
+                .and_then(|pem| pem_not_after(&pem))
+                .is_some_and(|not_after| not_after - BROKER_CLIENT_RENEW_BEFORE > now);
+        if !fresh {
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::default();
             let mut name = DistinguishedName::new();
@@ -336,12 +355,12 @@ impl Pki {
             params.distinguished_name = name;
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             params.serial_number = Some(random_serial());
-            let now = OffsetDateTime::now_utc();
             params.not_before = now - Duration::hours(1);
-            params.not_after = now + Duration::days(825);
+            params.not_after = now + BROKER_CLIENT_VALIDITY;
             let cert = params.signed_by(&key, &self.issuer)?;
             write_file(&key_path, &key.serialize_pem(), 0o600)?;
             write_file(&cert_path, &cert.pem(), 0o644)?;
+            tracing::info!(path = %cert_path.display(), "Issued the control plane's broker client certificate");
         }
         let cert = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
         let key = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
@@ -449,6 +468,13 @@ fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, PkiError>
         return Err(PkiError::CsrTooLarge { len: csr_pem.len() });
     }
     CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)
+}
+
+/// The end of validity of the first certificate in `pem`, if it parses.
+fn pem_not_after(pem: &[u8]) -> Option<OffsetDateTime> {
+    let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
+    OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp()).ok()
 }
 
 /// The CN of a DER certificate's subject, if it has exactly one.
@@ -561,5 +587,30 @@ mod tests {
             - parsed.validity().not_before.timestamp()
             - 365 * 86_400;
         assert_eq!(backdate_s, 300, "long validities are backdated 5 minutes");
+    }
+
+    #[test]
+    fn broker_client_identity_is_kept_until_its_last_month_then_made_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let first = pki.broker_client_at(now).unwrap();
+        let not_after = pem_not_after(first.0.as_bytes()).unwrap();
+        assert!(not_after > now + BROKER_CLIENT_VALIDITY - Duration::minutes(1));
+        // Until 30 days before its end the same identity is handed out.
+        let late = not_after - BROKER_CLIENT_RENEW_BEFORE - Duration::hours(1);
+        assert_eq!(pki.broker_client_at(late).unwrap(), first);
+        // Within its last 30 days it is made anew: new key, valid from then on.
+        let renewal = not_after - BROKER_CLIENT_RENEW_BEFORE + Duration::hours(1);
+        let renewed = pki.broker_client_at(renewal).unwrap();
+        assert_ne!(renewed.0, first.0);
+        assert_ne!(renewed.1, first.1);
+        let renewed_until = pem_not_after(renewed.0.as_bytes()).unwrap();
+        assert!(renewed_until > renewal + BROKER_CLIENT_VALIDITY - Duration::minutes(1));
+        assert_eq!(pki.broker_client_at(renewal).unwrap(), renewed);
+        // An unreadable stored certificate is replaced, not served.
+        std::fs::write(dir.path().join("broker-client.pem"), "garbage").unwrap();
+        let replaced = pki.broker_client_at(now).unwrap();
+        assert!(pem_not_after(replaced.0.as_bytes()).is_some());
     }
 }
