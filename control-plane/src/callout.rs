@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use vantage_mqtt::topic;
 
 use crate::AppState;
-use crate::brokerauth::{self, BrokerIdentity, BrokerSecrets};
+use crate::brokerauth::{self, BrokerIdentity, BrokerSecrets, BrokerUser};
 
 /// The queue group the replicas answer callout requests in.
 const QUEUE_GROUP: &str = "vantage-callout";
@@ -33,6 +33,60 @@ const KICK_POLL: Duration = Duration::from_millis(500);
 const LOOKUP_WINDOW: Duration = Duration::from_millis(750);
 /// Most revoked agents looked up in one round (the rest wait for the next).
 const KICKS_PER_ROUND: usize = 256;
+/// After its first kick, a revoked agent is looked up again after each of these delays
+/// (counted from the kick before): a node that did not answer within the lookup window, or
+/// was cut off from this replica, is asked again.
+const KICK_FOLLOW_UPS: [Duration; 3] = [
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(300),
+];
+
+/// Which revoked agents are due for a kick: each new one at once, then again after each of
+/// [`KICK_FOLLOW_UPS`]; at most [`KICKS_PER_ROUND`] per round.
+#[derive(Debug, Default)]
+struct KickSchedule {
+    /// Per revoked agent already kicked: the kicks made and when the next is due (`None`
+    /// after the last).
+    kicked: HashMap<String, (usize, Option<tokio::time::Instant>)>,
+}
+
+impl KickSchedule {
+    /// A schedule that treats `revoked` as kicked long ago (they were revoked before this
+    /// process started; the callout refuses them anyway).
+    fn settled(revoked: HashSet<String>) -> Self {
+        Self {
+            kicked: revoked
+                .into_iter()
+                .map(|id| (id, (KICK_FOLLOW_UPS.len() + 1, None)))
+                .collect(),
+        }
+    }
+
+    /// The agents due at `now` out of the currently `revoked`; ids no longer revoked (a
+    /// store restored from a backup) are forgotten.
+    fn due(&mut self, revoked: &HashSet<String>, now: tokio::time::Instant) -> Vec<String> {
+        self.kicked.retain(|id, _| revoked.contains(id));
+        revoked
+            .iter()
+            .filter(|id| match self.kicked.get(*id) {
+                None => true,
+                Some((_, next)) => next.is_some_and(|at| at <= now),
+            })
+            .take(KICKS_PER_ROUND)
+            .cloned()
+            .collect()
+    }
+
+    /// Notes that `ids` were kicked at `now`.
+    fn done(&mut self, ids: Vec<String>, now: tokio::time::Instant) {
+        for id in ids {
+            let made = self.kicked.get(&id).map_or(0, |(made, _)| *made) + 1;
+            let next = KICK_FOLLOW_UPS.get(made - 1).map(|wait| now + *wait);
+            self.kicked.insert(id, (made, next));
+        }
+    }
+}
 
 /// Errors of the callout service.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +103,21 @@ pub enum CalloutError {
     Request(String),
 }
 
+/// The mutual-TLS client configuration of the control plane towards the broker cluster,
+/// from its broker client identity ([`crate::pki::Pki::broker_client`], renewed near its
+/// end): taken anew for every connection.
+///
+/// # Errors
+/// The identity cannot be made or read, or TLS refuses it.
+pub(crate) fn broker_tls(pki: &crate::pki::Pki) -> Result<rustls::ClientConfig, CalloutError> {
+    let (cert, key) = pki.broker_client()?;
+    Ok(vantage_agent::tls::mutual_client(
+        pki.ca_pem(),
+        &cert,
+        &key,
+    )?)
+}
+
 /// Connects to the broker at `urls` (comma-separated) with the control plane's broker
 /// client certificate, as `user` (an auth-config user: user name and password) or, without
 /// one, as the control plane the callout authorizes.
@@ -58,8 +127,7 @@ pub(crate) async fn connect(
     user: Option<(&str, &str)>,
     name: &str,
 ) -> Result<async_nats::Client, CalloutError> {
-    let (cert, key) = state.pki.broker_client()?;
-    let tls = vantage_agent::tls::mutual_client(state.pki.ca_pem(), &cert, &key)?;
+    let tls = broker_tls(&state.pki)?;
     let servers: Vec<async_nats::ServerAddr> = urls
         .split(',')
         .map(|url| url.trim().parse())
@@ -105,7 +173,10 @@ async fn answer(state: &AppState, secrets: &BrokerSecrets, urls: &str) -> Result
     let client = connect(
         state,
         urls,
-        Some((brokerauth::CALLOUT_USER, secrets.password())),
+        Some((
+            brokerauth::CALLOUT_USER,
+            &secrets.password(BrokerUser::Callout),
+        )),
         "vantage callout",
     )
     .await?;
@@ -151,16 +222,19 @@ async fn answer(state: &AppState, secrets: &BrokerSecrets, urls: &str) -> Result
     Ok(())
 }
 
-/// Closes the broker connections of agents revoked after this task started (agents
-/// revoked before are refused by the callout at their next connection, and were kicked by
-/// the replica that revoked them).
+/// Closes the broker connections of agents revoked after this task started, at once and
+/// again after each of [`KICK_FOLLOW_UPS`] (agents revoked before are refused by the callout
+/// at their next connection, and were kicked by the replica that revoked them).
 async fn kick_revoked(state: AppState, secrets: std::sync::Arc<BrokerSecrets>, urls: String) {
-    let mut done: HashSet<String> = state.registry.revoked_ids();
+    let mut schedule = KickSchedule::settled(state.registry.revoked_ids());
     loop {
         let client = match connect(
             &state,
             &urls,
-            Some((brokerauth::SYSTEM_USER, secrets.password())),
+            Some((
+                brokerauth::SYSTEM_USER,
+                &secrets.password(BrokerUser::System),
+            )),
             "vantage revocations",
         )
         .await
@@ -175,14 +249,7 @@ async fn kick_revoked(state: AppState, secrets: std::sync::Arc<BrokerSecrets>, u
         let mut tick = tokio::time::interval(KICK_POLL);
         loop {
             tick.tick().await;
-            let revoked = state.registry.revoked_ids();
-            // Ids no longer revoked (a store restored from a backup) leave the done set.
-            done.retain(|id| revoked.contains(id));
-            let todo: Vec<String> = revoked
-                .into_iter()
-                .filter(|id| !done.contains(id))
-                .take(KICKS_PER_ROUND)
-                .collect();
+            let todo = schedule.due(&state.registry.revoked_ids(), tokio::time::Instant::now());
             if todo.is_empty() {
                 continue;
             }
@@ -192,9 +259,10 @@ async fn kick_revoked(state: AppState, secrets: std::sync::Arc<BrokerSecrets>, u
                         .counters
                         .broker_kicks
                         .fetch_add(kicked, Ordering::Relaxed);
-                    done.extend(todo);
+                    schedule.done(todo, tokio::time::Instant::now());
                 }
                 Err(error) => {
+                    // Not noted as done: they are due again at the next round.
                     state
                         .counters
                         .broker_kick_failures
@@ -272,4 +340,52 @@ async fn kick(client: &async_nats::Client, ids: &[String]) -> Result<u64, Callou
         }
     }
     Ok(kicked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_agent_is_kicked_at_once_then_after_each_follow_up_and_then_left() {
+        let start = tokio::time::Instant::now();
+        let old: HashSet<String> = ["old".to_owned()].into();
+        let mut schedule = KickSchedule::settled(old.clone());
+        assert!(schedule.due(&old, start).is_empty(), "revoked before start");
+        let revoked: HashSet<String> = ["old".to_owned(), "new".to_owned()].into();
+        assert_eq!(schedule.due(&revoked, start), vec!["new".to_owned()]);
+        // A failed round notes nothing: the agent is due again at the next.
+        assert_eq!(schedule.due(&revoked, start), vec!["new".to_owned()]);
+        schedule.done(vec!["new".to_owned()], start);
+        let mut at = start;
+        for wait in KICK_FOLLOW_UPS {
+            assert!(
+                schedule
+                    .due(&revoked, at + wait - Duration::from_millis(1))
+                    .is_empty()
+            );
+            at += wait;
+            assert_eq!(schedule.due(&revoked, at), vec!["new".to_owned()]);
+            schedule.done(vec!["new".to_owned()], at);
+        }
+        assert!(
+            schedule
+                .due(&revoked, at + Duration::from_secs(86_400))
+                .is_empty()
+        );
+        // An agent no longer revoked is forgotten, and kicked anew if revoked again.
+        assert!(schedule.due(&old, at).is_empty());
+        assert_eq!(schedule.due(&revoked, at), vec!["new".to_owned()]);
+    }
+
+    #[test]
+    fn one_round_kicks_at_most_its_bound() {
+        let now = tokio::time::Instant::now();
+        let mut schedule = KickSchedule::default();
+        let revoked: HashSet<String> = (0..KICKS_PER_ROUND + 10).map(|i| format!("a{i}")).collect();
+        let first = schedule.due(&revoked, now);
+        assert_eq!(first.len(), KICKS_PER_ROUND);
+        schedule.done(first, now);
+        assert_eq!(schedule.due(&revoked, now).len(), 10);
+    }
 }

@@ -2,7 +2,8 @@
 //! the control plane authorizes through the broker's auth callout: the front door's attacks
 //! repeated against the cluster (foreign topics, wildcards, another agent's client id, a
 //! last will on a foreign topic, the native port, no or foreign certificates), and a revoked
-//! agent disconnected within seconds and refused after. SQLite: the callout reads the
+//! agent disconnected within seconds and refused after; the control plane's own broker users
+//! confined to their tasks. SQLite: the callout reads the
 //! revoked set, whichever store holds it.
 
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures_util::StreamExt;
 use rustls_pki_types::pem::PemObject as _;
+use vantage_control_plane::brokerauth::{self, BrokerSecrets, BrokerUser};
 use vantage_mqtt::topic;
 use vantage_tests::nats::NatsCluster;
 use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, bin, connect, wait_for};
@@ -37,6 +39,138 @@ async fn native(
         .max_reconnects(if reconnect { None } else { Some(0) })
         .connect(servers)
         .await?)
+}
+
+/// A native client of the cluster as one of the control plane's users (its certificate and
+/// `password`); the server errors it receives (permission violations) arrive on the
+/// channel.
+async fn native_user(
+    cp: &ControlPlane,
+    cluster: &NatsCluster,
+    user: BrokerUser,
+    password: String,
+) -> anyhow::Result<(
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+)> {
+    let tls = vantage_agent::tls::mutual_client(
+        &cp.ca_pem,
+        &std::fs::read_to_string(cp.data_dir.join("pki/broker-client.pem"))?,
+        &std::fs::read_to_string(cp.data_dir.join("pki/broker-client.key"))?,
+    )?;
+    let servers: Vec<async_nats::ServerAddr> = cluster
+        .client_urls()
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let (errors_in, errors) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password(user.name().to_owned(), password)
+        .tls_client_config(tls)
+        .require_tls(true)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(Some(0))
+        .event_callback(move |event| {
+            let errors_in = errors_in.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    let _ = errors_in.send(error.to_string());
+                }
+            }
+        })
+        .connect(servers)
+        .await?;
+    Ok((client, errors))
+}
+
+/// The next server error of a [`native_user`] client within 5 s.
+async fn next_server_error(
+    errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> anyhow::Result<String> {
+    tokio::time::timeout(Duration::from_secs(5), errors.recv())
+        .await
+        .context("no server error")?
+        .context("client gone")
+}
+
+/// The control plane's own broker users may do their task and nothing else: the system user
+/// may look up connections but neither read the system account's subjects nor ask for
+/// anything else; the callout user may publish nothing but replies. A wrong password is
+/// refused.
+async fn control_plane_users_are_confined(
+    cp: &ControlPlane,
+    cluster: &NatsCluster,
+) -> anyhow::Result<()> {
+    let secrets = BrokerSecrets::load(&cp.data_dir.join("pki"))?;
+    let (system, mut errors) = native_user(
+        cp,
+        cluster,
+        BrokerUser::System,
+        secrets.password(BrokerUser::System),
+    )
+    .await?;
+    let answer = system
+        .request("$SYS.REQ.SERVER.PING.CONNZ", "{}".into())
+        .await
+        .context("the system user's connection lookup")?;
+    assert!(
+        String::from_utf8_lossy(&answer.payload).contains("connections"),
+        "{answer:?}"
+    );
+    let _sub = system.subscribe("$SYS.>").await?;
+    system.flush().await?;
+    let error = next_server_error(&mut errors).await?;
+    assert!(
+        error.contains("Permissions Violation for Subscription"),
+        "{error}"
+    );
+    system
+        .publish("$SYS.REQ.SERVER.PING.VARZ", "{}".into())
+        .await?;
+    system.flush().await?;
+    let error = next_server_error(&mut errors).await?;
+    assert!(
+        error.contains("Permissions Violation for Publish"),
+        "{error}"
+    );
+
+    let (callout, mut errors) = native_user(
+        cp,
+        cluster,
+        BrokerUser::Callout,
+        secrets.password(BrokerUser::Callout),
+    )
+    .await?;
+    callout
+        .publish(brokerauth::CALLOUT_SUBJECT, "forged".into())
+        .await?;
+    callout.flush().await?;
+    let error = next_server_error(&mut errors).await?;
+    assert!(
+        error.contains("Permissions Violation for Publish"),
+        "{error}"
+    );
+    let _sub = callout.subscribe("_INBOX.>").await?;
+    callout.flush().await?;
+    let error = next_server_error(&mut errors).await?;
+    assert!(
+        error.contains("Permissions Violation for Subscription"),
+        "{error}"
+    );
+
+    // The callout user's password does not open the system user.
+    let wrong = native_user(
+        cp,
+        cluster,
+        BrokerUser::System,
+        secrets.password(BrokerUser::Callout),
+    )
+    .await;
+    assert!(
+        wrong.is_err(),
+        "the callout's password opened the system user"
+    );
+    Ok(())
 }
 
 /// Connects `identity` to a node's MQTT port with `client_id` and polls it in the
@@ -129,7 +263,10 @@ async fn agents_on_a_broker_cluster_stay_inside_their_topics_and_revocation_cuts
     let urls = cluster.client_urls();
     let cp =
         ControlPlane::start_in(&store, &data_dir, &[("VANTAGE_BROKER_NATS_URLS", &urls)]).await?;
-    let result = attacks(&cp, &cluster).await;
+    let result = match attacks(&cp, &cluster).await {
+        Ok(()) => control_plane_users_are_confined(&cp, &cluster).await,
+        error => error,
+    };
     if result.is_err() {
         eprintln!(
             "{}\n--- control plane\n{}",
@@ -411,22 +548,6 @@ async fn attacks(cp: &ControlPlane, cluster: &NatsCluster) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Copies what replicas share besides the store: the CA, the broker secrets and the admin
-/// token file.
-fn share_identity(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to.join("pki"))?;
-    for name in [
-        "ca.pem",
-        "ca.key",
-        "broker-issuer.nk",
-        "broker-users.secret",
-    ] {
-        std::fs::copy(from.join("pki").join(name), to.join("pki").join(name))?;
-    }
-    std::fs::copy(from.join("admin-token"), to.join("admin-token"))?;
-    Ok(())
-}
-
 /// The newest heartbeat's `spool_len` of `agent`, read natively off the cluster.
 async fn spool_len(
     heartbeats: &mut async_nats::Subscriber,
@@ -474,7 +595,7 @@ async fn replicas_share_ingest_through_the_cluster_and_survive_node_and_replica_
         ("VANTAGE_METRICS_INTERVAL_S", "1"),
     ];
     let mut a = ControlPlane::start_in(&store, &dir_a, &env).await?;
-    share_identity(&dir_a, &dir_b)?;
+    vantage_tests::share_replica_identity(&dir_a, &dir_b)?;
     let b = ControlPlane::start_in(&store, &dir_b, &env).await?;
     let result = async {
         // Both replicas read the ingest stream (one of them created it) before the agent
