@@ -14,8 +14,10 @@
 //! skip the batch: they go to a task of their own, where each takes its source's webhook
 //! path and is acknowledged once stored there. A failed commit acknowledges nothing: agents keep the rows and resend.
 //! Hello, status and heartbeat messages update the agents table directly; a hello whose
-//! `next_seq` is at or below what the store holds means the agent's state was rewound, and
-//! the agent is told to number on from past it (`Command::RaiseSeq`). A certificate signing
+//! `next_seq` is at or below what the store holds means the agent's state was rewound: the
+//! store holds the reused seqs back until the agent's next hello (every replica's committer
+//! takes such rows out of its batches, unstored and unacknowledged), and the agent is told
+//! to number on from past them (`Command::RaiseSeq`). A certificate signing
 //! request (`csr`) goes to [`crate::renew`].
 
 use std::collections::HashMap;
@@ -99,8 +101,6 @@ enum RowRefusal {
     Undecodable,
     /// An identifier in it (check id, event source) breaks the id rules.
     InvalidId,
-    /// Its seq is in the range a rewound agent reused; it waits for the renumbered copy.
-    SeqRewound,
 }
 
 /// Decodes a batch row by row and keeps what can be stored, repaired where needed; counts
@@ -109,15 +109,11 @@ fn admit<T: IngestRow>(
     state: &AppState,
     agent: &str,
     rows: Vec<Result<T, RowError>>,
-    rewound: Option<(u64, u64)>,
     refused_seqs: &mut Vec<u64>,
 ) -> Vec<T> {
     let mut kept = Vec::with_capacity(rows.len());
     for row in rows {
         let (refusal, seq) = match row {
-            Ok(row) if rewound.is_some_and(|(from, to)| (from..=to).contains(&row.seq())) => {
-                (RowRefusal::SeqRewound, None)
-            }
             Ok(row) if !row.ids_valid() => (RowRefusal::InvalidId, Some(row.seq())),
             Ok(mut row) => {
                 let repair = row.repair();
@@ -144,7 +140,6 @@ fn admit<T: IngestRow>(
         let counter = match refusal {
             RowRefusal::Undecodable => &state.counters.ingest_row_undecodable,
             RowRefusal::InvalidId => &state.counters.ingest_row_invalid_id,
-            RowRefusal::SeqRewound => &state.counters.ingest_row_seq_rewound,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         refused_seqs.extend(seq);
@@ -179,10 +174,6 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
     let relayer = tokio::spawn(relay_loop(state.clone(), relayed));
     let committer = tokio::spawn(commit_loop(state.clone(), receiver, relays));
     let mut regions: HashMap<String, String> = HashMap::new();
-    // Agents whose last hello showed a rewound seq: the seqs they reused. Rows in that range
-    // are held back (never stored, never acknowledged) until the agent's next hello, by which
-    // time it has renumbered them; one entry per agent at most.
-    let mut rewound: HashMap<String, (u64, u64)> = HashMap::new();
     while let Some(message) = subscription.next().await {
         let Ok(Topic::Agent { id, kind }) = Topic::parse(&message.topic) else {
             state
@@ -211,30 +202,22 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
             continue;
         };
         let mut refused_seqs = Vec::new();
-        let window = rewound.get(&id).copied();
         let outcome = match kind {
             AgentTopic::Results => decode_rows::<CheckResult>(&message.payload).map(|rows| {
-                let rows = admit(&state, &id, rows, window, &mut refused_seqs);
+                let rows = admit(&state, &id, rows, &mut refused_seqs);
                 Some(Rows::Results(id.clone(), region.clone(), rows))
             }),
             AgentTopic::Metrics => decode_rows::<HostMetrics>(&message.payload).map(|rows| {
-                let rows = admit(&state, &id, rows, window, &mut refused_seqs);
+                let rows = admit(&state, &id, rows, &mut refused_seqs);
                 Some(Rows::Metrics(id.clone(), region.clone(), rows))
             }),
             AgentTopic::Events => decode_rows::<Event>(&message.payload).map(|rows| {
-                let rows = admit(&state, &id, rows, window, &mut refused_seqs);
+                let rows = admit(&state, &id, rows, &mut refused_seqs);
                 Some(Rows::Events(id.clone(), region.clone(), rows))
             }),
             AgentTopic::Hello => match decode::<Hello>(&message.payload) {
                 Ok(hello) => {
-                    match on_hello(&state, &id, &region, hello).await {
-                        Some(window) => {
-                            rewound.insert(id.clone(), window);
-                        }
-                        None => {
-                            rewound.remove(&id);
-                        }
-                    }
+                    on_hello(&state, &id, &region, hello).await;
                     Ok(None)
                 }
                 Err(e) => Err(e),
@@ -342,14 +325,10 @@ async fn region_of(
     }
 }
 
-/// Records a hello, then tells the live feed. Returns the seq window the agent reused when
-/// its hello shows a rewound state (its `next_seq` at or below what the store holds).
-async fn on_hello(
-    state: &AppState,
-    id: &str,
-    region: &str,
-    mut hello: Hello,
-) -> Option<(u64, u64)> {
+/// Records a hello, then tells the live feed. When the hello shows a rewound state (its
+/// `next_seq` at or below what the store holds), the store holds the reused seqs back
+/// ([`crate::store::Store::held_seqs`]) and the agent is told to number on past them.
+async fn on_hello(state: &AppState, id: &str, region: &str, mut hello: Hello) {
     if hello.bound_texts().any() {
         state
             .counters
@@ -358,10 +337,10 @@ async fn on_hello(
     }
     let last_seq = match state.store.record_hello(id, &hello).await {
         Ok(Some(last_seq)) => last_seq,
-        Ok(None) => return None,
+        Ok(None) => return,
         Err(error) => {
             tracing::warn!(agent = %id, %error, "Cannot record hello");
-            return None;
+            return;
         }
     };
     tracing::info!(agent = %id, version = %hello.version, arch = %hello.arch, "Agent said hello");
@@ -375,7 +354,7 @@ async fn on_hello(
         data: serde_json::to_value(&hello).unwrap_or_default(),
     });
     if last_seq == 0 || hello.next_seq > last_seq {
-        return None;
+        return;
     }
     // The store holds seqs the agent is about to number new rows with: its state was
     // rewound. Rows in the reused range are held back until the agent renumbers them.
@@ -404,7 +383,6 @@ async fn on_hello(
     {
         tracing::warn!(agent = %id, %error, "Cannot publish the seq command");
     }
-    Some((hello.next_seq, last_seq))
 }
 
 /// Records a connection state change, publishes it and reassigns checks.
@@ -584,10 +562,28 @@ async fn take_one_relayed(state: &AppState, agent: &str, event: &Event) -> bool 
 }
 
 /// Commits a batch (retrying five times), then acknowledges and fans it out.
-pub(crate) async fn commit_with_retry(state: &AppState, batch: IngestBatch) {
+pub(crate) async fn commit_with_retry(state: &AppState, mut batch: IngestBatch) {
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=5 {
-        match state.store.commit_batch(&batch).await {
+        // Rows in the seq range a rewound agent reused wait for their renumbered copies.
+        // The range is read from the store, whichever replica took the agent's hello.
+        let committed = match state.store.held_seqs().await {
+            Ok(held) => {
+                let n_held = batch.hold(&held);
+                if n_held > 0 {
+                    state
+                        .counters
+                        .ingest_row_seq_rewound
+                        .fetch_add(n_held as u64, Ordering::Relaxed);
+                }
+                if batch.is_empty() {
+                    return;
+                }
+                state.store.commit_batch(&batch).await
+            }
+            Err(error) => Err(error),
+        };
+        match committed {
             Ok(()) => {
                 after_commit(state, batch).await;
                 return;

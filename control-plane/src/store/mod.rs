@@ -18,7 +18,7 @@ pub mod partitions;
 pub mod rollups;
 pub mod sessions;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -612,8 +612,14 @@ impl Store {
         id: &str,
         hello: &vantage_mqtt::Hello,
     ) -> Result<Option<u64>, StoreError> {
+        // A `next_seq` at or below the stored high-water mark means the agent's state was
+        // rewound: the reused seqs are held until its next hello ([`Store::held_seqs`]).
+        // SET sees the row as it was, so `last_seq` here is the stored mark.
         let sql = "UPDATE agents SET hostname = $2, arch = $3, os = $4, version = $5, boot_id = $6, \
-                   last_seen_ms = $7, next_seq = $8 WHERE id = $1 RETURNING last_seq";
+                   last_seen_ms = $7, next_seq = $8, \
+                   held_seq_from = CASE WHEN last_seq > 0 AND $8 <= last_seq THEN $8 END, \
+                   held_seq_to = CASE WHEN last_seq > 0 AND $8 <= last_seq THEN last_seq END \
+                   WHERE id = $1 RETURNING last_seq";
         let last_seq: Option<i64> = on_pool!(self, pool => sqlx::query_scalar(sql)
             .bind(id)
             .bind(&hello.hostname)
@@ -626,6 +632,22 @@ impl Store {
             .fetch_optional(pool)
             .await?);
         Ok(last_seq.map(|s| s.max(0) as u64))
+    }
+
+    /// The seqs held back per agent: those a rewound agent reused, from its last hello
+    /// ([`Store::record_hello`]) until its next. Usually none.
+    ///
+    /// # Errors
+    /// Database errors only.
+    pub async fn held_seqs(&self) -> Result<HashMap<String, (u64, u64)>, StoreError> {
+        let sql = "SELECT id, held_seq_from, held_seq_to FROM agents \
+                   WHERE held_seq_to IS NOT NULL AND held_seq_from IS NOT NULL";
+        let rows: Vec<(String, i64, i64)> =
+            on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(id, from, to)| (id, (from.max(0) as u64, to.max(0) as u64)))
+            .collect())
     }
 
     /// Records a heartbeat's counters; returns true when this heartbeat brought an agent
@@ -1013,5 +1035,83 @@ mod tests {
             assert_eq!(limit.to_string(), SQLITE_SOFT_HEAP_BYTES);
             held.push(connection);
         }
+    }
+
+    /// A hello whose `next_seq` is at or below the stored high-water mark holds the reused
+    /// seqs in the store (so every replica's ingest sees them) until the agent's next hello;
+    /// a batch loses exactly the held agent's rows in that range.
+    #[tokio::test]
+    async fn a_rewound_hello_holds_the_reused_seqs_until_the_next_hello() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(None, dir.path()).await.unwrap();
+        store.migrate().await.unwrap();
+        store.ensure_region("europe").await.unwrap();
+        let Store::Sqlite(pool) = &store else {
+            panic!("no database URL opens SQLite");
+        };
+        sqlx::query(
+            "INSERT INTO agents (id, region, labels, hostname, arch, os, version, cert_serial, \
+             cert_not_after_ms, state, enrolled_at_ms, last_seq) \
+             VALUES ('ag-1', 'europe', '{}', 'h', 'x86_64', 'linux', '1', '00', 0, 'offline', 0, 100)",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+        let hello = |next_seq: u64| vantage_mqtt::Hello {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            version: "1".into(),
+            arch: "x86_64".into(),
+            os: "linux".into(),
+            hostname: "h".into(),
+            labels: BTreeMap::new(),
+            capabilities: Vec::new(),
+            boot_id: "b".into(),
+            next_seq,
+            config_revision: 0,
+        };
+        assert_eq!(
+            store.record_hello("ag-1", &hello(101)).await.unwrap(),
+            Some(100)
+        );
+        assert!(store.held_seqs().await.unwrap().is_empty());
+        assert_eq!(
+            store.record_hello("ag-1", &hello(40)).await.unwrap(),
+            Some(100)
+        );
+        let held = store.held_seqs().await.unwrap();
+        assert_eq!(held, HashMap::from([("ag-1".to_owned(), (40, 100))]));
+
+        let row = |seq: u64| -> vantage_mqtt::CheckResult {
+            serde_json::from_value(serde_json::json!({"seq": seq, "measured_at_ms": 1,
+                "check_id": "web", "ok": true, "reason": "ok",
+                "timings": {"total_ms": 1.0}}))
+            .unwrap()
+        };
+        let mut batch = models::IngestBatch::default();
+        for (agent, seq) in [
+            ("ag-1", 39),
+            ("ag-1", 40),
+            ("ag-1", 100),
+            ("ag-1", 101),
+            ("ag-2", 50),
+        ] {
+            batch
+                .results
+                .push((agent.into(), "europe".into(), row(seq)));
+        }
+        assert_eq!(batch.hold(&held), 2);
+        let left: Vec<(&str, u64)> = batch
+            .results
+            .iter()
+            .map(|(a, _, r)| (a.as_str(), r.seq))
+            .collect();
+        assert_eq!(left, [("ag-1", 39), ("ag-1", 101), ("ag-2", 50)]);
+
+        // The next hello (renumbered: past the stored rows) releases the range.
+        assert_eq!(
+            store.record_hello("ag-1", &hello(101)).await.unwrap(),
+            Some(100)
+        );
+        assert!(store.held_seqs().await.unwrap().is_empty());
     }
 }

@@ -465,6 +465,25 @@ impl IngestBatch {
         seqs
     }
 
+    /// Takes out the rows whose seq is in their agent's held range (`held`, from
+    /// [`super::Store::held_seqs`]): they are neither stored nor acknowledged, and come
+    /// back renumbered. The number taken out.
+    pub fn hold(&mut self, held: &std::collections::HashMap<String, (u64, u64)>) -> usize {
+        if held.is_empty() {
+            return 0;
+        }
+        let keep = |agent: &String, seq: u64| {
+            !held
+                .get(agent)
+                .is_some_and(|(from, to)| (*from..=*to).contains(&seq))
+        };
+        let before = self.len();
+        self.results.retain(|(a, _, r)| keep(a, r.seq));
+        self.metrics.retain(|(a, _, m)| keep(a, m.seq));
+        self.events.retain(|(a, _, e)| keep(a, e.seq));
+        before - self.len()
+    }
+
     /// The highest seq per agent in this batch.
     pub fn max_seq_per_agent(&self) -> BTreeMap<String, u64> {
         self.seqs_per_agent()
