@@ -264,6 +264,26 @@ impl Subscription {
         }
     }
 
+    /// The messages as a channel whose `recv` may be cancelled without losing one (ingest
+    /// waits on it with a deadline): the router's pass through a task of their own with a
+    /// queue of `bound` messages; a merged subscription is such a channel already.
+    pub fn into_receiver(self, bound: usize) -> tokio::sync::mpsc::Receiver<Incoming> {
+        match self {
+            Subscription::Router(mut router) => {
+                let (sender, receiver) = tokio::sync::mpsc::channel(bound.max(1));
+                tokio::spawn(async move {
+                    while let Some(message) = router.next().await {
+                        if sender.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                receiver
+            }
+            Subscription::Merged(receiver) => receiver,
+        }
+    }
+
     /// The next message; `None` when the router has stopped.
     pub async fn next(&mut self) -> Option<Incoming> {
         match self {

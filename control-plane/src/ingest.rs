@@ -13,7 +13,9 @@
 //! a bounded queue and goes on with the next commit. Events that carry a relayed webhook body
 //! skip the batch: they go to a task of their own, where each takes its source's webhook
 //! path and is acknowledged once stored there. A failed commit acknowledges nothing: agents keep the rows and resend.
-//! Hello, status and heartbeat messages update the agents table directly; a hello whose
+//! Hello and status messages update the agents table directly; heartbeats are written in
+//! groups (the newest per agent, within 100 ms, one transaction), each agent's before its
+//! next hello or status; a hello whose
 //! `next_seq` is at or below what the store holds means the agent's state was rewound: the
 //! store holds the reused seqs back until the agent's next hello (every replica's committer
 //! takes such rows out of its batches, unstored and unacknowledged), and the agent is told
@@ -167,14 +169,97 @@ async fn publish_ack(state: &AppState, agent: &str, seqs: Vec<u64>) {
     }
 }
 
+/// How long a heartbeat may wait to be written with others.
+const HEARTBEAT_DELAY: Duration = Duration::from_millis(100);
+/// Most heartbeats written in one transaction (the newest per agent).
+const HEARTBEATS_AT_ONCE: usize = 1024;
+/// Messages the router's ingest link may hold ahead of the reader
+/// ([`Subscription::into_receiver`]); the router's own log holds the rest.
+const ROUTER_QUEUE: usize = 64;
+
+/// Heartbeats waiting to be written together ([`crate::store::Store::record_heartbeats`]):
+/// the newest per agent, for at most [`HEARTBEAT_DELAY`] and [`HEARTBEATS_AT_ONCE`] agents.
+/// One transaction per group instead of one per heartbeat: at 10,000 agents, 1,000
+/// heartbeats a second would otherwise each cost a commit and hold up the reader.
+#[derive(Default)]
+struct PendingHeartbeats {
+    by_agent: HashMap<String, (String, Heartbeat)>,
+    since: Option<tokio::time::Instant>,
+}
+
+impl PendingHeartbeats {
+    /// When the oldest waiting heartbeat must be written.
+    fn due_at(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|since| since + HEARTBEAT_DELAY)
+    }
+
+    fn holds(&self, agent: &str) -> bool {
+        self.by_agent.contains_key(agent)
+    }
+
+    /// Keeps `heartbeat` as `agent`'s newest; whether the group is full.
+    fn add(&mut self, agent: String, region: String, heartbeat: Heartbeat) -> bool {
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+        self.by_agent.insert(agent, (region, heartbeat));
+        self.by_agent.len() >= HEARTBEATS_AT_ONCE
+    }
+
+    /// Writes the waiting heartbeats in one transaction and publishes each agent they
+    /// brought back online. A failed write is logged; the agents' next heartbeats (every
+    /// few seconds) write the same fields again.
+    async fn flush(&mut self, state: &AppState) {
+        self.since = None;
+        if self.by_agent.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.by_agent);
+        let rows: Vec<(&str, &Heartbeat)> = waiting
+            .iter()
+            .map(|(agent, (_, heartbeat))| (agent.as_str(), heartbeat))
+            .collect();
+        match state.store.record_heartbeats(&rows, now_ms()).await {
+            Ok(back) => {
+                for agent in back {
+                    if let Some((region, _)) = waiting.get(&agent) {
+                        publish_status(state, &agent, region, NodeState::Online).await;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(n_agents = rows.len(), %error, "Cannot record heartbeats")
+            }
+        }
+    }
+}
+
 /// Runs ingest until the broker link closes.
-pub async fn run(state: AppState, mut subscription: Subscription) {
+pub async fn run(state: AppState, subscription: Subscription) {
     let (sender, receiver) = mpsc::channel::<Rows>(4096);
     let (relays, relayed) = mpsc::channel::<(String, Event)>(RELAY_QUEUE);
     let relayer = tokio::spawn(relay_loop(state.clone(), relayed));
     let committer = tokio::spawn(commit_loop(state.clone(), receiver, relays));
     let mut regions: HashMap<String, String> = HashMap::new();
-    while let Some(message) = subscription.next().await {
+    let mut messages = subscription.into_receiver(ROUTER_QUEUE);
+    let mut heartbeats = PendingHeartbeats::default();
+    loop {
+        // Heartbeats are written when due even while messages keep coming.
+        if heartbeats
+            .due_at()
+            .is_some_and(|due| due <= tokio::time::Instant::now())
+        {
+            heartbeats.flush(&state).await;
+        }
+        let next = match heartbeats.due_at() {
+            None => messages.recv().await,
+            // `recv` loses nothing when the deadline cancels it.
+            Some(due) => match tokio::time::timeout_at(due, messages.recv()).await {
+                Ok(next) => next,
+                Err(_) => continue,
+            },
+        };
+        let Some(message) = next else {
+            break;
+        };
         let Ok(Topic::Agent { id, kind }) = Topic::parse(&message.topic) else {
             state
                 .counters
@@ -201,6 +286,12 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
                 .fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        // A hello or status is recorded after the agent's waiting heartbeat, in the order
+        // they came (a heartbeat written after a later offline status would mark the agent
+        // online again).
+        if matches!(kind, AgentTopic::Hello | AgentTopic::Status) && heartbeats.holds(&id) {
+            heartbeats.flush(&state).await;
+        }
         let mut refused_seqs = Vec::new();
         let outcome = match kind {
             AgentTopic::Results => decode_rows::<CheckResult>(&message.payload).map(|rows| {
@@ -231,12 +322,8 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
             },
             AgentTopic::Heartbeat => match decode::<Heartbeat>(&message.payload) {
                 Ok(heartbeat) => {
-                    match state.store.record_heartbeat(&id, &heartbeat).await {
-                        Ok(true) => publish_status(&state, &id, &region, NodeState::Online).await,
-                        Ok(false) => {}
-                        Err(error) => {
-                            tracing::warn!(agent = %id, %error, "Cannot record heartbeat")
-                        }
+                    if heartbeats.add(id.clone(), region.clone(), heartbeat) {
+                        heartbeats.flush(&state).await;
                     }
                     Ok(None)
                 }
@@ -288,6 +375,7 @@ pub async fn run(state: AppState, mut subscription: Subscription) {
             }
         }
     }
+    heartbeats.flush(&state).await;
     drop(sender);
     let _ = committer.await;
     let _ = relayer.await;

@@ -677,7 +677,14 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     );
     // Mail: delivery is at least once (a mail the server took just before the kill -9 is sent
     // again after the restart), with the dedup key as its Message-ID so the repeat can be
-    // dropped: every notification arrives, under one id each.
+    // dropped: every notification arrives, under one id each. A mail row the kill left
+    // pending is sent again after its retry wait: the count waits until none is pending.
+    wait_for("no mail pending", Duration::from_secs(60), || async {
+        let (_, pending) = cp.get("/api/v1/outbox?state=pending").await.ok()?;
+        let pending = pending.as_array()?;
+        (!pending.iter().any(|r| r["channel_id"] == "ops-mail")).then_some(())
+    })
+    .await?;
     let mut message_ids: Vec<String> = mail
         .mails()
         .iter()

@@ -320,6 +320,143 @@ impl Store {
     }
 }
 
+/// Locks the batch's agents' rows, in id order (every transaction that writes several
+/// agents' rows locks them so: no deadlock between replicas, heartbeats and ingest), and
+/// reads their stored high-water marks: no row of an agent with a seq above its mark can be
+/// stored yet, and no other replica's commit can store one until this one ends.
+async fn lock_marks_postgres(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    batch: &IngestBatch,
+) -> Result<HashMap<String, i64>, StoreError> {
+    let agents: Vec<&str> = batch
+        .results
+        .iter()
+        .map(|(a, _, _)| a.as_str())
+        .chain(batch.metrics.iter().map(|(a, _, _)| a.as_str()))
+        .chain(batch.events.iter().map(|(a, _, _)| a.as_str()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, last_seq FROM agents WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&agents)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Splits rows (agent, seq) into those new for certain — a seq above the agent's stored
+/// mark (`marks`), the first of its (agent, seq) in the batch — and the rest, which may be
+/// stored already (a resend, a replay, a row of an agent without a mark such as the
+/// fallback executor's): indexes into the rows.
+fn new_for_certain<'a>(
+    marks: &HashMap<String, i64>,
+    rows: impl Iterator<Item = (&'a String, u64)>,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut seen: HashSet<(&str, u64)> = HashSet::new();
+    let (mut new, mut maybe_stored) = (Vec::new(), Vec::new());
+    for (i, (agent, seq)) in rows.enumerate() {
+        let above = marks
+            .get(agent)
+            .is_some_and(|mark| i64::try_from(seq).is_ok_and(|seq| seq > *mark));
+        if above && seen.insert((agent.as_str(), seq)) {
+            new.push(i);
+        } else {
+            maybe_stored.push(i);
+        }
+    }
+    (new, maybe_stored)
+}
+
+/// Appends `text` to a `COPY … (FORMAT text)` line, escaped.
+fn copy_text(line: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c => line.push(c),
+        }
+    }
+}
+
+/// Appends one field (`None`: NULL) and a tab to a COPY line.
+fn copy_field(line: &mut String, value: Option<&dyn std::fmt::Display>) {
+    use std::fmt::Write as _;
+    match value {
+        Some(value) => {
+            let _ = write!(line, "{value}");
+        }
+        None => line.push_str("\\N"),
+    }
+    line.push('\t');
+}
+
+/// Stores the result rows `new` (indexes into the batch, new for certain: see
+/// [`new_for_certain`]) with one `COPY`, which skips the conflict checks an insert of rows
+/// that may be stored needs.
+async fn copy_results_postgres(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    batch: &IngestBatch,
+    rk: &[ResultKeys],
+    values: &[Option<String>],
+    new: &[usize],
+) -> Result<(), StoreError> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut data = String::with_capacity(new.len() * 96);
+    for &i in new {
+        let (_, _, r) = &batch.results[i];
+        let k = &rk[i];
+        let t = &r.timings;
+        let timing = |v: Option<f64>| v.map(micros);
+        let d = &mut data;
+        copy_field(d, Some(&r.measured_at_ms));
+        copy_field(d, Some(&r.seq));
+        copy_field(d, Some(&batch.received_at_ms));
+        copy_field(d, Some(&k.check));
+        copy_field(d, Some(&k.agent));
+        copy_field(d, Some(&k.region));
+        copy_field(d, k.reason.as_ref().map(|v| v as _));
+        copy_field(d, Some(&micros(t.total_ms)));
+        for v in [t.dns_ms, t.connect_ms, t.tls_ms, t.ttfb_ms, t.transfer_ms] {
+            copy_field(d, timing(v).as_ref().map(|v| v as _));
+        }
+        copy_field(d, r.status_code.as_ref().map(|v| v as _));
+        copy_field(d, Some(&if r.ok { 't' } else { 'f' }));
+        copy_field(d, k.values.as_ref().map(|v| v as _));
+        match k.reason {
+            None => {
+                copy_text(d, &r.reason);
+                d.push('\t');
+            }
+            Some(_) => d.push_str("\\N\t"),
+        }
+        match values[i].as_deref().filter(|_| k.values.is_none()) {
+            Some(v) => {
+                copy_text(d, v);
+                d.push('\n');
+            }
+            None => d.push_str("\\N\n"),
+        }
+    }
+    let mut copy = tx
+        .copy_in_raw(
+            "COPY result_rows (measured_at_ms, seq, received_at_ms, check_key, agent_key, region_key, \
+             reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, status_code, ok, \
+             values_key, reason, result_values) FROM STDIN (FORMAT text)",
+        )
+        .await?;
+    if let Err(error) = copy.send(data.into_bytes()).await {
+        let _ = copy.abort("ingest could not send its rows").await;
+        return Err(error.into());
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
 async fn commit_postgres(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     batch: &IngestBatch,
@@ -349,69 +486,72 @@ async fn commit_postgres(
         .map(|(_, _, r)| values_json(r))
         .collect();
     let keys = BatchKeys::resolve_postgres(tx, batch, &values).await?;
+    let marks = lock_marks_postgres(tx, batch).await?;
     if !batch.results.is_empty() {
         let rows = &batch.results;
         let rk = result_keys(&keys, batch, &values)?;
-        let timing = |f: fn(&vantage_mqtt::Timings) -> Option<f64>| {
-            rows.iter()
-                .map(|(_, _, r)| f(&r.timings).map(micros))
-                .collect::<Vec<_>>()
-        };
-        let stored = sqlx::query(
-            "INSERT INTO result_rows (measured_at_ms, seq, received_at_ms, check_key, agent_key, region_key, \
-             reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, status_code, ok, \
-             values_key, reason, result_values) \
-             SELECT m, s, $3, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va, rt, vt FROM UNNEST($1::bigint[], \
-             $2::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], \
-             $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
-             $15::boolean[], $16::bigint[], $17::text[], $18::text[]) \
-             AS u(m, s, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va, rt, vt) \
-             WHERE u.m >= $19 OR NOT EXISTS (SELECT 1 FROM result_packs p WHERE p.check_key = u.c \
-             AND p.day_ms = u.m - (((u.m % 86400000) + 86400000) % 86400000) AND p.agent_key = u.a \
-             AND u.s = ANY(p.seq)) \
-             ON CONFLICT DO NOTHING RETURNING agent_key::bigint, seq",
-        )
-        .bind(rows.iter().map(|(_, _, r)| r.measured_at_ms).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, r)| r.seq as i64).collect::<Vec<_>>())
-        .bind(received)
-        .bind(rk.iter().map(|k| k.check).collect::<Vec<_>>())
-        .bind(rk.iter().map(|k| k.agent).collect::<Vec<_>>())
-        .bind(rk.iter().map(|k| k.region).collect::<Vec<_>>())
-        .bind(rk.iter().map(|k| k.reason).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, _, r)| micros(r.timings.total_ms)).collect::<Vec<_>>())
-        .bind(timing(|t| t.dns_ms))
-        .bind(timing(|t| t.connect_ms))
-        .bind(timing(|t| t.tls_ms))
-        .bind(timing(|t| t.ttfb_ms))
-        .bind(timing(|t| t.transfer_ms))
-        .bind(
-            rows.iter()
-                .map(|(_, _, r)| r.status_code.map(i64::from))
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|(_, _, r)| r.ok).collect::<Vec<_>>())
-        .bind(rk.iter().map(|k| k.values).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .zip(&rk)
-                .map(|((_, _, r), k)| k.reason.is_none().then_some(r.reason.as_str()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            values
-                .iter()
-                .zip(&rk)
-                .map(|(v, k)| v.as_deref().filter(|_| k.values.is_none()))
-                .collect::<Vec<_>>(),
-        )
-        .bind(careful_before)
-        .fetch_all(&mut **tx)
-        .await?;
-        fresh.results.note(
-            &keys,
-            stored,
-            rows.iter().map(|(a, _, r)| (a.as_str(), r.seq)),
-        )?;
+        let (new, maybe_stored) = new_for_certain(&marks, rows.iter().map(|(a, _, r)| (a, r.seq)));
+        copy_results_postgres(tx, batch, &rk, &values, &new).await?;
+        if !maybe_stored.is_empty() {
+            let pick = |f: &dyn Fn(usize) -> Option<i64>| {
+                maybe_stored.iter().map(|&i| f(i)).collect::<Vec<_>>()
+            };
+            let timing = |f: fn(&vantage_mqtt::Timings) -> Option<f64>| {
+                pick(&|i| f(&rows[i].2.timings).map(micros))
+            };
+            let stored = sqlx::query(
+                "INSERT INTO result_rows (measured_at_ms, seq, received_at_ms, check_key, agent_key, region_key, \
+                 reason_key, total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, status_code, ok, \
+                 values_key, reason, result_values) \
+                 SELECT m, s, $3, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va, rt, vt FROM UNNEST($1::bigint[], \
+                 $2::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], \
+                 $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], \
+                 $15::boolean[], $16::bigint[], $17::text[], $18::text[]) \
+                 AS u(m, s, c, a, g, re, t, d1, d2, d3, d4, d5, sc, o, va, rt, vt) \
+                 WHERE u.m >= $19 OR NOT EXISTS (SELECT 1 FROM result_packs p WHERE p.check_key = u.c \
+                 AND p.day_ms = u.m - (((u.m % 86400000) + 86400000) % 86400000) AND p.agent_key = u.a \
+                 AND u.s = ANY(p.seq)) \
+                 ON CONFLICT DO NOTHING RETURNING agent_key::bigint, seq",
+            )
+            .bind(pick(&|i| Some(rows[i].2.measured_at_ms)))
+            .bind(pick(&|i| Some(rows[i].2.seq as i64)))
+            .bind(received)
+            .bind(pick(&|i| Some(rk[i].check)))
+            .bind(pick(&|i| Some(rk[i].agent)))
+            .bind(pick(&|i| Some(rk[i].region)))
+            .bind(pick(&|i| rk[i].reason))
+            .bind(pick(&|i| Some(micros(rows[i].2.timings.total_ms))))
+            .bind(timing(|t| t.dns_ms))
+            .bind(timing(|t| t.connect_ms))
+            .bind(timing(|t| t.tls_ms))
+            .bind(timing(|t| t.ttfb_ms))
+            .bind(timing(|t| t.transfer_ms))
+            .bind(pick(&|i| rows[i].2.status_code.map(i64::from)))
+            .bind(maybe_stored.iter().map(|&i| rows[i].2.ok).collect::<Vec<_>>())
+            .bind(pick(&|i| rk[i].values))
+            .bind(
+                maybe_stored
+                    .iter()
+                    .map(|&i| rk[i].reason.is_none().then_some(rows[i].2.reason.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                maybe_stored
+                    .iter()
+                    .map(|&i| values[i].as_deref().filter(|_| rk[i].values.is_none()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(careful_before)
+            .fetch_all(&mut **tx)
+            .await?;
+            fresh.results.note(
+                &keys,
+                stored,
+                maybe_stored
+                    .iter()
+                    .map(|&i| (rows[i].0.as_str(), rows[i].2.seq)),
+            )?;
+        }
     }
     if !batch.metrics.is_empty() {
         let rows = &batch.metrics;
@@ -588,4 +728,37 @@ async fn commit_sqlite(
         query.build().execute(&mut **tx).await?;
     }
     Ok(fresh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rows_above_their_agents_mark_and_first_in_the_batch_are_new_for_certain() {
+        let marks = HashMap::from([("a".to_owned(), 10), ("b".to_owned(), 0)]);
+        let (a, b, fallback) = ("a".to_owned(), "b".to_owned(), "control-plane".to_owned());
+        let rows = [
+            (&a, 10), // at the mark: may be stored
+            (&a, 11),
+            (&a, 11), // the same row twice in one batch: the second may conflict
+            (&b, 1),
+            (&fallback, 5), // no mark: may be stored
+            (&a, 3),
+        ];
+        let (new, maybe_stored) = new_for_certain(&marks, rows.into_iter());
+        assert_eq!(new, [1, 3]);
+        assert_eq!(maybe_stored, [0, 2, 4, 5]);
+    }
+
+    #[test]
+    fn copy_text_escapes_what_the_text_format_reads_as_syntax() {
+        let mut line = String::new();
+        copy_text(&mut line, "a\\b\tc\nd\re \\N");
+        assert_eq!(line, "a\\\\b\\tc\\nd\\re \\\\N");
+        let mut line = String::new();
+        copy_field(&mut line, None);
+        copy_field(&mut line, Some(&42));
+        assert_eq!(line, "\\N\t42\t");
+    }
 }

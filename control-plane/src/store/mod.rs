@@ -650,31 +650,86 @@ impl Store {
             .collect())
     }
 
-    /// Records a heartbeat's counters; returns true when this heartbeat brought an agent
-    /// marked offline back online.
+    /// Records many agents' heartbeats (the newest of each, `at_ms` the time received) in
+    /// one transaction; returns the agents a heartbeat brought back online (they were marked
+    /// offline and are not revoked).
     ///
     /// # Errors
-    /// Database errors only.
-    pub async fn record_heartbeat(
+    /// Database errors only; nothing is recorded then.
+    pub async fn record_heartbeats(
         &self,
-        id: &str,
-        heartbeat: &vantage_mqtt::Heartbeat,
-    ) -> Result<bool, StoreError> {
-        let sql = "UPDATE agents SET last_seen_ms = $2, spool_dropped_total = $3, \
-                   spool_unsendable_total = $4, spool_write_errors_total = $5 WHERE id = $1";
-        on_pool!(self, pool => sqlx::query(sql)
-            .bind(id)
-            .bind(now_ms())
-            .bind(heartbeat.spool_dropped_total as i64)
-            .bind(heartbeat.spool_unsendable_total as i64)
-            .bind(heartbeat.spool_write_errors_total as i64)
-            .execute(pool)
-            .await?
-            .rows_affected());
-        let sql = "UPDATE agents SET state = 'online' WHERE id = $1 AND state = 'offline' AND revoked_at_ms IS NULL";
-        let n =
-            on_pool!(self, pool => sqlx::query(sql).bind(id).execute(pool).await?.rows_affected());
-        Ok(n > 0)
+        heartbeats: &[(&str, &vantage_mqtt::Heartbeat)],
+        at_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        if heartbeats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = heartbeats.iter().map(|(id, _)| *id).collect();
+        let counter = |f: fn(&vantage_mqtt::Heartbeat) -> u64| {
+            heartbeats
+                .iter()
+                .map(|(_, h)| f(h).min(i64::MAX as u64) as i64)
+                .collect::<Vec<i64>>()
+        };
+        let online = "UPDATE agents SET state = 'online' WHERE id = $1 AND state = 'offline' \
+                      AND revoked_at_ms IS NULL RETURNING id";
+        match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin_write().await?;
+                // The rows locked in id order first, as ingest locks them: no deadlock.
+                sqlx::query("SELECT id FROM agents WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE agents SET last_seen_ms = $2, spool_dropped_total = u.d, \
+                     spool_unsendable_total = u.n, spool_write_errors_total = u.w \
+                     FROM UNNEST($1::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(a, d, n, w) \
+                     WHERE agents.id = u.a",
+                )
+                .bind(&ids)
+                .bind(at_ms)
+                .bind(counter(|h| h.spool_dropped_total))
+                .bind(counter(|h| h.spool_unsendable_total))
+                .bind(counter(|h| h.spool_write_errors_total))
+                .execute(&mut *tx)
+                .await?;
+                let back: Vec<String> = sqlx::query_scalar(
+                    "UPDATE agents SET state = 'online' WHERE id = ANY($1) AND state = 'offline' \
+                     AND revoked_at_ms IS NULL RETURNING id",
+                )
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(back)
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_write().await?;
+                let mut back = Vec::new();
+                for (id, heartbeat) in heartbeats {
+                    sqlx::query(
+                        "UPDATE agents SET last_seen_ms = $2, spool_dropped_total = $3, \
+                         spool_unsendable_total = $4, spool_write_errors_total = $5 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(at_ms)
+                    .bind(heartbeat.spool_dropped_total.min(i64::MAX as u64) as i64)
+                    .bind(heartbeat.spool_unsendable_total.min(i64::MAX as u64) as i64)
+                    .bind(heartbeat.spool_write_errors_total.min(i64::MAX as u64) as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                    back.extend(
+                        sqlx::query_scalar::<_, String>(online)
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?,
+                    );
+                }
+                tx.commit().await?;
+                Ok(back)
+            }
+        }
     }
 
     /// Marks an agent offline only if it is online and silent since `cutoff_ms`; returns

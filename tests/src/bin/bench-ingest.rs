@@ -4,7 +4,8 @@
 //! rows in the same run.
 //!
 //! Usage: `bench-ingest --backend sqlite|postgres [--agents N] [--rows-per-agent N]
-//! [--batch N] [--cp-batch-rows N] [--judged-checks N] [--flip-every N]`. PostgreSQL comes
+//! [--batch N] [--cp-batch-rows N] [--judged-checks N] [--flip-every N]
+//! [--heartbeat-every N]`. PostgreSQL comes
 //! from `VANTAGE_TEST_PG_URL` (`scripts/bench` starts one); the COPY baseline always runs
 //! there, with `psql \copy`.
 //!
@@ -16,6 +17,10 @@
 //! incident each time: the worst burst of transitions the judging task can meet. The line then
 //! also says when judging caught up (the checks-judged counter stopped moving) and how many
 //! committed batches had to wait because the judging queue was full.
+//!
+//! Heartbeats are in the mix: each agent publishes one heartbeat after every
+//! `--heartbeat-every` result messages (default 1: a heartbeat per 100 rows; 0: none), as a
+//! fleet's agents interleave them with their results.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -34,6 +39,7 @@ struct Args {
     cp_batch_rows: usize,
     judged_checks: u64,
     flip_every: u64,
+    heartbeat_every: u64,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -45,6 +51,7 @@ fn parse_args() -> anyhow::Result<Args> {
         cp_batch_rows: 5000,
         judged_checks: 0,
         flip_every: 0,
+        heartbeat_every: 1,
     };
     for (flag, value) in vantage_tests::flags()? {
         match flag.as_str() {
@@ -55,6 +62,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--cp-batch-rows" => args.cp_batch_rows = value.parse()?,
             "--judged-checks" => args.judged_checks = value.parse()?,
             "--flip-every" => args.flip_every = value.parse()?,
+            "--heartbeat-every" => args.heartbeat_every = value.parse()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -115,7 +123,13 @@ async fn connect_agent(identity: MqttIdentity) -> anyhow::Result<SimulatedAgent>
 }
 
 /// Publishes every row of one agent and returns when its last seq is acknowledged.
-async fn run_agent(agent: SimulatedAgent, mix: Mix, rows: u64, batch: u64) -> anyhow::Result<()> {
+async fn run_agent(
+    agent: SimulatedAgent,
+    mix: Mix,
+    rows: u64,
+    batch: u64,
+    heartbeat_every: u64,
+) -> anyhow::Result<()> {
     let SimulatedAgent {
         id,
         client,
@@ -123,8 +137,10 @@ async fn run_agent(agent: SimulatedAgent, mix: Mix, rows: u64, batch: u64) -> an
     } = agent;
     let ack_topic = format!("vantage/v1/agents/{id}/results/ack");
     let topic = format!("vantage/v1/agents/{id}/results");
+    let heartbeat_topic = format!("vantage/v1/agents/{id}/heartbeat");
     tokio::spawn(async move {
         let mut seq = 1;
+        let mut messages = 0u64;
         while seq <= rows {
             let items: Vec<_> = (seq..(seq + batch).min(rows + 1))
                 .map(|seq| result_item(mix, seq))
@@ -137,6 +153,28 @@ async fn run_agent(agent: SimulatedAgent, mix: Mix, rows: u64, batch: u64) -> an
                 .is_err()
             {
                 return;
+            }
+            messages += 1;
+            if heartbeat_every > 0 && messages.is_multiple_of(heartbeat_every) {
+                let heartbeat = vantage_mqtt::Heartbeat {
+                    v: vantage_mqtt::PROTOCOL_VERSION,
+                    at_ms: vantage_tests::now_ms(),
+                    uptime_s: messages,
+                    spool_len: rows - seq + 1,
+                    spool_dropped_total: 0,
+                    spool_unsendable_total: 0,
+                    spool_write_errors_total: 0,
+                    next_seq: seq,
+                    config_revision: 0,
+                };
+                let payload = vantage_mqtt::encode(&heartbeat);
+                if client
+                    .publish(&heartbeat_topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
         }
     });
@@ -351,6 +389,7 @@ async fn main() -> anyhow::Result<()> {
             mix,
             args.rows_per_agent,
             args.batch,
+            args.heartbeat_every,
         )));
     }
     for task in tasks {
@@ -388,8 +427,15 @@ async fn main() -> anyhow::Result<()> {
     let ingest_rate = total as f64 / elapsed.as_secs_f64();
     let copy_rate = copy_baseline(&pg_admin_url, mix, &agent_ids, args.rows_per_agent).await?;
     let backend = args.backend.name();
+    // Every heartbeat was taken before the last result message after it, so before its ack.
+    let heartbeats = args.agents as u64
+        * args
+            .rows_per_agent
+            .div_ceil(args.batch)
+            .checked_div(args.heartbeat_every)
+            .unwrap_or(0);
     println!(
-        "ingest backend={backend} agents={} rows={total} batch={} cp_batch_rows={} elapsed_s={:.2} committed_rows_per_s={:.0} \
+        "ingest backend={backend} agents={} rows={total} batch={} heartbeats={heartbeats} cp_batch_rows={} elapsed_s={:.2} committed_rows_per_s={:.0} \
          pg_copy_rows_per_s={:.0} ratio_to_copy={:.0}%{judging}",
         args.agents,
         args.batch,
