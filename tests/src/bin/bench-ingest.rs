@@ -5,7 +5,7 @@
 //!
 //! Usage: `bench-ingest --backend sqlite|postgres [--agents N] [--rows-per-agent N]
 //! [--batch N] [--cp-batch-rows N] [--judged-checks N] [--flip-every N]
-//! [--heartbeat-every N]`. PostgreSQL comes
+//! [--heartbeat-every N] [--broker embedded|cluster]`. PostgreSQL comes
 //! from `VANTAGE_TEST_PG_URL` (`scripts/bench` starts one); the COPY baseline always runs
 //! there, with `psql \copy`.
 //!
@@ -21,6 +21,12 @@
 //! Heartbeats are in the mix: each agent publishes one heartbeat after every
 //! `--heartbeat-every` result messages (default 1: a heartbeat per 100 rows; 0: none), as a
 //! fleet's agents interleave them with their results.
+//!
+//! With `--broker cluster` the agents connect, in turn, to the MQTT ports of a 3-node
+//! nats-server cluster (`VANTAGE_TEST_NATS_SERVER`, which `scripts/lib/nats.sh` installs)
+//! authorized by the control plane's auth callout; the control plane reads their messages off
+//! the cluster's JetStream ingest stream and publishes the acks to them there: the path of a
+//! deployment with replicas (one replica here).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -40,6 +46,7 @@ struct Args {
     judged_checks: u64,
     flip_every: u64,
     heartbeat_every: u64,
+    cluster: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -52,6 +59,7 @@ fn parse_args() -> anyhow::Result<Args> {
         judged_checks: 0,
         flip_every: 0,
         heartbeat_every: 1,
+        cluster: false,
     };
     for (flag, value) in vantage_tests::flags()? {
         match flag.as_str() {
@@ -63,6 +71,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--judged-checks" => args.judged_checks = value.parse()?,
             "--flip-every" => args.flip_every = value.parse()?,
             "--heartbeat-every" => args.heartbeat_every = value.parse()?,
+            "--broker" => {
+                args.cluster = match value.as_str() {
+                    "embedded" => false,
+                    "cluster" => true,
+                    other => anyhow::bail!("--broker embedded|cluster, not {other}"),
+                }
+            }
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -99,7 +114,7 @@ struct SimulatedAgent {
 }
 
 async fn connect_agent(identity: MqttIdentity) -> anyhow::Result<SimulatedAgent> {
-    let mut options = identity.options(&identity.agent_id)?;
+    let mut options = identity.options(&vantage_mqtt::topic::nats_client_id(&identity.agent_id))?;
     options.set_inflight(200);
     let (client, mut eventloop) = AsyncClient::new(options, 256);
     connect(&mut eventloop).await?;
@@ -330,23 +345,66 @@ async fn main() -> anyhow::Result<()> {
         .context("VANTAGE_TEST_PG_URL is not set: run scripts/bench")?;
     let store = TestStore::create(args.backend).await?;
     let batch_rows = args.cp_batch_rows.to_string();
+    let temp = tempfile::tempdir()?;
+    let data_dir = temp.path().join("data");
     // The checks are created through the API faster than its default per-address rate.
-    let cp = ControlPlane::start_with(
-        &store,
-        &[
-            ("VANTAGE_INGEST_BATCH_ROWS", &batch_rows),
-            ("VANTAGE_API_RATE_PER_S", "100000"),
-            ("VANTAGE_API_RATE_BURST", "100000"),
-            // The simulated agents send no heartbeats, and the fallback executor (which starts
-            // three intervals after start) must not run the judged checks while they are
-            // created: an interval of an hour keeps both quiet.
-            ("VANTAGE_HEARTBEAT_INTERVAL_S", "3600"),
-        ],
-    )
-    .await?;
+    let mut env = vec![
+        ("VANTAGE_INGEST_BATCH_ROWS", batch_rows),
+        ("VANTAGE_API_RATE_PER_S", "100000".to_owned()),
+        ("VANTAGE_API_RATE_BURST", "100000".to_owned()),
+        // The agents are not silent before their run starts, and the fallback executor
+        // (which starts three intervals after start) must not run the judged checks while
+        // they are created: an interval of an hour keeps both quiet.
+        ("VANTAGE_HEARTBEAT_INTERVAL_S", "3600".to_owned()),
+    ];
+    let cluster = if args.cluster {
+        let broker_dir = temp.path().join("broker");
+        let output = std::process::Command::new(vantage_tests::bin("vantage"))
+            .arg("broker-config")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--out")
+            .arg(&broker_dir)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "broker-config: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut cluster = vantage_tests::nats::NatsCluster::plan(&broker_dir, 3);
+        cluster.start()?;
+        let mqtt_addrs = cluster
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.mqtt))
+            .collect::<Vec<_>>()
+            .join(",");
+        env.push(("VANTAGE_BROKER_NATS_URLS", cluster.client_urls()));
+        env.push(("VANTAGE_BROKER_MQTT_ADDRS", mqtt_addrs));
+        Some(cluster)
+    } else {
+        None
+    };
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cp = ControlPlane::start_in(&store, &data_dir, &env).await?;
+    if cluster.is_some() {
+        // Messages on a subject no stream holds yet reach nobody: wait for the stream.
+        vantage_tests::wait_for(
+            "the control plane reading the cluster",
+            Duration::from_secs(60),
+            || async {
+                (cp.counter("vantage_broker_ingest_reading").await.ok()? == 1).then_some(())
+            },
+        )
+        .await?;
+    }
     let mut identities = Vec::new();
-    for _ in 0..args.agents {
-        identities.push(MqttIdentity::enroll(&cp, "bench").await?);
+    for i in 0..args.agents {
+        let mut identity = MqttIdentity::enroll(&cp, "bench").await?;
+        if let Some(cluster) = &cluster {
+            identity.mqtt_port = cluster.nodes[i % cluster.nodes.len()].mqtt;
+        }
+        identities.push(identity);
         // Enrollment is rate limited per address; stay under it.
         tokio::time::sleep(Duration::from_millis(12)).await;
     }
@@ -435,8 +493,9 @@ async fn main() -> anyhow::Result<()> {
             .checked_div(args.heartbeat_every)
             .unwrap_or(0);
     println!(
-        "ingest backend={backend} agents={} rows={total} batch={} heartbeats={heartbeats} cp_batch_rows={} elapsed_s={:.2} committed_rows_per_s={:.0} \
+        "ingest backend={backend} broker={} agents={} rows={total} batch={} heartbeats={heartbeats} cp_batch_rows={} elapsed_s={:.2} committed_rows_per_s={:.0} \
          pg_copy_rows_per_s={:.0} ratio_to_copy={:.0}%{judging}",
+        if args.cluster { "cluster" } else { "embedded" },
         args.agents,
         args.batch,
         args.cp_batch_rows,
