@@ -251,14 +251,45 @@ fn refuse_oversize(over: Option<crate::assign::OverBudget>) -> Result<(), CheckE
 }
 
 /// Makes sure the check's regions exist and wakes the assignment worker, which publishes the
-/// changed configs within about 50 ms (changes arriving together share one run).
-async fn after_change(state: &AppState, body: &CheckDefinition) -> Result<(), CheckError> {
+/// changed configs within about 50 ms (changes arriving together share one run), and the
+/// re-judging worker; other replicas learn of it from the live event
+/// ([`announce_change`]).
+async fn after_change(
+    state: &AppState,
+    id: &str,
+    change: &'static str,
+    body: &CheckDefinition,
+) -> Result<(), CheckError> {
     for region in &body.regions {
         state.store.ensure_region(region).await?;
     }
     state.reassign.notify_one();
     state.rejudge.notify_one();
+    announce_change(state, id, change);
     Ok(())
+}
+
+/// Publishes a `check` live event (`change`: `created`, `updated` or `deleted`; no
+/// definition, which may hold a target's secrets). The live relay carries it to the other
+/// replicas, where it wakes assignment and re-judging ([`on_relayed_change`]): the leader
+/// judges with the new policy at once, whichever replica's API took the change.
+fn announce_change(state: &AppState, id: &str, change: &'static str) {
+    state.hub.publish(crate::hub::LiveEvent {
+        kind: "check",
+        agent_id: String::new(),
+        region: String::new(),
+        check_id: Some(id.to_owned()),
+        source: None,
+        at_ms: now_ms(),
+        data: serde_json::json!({ "change": change }),
+    });
+}
+
+/// What a replica does when another replica's API changed a check: assignment and
+/// re-judging run again, reading the checks from the store.
+pub fn on_relayed_change(state: &AppState) {
+    state.reassign.notify_one();
+    state.rejudge.notify_one();
 }
 
 /// Validates and stores a new check (id generated when absent); returns it as stored.
@@ -279,7 +310,7 @@ pub async fn create(
         state.store.insert_check(&row).await?;
         budget.apply(&row);
     }
-    after_change(state, &body).await?;
+    after_change(state, &row.id, "created", &body).await?;
     Ok(to_definition(&row))
 }
 
@@ -343,7 +374,7 @@ pub async fn update(
         state.store.update_check(&row).await?;
         budget.apply(&row);
     }
-    after_change(state, &body).await?;
+    after_change(state, id, "updated", &body).await?;
     Ok(to_definition(&row))
 }
 
@@ -379,6 +410,8 @@ pub async fn delete(state: &AppState, id: &str) -> Result<(), CheckError> {
         .publish(&topic::status_check(id), Vec::new(), true)
         .await;
     state.reassign.notify_one();
+    state.rejudge.notify_one();
+    announce_change(state, id, "deleted");
     Ok(())
 }
 

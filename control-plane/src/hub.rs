@@ -26,7 +26,8 @@ use tokio::sync::broadcast;
 /// One live update.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveEvent {
-    /// `result`, `metrics`, `status`, `hello`, `verdict`, `incident` or `event`.
+    /// `result`, `metrics`, `status`, `hello`, `verdict`, `incident`, `event` or `check` (a
+    /// check was created, changed or deleted: its id, and `data.change`).
     pub kind: &'static str,
     pub agent_id: String,
     pub region: String,
@@ -41,8 +42,8 @@ pub struct LiveEvent {
 }
 
 /// Every [`LiveEvent::kind`].
-pub const KINDS: [&str; 7] = [
-    "result", "metrics", "status", "hello", "verdict", "incident", "event",
+pub const KINDS: [&str; 8] = [
+    "result", "metrics", "status", "hello", "verdict", "incident", "event", "check",
 ];
 
 impl LiveEvent {

@@ -6,7 +6,8 @@
 //! listens (checked every [`PEER_CHECK`]), so a lone control plane on PostgreSQL pays nothing.
 //! The leader also hands the relayed results and host metrics to its judge
 //! ([`crate::verdict::judge_worker`]): while another replica leads, a replica judges nothing
-//! ([`crate::lease::Lease::judges`]).
+//! ([`crate::lease::Lease::judges`]). A relayed check change wakes assignment and re-judging
+//! ([`crate::checks::on_relayed_change`]).
 //!
 //! Like the hub itself, the relay never slows ingest and holds a bound (on the leader, the
 //! receiving side waits for room in the judge's queue, as ingest's own commits do): a batch the relay
@@ -222,6 +223,9 @@ async fn receive(mut listener: LiveListener, origin: &str, state: &AppState) {
         counters
             .live_relay_received
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        if events.iter().any(|event| event.kind == "check") {
+            crate::checks::on_relayed_change(state);
+        }
         if state.lease.is_leader() {
             // The leader judges what the others committed ([`crate::verdict::judge_worker`]).
             let judged = to_judge(&events);

@@ -224,3 +224,73 @@ async fn one_replica_schedules_and_another_takes_over_within_one_interval() -> a
     assert_eq!(seqs.len(), n, "duplicate seqs among {rows:?}");
     Ok(())
 }
+
+/// The state of `check` in the stored verdicts, as `cp` serves them.
+async fn verdict_state(cp: &ControlPlane, check: &str) -> Option<String> {
+    let (status, views) = cp.get("/api/v1/verdicts").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    views.as_array()?.iter().find(|v| v["check_id"] == check)?["state"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// A check paused through a follower's API is paused by the leader's judge at once: the
+/// follower's change reaches the leader through the live relay and wakes its assignment and
+/// re-judging (without it the leader judged with the old policy until its next assignment
+/// resync, up to 10 s, woke it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_paused_through_a_follower_is_paused_by_the_leader_at_once() -> anyhow::Result<()> {
+    let store = TestStore::create(Backend::Postgres).await?;
+    let env = [("VANTAGE_HEARTBEAT_INTERVAL_S", "1")];
+    let leader = ControlPlane::start_with(&store, &env).await?;
+    wait_for(
+        "the first replica to lead",
+        Duration::from_secs(15),
+        || async { leads(&leader).await.ok().filter(|l| *l) },
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    share_replica_identity(&leader.data_dir, &dir.path().join("data"))?;
+    let follower = ControlPlane::start_in(&store, &dir.path().join("data"), &env).await?;
+    let replicas = [leader, follower];
+    assert_eq!(leaders(&replicas).await?, [true, false]);
+    let [leader, follower] = &replicas;
+
+    // A check in a region with no agent: the leader's fallback runs it (port 9: refused).
+    leader.enrollment_token("dark", 1).await?;
+    let definition = json!({"id": "lone", "name": "lone", "interval_s": 2, "timeout_ms": 500,
+        "kind": {"type": "tcp", "host": "127.0.0.1", "port": 9}, "regions": ["dark"]});
+    let (status, body) = leader.post("/api/v1/checks", definition.clone()).await?;
+    anyhow::ensure!(status == 201, "{status} {body}");
+    wait_for("the leader's verdict", Duration::from_secs(30), || async {
+        let state = verdict_state(leader, "lone").await?;
+        (state == "down").then_some(())
+    })
+    .await
+    .with_context(|| leader.log_tail())?;
+
+    let mut paused = definition;
+    paused["enabled"] = json!(false);
+    let (status, body) = follower.put("/api/v1/checks/lone", paused).await?;
+    anyhow::ensure!(status == 200, "{status} {body}");
+    let changed = Instant::now();
+    wait_for("paused by the leader", Duration::from_secs(3), || async {
+        let state = verdict_state(leader, "lone").await?;
+        (state == "paused").then_some(())
+    })
+    .await
+    .with_context(|| leader.log_tail())?;
+    eprintln!(
+        "paused on the leader {:?} after the follower's change",
+        changed.elapsed()
+    );
+    assert_eq!(
+        follower
+            .counter("vantage_verdict_transitions_total")
+            .await?,
+        0
+    );
+    Ok(())
+}
