@@ -183,7 +183,8 @@ const ROUTER_QUEUE: usize = 64;
 /// heartbeats a second would otherwise each cost a commit and hold up the reader.
 #[derive(Default)]
 struct PendingHeartbeats {
-    by_agent: HashMap<String, (String, Heartbeat)>,
+    /// Per agent: its region, its newest heartbeat and when that was received.
+    by_agent: HashMap<String, (String, Heartbeat, i64)>,
     since: Option<tokio::time::Instant>,
 }
 
@@ -200,7 +201,7 @@ impl PendingHeartbeats {
     /// Keeps `heartbeat` as `agent`'s newest; whether the group is full.
     fn add(&mut self, agent: String, region: String, heartbeat: Heartbeat) -> bool {
         self.since.get_or_insert_with(tokio::time::Instant::now);
-        self.by_agent.insert(agent, (region, heartbeat));
+        self.by_agent.insert(agent, (region, heartbeat, now_ms()));
         self.by_agent.len() >= HEARTBEATS_AT_ONCE
     }
 
@@ -213,14 +214,14 @@ impl PendingHeartbeats {
             return;
         }
         let waiting = std::mem::take(&mut self.by_agent);
-        let rows: Vec<(&str, &Heartbeat)> = waiting
+        let rows: Vec<(&str, &Heartbeat, i64)> = waiting
             .iter()
-            .map(|(agent, (_, heartbeat))| (agent.as_str(), heartbeat))
+            .map(|(agent, (_, heartbeat, received))| (agent.as_str(), heartbeat, *received))
             .collect();
-        match state.store.record_heartbeats(&rows, now_ms()).await {
+        match state.store.record_heartbeats(&rows).await {
             Ok(back) => {
                 for agent in back {
-                    if let Some((region, _)) = waiting.get(&agent) {
+                    if let Some((region, _, _)) = waiting.get(&agent) {
                         publish_status(state, &agent, region, NodeState::Online).await;
                     }
                 }
@@ -651,6 +652,9 @@ async fn take_one_relayed(state: &AppState, agent: &str, event: &Event) -> bool 
 
 /// Commits a batch (retrying five times), then acknowledges and fans it out.
 pub(crate) async fn commit_with_retry(state: &AppState, mut batch: IngestBatch) {
+    // A resend sharing the batch with its first send is stored and counted once (its seq is
+    // still acknowledged).
+    batch.dedup();
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=5 {
         // Rows in the seq range a rewound agent reused wait for their renumbered copies.

@@ -1,7 +1,9 @@
 //! Bulk, idempotent writes of results, host metrics and events, one transaction per batch.
 //!
 //! PostgreSQL gets one `INSERT … SELECT FROM UNNEST(arrays) ON CONFLICT DO NOTHING` per table
-//! (one cached statement, one round trip, no bind limit). SQLite gets multi-row `VALUES`
+//! (one cached statement, one round trip, no bind limit), except for result rows that are
+//! new for certain (a seq above their agent's stored high-water mark, read with the agents'
+//! rows locked): those go in with one `COPY`, which skips the conflict checks. SQLite gets multi-row `VALUES`
 //! statements in chunks that stay under its bind-parameter limit, in the same transaction.
 //! Rows go to the compact tables (`result_rows`, `metric_rows`): names become the integer
 //! keys [`BatchKeys`] resolves in the same transaction (reason and probe-values texts too,
@@ -320,10 +322,12 @@ impl Store {
     }
 }
 
-/// Locks the batch's agents' rows, in id order (every transaction that writes several
-/// agents' rows locks them so: no deadlock between replicas, heartbeats and ingest), and
-/// reads their stored high-water marks: no row of an agent with a seq above its mark can be
-/// stored yet, and no other replica's commit can store one until this one ends.
+/// Locks the batch's agents' rows in id order, as grouped heartbeats and the start-up
+/// `mark_all_offline` do (no deadlock between replicas, heartbeats and ingest), with `FOR NO
+/// KEY UPDATE` as the plain `UPDATE` of the marks would take (it does not block the
+/// foreign keys of assignment rows), and reads their stored high-water marks: no row of an
+/// agent with a seq above its mark can be stored yet, and no other replica's commit can
+/// store one until this one ends.
 async fn lock_marks_postgres(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     batch: &IngestBatch,
@@ -337,11 +341,12 @@ async fn lock_marks_postgres(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT id, last_seq FROM agents WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&agents)
-            .fetch_all(&mut **tx)
-            .await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, last_seq FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(&agents)
+    .fetch_all(&mut **tx)
+    .await?;
     Ok(rows.into_iter().collect())
 }
 

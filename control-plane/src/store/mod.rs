@@ -628,7 +628,8 @@ impl Store {
             .bind(&hello.version)
             .bind(&hello.boot_id)
             .bind(now_ms())
-            .bind(hello.next_seq as i64)
+            // A next_seq past i64 holds nothing (the caller sends no RaiseSeq for it either).
+            .bind(i64::try_from(hello.next_seq).unwrap_or(i64::MAX))
             .fetch_optional(pool)
             .await?);
         Ok(last_seq.map(|s| s.max(0) as u64))
@@ -650,56 +651,62 @@ impl Store {
             .collect())
     }
 
-    /// Records many agents' heartbeats (the newest of each, `at_ms` the time received) in
-    /// one transaction; returns the agents a heartbeat brought back online (they were marked
-    /// offline and are not revoked).
+    /// Records many agents' heartbeats (the newest of each, with the time ingest received
+    /// it) in one transaction; returns the agents a heartbeat brought back online: marked
+    /// offline, not revoked, and not marked so after the heartbeat was received (a status
+    /// write sets `last_seen_ms`; with replicas another replica may have recorded the agent's
+    /// offline last will while this heartbeat waited).
     ///
     /// # Errors
     /// Database errors only; nothing is recorded then.
     pub async fn record_heartbeats(
         &self,
-        heartbeats: &[(&str, &vantage_mqtt::Heartbeat)],
-        at_ms: i64,
+        heartbeats: &[(&str, &vantage_mqtt::Heartbeat, i64)],
     ) -> Result<Vec<String>, StoreError> {
         if heartbeats.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<&str> = heartbeats.iter().map(|(id, _)| *id).collect();
-        let counter = |f: fn(&vantage_mqtt::Heartbeat) -> u64| {
-            heartbeats
-                .iter()
-                .map(|(_, h)| f(h).min(i64::MAX as u64) as i64)
-                .collect::<Vec<i64>>()
-        };
-        let online = "UPDATE agents SET state = 'online' WHERE id = $1 AND state = 'offline' \
-                      AND revoked_at_ms IS NULL RETURNING id";
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         match self {
             Store::Postgres(pool) => {
+                let ids: Vec<&str> = heartbeats.iter().map(|(id, _, _)| *id).collect();
+                let counter = |f: fn(&vantage_mqtt::Heartbeat) -> u64| {
+                    heartbeats
+                        .iter()
+                        .map(|(_, h, _)| clamp(f(h)))
+                        .collect::<Vec<i64>>()
+                };
                 let mut tx = pool.begin_write().await?;
-                // The rows locked in id order first, as ingest locks them: no deadlock.
-                sqlx::query("SELECT id FROM agents WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-                    .bind(&ids)
-                    .execute(&mut *tx)
-                    .await?;
+                // The rows locked in id order first, as ingest locks them: no deadlock. NO KEY
+                // UPDATE, as a plain UPDATE takes: it does not block assignment rows' foreign
+                // keys.
                 sqlx::query(
-                    "UPDATE agents SET last_seen_ms = $2, spool_dropped_total = u.d, \
-                     spool_unsendable_total = u.n, spool_write_errors_total = u.w \
-                     FROM UNNEST($1::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(a, d, n, w) \
-                     WHERE agents.id = u.a",
+                    "SELECT id FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
                 )
                 .bind(&ids)
-                .bind(at_ms)
+                .execute(&mut *tx)
+                .await?;
+                let back: Vec<String> = sqlx::query_scalar(
+                    "UPDATE agents SET state = 'online' FROM UNNEST($1::text[], $2::bigint[]) AS u(a, r) \
+                     WHERE agents.id = u.a AND agents.state = 'offline' AND agents.revoked_at_ms IS NULL \
+                     AND (agents.last_seen_ms IS NULL OR agents.last_seen_ms <= u.r) RETURNING agents.id",
+                )
+                .bind(&ids)
+                .bind(heartbeats.iter().map(|(_, _, r)| *r).collect::<Vec<i64>>())
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE agents SET last_seen_ms = GREATEST(COALESCE(agents.last_seen_ms, 0), u.r), \
+                     spool_dropped_total = u.d, spool_unsendable_total = u.n, spool_write_errors_total = u.w \
+                     FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+                     AS u(a, r, d, n, w) WHERE agents.id = u.a",
+                )
+                .bind(&ids)
+                .bind(heartbeats.iter().map(|(_, _, r)| *r).collect::<Vec<i64>>())
                 .bind(counter(|h| h.spool_dropped_total))
                 .bind(counter(|h| h.spool_unsendable_total))
                 .bind(counter(|h| h.spool_write_errors_total))
                 .execute(&mut *tx)
-                .await?;
-                let back: Vec<String> = sqlx::query_scalar(
-                    "UPDATE agents SET state = 'online' WHERE id = ANY($1) AND state = 'offline' \
-                     AND revoked_at_ms IS NULL RETURNING id",
-                )
-                .bind(&ids)
-                .fetch_all(&mut *tx)
                 .await?;
                 tx.commit().await?;
                 Ok(back)
@@ -707,24 +714,30 @@ impl Store {
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
                 let mut back = Vec::new();
-                for (id, heartbeat) in heartbeats {
+                for (id, heartbeat, received) in heartbeats {
+                    back.extend(
+                        sqlx::query_scalar::<_, String>(
+                            "UPDATE agents SET state = 'online' WHERE id = $1 AND state = 'offline' \
+                             AND revoked_at_ms IS NULL AND (last_seen_ms IS NULL OR last_seen_ms <= $2) \
+                             RETURNING id",
+                        )
+                        .bind(id)
+                        .bind(received)
+                        .fetch_optional(&mut *tx)
+                        .await?,
+                    );
                     sqlx::query(
-                        "UPDATE agents SET last_seen_ms = $2, spool_dropped_total = $3, \
-                         spool_unsendable_total = $4, spool_write_errors_total = $5 WHERE id = $1",
+                        "UPDATE agents SET last_seen_ms = MAX(COALESCE(last_seen_ms, 0), $2), \
+                         spool_dropped_total = $3, spool_unsendable_total = $4, \
+                         spool_write_errors_total = $5 WHERE id = $1",
                     )
                     .bind(id)
-                    .bind(at_ms)
-                    .bind(heartbeat.spool_dropped_total.min(i64::MAX as u64) as i64)
-                    .bind(heartbeat.spool_unsendable_total.min(i64::MAX as u64) as i64)
-                    .bind(heartbeat.spool_write_errors_total.min(i64::MAX as u64) as i64)
+                    .bind(received)
+                    .bind(clamp(heartbeat.spool_dropped_total))
+                    .bind(clamp(heartbeat.spool_unsendable_total))
+                    .bind(clamp(heartbeat.spool_write_errors_total))
                     .execute(&mut *tx)
                     .await?;
-                    back.extend(
-                        sqlx::query_scalar::<_, String>(online)
-                            .bind(id)
-                            .fetch_optional(&mut *tx)
-                            .await?,
-                    );
                 }
                 tx.commit().await?;
                 Ok(back)
@@ -1168,5 +1181,35 @@ mod tests {
             Some(100)
         );
         assert!(store.held_seqs().await.unwrap().is_empty());
+    }
+
+    /// A resend that shares a batch with its first send is kept once, per table.
+    #[test]
+    fn a_batch_keeps_each_agents_seq_once() {
+        let row = |seq: u64, reason: &str| -> vantage_mqtt::CheckResult {
+            serde_json::from_value(serde_json::json!({"seq": seq, "measured_at_ms": 1,
+                "check_id": "web", "ok": true, "reason": reason,
+                "timings": {"total_ms": 1.0}}))
+            .unwrap()
+        };
+        let mut batch = models::IngestBatch::default();
+        for (agent, seq, reason) in [
+            ("a", 1, "first"),
+            ("a", 2, "x"),
+            ("a", 1, "again"),
+            ("b", 1, "y"),
+        ] {
+            batch
+                .results
+                .push((agent.into(), "eu".into(), row(seq, reason)));
+        }
+        assert_eq!(batch.dedup(), 1);
+        let left: Vec<(&str, u64, &str)> = batch
+            .results
+            .iter()
+            .map(|(a, _, r)| (a.as_str(), r.seq, r.reason.as_str()))
+            .collect();
+        assert_eq!(left, [("a", 1, "first"), ("a", 2, "x"), ("b", 1, "y")]);
+        assert_eq!(batch.dedup(), 0);
     }
 }

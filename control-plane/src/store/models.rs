@@ -484,6 +484,23 @@ impl IngestBatch {
         before - self.len()
     }
 
+    /// Drops every row whose (agent, seq) came earlier in the batch (an agent's resend can
+    /// share a batch with its first send): the batch then stores and rolls up each row
+    /// once. The number dropped.
+    pub fn dedup(&mut self) -> usize {
+        let before = self.len();
+        let mut seen = std::collections::HashSet::new();
+        self.results
+            .retain(|(a, _, r)| seen.insert((a.clone(), r.seq)));
+        seen.clear();
+        self.metrics
+            .retain(|(a, _, m)| seen.insert((a.clone(), m.seq)));
+        seen.clear();
+        self.events
+            .retain(|(a, _, e)| seen.insert((a.clone(), e.seq)));
+        before - self.len()
+    }
+
     /// The highest seq per agent in this batch.
     pub fn max_seq_per_agent(&self) -> BTreeMap<String, u64> {
         self.seqs_per_agent()

@@ -485,7 +485,8 @@ async fn main() -> anyhow::Result<()> {
     let ingest_rate = total as f64 / elapsed.as_secs_f64();
     let copy_rate = copy_baseline(&pg_admin_url, mix, &agent_ids, args.rows_per_agent).await?;
     let backend = args.backend.name();
-    // Every heartbeat was taken before the last result message after it, so before its ack.
+    // Heartbeats sent; the last of each agent follows its last result message, so the
+    // clock may stop before ingest has taken it.
     let heartbeats = args.agents as u64
         * args
             .rows_per_agent
