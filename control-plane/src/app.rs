@@ -64,7 +64,17 @@ impl Application {
             .prepare_partitions(&settings.retention(), crate::store::now_ms())
             .await
             .context("cannot make the day partitions")?;
-        store.mark_all_offline().await?;
+        // After a restart nobody is connected yet: every agent is offline until its hello.
+        // Not so while other replicas serve this store: their agents stay connected, and
+        // marking them offline would move their checks away until their next heartbeat.
+        // The leader's silent-agent sweep marks offline whoever stopped beating then.
+        match store.replicas_listening().await? {
+            0 => store.mark_all_offline().await?,
+            replicas => tracing::info!(
+                replicas,
+                "Other replicas serve this store: agents keep their stored state"
+            ),
+        }
         bootstrap_admin_token(&store, &settings.data_dir).await?;
 
         let pki = Arc::new(

@@ -1,8 +1,9 @@
 //! Several control-plane replicas on one PostgreSQL: exactly one holds the scheduling lease
 //! and does the scheduled work (here: running the checks of a region with no agent); when the
 //! leader's lease session is cut it steps down before anyone else leads; when the leader is
-//! killed -9 another takes over within one check interval; and what one replica commits
-//! reaches the live clients of the others. PostgreSQL only: SQLite is one process's store.
+//! killed -9 another takes over within one check interval; what one replica commits
+//! reaches the live clients of the others; and a joining replica leaves the others' agents
+//! online. PostgreSQL only: SQLite is one process's store.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use vantage_control_plane::store::lease::SCHEDULER_LOCK_ID;
-use vantage_tests::{Backend, ControlPlane, TestStore, share_replica_identity, wait_for};
+use vantage_tests::{Agent, Backend, ControlPlane, TestStore, share_replica_identity, wait_for};
 
 /// The check interval of the lone check in the dark region: longer than a takeover (the new
 /// leader waits `lease::TAKEOVER_WAIT`, 4 s, after taking the lock).
@@ -293,4 +294,67 @@ async fn a_check_paused_through_a_follower_is_paused_by_the_leader_at_once() -> 
         0
     );
     Ok(())
+}
+
+/// A replica joining a store that another replica serves leaves that replica's agents as
+/// they are: an agent online through the first stays online for both (the joining replica
+/// used to mark every agent offline at start, until the agent's next heartbeat, and the
+/// leader moved its checks away meanwhile). A replica starting alone still marks every
+/// agent offline: after its crash nobody is connected until their hello.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_replica_keeps_the_agents_of_the_others_online() -> anyhow::Result<()> {
+    let store = TestStore::create(Backend::Postgres).await?;
+    // Heartbeats every 60 s: an agent marked offline wrongly stays so through the test.
+    let env = [("VANTAGE_HEARTBEAT_INTERVAL_S", "60")];
+    let mut first = ControlPlane::start_with(&store, &env).await?;
+    let token = first.enrollment_token("europe", 1).await?;
+    let mut agent = Agent::start(&first, &token, "")?;
+    let id = agent.wait_enrolled().await?;
+    first
+        .wait_agent_state(&id, "online", Duration::from_secs(20))
+        .await
+        .with_context(|| first.log_tail())?;
+
+    let dir = tempfile::tempdir()?;
+    share_replica_identity(&first.data_dir, &dir.path().join("data"))?;
+    let mut second = ControlPlane::start_in(&store, &dir.path().join("data"), &env).await?;
+    for _ in 0..3 {
+        for cp in [&first, &second] {
+            let view = cp.agent(&id).await?;
+            assert_eq!(view["state"], "online", "{view}\n{}", second.log_tail());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        second
+            .log_tail()
+            .contains("Other replicas serve this store"),
+        "{}",
+        second.log_tail()
+    );
+
+    // Both replicas die with the agent's row online; the agent is gone when one comes back.
+    second.kill();
+    first.kill();
+    agent.kill();
+    assert_eq!(
+        store_state(&store, &id).await?,
+        "online",
+        "the row was online when the replicas died"
+    );
+    first.spawn().await?;
+    let view = first.agent(&id).await?;
+    assert_eq!(view["state"], "offline", "{view}");
+    Ok(())
+}
+
+/// Agent `id`'s state as stored, read with no replica running.
+async fn store_state(store: &TestStore, id: &str) -> anyhow::Result<String> {
+    let pool = sqlx::PgPool::connect(store.url.as_deref().context("a PostgreSQL store")?).await?;
+    let state: String = sqlx::query_scalar("SELECT state FROM agents WHERE id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok(state)
 }

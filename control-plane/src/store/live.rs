@@ -1,7 +1,8 @@
 //! The live feed's SQL across replicas sharing PostgreSQL: each replica NOTIFYs its committed
 //! updates on [`CHANNEL`] from a connection of its own ([`LiveSender`]) and LISTENs on another
 //! ([`LiveListener`]), named [`LISTENER_NAME`] so a sender can tell whether any other replica
-//! listens at all. SQLite has no replicas: nothing here exists there.
+//! listens at all, and a starting replica whether others serve the store. SQLite has no
+//! replicas: nothing here exists there (no replica listens).
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
@@ -57,6 +58,32 @@ impl Store {
     }
 }
 
+impl Store {
+    /// How many replicas' listening sessions are connected to this database now: 0 on
+    /// SQLite (one process's store). A replica asks before opening its own, so at start
+    /// this counts the others.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn replicas_listening(&self) -> Result<i64, StoreError> {
+        let Store::Postgres(pool) = self else {
+            return Ok(0);
+        };
+        Ok(listeners_on(pool).await?)
+    }
+}
+
+/// The count of [`LISTENER_NAME`] sessions on `pool`'s database.
+async fn listeners_on(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(LISTENER_NAME)
+    .fetch_one(pool)
+    .await
+}
+
 impl LiveSender {
     /// How many replicas' listening sessions are connected to this database, this one's
     /// included.
@@ -64,13 +91,7 @@ impl LiveSender {
     /// # Errors
     /// Database errors.
     pub async fn listeners(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name = $1 AND datname = current_database()",
-        )
-        .bind(LISTENER_NAME)
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(listeners_on(&self.pool).await?)
     }
 
     /// Sends one payload (at most [`MAX_PAYLOAD_BYTES`]).
