@@ -67,6 +67,40 @@ pub fn mutual_client(
         .with_client_auth_cert(chain, key)?)
 }
 
+/// A client trusting only `ca_pem` that presents whatever identity `identity` resolves at
+/// each handshake (a long-lived client whose certificate is renewed while it runs).
+///
+/// # Errors
+/// See [`TlsError`].
+pub fn mutual_client_resolving(
+    ca_pem: &str,
+    identity: Arc<dyn rustls::client::ResolvesClientCert>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_cert_resolver(identity))
+}
+
+/// A PEM certificate chain and its PEM private key, parsed and checked to belong together.
+///
+/// # Errors
+/// [`TlsError::BadIdentity`] when either does not parse or they do not match.
+pub fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| TlsError::BadIdentity)?;
+    if chain.is_empty() {
+        return Err(TlsError::BadIdentity);
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| TlsError::BadIdentity)?;
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider()).map_err(|_| TlsError::BadIdentity)
+}
+
 /// Trusts the public web PKI (Mozilla's roots), for probes of public HTTPS targets.
 ///
 /// # Errors

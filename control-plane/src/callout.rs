@@ -103,19 +103,85 @@ pub enum CalloutError {
     Request(String),
 }
 
-/// The mutual-TLS client configuration of the control plane towards the broker cluster,
-/// from its broker client identity ([`crate::pki::Pki::broker_client`], renewed near its
-/// end): taken anew for every connection.
+/// The mutual-TLS client configuration of the control plane towards the broker cluster:
+/// each handshake presents the control plane's broker client identity as it is then
+/// ([`CurrentBrokerIdentity`]), so a long-lived client's reconnects carry a renewed one.
 ///
 /// # Errors
-/// The identity cannot be made or read, or TLS refuses it.
-pub(crate) fn broker_tls(pki: &crate::pki::Pki) -> Result<rustls::ClientConfig, CalloutError> {
-    let (cert, key) = pki.broker_client()?;
-    Ok(vantage_agent::tls::mutual_client(
+/// The CA does not parse.
+pub(crate) fn broker_tls(
+    pki: &std::sync::Arc<crate::pki::Pki>,
+) -> Result<rustls::ClientConfig, CalloutError> {
+    Ok(vantage_agent::tls::mutual_client_resolving(
         pki.ca_pem(),
-        &cert,
-        &key,
+        std::sync::Arc::new(CurrentBrokerIdentity::new(pki.clone())),
     )?)
+}
+
+/// Resolves the control plane's broker client identity at every TLS handshake from
+/// [`crate::pki::Pki::broker_client`], which renews it near its end; a certificate is parsed
+/// once and reused while the stored one stays the same. A NATS client keeps its TLS
+/// configuration for its whole life and reconnects with it, so a fixed identity would
+/// expire under a long-running replica.
+pub(crate) struct CurrentBrokerIdentity {
+    pki: std::sync::Arc<crate::pki::Pki>,
+    /// The certificate PEM last read and its parsed identity.
+    parsed: std::sync::Mutex<Option<(String, std::sync::Arc<rustls::sign::CertifiedKey>)>>,
+}
+
+impl CurrentBrokerIdentity {
+    pub(crate) fn new(pki: std::sync::Arc<crate::pki::Pki>) -> Self {
+        Self {
+            pki,
+            parsed: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl std::fmt::Debug for CurrentBrokerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CurrentBrokerIdentity")
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CurrentBrokerIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<std::sync::Arc<rustls::sign::CertifiedKey>> {
+        let (cert, key) = match self.pki.broker_client() {
+            Ok(identity) => identity,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot read the broker client identity");
+                return None;
+            }
+        };
+        let mut parsed = self
+            .parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((pem, certified)) = parsed.as_ref()
+            && *pem == cert
+        {
+            return Some(certified.clone());
+        }
+        match vantage_agent::tls::certified_key(&cert, &key) {
+            Ok(certified) => {
+                let certified = std::sync::Arc::new(certified);
+                *parsed = Some((cert, certified.clone()));
+                Some(certified)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "The broker client identity does not parse");
+                None
+            }
+        }
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// Connects to the broker at `urls` (comma-separated) with the control plane's broker
@@ -345,6 +411,63 @@ async fn kick(client: &async_nats::Client, ids: &[String]) -> Result<u64, Callou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One in-memory TLS handshake; the certificate the client presented, as the server saw it.
+    fn presented(
+        client: &std::sync::Arc<rustls::ClientConfig>,
+        server: &std::sync::Arc<rustls::ServerConfig>,
+    ) -> Vec<u8> {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client.clone(), name).unwrap();
+        let mut server = rustls::ServerConnection::new(server.clone()).unwrap();
+        for _ in 0..10 {
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).unwrap();
+            server.read_tls(&mut bytes.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut bytes = Vec::new();
+            server.write_tls(&mut bytes).unwrap();
+            client.read_tls(&mut bytes.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!server.is_handshaking(), "the handshake did not finish");
+        server.peer_certificates().expect("a client certificate")[0].to_vec()
+    }
+
+    /// A client configuration made once presents the identity stored at each handshake: after
+    /// the stored one is replaced (here: lost, so made anew, as when it nears its end), the
+    /// same configuration presents the new certificate, and the server accepts it.
+    #[test]
+    fn the_broker_client_config_presents_the_identity_stored_at_each_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = std::sync::Arc::new(
+            crate::pki::Pki::load_or_create(dir.path(), &["localhost".to_owned()]).unwrap(),
+        );
+        // Full handshakes only: a resumed session carries the identity of the session it
+        // resumes (a broker refuses to resume once that certificate has expired).
+        let mut server = (*pki.mqtt_server_config().unwrap()).clone();
+        server.send_tls13_tickets = 0;
+        server.session_storage = std::sync::Arc::new(rustls::server::NoServerSessionStorage {});
+        let server = std::sync::Arc::new(server);
+        let client = std::sync::Arc::new(broker_tls(&pki).unwrap());
+        let der = |pem: &str| {
+            use rustls::pki_types::pem::PemObject;
+            rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+                .unwrap()
+                .to_vec()
+        };
+        let (first, _) = pki.broker_client().unwrap();
+        assert_eq!(presented(&client, &server), der(&first));
+        assert_eq!(presented(&client, &server), der(&first), "reused");
+
+        std::fs::remove_file(dir.path().join("pki/broker-client.pem")).unwrap();
+        let (second, _) = pki.broker_client().unwrap();
+        assert_ne!(first, second, "a new identity was made");
+        assert_eq!(presented(&client, &server), der(&second));
+    }
 
     #[test]
     fn a_revoked_agent_is_kicked_at_once_then_after_each_follow_up_and_then_left() {

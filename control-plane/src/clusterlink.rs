@@ -171,8 +171,8 @@ pub async fn publish(state: AppState, mqtt_addrs: String, mut queue: mpsc::Recei
         rand::fill(&mut bytes[..]);
         format!("vantage-cp-{}", hex::encode(bytes))
     };
-    // The identity is taken anew at every connection, so a renewed one is used from the
-    // next connection on.
+    // The identity is resolved at every handshake, so a renewed one is used from the next
+    // connection on.
     let options = {
         let state = state.clone();
         move |index: usize| -> Result<rumqttc::MqttOptions, CalloutError> {

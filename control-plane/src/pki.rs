@@ -324,8 +324,9 @@ impl Pki {
     /// use and made anew when the stored one expires within [`BROKER_CLIENT_RENEW_BEFORE`]
     /// (or cannot be read): PEM certificate and key. Its subject carries
     /// [`CONTROL_PLANE_OU`], which no agent certificate can (agents' subjects are exactly
-    /// `CN=<agent id>`). Callers take it at each connection, so a renewed identity is used
-    /// from the next one on; a broker checks a certificate only at the handshake.
+    /// `CN=<agent id>`). Clients resolve it at each TLS handshake
+    /// ([`crate::callout::CurrentBrokerIdentity`]), so a renewed identity is used from the
+    /// next connection on; a broker checks a certificate only at the handshake.
     ///
     /// # Errors
     /// I/O errors, or stored files that do not parse.
