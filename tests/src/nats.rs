@@ -182,6 +182,11 @@ impl NatsCluster {
         Ok(())
     }
 
+    /// The process ids of the nodes running now.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(Child::id).collect()
+    }
+
     /// Kills node `index` with SIGKILL.
     pub fn kill_node(&mut self, index: usize) {
         if let Some(mut child) = self.children[index].take() {

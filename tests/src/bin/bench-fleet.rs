@@ -17,8 +17,14 @@
 //!   unacknowledged 30 s after the last publish).
 //!
 //! Usage: `bench-fleet [--agents 10000] [--backend sqlite|postgres] [--seconds 120]
-//! [--every 10] [--results 2] [--connect-concurrency 200]`. Raises its open-file limit to
-//! fit the agents (the control plane raises its own: one descriptor per session).
+//! [--every 10] [--results 2] [--connect-concurrency 200] [--broker embedded|cluster]`.
+//! Raises its open-file limit to fit the agents (the control plane raises its own: one
+//! descriptor per session).
+//!
+//! With `--broker cluster` the agents connect, in turn, to the MQTT ports of a 3-node
+//! nats-server cluster (`VANTAGE_TEST_NATS_SERVER`; its config from `vantage broker-config`,
+//! logins through the control plane's auth callout, ingest through the shared JetStream
+//! stream): the scale-out path. The samples then add the nodes' RSS and CPU.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +38,7 @@ use vantage_mqtt::{
     AgentTopic, CheckResult, DiskUsage, Heartbeat, Hello, HostMetrics, MetricsBatch, NetUsage,
     NodeState, ResultsAck, ResultsBatch, Status, Timings, encode, topic,
 };
+use vantage_tests::nats::NatsCluster;
 use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, proc_sample};
 
 struct Args {
@@ -41,6 +48,7 @@ struct Args {
     every: u64,
     results: u64,
     connect_concurrency: usize,
+    cluster: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -51,6 +59,7 @@ fn parse_args() -> anyhow::Result<Args> {
         every: 10,
         results: 2,
         connect_concurrency: 200,
+        cluster: false,
     };
     for (flag, value) in vantage_tests::flags()? {
         match flag.as_str() {
@@ -60,6 +69,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--every" => args.every = value.parse::<u64>()?.max(1),
             "--results" => args.results = value.parse()?,
             "--connect-concurrency" => args.connect_concurrency = value.parse::<usize>()?.max(1),
+            "--broker" => {
+                args.cluster = match value.as_str() {
+                    "embedded" => false,
+                    "cluster" => true,
+                    other => bail!("--broker embedded|cluster, not {other}"),
+                }
+            }
             other => bail!("unknown flag {other}"),
         }
     }
@@ -324,24 +340,46 @@ async fn main() -> anyhow::Result<()> {
     let args = Arc::new(parse_args()?);
     raise_open_files(args.agents)?;
     let store = TestStore::create(args.backend).await?;
+    let temp = tempfile::tempdir()?;
+    let data_dir = temp.path().join("data");
     let max_connections = (args.agents + 1000).to_string();
     // The API's rate limit guards a control plane from a runaway client; enrolling a whole
     // fleet from one benchmark process is provisioning, not what is measured here.
-    let cp = ControlPlane::start_with(
-        &store,
-        &[
-            ("VANTAGE_MAX_CONNECTIONS", &max_connections),
-            ("VANTAGE_API_RATE_PER_S", "100000"),
-            ("VANTAGE_API_RATE_BURST", "100000"),
-            ("RUST_LOG", "warn"),
-        ],
-    )
-    .await?;
+    let mut env = vec![
+        ("VANTAGE_MAX_CONNECTIONS", max_connections),
+        ("VANTAGE_API_RATE_PER_S", "100000".to_owned()),
+        ("VANTAGE_API_RATE_BURST", "100000".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let cluster = if args.cluster {
+        Some(start_cluster(
+            &data_dir,
+            &temp.path().join("broker"),
+            &mut env,
+        )?)
+    } else {
+        None
+    };
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cp = ControlPlane::start_in(&store, &data_dir, &env).await?;
+    if cluster.is_some() {
+        // Messages on a subject no stream holds yet reach nobody: wait for the stream.
+        vantage_tests::wait_for(
+            "the control plane reading the cluster",
+            Duration::from_secs(60),
+            || async {
+                (cp.counter("vantage_broker_ingest_reading").await.ok()? == 1).then_some(())
+            },
+        )
+        .await?;
+    }
     let cp_pid = cp.pid().context("control plane pid")?;
+    let node_pids = cluster.as_ref().map(NatsCluster::pids).unwrap_or_default();
     println!(
-        "fleet agents={} backend={} every={} s results/batch={} seconds={} connect_concurrency={}",
+        "fleet agents={} backend={} broker={} every={} s results/batch={} seconds={} connect_concurrency={}",
         args.agents,
         args.backend.name(),
+        if args.cluster { "cluster" } else { "embedded" },
         args.every,
         args.results,
         args.seconds,
@@ -349,7 +387,12 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let started = Instant::now();
-    let identities = enroll_all(&cp, args.agents).await?;
+    let mut identities = enroll_all(&cp, args.agents).await?;
+    if let Some(cluster) = &cluster {
+        for (i, identity) in identities.iter_mut().enumerate() {
+            identity.mqtt_port = cluster.nodes[i % cluster.nodes.len()].mqtt;
+        }
+    }
     let enroll_s = started.elapsed().as_secs_f64();
     println!(
         "fleet enrolled {} agents in {enroll_s:.1} s ({:.0}/s), control plane rss_mib={:.1}",
@@ -362,21 +405,49 @@ async fn main() -> anyhow::Result<()> {
     let totals = Arc::new(Totals::default());
     let sampler = {
         let totals = totals.clone();
+        let node_pids = node_pids.clone();
         tokio::spawn(async move {
             let mut rows: Vec<(f64, f64)> = Vec::new();
             let begin = Instant::now();
-            let mut last = (Instant::now(), proc_sample(cp_pid).ok()?.cpu_ticks);
+            let nodes_ticks = || -> u64 {
+                node_pids
+                    .iter()
+                    .filter_map(|pid| proc_sample(*pid).ok())
+                    .map(|s| s.cpu_ticks)
+                    .sum()
+            };
+            let mut last = (
+                Instant::now(),
+                proc_sample(cp_pid).ok()?.cpu_ticks,
+                nodes_ticks(),
+            );
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let sample = proc_sample(cp_pid).ok()?;
-                let cpu = (sample.cpu_ticks - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                last = (Instant::now(), sample.cpu_ticks);
+                let nodes_now = nodes_ticks();
+                let seconds = last.0.elapsed().as_secs_f64();
+                let cpu = (sample.cpu_ticks - last.1) as f64 / seconds;
+                let nodes_cpu = nodes_now.saturating_sub(last.2) as f64 / seconds;
+                last = (Instant::now(), sample.cpu_ticks, nodes_now);
                 let rss = sample.rss_kib as f64 / 1024.0;
                 rows.push((rss, cpu));
+                let nodes = if node_pids.is_empty() {
+                    String::new()
+                } else {
+                    let rss: u64 = node_pids
+                        .iter()
+                        .filter_map(|pid| proc_sample(*pid).ok())
+                        .map(|s| s.rss_kib)
+                        .sum();
+                    format!(
+                        " nodes_rss_mib={:.0} nodes_cpu_pct={nodes_cpu:.0}",
+                        rss as f64 / 1024.0
+                    )
+                };
                 println!(
-                    "fleet t={:>4.0}s cp_rss_mib={rss:.0} cp_cpu_pct={cpu:.0} connected={} rows_sent={} rows_acked={} reconnects={}",
+                    "fleet t={:>4.0}s cp_rss_mib={rss:.0} cp_cpu_pct={cpu:.0}{nodes} connected={} rows_sent={} rows_acked={} reconnects={}",
                     begin.elapsed().as_secs_f64(),
                     totals.connected.load(Ordering::Relaxed),
                     totals.rows_sent.load(Ordering::Relaxed),
@@ -480,6 +551,26 @@ async fn main() -> anyhow::Result<()> {
         end.rss_kib as f64 / 1024.0,
         vm_hwm_kib(cp_pid)? as f64 / 1024.0
     );
+    // What ingest did with the rows: committed, held back for a rewound seq (simulated agents
+    // never renumber), the hellos that found seqs already stored, and acks that failed or
+    // did not fit the cluster publisher's queue.
+    for line in [
+        "vantage_ingest_rows_committed_total",
+        "vantage_ingest_rows_held_total{reason=\"seq_rewound\"}",
+        "vantage_ingest_seq_rewound_total",
+        "vantage_ingest_ack_publish_failed_total",
+        "vantage_broker_publish_dropped_total",
+    ] {
+        println!("fleet control plane {line} {}", cp.counter(line).await?);
+    }
+    for (index, pid) in node_pids.iter().enumerate() {
+        println!(
+            "fleet broker node n{index} at the end: rss_mib={:.0} (peak VmHWM {:.0})",
+            proc_sample(*pid)?.rss_kib as f64 / 1024.0,
+            vm_hwm_kib(*pid)? as f64 / 1024.0
+        );
+    }
+    drop(cluster);
     if failed > 0 || starved > 0 {
         bail!("{failed} agents failed, {starved} starved of acks");
     }
@@ -494,4 +585,36 @@ fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .context("no VmHWM")
+}
+
+/// Makes the broker config from the control plane's data dir (`vantage broker-config`),
+/// starts a 3-node cluster on it and points the control plane at it through `env`.
+fn start_cluster(
+    data_dir: &std::path::Path,
+    broker_dir: &std::path::Path,
+    env: &mut Vec<(&'static str, String)>,
+) -> anyhow::Result<NatsCluster> {
+    let output = std::process::Command::new(vantage_tests::bin("vantage"))
+        .arg("broker-config")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--out")
+        .arg(broker_dir)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "broker-config: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut cluster = NatsCluster::plan(broker_dir, 3);
+    cluster.start()?;
+    let mqtt_addrs = cluster
+        .nodes
+        .iter()
+        .map(|node| format!("127.0.0.1:{}", node.mqtt))
+        .collect::<Vec<_>>()
+        .join(",");
+    env.push(("VANTAGE_BROKER_NATS_URLS", cluster.client_urls()));
+    env.push(("VANTAGE_BROKER_MQTT_ADDRS", mqtt_addrs));
+    Ok(cluster)
 }
