@@ -14,7 +14,7 @@ use rustls_pki_types::pem::PemObject as _;
 use vantage_control_plane::brokerauth::{self, BrokerSecrets, BrokerUser};
 use vantage_mqtt::topic;
 use vantage_tests::nats::NatsCluster;
-use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, bin, connect, wait_for};
+use vantage_tests::{Backend, ControlPlane, MqttIdentity, TestStore, connect, wait_for};
 
 /// A native client of the cluster holding `cert`/`key` (the control plane's own identity,
 /// or an agent's on the wrong port); with `reconnect`, it moves to another node when its
@@ -238,19 +238,9 @@ async fn agents_on_a_broker_cluster_stay_inside_their_topics_and_revocation_cuts
     let temp = tempfile::tempdir()?;
     let data_dir = temp.path().join("data");
     let broker_dir = temp.path().join("broker");
-    let output = std::process::Command::new(bin("vantage"))
-        .arg("broker-config")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--out")
-        .arg(&broker_dir)
-        .args(["--name", "127.0.0.1"])
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "broker-config failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // Only the NATS side: agents enrolled here keep the front door's address.
+    let (cluster, _) =
+        NatsCluster::for_control_plane(&data_dir, &broker_dir, &["--name", "127.0.0.1"])?;
     let auth = std::fs::read_to_string(broker_dir.join("vantage-auth.conf"))?;
     let password = std::fs::read_to_string(data_dir.join("pki/broker-users.secret"))?;
     assert!(
@@ -258,8 +248,6 @@ async fn agents_on_a_broker_cluster_stay_inside_their_topics_and_revocation_cuts
         "the broker config holds a password"
     );
 
-    let mut cluster = NatsCluster::plan(&broker_dir, 3);
-    cluster.start()?;
     let urls = cluster.client_urls();
     let cp =
         ControlPlane::start_in(&store, &data_dir, &[("VANTAGE_BROKER_NATS_URLS", &urls)]).await?;
@@ -572,28 +560,9 @@ async fn replicas_share_ingest_through_the_cluster_and_survive_node_and_replica_
     let temp = tempfile::tempdir()?;
     let (dir_a, dir_b) = (temp.path().join("a"), temp.path().join("b"));
     let broker_dir = temp.path().join("broker");
-    let output = std::process::Command::new(bin("vantage"))
-        .arg("broker-config")
-        .arg("--data-dir")
-        .arg(&dir_a)
-        .arg("--out")
-        .arg(&broker_dir)
-        .output()?;
-    anyhow::ensure!(output.status.success(), "broker-config failed");
-    let mut cluster = NatsCluster::plan(&broker_dir, 3);
-    cluster.start()?;
-    let urls = cluster.client_urls();
-    let mqtt_addrs = cluster
-        .nodes
-        .iter()
-        .map(|node| format!("127.0.0.1:{}", node.mqtt))
-        .collect::<Vec<_>>()
-        .join(",");
-    let env = [
-        ("VANTAGE_BROKER_NATS_URLS", urls.as_str()),
-        ("VANTAGE_BROKER_MQTT_ADDRS", mqtt_addrs.as_str()),
-        ("VANTAGE_METRICS_INTERVAL_S", "1"),
-    ];
+    let (mut cluster, mut env) = NatsCluster::for_control_plane(&dir_a, &broker_dir, &[])?;
+    env.push(("VANTAGE_METRICS_INTERVAL_S", "1".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut a = ControlPlane::start_in(&store, &dir_a, &env).await?;
     vantage_tests::share_replica_identity(&dir_a, &dir_b)?;
     let b = ControlPlane::start_in(&store, &dir_b, &env).await?;

@@ -53,6 +53,40 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
 }
 
 impl NatsCluster {
+    /// Writes the broker config from a control plane's data dir (`vantage broker-config
+    /// --data-dir data_dir --out broker_dir`, plus `extra_args`), starts a 3-node cluster on
+    /// it, and returns it with the environment that points a control plane at it
+    /// (`VANTAGE_BROKER_NATS_URLS` and `VANTAGE_BROKER_MQTT_ADDRS`).
+    ///
+    /// # Errors
+    /// `broker-config` fails or the cluster does not come up.
+    pub fn for_control_plane(
+        data_dir: &Path,
+        broker_dir: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<(NatsCluster, Vec<(&'static str, String)>)> {
+        let output = Command::new(crate::bin("vantage"))
+            .arg("broker-config")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--out")
+            .arg(broker_dir)
+            .args(extra_args)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "broker-config failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut cluster = NatsCluster::plan(broker_dir, 3);
+        cluster.start()?;
+        let env = vec![
+            ("VANTAGE_BROKER_NATS_URLS", cluster.client_urls()),
+            ("VANTAGE_BROKER_MQTT_ADDRS", cluster.mqtt_addrs()),
+        ];
+        Ok((cluster, env))
+    }
+
     /// Picks ports for `n` nodes whose files (`vantage-auth.conf`, `ca.pem`, `broker.pem`,
     /// `broker.key`) are in `dir`; [`Self::start`] runs them.
     pub fn plan(dir: &Path, n: usize) -> NatsCluster {
@@ -75,6 +109,15 @@ impl NatsCluster {
         self.nodes
             .iter()
             .map(|node| format!("tls://127.0.0.1:{}", node.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The MQTT listeners, comma-separated (what `VANTAGE_BROKER_MQTT_ADDRS` takes).
+    pub fn mqtt_addrs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.mqtt))
             .collect::<Vec<_>>()
             .join(",")
     }

@@ -352,11 +352,10 @@ async fn main() -> anyhow::Result<()> {
         ("RUST_LOG", "warn".to_owned()),
     ];
     let cluster = if args.cluster {
-        Some(start_cluster(
-            &data_dir,
-            &temp.path().join("broker"),
-            &mut env,
-        )?)
+        let (cluster, cluster_env) =
+            NatsCluster::for_control_plane(&data_dir, &temp.path().join("broker"), &[])?;
+        env.extend(cluster_env);
+        Some(cluster)
     } else {
         None
     };
@@ -585,36 +584,4 @@ fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .context("no VmHWM")
-}
-
-/// Makes the broker config from the control plane's data dir (`vantage broker-config`),
-/// starts a 3-node cluster on it and points the control plane at it through `env`.
-fn start_cluster(
-    data_dir: &std::path::Path,
-    broker_dir: &std::path::Path,
-    env: &mut Vec<(&'static str, String)>,
-) -> anyhow::Result<NatsCluster> {
-    let output = std::process::Command::new(vantage_tests::bin("vantage"))
-        .arg("broker-config")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--out")
-        .arg(broker_dir)
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "broker-config: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut cluster = NatsCluster::plan(broker_dir, 3);
-    cluster.start()?;
-    let mqtt_addrs = cluster
-        .nodes
-        .iter()
-        .map(|node| format!("127.0.0.1:{}", node.mqtt))
-        .collect::<Vec<_>>()
-        .join(",");
-    env.push(("VANTAGE_BROKER_NATS_URLS", cluster.client_urls()));
-    env.push(("VANTAGE_BROKER_MQTT_ADDRS", mqtt_addrs));
-    Ok(cluster)
 }

@@ -358,29 +358,12 @@ async fn main() -> anyhow::Result<()> {
         ("VANTAGE_HEARTBEAT_INTERVAL_S", "3600".to_owned()),
     ];
     let cluster = if args.cluster {
-        let broker_dir = temp.path().join("broker");
-        let output = std::process::Command::new(vantage_tests::bin("vantage"))
-            .arg("broker-config")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--out")
-            .arg(&broker_dir)
-            .output()?;
-        anyhow::ensure!(
-            output.status.success(),
-            "broker-config: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let mut cluster = vantage_tests::nats::NatsCluster::plan(&broker_dir, 3);
-        cluster.start()?;
-        let mqtt_addrs = cluster
-            .nodes
-            .iter()
-            .map(|node| format!("127.0.0.1:{}", node.mqtt))
-            .collect::<Vec<_>>()
-            .join(",");
-        env.push(("VANTAGE_BROKER_NATS_URLS", cluster.client_urls()));
-        env.push(("VANTAGE_BROKER_MQTT_ADDRS", mqtt_addrs));
+        let (cluster, cluster_env) = vantage_tests::nats::NatsCluster::for_control_plane(
+            &data_dir,
+            &temp.path().join("broker"),
+            &[],
+        )?;
+        env.extend(cluster_env);
         Some(cluster)
     } else {
         None
