@@ -45,6 +45,15 @@ use crate::renew::Renewal;
 use crate::spool::{Kind, Spool, SpoolError};
 use crate::zabbix_sender::ZabbixOut;
 
+/// The agent's own topics it subscribes to on every CONNACK.
+pub const SUBSCRIPTIONS: [AgentTopic; 3] =
+    [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck];
+/// At QoS 0: what is lost comes again (the retained config at the next subscribe, an ack
+/// when the agent resends; the embedded broker delivers at QoS 0 anyway), and on a broker
+/// on NATS a QoS 1 subscription costs a JetStream consumer per topic per agent, which past
+/// a few hundred agents the cluster refuses.
+pub const SUBSCRIPTION_QOS: QoS = QoS::AtMostOnce;
+
 /// Largest batch payload the agent publishes, in bytes.
 const MAX_BATCH_BYTES: usize = 200 * 1024;
 /// Group commit: rows measured within this window of the last flush share one fsync of the
@@ -340,13 +349,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 SessionEvent::Connected(tls_generation) => {
                     tracing::info!(agent = %id, "Connected");
                     connected = true;
-                    for kind in [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck] {
-                        // QoS 0: what is lost comes again (the retained config at the next
-                        // subscribe, an ack when the agent resends; the embedded broker
-                        // delivers at QoS 0 anyway),
-                        // and on a broker on NATS a QoS 1 subscription costs a JetStream
-                        // consumer per topic per agent on every node.
-                        let _ = client.try_subscribe(topic::agent(&id, kind), QoS::AtMostOnce);
+                    for kind in SUBSCRIPTIONS {
+                        let _ = client.try_subscribe(topic::agent(&id, kind), SUBSCRIPTION_QOS);
                     }
                     let hello = Hello {
                         v: vantage_mqtt::PROTOCOL_VERSION,

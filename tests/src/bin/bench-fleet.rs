@@ -192,14 +192,25 @@ async fn run_agent(
             Err(error) => bail!("agent {id} never connected: {error}"),
         }
     }
-    for kind in [AgentTopic::Config, AgentTopic::Cmd, AgentTopic::ResultsAck] {
+    // What the agent subscribes to, and at its QoS.
+    for kind in vantage_agent::session::SUBSCRIPTIONS {
         client
-            .subscribe(topic::agent(&id, kind), QoS::AtLeastOnce)
+            .subscribe(
+                topic::agent(&id, kind),
+                vantage_agent::session::SUBSCRIPTION_QOS,
+            )
             .await?;
     }
     let mut subacks = 0;
     while subacks < 3 {
-        if let Event::Incoming(Incoming::SubAck(_)) = eventloop.poll().await? {
+        if let Event::Incoming(Incoming::SubAck(suback)) = eventloop.poll().await? {
+            anyhow::ensure!(
+                suback
+                    .return_codes
+                    .iter()
+                    .all(|code| !matches!(code, rumqttc::SubscribeReasonCode::Failure)),
+                "{id}: the broker refused a subscription"
+            );
             subacks += 1;
         }
     }
