@@ -20,6 +20,7 @@
 pub mod config;
 pub mod enroll;
 pub mod files;
+pub mod hellogate;
 pub mod metrics;
 pub mod probe;
 pub mod relay;

@@ -3,9 +3,9 @@
 //!
 //! The MQTT event loop runs in its own task and reports connects, disconnects and incoming
 //! messages over a channel; it reconnects with capped exponential backoff and jitter (rumqttc
-//! itself would retry at once). On every CONNACK the agent subscribes again, says hello,
-//! publishes `online` (retained; the last will says `offline`) and resends everything the
-//! spool still holds. Checks run on the agent's own clock with jitter, so a lost link stops
+//! itself would retry at once). On every CONNACK the agent subscribes again, says hello and
+//! publishes `online` (retained; the last will says `offline`); once the control plane has
+//! answered the hello ([`crate::hellogate`]) it resends everything the spool still holds. Checks run on the agent's own clock with jitter, so a lost link stops
 //! nothing; their results and the metrics are spooled first (texts bounded, see
 //! [`vantage_mqtt::text`]) and sent when connected, after one fsync of the spool for the
 //! whole group (rows within 50 ms of the last flush share it, and nothing is sent before it). SIGTERM or SIGINT stops
@@ -38,6 +38,7 @@ use vantage_mqtt::{
 
 use crate::config::AgentConfig;
 use crate::enroll::{EnrollError, Identity};
+use crate::hellogate::{Due, HelloGate};
 use crate::metrics::Collector;
 use crate::probe::{self, Outcome};
 use crate::relay::{RelayRequest, Spooled};
@@ -338,6 +339,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut last_flush = std::time::Instant::now();
     let mut resend_tick = tokio::time::interval(Duration::from_secs(5));
     let mut connected = false;
+    let mut hello_gate = HelloGate::default();
     // Rows lost because the spool could not be written, since this process started.
     let mut write_errors: u64 = 0;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -352,23 +354,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     for kind in SUBSCRIPTIONS {
                         let _ = client.try_subscribe(topic::agent(&id, kind), SUBSCRIPTION_QOS);
                     }
-                    let hello = Hello {
-                        v: vantage_mqtt::PROTOCOL_VERSION,
-                        version: crate::VERSION.to_owned(),
-                        arch: std::env::consts::ARCH.to_owned(),
-                        os: std::env::consts::OS.to_owned(),
-                        hostname: crate::enroll::hostname(),
-                        labels: config.labels.clone(),
-                        capabilities: probe::CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
-                        boot_id: boot_id.clone(),
-                        next_seq: spool.next_seq(),
-                        config_revision: desired.as_ref().map(|d| d.revision).unwrap_or(0),
-                    };
-                    let _ = client.try_publish(topic::agent(&id, AgentTopic::Hello), QoS::AtLeastOnce, false, encode(&hello));
+                    say_hello(&client, &id, &config, &boot_id, &spool, &desired);
+                    hello_gate.connected(std::time::Instant::now(), spool.next_seq());
                     let online = Status { v: vantage_mqtt::PROTOCOL_VERSION, state: NodeState::Online };
                     let _ = client.try_publish(topic::agent(&id, AgentTopic::Status), QoS::AtLeastOnce, true, encode(&online));
+                    // Rows wait for the hello's answer; then everything unacknowledged goes.
                     spool.mark_all_unsent();
-                    flush(&client, &id, &mut spool, &mut write_errors);
                     match renewal.on_connected(tls_generation) {
                         Ok(Some(not_after_ms)) => tracing::info!(agent = %id, not_after_ms, "Connected with the renewed certificate; it replaced the old one"),
                         Ok(None) => {}
@@ -388,13 +379,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                         }
                     }
                     connected = false;
+                    hello_gate.disconnected();
                 }
                 SessionEvent::Message(name, payload) => {
                     match topic::Topic::parse(&name) {
                         Ok(topic::Topic::Agent { kind: AgentTopic::ResultsAck, .. }) => {
-                            if let Ok(ack) = decode::<ResultsAck>(&payload)
-                                && let Err(error) = spool.ack(&ack.ranges) {
-                                tracing::error!(%error, "Cannot record an ack");
+                            if let Ok(ack) = decode::<ResultsAck>(&payload) {
+                                if let Err(error) = spool.ack(&ack.ranges) {
+                                    tracing::error!(%error, "Cannot record an ack");
+                                }
+                                if let Some(next_seq) = ack.hello
+                                    && hello_gate.answered(next_seq)
+                                {
+                                    tracing::debug!(agent = %id, next_seq, "Hello answered; sending rows");
+                                    flush(&client, &id, &mut spool, &mut write_errors);
+                                    last_flush = std::time::Instant::now();
+                                }
                             }
                         }
                         Ok(topic::Topic::Agent { kind: AgentTopic::Config, .. }) if !payload.is_empty() => {
@@ -449,7 +449,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                                         match spool.raise_seq(from, next_seq) {
                                             Ok(n) => {
                                                 tracing::warn!(from, next_seq, n_renumbered = n, "The control plane holds seqs this state reused; renumbered them");
-                                                if connected {
+                                                if connected && hello_gate.is_open() {
                                                     flush(&client, &id, &mut spool, &mut write_errors);
                                                 }
                                             }
@@ -491,7 +491,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     };
                     push_result(&mut spool, &mut write_errors, &check_id, measured_at_ms, outcome);
                 }
-                if connected && last_flush.elapsed() >= GROUP_COMMIT_WINDOW {
+                if connected && hello_gate.is_open() && last_flush.elapsed() >= GROUP_COMMIT_WINDOW {
                     flush(&client, &id, &mut spool, &mut write_errors);
                     last_flush = std::time::Instant::now();
                 }
@@ -505,7 +505,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     requests.push(more);
                 }
                 spool_relayed(&mut spool, &mut write_errors, &relay.source, requests);
-                if connected {
+                if connected && hello_gate.is_open() {
                     flush(&client, &id, &mut spool, &mut write_errors);
                     last_flush = std::time::Instant::now();
                 }
@@ -521,7 +521,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                     String::from_utf8(encode(&sample)).unwrap_or_default()
                 });
                 count_push_error(pushed, &mut write_errors, "metrics");
-                if connected {
+                if connected && hello_gate.is_open() {
                     flush(&client, &id, &mut spool, &mut write_errors);
                 }
             }
@@ -542,14 +542,29 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
             }
             _ = flush_tick.tick() => {
-                if connected {
+                if connected && hello_gate.is_open() {
                     flush(&client, &id, &mut spool, &mut write_errors);
                     last_flush = std::time::Instant::now();
                 } else {
                     sync(&mut spool, &mut write_errors);
                 }
             }
-            _ = resend_tick.tick() => spool.expire_sent(RESEND_AFTER),
+            _ = resend_tick.tick() => {
+                spool.expire_sent(RESEND_AFTER);
+                match hello_gate.due(std::time::Instant::now()) {
+                    Due::Nothing => {}
+                    Due::HelloAgain => {
+                        tracing::info!(agent = %id, "The hello is not answered yet; saying it again");
+                        say_hello(&client, &id, &config, &boot_id, &spool, &desired);
+                        hello_gate.said_again(std::time::Instant::now(), spool.next_seq());
+                    }
+                    Due::GaveUp => {
+                        tracing::warn!(agent = %id, "No answer to the hello; sending rows without it (a control plane that does not answer hellos)");
+                        flush(&client, &id, &mut spool, &mut write_errors);
+                        last_flush = std::time::Instant::now();
+                    }
+                }
+            }
             () = sleep_until_due(renewal.due()) => {
                 if !connected {
                     renewal.postpone();
@@ -702,6 +717,38 @@ fn drain_and_sync(
         n_spooled = n,
         n_waiting = spool.len(),
         "Spool synced; unacknowledged entries are sent after the next start"
+    );
+}
+
+/// Says hello: what the agent is, and the seq its spool numbers the next row with.
+fn say_hello(
+    client: &AsyncClient,
+    id: &str,
+    config: &AgentConfig,
+    boot_id: &str,
+    spool: &Spool,
+    desired: &Option<DesiredConfig>,
+) {
+    let hello = Hello {
+        v: vantage_mqtt::PROTOCOL_VERSION,
+        version: crate::VERSION.to_owned(),
+        arch: std::env::consts::ARCH.to_owned(),
+        os: std::env::consts::OS.to_owned(),
+        hostname: crate::enroll::hostname(),
+        labels: config.labels.clone(),
+        capabilities: probe::CAPABILITIES
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect(),
+        boot_id: boot_id.to_owned(),
+        next_seq: spool.next_seq(),
+        config_revision: desired.as_ref().map(|d| d.revision).unwrap_or(0),
+    };
+    let _ = client.try_publish(
+        topic::agent(id, AgentTopic::Hello),
+        QoS::AtLeastOnce,
+        false,
+        encode(&hello),
     );
 }
 

@@ -19,7 +19,10 @@
 //! `next_seq` is at or below what the store holds means the agent's state was rewound: the
 //! store holds the reused seqs back until the agent's next hello (every replica's committer
 //! takes such rows out of its batches, unstored and unacknowledged), and the agent is told
-//! to number on from past them (`Command::RaiseSeq`). A certificate signing
+//! to number on from past them (`Command::RaiseSeq`). Every recorded hello is then answered
+//! on `results/ack`; the agent holds its rows until that answer, so on a broker cluster,
+//! where its hello and its rows may reach different replicas, the held range is in the
+//! store before any row that needs it is ingested. A certificate signing
 //! request (`csr`) goes to [`crate::renew`].
 
 use std::collections::HashMap;
@@ -416,7 +419,9 @@ async fn region_of(
 
 /// Records a hello, then tells the live feed. When the hello shows a rewound state (its
 /// `next_seq` at or below what the store holds), the store holds the reused seqs back
-/// ([`crate::store::Store::held_seqs`]) and the agent is told to number on past them.
+/// ([`crate::store::Store::held_seqs`]) and the agent is told to number on past them. Then
+/// the hello is answered ([`ResultsAck::hello_answer`]): the agent sends rows only after it.
+/// A hello that cannot be recorded is not answered; the agent says it again.
 async fn on_hello(state: &AppState, id: &str, region: &str, mut hello: Hello) {
     if hello.bound_texts().any() {
         state
@@ -424,8 +429,8 @@ async fn on_hello(state: &AppState, id: &str, region: &str, mut hello: Hello) {
             .ingest_row_cut
             .fetch_add(1, Ordering::Relaxed);
     }
-    let last_seq = match state.store.record_hello(id, &hello).await {
-        Ok(Some(last_seq)) => last_seq,
+    let recorded = match state.store.record_hello(id, &hello).await {
+        Ok(Some(recorded)) => recorded,
         Ok(None) => return,
         Err(error) => {
             tracing::warn!(agent = %id, %error, "Cannot record hello");
@@ -442,27 +447,44 @@ async fn on_hello(state: &AppState, id: &str, region: &str, mut hello: Hello) {
         at_ms: now_ms(),
         data: serde_json::to_value(&hello).unwrap_or_default(),
     });
-    if last_seq == 0 || hello.next_seq > last_seq {
-        return;
+    if let Some((from, to)) = recorded.held {
+        raise_seq(state, id, hello.next_seq, from, to).await;
     }
-    // The store holds seqs the agent is about to number new rows with: its state was
-    // rewound. Rows in the reused range are held back until the agent renumbers them.
+    // The hello, and any range it holds back, is in the store: the agent may send rows.
+    if let Err(error) = state
+        .publisher
+        .publish(
+            &topic::agent(id, AgentTopic::ResultsAck),
+            encode(&ResultsAck::hello_answer(hello.next_seq)),
+            false,
+        )
+        .await
+    {
+        tracing::warn!(agent = %id, %error, "Cannot answer a hello; the agent says it again");
+    }
+}
+
+/// Tells an agent whose hello announced `next_seq` at or below the highest seq the store
+/// holds (`to`) to number on past the stored rows: its state was rewound, and its rows in the
+/// held range `from..=to` wait until it renumbers them.
+async fn raise_seq(state: &AppState, id: &str, next_seq: u64, from: u64, to: u64) {
     state
         .counters
         .ingest_seq_rewound
         .fetch_add(1, Ordering::Relaxed);
     tracing::warn!(
         agent = %id,
-        agent_next_seq = hello.next_seq,
-        stored_seq = last_seq,
+        agent_next_seq = next_seq,
+        held_from = from,
+        stored_seq = to,
         "Agent's seq went backwards (state restored or lost writes); telling it to number on from past the stored rows"
     );
     let command = CommandMessage {
         v: vantage_mqtt::PROTOCOL_VERSION,
-        request_id: format!("raise-seq-{}", last_seq + 1),
+        request_id: format!("raise-seq-{}", to + 1),
         command: Command::RaiseSeq {
-            from: hello.next_seq,
-            next_seq: last_seq + 1,
+            from,
+            next_seq: to + 1,
         },
     };
     if let Err(error) = state

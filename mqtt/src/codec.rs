@@ -338,6 +338,21 @@ mod tests {
             String::from_utf8(encode(&ack)).unwrap(),
             r#"{"v":1,"ranges":[[3,5],[9,9]]}"#
         );
+        // A hello's answer names the hello's next_seq and acknowledges nothing; an ack
+        // without the field (as control planes before it send) decodes as no answer.
+        let answer = ResultsAck::hello_answer(17);
+        round_trip(answer.clone());
+        assert_eq!(
+            String::from_utf8(encode(&answer)).unwrap(),
+            r#"{"v":1,"ranges":[],"hello":17}"#
+        );
+        assert!(!answer.covers(17));
+        assert_eq!(
+            decode::<ResultsAck>(br#"{"v":1,"ranges":[]}"#)
+                .unwrap()
+                .hello,
+            None
+        );
     }
 
     #[test]

@@ -365,11 +365,20 @@ pub struct CsrRequest {
 /// to]` pairs) are committed to the store, or were refused for good; the agent may forget
 /// exactly those. Acks are exact, not cumulative, so a message lost on the way is never
 /// covered by a later ack: it stays in the spool and is sent again.
+///
+/// The answer to a hello is an ack too ([`ResultsAck::hello_answer`]): it carries the
+/// `next_seq` that hello announced, and the control plane sends it only once the hello is
+/// recorded, with any seq range it holds back for a rewound agent. The agent sends rows only
+/// after it, so wherever those rows are ingested (any replica on a broker cluster) the held
+/// range is already in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsAck {
     pub v: u32,
     pub ranges: Vec<(u64, u64)>,
+    /// Set on the answer to a hello: the `next_seq` that hello announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello: Option<u64>,
 }
 
 impl ResultsAck {
@@ -387,6 +396,16 @@ impl ResultsAck {
         ResultsAck {
             v: crate::PROTOCOL_VERSION,
             ranges,
+            hello: None,
+        }
+    }
+
+    /// The answer to a recorded hello that announced `next_seq`; it acknowledges no rows.
+    pub fn hello_answer(next_seq: u64) -> ResultsAck {
+        ResultsAck {
+            v: crate::PROTOCOL_VERSION,
+            ranges: Vec::new(),
+            hello: Some(next_seq),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The agent's spool across stops and rewinds: SIGTERM syncs and exits 0, appends are made
 //! durable by one fsync per group (seen with strace), compaction syncs its directory, and a
-//! state dir that went back in time loses no new row to the seqs the store already holds.
+//! state dir that went back in time loses no new row to the seqs the store already holds,
+//! and rows wait until the control plane has recorded the agent's hello.
 
 use std::path::Path;
 use std::time::Duration;
@@ -122,6 +123,94 @@ async fn a_rewound_state_loses_no_new_row(backend: Backend) -> anyhow::Result<()
             .contains("seq went backwards"),
         "the control plane did not log the rewind"
     );
+    Ok(())
+}
+
+/// The agent sends rows on a connection only once the control plane has recorded that
+/// connection's hello and answered it: on a broker cluster its hello and its rows may reach
+/// different replicas, and a row ingested before a rewound agent's hello is recorded would
+/// be taken for a duplicate of the stored row with its seq. Here PostgreSQL refuses the
+/// hello's update (a trigger on that statement only; heartbeats and row commits go on):
+/// no row measured since the reconnect is stored while the hello stays unrecorded, and
+/// once the store takes hellos again, the agent's next hello is answered and its rows
+/// flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_wait_until_the_hello_is_recorded() -> anyhow::Result<()> {
+    let store = TestStore::create(Backend::Postgres).await?;
+    let cp = ControlPlane::start(&store).await?;
+    checks_every_second(&cp, "europe", 3).await?;
+    let token = cp.enrollment_token("europe", 1).await?;
+    let mut agent = Agent::start(&cp, &token, "")?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("first rows stored", Duration::from_secs(30), || async {
+        (n_results_since(&cp, &id, 0).await? >= 3).then_some(())
+    })
+    .await
+    .with_context(|| agent.log())?;
+
+    let pool = sqlx::PgPool::connect(store.url.as_deref().context("a PostgreSQL store")?).await?;
+    sqlx::query(
+        "CREATE FUNCTION refuse_hello() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF current_query() LIKE 'UPDATE agents SET hostname%' THEN \
+         RAISE EXCEPTION 'the test refuses hellos'; END IF; RETURN NEW; END $$",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "CREATE TRIGGER refuse_hello BEFORE UPDATE ON agents \
+         FOR EACH ROW EXECUTE FUNCTION refuse_hello()",
+    )
+    .execute(&pool)
+    .await?;
+    let status = agent.terminate(Duration::from_secs(10))?;
+    anyhow::ensure!(status.success(), "agent exited with {status}");
+    let reconnected_at = now_ms();
+    agent.spawn()?;
+    wait_for(
+        "the control plane refusing the hello",
+        Duration::from_secs(20),
+        || async {
+            std::fs::read_to_string(cp.data_dir.join("control-plane.log"))
+                .ok()?
+                .contains("the test refuses hellos")
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| agent.log())?;
+    // Three checks a second: without the wait, ~15 rows measured since the reconnect
+    // would be stored by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        n_results_since(&cp, &id, reconnected_at).await,
+        Some(0),
+        "rows were ingested before their agent's hello was recorded:\n{}",
+        agent.log()
+    );
+    let heartbeat_seen = cp.agent(&id).await?["last_seen_ms"].as_i64().unwrap_or(0);
+
+    sqlx::query("DROP TRIGGER refuse_hello ON agents")
+        .execute(&pool)
+        .await?;
+    // The hello is said again within 15 s (every 10 s, looked at every 5 s), answered, and
+    // everything spooled meanwhile goes.
+    wait_for(
+        "rows measured since the reconnect",
+        Duration::from_secs(30),
+        || async { (n_results_since(&cp, &id, reconnected_at).await? >= 15).then_some(()) },
+    )
+    .await
+    .with_context(|| agent.log())?;
+    assert!(
+        agent.log().contains("saying it again"),
+        "the agent did not say its hello again: {}",
+        agent.log()
+    );
+    assert!(
+        heartbeat_seen >= reconnected_at,
+        "heartbeats went on while rows waited"
+    );
+    assert_eq!(cp.counter("vantage_ingest_seq_rewound_total").await?, 0);
     Ok(())
 }
 

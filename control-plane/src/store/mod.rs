@@ -33,6 +33,15 @@ pub use events::*;
 pub use incidents::*;
 pub use models::*;
 
+/// What the store holds for an agent once its hello is recorded ([`Store::record_hello`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloRecorded {
+    /// The highest seq stored for the agent (0: none).
+    pub last_seq: u64,
+    /// The inclusive seq range held back because the agent's state was rewound.
+    pub held: Option<(u64, u64)>,
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -602,7 +611,7 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Records the facts of a hello; returns the highest seq the store holds for the agent
+    /// Records the facts of a hello; returns what the store holds for the agent after it
     /// (`None` when the agent is unknown), so the caller can tell a rewound agent.
     ///
     /// # Errors
@@ -611,16 +620,20 @@ impl Store {
         &self,
         id: &str,
         hello: &vantage_mqtt::Hello,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<HelloRecorded>, StoreError> {
         // A `next_seq` at or below the stored high-water mark means the agent's state was
-        // rewound: the reused seqs are held until its next hello ([`Store::held_seqs`]).
-        // SET sees the row as it was, so `last_seq` here is the stored mark.
+        // rewound: the reused seqs are held until its next hello that is not rewound
+        // ([`Store::held_seqs`]). A rewound hello after a rewound hello keeps the lower
+        // start: rows numbered between the two, which the agent may still hold unrenumbered
+        // (its seq command lost with its connection), stay held. SET sees the row as it
+        // was, so `last_seq` and `held_seq_from` here are the stored ones.
         let sql = "UPDATE agents SET hostname = $2, arch = $3, os = $4, version = $5, boot_id = $6, \
                    last_seen_ms = $7, next_seq = $8, \
-                   held_seq_from = CASE WHEN last_seq > 0 AND $8 <= last_seq THEN $8 END, \
+                   held_seq_from = CASE WHEN last_seq > 0 AND $8 <= last_seq THEN \
+                       CASE WHEN held_seq_from IS NOT NULL AND held_seq_from < $8 THEN held_seq_from ELSE $8 END END, \
                    held_seq_to = CASE WHEN last_seq > 0 AND $8 <= last_seq THEN last_seq END \
-                   WHERE id = $1 RETURNING last_seq";
-        let last_seq: Option<i64> = on_pool!(self, pool => sqlx::query_scalar(sql)
+                   WHERE id = $1 RETURNING last_seq, held_seq_from, held_seq_to";
+        let row: Option<(i64, Option<i64>, Option<i64>)> = on_pool!(self, pool => sqlx::query_as(sql)
             .bind(id)
             .bind(&hello.hostname)
             .bind(&hello.arch)
@@ -632,7 +645,12 @@ impl Store {
             .bind(i64::try_from(hello.next_seq).unwrap_or(i64::MAX))
             .fetch_optional(pool)
             .await?);
-        Ok(last_seq.map(|s| s.max(0) as u64))
+        Ok(row.map(|(last_seq, from, to)| HelloRecorded {
+            last_seq: last_seq.max(0) as u64,
+            held: from
+                .zip(to)
+                .map(|(from, to)| (from.max(0) as u64, to.max(0) as u64)),
+        }))
     }
 
     /// The seqs held back per agent: those a rewound agent reused, from its last hello
@@ -1137,14 +1155,26 @@ mod tests {
             next_seq,
             config_revision: 0,
         };
+        let recorded = |held| {
+            Some(HelloRecorded {
+                last_seq: 100,
+                held,
+            })
+        };
         assert_eq!(
             store.record_hello("ag-1", &hello(101)).await.unwrap(),
-            Some(100)
+            recorded(None)
         );
         assert!(store.held_seqs().await.unwrap().is_empty());
         assert_eq!(
             store.record_hello("ag-1", &hello(40)).await.unwrap(),
-            Some(100)
+            recorded(Some((40, 100)))
+        );
+        // Rewound again before renumbering (it measured rows 40..45 meanwhile): the range
+        // keeps its start.
+        assert_eq!(
+            store.record_hello("ag-1", &hello(45)).await.unwrap(),
+            recorded(Some((40, 100)))
         );
         let held = store.held_seqs().await.unwrap();
         assert_eq!(held, HashMap::from([("ag-1".to_owned(), (40, 100))]));
@@ -1178,7 +1208,12 @@ mod tests {
         // The next hello (renumbered: past the stored rows) releases the range.
         assert_eq!(
             store.record_hello("ag-1", &hello(101)).await.unwrap(),
-            Some(100)
+            recorded(None)
+        );
+        assert_eq!(
+            store.record_hello("ag-2", &hello(101)).await.unwrap(),
+            None,
+            "an unknown agent"
         );
         assert!(store.held_seqs().await.unwrap().is_empty());
     }

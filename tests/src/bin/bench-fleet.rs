@@ -2,8 +2,8 @@
 //! real path (`POST /api/v1/enroll` with its own key and CSR, one multi-use token) and
 //! connected over its own mutual-TLS MQTT session with its own client certificate, then a
 //! steady mix per agent like the real agent's: `hello` and retained `online` on connect,
-//! subscriptions to `config`, `cmd` and `results/ack`, then every `--every` seconds a
-//! heartbeat (QoS 0), one host-metrics sample and a batch of `--results` check results (QoS 1,
+//! subscriptions to `config`, `cmd` and `results/ack` (at the agent's QoS), then, once the
+//! control plane has answered the hello, every `--every` seconds a heartbeat (QoS 0), one host-metrics sample and a batch of `--results` check results (QoS 1,
 //! one seq space, acknowledged by exact ranges).
 //!
 //! Prints:
@@ -257,10 +257,14 @@ async fn run_agent(
         tokio::time::Instant::now() + offset,
         Duration::from_secs(args.every),
     );
+    // Like the agent, rows wait for the answer to the hello (a cycle missed meanwhile is
+    // not made up).
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut answered = false;
     let drain_until = stop_at + Duration::from_secs(30);
     loop {
         tokio::select! {
-            _ = tick.tick(), if tokio::time::Instant::now() < stop_at => {
+            _ = tick.tick(), if answered && tokio::time::Instant::now() < stop_at => {
                 let now_ms = vantage_agent::now_ms();
                 let heartbeat = Heartbeat {
                     v: vantage_mqtt::PROTOCOL_VERSION,
@@ -298,6 +302,7 @@ async fn run_agent(
                 match event {
                     Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == ack_topic => {
                         let ack: ResultsAck = vantage_mqtt::decode(&p.payload)?;
+                        answered |= ack.hello == Some(hello.next_seq);
                         let now = Instant::now();
                         for (from, to) in ack.ranges {
                             let seqs: Vec<u64> = pending.range(from..=to).map(|(s, _)| *s).collect();
@@ -319,6 +324,7 @@ async fn run_agent(
         }
     }
     let _ = client.try_disconnect();
+    anyhow::ensure!(answered, "agent {id}: its hello was never answered");
     Ok(AgentReport {
         connect_ms,
         ack_ms,
