@@ -747,9 +747,15 @@ impl Agent {
         Ok(())
     }
 
-    /// Kills the process with SIGKILL.
+    /// Kills the process with SIGKILL. Under a wrapper (strace, a qemu-user runner that
+    /// forks) the agent is the wrapper's child and outlives it: it is killed first.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.command.len() > 1 {
+                let _ = Command::new("pkill")
+                    .args(["-KILL", "-P", &child.id().to_string()])
+                    .status();
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
