@@ -261,6 +261,11 @@ async fn run_agent(
     // not made up).
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut answered = false;
+    // Unanswered, the hello is said again like the agent says it.
+    let mut hello_again = tokio::time::interval_at(
+        tokio::time::Instant::now() + vantage_agent::hellogate::HELLO_AGAIN,
+        vantage_agent::hellogate::HELLO_AGAIN,
+    );
     let drain_until = stop_at + Duration::from_secs(30);
     loop {
         tokio::select! {
@@ -295,6 +300,14 @@ async fn run_agent(
                     client.publish(topic::agent(&id, AgentTopic::Results), QoS::AtLeastOnce, false, encode(&results)).await?;
                 }
                 totals.rows_sent.fetch_add(n, Ordering::Relaxed);
+            }
+            _ = hello_again.tick(), if !answered && tokio::time::Instant::now() < stop_at => {
+                client.try_publish(
+                    topic::agent(&id, AgentTopic::Hello),
+                    QoS::AtLeastOnce,
+                    false,
+                    encode(&hello),
+                )?;
             }
             () = tokio::time::sleep_until(stop_at), if pending.is_empty() => break,
             event = tokio::time::timeout_at(drain_until, eventloop.poll()) => {
