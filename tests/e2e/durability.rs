@@ -54,6 +54,25 @@ async fn restart_and_see_new_seqs(
     Ok(())
 }
 
+/// A control plane on `backend` with 3 checks a second in `europe`, and an agent there
+/// whose first rows are stored.
+async fn an_agent_measuring(
+    backend: Backend,
+) -> anyhow::Result<(TestStore, ControlPlane, Agent, String)> {
+    let store = TestStore::create(backend).await?;
+    let cp = ControlPlane::start(&store).await?;
+    checks_every_second(&cp, "europe", 3).await?;
+    let token = cp.enrollment_token("europe", 1).await?;
+    let agent = Agent::start(&cp, &token, "")?;
+    let id = agent.wait_enrolled().await?;
+    wait_for("first rows stored", Duration::from_secs(30), || async {
+        (n_results_since(&cp, &id, 0).await? >= 3).then_some(())
+    })
+    .await
+    .with_context(|| agent.log())?;
+    Ok((store, cp, agent, id))
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -72,17 +91,7 @@ crate::both_backends!(
 /// tells the agent to renumber: rows measured after the rewind are stored at once, not
 /// dropped as duplicates of old seqs.
 async fn a_rewound_state_loses_no_new_row(backend: Backend) -> anyhow::Result<()> {
-    let store = TestStore::create(backend).await?;
-    let cp = ControlPlane::start(&store).await?;
-    checks_every_second(&cp, "europe", 3).await?;
-    let token = cp.enrollment_token("europe", 1).await?;
-    let mut agent = Agent::start(&cp, &token, "")?;
-    let id = agent.wait_enrolled().await?;
-    wait_for("first rows stored", Duration::from_secs(30), || async {
-        (n_results_since(&cp, &id, 0).await? >= 3).then_some(())
-    })
-    .await
-    .with_context(|| agent.log())?;
+    let (_store, cp, mut agent, id) = an_agent_measuring(backend).await?;
     let status = agent.terminate(Duration::from_secs(10))?;
     anyhow::ensure!(status.success(), "agent exited with {status}");
     let backup = tempfile::tempdir()?;
@@ -136,17 +145,7 @@ async fn a_rewound_state_loses_no_new_row(backend: Backend) -> anyhow::Result<()
 /// flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_wait_until_the_hello_is_recorded() -> anyhow::Result<()> {
-    let store = TestStore::create(Backend::Postgres).await?;
-    let cp = ControlPlane::start(&store).await?;
-    checks_every_second(&cp, "europe", 3).await?;
-    let token = cp.enrollment_token("europe", 1).await?;
-    let mut agent = Agent::start(&cp, &token, "")?;
-    let id = agent.wait_enrolled().await?;
-    wait_for("first rows stored", Duration::from_secs(30), || async {
-        (n_results_since(&cp, &id, 0).await? >= 3).then_some(())
-    })
-    .await
-    .with_context(|| agent.log())?;
+    let (store, cp, mut agent, id) = an_agent_measuring(Backend::Postgres).await?;
 
     let pool = sqlx::PgPool::connect(store.url.as_deref().context("a PostgreSQL store")?).await?;
     sqlx::query(

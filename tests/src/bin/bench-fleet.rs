@@ -231,12 +231,15 @@ async fn run_agent(
         next_seq,
         config_revision: 0,
     };
-    client.try_publish(
-        topic::agent(&id, AgentTopic::Hello),
-        QoS::AtLeastOnce,
-        false,
-        encode(&hello),
-    )?;
+    let say_hello = || {
+        client.try_publish(
+            topic::agent(&id, AgentTopic::Hello),
+            QoS::AtLeastOnce,
+            false,
+            encode(&hello),
+        )
+    };
+    say_hello()?;
     let online = Status {
         v: vantage_mqtt::PROTOCOL_VERSION,
         state: NodeState::Online,
@@ -301,14 +304,7 @@ async fn run_agent(
                 }
                 totals.rows_sent.fetch_add(n, Ordering::Relaxed);
             }
-            _ = hello_again.tick(), if !answered && tokio::time::Instant::now() < stop_at => {
-                client.try_publish(
-                    topic::agent(&id, AgentTopic::Hello),
-                    QoS::AtLeastOnce,
-                    false,
-                    encode(&hello),
-                )?;
-            }
+            _ = hello_again.tick(), if !answered && tokio::time::Instant::now() < stop_at => say_hello()?,
             () = tokio::time::sleep_until(stop_at), if pending.is_empty() => break,
             event = tokio::time::timeout_at(drain_until, eventloop.poll()) => {
                 let Ok(event) = event else { break };
