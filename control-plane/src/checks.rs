@@ -32,7 +32,7 @@ pub enum CheckError {
 }
 
 /// A check's definition, as the API and the CLI take and show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckDefinition {
     /// Optional on create (generated when absent); ignored on update.

@@ -28,7 +28,7 @@ pub enum EnrollError {
 }
 
 /// An enrollment request (the body of `POST /api/v1/enroll`).
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub token: String,
@@ -55,7 +55,7 @@ impl std::fmt::Debug for EnrollRequest {
 }
 
 /// A new agent's identity (the answer of `POST /api/v1/enroll`).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EnrollResponse {
     pub agent_id: String,
     pub region: String,
@@ -166,7 +166,7 @@ pub async fn enroll(
 }
 
 /// A request for an enrollment token (the body of `POST /api/v1/enrollment-tokens`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     pub region: String,

@@ -36,7 +36,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const WINDOW: usize = 32;
 
 /// Where and how a channel delivers; stored as JSON with its secrets.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ChannelConfig {
     /// POSTs the incident as JSON, signed with `secret`.
@@ -71,7 +71,9 @@ pub enum ChannelConfig {
 }
 
 /// How an email channel secures its SMTP connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpSecurity {
     /// STARTTLS, required: a server that does not offer it is an error.
@@ -198,7 +200,7 @@ impl ChannelConfig {
 }
 
 /// A channel as the API takes it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelDefinition {
     #[serde(default)]
@@ -221,7 +223,7 @@ fn default_enabled() -> bool {
 }
 
 /// A channel as the API shows it: never its secrets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ChannelSummary {
     pub id: String,
     pub name: String,

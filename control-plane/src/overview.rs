@@ -31,7 +31,7 @@ pub type Cell = (u16, u8, i64);
 pub type Row = (String, String, bool, Labels, CheckState, String, Vec<Cell>);
 
 /// The overview.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Overview {
     pub v: u32,
     /// Every region: those stored and those checks name, sorted.

@@ -8,7 +8,7 @@ use vantage_mqtt::NodeState;
 use crate::store::{Store, StoreError};
 
 /// One agent of a region, briefly.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RegionAgent {
     pub id: String,
     pub state: NodeState,
@@ -17,7 +17,7 @@ pub struct RegionAgent {
 }
 
 /// A region and what runs there.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RegionView {
     pub id: String,
     pub created_at_ms: i64,

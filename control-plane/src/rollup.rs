@@ -184,7 +184,7 @@ pub fn metric_rollups<'a>(
 }
 
 /// Availability over a window: the share of results that succeeded.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Availability {
     pub results: u64,
     pub failures: u64,
@@ -269,13 +269,13 @@ pub struct WindowCount {
 }
 
 /// One check's uptime per window, overall and per region.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct CheckUptime {
     pub check_id: String,
     pub windows: BTreeMap<String, WindowUptime>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct WindowUptime {
     #[serde(flatten)]
     pub overall: Availability,
@@ -331,7 +331,7 @@ pub fn uptime_from_counts(
 }
 
 /// One point of a latency series: a step's aggregate for one region.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct SeriesPoint {
     pub t_ms: i64,
     pub results: u64,
@@ -345,7 +345,7 @@ pub struct SeriesPoint {
 }
 
 /// A check's latency series over a range.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Series {
     pub check_id: String,
     pub from_ms: i64,
@@ -558,7 +558,7 @@ pub async fn series(
 }
 
 /// One step of a host metric series.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct GaugePoint {
     pub t_ms: i64,
     pub samples: u64,
@@ -568,7 +568,7 @@ pub struct GaugePoint {
 }
 
 /// An agent's host metrics over a range, per metric.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct MetricSeries {
     pub agent_id: String,
     pub from_ms: i64,

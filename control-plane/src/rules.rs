@@ -21,7 +21,7 @@ use crate::signals::{Comparison, Threshold, ThresholdChange, ThresholdTracker};
 use crate::store::{AgentRow, IncidentOp, StoreError, now_ms, random_id};
 
 /// A number an agent reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     CpuPct,
@@ -72,7 +72,7 @@ impl Metric {
 }
 
 /// What a rule watches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Condition {
     /// `metric` above (or below) `limit` on every sample for `for_s` seconds.
@@ -91,7 +91,7 @@ pub enum Condition {
 }
 
 /// Which agents a rule covers; empty fields select every agent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -113,7 +113,7 @@ impl Selector {
 }
 
 /// A rule as the API takes and shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     #[serde(default)]

@@ -106,7 +106,7 @@ impl Pending {
 }
 
 /// One region's outcome.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RegionOutcome {
     pub region: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,7 +118,7 @@ pub struct RegionOutcome {
 }
 
 /// Answer of both routes.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunResponse {
     pub request_id: String,
     pub check_id: String,

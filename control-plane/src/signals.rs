@@ -29,7 +29,7 @@ const SECONDS_PER_DAY: i64 = 86_400;
 pub const RELATIVE_STDDEV_FLOOR: f64 = 0.01;
 
 /// Which side of the limit counts as a breach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Comparison {
     /// The condition holds while the value is strictly greater than the limit.

@@ -22,7 +22,7 @@ pub const MAX_INCIDENTS: i64 = 50;
 const DAY_MS: i64 = 86_400_000;
 
 /// One day's bar of a check.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct DayBar {
     /// Midnight UTC that starts the day.
     pub day_ms: i64,
@@ -33,7 +33,7 @@ pub struct DayBar {
 }
 
 /// A public check as its page shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PublicCheck {
     pub id: String,
     pub name: String,
@@ -47,7 +47,7 @@ pub struct PublicCheck {
 }
 
 /// An incident of a public check, in generic words.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PublicIncident {
     pub check_id: String,
     pub title: String,
@@ -57,7 +57,7 @@ pub struct PublicIncident {
 }
 
 /// A maintenance window that covers a public check.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PublicWindow {
     pub name: String,
     pub schedule: Schedule,
@@ -67,7 +67,7 @@ pub struct PublicWindow {
 }
 
 /// What a status page shows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Page {
     pub page: String,
     /// The worst state among the page's checks.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a check probes, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum CheckKind {
     Http(HttpCheck),
@@ -46,6 +47,7 @@ impl CheckKind {
 
 /// Which address family to use when a name resolves to both.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum IpVersion {
     /// Try every resolved address, IPv6 and IPv4, in resolver order.
@@ -57,6 +59,7 @@ pub enum IpVersion {
 
 /// HTTP protocol version.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum HttpVersion {
     /// HTTP/2 when the server offers it over TLS (ALPN), else HTTP/1.1.
@@ -81,6 +84,7 @@ fn default_body_limit() -> u32 {
 
 /// An HTTP(S) request and its assertions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheck {
     pub url: String,
@@ -146,6 +150,7 @@ impl HttpCheck {
 
 /// One assertion on an HTTP response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HttpAssertion {
     /// The body contains this text.
@@ -169,6 +174,7 @@ pub enum HttpAssertion {
 
 /// One step of a TCP conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TcpStep {
     /// Send this text (JSON escapes such as `\r\n` included).
@@ -179,6 +185,7 @@ pub enum TcpStep {
 
 /// A TCP connect, optionally over TLS, optionally a send/expect conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TcpCheck {
     pub host: String,
@@ -215,6 +222,7 @@ impl TcpCheck {
 
 /// DNS transport to the resolver.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DnsTransport {
     #[default]
@@ -228,6 +236,7 @@ fn default_rcode() -> String {
 
 /// A DNS query and the answer it expects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DnsCheck {
     /// The name to query.
@@ -256,6 +265,7 @@ fn default_smtp_port() -> u16 {
 
 /// An SMTP conversation: banner, EHLO, optionally STARTTLS and a certificate check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SmtpCheck {
     pub host: String,
@@ -286,6 +296,7 @@ fn default_size() -> u16 {
 
 /// ICMP echo: loss and round-trip times.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IcmpCheck {
     pub host: String,
@@ -310,6 +321,7 @@ pub struct IcmpCheck {
 
 /// How to reach TLS on a port that starts in plain text.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum StartTls {
     #[default]
@@ -323,6 +335,7 @@ fn default_days_left() -> u32 {
 
 /// A TLS handshake: chain validity, days until expiry, issuer, name match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TlsCheck {
     pub host: String,
@@ -341,6 +354,7 @@ pub struct TlsCheck {
 
 /// Which chain's JSON-RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Chain {
     /// `getHealth`, `getSlot`.
@@ -351,6 +365,7 @@ pub enum Chain {
 
 /// A blockchain node's JSON-RPC health and lag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChainCheck {
     pub chain: Chain,
@@ -365,6 +380,7 @@ pub struct ChainCheck {
 
 /// A host-local process check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProcessCheck {
     /// Exact process name (as in /proc/<pid>/comm).

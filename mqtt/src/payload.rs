@@ -48,6 +48,7 @@ versioned!(
 
 /// `agents/{id}/hello`: sent on every (re)connect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
     pub v: u32,
@@ -71,6 +72,7 @@ pub struct Hello {
 
 /// Connection state published retained on `agents/{id}/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     Online,
@@ -106,6 +108,7 @@ impl TryFrom<String> for NodeState {
 
 /// `agents/{id}/status`: retained `online`; the last will carries `offline`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Status {
     pub v: u32,
@@ -114,6 +117,7 @@ pub struct Status {
 
 /// `agents/{id}/heartbeat`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub v: u32,
@@ -136,6 +140,7 @@ pub struct Heartbeat {
 
 /// Per-mount disk usage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DiskUsage {
     pub mount: String,
@@ -145,6 +150,7 @@ pub struct DiskUsage {
 
 /// Per-interface network counters and rates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetUsage {
     pub iface: String,
@@ -156,6 +162,7 @@ pub struct NetUsage {
 
 /// One host metrics sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HostMetrics {
     pub seq: u64,
@@ -178,6 +185,7 @@ pub struct HostMetrics {
 
 /// `agents/{id}/metrics`: a batch of samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MetricsBatch {
     pub v: u32,
@@ -186,6 +194,7 @@ pub struct MetricsBatch {
 
 /// Phase timings of a probe, in milliseconds; absent phases are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Timings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,6 +212,7 @@ pub struct Timings {
 
 /// One check execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckResult {
     pub seq: u64,
@@ -224,6 +234,7 @@ pub struct CheckResult {
 
 /// `agents/{id}/results`: a batch of results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResultsBatch {
     pub v: u32,
@@ -233,6 +244,7 @@ pub struct ResultsBatch {
 /// One event an agent sends: agent-local (`severity`, `message`), or a webhook body it
 /// received on its network for the integration source `source` (`relayed`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     pub seq: u64,
@@ -250,6 +262,7 @@ pub const MAX_RELAYED_BODY_BYTES: usize = 64 * 1024;
 
 /// A webhook body an agent's relay listener received and accepted.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RelayedBody {
     /// The body as received: UTF-8, at most [`MAX_RELAYED_BODY_BYTES`].
@@ -271,6 +284,7 @@ impl std::fmt::Debug for RelayedBody {
 
 /// `agents/{id}/events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EventsBatch {
     pub v: u32,
@@ -279,6 +293,7 @@ pub struct EventsBatch {
 
 /// One assigned check in an agent's desired config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     pub id: String,
@@ -289,6 +304,7 @@ pub struct CheckSpec {
 
 /// `agents/{id}/config` (retained): the desired state of one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DesiredConfig {
     pub v: u32,
@@ -302,6 +318,7 @@ pub struct DesiredConfig {
 
 /// A command on `agents/{id}/cmd`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Run one check now and publish its result (with the request id on `ack`).
@@ -326,6 +343,7 @@ pub enum Command {
 
 /// `agents/{id}/cmd`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommandMessage {
     pub v: u32,
@@ -335,6 +353,7 @@ pub struct CommandMessage {
 
 /// `agents/{id}/ack`: the agent applied a config revision or answered a command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentAck {
     pub v: u32,
@@ -353,6 +372,7 @@ pub struct AgentAck {
 /// current certificate expires). The CSR's subject is the agent id as CN and nothing else;
 /// the answer is a [`Command::RenewedCertificate`] on `cmd` with the same `request_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CsrRequest {
     pub v: u32,
@@ -372,6 +392,7 @@ pub struct CsrRequest {
 /// after it, so wherever those rows are ingested (any replica on a broker cluster) the held
 /// range is already in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResultsAck {
     pub v: u32,
@@ -419,6 +440,7 @@ impl ResultsAck {
 
 /// The retained node status on `status/nodes/{id}`, for viewers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeStatusView {
     pub v: u32,
@@ -430,6 +452,7 @@ pub struct NodeStatusView {
 
 /// The retained per-region check status on `status/checks/{check}/{region}`, for viewers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckStatusView {
     pub v: u32,
@@ -444,6 +467,7 @@ pub struct CheckStatusView {
 
 /// A check's overall state, judged across its regions by the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum CheckState {
     /// No region has reported yet.
@@ -502,6 +526,7 @@ impl TryFrom<String> for CheckState {
 
 /// One region's part in a verdict: whether it counts as failing and the result that decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegionEvidence {
     pub region: String,
@@ -521,6 +546,7 @@ pub struct RegionEvidence {
 
 /// A result as evidence for a verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EvidenceResult {
     pub agent_id: String,
@@ -533,6 +559,7 @@ pub struct EvidenceResult {
 /// The retained overall check status on `status/checks/{check}`, for viewers; also each
 /// transition's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckVerdictView {
     pub v: u32,
@@ -551,6 +578,7 @@ pub struct CheckVerdictView {
 
 /// What an incident is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum IncidentSubject {
     Check,
@@ -597,6 +625,7 @@ impl TryFrom<String> for IncidentSubject {
 
 /// What just happened to an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum IncidentChange {
     Opened,
@@ -647,6 +676,7 @@ impl TryFrom<String> for IncidentChange {
 
 /// An incident's change on `incidents` (not retained), for viewers and notification bodies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IncidentView {
     pub v: u32,
@@ -719,6 +749,7 @@ macro_rules! named_enum {
 named_enum! {
     /// What sends events to a source's webhook.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
     #[serde(rename_all = "lowercase")]
     pub enum SourceKind ("source kind") {
         /// Zabbix's webhook media type (`provision/zabbix/`): a bearer secret or an HMAC.
@@ -737,6 +768,7 @@ named_enum! {
     /// comment, an acknowledgement in the sender), or a plain occurrence (an on-chain
     /// transaction).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
     #[serde(rename_all = "lowercase")]
     pub enum EventStatus ("event status") {
         Problem => "problem",
@@ -751,6 +783,7 @@ named_enum! {
     #[derive(
         Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
     )]
+    #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
     #[serde(rename_all = "snake_case")]
     pub enum EventSeverity ("event severity") {
         NotClassified => "not_classified",
@@ -775,6 +808,7 @@ impl EventSeverity {
 /// live feed (`kind=event`) and `GET /api/v1/events` carry it. The raw payload is served
 /// only by `GET /api/v1/events/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SourceEventView {
     pub v: u32,

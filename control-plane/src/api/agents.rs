@@ -4,19 +4,20 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::response::NoContent;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use vantage_mqtt::NodeState;
 
-use super::{ApiError, ApiJson, Caller};
+use super::openapi::Created;
+use super::{ApiError, ApiJson, ApiPath, Caller, IdPath};
 use crate::AppState;
 use crate::enrollment::{CreateTokenRequest, EnrollRequest, EnrollResponse};
 use crate::store::{AgentRow, Role};
 
 /// An agent as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct AgentView {
     pub id: String,
     pub region: String,
@@ -77,7 +78,8 @@ pub async fn list(
     Ok(Json(agents.into_iter().map(AgentView::from).collect()))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET /api/v1/agents`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegionQuery {
     pub region: Option<String>,
@@ -87,7 +89,7 @@ pub struct RegionQuery {
 pub async fn get(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
 ) -> Result<Json<AgentView>, ApiError> {
     caller.require(Role::Viewer)?;
     let agent = state
@@ -103,11 +105,11 @@ pub async fn get(
 pub async fn revoke(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<NoContent, ApiError> {
     caller.require(Role::Operator)?;
     crate::enrollment::revoke_agent(&state, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 /// `POST /api/v1/enroll`: spends an enrollment token, signs the agent's CSR (no API token:
@@ -115,11 +117,47 @@ pub async fn revoke(
 pub async fn enroll(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<EnrollRequest>,
-) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(crate::enrollment::enroll(&state, request).await?),
-    ))
+) -> Result<Created<EnrollResponse>, ApiError> {
+    Ok(Created(crate::enrollment::enroll(&state, request).await?))
+}
+
+/// The answer of `POST /api/v1/enrollment-tokens`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CreatedEnrollmentToken {
+    /// The secret, shown this once.
+    pub token: String,
+    pub id: String,
+    pub region: String,
+    pub uses_left: i64,
+    pub expires_at_ms: i64,
+    pub snippets: Snippets,
+}
+
+/// Ways to install an agent with a new token; each is absent when it cannot be made, and
+/// `unavailable` says why.
+#[derive(Debug, Default, Serialize, JsonSchema)]
+pub struct Snippets {
+    /// A script for a root shell on the node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// cloud-init user-data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<String>,
+    /// A `provision/ssh-install` line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_install: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+/// The answer of `POST /api/v1/api-tokens`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CreatedApiToken {
+    /// The secret, shown this once.
+    pub token: String,
+    pub id: String,
+    pub role: Role,
+    pub name: String,
 }
 
 /// `POST /api/v1/enrollment-tokens`: the secret is in the answer, once.
@@ -129,19 +167,22 @@ pub async fn create_token(
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
     ApiJson(request): ApiJson<CreateTokenRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Created<CreatedEnrollmentToken>, ApiError> {
     caller.require(Role::Operator)?;
     let (row, secret) = crate::enrollment::create_token(&state.store, &request).await?;
     let comment = format!(
         "Vantage agent for region {}: enrollment token {} ({} uses, expires at {} ms since the epoch)",
         row.region, row.id, row.uses_left, row.expires_at_ms
     );
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": secret, "id": row.id, "region": row.region,
-            "uses_left": row.uses_left, "expires_at_ms": row.expires_at_ms,
-            "snippets": snippets(&state, &headers, &uri, &secret, &comment) })),
-    ))
+    let snippets = snippets(&state, &headers, &uri, &secret, &comment);
+    Ok(Created(CreatedEnrollmentToken {
+        token: secret,
+        id: row.id,
+        region: row.region,
+        uses_left: row.uses_left,
+        expires_at_ms: row.expires_at_ms,
+        snippets,
+    }))
 }
 
 /// Ways to put an agent on a node with a new token, to copy: a script for a root shell and
@@ -153,7 +194,7 @@ fn snippets(
     uri: &axum::http::Uri,
     token: &str,
     comment: &str,
-) -> serde_json::Value {
+) -> Snippets {
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -161,7 +202,10 @@ fn snippets(
         .unwrap_or_default();
     let server_url = format!("https://{host}");
     if let Err(reason) = crate::cloudinit::check_url("the Host header", &server_url) {
-        return json!({ "unavailable": reason });
+        return Snippets {
+            unavailable: Some(reason),
+            ..Snippets::default()
+        };
     }
     let ca_file = state.settings.data_dir.join("pki").join("ca.pem");
     let ssh_install = format!(
@@ -175,8 +219,11 @@ fn snippets(
         .and_then(|dir| std::fs::read_to_string(dir.join("release.pub")).ok())
         .filter(|pem| pem.contains("-----BEGIN PUBLIC KEY-----"));
     let Some(release_pub) = release_pub else {
-        return json!({ "ssh_install": ssh_install,
-            "unavailable": "no release key: serve the artifacts with --dist-dir (image/build's output) for the shell and cloud-init snippets" });
+        return Snippets {
+            ssh_install: Some(ssh_install),
+            unavailable: Some("no release key: serve the artifacts with --dist-dir (image/build's output) for the shell and cloud-init snippets".into()),
+            ..Snippets::default()
+        };
     };
     let artifacts_url = format!("{server_url}/dist");
     let data = crate::cloudinit::UserData {
@@ -187,36 +234,39 @@ fn snippets(
         token,
         comment,
     };
-    json!({ "shell": crate::cloudinit::shell(&data),
-        "cloud_init": crate::cloudinit::render(&data),
-        "ssh_install": ssh_install })
+    Snippets {
+        shell: Some(crate::cloudinit::shell(&data)),
+        cloud_init: Some(crate::cloudinit::render(&data)),
+        ssh_install: Some(ssh_install),
+        unavailable: None,
+    }
 }
 
 /// `GET /api/v1/enrollment-tokens`.
 pub async fn list_tokens(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Vec<crate::store::EnrollmentTokenRow>>, ApiError> {
     caller.require(Role::Operator)?;
-    Ok(Json(json!(state.store.list_enrollment_tokens().await?)))
+    Ok(Json(state.store.list_enrollment_tokens().await?))
 }
 
 /// `DELETE /api/v1/enrollment-tokens/{id}`.
 pub async fn delete_token(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<NoContent, ApiError> {
     caller.require(Role::Operator)?;
     if state.store.delete_enrollment_token(&id).await? {
-        Ok(StatusCode::NO_CONTENT)
+        Ok(NoContent)
     } else {
         Err(ApiError::NotFound(format!("enrollment token {id:?}")))
     }
 }
 
 /// Body of `POST /api/v1/api-tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiTokenRequest {
     pub role: String,
@@ -229,16 +279,18 @@ pub async fn create_api_token(
     caller: Caller,
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateApiTokenRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<Created<CreatedApiToken>, ApiError> {
     caller.require(Role::Admin)?;
     let role = Role::parse(&request.role)
         .ok_or_else(|| ApiError::Unprocessable("role must be viewer, operator or admin".into()))?;
     crate::enrollment::short_text("name", &request.name)?;
     let (row, secret) = state.store.create_api_token(role, &request.name).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": secret, "id": row.id, "role": row.role, "name": row.name })),
-    ))
+    Ok(Created(CreatedApiToken {
+        token: secret,
+        id: row.id,
+        role: row.role,
+        name: row.name,
+    }))
 }
 
 /// `GET /api/v1/api-tokens` (admin): id, name, role, creation and revocation times; never a
@@ -256,12 +308,12 @@ pub async fn list_api_tokens(
 pub async fn revoke_api_token(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<NoContent, ApiError> {
     caller.require(Role::Admin)?;
     if state.store.revoke_api_token(&id).await? {
         state.registry.revoke_token(&id);
-        Ok(StatusCode::NO_CONTENT)
+        Ok(NoContent)
     } else {
         Err(ApiError::NotFound(format!(
             "live API token {id:?} (unknown or already revoked)"

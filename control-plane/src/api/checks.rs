@@ -5,10 +5,11 @@
 //! whole.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::response::NoContent;
 
-use super::{ApiError, ApiJson, Caller};
+use super::openapi::Created;
+use super::{ApiError, ApiJson, ApiPath, Caller, IdPath};
 use crate::AppState;
 use crate::checks::{self, CheckDefinition};
 use crate::store::Role;
@@ -26,12 +27,9 @@ pub async fn create(
     caller: Caller,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CheckDefinition>,
-) -> Result<(StatusCode, Json<CheckDefinition>), ApiError> {
+) -> Result<Created<CheckDefinition>, ApiError> {
     caller.require(Role::Operator)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(checks::create(&state, body).await?),
-    ))
+    Ok(Created(checks::create(&state, body).await?))
 }
 
 /// `GET /api/v1/checks`.
@@ -52,7 +50,7 @@ pub async fn list(
 pub async fn get(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
 ) -> Result<Json<CheckDefinition>, ApiError> {
     caller.require(Role::Viewer)?;
     Ok(Json(shown_to(&caller, checks::get(&state, &id).await?)))
@@ -62,7 +60,7 @@ pub async fn get(
 pub async fn update(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
     ApiJson(body): ApiJson<CheckDefinition>,
 ) -> Result<Json<CheckDefinition>, ApiError> {
     caller.require(Role::Operator)?;
@@ -73,9 +71,9 @@ pub async fn update(
 pub async fn delete(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<NoContent, ApiError> {
     caller.require(Role::Operator)?;
     checks::delete(&state, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }

@@ -3,28 +3,44 @@
 //! ([`vantage_mqtt::redact::scrub_text`]): a probe can echo a URL that carries credentials.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{ApiError, ApiQuery, Caller};
+use super::{ApiError, ApiPath, ApiQuery, Caller, IdPath};
 use crate::AppState;
-use crate::store::{CheckStatusRow, MetricsRow, ResultRow, Role, SeriesFilter, now_ms};
+use crate::store::{
+    CheckStatusRow, MAX_TIME_MS, MetricsRow, ResultRow, Role, SeriesFilter, now_ms,
+};
 
 /// Most rows one query returns.
 pub const MAX_LIMIT: i64 = 10_000;
 
+/// A time (or span) in a query: 0 to [`MAX_TIME_MS`].
+fn time_ms(name: &str, value: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match value {
+        Some(ms) if !(0..=MAX_TIME_MS).contains(&ms) => Err(ApiError::BadRequest(format!(
+            "{name} must be 0..={MAX_TIME_MS} (ms since the epoch)"
+        ))),
+        _ => Ok(value),
+    }
+}
+
 /// Query string of `/results` and `/metrics`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SeriesQuery {
     pub agent: Option<String>,
     pub check: Option<String>,
     pub region: Option<String>,
     /// Start of the range, ms since the epoch (default: 24 h ago).
+    #[schemars(range(min = 0, max = MAX_TIME_MS))]
     pub from_ms: Option<i64>,
     /// End of the range, ms since the epoch (default: now + 1 min).
+    #[schemars(range(min = 0, max = MAX_TIME_MS))]
     pub to_ms: Option<i64>,
     /// Most rows (default 1000, at most 10000).
+    #[schemars(range(min = 1, max = MAX_LIMIT))]
     pub limit: Option<i64>,
 }
 
@@ -32,8 +48,8 @@ impl SeriesQuery {
     fn filter(self) -> Result<SeriesFilter, ApiError> {
         let now = now_ms();
         let filter = SeriesFilter {
-            from_ms: self.from_ms.unwrap_or(now - 86_400_000),
-            to_ms: self.to_ms.unwrap_or(now + 60_000),
+            from_ms: time_ms("from_ms", self.from_ms)?.unwrap_or(now - 86_400_000),
+            to_ms: time_ms("to_ms", self.to_ms)?.unwrap_or(now + 60_000),
             limit: self.limit.unwrap_or(1000),
             agent: self.agent,
             check: self.check,
@@ -102,7 +118,7 @@ fn scrub(reason: &mut String) {
 }
 
 /// Query string of `/uptime`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UptimeQuery {
     /// Comma-separated check ids (default: every check).
@@ -145,7 +161,7 @@ pub async fn uptime(
 pub async fn check_uptime(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
 ) -> Result<Json<crate::rollup::CheckUptime>, ApiError> {
     caller.require(Role::Viewer)?;
     let mut all =
@@ -156,22 +172,27 @@ pub async fn check_uptime(
 }
 
 /// Query string of `/checks/{id}/series` and `/agents/{id}/series`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSeriesQuery {
     /// Start of the range, ms since the epoch (default: 24 h before `to_ms`).
+    #[schemars(range(min = 0, max = MAX_TIME_MS))]
     pub from_ms: Option<i64>,
     /// End of the range, ms since the epoch (default: now).
+    #[schemars(range(min = 0, max = MAX_TIME_MS))]
     pub to_ms: Option<i64>,
     /// Width of a point in ms (default: the range in about 200 points; at least 1000).
+    #[schemars(range(min = 1000, max = MAX_TIME_MS))]
     pub step_ms: Option<i64>,
 }
 
 impl CheckSeriesQuery {
     /// `(from_ms, to_ms)` with their defaults: the 24 h up to now.
-    fn range(&self, now: i64) -> (i64, i64) {
-        let to_ms = self.to_ms.unwrap_or(now);
-        (self.from_ms.unwrap_or(to_ms - 86_400_000), to_ms)
+    fn range(&self, now: i64) -> Result<(i64, i64), ApiError> {
+        let to_ms = time_ms("to_ms", self.to_ms)?.unwrap_or(now);
+        let from_ms = time_ms("from_ms", self.from_ms)?.unwrap_or(to_ms - 86_400_000);
+        time_ms("step_ms", self.step_ms)?;
+        Ok((from_ms, to_ms))
     }
 }
 
@@ -180,12 +201,12 @@ impl CheckSeriesQuery {
 pub async fn check_series(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
     ApiQuery(query): ApiQuery<CheckSeriesQuery>,
 ) -> Result<Json<crate::rollup::Series>, ApiError> {
     caller.require(Role::Viewer)?;
     let now = now_ms();
-    let (from_ms, to_ms) = query.range(now);
+    let (from_ms, to_ms) = query.range(now)?;
     Ok(Json(
         crate::rollup::series(
             &state.store,
@@ -206,12 +227,12 @@ pub async fn check_series(
 pub async fn agent_series(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
     ApiQuery(query): ApiQuery<CheckSeriesQuery>,
 ) -> Result<Json<crate::rollup::MetricSeries>, ApiError> {
     caller.require(Role::Viewer)?;
     let now = now_ms();
-    let (from_ms, to_ms) = query.range(now);
+    let (from_ms, to_ms) = query.range(now)?;
     Ok(Json(
         crate::rollup::metric_series(
             &state.store,

@@ -3,11 +3,14 @@
 //! enroll with. No token: the files are public and signed; install.sh verifies them.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::ApiError;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{ApiError, ApiPath};
 use crate::AppState;
 
 /// A plain file name: no separators, no leading dot, so nothing outside the directory.
@@ -20,10 +23,16 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
+/// The `{file}` of `/dist/{file}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct FilePath {
+    pub file: String,
+}
+
 /// Streams one artifact.
 pub async fn file(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(FilePath { file: name }): ApiPath<FilePath>,
 ) -> Result<Response, ApiError> {
     let Some(dir) = state.settings.dist_dir.as_ref() else {
         return Err(ApiError::NotFound("artifact (no --dist-dir)".into()));

@@ -2,16 +2,17 @@
 //! the caller and call [`crate::regions`], [`crate::incidents`] and [`crate::notify`].
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use vantage_mqtt::IncidentChange;
+use axum::extract::State;
+use axum::response::NoContent;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use vantage_mqtt::{CheckVerdictView, IncidentChange};
 
-use super::{ApiError, ApiJson, ApiQuery, Caller};
+use super::openapi::Created;
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, Caller, IdPath};
 use crate::AppState;
-use crate::notify::{ChannelDefinition, ChannelError};
-use crate::store::{OutboxState, Role};
+use crate::notify::{ChannelDefinition, ChannelError, ChannelSummary};
+use crate::store::{IncidentEventRow, IncidentRow, OutboxRow, OutboxState, Role, TransitionRow};
 
 impl From<ChannelError> for ApiError {
     fn from(error: ChannelError) -> Self {
@@ -29,16 +30,16 @@ impl From<ChannelError> for ApiError {
 pub async fn regions(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<crate::regions::RegionView>>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!(crate::regions::list(&state.store).await?)))
+    Ok(Json(crate::regions::list(&state.store).await?))
 }
 
 /// `GET /api/v1/verdicts`: every check's current verdict with its evidence.
 pub async fn verdicts(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<CheckVerdictView>>, ApiError> {
     caller.require(Role::Viewer)?;
     let mut views = state.store.list_verdicts().await?;
     if caller.role == Role::Viewer {
@@ -51,15 +52,15 @@ pub async fn verdicts(
             }
         }
     }
-    Ok(Json(json!(views)))
+    Ok(Json(views))
 }
 
 /// `GET /api/v1/checks/{id}/transitions`: the check's state changes, newest first.
 pub async fn transitions(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<Json<Vec<TransitionRow>>, ApiError> {
     caller.require(Role::Viewer)?;
     let mut rows = state.store.list_transitions(&id, 500).await?;
     if caller.role == Role::Viewer {
@@ -68,11 +69,11 @@ pub async fn transitions(
             row.evidence = vantage_mqtt::redact::scrub_text(&row.evidence).into_owned();
         }
     }
-    Ok(Json(json!(rows)))
+    Ok(Json(rows))
 }
 
 /// Query of `GET /api/v1/incidents`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentQuery {
     #[serde(default)]
@@ -90,22 +91,22 @@ pub async fn list(
     caller: Caller,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<IncidentQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<IncidentRow>>, ApiError> {
     caller.require(Role::Viewer)?;
     if !(1..=10_000).contains(&query.limit) {
         return Err(ApiError::BadRequest("limit must be 1..=10000".into()));
     }
-    Ok(Json(json!(
-        state.store.list_incidents(query.open, query.limit).await?
-    )))
+    Ok(Json(
+        state.store.list_incidents(query.open, query.limit).await?,
+    ))
 }
 
 /// `GET /api/v1/incidents/{id}`: the incident and its timeline.
 pub async fn get(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<Json<IncidentDetail>, ApiError> {
     caller.require(Role::Viewer)?;
     let incident = state
         .store
@@ -118,11 +119,26 @@ pub async fn get(
             event.text = vantage_mqtt::redact::scrub_text(&event.text).into_owned();
         }
     }
-    Ok(Json(json!({ "incident": incident, "timeline": timeline })))
+    Ok(Json(IncidentDetail { incident, timeline }))
+}
+
+/// `GET /api/v1/incidents/{id}`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct IncidentDetail {
+    pub incident: IncidentRow,
+    /// Oldest first.
+    pub timeline: Vec<IncidentEventRow>,
+}
+
+/// `POST /api/v1/channels/{id}/test`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Delivered {
+    /// Always true: a failed delivery is a 502.
+    pub delivered: bool,
 }
 
 /// Body of `POST /api/v1/incidents/{id}/notes`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoteBody {
     pub text: String,
@@ -132,8 +148,8 @@ pub struct NoteBody {
 pub async fn acknowledge(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<Json<IncidentRow>, ApiError> {
     caller.require(Role::Operator)?;
     let author = format!("token {}", caller.token_id);
     let row = crate::incidents::annotate(
@@ -145,16 +161,16 @@ pub async fn acknowledge(
     )
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("incident {id:?}")))?;
-    Ok(Json(json!(row)))
+    Ok(Json(row))
 }
 
 /// `POST /api/v1/incidents/{id}/notes`: adds a note to the timeline.
 pub async fn note(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
     ApiJson(body): ApiJson<NoteBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Created<IncidentRow>, ApiError> {
     caller.require(Role::Operator)?;
     let text = body.text.trim();
     if text.is_empty() || text.len() > 4096 {
@@ -166,16 +182,16 @@ pub async fn note(
     let row = crate::incidents::annotate(&state, &id, IncidentChange::Note, text, &author)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("incident {id:?}")))?;
-    Ok((StatusCode::CREATED, Json(json!(row))))
+    Ok(Created(row))
 }
 
 /// `GET /api/v1/channels`: channels without their secrets (operators and above).
 pub async fn list_channels(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<ChannelSummary>>, ApiError> {
     caller.require(Role::Operator)?;
-    Ok(Json(json!(crate::notify::list_channels(&state).await?)))
+    Ok(Json(crate::notify::list_channels(&state).await?))
 }
 
 /// `POST /api/v1/channels`: creates a channel (admins).
@@ -183,7 +199,7 @@ pub async fn create_channel(
     caller: Caller,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ChannelDefinition>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Created<ChannelSummary>, ApiError> {
     caller.require(Role::Admin)?;
     if let Some(id) = &body.id
         && state.store.get_channel(id).await?.is_some()
@@ -191,36 +207,36 @@ pub async fn create_channel(
         return Err(ApiError::Conflict(format!("channel {id:?} already exists")));
     }
     let summary = crate::notify::put_channel(&state, None, body).await?;
-    Ok((StatusCode::CREATED, Json(json!(summary))))
+    Ok(Created(summary))
 }
 
 /// `PUT /api/v1/channels/{id}`: replaces a channel (admins).
 pub async fn put_channel(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
     ApiJson(body): ApiJson<ChannelDefinition>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ChannelSummary>, ApiError> {
     caller.require(Role::Admin)?;
     if body.id.as_deref().is_some_and(|b| b != id) {
         return Err(ApiError::Unprocessable(
             "the body's id differs from the path's".into(),
         ));
     }
-    Ok(Json(json!(
-        crate::notify::put_channel(&state, Some(&id), body).await?
-    )))
+    Ok(Json(
+        crate::notify::put_channel(&state, Some(&id), body).await?,
+    ))
 }
 
 /// `DELETE /api/v1/channels/{id}` (admins).
 pub async fn delete_channel(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<NoContent, ApiError> {
     caller.require(Role::Admin)?;
     crate::notify::delete_channel(&state, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 /// `POST /api/v1/channels/{id}/test`: sends a test notification now; 502 with the reason
@@ -228,15 +244,15 @@ pub async fn delete_channel(
 pub async fn test_channel(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<Json<Delivered>, ApiError> {
     caller.require(Role::Operator)?;
     crate::notify::test_channel(&state, &id).await?;
-    Ok(Json(json!({ "delivered": true })))
+    Ok(Json(Delivered { delivered: true }))
 }
 
 /// Query of `GET /api/v1/outbox`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxQuery {
     #[serde(default)]
@@ -251,7 +267,7 @@ pub async fn outbox(
     caller: Caller,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<OutboxQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<OutboxRow>>, ApiError> {
     caller.require(Role::Operator)?;
     if !(1..=10_000).contains(&query.limit) {
         return Err(ApiError::BadRequest("limit must be 1..=10000".into()));
@@ -263,9 +279,7 @@ pub async fn outbox(
                 ApiError::BadRequest(format!("{e}: use pending, delivered or dead"))
             })?),
         };
-    Ok(Json(json!(
-        state.store.list_outbox(filter, query.limit).await?
-    )))
+    Ok(Json(state.store.list_outbox(filter, query.limit).await?))
 }
 
 impl From<crate::maintenance::MaintenanceError> for ApiError {
@@ -285,9 +299,9 @@ impl From<crate::maintenance::MaintenanceError> for ApiError {
 pub async fn list_maintenance(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<crate::maintenance::Window>>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!(crate::maintenance::list(&state).await?)))
+    Ok(Json(crate::maintenance::list(&state).await?))
 }
 
 /// `POST /api/v1/maintenance`: adds a window (operators and above).
@@ -295,21 +309,21 @@ pub async fn create_maintenance(
     caller: Caller,
     State(state): State<AppState>,
     ApiJson(window): ApiJson<crate::maintenance::Window>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Created<crate::maintenance::Window>, ApiError> {
     caller.require(Role::Operator)?;
     let window = crate::maintenance::create(&state, window).await?;
-    Ok((StatusCode::CREATED, Json(json!(window))))
+    Ok(Created(window))
 }
 
 /// `DELETE /api/v1/maintenance/{id}` (operators and above).
 pub async fn delete_maintenance(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<NoContent, ApiError> {
     caller.require(Role::Operator)?;
     crate::maintenance::delete(&state, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 impl From<crate::rules::RuleError> for ApiError {
@@ -327,9 +341,9 @@ impl From<crate::rules::RuleError> for ApiError {
 pub async fn list_rules(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<crate::rules::Rule>>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!(crate::rules::list(&state.store).await?)))
+    Ok(Json(crate::rules::list(&state.store).await?))
 }
 
 /// `POST /api/v1/rules`: adds a host-metric rule (operators and above).
@@ -337,19 +351,19 @@ pub async fn create_rule(
     caller: Caller,
     State(state): State<AppState>,
     ApiJson(rule): ApiJson<crate::rules::Rule>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Created<crate::rules::Rule>, ApiError> {
     caller.require(Role::Operator)?;
     let rule = crate::rules::create(&state, rule).await?;
-    Ok((StatusCode::CREATED, Json(json!(rule))))
+    Ok(Created(rule))
 }
 
 /// `DELETE /api/v1/rules/{id}`: deletes a rule and resolves its incidents.
 pub async fn delete_rule(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<NoContent, ApiError> {
     caller.require(Role::Operator)?;
     crate::rules::delete(&state, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }

@@ -9,14 +9,16 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::NoContent;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use vantage_mqtt::{EventSeverity, EventStatus, SourceKind};
 
-use super::{ApiError, ApiJson, ApiQuery, Caller};
+use super::openapi::Created;
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, Caller, IdPath};
 use crate::AppState;
 use crate::integrations::{
     self, Credentials, IntegrationError, MAX_CHAIN_BODY_BYTES, MAX_ZABBIX_BODY_BYTES, NewSource,
@@ -38,17 +40,101 @@ impl From<IntegrationError> for ApiError {
 }
 
 /// A source as listed: never its secret.
-fn source_json(row: &SourceRow) -> Value {
-    json!({
-        "id": row.id,
-        "kind": row.kind,
-        "incident_severity": row.incident_severity,
-        "created_at_ms": row.created_at_ms,
-        "webhook_path": webhook_path(row),
-        // The poller's URL and interval, never its token.
-        "poll": row.poll_config().map(|p| json!({"api_url": p.api_url, "interval_s": p.interval_s})),
-        "poll_cursor": row.poll_cursor,
-    })
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SourceView {
+    pub id: String,
+    pub kind: SourceKind,
+    /// The severity from which an event opens an incident (default: high).
+    pub incident_severity: Option<String>,
+    pub created_at_ms: i64,
+    /// Where its webhook is, under this host.
+    pub webhook_path: String,
+    /// The poller's URL and interval, never its token.
+    pub poll: Option<PollView>,
+    pub poll_cursor: Option<i64>,
+}
+
+/// A Zabbix source's API poller as listed.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PollView {
+    pub api_url: String,
+    pub interval_s: u32,
+}
+
+impl From<&SourceRow> for SourceView {
+    fn from(row: &SourceRow) -> Self {
+        SourceView {
+            id: row.id.clone(),
+            kind: row.kind,
+            incident_severity: row.incident_severity.clone(),
+            created_at_ms: row.created_at_ms,
+            webhook_path: webhook_path(row),
+            poll: row.poll_config().map(|p| PollView {
+                api_url: p.api_url,
+                interval_s: p.interval_s,
+            }),
+            poll_cursor: row.poll_cursor,
+        }
+    }
+}
+
+/// The answer of `POST /api/v1/sources`: the source with its secret, shown this once.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CreatedSource {
+    #[serde(flatten)]
+    pub source: SourceView,
+    pub secret: String,
+    /// How to point the sender at it.
+    pub how: String,
+}
+
+/// One row of a webhook's body, as answered.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum WebhookRow {
+    Stored {
+        event_id: i64,
+        /// False.
+        duplicate: bool,
+        incident_id: Option<String>,
+        incident_url: Option<String>,
+    },
+    /// Stored before: nothing changed.
+    Duplicate {
+        event_id: i64,
+        /// True.
+        duplicate: bool,
+    },
+    Refused {
+        error: String,
+    },
+}
+
+/// The answer of a webhook.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum WebhookAnswer {
+    /// Zabbix's media type reads its one row at the top level.
+    Zabbix(WebhookRow),
+    /// Every other source: counts and one outcome per row, in the body's order.
+    Batch {
+        stored: usize,
+        duplicates: usize,
+        refused: usize,
+        rows: Vec<WebhookRow>,
+    },
+}
+
+/// An event, and with `GET /api/v1/events/{id}` the sender's payload.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EventDetail {
+    #[serde(flatten)]
+    pub event: vantage_mqtt::SourceEventView,
+    /// The sender's body as JSON (a string when it was cut off); only on the single event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_truncated: Option<bool>,
 }
 
 fn webhook_path(row: &SourceRow) -> String {
@@ -58,7 +144,14 @@ fn webhook_path(row: &SourceRow) -> String {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The `{source}` of a webhook's path.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SourcePath {
+    pub source: String,
+}
+
+/// Body of `POST /api/v1/sources`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSource {
     pub id: String,
@@ -74,7 +167,7 @@ pub async fn create_source(
     caller: Caller,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateSource>,
-) -> Result<Response, ApiError> {
+) -> Result<Created<CreatedSource>, ApiError> {
     caller.require(Role::Admin)?;
     let row = integrations::create_source(
         &state,
@@ -87,40 +180,46 @@ pub async fn create_source(
         },
     )
     .await?;
-    let mut answer = source_json(&row);
-    answer["secret"] = json!(row.secret);
-    answer["how"] = json!(match row.kind {
-        SourceKind::Zabbix =>
-            "Zabbix media type: vantage_endpoint = https://<this host><webhook_path>, vantage_token = secret (sent as Authorization: Bearer)",
-        SourceKind::Helius =>
-            "Helius webhook: URL https://<this host><webhook_path>, authHeader = secret",
-        SourceKind::Alchemy =>
-            "Alchemy webhook: URL https://<this host><webhook_path>; its signing key is the secret (X-Alchemy-Signature)",
-        SourceKind::Hmac =>
-            "POST JSON to https://<this host><webhook_path> with X-Vantage-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>",
-    });
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    let how = match row.kind {
+        SourceKind::Zabbix => {
+            "Zabbix media type: vantage_endpoint = https://<this host><webhook_path>, vantage_token = secret (sent as Authorization: Bearer)"
+        }
+        SourceKind::Helius => {
+            "Helius webhook: URL https://<this host><webhook_path>, authHeader = secret"
+        }
+        SourceKind::Alchemy => {
+            "Alchemy webhook: URL https://<this host><webhook_path>; its signing key is the secret (X-Alchemy-Signature)"
+        }
+        SourceKind::Hmac => {
+            "POST JSON to https://<this host><webhook_path> with X-Vantage-Signature: sha256=<hex HMAC-SHA256 of the body with the secret>"
+        }
+    };
+    Ok(Created(CreatedSource {
+        source: SourceView::from(&row),
+        secret: row.secret,
+        how: how.into(),
+    }))
 }
 
 /// `GET /api/v1/sources`.
 pub async fn list_sources(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<SourceView>>, ApiError> {
     caller.require(Role::Viewer)?;
     let rows = state.store.list_sources().await?;
-    Ok(Json(Value::Array(rows.iter().map(source_json).collect())))
+    Ok(Json(rows.iter().map(SourceView::from).collect()))
 }
 
 /// `DELETE /api/v1/sources/{id}`: its events stay.
 pub async fn delete_source(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<NoContent, ApiError> {
     caller.require(Role::Admin)?;
     integrations::delete_source(&state, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 /// `POST /api/v1/integrations/zabbix`: the source is the Zabbix source whose secret is the
@@ -129,17 +228,17 @@ pub async fn zabbix_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Json<WebhookAnswer>, ApiError> {
     webhook(state, None, headers, body).await
 }
 
 /// `POST /api/v1/integrations/{source}`.
 pub async fn source_webhook(
     State(state): State<AppState>,
-    Path(source): Path<String>,
+    ApiPath(SourcePath { source }): ApiPath<SourcePath>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Json<WebhookAnswer>, ApiError> {
     webhook(state, Some(source), headers, body).await
 }
 
@@ -148,7 +247,7 @@ async fn webhook(
     source_id: Option<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Json<WebhookAnswer>, ApiError> {
     // A Zabbix body is small; chain batches may be large. The source's kind is not known
     // before the body is read (an HMAC covers it), so a named source may send the larger.
     let limit = if source_id.is_none() {
@@ -186,17 +285,24 @@ async fn webhook(
         }
     };
     let host = header("host").unwrap_or("<this host>");
-    let rows: Vec<Value> = outcomes
+    let rows: Vec<WebhookRow> = outcomes
         .iter()
         .map(|outcome| match outcome {
-            RowOutcome::Stored { id, incident_id } => json!({
-                "event_id": id,
-                "duplicate": false,
-                "incident_id": incident_id,
-                "incident_url": incident_id.as_ref().map(|i| format!("https://{host}/#/incidents/{i}")),
-            }),
-            RowOutcome::Duplicate { id } => json!({ "event_id": id, "duplicate": true }),
-            RowOutcome::Refused { reason } => json!({ "error": reason }),
+            RowOutcome::Stored { id, incident_id } => WebhookRow::Stored {
+                event_id: *id,
+                duplicate: false,
+                incident_id: incident_id.clone(),
+                incident_url: incident_id
+                    .as_ref()
+                    .map(|i| format!("https://{host}/#/incidents/{i}")),
+            },
+            RowOutcome::Duplicate { id } => WebhookRow::Duplicate {
+                event_id: *id,
+                duplicate: true,
+            },
+            RowOutcome::Refused { reason } => WebhookRow::Refused {
+                error: reason.clone(),
+            },
         })
         .collect();
     let refused = outcomes
@@ -205,11 +311,10 @@ async fn webhook(
         .count();
     if refused == outcomes.len() {
         // Nothing stored: the sender's body is wrong, not a partial batch.
-        let reason = rows
-            .first()
-            .and_then(|r| r["error"].as_str())
-            .unwrap_or("no events in the body")
-            .to_owned();
+        let reason = match rows.first() {
+            Some(WebhookRow::Refused { error }) => error.clone(),
+            _ => "no events in the body".to_owned(),
+        };
         state
             .counters
             .webhooks_malformed
@@ -220,22 +325,21 @@ async fn webhook(
         && let Some(row) = rows.first()
     {
         // The media type reads incident_id and incident_url from the top level.
-        return Ok(Json(row.clone()).into_response());
+        return Ok(Json(WebhookAnswer::Zabbix(row.clone())));
     }
     let stored = outcomes
         .iter()
         .filter(|o| matches!(o, RowOutcome::Stored { .. }))
         .count();
-    Ok(Json(json!({
-        "stored": stored,
-        "duplicates": outcomes.len() - stored - refused,
-        "refused": refused,
-        "rows": rows,
+    Ok(Json(WebhookAnswer::Batch {
+        stored,
+        duplicates: outcomes.len() - stored - refused,
+        refused,
+        rows,
     }))
-    .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     pub source: Option<String>,
@@ -245,13 +349,14 @@ pub struct EventsQuery {
     pub limit: Option<i64>,
 }
 
-fn event_json(row: &EventRow, with_payload: bool) -> Value {
-    let mut value = serde_json::to_value(row.view()).unwrap_or_default();
-    if with_payload {
-        value["payload"] = serde_json::from_str(&row.payload).unwrap_or(json!(row.payload));
-        value["payload_truncated"] = json!(row.payload_truncated);
+fn event_detail(row: &EventRow, with_payload: bool) -> EventDetail {
+    EventDetail {
+        event: row.view(),
+        payload: with_payload.then(|| {
+            serde_json::from_str(&row.payload).unwrap_or(Value::String(row.payload.clone()))
+        }),
+        payload_truncated: with_payload.then_some(row.payload_truncated),
     }
-    value
 }
 
 /// `GET /api/v1/events`: newest first.
@@ -259,7 +364,7 @@ pub async fn list_events(
     caller: Caller,
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<EventDetail>>, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -269,17 +374,15 @@ pub async fn list_events(
         .store
         .list_events(query.source.as_deref(), query.status, query.before, limit)
         .await?;
-    Ok(Json(Value::Array(
-        rows.iter().map(|r| event_json(r, false)).collect(),
-    )))
+    Ok(Json(rows.iter().map(|r| event_detail(r, false)).collect()))
 }
 
 /// `GET /api/v1/events/{id}`: with the sender's raw payload (bounded).
 pub async fn get_event(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
+) -> Result<Json<EventDetail>, ApiError> {
     caller.require(Role::Viewer)?;
     let id: i64 = id
         .parse()
@@ -289,15 +392,14 @@ pub async fn get_event(
         .get_event(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
-    Ok(Json(event_json(&row, true)))
+    Ok(Json(event_detail(&row, true)))
 }
 
 /// `GET /api/v1/external-nodes`: hosts sources named that map to no agent.
 pub async fn external_nodes(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<crate::store::ExternalNodeRow>>, ApiError> {
     caller.require(Role::Viewer)?;
-    let rows = state.store.list_external_nodes().await?;
-    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
+    Ok(Json(state.store.list_external_nodes().await?))
 }

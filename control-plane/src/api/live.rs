@@ -16,6 +16,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
@@ -32,7 +33,7 @@ const CLIENT_BUFFER: usize = 4096;
 /// A WebSocket client that takes longer than this to take one batch is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LiveQuery {
     pub region: Option<String>,

@@ -31,15 +31,16 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use aide::axum::ApiRouter;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use bytes::Bytes;
 
 use crate::AppState;
 use crate::store::{Role, StoreError};
@@ -157,27 +158,39 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        use openapi::ErrorCode;
         let (status, code) = match &self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Refused(_) => (StatusCode::UNAUTHORIZED, "refused"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-            ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::CrossSite => (StatusCode::FORBIDDEN, "cross_site"),
-            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream_failed"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Refused(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Refused),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Invalid),
+            ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
+            ApiError::CrossSite => (StatusCode::FORBIDDEN, ErrorCode::CrossSite),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, ErrorCode::UpstreamFailed),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "API request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
             }
         };
-        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = openapi::ErrorBody {
+            error: openapi::ErrorDetail {
+                code,
+                message: self.to_string(),
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -198,6 +211,17 @@ pub struct ApiJson<T>(pub T);
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
+
+/// Path parameters whose rejections are [`ApiError`]s.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// The `{id}` of a route's path.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct IdPath {
+    pub id: String,
+}
 
 /// The caller, authenticated by a bearer token (or `?token=` for browsers' live feeds).
 #[derive(Debug, Clone)]
@@ -343,15 +367,26 @@ async fn rate_limit(State(limit): State<RateLimit>, request: Request, next: Next
     next.run(request).await
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "status": "ok",
-        "store": state.store.backend(),
-        "leader": state.lease.is_leader(),
-    }))
+/// `GET /healthz`.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Health {
+    /// Always `ok`: the process answers.
+    pub status: &'static str,
+    /// `sqlite` or `postgres`.
+    pub store: &'static str,
+    /// Whether this replica holds the scheduling lease.
+    pub leader: bool,
 }
 
-async fn prometheus(State(state): State<AppState>) -> Response {
+async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        store: state.store.backend(),
+        leader: state.lease.is_leader(),
+    })
+}
+
+async fn prometheus(State(state): State<AppState>) -> openapi::Exposition {
     state
         .counters
         .gauges
@@ -380,14 +415,7 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         )),
         Err(error) => tracing::warn!(%error, "Cannot read the soonest agent certificate expiry"),
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    openapi::Exposition(text)
 }
 
 /// `GET /metrics/checks`: per-check series in the blackbox style ([`crate::exporter`]),
@@ -395,7 +423,7 @@ async fn prometheus(State(state): State<AppState>) -> Response {
 async fn check_metrics(
     caller: Caller,
     State(state): State<AppState>,
-) -> Result<Response, ApiError> {
+) -> Result<openapi::Exposition, ApiError> {
     caller.require(Role::Viewer)?;
     let checks = crate::checks::list(&state).await?;
     let ids: std::collections::HashSet<&str> =
@@ -428,117 +456,192 @@ async fn check_metrics(
         &state.latest.snapshot(&ids),
         &verdicts,
     );
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+    Ok(openapi::Exposition(text))
 }
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("route".into())
 }
 
+/// Every documented route, with its summary and the least role it needs; the OpenAPI
+/// document is generated from this router ([`openapi`]).
+fn documented() -> ApiRouter<AppState> {
+    use aide::axum::routing::{delete_with, get_with, post_with, put_with};
+    use openapi::{admin, answers, json_body, operator, public, viewer};
+    let api = ApiRouter::new()
+        .api_route("/enroll", post_with(agents::enroll, public("Enroll an agent: token + CSR → id, certificate, CA, broker address")))
+        .api_route("/agents", get_with(agents::list, viewer("List agents (?region=)")))
+        .api_route(
+            "/agents/{id}",
+            get_with(agents::get, viewer("One agent")).delete_with(
+                agents::revoke,
+                operator("Revoke an agent: disconnect it and refuse its certificate"),
+            ),
+        )
+        .api_route("/regions", get_with(incidents::regions, viewer("Regions: agents, online count, assigned checks, checks on the fallback, status (ok, degraded: fallback, degraded: fallback (agents full), empty)")))
+        .api_route("/verdicts", get_with(incidents::verdicts, viewer("Every check's verdict (up, degraded, down, maintenance, paused, pending) with its reason and per-region evidence")))
+        .api_route("/checks/{id}/transitions", get_with(incidents::transitions, viewer("A check's state changes with their evidence, newest first")))
+        .api_route("/incidents", get_with(incidents::list, viewer("Incidents, newest first (?open=true, limit)")))
+        .api_route("/incidents/{id}", get_with(incidents::get, viewer("An incident and its timeline")))
+        .api_route("/incidents/{id}/ack", post_with(incidents::acknowledge, operator("Acknowledge an incident (stops reminders)")))
+        .api_route("/incidents/{id}/notes", post_with(incidents::note, operator("Add a note {text} to an incident's timeline")))
+        .api_route(
+            "/channels",
+            get_with(incidents::list_channels, operator("Notification channels, without secrets"))
+                .post_with(incidents::create_channel, admin("Create a channel {id?, name, config: webhook|slack|ntfy|email, enabled, reminder_s, max_per_hour}")),
+        )
+        .api_route(
+            "/channels/{id}",
+            put_with(incidents::put_channel, admin("Replace a channel"))
+                .delete_with(incidents::delete_channel, admin("Delete a channel")),
+        )
+        .api_route("/channels/{id}/test", post_with(incidents::test_channel, operator("Send a test notification now; 502 when the receiver refuses or cannot be reached")))
+        .api_route("/outbox", get_with(incidents::outbox, operator("Notifications (?state=pending|delivered|dead, limit): attempts, last error; dead letters are kept")))
+        .api_route(
+            "/maintenance",
+            get_with(incidents::list_maintenance, viewer("Maintenance windows"))
+                .post_with(incidents::create_maintenance, operator("Add a window {name, schedule: once|weekly, scope: checks, check_labels, regions, agent_labels}")),
+        )
+        .api_route("/maintenance/{id}", delete_with(incidents::delete_maintenance, operator("Delete a window")))
+        .api_route(
+            "/rules",
+            get_with(incidents::list_rules, viewer("Host-metric rules"))
+                .post_with(incidents::create_rule, operator("Add a rule {name, selector, condition: threshold|disk_full}")),
+        )
+        .api_route("/rules/{id}", delete_with(incidents::delete_rule, operator("Delete a rule (its incidents are resolved)")))
+        .api_route(
+            "/enrollment-tokens",
+            get_with(agents::list_tokens, operator("List enrollment tokens (no secrets)"))
+                .post_with(agents::create_token, operator("Create an enrollment token {region, labels, uses, ttl_s}; the answer holds its secret, once, and ways to install an agent with it")),
+        )
+        .api_route("/enrollment-tokens/{id}", delete_with(agents::delete_token, operator("Delete an enrollment token")))
+        .api_route(
+            "/api-tokens",
+            get_with(agents::list_api_tokens, admin("List API tokens: id, name, role, created_at_ms, revoked_at_ms (never a secret)"))
+                .post_with(agents::create_api_token, admin("Create an API token {role, name}; the answer holds its secret, once")),
+        )
+        .api_route("/api-tokens/{id}", delete_with(agents::revoke_api_token, admin("Revoke an API token: refused from the next request or MQTT login on")))
+        .api_route(
+            "/checks",
+            get_with(checks::list, viewer("List checks (viewers get header values, bodies, send steps, URL credentials, query values and chain RPC paths as \"<redacted>\")"))
+                .post_with(checks::create, operator("Create a check")),
+        )
+        .api_route(
+            "/checks/{id}",
+            get_with(checks::get, viewer("One check (redacted for viewers, as in the list)"))
+                .put_with(checks::update, operator("Replace a check"))
+                .delete_with(checks::delete, operator("Delete a check")),
+        )
+        .api_route("/checks/{id}/run", post_with(run::run_check, |op| openapi::optional_json_body::<run::RunRequest>(operator("Run a check now in its regions (or {regions}, each named once); one result or error per region; the body is optional")(op))))
+        .api_route("/checks/{id}/uptime", get_with(data::check_uptime, viewer("One check's uptime over 24h, 7d, 30d and 90d")))
+        .api_route("/checks/{id}/series", get_with(data::check_series, viewer("A check's latency (min/avg/max, p50/p95/p99) and failures per region in steps, from raw rows, minute or hour rollups")))
+        .api_route("/agents/{id}/series", get_with(data::agent_series, viewer("An agent's host metrics as min/avg/max per step, from raw samples, minute or hour rollups")))
+        .api_route("/uptime", get_with(data::uptime, viewer("Uptime over 24h, 7d, 30d and 90d (or ?window=30d,…) of every check or of ?checks=a,b, overall and per region, from hourly and daily rollups")))
+        .api_route("/probe", post_with(run::probe, operator("Run an ad-hoc check {kind, timeout_ms, regions} now (each region named once); nothing is stored")))
+        .api_route("/results", get_with(data::results, viewer("Results (?agent, check, region, from_ms, to_ms, limit); for viewers URLs in reasons lose credentials and query values")))
+        .api_route("/metrics", get_with(data::metrics, viewer("Host metrics (?agent, region, from_ms, to_ms, limit)")))
+        .api_route("/status/checks", get_with(data::check_status, viewer("Latest result per check and region")))
+        .api_route("/overview", get_with(data::overview, viewer("Every check's state and each region's flags and latest outcome, compact")))
+        .api_route("/live", get_with(live::live, |op| {
+            let op = viewer("Live feed: WebSocket on upgrade, else server-sent events (?region, agent, check, kind, source, token, latest)")(op);
+            let op = answers(op, 200, "text/event-stream", "Server-sent events");
+            answers(op, 101, "", "Switching Protocols (WebSocket)")
+        }))
+        .api_route(
+            "/sources",
+            get_with(integrations::list_sources, viewer("Integration sources (never a secret)"))
+                .post_with(integrations::create_source, admin("Create a source {id, kind: zabbix|helius|alchemy|hmac, secret?, incident_severity?}; the answer holds its secret, shown once")),
+        )
+        .api_route("/sources/{id}", delete_with(integrations::delete_source, admin("Delete a source (its events stay)")))
+        .api_route("/integrations/zabbix", post_with(integrations::zabbix_webhook, |op| json_body(public("Zabbix webhook media type (provision/zabbix/): Authorization: Bearer <a Zabbix source's secret>")(op))))
+        .api_route("/integrations/{source}", post_with(integrations::source_webhook, |op| json_body(public("A source's webhook: Zabbix (bearer or X-Vantage-Signature), Helius (its Authorization header), Alchemy (X-Alchemy-Signature), hmac (X-Vantage-Signature: sha256=<hex>); answers per-row outcomes")(op))))
+        .api_route("/events", get_with(integrations::list_events, viewer("Events from sources, newest first (?source, status, before, limit)")))
+        .api_route("/events/{id}", get_with(integrations::get_event, viewer("One event with the sender's payload (bounded)")))
+        .api_route("/external-nodes", get_with(integrations::external_nodes, viewer("Hosts sources named that map to no agent")));
+    ApiRouter::new()
+        .api_route(
+            "/ui/session",
+            get_with(ui::whoami, public("The dashboard session's role, or null"))
+                .post_with(ui::sign_in, |op| {
+                    let op = public("Sign the dashboard in: an API token in, a session cookie out")(op);
+                    op.response::<200, Json<ui::Session>>()
+                })
+                .delete_with(ui::sign_out, |op| answers(viewer("Sign the dashboard out")(op), 204, "", "Signed out; the cookie is cleared")),
+        )
+        .api_route("/status/{page}", get_with(status::html, |op| answers(public("A public status page")(op), 200, "text/html", "The page")))
+        .api_route("/status/{page}/data", get_with(status::data, public("What a public status page shows")))
+        .api_route("/status/{page}/badge/{file}", get_with(status::badge, |op| answers(public("A check's state as an SVG badge, if the check is on the page")(op), 200, "image/svg+xml", "The badge")))
+        .api_route("/healthz", get_with(healthz, public("Liveness, store backend, and whether this replica leads")))
+        .api_route("/metrics", get_with(prometheus, public("Prometheus counters")))
+        .api_route("/metrics/checks", get_with(check_metrics, viewer("Per-check series in the blackbox_exporter style")))
+        .api_route("/dist/{file}", get_with(dist::file, |op| answers(public("A signed release artifact (install.sh, SHA256SUMS, agent tarballs, edge images)")(op), 200, "application/octet-stream", "The file")))
+        .nest("/api/v1", api)
+}
+
+/// The OpenAPI document of [`documented`] (`GET /api/v1/openapi.json`).
+pub fn openapi_document() -> aide::openapi::OpenApi {
+    let mut doc = openapi::base();
+    let _router: Router<AppState> = documented().finish_api_with(&mut doc, openapi::finish);
+    add_document_route(&mut doc);
+    doc
+}
+
+/// The document describes itself too.
+fn add_document_route(doc: &mut aide::openapi::OpenApi) {
+    let mut op = aide::openapi::Operation {
+        summary: Some("This document".into()),
+        ..Default::default()
+    };
+    let mut response = aide::openapi::Response {
+        description: "The OpenAPI 3.1 document".into(),
+        ..Default::default()
+    };
+    response.content.insert(
+        "application/json".into(),
+        aide::openapi::MediaType::default(),
+    );
+    op.responses = Some(aide::openapi::Responses {
+        responses: [(
+            aide::openapi::StatusCode::Code(200),
+            aide::openapi::ReferenceOr::Item(response),
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    });
+    doc.paths.get_or_insert_with(Default::default).paths.insert(
+        "/api/v1/openapi.json".into(),
+        aide::openapi::ReferenceOr::Item(aide::openapi::PathItem {
+            get: Some(op),
+            ..Default::default()
+        }),
+    );
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/enroll", post(agents::enroll))
-        .route("/agents", get(agents::list))
-        .route("/agents/{id}", get(agents::get).delete(agents::revoke))
-        .route("/regions", get(incidents::regions))
-        .route("/verdicts", get(incidents::verdicts))
-        .route("/checks/{id}/transitions", get(incidents::transitions))
-        .route("/incidents", get(incidents::list))
-        .route("/incidents/{id}", get(incidents::get))
-        .route("/incidents/{id}/ack", post(incidents::acknowledge))
-        .route("/incidents/{id}/notes", post(incidents::note))
-        .route(
-            "/channels",
-            get(incidents::list_channels).post(incidents::create_channel),
-        )
-        .route(
-            "/channels/{id}",
-            axum::routing::put(incidents::put_channel).delete(incidents::delete_channel),
-        )
-        .route("/channels/{id}/test", post(incidents::test_channel))
-        .route("/outbox", get(incidents::outbox))
-        .route(
-            "/maintenance",
-            get(incidents::list_maintenance).post(incidents::create_maintenance),
-        )
-        .route(
-            "/maintenance/{id}",
-            axum::routing::delete(incidents::delete_maintenance),
-        )
-        .route(
-            "/rules",
-            get(incidents::list_rules).post(incidents::create_rule),
-        )
-        .route("/rules/{id}", axum::routing::delete(incidents::delete_rule))
-        .route(
-            "/enrollment-tokens",
-            get(agents::list_tokens).post(agents::create_token),
-        )
-        .route(
-            "/enrollment-tokens/{id}",
-            axum::routing::delete(agents::delete_token),
-        )
-        .route(
-            "/api-tokens",
-            get(agents::list_api_tokens).post(agents::create_api_token),
-        )
-        .route(
-            "/api-tokens/{id}",
-            axum::routing::delete(agents::revoke_api_token),
-        )
-        .route("/checks", get(checks::list).post(checks::create))
-        .route(
-            "/checks/{id}",
-            get(checks::get).put(checks::update).delete(checks::delete),
-        )
-        .route("/checks/{id}/run", post(run::run_check))
-        .route("/checks/{id}/uptime", get(data::check_uptime))
-        .route("/checks/{id}/series", get(data::check_series))
-        .route("/agents/{id}/series", get(data::agent_series))
-        .route("/uptime", get(data::uptime))
-        .route("/probe", post(run::probe))
-        .route("/results", get(data::results))
-        .route("/metrics", get(data::metrics))
-        .route("/status/checks", get(data::check_status))
-        .route("/overview", get(data::overview))
-        .route("/live", get(live::live))
-        .route(
-            "/sources",
-            get(integrations::list_sources).post(integrations::create_source),
-        )
-        .route(
-            "/sources/{id}",
-            axum::routing::delete(integrations::delete_source),
-        )
-        .route("/integrations/zabbix", post(integrations::zabbix_webhook))
-        .route("/integrations/{source}", post(integrations::source_webhook))
-        .route("/events", get(integrations::list_events))
-        .route("/events/{id}", get(integrations::get_event))
-        .route("/external-nodes", get(integrations::external_nodes))
-        .route("/openapi.json", get(openapi::document));
-    Router::new()
+    let mut doc = openapi::base();
+    let documented = documented().finish_api_with(&mut doc, openapi::finish);
+    add_document_route(&mut doc);
+    let document: Bytes = serde_json::to_vec(&doc)
+        .expect("an OpenAPI document serializes")
+        .into();
+    documented
+        // The dashboard's own files are not API: left out of the document.
         .route("/", get(ui::index))
-        .route(
-            "/ui/session",
-            get(ui::whoami).post(ui::sign_in).delete(ui::sign_out),
-        )
         .route("/ui/{*path}", get(ui::file))
-        .route("/status/{page}", get(status::html))
-        .route("/status/{page}/data", get(status::data))
-        .route("/status/{page}/badge/{file}", get(status::badge))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(prometheus))
-        .route("/metrics/checks", get(check_metrics))
-        .route("/dist/{file}", get(dist::file))
-        .nest("/api/v1", api)
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document,
+                    )
+                }
+            }),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             RateLimit {
@@ -573,5 +676,47 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(limiter.allow(ip));
         assert!(limiter.allow("10.0.0.1".parse().unwrap()));
+    }
+
+    /// The document names every route of the router that the API serves, each path
+    /// parameter, and generates without an error.
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let seen = errors.clone();
+        aide::generate::on_error(move |error| seen.borrow_mut().push(error.to_string()));
+        let doc = serde_json::to_value(openapi_document()).unwrap();
+        assert_eq!(errors.borrow().as_slice(), &[] as &[String]);
+        let paths = doc["paths"].as_object().unwrap();
+        let mut operations = 0;
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                operations += 1;
+                assert!(op["summary"].is_string(), "{method} {path} has no summary");
+                assert!(
+                    op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                    "{method} {path} has no answer"
+                );
+                // Every `{name}` of the path is a declared path parameter.
+                for name in path.split('{').skip(1).filter_map(|p| p.split('}').next()) {
+                    let declared = op["parameters"].as_array().is_some_and(|ps| {
+                        ps.iter().any(|p| {
+                            p["in"] == "path" && p["name"] == name && p["required"] == true
+                        })
+                    });
+                    assert!(declared, "{method} {path} does not declare {{{name}}}");
+                }
+            }
+        }
+        // Every route's methods but the dashboard's own files (`/`, `/ui/{*path}`): a new
+        // route counts here.
+        assert_eq!(operations, 64, "{:?}", paths.keys().collect::<Vec<_>>());
+        let create = &doc["paths"]["/api/v1/checks"]["post"];
+        assert_eq!(create["x-vantage-role"], "operator");
+        assert_eq!(create["security"][0]["bearer"], serde_json::json!([]));
+        assert!(create["requestBody"]["content"]["application/json"]["schema"].is_object());
+        assert!(create["responses"]["201"].is_object());
+        assert!(doc["paths"]["/api/v1/agents/{id}"]["delete"]["responses"]["204"].is_object());
+        assert!(doc["components"]["schemas"]["CheckDefinition"].is_object());
     }
 }

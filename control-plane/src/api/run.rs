@@ -6,17 +6,18 @@
 use std::collections::HashSet;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use vantage_mqtt::{CheckKind, CheckSpec};
 
-use super::{ApiError, ApiJson, Caller};
+use super::{ApiError, ApiJson, ApiPath, Caller, IdPath};
 use crate::AppState;
 use crate::runnow::{RunResponse, dispatch};
 use crate::store::Role;
 
 /// Body of `POST /api/v1/checks/{id}/run` (all optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// Regions to run in (default: the check's regions).
@@ -29,7 +30,7 @@ pub struct RunRequest {
 }
 
 /// Body of `POST /api/v1/probe`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeRequest {
     pub kind: CheckKind,
@@ -48,7 +49,7 @@ fn default_timeout_ms() -> u32 {
 pub async fn run_check(
     caller: Caller,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(IdPath { id }): ApiPath<IdPath>,
     body: axum::body::Bytes,
 ) -> Result<Json<RunResponse>, ApiError> {
     caller.require(Role::Operator)?;

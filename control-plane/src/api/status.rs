@@ -3,16 +3,32 @@
 //! only checks labelled `status_page={page}`) and `GET /status/{page}/badge/{check}.svg`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use axum::response::{IntoResponse, Response};
 use vantage_mqtt::{CheckState, topic};
 
-use super::ApiError;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{ApiError, ApiPath};
 use crate::AppState;
 use crate::status_page::{self, Page};
 use crate::store::now_ms;
+
+/// The `{page}` of a status page's path.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PagePath {
+    pub page: String,
+}
+
+/// The path of a badge: `{page}` and `{file}` (`{check}.svg`).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct BadgePath {
+    pub page: String,
+    pub file: String,
+}
 
 fn valid_page(page: &str) -> Result<(), ApiError> {
     if topic::valid_id(page) {
@@ -25,7 +41,7 @@ fn valid_page(page: &str) -> Result<(), ApiError> {
 }
 
 /// `GET /status/{page}`: the page (it reads its data from `/status/{page}/data`).
-pub async fn html(Path(page): Path<String>) -> Result<Response, ApiError> {
+pub async fn html(ApiPath(PagePath { page }): ApiPath<PagePath>) -> Result<Response, ApiError> {
     valid_page(&page)?;
     Ok(super::ui::serve("status.html"))
 }
@@ -33,7 +49,7 @@ pub async fn html(Path(page): Path<String>) -> Result<Response, ApiError> {
 /// `GET /status/{page}/data`.
 pub async fn data(
     State(state): State<AppState>,
-    Path(page): Path<String>,
+    ApiPath(PagePath { page }): ApiPath<PagePath>,
 ) -> Result<Json<Page>, ApiError> {
     valid_page(&page)?;
     status_page::page(&state.store, &page, now_ms())
@@ -45,7 +61,7 @@ pub async fn data(
 /// `GET /status/{page}/badge/{check}.svg`: the check's state, if it is public on `page`.
 pub async fn badge(
     State(state): State<AppState>,
-    Path((page, file)): Path<(String, String)>,
+    ApiPath(BadgePath { page, file }): ApiPath<BadgePath>,
 ) -> Result<Response, ApiError> {
     valid_page(&page)?;
     let not_found = || ApiError::NotFound(format!("badge {file:?} on status page {page:?}"));

@@ -11,8 +11,8 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, HOST, ORIGIN, SET_
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{ApiError, ApiJson, Caller};
 use crate::AppState;
@@ -166,10 +166,17 @@ fn cookie(value: &str, max_age_s: i64) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("vantage_session=; Max-Age=0"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignIn {
     pub token: String,
+}
+
+/// Who a dashboard session is.
+#[derive(Debug, serde::Serialize, JsonSchema)]
+pub struct Session {
+    /// `null` when nobody is signed in.
+    pub role: Option<crate::store::Role>,
 }
 
 /// `POST /ui/session`: an API token in, a session cookie out.
@@ -196,7 +203,10 @@ pub async fn sign_in(
         .store
         .create_session(&found.id, SESSION_TTL_MS)
         .await?;
-    let mut response = Json(json!({"role": found.role.as_str()})).into_response();
+    let mut response = Json(Session {
+        role: Some(found.role),
+    })
+    .into_response();
     response
         .headers_mut()
         .insert(SET_COOKIE, cookie(&secret, SESSION_TTL_MS / 1000));
@@ -205,10 +215,12 @@ pub async fn sign_in(
 
 /// `GET /ui/session`: the signed-in role, or `null` when nobody is (the page then shows the
 /// sign-in form; a refusal here would only be noise in the browser's console).
-pub async fn whoami(caller: Result<Caller, ApiError>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn whoami(caller: Result<Caller, ApiError>) -> Result<Json<Session>, ApiError> {
     match caller {
-        Ok(caller) => Ok(Json(json!({"role": caller.role.as_str()}))),
-        Err(ApiError::Unauthorized) => Ok(Json(json!({"role": null}))),
+        Ok(caller) => Ok(Json(Session {
+            role: Some(caller.role),
+        })),
+        Err(ApiError::Unauthorized) => Ok(Json(Session { role: None })),
         Err(other) => Err(other),
     }
 }

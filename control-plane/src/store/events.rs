@@ -32,7 +32,7 @@ pub struct SourceRow {
 }
 
 /// How a Zabbix source's API is polled.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollConfig {
     /// `https://zabbix.example/api_jsonrpc.php`.
@@ -101,7 +101,7 @@ pub struct NewEvent {
 }
 
 /// A host a source named, to keep as a node of its own when no agent is it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct ExternalNodeRow {
     pub source: String,
     pub host: String,

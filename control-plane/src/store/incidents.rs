@@ -13,7 +13,7 @@ use vantage_mqtt::{CheckState, CheckVerdictView, IncidentChange, IncidentSubject
 use super::{BeginWrite, Store, StoreError, on_pool};
 
 /// An incident as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct IncidentRow {
     pub id: String,
     #[sqlx(try_from = "String")]
@@ -53,7 +53,7 @@ impl IncidentRow {
 }
 
 /// One entry of an incident's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct IncidentEventRow {
     pub id: i64,
     pub incident_id: String,
@@ -123,7 +123,7 @@ pub struct ChannelRow {
 }
 
 /// State of an outbox row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutboxState {
     Pending,
@@ -161,7 +161,7 @@ impl TryFrom<String> for OutboxState {
 }
 
 /// One notification in the outbox.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct OutboxRow {
     pub id: i64,
     /// Unique per (incident change, channel); sent as the idempotency key.
@@ -999,7 +999,7 @@ impl Store {
 }
 
 /// One stored verdict transition.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct TransitionRow {
     pub from_state: String,
     pub to_state: String,
@@ -1007,6 +1007,7 @@ pub struct TransitionRow {
     pub reason: String,
     /// JSON of the regions' evidence (an array in API answers).
     #[serde(serialize_with = "super::models::as_json")]
+    #[schemars(with = "serde_json::Value")]
     pub evidence: String,
 }
 

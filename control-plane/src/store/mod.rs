@@ -137,6 +137,10 @@ fn decode_checks(raw: Vec<RawCheckRow>) -> Vec<CheckRow> {
         .collect()
 }
 
+/// The last millisecond a time in a query may name (the end of the year 9999): bounds that
+/// keep every sum and step over query times inside `i64`.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -15,7 +15,7 @@ pub struct RegionRow {
 }
 
 /// An enrollment token as stored (the secret is stored only hashed and never read back).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct EnrollmentTokenRow {
     pub id: String,
     pub region: String,
@@ -45,7 +45,7 @@ pub enum TokenRefusal {
 }
 
 /// The role of an API token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -86,7 +86,7 @@ impl TryFrom<String> for Role {
 }
 
 /// An API token as stored.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct ApiTokenRow {
     pub id: String,
     #[sqlx(try_from = "String")]
@@ -119,7 +119,7 @@ pub struct AssignmentRow {
 }
 
 /// Labels (`key=value`), stored as a JSON object in a text column and decoded by the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Labels(pub BTreeMap<String, String>);
 
@@ -330,7 +330,7 @@ impl TryFrom<RawCheckRow> for CheckRow {
 }
 
 /// One stored check result.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct ResultRow {
     pub agent_id: String,
     pub seq: i64,
@@ -347,6 +347,7 @@ pub struct ResultRow {
     pub timings: PhaseTimings,
     /// JSON object of the probe's numeric values (an object in API answers).
     #[serde(serialize_with = "as_json")]
+    #[schemars(with = "serde_json::Value")]
     pub result_values: String,
 }
 
@@ -363,7 +364,7 @@ pub fn micros(ms: f64) -> i64 {
 
 /// A stored result's phase timings in milliseconds; absent phases are `None` and left out
 /// of API answers, as on the wire.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct PhaseTimings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_ms: Option<f64>,
@@ -385,7 +386,7 @@ pub(crate) fn as_json<S: serde::Serializer>(text: &str, serializer: S) -> Result
 }
 
 /// One stored host metrics sample.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct MetricsRow {
     pub agent_id: String,
     pub seq: i64,
@@ -405,6 +406,7 @@ pub struct MetricsRow {
     pub net_tx_bytes_per_s: f64,
     /// JSON with disks, interfaces and per-core usage (an object in API answers).
     #[serde(serialize_with = "as_json")]
+    #[schemars(with = "serde_json::Value")]
     pub detail: String,
 }
 
@@ -420,7 +422,7 @@ pub struct SeriesFilter {
 }
 
 /// The latest result of one check in one region.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct CheckStatusRow {
     pub check_id: String,
     pub region: String,
