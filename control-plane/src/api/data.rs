@@ -83,16 +83,38 @@ pub async fn results(
     Ok(Json(rows))
 }
 
+/// Query string of `/metrics`: [`SeriesQuery`] without a check (metrics are the host's).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    pub agent: Option<String>,
+    pub region: Option<String>,
+    /// Start of the range, ms since the epoch (default: 24 h ago).
+    #[schemars(range(min = 0, max = MAX_TIME_MS))]
+    pub from_ms: Option<i64>,
+    /// End of the range, ms since the epoch (default: now + 1 min).
+    #[schemars(range(min = 0, max = MAX_TIME_MS))]
+    pub to_ms: Option<i64>,
+    /// Most rows (default 1000, at most 10000).
+    #[schemars(range(min = 1, max = MAX_LIMIT))]
+    pub limit: Option<i64>,
+}
+
 /// `GET /api/v1/metrics`.
 pub async fn metrics(
     caller: Caller,
     State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<SeriesQuery>,
+    ApiQuery(query): ApiQuery<MetricsQuery>,
 ) -> Result<Json<Vec<MetricsRow>>, ApiError> {
     caller.require(Role::Viewer)?;
-    if query.check.is_some() {
-        return Err(ApiError::BadRequest("metrics have no check filter".into()));
-    }
+    let query = SeriesQuery {
+        agent: query.agent,
+        check: None,
+        region: query.region,
+        from_ms: query.from_ms,
+        to_ms: query.to_ms,
+        limit: query.limit,
+    };
     Ok(Json(state.store.query_metrics(&query.filter()?).await?))
 }
 
@@ -124,6 +146,7 @@ pub struct UptimeQuery {
     /// Comma-separated check ids (default: every check).
     pub checks: Option<String>,
     /// Comma-separated windows among 24h, 7d, 30d, 90d (default: all four).
+    #[schemars(regex(pattern = r"^((24h|7d|30d|90d)(,(24h|7d|30d|90d))*)?$"))]
     pub window: Option<String>,
 }
 

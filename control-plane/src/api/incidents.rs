@@ -76,9 +76,12 @@ pub async fn transitions(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentQuery {
+    /// Only open incidents.
     #[serde(default)]
     pub open: bool,
+    /// Most rows (default 100).
     #[serde(default = "default_limit")]
+    #[schemars(range(min = 1, max = 10_000))]
     pub limit: i64,
 }
 
@@ -256,8 +259,10 @@ pub async fn test_channel(
 #[serde(deny_unknown_fields)]
 pub struct OutboxQuery {
     #[serde(default)]
-    pub state: Option<String>,
+    pub state: Option<OutboxState>,
+    /// Most rows (default 100).
     #[serde(default = "default_limit")]
+    #[schemars(range(min = 1, max = 10_000))]
     pub limit: i64,
 }
 
@@ -272,14 +277,9 @@ pub async fn outbox(
     if !(1..=10_000).contains(&query.limit) {
         return Err(ApiError::BadRequest("limit must be 1..=10000".into()));
     }
-    let filter =
-        match query.state {
-            None => None,
-            Some(name) => Some(OutboxState::try_from(name).map_err(|e| {
-                ApiError::BadRequest(format!("{e}: use pending, delivered or dead"))
-            })?),
-        };
-    Ok(Json(state.store.list_outbox(filter, query.limit).await?))
+    Ok(Json(
+        state.store.list_outbox(query.state, query.limit).await?,
+    ))
 }
 
 impl From<crate::maintenance::MaintenanceError> for ApiError {

@@ -346,7 +346,15 @@ pub struct EventsQuery {
     pub status: Option<EventStatus>,
     /// Events stored before this id (the next page).
     pub before: Option<i64>,
+    /// Most rows (default 100).
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<i64>,
+}
+
+/// The `{id}` of `/api/v1/events/{id}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EventPath {
+    pub id: i64,
 }
 
 fn event_detail(row: &EventRow, with_payload: bool) -> EventDetail {
@@ -381,12 +389,9 @@ pub async fn list_events(
 pub async fn get_event(
     caller: Caller,
     State(state): State<AppState>,
-    ApiPath(IdPath { id }): ApiPath<IdPath>,
+    ApiPath(EventPath { id }): ApiPath<EventPath>,
 ) -> Result<Json<EventDetail>, ApiError> {
     caller.require(Role::Viewer)?;
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("event id must be a number, got {id:?}")))?;
     let row = state
         .store
         .get_event(id)

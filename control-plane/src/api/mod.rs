@@ -561,7 +561,10 @@ fn documented() -> ApiRouter<AppState> {
     ApiRouter::new()
         .api_route(
             "/ui/session",
-            get_with(ui::whoami, public("The dashboard session's role, or null"))
+            get_with(ui::whoami, |op| {
+                public("The dashboard session's role, or null when nobody is signed in")(op)
+                    .with(openapi::optional_auth)
+            })
                 .post_with(ui::sign_in, |op| {
                     let op = public("Sign the dashboard in: an API token in, a session cookie out")(op);
                     op.response::<200, Json<ui::Session>>()

@@ -291,3 +291,12 @@ pub fn optional_json_body<T: JsonSchema>(op: TransformOperation) -> TransformOpe
         op
     })
 }
+
+/// A route that answers without credentials too (`security: [{}, {bearer: []}]`).
+pub fn optional_auth(mut op: TransformOperation) -> TransformOperation {
+    let security = &mut op.inner_mut().security;
+    if !security.iter().any(|requirement| requirement.is_empty()) {
+        security.insert(0, Default::default());
+    }
+    op
+}

@@ -20,13 +20,16 @@ use crate::store::now_ms;
 /// The `{page}` of a status page's path.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct PagePath {
+    #[schemars(regex(pattern = r"^[a-z0-9_-][a-z0-9_.-]{0,63}$"))]
     pub page: String,
 }
 
 /// The path of a badge: `{page}` and `{file}` (`{check}.svg`).
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct BadgePath {
+    #[schemars(regex(pattern = r"^[a-z0-9_-][a-z0-9_.-]{0,63}$"))]
     pub page: String,
+    #[schemars(regex(pattern = r"^[a-z0-9_-][a-z0-9_.-]{0,63}\.svg$"))]
     pub file: String,
 }
 
