@@ -35,7 +35,7 @@ use vantage_mqtt::{
 };
 
 use crate::AppState;
-use crate::store::{AgentRow, CheckRow, Store, StoreError};
+use crate::store::{AgentRow, CheckRow, OnlineAgent, Store, StoreError};
 
 /// A stable 64-bit score of (check, agent) for rendezvous hashing: FNV-1a over both ids,
 /// then a SplitMix64 finaliser so nearby ids spread. Fixed here (not `DefaultHasher`), so the
@@ -131,16 +131,12 @@ struct Computed<'a> {
     plan: Plan,
 }
 
-/// Assigns every enabled check's regions to their healthy agents (see the module docs).
-fn compute<'a>(agents: &'a [AgentRow], checks: &[CheckRow]) -> Computed<'a> {
-    let online = || {
-        agents
-            .iter()
-            .filter(|a| a.revoked_at_ms.is_none() && a.state == vantage_mqtt::NodeState::Online)
-    };
+/// Assigns every enabled check's regions to their healthy agents, `online` (see the module
+/// docs).
+fn compute<'a>(online: &'a [OnlineAgent], checks: &[CheckRow]) -> Computed<'a> {
     let mut healthy: HashMap<&str, Vec<&str>> = HashMap::new();
     let mut per_agent: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for agent in online() {
+    for agent in online {
         healthy
             .entry(agent.region.as_str())
             .or_default()
@@ -196,7 +192,7 @@ fn compute<'a>(agents: &'a [AgentRow], checks: &[CheckRow]) -> Computed<'a> {
 /// agent, and how many checks each region holds. The CLI reads it without a running
 /// control plane; the control plane keeps the same plan in `AppState::plan`.
 pub fn plan_of(agents: &[AgentRow], checks: &[CheckRow]) -> Plan {
-    compute(agents, checks).plan
+    compute(&OnlineAgent::of(agents), checks).plan
 }
 
 /// What the last run left, held by the assignment lock: digests of the configs last given to
@@ -269,19 +265,14 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
             .collect();
         published.loaded = true;
     }
-    let agents = state.store.list_agents(None).await?;
+    let online = state.store.online_agents().await?;
     let checks = state.store.list_checks().await?;
     let Computed {
         specs,
         assignments,
         mut per_agent,
         plan,
-    } = compute(&agents, &checks);
-    let online = || {
-        agents
-            .iter()
-            .filter(|a| a.revoked_at_ms.is_none() && a.state == vantage_mqtt::NodeState::Online)
-    };
+    } = compute(&online, &checks);
     let n_fallback = plan.fallback.len();
     let old = state.plan.send_replace(std::sync::Arc::new(plan));
     let fallback_changed = {
@@ -324,7 +315,7 @@ pub async fn reconcile(state: &AppState) -> Result<(), StoreError> {
         state.settings.metrics_interval_s,
         state.settings.heartbeat_interval_s,
     );
-    for agent in online() {
+    for agent in &online {
         let indexes = per_agent.remove(agent.id.as_str()).unwrap_or_default();
         let digests: Vec<u64> = indexes.iter().map(|i| specs[*i].1).collect();
         let digest = config_digest(&agent.region, metrics_s, heartbeat_s, &digests);
@@ -516,10 +507,13 @@ pub const SHARED_RESYNC: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Runs [`reconcile`] whenever agents come and go and when this replica starts or stops
 /// leading; changes arriving within 50 ms of each other share one run, so a thousand agents
-/// reconnecting do not cause a thousand runs. On a shared store it also runs every
+/// reconnecting do not cause a thousand runs. When a run takes longer than 50 ms (thousands
+/// of agents in a login storm) the next waits as long as it took, so assignment keeps to
+/// about half a core however fast agents come and go. On a shared store it also runs every
 /// [`SHARED_RESYNC`].
 pub async fn worker(state: AppState) {
     let mut leading = state.lease.subscribe();
+    let mut last_run = std::time::Duration::ZERO;
     loop {
         tokio::select! {
             () = state.reassign.notified() => {}
@@ -527,8 +521,15 @@ pub async fn worker(state: AppState) {
             _ = leading.changed() => {}
             () = tokio::time::sleep(SHARED_RESYNC), if state.lease.is_shared() => {}
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        if let Err(error) = reconcile(&state).await {
+        tokio::time::sleep(last_run.clamp(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(5),
+        ))
+        .await;
+        let started = std::time::Instant::now();
+        let result = reconcile(&state).await;
+        last_run = started.elapsed();
+        if let Err(error) = result {
             tracing::warn!(%error, "Reassignment failed; retrying in 1 s");
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             state.reassign.notify_one();
@@ -636,7 +637,8 @@ mod tests {
             agent("a3", "eu", false),
         ];
         let checks = tcp_checks(per_agent * 2 + 500, &["eu"], 1);
-        let computed = compute(&agents, &checks);
+        let online = OnlineAgent::of(&agents);
+        let computed = compute(&online, &checks);
         for (agent, bytes) in loads(&computed) {
             assert!(bytes <= MAX_CONFIG_BYTES, "{agent}: {bytes}-byte config");
             // Rendezvous alone would give each about half; the bounded load fills both.
@@ -667,14 +669,16 @@ mod tests {
             .iter()
             .map(|a| agent(a, "eu", true))
             .collect();
-        let computed = compute(&agents, &checks);
+        let online = OnlineAgent::of(&agents);
+        let computed = compute(&online, &checks);
         assert!(computed.plan.fallback.is_empty());
         assert!(computed.plan.full.is_empty());
         assert_eq!(computed.assignments.len(), checks.len());
 
         // A region with no online agent falls back without counting as full.
         let agents = vec![agent("b1", "us", false)];
-        let computed = compute(&agents, &tcp_checks(3, &["us"], 1));
+        let online = OnlineAgent::of(&agents);
+        let computed = compute(&online, &tcp_checks(3, &["us"], 1));
         assert_eq!(computed.plan.fallback.len(), 3);
         assert!(computed.plan.full.is_empty());
     }
@@ -685,10 +689,12 @@ mod tests {
         let all: Vec<AgentRow> = (0..6)
             .map(|i| agent(&format!("a{i}"), if i < 3 { "eu" } else { "us" }, true))
             .collect();
-        let before = compute(&all, &checks).assignments;
+        let online = OnlineAgent::of(&all);
+        let before = compute(&online, &checks).assignments;
         let mut without = all.clone();
         without[1].state = vantage_mqtt::NodeState::Offline;
-        let after = compute(&without, &checks).assignments;
+        let online = OnlineAgent::of(&without);
+        let after = compute(&online, &checks).assignments;
         let lost: Vec<_> = before.keys().filter(|k| !after.contains_key(*k)).collect();
         assert!(!lost.is_empty());
         assert!(lost.iter().all(|(_, agent)| agent == "a1"), "{lost:?}");

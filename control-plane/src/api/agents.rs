@@ -121,8 +121,8 @@ pub async fn enroll(
     Ok(Created(crate::enrollment::enroll(&state, request).await?))
 }
 
-/// The answer of `POST /api/v1/enrollment-tokens`.
-#[derive(Debug, Serialize, JsonSchema)]
+/// The answer of `POST /api/v1/enrollment-tokens` (no `Debug`: it holds the secret).
+#[derive(Serialize, JsonSchema)]
 pub struct CreatedEnrollmentToken {
     /// The secret, shown this once.
     pub token: String,
@@ -134,8 +134,8 @@ pub struct CreatedEnrollmentToken {
 }
 
 /// Ways to install an agent with a new token; each is absent when it cannot be made, and
-/// `unavailable` says why.
-#[derive(Debug, Default, Serialize, JsonSchema)]
+/// `unavailable` says why. No `Debug`: each embeds the token.
+#[derive(Default, Serialize, JsonSchema)]
 pub struct Snippets {
     /// A script for a root shell on the node.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,8 +150,8 @@ pub struct Snippets {
     pub unavailable: Option<String>,
 }
 
-/// The answer of `POST /api/v1/api-tokens`.
-#[derive(Debug, Serialize, JsonSchema)]
+/// The answer of `POST /api/v1/api-tokens` (no `Debug`: it holds the secret).
+#[derive(Serialize, JsonSchema)]
 pub struct CreatedApiToken {
     /// The secret, shown this once.
     pub token: String,
@@ -269,7 +269,7 @@ pub async fn delete_token(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiTokenRequest {
-    pub role: String,
+    pub role: Role,
     #[serde(default)]
     pub name: String,
 }
@@ -281,8 +281,7 @@ pub async fn create_api_token(
     ApiJson(request): ApiJson<CreateApiTokenRequest>,
 ) -> Result<Created<CreatedApiToken>, ApiError> {
     caller.require(Role::Admin)?;
-    let role = Role::parse(&request.role)
-        .ok_or_else(|| ApiError::Unprocessable("role must be viewer, operator or admin".into()))?;
+    let role = request.role;
     crate::enrollment::short_text("name", &request.name)?;
     let (row, secret) = state.store.create_api_token(role, &request.name).await?;
     Ok(Created(CreatedApiToken {

@@ -44,8 +44,8 @@ impl From<IntegrationError> for ApiError {
 pub struct SourceView {
     pub id: String,
     pub kind: SourceKind,
-    /// The severity from which an event opens an incident (default: high).
-    pub incident_severity: Option<String>,
+    /// The severity from which an event opens an incident; `null`: it never opens one.
+    pub incident_severity: Option<EventSeverity>,
     pub created_at_ms: i64,
     /// Where its webhook is, under this host.
     pub webhook_path: String,
@@ -66,7 +66,10 @@ impl From<&SourceRow> for SourceView {
         SourceView {
             id: row.id.clone(),
             kind: row.kind,
-            incident_severity: row.incident_severity.clone(),
+            incident_severity: row
+                .incident_severity
+                .as_deref()
+                .and_then(EventSeverity::parse),
             created_at_ms: row.created_at_ms,
             webhook_path: webhook_path(row),
             poll: row.poll_config().map(|p| PollView {
@@ -78,8 +81,9 @@ impl From<&SourceRow> for SourceView {
     }
 }
 
-/// The answer of `POST /api/v1/sources`: the source with its secret, shown this once.
-#[derive(Debug, Serialize, JsonSchema)]
+/// The answer of `POST /api/v1/sources`: the source with its secret, shown this once (no
+/// `Debug`: it holds the secret).
+#[derive(Serialize, JsonSchema)]
 pub struct CreatedSource {
     #[serde(flatten)]
     pub source: SourceView,
@@ -151,7 +155,7 @@ pub struct SourcePath {
 }
 
 /// Body of `POST /api/v1/sources`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSource {
     pub id: String,

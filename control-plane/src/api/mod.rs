@@ -371,17 +371,34 @@ async fn rate_limit(State(limit): State<RateLimit>, request: Request, next: Next
 #[derive(Debug, serde::Serialize, schemars::JsonSchema)]
 pub struct Health {
     /// Always `ok`: the process answers.
-    pub status: &'static str,
-    /// `sqlite` or `postgres`.
-    pub store: &'static str,
+    pub status: Liveness,
+    pub store: Backend,
     /// Whether this replica holds the scheduling lease.
     pub leader: bool,
 }
 
+/// That the process answers.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    Ok,
+}
+
+/// Which store a replica runs on.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 async fn healthz(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
-        status: "ok",
-        store: state.store.backend(),
+        status: Liveness::Ok,
+        store: match &state.store {
+            crate::store::Store::Sqlite(_) => Backend::Sqlite,
+            crate::store::Store::Postgres(_) => Backend::Postgres,
+        },
         leader: state.lease.is_leader(),
     })
 }
@@ -584,7 +601,8 @@ fn documented() -> ApiRouter<AppState> {
 /// The OpenAPI document of [`documented`] (`GET /api/v1/openapi.json`).
 pub fn openapi_document() -> aide::openapi::OpenApi {
     let mut doc = openapi::base();
-    let _router: Router<AppState> = documented().finish_api_with(&mut doc, openapi::finish);
+    let routes = documented();
+    let _router: Router<AppState> = routes.finish_api_with(&mut doc, openapi::finish);
     add_document_route(&mut doc);
     doc
 }
@@ -624,7 +642,8 @@ fn add_document_route(doc: &mut aide::openapi::OpenApi) {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let mut doc = openapi::base();
-    let documented = documented().finish_api_with(&mut doc, openapi::finish);
+    let routes = documented();
+    let documented = routes.finish_api_with(&mut doc, openapi::finish);
     add_document_route(&mut doc);
     let document: Bytes = serde_json::to_vec(&doc)
         .expect("an OpenAPI document serializes")
@@ -721,5 +740,30 @@ mod tests {
         assert!(create["responses"]["201"].is_object());
         assert!(doc["paths"]["/api/v1/agents/{id}"]["delete"]["responses"]["204"].is_object());
         assert!(doc["components"]["schemas"]["CheckDefinition"].is_object());
+        // JSON Schema 2020-12, 3.1's dialect: a tuple is `prefixItems`, never draft 7's
+        // `items: [..]`, which 3.1 validators refuse (the overview's rows are tuples).
+        fn draft7_tuples(value: &serde_json::Value, at: &str, found: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if map.get("items").is_some_and(serde_json::Value::is_array) {
+                        found.push(at.to_owned());
+                    }
+                    for (key, child) in map {
+                        draft7_tuples(child, &format!("{at}/{key}"), found);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for (i, child) in items.iter().enumerate() {
+                        draft7_tuples(child, &format!("{at}/{i}"), found);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        draft7_tuples(&doc, "", &mut found);
+        assert_eq!(found, Vec::<String>::new());
+        let checks = &doc["components"]["schemas"]["Overview"]["properties"]["checks"];
+        assert!(checks["items"]["prefixItems"].is_array(), "{checks}");
     }
 }

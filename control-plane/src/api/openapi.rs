@@ -1,9 +1,10 @@
-//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 description of the API, generated from the
-//! router and the handlers' own types (aide reads each handler's extractors and answer,
-//! schemars derives the schemas from the same serde attributes that parse and write them), so
-//! the document cannot drift from the code. This file holds what ties the API's own
-//! extractors and answers into that: their [`aide`] impls, the error body's schema, the
-//! role notes each route carries, and the document's assembly.
+//! What ties the API's own extractors and answers into its OpenAPI 3.1 document (`GET
+//! /api/v1/openapi.json`, built and served by `api/mod.rs` from its router): their [`aide`]
+//! impls, the error body's schema, the role notes and hand-described answers routes carry,
+//! and the document's base. aide reads each handler's extractors and answer type; schemars
+//! derives the schemas from the same serde attributes that parse and write the values. What
+//! a route describes by hand (pages, files, the live stream, raw webhook and run bodies) is
+//! named in `api/mod.rs` beside the route.
 
 use aide::generate::GenContext;
 use aide::openapi::{Info, OpenApi, Operation, Response, SecurityScheme};
@@ -165,7 +166,19 @@ pub fn public(summary: &'static str) -> impl FnOnce(TransformOperation) -> Trans
 }
 
 /// The empty document that [`aide::axum::ApiRouter::finish_api_with`] fills from the routes.
+///
+/// It also sets the schema dialect of the routes about to be built to OpenAPI 3.1's own,
+/// JSON Schema 2020-12: aide's default (draft 7) writes a tuple as `items: [..]`, which 3.1's
+/// validators refuse (2020-12 writes `prefixItems`). aide resets it once a document is done.
 pub fn base() -> OpenApi {
+    aide::generate::in_context(|ctx| {
+        ctx.schema = schemars::SchemaGenerator::new(
+            schemars::generate::SchemaSettings::draft2020_12().with(|settings| {
+                settings.inline_subschemas = false;
+                settings.definitions_path = "#/components/schemas/".into();
+            }),
+        );
+    });
     OpenApi {
         info: Info {
             title: "Vantage API".into(),

@@ -166,7 +166,8 @@ fn cookie(value: &str, max_age_s: i64) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("vantage_session=; Max-Age=0"))
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+/// Body of `POST /ui/session` (no `Debug`: it holds a token).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignIn {
     pub token: String,

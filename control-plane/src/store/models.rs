@@ -45,7 +45,18 @@ pub enum TokenRefusal {
 }
 
 /// The role of an API token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -135,6 +146,29 @@ impl TryFrom<String> for Labels {
 
     fn try_from(text: String) -> Result<Self, Self::Error> {
         serde_json::from_str(&text).map(Labels)
+    }
+}
+
+/// An online, unrevoked agent as assignment places checks on it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OnlineAgent {
+    pub id: String,
+    pub region: String,
+}
+
+impl OnlineAgent {
+    /// The online, unrevoked agents of `agents`, by id.
+    pub fn of(agents: &[AgentRow]) -> Vec<OnlineAgent> {
+        let mut online: Vec<OnlineAgent> = agents
+            .iter()
+            .filter(|a| a.revoked_at_ms.is_none() && a.state == vantage_mqtt::NodeState::Online)
+            .map(|a| OnlineAgent {
+                id: a.id.clone(),
+                region: a.region.clone(),
+            })
+            .collect();
+        online.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        online
     }
 }
 
