@@ -598,38 +598,17 @@ fn documented() -> ApiRouter<AppState> {
         .nest("/api/v1", api)
 }
 
-/// The OpenAPI document of [`documented`] (`GET /api/v1/openapi.json`).
-pub fn openapi_document() -> aide::openapi::OpenApi {
+/// The router of [`documented`] and its OpenAPI document (which describes its own route,
+/// `GET /api/v1/openapi.json`, too).
+fn documented_with_document() -> (Router<AppState>, aide::openapi::OpenApi) {
     let mut doc = openapi::base();
     let routes = documented();
-    let _router: Router<AppState> = routes.finish_api_with(&mut doc, openapi::finish);
-    add_document_route(&mut doc);
-    doc
-}
-
-/// The document describes itself too.
-fn add_document_route(doc: &mut aide::openapi::OpenApi) {
-    let mut op = aide::openapi::Operation {
-        summary: Some("This document".into()),
-        ..Default::default()
-    };
-    let mut response = aide::openapi::Response {
-        description: "The OpenAPI 3.1 document".into(),
-        ..Default::default()
-    };
-    response.content.insert(
-        "application/json".into(),
-        aide::openapi::MediaType::default(),
-    );
-    op.responses = Some(aide::openapi::Responses {
-        responses: [(
-            aide::openapi::StatusCode::Code(200),
-            aide::openapi::ReferenceOr::Item(response),
-        )]
-        .into_iter()
-        .collect(),
-        ..Default::default()
-    });
+    let router = routes.finish_api_with(&mut doc, openapi::finish);
+    let mut op = aide::openapi::Operation::default();
+    let _ = openapi::public("This document")(aide::transform::TransformOperation::new(&mut op))
+        .response_with::<200, Json<serde_json::Value>, _>(|r| {
+            r.description("The OpenAPI 3.1 document")
+        });
     doc.paths.get_or_insert_with(Default::default).paths.insert(
         "/api/v1/openapi.json".into(),
         aide::openapi::ReferenceOr::Item(aide::openapi::PathItem {
@@ -637,14 +616,17 @@ fn add_document_route(doc: &mut aide::openapi::OpenApi) {
             ..Default::default()
         }),
     );
+    (router, doc)
+}
+
+/// The OpenAPI document of [`documented`] (`GET /api/v1/openapi.json`).
+pub fn openapi_document() -> aide::openapi::OpenApi {
+    documented_with_document().1
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    let mut doc = openapi::base();
-    let routes = documented();
-    let documented = routes.finish_api_with(&mut doc, openapi::finish);
-    add_document_route(&mut doc);
+    let (documented, doc) = documented_with_document();
     let document: Bytes = serde_json::to_vec(&doc)
         .expect("an OpenAPI document serializes")
         .into();

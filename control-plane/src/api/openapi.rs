@@ -71,9 +71,7 @@ impl<T: JsonSchema> OperationOutput for Created<T> {
         ctx: &mut GenContext,
         operation: &mut Operation,
     ) -> Vec<(Option<u16>, Response)> {
-        Self::operation_response(ctx, operation)
-            .map(|response| vec![(Some(201), response)])
-            .unwrap_or_default()
+        at(Some(201), Self::operation_response(ctx, operation))
     }
 }
 
@@ -92,9 +90,7 @@ impl OperationOutput for ApiError {
         ctx: &mut GenContext,
         operation: &mut Operation,
     ) -> Vec<(Option<u16>, Response)> {
-        Self::operation_response(ctx, operation)
-            .map(|response| vec![(None, response)])
-            .unwrap_or_default()
+        at(None, Self::operation_response(ctx, operation))
     }
 }
 
@@ -228,10 +224,13 @@ impl OperationOutput for Exposition {
         ctx: &mut GenContext,
         operation: &mut Operation,
     ) -> Vec<(Option<u16>, Response)> {
-        Self::operation_response(ctx, operation)
-            .map(|response| vec![(Some(200), response)])
-            .unwrap_or_default()
+        at(Some(200), Self::operation_response(ctx, operation))
     }
+}
+
+/// `response`, if any, as the answer with `status` (`None`: the default answer).
+fn at(status: Option<u16>, response: Option<Response>) -> Vec<(Option<u16>, Response)> {
+    response.map(|r| vec![(status, r)]).unwrap_or_default()
 }
 
 /// A response whose body is text (or bytes) of `media_type`.
