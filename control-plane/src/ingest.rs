@@ -238,10 +238,21 @@ impl PendingHeartbeats {
 
 /// Runs ingest until the broker link closes.
 pub async fn run(state: AppState, subscription: Subscription) {
-    let (sender, receiver) = mpsc::channel::<Rows>(4096);
     let (relays, relayed) = mpsc::channel::<(String, Event)>(RELAY_QUEUE);
     let relayer = tokio::spawn(relay_loop(state.clone(), relayed));
-    let committer = tokio::spawn(commit_loop(state.clone(), receiver, relays));
+    let n_committers = committers(&state);
+    let mut senders = Vec::with_capacity(n_committers);
+    let mut committers = Vec::with_capacity(n_committers);
+    for _ in 0..n_committers {
+        let (sender, receiver) = mpsc::channel::<Rows>(COMMITTER_QUEUE / n_committers);
+        senders.push(sender);
+        committers.push(tokio::spawn(commit_loop(
+            state.clone(),
+            receiver,
+            relays.clone(),
+        )));
+    }
+    drop(relays);
     let mut regions: HashMap<String, String> = HashMap::new();
     let mut messages = subscription.into_receiver(ROUTER_QUEUE);
     let mut heartbeats = PendingHeartbeats::default();
@@ -361,7 +372,11 @@ pub async fn run(state: AppState, subscription: Subscription) {
                 if rows.is_empty() {
                     continue;
                 }
-                if sender.send(rows).await.is_err() {
+                if senders[committer_of(&id, n_committers)]
+                    .send(rows)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -380,9 +395,32 @@ pub async fn run(state: AppState, subscription: Subscription) {
         }
     }
     heartbeats.flush(&state).await;
-    drop(sender);
-    let _ = committer.await;
+    drop(senders);
+    for committer in committers {
+        let _ = committer.await;
+    }
     let _ = relayer.await;
+}
+
+/// Rows on their way to the committers, in all (each has its share).
+const COMMITTER_QUEUE: usize = 4096;
+
+/// How many committers ingest runs: [`crate::settings::Settings::ingest_committers`] on
+/// PostgreSQL; one on SQLite, whose single writer would only make them take turns.
+fn committers(state: &AppState) -> usize {
+    match state.store {
+        crate::store::Store::Postgres(_) => usize::from(state.settings.ingest_committers.max(1)),
+        crate::store::Store::Sqlite(_) => 1,
+    }
+}
+
+/// The committer that takes `agent`'s rows: always the same one, so an agent's rows (and the
+/// resend of a row) are committed in order by one transaction at a time, and two committers'
+/// transactions never lock the same agent's row.
+fn committer_of(agent: &str, n_committers: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(agent);
+    (hash % n_committers as u64) as usize
 }
 
 impl Rows {
@@ -536,6 +574,9 @@ pub async fn publish_status(state: &AppState, id: &str, region: &str, node_state
     state.reassign.notify_one();
 }
 
+/// Takes rows off its queue into batches of up to `ingest_batch_rows` and commits one at a
+/// time; each committed batch goes to its own [`after_commit_loop`], in order, so acks and
+/// fan-out of one batch run while the next commits.
 async fn commit_loop(
     state: AppState,
     mut receiver: mpsc::Receiver<Rows>,
@@ -543,10 +584,13 @@ async fn commit_loop(
 ) {
     let max_rows = state.settings.ingest_batch_rows.max(1);
     let mut pending: Vec<Rows> = Vec::new();
-    loop {
+    // One committed batch waits while the one before it is acknowledged and fanned out.
+    let (committed, to_acknowledge) = mpsc::channel::<IngestBatch>(1);
+    let acknowledger = tokio::spawn(after_commit_loop(state.clone(), to_acknowledge));
+    'batches: loop {
         if pending.is_empty() {
             if receiver.recv_many(&mut pending, 1024).await == 0 {
-                return;
+                break 'batches;
             }
         } else {
             while pending.len() < 1024 {
@@ -588,15 +632,27 @@ async fn commit_loop(
         }
         pending = rest;
         // Whatever did not fit stays in `pending` for the next round.
-        if !batch.is_empty() {
-            commit_with_retry(&state, batch).await;
+        if !batch.is_empty()
+            && let Some(batch) = commit(&state, batch).await
+            && committed.send(batch).await.is_err()
+        {
+            break 'batches;
         }
         // To their own task (bounded: a flood of them holds this loop up, never memory).
         for row in relayed {
             if relays.send(row).await.is_err() {
-                return;
+                break 'batches;
             }
         }
+    }
+    drop(committed);
+    let _ = acknowledger.await;
+}
+
+/// Acknowledges and fans out committed batches in the order they were committed.
+async fn after_commit_loop(state: AppState, mut committed: mpsc::Receiver<IngestBatch>) {
+    while let Some(batch) = committed.recv().await {
+        after_commit(&state, batch).await;
     }
 }
 
@@ -673,7 +729,15 @@ async fn take_one_relayed(state: &AppState, agent: &str, event: &Event) -> bool 
 }
 
 /// Commits a batch (retrying five times), then acknowledges and fans it out.
-pub(crate) async fn commit_with_retry(state: &AppState, mut batch: IngestBatch) {
+pub(crate) async fn commit_with_retry(state: &AppState, batch: IngestBatch) {
+    if let Some(batch) = commit(state, batch).await {
+        after_commit(state, batch).await;
+    }
+}
+
+/// Commits a batch, retrying five times; the batch as committed (without the rows held
+/// back), or `None` when nothing of it was committed.
+async fn commit(state: &AppState, mut batch: IngestBatch) -> Option<IngestBatch> {
     // A resend sharing the batch with its first send is stored and counted once (its seq is
     // still acknowledged).
     batch.dedup();
@@ -691,17 +755,14 @@ pub(crate) async fn commit_with_retry(state: &AppState, mut batch: IngestBatch) 
                         .fetch_add(n_held as u64, Ordering::Relaxed);
                 }
                 if batch.is_empty() {
-                    return;
+                    return None;
                 }
                 state.store.commit_batch(&batch).await
             }
             Err(error) => Err(error),
         };
         match committed {
-            Ok(()) => {
-                after_commit(state, batch).await;
-                return;
-            }
+            Ok(()) => return Some(batch),
             Err(error) => {
                 state
                     .counters
@@ -723,6 +784,7 @@ pub(crate) async fn commit_with_retry(state: &AppState, mut batch: IngestBatch) 
         rows = batch.len(),
         "Ingest batch not committed; agents keep the rows and resend"
     );
+    None
 }
 
 async fn after_commit(state: &AppState, batch: IngestBatch) {

@@ -73,6 +73,11 @@ pub struct Settings {
     /// Most rows committed in one ingest transaction.
     #[arg(long, env = "VANTAGE_INGEST_BATCH_ROWS", default_value_t = 5000)]
     pub ingest_batch_rows: usize,
+    /// Ingest transactions in flight at once on PostgreSQL, each committing its own share of
+    /// the agents (1–16; SQLite has one writer and always uses 1).
+    #[arg(long, env = "VANTAGE_INGEST_COMMITTERS", default_value_t = 2,
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub ingest_committers: u8,
     /// API requests per second allowed from one client address (a token bucket).
     #[arg(long, env = "VANTAGE_API_RATE_PER_S", default_value_t = 200.0)]
     pub api_rate_per_s: f64,
@@ -214,6 +219,7 @@ impl Settings {
             cert_validity_days: 90,
             cert_validity_s: None,
             ingest_batch_rows: 5000,
+            ingest_committers: 2,
             api_rate_per_s: 200.0,
             api_rate_burst: 400.0,
             webhook_rate_per_s: 2000.0,

@@ -18,6 +18,9 @@
 //! also says when judging caught up (the checks-judged counter stopped moving) and how many
 //! committed batches had to wait because the judging queue was full.
 //!
+//! The result messages are encoded before the clock starts (as a fleet's agents encode theirs on
+//! their own machines); heartbeats are encoded as they are sent.
+//!
 //! Heartbeats are in the mix: each agent publishes one heartbeat after every
 //! `--heartbeat-every` result messages (default 1: a heartbeat per 100 rows; 0: none), as a
 //! fleet's agents interleave them with their results.
@@ -94,16 +97,50 @@ struct Mix {
     start_ms: i64,
 }
 
-fn result_item(mix: Mix, seq: u64) -> serde_json::Value {
+fn result_item(mix: Mix, seq: u64) -> vantage_mqtt::CheckResult {
     let (check_id, ok) = if mix.judged_checks == 0 {
         ("bench-http".to_owned(), !seq.is_multiple_of(17))
     } else {
         let failing = mix.flip_every > 0 && (seq / mix.flip_every) % 2 == 1;
         (format!("ck-{:05}", seq % mix.judged_checks), !failing)
     };
-    json!({"seq": seq, "measured_at_ms": mix.start_ms + seq as i64, "check_id": check_id,
-        "ok": ok, "reason": if ok { "status 200" } else { "status 503" }, "status_code": if ok { 200 } else { 503 },
-        "timings": {"dns_ms": 0.05, "connect_ms": 0.4, "ttfb_ms": 1.2, "transfer_ms": 0.1, "total_ms": 1.8}})
+    vantage_mqtt::CheckResult {
+        seq,
+        measured_at_ms: mix.start_ms + seq as i64,
+        check_id,
+        ok,
+        reason: if ok { "status 200" } else { "status 503" }.to_owned(),
+        timings: vantage_mqtt::Timings {
+            dns_ms: Some(0.05),
+            connect_ms: Some(0.4),
+            tls_ms: None,
+            ttfb_ms: Some(1.2),
+            transfer_ms: Some(0.1),
+            total_ms: 1.8,
+        },
+        status_code: Some(if ok { 200 } else { 503 }),
+        values: BTreeMap::new(),
+    }
+}
+
+/// One agent's result messages, encoded by the wire crate as the agent encodes them: made
+/// before the clock starts, as the agents of a fleet make theirs on their own machines (and
+/// as the COPY baseline's rows are made before its clock).
+fn result_messages(mix: Mix, rows: u64, batch: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut messages = Vec::new();
+    let mut seq = 1;
+    while seq <= rows {
+        let items: Vec<_> = (seq..(seq + batch).min(rows + 1))
+            .map(|seq| result_item(mix, seq))
+            .collect();
+        seq += items.len() as u64;
+        let batch = vantage_mqtt::ResultsBatch {
+            v: vantage_mqtt::PROTOCOL_VERSION,
+            items,
+        };
+        messages.push((seq, vantage_mqtt::encode(&batch)));
+    }
+    messages
 }
 
 /// A connected simulated agent, subscribed to its acks.
@@ -137,12 +174,11 @@ async fn connect_agent(identity: MqttIdentity) -> anyhow::Result<SimulatedAgent>
     })
 }
 
-/// Publishes every row of one agent and returns when its last seq is acknowledged.
+/// Publishes every message of one agent and returns when its last seq is acknowledged.
 async fn run_agent(
     agent: SimulatedAgent,
-    mix: Mix,
+    messages: Vec<(u64, Vec<u8>)>,
     rows: u64,
-    batch: u64,
     heartbeat_every: u64,
 ) -> anyhow::Result<()> {
     let SimulatedAgent {
@@ -154,14 +190,9 @@ async fn run_agent(
     let topic = format!("vantage/v1/agents/{id}/results");
     let heartbeat_topic = format!("vantage/v1/agents/{id}/heartbeat");
     tokio::spawn(async move {
-        let mut seq = 1;
-        let mut messages = 0u64;
-        while seq <= rows {
-            let items: Vec<_> = (seq..(seq + batch).min(rows + 1))
-                .map(|seq| result_item(mix, seq))
-                .collect();
-            seq += items.len() as u64;
-            let payload = serde_json::to_vec(&json!({"v": 1, "items": items})).unwrap_or_default();
+        let mut sent = 0u64;
+        // `next_seq`: the seq after the message's last row.
+        for (next_seq, payload) in messages {
             if client
                 .publish(&topic, QoS::AtLeastOnce, false, payload)
                 .await
@@ -169,17 +200,17 @@ async fn run_agent(
             {
                 return;
             }
-            messages += 1;
-            if heartbeat_every > 0 && messages.is_multiple_of(heartbeat_every) {
+            sent += 1;
+            if heartbeat_every > 0 && sent.is_multiple_of(heartbeat_every) {
                 let heartbeat = vantage_mqtt::Heartbeat {
                     v: vantage_mqtt::PROTOCOL_VERSION,
                     at_ms: vantage_tests::now_ms(),
-                    uptime_s: messages,
-                    spool_len: rows - seq + 1,
+                    uptime_s: sent,
+                    spool_len: rows + 1 - next_seq,
                     spool_dropped_total: 0,
                     spool_unsendable_total: 0,
                     spool_write_errors_total: 0,
-                    next_seq: seq,
+                    next_seq,
                     config_revision: 0,
                 };
                 let payload = vantage_mqtt::encode(&heartbeat);
@@ -249,39 +280,34 @@ async fn copy_baseline(
     let dir = tempfile::tempdir()?;
     let csv_path = dir.path().join("rows.csv");
     let mut csv = std::io::BufWriter::new(std::fs::File::create(&csv_path)?);
-    let us = |v: &serde_json::Value| {
-        v.as_f64()
-            .map(|ms| ((ms * 1000.0).round() as i64).to_string())
+    let us = |ms: Option<f64>| {
+        ms.map(|ms| ((ms * 1000.0).round() as i64).to_string())
             .unwrap_or_default()
     };
     for a in 0..agents.len() {
         for seq in 1..=rows_per_agent {
             let item = result_item(mix, seq);
             let n = checks.len() as i64 + 1;
-            let check = *checks
-                .entry(item["check_id"].as_str().unwrap_or_default().to_owned())
-                .or_insert(n);
+            let check = *checks.entry(item.check_id.clone()).or_insert(n);
             let n = reasons.len() as i64 + 1;
-            let reason = *reasons
-                .entry(item["reason"].as_str().unwrap_or_default().to_owned())
-                .or_insert(n);
-            let t = &item["timings"];
+            let reason = *reasons.entry(item.reason.clone()).or_insert(n);
+            let t = &item.timings;
             // measured_at_ms, seq, received_at_ms, check_key, agent_key, region_key, reason_key,
             // total_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, status_code, ok
             writeln!(
                 csv,
                 "{},{seq},{},{check},{},1,{reason},{},{},{},{},{},{},{},{}",
-                item["measured_at_ms"],
+                item.measured_at_ms,
                 mix.start_ms,
                 a + 1,
-                us(&t["total_ms"]),
-                us(&t["dns_ms"]),
-                us(&t["connect_ms"]),
-                us(&t["tls_ms"]),
-                us(&t["ttfb_ms"]),
-                us(&t["transfer_ms"]),
-                item["status_code"],
-                item["ok"],
+                us(Some(t.total_ms)),
+                us(t.dns_ms),
+                us(t.connect_ms),
+                us(t.tls_ms),
+                us(t.ttfb_ms),
+                us(t.transfer_ms),
+                item.status_code.map(|c| c.to_string()).unwrap_or_default(),
+                item.ok,
             )?;
         }
     }
@@ -422,14 +448,18 @@ async fn main() -> anyhow::Result<()> {
     } else {
         0
     };
+    let messages = result_messages(mix, args.rows_per_agent, args.batch);
+    let agents: Vec<_> = agents
+        .into_iter()
+        .map(|agent| (agent, messages.clone()))
+        .collect();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for agent in agents {
+    for (agent, messages) in agents {
         tasks.push(tokio::spawn(run_agent(
             agent,
-            mix,
+            messages,
             args.rows_per_agent,
-            args.batch,
             args.heartbeat_every,
         )));
     }
