@@ -281,7 +281,7 @@ fn announce_change(state: &AppState, id: &str, change: &'static str) {
         check_id: Some(id.to_owned()),
         source: None,
         at_ms: now_ms(),
-        data: serde_json::json!({ "change": change }),
+        data: serde_json::json!({ "change": change }).into(),
     });
 }
 

@@ -190,7 +190,7 @@ pub async fn record_verdicts(
             check_id: Some(next.check_id.clone()),
             source: None,
             at_ms: now_ms(),
-            data: serde_json::to_value(next).unwrap_or_default(),
+            data: serde_json::to_value(next).unwrap_or_default().into(),
         });
         if let Some(outcome) = outcome {
             announce(state, &outcome).await;
@@ -223,7 +223,7 @@ pub async fn announce(state: &AppState, outcome: &IncidentOutcome) {
         check_id: (view.subject == IncidentSubject::Check).then(|| view.subject_id.clone()),
         source: None,
         at_ms,
-        data: serde_json::to_value(&view).unwrap_or_default(),
+        data: serde_json::to_value(&view).unwrap_or_default().into(),
     });
     if outcome.n_queued > 0 {
         state.notify_outbox.notify_one();

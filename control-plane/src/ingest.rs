@@ -39,9 +39,9 @@ use vantage_mqtt::{
 
 use crate::AppState;
 use crate::broker::Subscription;
-use crate::hub::LiveEvent;
+use crate::hub::{LiveData, LiveEvent};
 use crate::store::ingest::IngestBatch;
-use crate::store::now_ms;
+use crate::store::{LockedAgents, now_ms};
 
 /// The agent id under which the control plane's fallback executor ([`crate::fallback`])
 /// stores the results it measures for regions whose online agents cannot take a check (none
@@ -174,6 +174,9 @@ async fn publish_ack(state: &AppState, agent: &str, seqs: Vec<u64>) {
 
 /// How long a heartbeat may wait to be written with others.
 const HEARTBEAT_DELAY: Duration = Duration::from_millis(100);
+/// How long a heartbeat may be passed over because an ingest commit holds its agent's row
+/// ([`LockedAgents::Skip`]); older, the next write waits for the row.
+const HEARTBEAT_MAX_SKIPPED_MS: i64 = 1_000;
 /// Most heartbeats written in one transaction (the newest per agent).
 const HEARTBEATS_AT_ONCE: usize = 1024;
 /// Messages the router's ingest link may hold ahead of the reader
@@ -184,6 +187,13 @@ const ROUTER_QUEUE: usize = 64;
 /// the newest per agent, for at most [`HEARTBEAT_DELAY`] and [`HEARTBEATS_AT_ONCE`] agents.
 /// One transaction per group instead of one per heartbeat: at 10,000 agents, 1,000
 /// heartbeats a second would otherwise each cost a commit and hold up the reader.
+///
+/// A due group passes over the agents whose rows an ingest commit holds and keeps their
+/// heartbeats for the next group: waiting for them held up the reader, and a group waiting
+/// behind one committer's agents made the other committers wait behind it (a fifth of
+/// ingest's throughput with heartbeats in the mix, BENCHMARKS.md). A heartbeat passed over
+/// for [`HEARTBEAT_MAX_SKIPPED_MS`], and every heartbeat written before a hello or status,
+/// waits for its row.
 #[derive(Default)]
 struct PendingHeartbeats {
     /// Per agent: its region, its newest heartbeat and when that was received.
@@ -208,24 +218,52 @@ impl PendingHeartbeats {
         self.by_agent.len() >= HEARTBEATS_AT_ONCE
     }
 
+    /// How the due group meets locked agent rows: it waits once a heartbeat in it was
+    /// received [`HEARTBEAT_MAX_SKIPPED_MS`] ago.
+    fn due_mode(&self) -> LockedAgents {
+        let oldest = now_ms() - HEARTBEAT_MAX_SKIPPED_MS;
+        if self
+            .by_agent
+            .values()
+            .any(|(_, _, received)| *received <= oldest)
+        {
+            LockedAgents::Wait
+        } else {
+            LockedAgents::Skip
+        }
+    }
+
     /// Writes the waiting heartbeats in one transaction and publishes each agent they
-    /// brought back online. A failed write is logged; the agents' next heartbeats (every
-    /// few seconds) write the same fields again.
-    async fn flush(&mut self, state: &AppState) {
+    /// brought back online; those passed over ([`LockedAgents::Skip`]) wait for the next
+    /// group. A failed write is logged; the agents' next heartbeats (every few seconds)
+    /// write the same fields again.
+    async fn flush(&mut self, state: &AppState, locked: LockedAgents) {
         self.since = None;
         if self.by_agent.is_empty() {
             return;
         }
-        let waiting = std::mem::take(&mut self.by_agent);
+        let mut waiting = std::mem::take(&mut self.by_agent);
         let rows: Vec<(&str, &Heartbeat, i64)> = waiting
             .iter()
             .map(|(agent, (_, heartbeat, received))| (agent.as_str(), heartbeat, *received))
             .collect();
-        match state.store.record_heartbeats(&rows).await {
-            Ok(back) => {
-                for agent in back {
+        match state.store.record_heartbeats(&rows, locked).await {
+            Ok(recorded) => {
+                for agent in recorded.back {
                     if let Some((region, _, _)) = waiting.get(&agent) {
                         publish_status(state, &agent, region, NodeState::Online).await;
+                    }
+                }
+                if !recorded.skipped.is_empty() {
+                    state
+                        .counters
+                        .heartbeats_deferred
+                        .fetch_add(recorded.skipped.len() as u64, Ordering::Relaxed);
+                    self.since = Some(tokio::time::Instant::now());
+                }
+                for agent in recorded.skipped {
+                    if let Some(heartbeat) = waiting.remove(&agent) {
+                        self.by_agent.insert(agent, heartbeat);
                     }
                 }
             }
@@ -262,7 +300,8 @@ pub async fn run(state: AppState, subscription: Subscription) {
             .due_at()
             .is_some_and(|due| due <= tokio::time::Instant::now())
         {
-            heartbeats.flush(&state).await;
+            let mode = heartbeats.due_mode();
+            heartbeats.flush(&state, mode).await;
         }
         let next = match heartbeats.due_at() {
             None => messages.recv().await,
@@ -305,7 +344,7 @@ pub async fn run(state: AppState, subscription: Subscription) {
         // they came (a heartbeat written after a later offline status would mark the agent
         // online again).
         if matches!(kind, AgentTopic::Hello | AgentTopic::Status) && heartbeats.holds(&id) {
-            heartbeats.flush(&state).await;
+            heartbeats.flush(&state, LockedAgents::Wait).await;
         }
         let mut refused_seqs = Vec::new();
         let outcome = match kind {
@@ -337,8 +376,10 @@ pub async fn run(state: AppState, subscription: Subscription) {
             },
             AgentTopic::Heartbeat => match decode::<Heartbeat>(&message.payload) {
                 Ok(heartbeat) => {
+                    // A full group (a thousand agents' heartbeats within the delay) is rare;
+                    // it waits, so passed-over heartbeats cannot keep it full.
                     if heartbeats.add(id.clone(), region.clone(), heartbeat) {
-                        heartbeats.flush(&state).await;
+                        heartbeats.flush(&state, LockedAgents::Wait).await;
                     }
                     Ok(None)
                 }
@@ -394,7 +435,7 @@ pub async fn run(state: AppState, subscription: Subscription) {
             }
         }
     }
-    heartbeats.flush(&state).await;
+    heartbeats.flush(&state, LockedAgents::Wait).await;
     drop(senders);
     for committer in committers {
         let _ = committer.await;
@@ -483,7 +524,7 @@ async fn on_hello(state: &AppState, id: &str, region: &str, mut hello: Hello) {
         check_id: None,
         source: None,
         at_ms: now_ms(),
-        data: serde_json::to_value(&hello).unwrap_or_default(),
+        data: serde_json::to_value(&hello).unwrap_or_default().into(),
     });
     if let Some((from, to)) = recorded.held {
         raise_seq(state, id, hello.next_seq, from, to).await;
@@ -569,7 +610,7 @@ pub async fn publish_status(state: &AppState, id: &str, region: &str, node_state
         check_id: None,
         source: None,
         at_ms: view.at_ms,
-        data: serde_json::to_value(&view).unwrap_or_default(),
+        data: serde_json::to_value(&view).unwrap_or_default().into(),
     });
     state.reassign.notify_one();
 }
@@ -869,7 +910,7 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
             check_id: Some(result.check_id.clone()),
             source: None,
             at_ms: now,
-            data: serde_json::to_value(result).unwrap_or_default(),
+            data: LiveData::Result(Box::new(result.clone())),
         });
     }
     for (agent, region, metrics) in &batch.metrics {
@@ -880,7 +921,7 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
             check_id: None,
             source: None,
             at_ms: now,
-            data: serde_json::to_value(metrics).unwrap_or_default(),
+            data: LiveData::Metrics(Box::new(metrics.clone())),
         });
     }
     for (agent, region, event) in &batch.events {
@@ -891,7 +932,7 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
             check_id: None,
             source: Some(event.source.clone()),
             at_ms: now,
-            data: serde_json::to_value(event).unwrap_or_default(),
+            data: LiveData::Event(Box::new(event.clone())),
         });
     }
     state.hub.publish_many(events);

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::counters::Counters;
-use crate::hub::{LiveEvent, Shared};
+use crate::hub::{LiveData, LiveEvent, Shared};
 use crate::store::live::{LiveListener, LiveSender, MAX_PAYLOAD_BYTES};
 
 /// Published batches waiting to be sent, at most.
@@ -165,21 +165,34 @@ fn to_judge(events: &[LiveEvent]) -> crate::verdict::Judged {
     };
     for event in events {
         let row = (event.agent_id.clone(), event.region.clone());
-        match event.kind {
-            "result" => {
-                if let Ok(result) = serde_json::from_value(event.data.clone()) {
-                    judged.results.push((row.0, row.1, result));
-                }
+        match &event.data {
+            LiveData::Result(result) => judged.results.push((row.0, row.1, (**result).clone())),
+            LiveData::Metrics(metrics) => {
+                judged.metrics.push((row.0, row.1, (**metrics).clone()));
             }
-            "metrics" => {
-                if let Ok(metrics) = serde_json::from_value(event.data.clone()) {
-                    judged.metrics.push((row.0, row.1, metrics));
-                }
-            }
-            _ => {}
+            LiveData::Event(_) | LiveData::Json(_) => {}
         }
     }
     judged
+}
+
+/// A relayed event's data, typed again where its kind is a row judging reads (a result, host
+/// metrics) and it decodes as one; JSON otherwise (an `event` may be an integration's view).
+fn relayed_data(kind: &str, data: serde_json::Value) -> LiveData {
+    fn typed<T: serde::de::DeserializeOwned>(
+        data: serde_json::Value,
+        row: impl FnOnce(Box<T>) -> LiveData,
+    ) -> LiveData {
+        match T::deserialize(&data) {
+            Ok(typed) => row(Box::new(typed)),
+            Err(_) => LiveData::Json(data),
+        }
+    }
+    match kind {
+        "result" => typed(data, LiveData::Result),
+        "metrics" => typed(data, LiveData::Metrics),
+        _ => LiveData::Json(data),
+    }
 }
 
 async fn receive(mut listener: LiveListener, origin: &str, state: &AppState) {
@@ -217,7 +230,7 @@ async fn receive(mut listener: LiveListener, origin: &str, state: &AppState) {
                 check_id: event.check_id,
                 source: event.source,
                 at_ms: event.at_ms,
-                data: event.data,
+                data: relayed_data(kind, event.data),
             });
         }
         counters
@@ -253,7 +266,7 @@ mod tests {
                 check_id: Some("web".into()),
                 source: None,
                 at_ms: 1,
-                data: serde_json::json!({ "reason": "x".repeat(n) }),
+                data: serde_json::json!({ "reason": "x".repeat(n) }).into(),
             })
             .unwrap()
         };

@@ -15,6 +15,7 @@ mod demo;
 mod durability;
 mod edge_image;
 mod faults;
+mod heartbeat_groups;
 mod http_limits;
 mod install;
 mod integrations;

@@ -522,7 +522,7 @@ async fn record_now(
                 check_id: None,
                 source: Some(event.source.clone()),
                 at_ms,
-                data: serde_json::to_value(&view).unwrap_or_default(),
+                data: serde_json::to_value(&view).unwrap_or_default().into(),
             });
             if let Some(outcome) = &incident {
                 crate::incidents::announce(state, outcome).await;

@@ -18,7 +18,7 @@ pub mod partitions;
 pub mod rollups;
 pub mod sessions;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -32,6 +32,25 @@ use sqlx::sqlite::{
 pub use events::*;
 pub use incidents::*;
 pub use models::*;
+
+/// How a heartbeat write meets agents whose rows another transaction holds (an ingest
+/// commit holds its agents' rows until it ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockedAgents {
+    /// Wait for them.
+    Wait,
+    /// Leave their heartbeats out ([`HeartbeatsRecorded::skipped`]).
+    Skip,
+}
+
+/// What [`Store::record_heartbeats`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatsRecorded {
+    /// Agents a heartbeat brought back online.
+    pub back: Vec<String>,
+    /// Agents whose heartbeats were left out ([`LockedAgents::Skip`]).
+    pub skipped: Vec<String>,
+}
 
 /// What the store holds for an agent once its hello is recorded ([`Store::record_hello`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -686,23 +705,53 @@ impl Store {
     }
 
     /// Records many agents' heartbeats (the newest of each, with the time ingest received
-    /// it) in one transaction; returns the agents a heartbeat brought back online: marked
-    /// offline, not revoked, and not marked so after the heartbeat was received (a status
+    /// it) in one transaction; returns the agents a heartbeat brought back online (marked
+    /// offline, not revoked, and not marked so after the heartbeat was received: a status
     /// write sets `last_seen_ms`; with replicas another replica may have recorded the agent's
-    /// offline last will while this heartbeat waited).
+    /// offline last will while this heartbeat waited) and, with [`LockedAgents::Skip`], the
+    /// agents whose heartbeats were not written because another transaction holds their row.
     ///
     /// # Errors
     /// Database errors only; nothing is recorded then.
     pub async fn record_heartbeats(
         &self,
         heartbeats: &[(&str, &vantage_mqtt::Heartbeat, i64)],
-    ) -> Result<Vec<String>, StoreError> {
+        locked: LockedAgents,
+    ) -> Result<HeartbeatsRecorded, StoreError> {
         if heartbeats.is_empty() {
-            return Ok(Vec::new());
+            return Ok(HeartbeatsRecorded::default());
         }
         let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         match self {
             Store::Postgres(pool) => {
+                let mut tx = pool.begin_write().await?;
+                // The rows locked in id order first, as ingest locks them: no deadlock. NO KEY
+                // UPDATE, as a plain UPDATE takes: it does not block assignment rows' foreign
+                // keys. SKIP LOCKED never waits, so it joins no cycle either.
+                let ids: Vec<&str> = heartbeats.iter().map(|(id, _, _)| *id).collect();
+                let lock = match locked {
+                    LockedAgents::Wait => {
+                        "SELECT id FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
+                    }
+                    LockedAgents::Skip => {
+                        "SELECT id FROM agents WHERE id = ANY($1) ORDER BY id \
+                         FOR NO KEY UPDATE SKIP LOCKED"
+                    }
+                };
+                let held: HashSet<String> = sqlx::query_scalar(lock)
+                    .bind(&ids)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let (heartbeats, skipped): (Vec<_>, Vec<_>) =
+                    heartbeats.iter().partition(|(id, _, _)| {
+                        matches!(locked, LockedAgents::Wait) || held.contains(*id)
+                    });
+                let skipped: Vec<String> = skipped
+                    .into_iter()
+                    .map(|(id, _, _)| (*id).to_owned())
+                    .collect();
                 let ids: Vec<&str> = heartbeats.iter().map(|(id, _, _)| *id).collect();
                 let counter = |f: fn(&vantage_mqtt::Heartbeat) -> u64| {
                     heartbeats
@@ -710,16 +759,6 @@ impl Store {
                         .map(|(_, h, _)| clamp(f(h)))
                         .collect::<Vec<i64>>()
                 };
-                let mut tx = pool.begin_write().await?;
-                // The rows locked in id order first, as ingest locks them: no deadlock. NO KEY
-                // UPDATE, as a plain UPDATE takes: it does not block assignment rows' foreign
-                // keys.
-                sqlx::query(
-                    "SELECT id FROM agents WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
-                )
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await?;
                 let back: Vec<String> = sqlx::query_scalar(
                     "UPDATE agents SET state = 'online' FROM UNNEST($1::text[], $2::bigint[]) AS u(a, r) \
                      WHERE agents.id = u.a AND agents.state = 'offline' AND agents.revoked_at_ms IS NULL \
@@ -743,8 +782,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok(back)
+                Ok(HeartbeatsRecorded { back, skipped })
             }
+            // One writer, no row locks: everything is written.
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
                 let mut back = Vec::new();
@@ -774,7 +814,10 @@ impl Store {
                     .await?;
                 }
                 tx.commit().await?;
-                Ok(back)
+                Ok(HeartbeatsRecorded {
+                    back,
+                    skipped: Vec::new(),
+                })
             }
         }
     }

@@ -152,7 +152,8 @@ async fn server(args: Args) -> anyhow::Result<()> {
                 source: None,
                 at_ms: now_us() / 1000,
                 data: json!({"check_id": format!("c{key}"), "ok": true, "seq": published,
-                    "sent_us": now_us(), "timings": {"total_ms": 12.5}}),
+                    "sent_us": now_us(), "timings": {"total_ms": 12.5}})
+                .into(),
             });
             published += 1;
         }
@@ -169,7 +170,7 @@ async fn server(args: Args) -> anyhow::Result<()> {
         check_id: Some(END.into()),
         source: None,
         at_ms: now_us() / 1000,
-        data: json!({"check_id": END}),
+        data: json!({"check_id": END}).into(),
     });
     let report = tokio::time::timeout(Duration::from_secs(120), lines.recv())
         .await
