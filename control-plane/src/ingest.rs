@@ -6,16 +6,18 @@
 //! bound, NUL replaced: [`vantage_mqtt::text`]) and refuses, per row and counted under its own
 //! reason, what can never be stored (an undecodable row, an invalid identifier); refused rows
 //! that carry a seq are acknowledged so the agent stops resending them. The storable rows go
-//! to a committer task through a bounded channel. The committer drains what is queued into one
-//! batch, commits it in one transaction, then — only after the commit — publishes
-//! `results/ack` with each agent's exact committed seq ranges, the retained check statuses,
-//! and the live events, then hands the batch to judging ([`crate::verdict::judge_worker`]) on
-//! a bounded queue and goes on with the next commit. Events that carry a relayed webhook body
+//! through bounded channels to the committers (several on PostgreSQL, one on SQLite), each
+//! agent's always to the same one. A committer drains what is queued into one batch and
+//! commits it in one transaction; then — only after the commit, on the committer's own
+//! acknowledging task while its next transaction runs — the batch's `results/ack` with each
+//! agent's exact committed seq ranges, the retained check statuses and the live events are
+//! published, and the batch goes to judging ([`crate::verdict::judge_worker`]) on a bounded
+//! queue. Events that carry a relayed webhook body
 //! skip the batch: they go to a task of their own, where each takes its source's webhook
 //! path and is acknowledged once stored there. A failed commit acknowledges nothing: agents keep the rows and resend.
 //! Hello and status messages update the agents table directly; heartbeats are written in
-//! groups (the newest per agent, within 100 ms, one transaction), each agent's before its
-//! next hello or status; a hello whose
+//! groups (the newest per agent, within 100 ms, one transaction; agents a commit holds wait
+//! for the next group), each agent's before its next hello or status; a hello whose
 //! `next_seq` is at or below what the store holds means the agent's state was rewound: the
 //! store holds the reused seqs back until the agent's next hello (every replica's committer
 //! takes such rows out of its batches, unstored and unacknowledged), and the agent is told

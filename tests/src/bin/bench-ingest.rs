@@ -19,7 +19,11 @@
 //! committed batches had to wait because the judging queue was full.
 //!
 //! The result messages are encoded before the clock starts (as a fleet's agents encode theirs on
-//! their own machines); heartbeats are encoded as they are sent.
+//! their own machines); heartbeats are encoded as they are sent. The agents publish faster
+//! than ingest commits, and the broker's ingest log holds 64 MiB of what ingest has not read:
+//! past about 200,000 rows in all (the default 50 × 4,000) it skips messages, which real
+//! agents resend after 30 s and these do not, so such a run fails with rows never
+//! acknowledged.
 //!
 //! Heartbeats are in the mix: each agent publishes one heartbeat after every
 //! `--heartbeat-every` result messages (default 1: a heartbeat per 100 rows; 0: none), as a
