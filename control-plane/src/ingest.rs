@@ -28,7 +28,8 @@
 //! request (`csr`) goes to [`crate::renew`].
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -284,8 +285,8 @@ pub async fn run(state: AppState, subscription: Subscription) {
     let mut senders = Vec::with_capacity(n_committers);
     let mut committers = Vec::with_capacity(n_committers);
     for _ in 0..n_committers {
-        let (sender, receiver) = mpsc::channel::<Rows>(COMMITTER_QUEUE / n_committers);
-        senders.push(sender);
+        let (sender, receiver) = mpsc::channel::<Routed>(COMMITTER_QUEUE / n_committers);
+        senders.push((sender, Arc::new(AtomicUsize::new(0))));
         committers.push(tokio::spawn(commit_loop(
             state.clone(),
             receiver,
@@ -294,6 +295,7 @@ pub async fn run(state: AppState, subscription: Subscription) {
     }
     drop(relays);
     let mut regions: HashMap<String, String> = HashMap::new();
+    let mut routes = Routes::default();
     let mut messages = subscription.into_receiver(ROUTER_QUEUE);
     let mut heartbeats = PendingHeartbeats::default();
     loop {
@@ -415,11 +417,9 @@ pub async fn run(state: AppState, subscription: Subscription) {
                 if rows.is_empty() {
                     continue;
                 }
-                if senders[committer_of(&id, n_committers)]
-                    .send(rows)
-                    .await
-                    .is_err()
-                {
+                let (sender, committer_rows) = &senders[routes.route(&id, &senders)];
+                let ticket = Ticket::new(rows.len(), routes.in_flight(&id), committer_rows.clone());
+                if sender.send(Routed { rows, ticket }).await.is_err() {
                     break;
                 }
             }
@@ -445,7 +445,7 @@ pub async fn run(state: AppState, subscription: Subscription) {
     let _ = relayer.await;
 }
 
-/// Rows on their way to the committers, in all (each has its share).
+/// Messages of rows on their way to the committers, in all (each has its share).
 const COMMITTER_QUEUE: usize = 4096;
 
 /// How many committers ingest runs: [`crate::settings::Settings::ingest_committers`] on
@@ -457,16 +457,92 @@ fn committers(state: &AppState) -> usize {
     }
 }
 
-/// The committer that takes `agent`'s rows: always the same one, so an agent's rows (and the
-/// resend of a row) are committed in order by one transaction at a time, and two committers'
-/// transactions never lock the same agent's row.
-fn committer_of(agent: &str, n_committers: usize) -> usize {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(agent);
-    (hash % n_committers as u64) as usize
+/// Rows on their way to a committer, with the [`Ticket`] that counts them until committed.
+struct Routed {
+    rows: Rows,
+    ticket: Ticket,
+}
+
+/// Counts a message's rows as in flight, for their agent and for their committer, from the
+/// reader's hand-off until the committer's transaction for them has ended (dropped then).
+struct Ticket {
+    rows: usize,
+    agent: Arc<AtomicUsize>,
+    committer: Arc<AtomicUsize>,
+}
+
+impl Ticket {
+    fn new(rows: usize, agent: Arc<AtomicUsize>, committer: Arc<AtomicUsize>) -> Ticket {
+        agent.fetch_add(rows, Ordering::Relaxed);
+        committer.fetch_add(rows, Ordering::Relaxed);
+        Ticket {
+            rows,
+            agent,
+            committer,
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.agent.fetch_sub(self.rows, Ordering::Relaxed);
+        self.committer.fetch_sub(self.rows, Ordering::Relaxed);
+    }
+}
+
+/// Which committer takes each agent's rows. An agent with rows in flight stays with its
+/// committer, so its rows and their resends are committed in order and two committers'
+/// transactions do not wait on the same agent's row; an agent with none goes to the
+/// committer with the fewest rows in flight. (A fixed hash of the agent id left one of three
+/// committers with up to twice the agents of another, and the run waited on it.) One entry
+/// per enrolled agent that sent rows, as the region cache.
+#[derive(Default)]
+struct Routes {
+    by_agent: HashMap<String, (usize, Arc<AtomicUsize>)>,
+}
+
+impl Routes {
+    /// The committer (an index into `committers`) for `agent`'s next rows.
+    fn route<S>(&mut self, agent: &str, committers: &[(S, Arc<AtomicUsize>)]) -> usize {
+        let least_loaded = || {
+            (0..committers.len())
+                .min_by_key(|i| committers[*i].1.load(Ordering::Relaxed))
+                .unwrap_or(0)
+        };
+        match self.by_agent.get_mut(agent) {
+            Some((committer, in_flight)) => {
+                if in_flight.load(Ordering::Relaxed) == 0 {
+                    *committer = least_loaded();
+                }
+                *committer
+            }
+            None => {
+                let committer = least_loaded();
+                self.by_agent
+                    .insert(agent.to_owned(), (committer, Arc::default()));
+                committer
+            }
+        }
+    }
+
+    /// `agent`'s count of rows in flight (after [`Routes::route`]).
+    fn in_flight(&self, agent: &str) -> Arc<AtomicUsize> {
+        self.by_agent
+            .get(agent)
+            .map(|(_, in_flight)| in_flight.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Results(_, _, rows) => rows.len(),
+            Rows::Metrics(_, _, rows) => rows.len(),
+            Rows::Events(_, _, rows) => rows.len(),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         match self {
             Rows::Results(_, _, rows) => rows.is_empty(),
@@ -622,11 +698,11 @@ pub async fn publish_status(state: &AppState, id: &str, region: &str, node_state
 /// fan-out of one batch run while the next commits.
 async fn commit_loop(
     state: AppState,
-    mut receiver: mpsc::Receiver<Rows>,
+    mut receiver: mpsc::Receiver<Routed>,
     relays: mpsc::Sender<(String, Event)>,
 ) {
     let max_rows = state.settings.ingest_batch_rows.max(1);
-    let mut pending: Vec<Rows> = Vec::new();
+    let mut pending: Vec<Routed> = Vec::new();
     // One committed batch waits while the one before it is acknowledged and fanned out.
     let (committed, to_acknowledge) = mpsc::channel::<IngestBatch>(1);
     let acknowledger = tokio::spawn(after_commit_loop(state.clone(), to_acknowledge));
@@ -650,11 +726,15 @@ async fn commit_loop(
         let mut rest = Vec::new();
         // Webhook bodies agents relayed: they take their source's webhook path, not the batch.
         let mut relayed: Vec<(String, Event)> = Vec::new();
-        for rows in pending.drain(..) {
+        // Dropped once this round's transaction has ended: their agents may then move.
+        let mut tickets = Vec::new();
+        for routed in pending.drain(..) {
             if batch.len() >= max_rows {
-                rest.push(rows);
+                rest.push(routed);
                 continue;
             }
+            let Routed { rows, ticket } = routed;
+            tickets.push(ticket);
             match rows {
                 Rows::Results(agent, region, b) => batch
                     .results
@@ -675,8 +755,13 @@ async fn commit_loop(
         }
         pending = rest;
         // Whatever did not fit stays in `pending` for the next round.
-        if !batch.is_empty()
-            && let Some(batch) = commit(&state, batch).await
+        let committed_batch = if batch.is_empty() {
+            None
+        } else {
+            commit(&state, batch).await
+        };
+        drop(tickets);
+        if let Some(batch) = committed_batch
             && committed.send(batch).await.is_err()
         {
             break 'batches;
@@ -938,4 +1023,61 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
         });
     }
     state.hub.publish_many(events);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committers(n: usize) -> Vec<((), Arc<AtomicUsize>)> {
+        (0..n).map(|_| ((), Arc::default())).collect()
+    }
+
+    /// Agents arriving together spread evenly; an agent with rows in flight stays with its
+    /// committer however loaded it is, and moves to the least loaded once they are committed.
+    #[test]
+    fn agents_stay_with_their_committer_while_rows_are_in_flight() {
+        let committers = committers(3);
+        let mut routes = Routes::default();
+        let mut tickets = Vec::new();
+        let mut per_committer = [0usize; 3];
+        for n in 0..50 {
+            let agent = format!("ag-{n}");
+            let committer = routes.route(&agent, &committers);
+            per_committer[committer] += 1;
+            tickets.push(Ticket::new(
+                100,
+                routes.in_flight(&agent),
+                committers[committer].1.clone(),
+            ));
+        }
+        assert_eq!(per_committer, [17, 17, 16]);
+        assert_eq!(committers[0].1.load(Ordering::Relaxed), 1_700);
+
+        // ag-0 (on committer 0) has rows in flight: it stays, though 0 is now the busiest.
+        let extra = Ticket::new(500, routes.in_flight("ag-0"), committers[0].1.clone());
+        assert_eq!(routes.route("ag-0", &committers), 0);
+        // Once its rows are committed, it goes where the fewest rows wait.
+        drop(extra);
+        drop(tickets.remove(0));
+        assert_eq!(routes.in_flight("ag-0").load(Ordering::Relaxed), 0);
+        assert_eq!(committers[0].1.load(Ordering::Relaxed), 1_600);
+        assert_eq!(routes.route("ag-0", &committers), 0);
+        drop(tickets.remove(0)); // ag-1, committer 1
+        drop(tickets.remove(0)); // ag-2, committer 2
+        drop(tickets.remove(0)); // ag-3, committer 0
+        drop(tickets.remove(0)); // ag-4, committer 1
+        assert_eq!(
+            committers
+                .iter()
+                .map(|c| c.1.load(Ordering::Relaxed))
+                .collect::<Vec<_>>(),
+            [1_500, 1_500, 1_500]
+        );
+        drop(tickets.remove(0)); // ag-5, committer 2
+        drop(tickets.remove(0)); // ag-6, committer 0
+        assert_eq!(routes.route("ag-0", &committers), 0);
+        drop(tickets.remove(0)); // ag-7, committer 1
+        assert_eq!(routes.route("ag-1", &committers), 0);
+    }
 }

@@ -5,7 +5,7 @@
 //!
 //! Usage: `bench-ingest --backend sqlite|postgres [--agents N] [--rows-per-agent N]
 //! [--batch N] [--cp-batch-rows N] [--judged-checks N] [--flip-every N]
-//! [--heartbeat-every N] [--broker embedded|cluster]`. PostgreSQL comes
+//! [--heartbeat-every N] [--window N] [--broker embedded|cluster]`. PostgreSQL comes
 //! from `VANTAGE_TEST_PG_URL` (`scripts/bench` starts one); the COPY baseline always runs
 //! there, with `psql \copy`.
 //!
@@ -19,11 +19,11 @@
 //! committed batches had to wait because the judging queue was full.
 //!
 //! The result messages are encoded before the clock starts (as a fleet's agents encode theirs on
-//! their own machines); heartbeats are encoded as they are sent. The agents publish faster
-//! than ingest commits, and the broker's ingest log holds 64 MiB of what ingest has not read:
-//! past about 200,000 rows in all (the default 50 × 4,000) it skips messages, which real
-//! agents resend after 30 s and these do not, so such a run fails with rows never
-//! acknowledged.
+//! their own machines); heartbeats are encoded as they are sent. Each agent keeps at most
+//! `--window` result messages unacknowledged (default 20, 2,000 rows; 0: no bound): without
+//! a bound the agents publish faster than ingest commits, and past about 200,000 rows in
+//! flight the broker's ingest log (64 MiB of what ingest has not read) skips messages, which
+//! real agents resend after 30 s and these do not.
 //!
 //! Heartbeats are in the mix: each agent publishes one heartbeat after every
 //! `--heartbeat-every` result messages (default 1: a heartbeat per 100 rows; 0: none), as a
@@ -53,6 +53,7 @@ struct Args {
     judged_checks: u64,
     flip_every: u64,
     heartbeat_every: u64,
+    window: u64,
     cluster: bool,
 }
 
@@ -66,6 +67,7 @@ fn parse_args() -> anyhow::Result<Args> {
         judged_checks: 0,
         flip_every: 0,
         heartbeat_every: 1,
+        window: 20,
         cluster: false,
     };
     for (flag, value) in vantage_tests::flags()? {
@@ -78,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--judged-checks" => args.judged_checks = value.parse()?,
             "--flip-every" => args.flip_every = value.parse()?,
             "--heartbeat-every" => args.heartbeat_every = value.parse()?,
+            "--window" => args.window = value.parse()?,
             "--broker" => {
                 args.cluster = match value.as_str() {
                     "embedded" => false,
@@ -184,6 +187,7 @@ async fn run_agent(
     messages: Vec<(u64, Vec<u8>)>,
     rows: u64,
     heartbeat_every: u64,
+    window_rows: u64,
 ) -> anyhow::Result<()> {
     let SimulatedAgent {
         id,
@@ -193,10 +197,20 @@ async fn run_agent(
     let ack_topic = format!("vantage/v1/agents/{id}/results/ack");
     let topic = format!("vantage/v1/agents/{id}/results");
     let heartbeat_topic = format!("vantage/v1/agents/{id}/heartbeat");
+    // Rows acknowledged so far: the publisher keeps at most `window_rows` unacknowledged.
+    let (acked_tx, mut acked_rx) = tokio::sync::watch::channel(0u64);
     tokio::spawn(async move {
         let mut sent = 0u64;
         // `next_seq`: the seq after the message's last row.
         for (next_seq, payload) in messages {
+            if window_rows > 0
+                && acked_rx
+                    .wait_for(|acked| (next_seq - 1).saturating_sub(*acked) <= window_rows)
+                    .await
+                    .is_err()
+            {
+                return;
+            }
             if client
                 .publish(&topic, QoS::AtLeastOnce, false, payload)
                 .await
@@ -249,6 +263,7 @@ async fn run_agent(
                 if n_acked == rows {
                     return Ok(());
                 }
+                let _ = acked_tx.send(n_acked);
             }
             Ok(_) => {}
             Err(error) => anyhow::bail!("agent {id} lost its session: {error}"),
@@ -465,6 +480,7 @@ async fn main() -> anyhow::Result<()> {
             messages,
             args.rows_per_agent,
             args.heartbeat_every,
+            args.window * args.batch,
         )));
     }
     for task in tasks {
@@ -511,11 +527,12 @@ async fn main() -> anyhow::Result<()> {
             .checked_div(args.heartbeat_every)
             .unwrap_or(0);
     println!(
-        "ingest backend={backend} broker={} agents={} rows={total} batch={} heartbeats={heartbeats} cp_batch_rows={} elapsed_s={:.2} committed_rows_per_s={:.0} \
+        "ingest backend={backend} broker={} agents={} rows={total} batch={} window={} heartbeats={heartbeats} cp_batch_rows={} elapsed_s={:.2} committed_rows_per_s={:.0} \
          pg_copy_rows_per_s={:.0} ratio_to_copy={:.0}%{judging}",
         if args.cluster { "cluster" } else { "embedded" },
         args.agents,
         args.batch,
+        args.window,
         args.cp_batch_rows,
         elapsed.as_secs_f64(),
         ingest_rate,
