@@ -129,18 +129,29 @@ pub fn check_rollups<'a>(
     results: impl Iterator<Item = (&'a str, &'a CheckResult)>,
     resolution: Resolution,
 ) -> BTreeMap<CheckBucket, CheckAggregate> {
-    let mut out: BTreeMap<CheckBucket, CheckAggregate> = BTreeMap::new();
+    // Keyed by borrowed names while summing (a batch has many rows per bucket), owned once
+    // per bucket at the end.
+    let mut sums: BTreeMap<(&str, &str, i64), CheckAggregate> = BTreeMap::new();
     for (region, r) in results {
-        let key = CheckBucket {
-            check_id: r.check_id.clone(),
-            region: region.to_owned(),
-            bucket_ms: resolution.bucket_of(r.measured_at_ms),
-        };
+        let key = (
+            r.check_id.as_str(),
+            region,
+            resolution.bucket_of(r.measured_at_ms),
+        );
         // To the microsecond, as the raw row is kept, so a rollup equals the rows it sums.
         let total_ms = crate::store::micros(r.timings.total_ms) as f64 / 1000.0;
-        out.entry(key).or_default().add(r.ok, total_ms);
+        sums.entry(key).or_default().add(r.ok, total_ms);
     }
-    out
+    sums.into_iter()
+        .map(|((check_id, region, bucket_ms), aggregate)| {
+            let bucket = CheckBucket {
+                check_id: check_id.to_owned(),
+                region: region.to_owned(),
+                bucket_ms,
+            };
+            (bucket, aggregate)
+        })
+        .collect()
 }
 
 /// Per-day (check, region) result and failure counts of an hour rollup's additions.

@@ -386,13 +386,11 @@ fn copy_text(line: &mut String, text: &str) {
     }
 }
 
-/// Appends one field (`None`: NULL) and a tab to a COPY line.
-fn copy_field(line: &mut String, value: Option<&dyn std::fmt::Display>) {
-    use std::fmt::Write as _;
+/// Appends one integer field (`None`: NULL) and a tab to a COPY line (`itoa`: the `fmt`
+/// machinery cost a twentieth of ingest's CPU here).
+fn copy_field<I: itoa::Integer>(line: &mut String, value: Option<I>) {
     match value {
-        Some(value) => {
-            let _ = write!(line, "{value}");
-        }
+        Some(value) => line.push_str(itoa::Buffer::new().format(value)),
         None => line.push_str("\\N"),
     }
     line.push('\t');
@@ -418,20 +416,20 @@ async fn copy_results_postgres(
         let t = &r.timings;
         let timing = |v: Option<f64>| v.map(micros);
         let d = &mut data;
-        copy_field(d, Some(&r.measured_at_ms));
-        copy_field(d, Some(&r.seq));
-        copy_field(d, Some(&batch.received_at_ms));
-        copy_field(d, Some(&k.check));
-        copy_field(d, Some(&k.agent));
-        copy_field(d, Some(&k.region));
-        copy_field(d, k.reason.as_ref().map(|v| v as _));
-        copy_field(d, Some(&micros(t.total_ms)));
+        copy_field(d, Some(r.measured_at_ms));
+        copy_field(d, Some(r.seq));
+        copy_field(d, Some(batch.received_at_ms));
+        copy_field(d, Some(k.check));
+        copy_field(d, Some(k.agent));
+        copy_field(d, Some(k.region));
+        copy_field(d, k.reason);
+        copy_field(d, Some(micros(t.total_ms)));
         for v in [t.dns_ms, t.connect_ms, t.tls_ms, t.ttfb_ms, t.transfer_ms] {
-            copy_field(d, timing(v).as_ref().map(|v| v as _));
+            copy_field(d, timing(v));
         }
-        copy_field(d, r.status_code.as_ref().map(|v| v as _));
-        copy_field(d, Some(&if r.ok { 't' } else { 'f' }));
-        copy_field(d, k.values.as_ref().map(|v| v as _));
+        copy_field(d, r.status_code);
+        d.push_str(if r.ok { "t\t" } else { "f\t" });
+        copy_field(d, k.values);
         match k.reason {
             None => {
                 copy_text(d, &r.reason);
@@ -762,8 +760,10 @@ mod tests {
         copy_text(&mut line, "a\\b\tc\nd\re \\N");
         assert_eq!(line, "a\\\\b\\tc\\nd\\re \\\\N");
         let mut line = String::new();
-        copy_field(&mut line, None);
-        copy_field(&mut line, Some(&42));
-        assert_eq!(line, "\\N\t42\t");
+        copy_field::<i64>(&mut line, None);
+        copy_field(&mut line, Some(42));
+        copy_field(&mut line, Some(-7_i64));
+        copy_field(&mut line, Some(u64::MAX));
+        assert_eq!(line, "\\N\t42\t-7\t18446744073709551615\t");
     }
 }

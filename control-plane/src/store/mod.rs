@@ -1305,5 +1305,13 @@ mod tests {
             .collect();
         assert_eq!(left, [("a", 1, "first"), ("a", 2, "x"), ("b", 1, "y")]);
         assert_eq!(batch.dedup(), 0);
+        assert_eq!(
+            batch.seqs_per_agent(),
+            BTreeMap::from([("a".to_owned(), vec![1, 2]), ("b".to_owned(), vec![1])])
+        );
+        assert_eq!(
+            batch.max_seq_per_agent(),
+            BTreeMap::from([("a".to_owned(), 2), ("b".to_owned(), 1)])
+        );
     }
 }

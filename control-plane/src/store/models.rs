@@ -488,17 +488,22 @@ impl IngestBatch {
 
     /// Every seq per agent in this batch: exactly what may be acknowledged after commit.
     pub fn seqs_per_agent(&self) -> BTreeMap<String, Vec<u64>> {
-        let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-        let all = self
-            .results
-            .iter()
-            .map(|(a, _, r)| (a, r.seq))
-            .chain(self.metrics.iter().map(|(a, _, m)| (a, m.seq)))
-            .chain(self.events.iter().map(|(a, _, e)| (a, e.seq)));
-        for (agent, seq) in all {
-            seqs.entry(agent.clone()).or_default().push(seq);
+        let mut seqs: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for (agent, seq) in self.agent_seqs() {
+            seqs.entry(agent).or_default().push(seq);
         }
-        seqs
+        seqs.into_iter()
+            .map(|(agent, seqs)| (agent.to_owned(), seqs))
+            .collect()
+    }
+
+    /// (agent, seq) of every row, results first, then metrics, then events.
+    fn agent_seqs(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.results
+            .iter()
+            .map(|(a, _, r)| (a.as_str(), r.seq))
+            .chain(self.metrics.iter().map(|(a, _, m)| (a.as_str(), m.seq)))
+            .chain(self.events.iter().map(|(a, _, e)| (a.as_str(), e.seq)))
     }
 
     /// Takes out the rows whose seq is in their agent's held range (`held`, from
@@ -524,24 +529,34 @@ impl IngestBatch {
     /// share a batch with its first send): the batch then stores and rolls up each row
     /// once. The number dropped.
     pub fn dedup(&mut self) -> usize {
+        /// Whether each row is the first of its (agent, seq).
+        fn firsts<T>(rows: &[(String, String, T)], seq: impl Fn(&T) -> u64) -> Vec<bool> {
+            let mut seen = std::collections::HashSet::with_capacity(rows.len());
+            rows.iter()
+                .map(|(agent, _, row)| seen.insert((agent.as_str(), seq(row))))
+                .collect()
+        }
+        fn keep_firsts<T>(rows: &mut Vec<(String, String, T)>, seq: impl Fn(&T) -> u64) {
+            let firsts = firsts(rows, seq);
+            let mut first = firsts.into_iter();
+            rows.retain(|_| first.next().unwrap_or(true));
+        }
         let before = self.len();
-        let mut seen = std::collections::HashSet::new();
-        self.results
-            .retain(|(a, _, r)| seen.insert((a.clone(), r.seq)));
-        seen.clear();
-        self.metrics
-            .retain(|(a, _, m)| seen.insert((a.clone(), m.seq)));
-        seen.clear();
-        self.events
-            .retain(|(a, _, e)| seen.insert((a.clone(), e.seq)));
+        keep_firsts(&mut self.results, |r| r.seq);
+        keep_firsts(&mut self.metrics, |m| m.seq);
+        keep_firsts(&mut self.events, |e| e.seq);
         before - self.len()
     }
 
     /// The highest seq per agent in this batch.
     pub fn max_seq_per_agent(&self) -> BTreeMap<String, u64> {
-        self.seqs_per_agent()
-            .into_iter()
-            .map(|(agent, seqs)| (agent, seqs.into_iter().max().unwrap_or(0)))
+        let mut max: BTreeMap<&str, u64> = BTreeMap::new();
+        for (agent, seq) in self.agent_seqs() {
+            let top = max.entry(agent).or_default();
+            *top = (*top).max(seq);
+        }
+        max.into_iter()
+            .map(|(agent, seq)| (agent.to_owned(), seq))
             .collect()
     }
 }
