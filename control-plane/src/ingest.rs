@@ -6,8 +6,8 @@
 //! bound, NUL replaced: [`vantage_mqtt::text`]) and refuses, per row and counted under its own
 //! reason, what can never be stored (an undecodable row, an invalid identifier); refused rows
 //! that carry a seq are acknowledged so the agent stops resending them. The storable rows go
-//! through bounded channels to the committers (several on PostgreSQL, one on SQLite), each
-//! agent's always to the same one. A committer drains what is queued into one batch and
+//! through bounded channels to the committers (several on PostgreSQL, one on SQLite), an
+//! agent's to one committer while any of its rows is in flight there. A committer drains what is queued into one batch and
 //! commits it in one transaction; then — only after the commit, on the committer's own
 //! acknowledging task while its next transaction runs — the batch's `results/ack` with each
 //! agent's exact committed seq ranges, the retained check statuses and the live events are
@@ -464,7 +464,8 @@ struct Routed {
 }
 
 /// Counts a message's rows as in flight, for their agent and for their committer, from the
-/// reader's hand-off until the committer's transaction for them has ended (dropped then).
+/// reader's hand-off until the committer has acknowledged and fanned them out, or given up
+/// on them (dropped then).
 struct Ticket {
     rows: usize,
     agent: Arc<AtomicUsize>,
@@ -491,8 +492,9 @@ impl Drop for Ticket {
 }
 
 /// Which committer takes each agent's rows. An agent with rows in flight stays with its
-/// committer, so its rows and their resends are committed in order and two committers'
-/// transactions do not wait on the same agent's row; an agent with none goes to the
+/// committer, so its rows and their resends are committed, acknowledged, fanned out and
+/// judged in order, and two committers' transactions do not wait on the same agent's row
+/// (with replicas, two replicas' still may: the row lock orders them); an agent with none goes to the
 /// committer with the fewest rows in flight. (A fixed hash of the agent id left one of three
 /// committers with up to twice the agents of another, and the run waited on it.) One entry
 /// per enrolled agent that sent rows, as the region cache.
@@ -704,7 +706,7 @@ async fn commit_loop(
     let max_rows = state.settings.ingest_batch_rows.max(1);
     let mut pending: Vec<Routed> = Vec::new();
     // One committed batch waits while the one before it is acknowledged and fanned out.
-    let (committed, to_acknowledge) = mpsc::channel::<IngestBatch>(1);
+    let (committed, to_acknowledge) = mpsc::channel::<(IngestBatch, Vec<Ticket>)>(1);
     let acknowledger = tokio::spawn(after_commit_loop(state.clone(), to_acknowledge));
     'batches: loop {
         if pending.is_empty() {
@@ -726,7 +728,7 @@ async fn commit_loop(
         let mut rest = Vec::new();
         // Webhook bodies agents relayed: they take their source's webhook path, not the batch.
         let mut relayed: Vec<(String, Event)> = Vec::new();
-        // Dropped once this round's transaction has ended: their agents may then move.
+        // The tickets of the rows taken into this round (see below for when they go).
         let mut tickets = Vec::new();
         for routed in pending.drain(..) {
             if batch.len() >= max_rows {
@@ -760,27 +762,38 @@ async fn commit_loop(
         } else {
             commit(&state, batch).await
         };
-        drop(tickets);
-        if let Some(batch) = committed_batch
-            && committed.send(batch).await.is_err()
-        {
-            break 'batches;
-        }
-        // To their own task (bounded: a flood of them holds this loop up, never memory).
+        // To their own task (bounded: a flood of them holds this loop up, never memory),
+        // before the tickets go: an agent's relayed bodies reach it in order.
         for row in relayed {
             if relays.send(row).await.is_err() {
                 break 'batches;
             }
+        }
+        // The tickets go with the batch and are dropped once it is acknowledged and fanned
+        // out: until then its agents' next rows stay here, so an agent's acks, statuses,
+        // live rows and judging keep the order of its rows.
+        match committed_batch {
+            Some(batch) => {
+                if committed.send((batch, tickets)).await.is_err() {
+                    break 'batches;
+                }
+            }
+            None => drop(tickets),
         }
     }
     drop(committed);
     let _ = acknowledger.await;
 }
 
-/// Acknowledges and fans out committed batches in the order they were committed.
-async fn after_commit_loop(state: AppState, mut committed: mpsc::Receiver<IngestBatch>) {
-    while let Some(batch) = committed.recv().await {
+/// Acknowledges and fans out committed batches in the order they were committed, then lets
+/// their agents move ([`Ticket`]).
+async fn after_commit_loop(
+    state: AppState,
+    mut committed: mpsc::Receiver<(IngestBatch, Vec<Ticket>)>,
+) {
+    while let Some((batch, tickets)) = committed.recv().await {
         after_commit(&state, batch).await;
+        drop(tickets);
     }
 }
 
@@ -1034,7 +1047,8 @@ mod tests {
     }
 
     /// Agents arriving together spread evenly; an agent with rows in flight stays with its
-    /// committer however loaded it is, and moves to the least loaded once they are committed.
+    /// committer however loaded it is, and moves to the least loaded once they are done
+    /// (committed, acknowledged and fanned out: their tickets dropped).
     #[test]
     fn agents_stay_with_their_committer_while_rows_are_in_flight() {
         let committers = committers(3);
