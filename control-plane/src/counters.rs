@@ -108,7 +108,7 @@ counters! {
     cert_renewals_throttled => ("vantage_cert_renewals_refused_total", "Agent certificate renewals refused, by reason.", "{reason=\"throttled\"}"),
     cert_renewals_failed => ("vantage_cert_renewals_failed_total", "Agent certificate renewals not completed for a fault of ours (store or publish failed; the agent asks again)."),
     verdict_results => ("vantage_verdict_checks_judged_total", "Checks judged after a committed batch (once per check per batch)."),
-    heartbeats_deferred => ("vantage_heartbeats_deferred_total", "Heartbeats left for the next group because an ingest commit held their agent's row."),
+    heartbeats_deferred => ("vantage_heartbeats_deferred_total", "Heartbeats left for the next group because another transaction (an ingest commit, most often) held their agent's row."),
     judge_queue_full => ("vantage_judge_queue_full_total", "Committed batches that waited for the judging task because its queue was full (judging slowed ingest)."),
     live_coalesced => ("vantage_live_coalesced_total", "Live-feed events replaced by a newer one of their key before a slow client was sent them."),
     live_missed => ("vantage_live_missed_total", "Live-feed events a slow client was told it missed (events without a key past its queue's bound, or past the hub's)."),

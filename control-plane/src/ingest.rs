@@ -452,7 +452,9 @@ const COMMITTER_QUEUE: usize = 4096;
 /// PostgreSQL; one on SQLite, whose single writer would only make them take turns.
 fn committers(state: &AppState) -> usize {
     match state.store {
-        crate::store::Store::Postgres(_) => usize::from(state.settings.ingest_committers.max(1)),
+        crate::store::Store::Postgres(_) => {
+            usize::from(state.settings.ingest_committers.clamp(1, 8))
+        }
         crate::store::Store::Sqlite(_) => 1,
     }
 }
@@ -486,7 +488,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.agent.fetch_sub(self.rows, Ordering::Relaxed);
+        // Release, read with Acquire in [`Routes::route`]: what the old committer did for
+        // these rows happens before the agent's next rows go to another.
+        self.agent.fetch_sub(self.rows, Ordering::Release);
         self.committer.fetch_sub(self.rows, Ordering::Relaxed);
     }
 }
@@ -513,7 +517,7 @@ impl Routes {
         };
         match self.by_agent.get_mut(agent) {
             Some((committer, in_flight)) => {
-                if in_flight.load(Ordering::Relaxed) == 0 {
+                if in_flight.load(Ordering::Acquire) == 0 {
                     *committer = least_loaded();
                 }
                 *committer

@@ -74,9 +74,10 @@ pub struct Settings {
     #[arg(long, env = "VANTAGE_INGEST_BATCH_ROWS", default_value_t = 5000)]
     pub ingest_batch_rows: usize,
     /// Ingest transactions in flight at once on PostgreSQL, each committing its own share of
-    /// the agents (1–16; SQLite has one writer and always uses 1).
+    /// the agents (1–8: each holds one of the pool's 16 connections while it commits, and the
+    /// API, heartbeats and judging need the rest; SQLite has one writer and always uses 1).
     #[arg(long, env = "VANTAGE_INGEST_COMMITTERS", default_value_t = 3,
-          value_parser = clap::value_parser!(u8).range(1..=16))]
+          value_parser = clap::value_parser!(u8).range(1..=8))]
     pub ingest_committers: u8,
     /// API requests per second allowed from one client address (a token bucket).
     #[arg(long, env = "VANTAGE_API_RATE_PER_S", default_value_t = 200.0)]

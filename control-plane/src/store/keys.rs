@@ -187,7 +187,19 @@ impl BatchKeys {
             let seen: Vec<i64> = texts.values().copied().collect();
             let texts: Vec<&str> = texts.keys().copied().collect();
             // Refresh first: a text retention is deleting right now is either kept (the delete
-            // re-checks the refreshed row) or gone before the insert below makes it again.
+            // re-checks the refreshed row) or gone before the insert below makes it again. The
+            // rows to refresh are locked in text order first, as every other lock of a commit
+            // is taken in order: the UPDATE's join would lock them in whatever order its plan
+            // gives, and two committers refreshing the same texts could deadlock.
+            sqlx::query(
+                "SELECT x.text FROM texts x JOIN UNNEST($1::text[], $2::bigint[]) AS u(t, s) \
+                 ON x.text = u.t WHERE x.last_seen_ms < u.s - $3 ORDER BY x.text FOR NO KEY UPDATE OF x",
+            )
+            .bind(&texts)
+            .bind(&seen)
+            .bind(TEXT_REFRESH_MS)
+            .execute(&mut **tx)
+            .await?;
             sqlx::query(
                 "UPDATE texts SET last_seen_ms = u.s FROM UNNEST($1::text[], $2::bigint[]) AS u(t, s) \
                  WHERE texts.text = u.t AND texts.last_seen_ms < u.s - $3",
