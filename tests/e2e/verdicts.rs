@@ -635,19 +635,59 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     .await?;
 
     // Kill -9 between a state change and its delivery: the receiver fails its first 3
-    // attempts; the notification is delivered exactly once after the restart.
+    // attempts; the notification is delivered exactly once after the restart. The rb agent's
+    // and region's resolve notifications are delivered first, so the failures fall on the new
+    // incident's webhook and the kill cannot land between a 200 and its record (a delivery
+    // cut there is sent again: webhooks are at least once, with an idempotency key).
+    wait_for(
+        "rb's agent and region incidents resolved",
+        Duration::from_secs(30),
+        || async {
+            let all = incidents(&cp).await.ok()?;
+            (!all.iter().any(|i| {
+                (i["subject_id"] == rb_agent.as_str() || i["subject_id"] == "rb")
+                    && i["open"] == true
+            }))
+            .then_some(())
+        },
+    )
+    .await?;
+    wait_for(
+        "no notification pending",
+        Duration::from_secs(30),
+        || async {
+            let (_, pending) = cp.get("/api/v1/outbox?state=pending").await.ok()?;
+            pending.as_array()?.is_empty().then_some(())
+        },
+    )
+    .await?;
     let before = receiver.requests().len();
     receiver.fail_next(3);
     sites[0].target.cut();
     sites[1].target.cut();
     wait_state(&cp, "web", "down", Duration::from_secs(20)).await?;
-    wait_for("a failed attempt", Duration::from_secs(10), || async {
+    wait_for(
+        "a failed attempt of the new incident's webhook",
+        Duration::from_secs(10),
+        || async {
+            receiver.requests()[before..]
+                .iter()
+                .any(|r| {
+                    r.status == 500
+                        && r.body.contains("\"change\":\"opened\"")
+                        && r.body.contains("\"subject_id\":\"web\"")
+                })
+                .then_some(())
+        },
+    )
+    .await?;
+    anyhow::ensure!(
         receiver.requests()[before..]
             .iter()
-            .any(|r| r.status == 500)
-            .then_some(())
-    })
-    .await?;
+            .all(|r| r.status == 500 && r.body.contains("\"subject_id\":\"web\"")),
+        "another notification in the armed failures: {:?}",
+        &receiver.requests()[before..]
+    );
     cp.kill();
     cp.spawn().await?;
     wait_for(
@@ -668,7 +708,11 @@ async fn regions_confirm_each_other(backend: Backend) -> anyhow::Result<()> {
     .with_context(|| format!("{:?}\n{}", receiver.requests(), cp.log_tail()))?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (key, n) in receiver.accepted_per_key() {
-        anyhow::ensure!(n == 1, "key {key} accepted {n} times");
+        anyhow::ensure!(
+            n == 1,
+            "key {key} accepted {n} times; the control plane on it:\n{}",
+            cp.log_lines_with(&key)
+        );
     }
     let open = check_incidents(&incidents(&cp).await?, "web");
     anyhow::ensure!(

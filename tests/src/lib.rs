@@ -388,6 +388,19 @@ impl ControlPlane {
         )
     }
 
+    /// The lines of the control plane's log (all its runs) that contain `needle`, its starts and
+    /// its delivery failures, for failure messages.
+    pub fn log_lines_with(&self, needle: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.data_dir.join("control-plane.log")).unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.contains(needle) || l.contains("Control plane ready") || l.contains("delivery")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.http_port)
     }
