@@ -414,6 +414,11 @@ async fn prometheus(State(state): State<AppState>) -> openapi::Exposition {
         .counters
         .live_relay_backlog
         .store(state.hub.relay_dropped(), Ordering::Relaxed);
+    // Counted by the embedded broker's router, which holds no counters of ours.
+    state
+        .counters
+        .broker_log_skipped
+        .store(rumqttd::skipped_messages(), Ordering::Relaxed);
     let mut text = state.counters.render();
     text.push_str(&format!(
         "# HELP vantage_live_subscribers Live feed clients connected.\n# TYPE vantage_live_subscribers gauge\nvantage_live_subscribers {}\n",

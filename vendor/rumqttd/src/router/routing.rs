@@ -7,7 +7,7 @@ use crate::protocol::{
 use crate::router::alertlog::alert;
 use crate::router::scheduler::{PauseReason, Tracker};
 use crate::router::{ConnectionEvents, Forward};
-use crate::segments::Position;
+use crate::segments::{missed, Position};
 use crate::*;
 use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
 use slab::Slab;
@@ -1416,6 +1416,17 @@ enum ConsumeStatus {
     SkipRequest,
 }
 
+/// Vantage patch (change 9): messages that subscribers missed because their filter's log
+/// dropped them before they were read (a reader further behind than the log's cap), summed
+/// over every filter and subscriber of the process's router.
+static SKIPPED_MESSAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Vantage patch (change 9): the messages every router of this process has skipped for
+/// subscribers that fell behind their filter's log (see [`Router`]); only ever grows.
+pub fn skipped_messages() -> u64 {
+    SKIPPED_MESSAGES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Sweep datalog from offset in DataRequest and updates DataRequest
 /// for next sweep. Returns (busy, caughtup) status
 /// Returned arguments:
@@ -1516,18 +1527,25 @@ fn forward_device_data(
     }
 
     if start != request.cursor {
-        let error = format!(
-            "Read cursor start jumped from {:?} to {:?} on {}",
-            request.cursor, start, request.filter
-        );
+        // Vantage patch (change 9): count what the jump skipped. A jump from the end of a
+        // dropped segment to the start of the next skips nothing.
+        let lost = missed(request.cursor, start);
+        if lost > 0 {
+            SKIPPED_MESSAGES.fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+            let error = format!(
+                "Read cursor start jumped from {:?} to {:?} on {}",
+                request.cursor, start, request.filter
+            );
 
-        warn!(
-            request_cursor = ?request.cursor,
-            start_cursor = ?start,
-            error
-        );
+            warn!(
+                request_cursor = ?request.cursor,
+                start_cursor = ?start,
+                lost,
+                error
+            );
+        }
 
-        let alert = alert::cursorjump(&outgoing.client_id, &request.filter, 0);
+        let alert = alert::cursorjump(&outgoing.client_id, &request.filter, lost as usize);
         alertlog.log(alert);
     }
 

@@ -13,6 +13,14 @@ pub enum Position {
     Done { start: (u64, u64), end: (u64, u64) },
 }
 
+/// Vantage patch (change 9): how many messages a read skipped that was asked to start at
+/// `requested` and started at `start`, the [`Position`]'s start (cursors are (segment,
+/// absolute offset); the absolute offset counts every message the log ever took, so a jump
+/// from the end of a dropped segment to the start of the next skips none).
+pub(crate) fn missed(requested: (u64, u64), start: (u64, u64)) -> u64 {
+    start.1.saturating_sub(requested.1)
+}
+
 pub trait Storage {
     fn size(&self) -> usize;
 }
@@ -683,6 +691,43 @@ mod tests {
                 end: (10, 105)
             }
         );
+    }
+
+    /// Vantage patch (change 9): a read that starts past what it asked for names what it
+    /// skipped; one asked at the end of a dropped segment skipped nothing.
+    #[test]
+    fn vantage_missed_counts_what_a_jump_skipped() {
+        let packet_size: u64 = 1024;
+        let mut log: CommitLog<Bytes> = CommitLog::new(10 * 1024, 10).unwrap();
+        for i in 0..100 {
+            log.append(random_payload(i, packet_size));
+        }
+        let mut out = Vec::new();
+        let start = |position: Position| match position {
+            Position::Next { start, .. } | Position::Done { start, .. } => start,
+        };
+        // Read the first segment to its end; nothing is skipped.
+        let first = log.readv((0, 0), 10, &mut out).unwrap();
+        assert_eq!(missed((0, 0), start(first)), 0);
+        // One more segment's worth of messages pushes the first segment out.
+        for i in 100..110 {
+            log.append(random_payload(i, packet_size));
+        }
+        assert_eq!(log.head, 1);
+        let on = log.readv((0, 10), 5, &mut out).unwrap();
+        assert_eq!(start(on), (1, 10));
+        assert_eq!(missed((0, 10), start(on)), 0);
+        // A reader still at message 3 lost messages 3 to 9.
+        let behind = log.readv((0, 3), 5, &mut out).unwrap();
+        assert_eq!(start(behind), (1, 10));
+        assert_eq!(missed((0, 3), start(behind)), 7);
+        // Ten more segments: a reader at message 3 now lost 3 to 109.
+        for i in 110..210 {
+            log.append(random_payload(i, packet_size));
+        }
+        let far = log.readv((0, 3), 5, &mut out).unwrap();
+        assert_eq!(start(far), (11, 110));
+        assert_eq!(missed((0, 3), start(far)), 107);
     }
 
     /// Vantage patch: trimming drops only the segments a read has moved past, never the
