@@ -417,8 +417,9 @@ pub async fn run(state: AppState, subscription: Subscription) {
                 if rows.is_empty() {
                     continue;
                 }
-                let (sender, committer_rows) = &senders[routes.route(&id, &senders)];
-                let ticket = Ticket::new(rows.len(), routes.in_flight(&id), committer_rows.clone());
+                let (committer, agent_rows) = routes.route(&id, &senders);
+                let (sender, committer_rows) = &senders[committer];
+                let ticket = Ticket::new(rows.len(), agent_rows, committer_rows.clone());
                 if sender.send(Routed { rows, ticket }).await.is_err() {
                     break;
                 }
@@ -508,8 +509,13 @@ struct Routes {
 }
 
 impl Routes {
-    /// The committer (an index into `committers`) for `agent`'s next rows.
-    fn route<S>(&mut self, agent: &str, committers: &[(S, Arc<AtomicUsize>)]) -> usize {
+    /// The committer (an index into `committers`) for `agent`'s next rows, and the agent's
+    /// count of rows in flight for their [`Ticket`].
+    fn route<S>(
+        &mut self,
+        agent: &str,
+        committers: &[(S, Arc<AtomicUsize>)],
+    ) -> (usize, Arc<AtomicUsize>) {
         let least_loaded = || {
             (0..committers.len())
                 .min_by_key(|i| committers[*i].1.load(Ordering::Relaxed))
@@ -520,18 +526,20 @@ impl Routes {
                 if in_flight.load(Ordering::Acquire) == 0 {
                     *committer = least_loaded();
                 }
-                *committer
+                (*committer, in_flight.clone())
             }
             None => {
                 let committer = least_loaded();
+                let in_flight = Arc::<AtomicUsize>::default();
                 self.by_agent
-                    .insert(agent.to_owned(), (committer, Arc::default()));
-                committer
+                    .insert(agent.to_owned(), (committer, in_flight.clone()));
+                (committer, in_flight)
             }
         }
     }
 
     /// `agent`'s count of rows in flight (after [`Routes::route`]).
+    #[cfg(test)]
     fn in_flight(&self, agent: &str) -> Arc<AtomicUsize> {
         self.by_agent
             .get(agent)
@@ -1061,11 +1069,11 @@ mod tests {
         let mut per_committer = [0usize; 3];
         for n in 0..50 {
             let agent = format!("ag-{n}");
-            let committer = routes.route(&agent, &committers);
+            let (committer, agent_rows) = routes.route(&agent, &committers);
             per_committer[committer] += 1;
             tickets.push(Ticket::new(
                 100,
-                routes.in_flight(&agent),
+                agent_rows,
                 committers[committer].1.clone(),
             ));
         }
@@ -1074,13 +1082,13 @@ mod tests {
 
         // ag-0 (on committer 0) has rows in flight: it stays, though 0 is now the busiest.
         let extra = Ticket::new(500, routes.in_flight("ag-0"), committers[0].1.clone());
-        assert_eq!(routes.route("ag-0", &committers), 0);
+        assert_eq!(routes.route("ag-0", &committers).0, 0);
         // Once its rows are committed, it goes where the fewest rows wait.
         drop(extra);
         drop(tickets.remove(0));
         assert_eq!(routes.in_flight("ag-0").load(Ordering::Relaxed), 0);
         assert_eq!(committers[0].1.load(Ordering::Relaxed), 1_600);
-        assert_eq!(routes.route("ag-0", &committers), 0);
+        assert_eq!(routes.route("ag-0", &committers).0, 0);
         drop(tickets.remove(0)); // ag-1, committer 1
         drop(tickets.remove(0)); // ag-2, committer 2
         drop(tickets.remove(0)); // ag-3, committer 0
@@ -1094,8 +1102,8 @@ mod tests {
         );
         drop(tickets.remove(0)); // ag-5, committer 2
         drop(tickets.remove(0)); // ag-6, committer 0
-        assert_eq!(routes.route("ag-0", &committers), 0);
+        assert_eq!(routes.route("ag-0", &committers).0, 0);
         drop(tickets.remove(0)); // ag-7, committer 1
-        assert_eq!(routes.route("ag-1", &committers), 0);
+        assert_eq!(routes.route("ag-1", &committers).0, 0);
     }
 }
