@@ -525,6 +525,11 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(stored as u64 == total, "stored {stored} of {total} rows");
     let ingest_rate = total as f64 / elapsed.as_secs_f64();
     let copy_rate = copy_baseline(&pg_admin_url, mix, &agent_ids, args.rows_per_agent).await?;
+    // Whether the PostgreSQL server (the COPY's, and the store's with `--backend postgres`)
+    // flushes its WAL to disk.
+    let fsync: String = sqlx::query_scalar("SHOW fsync")
+        .fetch_one(&sqlx::PgPool::connect(&pg_admin_url).await?)
+        .await?;
     let backend = args.backend.name();
     // Heartbeats sent; the last of each agent follows its last result message, so the
     // clock may stop before ingest has taken it.
@@ -535,7 +540,7 @@ async fn main() -> anyhow::Result<()> {
             .checked_div(args.heartbeat_every)
             .unwrap_or(0);
     println!(
-        "ingest backend={backend} broker={} agents={} rows={total} batch={} window={} heartbeats={heartbeats} cp_batch_rows={} broker_log_skipped={skipped} elapsed_s={:.2} committed_rows_per_s={:.0} \
+        "ingest backend={backend} pg_fsync={fsync} broker={} agents={} rows={total} batch={} window={} heartbeats={heartbeats} cp_batch_rows={} broker_log_skipped={skipped} elapsed_s={:.2} committed_rows_per_s={:.0} \
          pg_copy_rows_per_s={:.0} ratio_to_copy={:.0}%{judging}",
         if args.cluster { "cluster" } else { "embedded" },
         args.agents,
