@@ -181,7 +181,6 @@ impl Application {
                 if let Some(addrs) = settings.broker_mqtt_addrs.clone() {
                     tasks.push(tokio::spawn(crate::clusterlink::publish(
                         state.clone(),
-                        urls.clone(),
                         addrs,
                         queue,
                     )));

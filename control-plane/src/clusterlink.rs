@@ -11,15 +11,12 @@
 //! two costs a resend, never a row. Redelivered messages are stored once (rows are unique by
 //! agent and seq).
 //!
-//! Publishing: configs and commands over MQTT at QoS 1, because a message published natively
-//! reaches MQTT subscribers at QoS 0, is never retained and is lost while the agent is away;
-//! a retained config must wait for the agent. Acks (`results/ack`, also the answer to a
-//! hello) are QoS 0 to the agent either way, so they go natively over NATS: an MQTT client
-//! takes no further message, QoS 0 included, while its in-flight window of QoS 1 messages is
-//! unacknowledged (each a replicated JetStream write on nats-server), so in one session acks
-//! could wait behind a login storm's retained configs. The publisher is a queue of bounded size in front of the two, with the control
-//! plane's broker client certificate; what does not fit is counted and dropped (a config is
-//! republished at start and with the next change, an ack when the agent resends).
+//! Publishing: over MQTT, because a message published natively reaches MQTT subscribers at
+//! QoS 0, is never retained and is lost while the agent is away; a retained config must wait
+//! for the agent. The publisher is a queue of bounded size in front of one MQTT session with
+//! the control plane's broker client certificate; what does not fit is counted and dropped
+//! (a config is republished at start and with the next change, an ack when the agent
+//! resends).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -159,15 +156,9 @@ async fn consume_once(
     ))
 }
 
-/// Publishes what [`crate::broker::Publisher`] queues for agents to the cluster, until the
-/// process ends: acks natively to the NATS servers `urls`, the rest to the MQTT listeners
-/// `mqtt_addrs` (`host:port,…`).
-pub async fn publish(
-    state: AppState,
-    urls: String,
-    mqtt_addrs: String,
-    mut queue: mpsc::Receiver<Outgoing>,
-) {
+/// Publishes what [`crate::broker::Publisher`] queues for agents to the cluster's MQTT
+/// listeners `mqtt_addrs` (`host:port,…`), until the process ends.
+pub async fn publish(state: AppState, mqtt_addrs: String, mut queue: mpsc::Receiver<Outgoing>) {
     let addrs = match vantage_agent::session::broker_addrs(&mqtt_addrs) {
         Ok(addrs) => addrs,
         Err(error) => {
@@ -224,47 +215,20 @@ pub async fn publish(
         }
     });
     let _driver = crate::lease::AbortOnDrop(driver);
-    // The NATS client reconnects by itself once connected; until then acks wait here (the
-    // ingest reader needs the same servers, so nothing else moves meanwhile either).
-    let nats = loop {
-        match connect(&state, &urls, None, "vantage publisher").await {
-            Ok(client) => break client,
-            Err(error) => {
-                tracing::warn!(%error, "The broker publisher cannot reach NATS; retrying");
-                tokio::time::sleep(RETRY).await;
-            }
-        }
-    };
     while let Some((topic_name, payload, retain)) = queue.recv().await {
-        if is_ack(&topic_name) {
-            // At QoS 0 to the agent, never retained: an agent that missed one resends.
-            if let Err(error) = nats
-                .publish(topic::nats_subject(&topic_name), payload.into())
-                .await
-            {
-                tracing::debug!(%error, "Cannot publish an ack to the broker (the agent resends)");
-            }
-            continue;
-        }
         // Configs and commands at QoS 1: the broker keeps a retained config for the agent's
-        // next subscription.
+        // next subscription; acks at QoS 0 (an agent that missed one resends).
+        let qos = if topic_name.ends_with("/results/ack") {
+            rumqttc::QoS::AtMostOnce
+        } else {
+            rumqttc::QoS::AtLeastOnce
+        };
         if client
-            .publish(topic_name, rumqttc::QoS::AtLeastOnce, retain, payload)
+            .publish(topic_name, qos, retain, payload)
             .await
             .is_err()
         {
             return;
         }
     }
-}
-
-/// Whether `topic_name` is an agent's `results/ack`.
-fn is_ack(topic_name: &str) -> bool {
-    matches!(
-        topic::Topic::parse(topic_name),
-        Ok(topic::Topic::Agent {
-            kind: AgentTopic::ResultsAck,
-            ..
-        })
-    )
 }
