@@ -150,7 +150,7 @@ counters! {
     broker_refused_identity => ("vantage_broker_callout_refused_total", "Connections to the external broker the auth callout refused, by reason.", "{reason=\"identity\"}"),
     broker_refused_revoked => ("vantage_broker_callout_refused_total", "Connections to the external broker the auth callout refused, by reason.", "{reason=\"revoked\"}"),
     broker_requests_invalid => ("vantage_broker_callout_invalid_total", "Auth callout requests that did not decode or whose signature did not verify (not answered)."),
-    broker_log_skipped => ("vantage_broker_log_skipped_total", "Messages the embedded broker dropped from a filter's log before a subscriber read them: the subscriber (ingest, an agent, a viewer) fell further behind than the log holds. Agents resend rows that were not acknowledged; a skipped config is retained and sent again."),
+    broker_log_skipped => ("vantage_broker_log_skipped_total", "Messages the embedded broker dropped from a filter's log before a subscriber read them, summed per subscriber: the subscriber (ingest, an agent, a viewer) fell further behind than the log holds. Agents resend rows that were not acknowledged; a skipped config reaches its agent with the next change or at its next connection (it is retained)."),
     broker_ingested => ("vantage_broker_ingested_total", "Agent messages taken from the broker cluster's ingest stream."),
     broker_publish_dropped => ("vantage_broker_publish_dropped_total", "Messages for agents on the broker cluster dropped because the publisher's queue was full."),
     broker_kicks => ("vantage_broker_kicks_total", "Connections of revoked agents the external broker was told to close."),

@@ -488,8 +488,10 @@ async fn main() -> anyhow::Result<()> {
     let skipped_line = "vantage_broker_log_skipped_total";
     for task in tasks {
         if let Err(error) = task.await.map_err(anyhow::Error::from).and_then(|run| run) {
-            let skipped = cp.counter(skipped_line).await?;
-            println!("ingest failed: {skipped_line} {skipped}");
+            match cp.counter(skipped_line).await {
+                Ok(skipped) => println!("ingest failed: {skipped_line} {skipped}"),
+                Err(read) => println!("ingest failed; {skipped_line} unread: {read}"),
+            }
             return Err(error);
         }
     }
