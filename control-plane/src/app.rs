@@ -129,6 +129,7 @@ impl Application {
             pki: pki.clone(),
             hub: Hub::default(),
             latest: Arc::default(),
+            keys: Arc::default(),
             counters: counters.clone(),
             publisher: match &cluster_queue {
                 Some((sender, _)) => broker

@@ -165,13 +165,19 @@ impl Shared {
 #[derive(Debug, Clone)]
 struct ByKey(Arc<Shared>);
 
-impl PartialEq for ByKey {
-    fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (&self.0.event, &other.0.event);
+impl ByKey {
+    /// Whether two events have one key.
+    fn same(a: &LiveEvent, b: &LiveEvent) -> bool {
         a.kind == b.kind
             && a.agent_id == b.agent_id
             && a.check_id == b.check_id
             && a.region == b.region
+    }
+}
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        ByKey::same(&self.0.event, &other.0.event)
     }
 }
 
@@ -360,9 +366,16 @@ impl Hub {
             .zip(first_seq..)
             .map(|(event, seq)| Shared::new(event, seq))
             .collect();
-        for shared in events.iter() {
+        for (i, shared) in events.iter().enumerate() {
             if shared.event.keyed() {
-                latest.keep(shared, self.inner.max_latest);
+                // An event the next one replaces at once (a batch's rows come in runs of one
+                // key) is not kept even for that moment.
+                let replaced = events
+                    .get(i + 1)
+                    .is_some_and(|next| ByKey::same(&shared.event, &next.event));
+                if !replaced {
+                    latest.keep(shared, self.inner.max_latest);
+                }
             } else {
                 latest.unkeyed += 1;
             }

@@ -910,7 +910,7 @@ async fn commit(state: &AppState, mut batch: IngestBatch) -> Option<IngestBatch>
                 if batch.is_empty() {
                     return None;
                 }
-                state.store.commit_batch(&batch).await
+                state.store.commit_batch(&batch, &state.keys).await
             }
             Err(error) => Err(error),
         };
@@ -956,32 +956,35 @@ async fn after_commit(state: &AppState, batch: IngestBatch) {
     }
 
     let now = now_ms();
-    // Retained status: only the newest result per (check, region) of this batch, handed to
-    // the broker together.
-    let statuses: Vec<(String, Vec<u8>, bool)> =
-        crate::store::ingest::latest_per_check_region(&batch)
-            .into_iter()
-            .map(|(agent, region, result)| {
-                let view = CheckStatusView {
-                    v: vantage_mqtt::PROTOCOL_VERSION,
-                    check_id: result.check_id.clone(),
-                    region: region.clone(),
-                    agent_id: agent.clone(),
-                    ok: result.ok,
-                    reason: result.reason.clone(),
-                    total_ms: result.timings.total_ms,
-                    measured_at_ms: result.measured_at_ms,
-                };
-                (
-                    topic::status_check_region(&result.check_id, region),
-                    encode(&view),
-                    true,
-                )
-            })
-            .collect();
+    // Retained status and `/metrics/checks`' phases: only the newest result per (check,
+    // region) of this batch, the statuses handed to the broker together.
+    let latest = crate::store::ingest::latest_per_check_region(&batch);
+    for (_, region, result) in &latest {
+        state.latest.observe(region, result);
+    }
+    let statuses: Vec<(String, Vec<u8>, bool)> = latest
+        .into_iter()
+        .map(|(agent, region, result)| {
+            let view = CheckStatusView {
+                v: vantage_mqtt::PROTOCOL_VERSION,
+                check_id: result.check_id.clone(),
+                region: region.clone(),
+                agent_id: agent.clone(),
+                ok: result.ok,
+                reason: result.reason.clone(),
+                total_ms: result.timings.total_ms,
+                measured_at_ms: result.measured_at_ms,
+            };
+            (
+                topic::status_check_region(&result.check_id, region),
+                encode(&view),
+                true,
+            )
+        })
+        .collect();
     let _ = state.publisher.publish_many(statuses).await;
     // Live events for every row, always: the hub keeps the latest per key for clients that
-    // connect later, and `/metrics/checks` the latest phases.
+    // connect later.
     publish_live(state, &batch, now);
     // Then judging, on its own task: the next commit does not wait for it. The queue is
     // bounded; when judging falls behind, ingest waits here (results are never skipped).
@@ -1014,7 +1017,6 @@ fn publish_live(state: &AppState, batch: &IngestBatch, now: i64) {
     let mut events =
         Vec::with_capacity(batch.results.len() + batch.metrics.len() + batch.events.len());
     for (agent, region, result) in &batch.results {
-        state.latest.observe(region, result);
         events.push(LiveEvent {
             kind: "result",
             agent_id: agent.clone(),

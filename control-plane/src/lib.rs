@@ -71,6 +71,8 @@ pub struct AppState {
     /// Phases and certificate days of each (check, region)'s latest result, for
     /// `/metrics/checks`.
     pub latest: Arc<exporter::Latest>,
+    /// Keys of names and texts ingest has committed ([`store::keys::KeyCache`]).
+    pub keys: Arc<store::keys::KeyCache>,
     pub counters: Arc<counters::Counters>,
     pub publisher: broker::Publisher,
     pub registry: Arc<frontdoor::Registry>,

@@ -132,6 +132,9 @@ pub fn check_rollups<'a>(
     // Keyed by borrowed names while summing (a batch has many rows per bucket), owned once
     // per bucket at the end.
     let mut sums: BTreeMap<(&str, &str, i64), CheckAggregate> = BTreeMap::new();
+    // The bucket of the previous row: a batch's rows come in runs of one check, region and
+    // bucket (an agent's messages), which then cost one map lookup per run, not per row.
+    let mut run: Option<((&str, &str, i64), &mut CheckAggregate)> = None;
     for (region, r) in results {
         let key = (
             r.check_id.as_str(),
@@ -140,7 +143,14 @@ pub fn check_rollups<'a>(
         );
         // To the microsecond, as the raw row is kept, so a rollup equals the rows it sums.
         let total_ms = crate::store::micros(r.timings.total_ms) as f64 / 1000.0;
-        sums.entry(key).or_default().add(r.ok, total_ms);
+        match &mut run {
+            Some((run_key, aggregate)) if *run_key == key => aggregate.add(r.ok, total_ms),
+            _ => {
+                let aggregate = sums.entry(key).or_default();
+                aggregate.add(r.ok, total_ms);
+                run = Some((key, aggregate));
+            }
+        }
     }
     sums.into_iter()
         .map(|((check_id, region, bucket_ms), aggregate)| {

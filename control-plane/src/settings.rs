@@ -76,7 +76,7 @@ pub struct Settings {
     /// Ingest transactions in flight at once on PostgreSQL, each committing its own share of
     /// the agents (1–8: each holds one of the pool's 16 connections while it commits, and the
     /// API, heartbeats and judging need the rest; SQLite has one writer and always uses 1).
-    #[arg(long, env = "VANTAGE_INGEST_COMMITTERS", default_value_t = 3,
+    #[arg(long, env = "VANTAGE_INGEST_COMMITTERS", default_value_t = 4,
           value_parser = clap::value_parser!(u8).range(1..=8))]
     pub ingest_committers: u8,
     /// API requests per second allowed from one client address (a token bucket).
@@ -220,7 +220,7 @@ impl Settings {
             cert_validity_days: 90,
             cert_validity_s: None,
             ingest_batch_rows: 5000,
-            ingest_committers: 3,
+            ingest_committers: 4,
             api_rate_per_s: 200.0,
             api_rate_burst: 400.0,
             webhook_rate_per_s: 2000.0,

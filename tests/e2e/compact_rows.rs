@@ -3,6 +3,7 @@
 //! committed after it reuse the keys the migration made.
 
 use std::collections::BTreeMap;
+use vantage_control_plane::store::keys::KeyCache;
 
 use vantage_control_plane::rollup::Resolution;
 use vantage_control_plane::store::ingest::IngestBatch;
@@ -80,6 +81,8 @@ crate::both_backends!(
 async fn rows_stored_before_compact_rows_read_the_same_after_it(
     backend: Backend,
 ) -> anyhow::Result<()> {
+    // Keys of names and texts the commits share, as ingest's committers share them.
+    let keys = KeyCache::default();
     let test_store = TestStore::create(backend).await?;
     let dir = tempfile::tempdir()?;
     let store = Store::connect(test_store.url.as_deref(), dir.path()).await?;
@@ -220,11 +223,11 @@ async fn rows_stored_before_compact_rows_read_the_same_after_it(
         received_at_ms: 121_000,
         ..IngestBatch::default()
     };
-    store.commit_batch(&batch).await?;
+    store.commit_batch(&batch, &keys).await?;
     assert_eq!(count(&store, "SELECT COUNT(*) FROM texts").await?, 3);
     // Sent again: stored once; its values text now repeats and gets its dictionary row (which
     // retention deletes when no row uses it).
-    store.commit_batch(&batch).await?;
+    store.commit_batch(&batch, &keys).await?;
     assert_eq!(count(&store, "SELECT COUNT(*) FROM results").await?, 4);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM agent_keys").await?, 2);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM texts").await?, 4);

@@ -4,6 +4,7 @@
 //! pack on the next pass; packs expire with their day.
 
 use std::collections::BTreeMap;
+use vantage_control_plane::store::keys::KeyCache;
 
 use serde_json::json;
 use vantage_control_plane::rollup::{Resolution, Retention};
@@ -167,6 +168,8 @@ async fn everything(store: &Store, from: i64, to: i64) -> anyhow::Result<serde_j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_days_read_the_same_and_replays_of_packed_rows_count_once() -> anyhow::Result<()> {
+    // Keys of names and texts the commits share, as ingest's committers share them.
+    let keys = KeyCache::default();
     let test_store = TestStore::create(Backend::Postgres).await?;
     let dir = tempfile::tempdir()?;
     let store = Store::connect(test_store.url.as_deref(), dir.path()).await?;
@@ -192,7 +195,7 @@ async fn packed_days_read_the_same_and_replays_of_packed_rows_count_once() -> an
     store.prepare_partitions(&keep, now).await?;
     let (batches, last_seq) = generated(now);
     for batch in &batches {
-        store.commit_batch(batch).await?;
+        store.commit_batch(batch, &keys).await?;
     }
     let from = now - 4 * DAY_MS;
     let before = everything(&store, from, now + 1).await?;
@@ -246,7 +249,7 @@ async fn packed_days_read_the_same_and_replays_of_packed_rows_count_once() -> an
         .check_rollups(Resolution::Hour, &["web".to_owned()], 0, now + 1)
         .await?;
     for batch in &batches {
-        store.commit_batch(batch).await?;
+        store.commit_batch(batch, &keys).await?;
     }
     assert_eq!(everything(&store, from, now + 1).await?, before);
     let hours_after = store
@@ -279,8 +282,8 @@ async fn packed_days_read_the_same_and_replays_of_packed_rows_count_once() -> an
         events: vec![],
         received_at_ms: now,
     };
-    store.commit_batch(&late).await?;
-    store.commit_batch(&late).await?;
+    store.commit_batch(&late, &keys).await?;
+    store.commit_batch(&late, &keys).await?;
     let filter = SeriesFilter {
         agent: Some("ag-eu".into()),
         check: Some("web".into()),
@@ -303,7 +306,7 @@ async fn packed_days_read_the_same_and_replays_of_packed_rows_count_once() -> an
         want_unpacked
     );
     assert_eq!(everything(&store, from, now + 1).await?, after_late);
-    store.commit_batch(&late).await?;
+    store.commit_batch(&late, &keys).await?;
     assert_eq!(store.query_results(&filter).await?.len(), 1);
     let minute_rows = store
         .check_rollups(

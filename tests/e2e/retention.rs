@@ -4,6 +4,7 @@
 //! counts once, and the SQLite file shrinks.
 
 use std::collections::BTreeMap;
+use vantage_control_plane::store::keys::KeyCache;
 
 use serde_json::json;
 use vantage_control_plane::rollup::{self, Resolution, Retention};
@@ -141,6 +142,8 @@ crate::both_backends!(
 async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
     backend: Backend,
 ) -> anyhow::Result<()> {
+    // Keys of names and texts the commits share, as ingest's committers share them.
+    let keys = KeyCache::default();
     let test_store = TestStore::create(backend).await?;
     let dir = tempfile::tempdir()?;
     let store = open(&test_store, dir.path()).await?;
@@ -167,7 +170,9 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
     let (batches, raw) = generated(now);
     // The newest batch before any day partition exists: on PostgreSQL its rows wait in the
     // default partition and move into their days when those are made.
-    store.commit_batch(batches.last().expect("batches")).await?;
+    store
+        .commit_batch(batches.last().expect("batches"), &keys)
+        .await?;
     // PostgreSQL: day partitions from the oldest kept day to 3 days ahead: 11 for each raw
     // table, 18 for the minute rollups (kept 14 days); older rows go to the default partition.
     let made = store.prepare_partitions(&keep, now).await?;
@@ -199,20 +204,23 @@ async fn forty_days_expire_to_rollups_that_equal_the_raw_rows(
     // Part of a batch before the whole of it: the whole is then part replay, part new.
     let second = &batches[1];
     store
-        .commit_batch(&IngestBatch {
-            results: second.results[..second.results.len() / 2].to_vec(),
-            metrics: second.metrics[..second.metrics.len() / 3].to_vec(),
-            events: vec![],
-            received_at_ms: now,
-        })
+        .commit_batch(
+            &IngestBatch {
+                results: second.results[..second.results.len() / 2].to_vec(),
+                metrics: second.metrics[..second.metrics.len() / 3].to_vec(),
+                events: vec![],
+                received_at_ms: now,
+            },
+            &keys,
+        )
         .await?;
     for batch in &batches {
-        store.commit_batch(batch).await?;
+        store.commit_batch(batch, &keys).await?;
     }
     // A replay of batches already stored (an agent resending after a crash before its ack)
     // changes no rollup.
     for batch in batches.iter().step_by(7) {
-        store.commit_batch(batch).await?;
+        store.commit_batch(batch, &keys).await?;
     }
     let n_raw = raw.len() as i64;
     assert_eq!(count(&store, "SELECT COUNT(*) FROM results").await?, n_raw);

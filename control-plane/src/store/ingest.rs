@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 use vantage_mqtt::{CheckResult, HostMetrics};
 
-use super::keys::BatchKeys;
+use super::keys::{BatchKeys, KeyCache};
 pub use super::models::IngestBatch;
 use super::models::micros;
 use super::{BeginWrite, Store, StoreError, rollups};
@@ -25,9 +25,11 @@ use crate::rollup::{CheckBucket, MetricBucket, Resolution};
 use crate::sketch::{CheckAggregate, GaugeAggregate};
 
 /// The newest result per (check, region) in the batch.
+/// Of two results of one (check, region), a later one in the batch wins a tie.
 pub fn latest_per_check_region(batch: &IngestBatch) -> Vec<&(String, String, CheckResult)> {
-    let mut latest: BTreeMap<(&str, &str), &(String, String, CheckResult)> = BTreeMap::new();
-    for row in &batch.results {
+    type Row = (String, String, CheckResult);
+    let mut latest: BTreeMap<(&str, &str), &Row> = BTreeMap::new();
+    fn keep<'a>(latest: &mut BTreeMap<(&'a str, &'a str), &'a Row>, row: &'a Row) {
         let key = (row.2.check_id.as_str(), row.1.as_str());
         match latest.get(&key) {
             Some(old) if old.2.measured_at_ms > row.2.measured_at_ms => {}
@@ -35,6 +37,27 @@ pub fn latest_per_check_region(batch: &IngestBatch) -> Vec<&(String, String, Che
                 latest.insert(key, row);
             }
         }
+    }
+    // The newest of a run of rows of one (check, region) (an agent's messages) goes to the
+    // map: one lookup per run, not per row.
+    let mut run: Option<&Row> = None;
+    for row in &batch.results {
+        match run {
+            Some(newest) if newest.2.check_id == row.2.check_id && newest.1 == row.1 => {
+                if row.2.measured_at_ms >= newest.2.measured_at_ms {
+                    run = Some(row);
+                }
+            }
+            _ => {
+                if let Some(newest) = run {
+                    keep(&mut latest, newest);
+                }
+                run = Some(row);
+            }
+        }
+    }
+    if let Some(newest) = run {
+        keep(&mut latest, newest);
     }
     latest.into_values().collect()
 }
@@ -116,20 +139,39 @@ fn result_keys(
     batch: &IngestBatch,
     values: &[Option<String>],
 ) -> Result<Vec<ResultKeys>, StoreError> {
-    batch
-        .results
-        .iter()
-        .zip(values)
-        .map(|((agent, region, r), values)| {
-            Ok(ResultKeys {
+    let mut out: Vec<ResultKeys> = Vec::with_capacity(batch.results.len());
+    // The previous row: a batch's rows come in runs of one agent, region and check (an
+    // agent's messages), whose keys are then looked up once per run.
+    let mut previous: Option<&(String, String, CheckResult)> = None;
+    for (row, values) in batch.results.iter().zip(values) {
+        let (agent, region, r) = row;
+        let values = values.as_deref().and_then(|v| keys.text(v));
+        let same_run = previous
+            .zip(out.last())
+            .filter(|((a, g, p), _)| a == agent && g == region && p.check_id == r.check_id);
+        out.push(match same_run {
+            Some(((_, _, p), last)) => ResultKeys {
+                check: last.check,
+                agent: last.agent,
+                region: last.region,
+                reason: if p.reason == r.reason {
+                    last.reason
+                } else {
+                    keys.text(&r.reason)
+                },
+                values,
+            },
+            None => ResultKeys {
                 check: keys.check(&r.check_id)?,
                 agent: keys.agent(agent)?,
                 region: keys.region(region)?,
                 reason: keys.text(&r.reason),
-                values: values.as_deref().and_then(|v| keys.text(v)),
-            })
-        })
-        .collect()
+                values,
+            },
+        });
+        previous = Some(row);
+    }
+    Ok(out)
 }
 
 /// (agent, region) keys of each metrics row.
@@ -245,16 +287,21 @@ impl Fresh {
 
 impl Store {
     /// Commits every row of `batch` in one transaction, ignoring rows already stored, and
-    /// raises each agent's committed high-water mark.
+    /// raises each agent's committed high-water mark. Keys of names and texts come from
+    /// `cache` where it knows them, and what the store gave is added to it after the commit.
     ///
     /// # Errors
     /// Database errors; nothing of the batch is committed then.
-    pub async fn commit_batch(&self, batch: &IngestBatch) -> Result<(), StoreError> {
+    pub async fn commit_batch(
+        &self,
+        batch: &IngestBatch,
+        cache: &KeyCache,
+    ) -> Result<(), StoreError> {
         let max_seqs = batch.max_seq_per_agent();
         match self {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin_write().await?;
-                let fresh = commit_postgres(&mut tx, batch).await?;
+                let mut fresh = commit_postgres(&mut tx, batch, cache).await?;
                 for resolution in Resolution::ALL {
                     let adds = fresh.check_rollups(batch, resolution);
                     if resolution == Resolution::Hour {
@@ -284,10 +331,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
+                cache.learn(std::mem::take(&mut fresh.keys.learned));
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin_write().await?;
-                let fresh = commit_sqlite(&mut tx, batch).await?;
+                let mut fresh = commit_sqlite(&mut tx, batch, cache).await?;
                 for resolution in Resolution::ALL {
                     let adds = fresh.check_rollups(batch, resolution);
                     if resolution == Resolution::Hour {
@@ -316,6 +364,7 @@ impl Store {
                         .await?;
                 }
                 tx.commit().await?;
+                cache.learn(std::mem::take(&mut fresh.keys.learned));
             }
         }
         Ok(())
@@ -332,12 +381,15 @@ async fn lock_marks_postgres(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     batch: &IngestBatch,
 ) -> Result<HashMap<String, i64>, StoreError> {
+    let mut previous = None;
     let agents: Vec<&str> = batch
         .results
         .iter()
         .map(|(a, _, _)| a.as_str())
         .chain(batch.metrics.iter().map(|(a, _, _)| a.as_str()))
         .chain(batch.events.iter().map(|(a, _, _)| a.as_str()))
+        // Rows come in runs of one agent: the set sees each run once.
+        .filter(|a| previous.replace(*a) != Some(*a))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -358,13 +410,55 @@ fn new_for_certain<'a>(
     marks: &HashMap<String, i64>,
     rows: impl Iterator<Item = (&'a String, u64)>,
 ) -> (Vec<usize>, Vec<usize>) {
-    let mut seen: HashSet<(&str, u64)> = HashSet::new();
+    /// One agent's stored mark and the highest seq of it taken as new so far.
+    struct Agent {
+        mark: Option<i64>,
+        highest: Option<u64>,
+    }
+    let mut agents: Vec<Agent> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    // The agent of the previous row: a batch's rows come in runs of one agent (its
+    // messages), which then cost one map lookup per run, not per row.
+    let mut run: Option<(&str, usize)> = None;
+    // Every (agent, seq) taken as new, and the set of them, made only when a seq of an agent
+    // comes at or below one of its seqs already taken (a resend within the batch, or rows out
+    // of order): above them, a seq cannot have been taken yet.
+    let mut taken: Vec<(usize, u64)> = Vec::new();
+    let mut seen: Option<HashSet<(usize, u64)>> = None;
     let (mut new, mut maybe_stored) = (Vec::new(), Vec::new());
     for (i, (agent, seq)) in rows.enumerate() {
-        let above = marks
-            .get(agent)
-            .is_some_and(|mark| i64::try_from(seq).is_ok_and(|seq| seq > *mark));
-        if above && seen.insert((agent.as_str(), seq)) {
+        let a = match run {
+            Some((name, a)) if name == agent.as_str() => a,
+            _ => {
+                let a = *index.entry(agent.as_str()).or_insert_with(|| {
+                    agents.push(Agent {
+                        mark: marks.get(agent).copied(),
+                        highest: None,
+                    });
+                    agents.len() - 1
+                });
+                run = Some((agent.as_str(), a));
+                a
+            }
+        };
+        let state = &mut agents[a];
+        let above = state
+            .mark
+            .is_some_and(|mark| i64::try_from(seq).is_ok_and(|seq| seq > mark));
+        let first = if !above {
+            false
+        } else if state.highest.is_none_or(|highest| seq > highest) {
+            seen.as_mut().map(|seen| seen.insert((a, seq)));
+            true
+        } else {
+            seen.get_or_insert_with(|| taken.iter().copied().collect())
+                .insert((a, seq))
+        };
+        if first {
+            state.highest = state.highest.max(Some(seq));
+            if seen.is_none() {
+                taken.push((a, seq));
+            }
             new.push(i);
         } else {
             maybe_stored.push(i);
@@ -463,6 +557,7 @@ async fn copy_results_postgres(
 async fn commit_postgres(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     batch: &IngestBatch,
+    cache: &KeyCache,
 ) -> Result<Fresh, StoreError> {
     let received = batch.received_at_ms;
     let mut fresh = Fresh::default();
@@ -488,7 +583,7 @@ async fn commit_postgres(
         .iter()
         .map(|(_, _, r)| values_json(r))
         .collect();
-    let keys = BatchKeys::resolve_postgres(tx, batch, &values).await?;
+    let keys = BatchKeys::resolve_postgres(tx, batch, &values, cache).await?;
     let marks = lock_marks_postgres(tx, batch).await?;
     if !batch.results.is_empty() {
         let rows = &batch.results;
@@ -622,6 +717,7 @@ async fn commit_postgres(
 async fn commit_sqlite(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     batch: &IngestBatch,
+    cache: &KeyCache,
 ) -> Result<Fresh, StoreError> {
     let received = batch.received_at_ms;
     let mut fresh = Fresh::default();
@@ -630,7 +726,7 @@ async fn commit_sqlite(
         .iter()
         .map(|(_, _, r)| values_json(r))
         .collect();
-    let keys = BatchKeys::resolve_sqlite(tx, batch, &values).await?;
+    let keys = BatchKeys::resolve_sqlite(tx, batch, &values, cache).await?;
     let rk = result_keys(&keys, batch, &values)?;
     let mut chunk_start = 0;
     for (chunk, chunk_keys) in batch
@@ -748,10 +844,17 @@ mod tests {
             (&b, 1),
             (&fallback, 5), // no mark: may be stored
             (&a, 3),
+            (&a, 14), // above the mark, out of order, each first: new
+            (&a, 12),
+            (&b, 2),
+            (&a, 13),
+            (&a, 12), // again, after rows out of order
+            (&b, 2),
+            (&a, 15),
         ];
         let (new, maybe_stored) = new_for_certain(&marks, rows.into_iter());
-        assert_eq!(new, [1, 3]);
-        assert_eq!(maybe_stored, [0, 2, 4, 5]);
+        assert_eq!(new, [1, 3, 6, 7, 8, 9, 12]);
+        assert_eq!(maybe_stored, [0, 2, 4, 5, 10, 11]);
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! recent batch (a bounded set of hashes, [`SEEN_ONCE_CAP`]). A text seen once stays inline
 //! in its row, so texts that change with every result (ICMP round-trip times, SMTP phase
 //! times, chain heights) never cost a dictionary row and its indexes.
+//!
+//! A [`KeyCache`] remembers the keys batches committed, so a batch whose names and texts are
+//! all known (a fleet's usual batch) resolves them without a statement.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -81,6 +84,119 @@ impl KeyTable {
     }
 }
 
+/// Entries a [`KeyCache`] map holds at most; a full map starts again.
+pub const KEY_CACHE_CAP: usize = 65_536;
+
+/// Keys of names and texts as committed batches stored them, shared by the committers of one
+/// process: what a batch finds here it does not look up.
+///
+/// - An agent, check or region keeps its key for ever (keys are never deleted), so a known
+///   one is always right.
+/// - A text is used from here only when the `last_seen_ms` committed with it is within
+///   [`TEXT_REFRESH_MS`] of both the batch's use (the store's own refresh rule: the stored
+///   value is at least the committed one, so the batch would neither refresh the text nor
+///   make it) and the clock. Retention deletes only texts last seen before the raw rows'
+///   cutoff less [`TEXT_GRACE_MS`], days before the clock.
+///
+/// Only keys of committed transactions come here ([`KeyCache::learn`] after the commit): a
+/// key made by a transaction that rolled back does not exist.
+#[derive(Debug, Default)]
+pub struct KeyCache(std::sync::Mutex<Cached>);
+
+#[derive(Debug, Default)]
+struct Cached {
+    agents: HashMap<String, i64>,
+    checks: HashMap<String, i64>,
+    regions: HashMap<String, i64>,
+    /// Text → (key, `last_seen_ms` as committed).
+    texts: HashMap<String, (i64, i64)>,
+}
+
+/// Keys a batch read from the store, for [`KeyCache::learn`] once it is committed.
+#[derive(Debug, Default)]
+pub struct Learned {
+    names: Vec<(KeyTable, String, i64)>,
+    /// (text, key, `last_seen_ms`).
+    texts: Vec<(String, i64, i64)>,
+}
+
+impl KeyCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Remembers what a committed batch read from the store.
+    pub fn learn(&self, learned: Learned) {
+        fn bounded<V>(map: &mut HashMap<String, V>, name: String, value: V) {
+            if map.len() >= KEY_CACHE_CAP && !map.contains_key(&name) {
+                map.clear();
+            }
+            map.insert(name, value);
+        }
+        let mut cached = self.lock();
+        for (table, name, key) in learned.names {
+            let map = match table {
+                KeyTable::Agents => &mut cached.agents,
+                KeyTable::Checks => &mut cached.checks,
+                KeyTable::Regions => &mut cached.regions,
+            };
+            bounded(map, name, key);
+        }
+        for (text, key, last_seen) in learned.texts {
+            bounded(&mut cached.texts, text, (key, last_seen));
+        }
+    }
+
+    /// Entries held, per map (agents, checks, regions, texts).
+    pub fn sizes(&self) -> [usize; 4] {
+        let cached = self.lock();
+        [
+            cached.agents.len(),
+            cached.checks.len(),
+            cached.regions.len(),
+            cached.texts.len(),
+        ]
+    }
+
+    /// Splits a batch's names and texts into those known here (their keys put in `keys`) and
+    /// those to read from the store.
+    fn split<'a>(&self, names: Names<'a>, keys: &mut BatchKeys) -> Names<'a> {
+        let (agents, checks, regions, texts) = names;
+        let cached = self.lock();
+        let known = |cache: &HashMap<String, i64>,
+                     names: BTreeSet<&'a str>,
+                     into: &mut HashMap<String, i64>| {
+            names
+                .into_iter()
+                .filter(|name| match cache.get(*name) {
+                    Some(key) => {
+                        into.insert((*name).to_owned(), *key);
+                        false
+                    }
+                    None => true,
+                })
+                .collect::<BTreeSet<&'a str>>()
+        };
+        let recent = super::now_ms() - TEXT_REFRESH_MS;
+        let agents = known(&cached.agents, agents, &mut keys.agents);
+        let checks = known(&cached.checks, checks, &mut keys.checks);
+        let regions = known(&cached.regions, regions, &mut keys.regions);
+        let texts = texts
+            .into_iter()
+            .filter(|(text, seen)| match cached.texts.get(*text) {
+                Some((key, stored)) if *stored >= seen - TEXT_REFRESH_MS && *stored >= recent => {
+                    keys.texts.insert((*text).to_owned(), *key);
+                    false
+                }
+                _ => true,
+            })
+            .collect();
+        (agents, checks, regions, texts)
+    }
+}
+
 /// The keys of every name and text in one batch.
 #[derive(Debug, Default)]
 pub struct BatchKeys {
@@ -90,6 +206,8 @@ pub struct BatchKeys {
     texts: HashMap<String, i64>,
     /// Agent keys back to ids, for what `RETURNING` names.
     agent_ids: HashMap<i64, String>,
+    /// What was read from the store rather than a [`KeyCache`].
+    pub learned: Learned,
 }
 
 fn missing(what: &'static str, name: &str) -> StoreError {
@@ -164,6 +282,27 @@ impl BatchKeys {
         self.agent_ids.get(&key).map(String::as_str)
     }
 
+    /// Takes keys read from the store for `table`.
+    fn read(&mut self, table: KeyTable, found: HashMap<String, i64>) {
+        let into = match table {
+            KeyTable::Agents => &mut self.agents,
+            KeyTable::Checks => &mut self.checks,
+            KeyTable::Regions => &mut self.regions,
+        };
+        for (name, key) in found {
+            self.learned.names.push((table, name.clone(), key));
+            into.insert(name, key);
+        }
+    }
+
+    /// Takes text keys read from the store: (text, key, `last_seen_ms`).
+    fn read_texts(&mut self, found: Vec<(String, i64, i64)>) {
+        for (text, key, last_seen) in found {
+            self.texts.insert(text.clone(), key);
+            self.learned.texts.push((text, key, last_seen));
+        }
+    }
+
     fn finish(mut self) -> Self {
         self.agent_ids = self.agents.iter().map(|(k, v)| (*v, k.clone())).collect();
         self
@@ -175,14 +314,18 @@ impl BatchKeys {
         tx: &mut sqlx::Transaction<'_, Postgres>,
         batch: &IngestBatch,
         values: &[Option<String>],
+        cache: &KeyCache,
     ) -> Result<Self, StoreError> {
-        let (agents, checks, regions, texts) = names(batch, values);
-        let mut keys = BatchKeys {
-            agents: names_postgres(tx, KeyTable::Agents, &agents).await?,
-            checks: names_postgres(tx, KeyTable::Checks, &checks).await?,
-            regions: names_postgres(tx, KeyTable::Regions, &regions).await?,
-            ..Default::default()
-        };
+        let mut keys = BatchKeys::default();
+        let (agents, checks, regions, texts) = cache.split(names(batch, values), &mut keys);
+        for (table, names) in [
+            (KeyTable::Agents, &agents),
+            (KeyTable::Checks, &checks),
+            (KeyTable::Regions, &regions),
+        ] {
+            let found = names_postgres(tx, table, names).await?;
+            keys.read(table, found);
+        }
         if !texts.is_empty() {
             let seen: Vec<i64> = texts.values().copied().collect();
             let texts: Vec<&str> = texts.keys().copied().collect();
@@ -218,12 +361,13 @@ impl BatchKeys {
             .bind(&seen)
             .execute(&mut **tx)
             .await?;
-            let rows: Vec<(String, i64)> =
-                sqlx::query_as("SELECT text, key::bigint FROM texts WHERE text = ANY($1)")
-                    .bind(&texts)
-                    .fetch_all(&mut **tx)
-                    .await?;
-            keys.texts = rows.into_iter().collect();
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT text, key::bigint, last_seen_ms FROM texts WHERE text = ANY($1)",
+            )
+            .bind(&texts)
+            .fetch_all(&mut **tx)
+            .await?;
+            keys.read_texts(rows);
         }
         Ok(keys.finish())
     }
@@ -233,14 +377,18 @@ impl BatchKeys {
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         batch: &IngestBatch,
         values: &[Option<String>],
+        cache: &KeyCache,
     ) -> Result<Self, StoreError> {
-        let (agents, checks, regions, texts) = names(batch, values);
-        let mut keys = BatchKeys {
-            agents: names_sqlite(tx, KeyTable::Agents, &agents).await?,
-            checks: names_sqlite(tx, KeyTable::Checks, &checks).await?,
-            regions: names_sqlite(tx, KeyTable::Regions, &regions).await?,
-            ..Default::default()
-        };
+        let mut keys = BatchKeys::default();
+        let (agents, checks, regions, texts) = cache.split(names(batch, values), &mut keys);
+        for (table, names) in [
+            (KeyTable::Agents, &agents),
+            (KeyTable::Checks, &checks),
+            (KeyTable::Regions, &regions),
+        ] {
+            let found = names_sqlite(tx, table, names).await?;
+            keys.read(table, found);
+        }
         let all: Vec<(&str, i64)> = texts.into_iter().collect();
         for chunk in all.chunks(SQLITE_CHUNK) {
             let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO texts (text, last_seen_ms) ");
@@ -253,15 +401,17 @@ impl BatchKeys {
             );
             insert.push_bind(TEXT_REFRESH_MS);
             insert.build().execute(&mut **tx).await?;
-            let mut select =
-                QueryBuilder::<Sqlite>::new("SELECT text, key FROM texts WHERE text IN (");
+            let mut select = QueryBuilder::<Sqlite>::new(
+                "SELECT text, key, last_seen_ms FROM texts WHERE text IN (",
+            );
             let mut list = select.separated(", ");
             for (text, _) in chunk {
                 list.push_bind(*text);
             }
             select.push(")");
-            let rows: Vec<(String, i64)> = select.build_query_as().fetch_all(&mut **tx).await?;
-            keys.texts.extend(rows);
+            let rows: Vec<(String, i64, i64)> =
+                select.build_query_as().fetch_all(&mut **tx).await?;
+            keys.read_texts(rows);
         }
         Ok(keys.finish())
     }
@@ -351,6 +501,68 @@ pub(super) async fn expire_texts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Known names and fresh texts come from the cache; new names, texts it has not seen and
+    /// texts whose committed `last_seen_ms` is stale (for the batch's use, or for the clock)
+    /// are read from the store. Only learned keys are known, and the maps stay bounded.
+    #[test]
+    fn the_key_cache_answers_only_what_it_knows_fresh() {
+        let now = crate::store::now_ms();
+        let cache = KeyCache::default();
+        cache.learn(Learned {
+            names: vec![
+                (KeyTable::Agents, "ag-1".into(), 1),
+                (KeyTable::Checks, "web".into(), 7),
+                (KeyTable::Regions, "eu".into(), 3),
+            ],
+            texts: vec![
+                ("status 200".into(), 11, now),
+                ("status 503".into(), 12, now - 2 * TEXT_REFRESH_MS),
+                ("timeout".into(), 13, now - 10),
+            ],
+        });
+        let names: Names<'_> = (
+            BTreeSet::from(["ag-1", "ag-2"]),
+            BTreeSet::from(["web"]),
+            BTreeSet::from(["eu", "us"]),
+            BTreeMap::from([
+                ("status 200", now),
+                ("status 503", now),
+                // Used by a row from the future (a clock ahead): stale for it.
+                ("timeout", now + 2 * TEXT_REFRESH_MS),
+                ("refused", now),
+            ]),
+        );
+        let mut keys = BatchKeys::default();
+        let (agents, checks, regions, texts) = cache.split(names, &mut keys);
+        assert_eq!(agents, BTreeSet::from(["ag-2"]));
+        assert!(checks.is_empty());
+        assert_eq!(regions, BTreeSet::from(["us"]));
+        assert_eq!(
+            texts.keys().copied().collect::<Vec<_>>(),
+            ["refused", "status 503", "timeout"]
+        );
+        assert_eq!(keys.agent("ag-1").ok(), Some(1));
+        assert_eq!(keys.check("web").ok(), Some(7));
+        assert_eq!(keys.region("eu").ok(), Some(3));
+        assert_eq!(keys.text("status 200"), Some(11));
+        assert!(keys.agent("ag-2").is_err());
+        assert_eq!(keys.text("status 503"), None);
+        // What a batch read from the store is what it learns, and nothing else.
+        keys.read(KeyTable::Agents, HashMap::from([("ag-2".to_owned(), 2)]));
+        keys.read_texts(vec![("refused".into(), 14, now)]);
+        assert_eq!(keys.learned.names.len(), 1);
+        assert_eq!(keys.learned.texts.len(), 1);
+        // Each map stays within its bound: a full one starts again.
+        cache.learn(Learned {
+            names: (0..=KEY_CACHE_CAP as i64)
+                .map(|i| (KeyTable::Checks, format!("ck-{i}"), i))
+                .collect(),
+            texts: Vec::new(),
+        });
+        assert!(cache.sizes()[1] <= KEY_CACHE_CAP);
+        assert_eq!(cache.sizes()[0], 1);
+    }
 
     #[test]
     fn a_text_goes_into_the_dictionary_once_it_repeats() {

@@ -489,8 +489,17 @@ impl IngestBatch {
     /// Every seq per agent in this batch: exactly what may be acknowledged after commit.
     pub fn seqs_per_agent(&self) -> BTreeMap<String, Vec<u64>> {
         let mut seqs: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        // Rows come in runs of one agent: one map lookup per run.
+        let mut run: Option<(&str, &mut Vec<u64>)> = None;
         for (agent, seq) in self.agent_seqs() {
-            seqs.entry(agent).or_default().push(seq);
+            match &mut run {
+                Some((name, list)) if *name == agent => list.push(seq),
+                _ => {
+                    let list = seqs.entry(agent).or_default();
+                    list.push(seq);
+                    run = Some((agent, list));
+                }
+            }
         }
         seqs.into_iter()
             .map(|(agent, seqs)| (agent.to_owned(), seqs))
@@ -551,9 +560,17 @@ impl IngestBatch {
     /// The highest seq per agent in this batch.
     pub fn max_seq_per_agent(&self) -> BTreeMap<String, u64> {
         let mut max: BTreeMap<&str, u64> = BTreeMap::new();
+        // Rows come in runs of one agent: one map lookup per run.
+        let mut run: Option<(&str, &mut u64)> = None;
         for (agent, seq) in self.agent_seqs() {
-            let top = max.entry(agent).or_default();
-            *top = (*top).max(seq);
+            match &mut run {
+                Some((name, top)) if *name == agent => **top = (**top).max(seq),
+                _ => {
+                    let top = max.entry(agent).or_default();
+                    *top = (*top).max(seq);
+                    run = Some((agent, top));
+                }
+            }
         }
         max.into_iter()
             .map(|(agent, seq)| (agent.to_owned(), seq))

@@ -273,6 +273,17 @@ async fn run_agent(
 
 /// Loads the same rows with `psql \copy` into a copy of the compact results table (same
 /// migrations, same day partitions, keys made beforehand); rows/s.
+/// Runs a checkpoint on the PostgreSQL server, so that each timed phase (ingest, COPY)
+/// starts with none due. Each run writes about half a GiB of WAL; without this a
+/// checkpoint fell into one phase or the other by chance: it writes the dirty buffers, and
+/// every page changed after it is logged whole once.
+async fn checkpoint(pg_admin_url: &str) -> anyhow::Result<()> {
+    let pool = sqlx::PgPool::connect(pg_admin_url).await?;
+    sqlx::query("CHECKPOINT").execute(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
 async fn copy_baseline(
     pg_admin_url: &str,
     mix: Mix,
@@ -359,7 +370,7 @@ async fn copy_baseline(
     drop(pool);
     csv.flush()?;
     drop(csv);
-    let _ = pg_admin_url;
+    checkpoint(pg_admin_url).await?;
     let started = Instant::now();
     let output = std::process::Command::new("psql")
         .arg(&url)
@@ -472,6 +483,7 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .map(|agent| (agent, messages.clone()))
         .collect();
+    checkpoint(&pg_admin_url).await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (agent, messages) in agents {

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Instant;
+use vantage_control_plane::store::keys::KeyCache;
 
 use anyhow::Context;
 use serde_json::json;
@@ -222,6 +223,8 @@ fn metrics(seq: u64, t: i64, i: u64) -> HostMetrics {
 }
 
 async fn bench_size(args: &Args) -> anyhow::Result<()> {
+    // Keys of names and texts the commits share, as ingest's committers share them.
+    let keys = KeyCache::default();
     let dir = tempfile::tempdir()?;
     let (_test_store, store) = open(args.backend, dir.path()).await?;
     let now = now_ms();
@@ -266,7 +269,7 @@ async fn bench_size(args: &Args) -> anyhow::Result<()> {
         }
         if batch.len() >= 5000 {
             batch.received_at_ms = t;
-            store.commit_batch(&batch).await?;
+            store.commit_batch(&batch, &keys).await?;
             batch = IngestBatch::default();
         }
         t += 60_000;
@@ -274,7 +277,7 @@ async fn bench_size(args: &Args) -> anyhow::Result<()> {
     }
     if !batch.is_empty() {
         batch.received_at_ms = now;
-        store.commit_batch(&batch).await?;
+        store.commit_batch(&batch, &keys).await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let kept_raw = size_on_disk(&store, dir.path()).await?;
