@@ -368,8 +368,8 @@ impl Hub {
             .collect();
         for (i, shared) in events.iter().enumerate() {
             if shared.event.keyed() {
-                // An event the next one replaces at once (a batch's rows come in runs of one
-                // key) is not kept even for that moment.
+                // An event the next one replaces at once (rows of one key that follow each
+                // other) is not kept even for that moment.
                 let replaced = events
                     .get(i + 1)
                     .is_some_and(|next| ByKey::same(&shared.event, &next.event));

@@ -917,6 +917,8 @@ async fn commit(state: &AppState, mut batch: IngestBatch) -> Option<IngestBatch>
         match committed {
             Ok(()) => return Some(batch),
             Err(error) => {
+                // The store may not be where the remembered keys say (a failover, a restore).
+                state.keys.clear();
                 state
                     .counters
                     .ingest_commit_errors

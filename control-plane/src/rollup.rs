@@ -132,8 +132,9 @@ pub fn check_rollups<'a>(
     // Keyed by borrowed names while summing (a batch has many rows per bucket), owned once
     // per bucket at the end.
     let mut sums: BTreeMap<(&str, &str, i64), CheckAggregate> = BTreeMap::new();
-    // The bucket of the previous row: a batch's rows come in runs of one check, region and
-    // bucket (an agent's messages), which then cost one map lookup per run, not per row.
+    // The bucket of the previous row: rows of one check, region and bucket that follow each
+    // other (an agent with one check, or a message of one check's rows) cost one map lookup
+    // per run, not per row.
     let mut run: Option<((&str, &str, i64), &mut CheckAggregate)> = None;
     for (region, r) in results {
         let key = (

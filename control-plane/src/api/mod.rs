@@ -420,6 +420,14 @@ async fn prometheus(State(state): State<AppState>) -> openapi::Exposition {
         .broker_log_skipped
         .store(rumqttd::skipped_messages(), Ordering::Relaxed);
     let mut text = state.counters.render();
+    let [agents, checks, regions, texts, text_bytes] = state.keys.sizes();
+    text.push_str(&format!(
+        "# HELP vantage_ingest_key_cache_entries Integer keys of names and texts ingest remembers, by map.\n# TYPE vantage_ingest_key_cache_entries gauge\n\
+         vantage_ingest_key_cache_entries{{map=\"agents\"}} {agents}\nvantage_ingest_key_cache_entries{{map=\"checks\"}} {checks}\n\
+         vantage_ingest_key_cache_entries{{map=\"regions\"}} {regions}\nvantage_ingest_key_cache_entries{{map=\"texts\"}} {texts}\n\
+         # HELP vantage_ingest_key_cache_text_bytes Bytes of the texts ingest remembers the keys of.\n# TYPE vantage_ingest_key_cache_text_bytes gauge\n\
+         vantage_ingest_key_cache_text_bytes {text_bytes}\n"
+    ));
     text.push_str(&format!(
         "# HELP vantage_live_subscribers Live feed clients connected.\n# TYPE vantage_live_subscribers gauge\nvantage_live_subscribers {}\n",
         state.hub.n_subscribers()

@@ -6,8 +6,9 @@
 //! rows locked): those go in with one `COPY`, which skips the conflict checks. SQLite gets multi-row `VALUES`
 //! statements in chunks that stay under its bind-parameter limit, in the same transaction.
 //! Rows go to the compact tables (`result_rows`, `metric_rows`): names become the integer
-//! keys [`BatchKeys`] resolves in the same transaction (reason and probe-values texts too,
-//! each stored once), timings integer microseconds.
+//! keys [`BatchKeys`] resolves (reason and probe-values texts too, each stored once), from
+//! the process's [`KeyCache`] where it knows them and in the same transaction otherwise;
+//! timings integer microseconds.
 //! Replays of rows already stored change nothing: a row sent again has the same primary key
 //! (check or agent, measurement time, agent, seq) and conflicts, or, on PostgreSQL, is found
 //! in its day's pack (`packs.rs`: only rows measured over an hour ago are looked up there).
@@ -38,7 +39,7 @@ pub fn latest_per_check_region(batch: &IngestBatch) -> Vec<&(String, String, Che
             }
         }
     }
-    // The newest of a run of rows of one (check, region) (an agent's messages) goes to the
+    // The newest of a run of rows of one (check, region) that follow each other goes to the
     // map: one lookup per run, not per row.
     let mut run: Option<&Row> = None;
     for row in &batch.results {
@@ -140,8 +141,8 @@ fn result_keys(
     values: &[Option<String>],
 ) -> Result<Vec<ResultKeys>, StoreError> {
     let mut out: Vec<ResultKeys> = Vec::with_capacity(batch.results.len());
-    // The previous row: a batch's rows come in runs of one agent, region and check (an
-    // agent's messages), whose keys are then looked up once per run.
+    // The previous row: rows of one agent, region and check that follow each other have
+    // their keys looked up once per run.
     let mut previous: Option<&(String, String, CheckResult)> = None;
     for (row, values) in batch.results.iter().zip(values) {
         let (agent, region, r) = row;

@@ -1,6 +1,7 @@
 //! Small integer keys of the compact tables: the agents, checks and regions a batch names and
-//! the texts it carries (reasons, probe values as JSON), looked up or made inside the batch's
-//! own transaction (so a key exists exactly when a row that uses it is committed).
+//! the texts it carries (reasons, probe values as JSON), taken from a [`KeyCache`] of keys
+//! already committed or looked up and made inside the batch's own transaction (so a key
+//! exists exactly when a row that uses it is committed).
 //!
 //! Agent, check and region keys are never deleted: a key is a few bytes per name ever seen.
 //! Texts are target-controlled and many, so each carries `last_seen_ms` (the newest
@@ -86,6 +87,9 @@ impl KeyTable {
 
 /// Entries a [`KeyCache`] map holds at most; a full map starts again.
 pub const KEY_CACHE_CAP: usize = 65_536;
+/// Bytes of text a [`KeyCache`] holds at most (a probe-values text may be kilobytes); a full
+/// text map starts again.
+pub const KEY_CACHE_TEXT_BYTES: usize = 8 << 20;
 
 /// Keys of names and texts as committed batches stored them, shared by the committers of one
 /// process: what a batch finds here it does not look up.
@@ -99,7 +103,10 @@ pub const KEY_CACHE_CAP: usize = 65_536;
 ///   cutoff less [`TEXT_GRACE_MS`], days before the clock.
 ///
 /// Only keys of committed transactions come here ([`KeyCache::learn`] after the commit): a
-/// key made by a transaction that rolled back does not exist.
+/// key made by a transaction that rolled back does not exist. A store that goes back in time
+/// (a restore, a failover to a standby that lost commits) may give a remembered key out
+/// again: ingest forgets everything when a commit fails ([`KeyCache::clear`]), and a restore
+/// is made with the control planes stopped (README).
 #[derive(Debug, Default)]
 pub struct KeyCache(std::sync::Mutex<Cached>);
 
@@ -110,6 +117,8 @@ struct Cached {
     regions: HashMap<String, i64>,
     /// Text → (key, `last_seen_ms` as committed).
     texts: HashMap<String, (i64, i64)>,
+    /// Bytes of the texts in `texts`.
+    text_bytes: usize,
 }
 
 /// Keys a batch read from the store, for [`KeyCache::learn`] once it is committed.
@@ -129,11 +138,14 @@ impl KeyCache {
 
     /// Remembers what a committed batch read from the store.
     pub fn learn(&self, learned: Learned) {
-        fn bounded<V>(map: &mut HashMap<String, V>, name: String, value: V) {
-            if map.len() >= KEY_CACHE_CAP && !map.contains_key(&name) {
+        /// Inserts into a map of at most [`KEY_CACHE_CAP`] entries; whether it started again.
+        fn bounded<V>(map: &mut HashMap<String, V>, name: String, value: V) -> bool {
+            let full = map.len() >= KEY_CACHE_CAP && !map.contains_key(&name);
+            if full {
                 map.clear();
             }
             map.insert(name, value);
+            full
         }
         let mut cached = self.lock();
         for (table, name, key) in learned.names {
@@ -145,18 +157,35 @@ impl KeyCache {
             bounded(map, name, key);
         }
         for (text, key, last_seen) in learned.texts {
-            bounded(&mut cached.texts, text, (key, last_seen));
+            let len = text.len();
+            let new = !cached.texts.contains_key(&text);
+            if new && cached.text_bytes + len > KEY_CACHE_TEXT_BYTES {
+                cached.texts.clear();
+                cached.text_bytes = 0;
+            }
+            if bounded(&mut cached.texts, text, (key, last_seen)) {
+                cached.text_bytes = 0;
+            }
+            if new {
+                cached.text_bytes += len;
+            }
         }
     }
 
-    /// Entries held, per map (agents, checks, regions, texts).
-    pub fn sizes(&self) -> [usize; 4] {
+    /// Forgets every key (after a failed commit: the store may not be where it was).
+    pub fn clear(&self) {
+        *self.lock() = Cached::default();
+    }
+
+    /// Entries held, per map (agents, checks, regions, texts), and the texts' bytes.
+    pub fn sizes(&self) -> [usize; 5] {
         let cached = self.lock();
         [
             cached.agents.len(),
             cached.checks.len(),
             cached.regions.len(),
             cached.texts.len(),
+            cached.text_bytes,
         ]
     }
 
@@ -562,6 +591,27 @@ mod tests {
         });
         assert!(cache.sizes()[1] <= KEY_CACHE_CAP);
         assert_eq!(cache.sizes()[0], 1);
+        // Texts stay within their bytes too: 3 KiB texts beyond the bound start the map again.
+        let before = cache.sizes();
+        assert_eq!(before[3], 3);
+        assert_eq!(
+            before[4],
+            "status 200".len() + "status 503".len() + "timeout".len()
+        );
+        let n = KEY_CACHE_TEXT_BYTES / 3072 + 10;
+        cache.learn(Learned {
+            names: Vec::new(),
+            texts: (0..n as i64)
+                .map(|i| (format!("{i:03072}"), i, now))
+                .collect(),
+        });
+        let [_, _, _, texts, bytes] = cache.sizes();
+        assert!(bytes <= KEY_CACHE_TEXT_BYTES);
+        assert_eq!(bytes, texts * 3072);
+        assert!(texts < n);
+        // A failed commit forgets everything.
+        cache.clear();
+        assert_eq!(cache.sizes(), [0; 5]);
     }
 
     #[test]

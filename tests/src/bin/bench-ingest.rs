@@ -271,8 +271,6 @@ async fn run_agent(
     }
 }
 
-/// Loads the same rows with `psql \copy` into a copy of the compact results table (same
-/// migrations, same day partitions, keys made beforehand); rows/s.
 /// Runs a checkpoint on the PostgreSQL server, so that each timed phase (ingest, COPY)
 /// starts with none due. Each run writes about half a GiB of WAL; without this a
 /// checkpoint fell into one phase or the other by chance: it writes the dirty buffers, and
@@ -284,6 +282,8 @@ async fn checkpoint(pg_admin_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads the same rows with `psql \copy` into a copy of the compact results table (same
+/// migrations, same day partitions, keys made beforehand); rows/s.
 async fn copy_baseline(
     pg_admin_url: &str,
     mix: Mix,
