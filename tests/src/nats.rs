@@ -238,6 +238,22 @@ impl NatsCluster {
         }
     }
 
+    /// The last `n` warnings and errors (`[WRN]`, `[ERR]`) of the nodes' logs, each with its
+    /// node.
+    pub fn warnings(&self, n: usize) -> Vec<String> {
+        let lines: Vec<String> = (0..self.nodes.len())
+            .flat_map(|index| {
+                std::fs::read_to_string(self.dir.join(format!("n{index}.log")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|line| line.contains("[WRN]") || line.contains("[ERR]"))
+                    .map(|line| format!("n{index} {line}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        lines[lines.len().saturating_sub(n)..].to_vec()
+    }
+
     /// The last lines of every node's log.
     pub fn log_tail(&self) -> String {
         (0..self.nodes.len())

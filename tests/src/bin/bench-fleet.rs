@@ -203,7 +203,11 @@ async fn run_agent(
     }
     let mut subacks = 0;
     while subacks < 3 {
-        if let Event::Incoming(Incoming::SubAck(suback)) = eventloop.poll().await? {
+        let event = eventloop
+            .poll()
+            .await
+            .with_context(|| format!("agent {id} lost its session while subscribing"))?;
+        if let Event::Incoming(Incoming::SubAck(suback)) = event {
             anyhow::ensure!(
                 suback
                     .return_codes
@@ -594,6 +598,15 @@ async fn main() -> anyhow::Result<()> {
             proc_sample(*pid)?.rss_kib as f64 / 1024.0,
             vm_hwm_kib(*pid)? as f64 / 1024.0
         );
+    }
+    if let Some(cluster) = &cluster
+        && (failed > 0 || starved > 0)
+    {
+        // What the nodes warned of: why a node closed a session.
+        println!("fleet broker nodes' warnings and errors (last 40):");
+        for line in cluster.warnings(40) {
+            println!("  {line}");
+        }
     }
     drop(cluster);
     if failed > 0 || starved > 0 {
